@@ -1,0 +1,72 @@
+/**
+ * The Backend interface: the ops a model recipe needs, over activations held in Float32Arrays
+ * (host memory, row-major) and weights in GGUF block layouts. `ref` (plain TypeScript) is the
+ * oracle; `native` (C++ addon) must agree with it op by op (test/conformance).
+ *
+ * Conventions: a "row" is `dim` consecutive floats; a batch of `nTokens` rows is stored back to back.
+ */
+import type { GGMLType } from "../formats/quant/types.js";
+
+/**
+ * A 2-D weight in GGUF layout: `rows` rows of `cols` elements (cols = GGUF ne0), each row a run of
+ * quant blocks of `type`; `data` holds rows * rowBytes(type, cols) bytes. An expert of a stacked
+ * `[n_expert, rows, cols]` tensor is a WeightMatrix whose data is that expert's slice.
+ */
+export interface WeightMatrix {
+  readonly type: GGMLType;
+  readonly rows: number;
+  readonly cols: number;
+  readonly data: Uint8Array;
+}
+
+export interface RopeParams {
+  nTokens: number;
+  nHead: number;
+  /** floats between the starts of consecutive heads (>= ropeOffset + ropeDim) */
+  headStride: number;
+  /** the rotated dims of each head are [ropeOffset, ropeOffset + ropeDim) */
+  ropeOffset: number;
+  ropeDim: number;
+  /** position of token 0; token t sits at pos0 + t */
+  pos0: number;
+  theta: number;
+  /** NeoX style rotates (i, i + ropeDim/2); normal (GPT-J / llama.cpp "norm") rotates (2i, 2i+1) */
+  neox: boolean;
+  /** linear position scaling: the angle uses pos * freqScale (1 = none) */
+  freqScale: number;
+}
+
+export interface AttentionParams {
+  /** new query tokens; query t sits at position nPast + t and sees cache rows [0, nPast + t] */
+  nTokens: number;
+  nPast: number;
+  nHead: number;
+  nKvHead: number;
+  headDimK: number;
+  headDimV: number;
+  /** softmax scale, usually 1/sqrt(headDimK) */
+  scale: number;
+}
+
+export interface Backend {
+  readonly name: string;
+  /** out[t, r] = sum_c W[r, c] * x[t, c].  x: [nTokens, w.cols], out: [nTokens, w.rows] */
+  matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void;
+  /** out[i] = x[i] / rms(row) * weight[i % dim]; rows of `dim`, as many as x holds */
+  rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void;
+  /** rotary embedding, in place. x: [nTokens, nHead, headStride] */
+  rope(x: Float32Array, p: RopeParams): void;
+  /**
+   * Causal attention of new queries over a KV cache.
+   * q: [nTokens, nHead, headDimK]; k: [>= nPast+nTokens, nKvHead, headDimK];
+   * v: [>= nPast+nTokens, nKvHead, headDimV]; out: [nTokens, nHead, headDimV].
+   * Head h reads kv head h / (nHead / nKvHead) (GQA).
+   */
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, p: AttentionParams, out: Float32Array): void;
+  /** out[i] = silu(gate[i]) * up[i] */
+  siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  /** out[t, :] = dequantized row ids[t] of w.  out: [ids.length, w.cols] */
+  getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void;
+  /** Frees native resources; the backend must not be used afterwards. */
+  dispose(): void;
+}
