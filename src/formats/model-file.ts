@@ -1,0 +1,69 @@
+/**
+ * A model as moira sees it before any architecture code runs: GGUF-style metadata plus tensors
+ * under canonical GGUF names. A GGUF file is one directly; a Hugging Face directory is converted
+ * on the fly (config.json → GGUF metadata keys, HF tensor names → GGUF names), exactly as
+ * llama.cpp's converter would, so every architecture file reads one vocabulary of names.
+ */
+import type { GGMLType } from "./quant/types.js";
+
+/** GGUF metadata value types (ids as in the file format). */
+export enum GGUFValueType {
+  UINT8 = 0,
+  INT8 = 1,
+  UINT16 = 2,
+  INT16 = 3,
+  UINT32 = 4,
+  INT32 = 5,
+  FLOAT32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  UINT64 = 10,
+  INT64 = 11,
+  FLOAT64 = 12,
+}
+
+/**
+ * One metadata value with its type, so that a file can be written back byte-compatibly.
+ * Scalars: number (UINT64/INT64 as bigint), boolean, string. ARRAY: `value` is a JS array (or a
+ * typed array for numeric arrays) and `itemType` names the element type.
+ */
+export type GGUFMetadataValue =
+  | { type: Exclude<GGUFValueType, GGUFValueType.ARRAY | GGUFValueType.UINT64 | GGUFValueType.INT64 | GGUFValueType.STRING | GGUFValueType.BOOL>; value: number }
+  | { type: GGUFValueType.UINT64 | GGUFValueType.INT64; value: bigint }
+  | { type: GGUFValueType.STRING; value: string }
+  | { type: GGUFValueType.BOOL; value: boolean }
+  | { type: GGUFValueType.ARRAY; itemType: GGUFValueType; value: ArrayLike<unknown> };
+
+export type Metadata = ReadonlyMap<string, GGUFMetadataValue>;
+
+/** A tensor's description. dims are in GGUF order: dims[0] (ne0) is the contiguous one (columns). */
+export interface TensorMeta {
+  readonly name: string;
+  readonly type: GGMLType;
+  readonly dims: readonly number[];
+  readonly nbytes: number;
+  /** For tensors stored verbatim in a file: the file and the absolute offset of the first byte. */
+  readonly file?: { path: string; offset: number };
+}
+
+export interface TensorData extends TensorMeta {
+  readonly data: Uint8Array;
+}
+
+/** Source of tensors by canonical (GGUF) name. */
+export interface WeightSource {
+  readonly tensors: ReadonlyMap<string, TensorMeta>;
+  /** Reads (or converts) a tensor's bytes. Throws MissingTensorError naming the tensor if absent. */
+  load(name: string): TensorData;
+  close(): void;
+}
+
+export interface ModelFile {
+  readonly path: string;
+  readonly format: "gguf" | "hf";
+  readonly metadata: Metadata;
+  readonly weights: WeightSource;
+  /** HF directories: the path of tokenizer.json when present. */
+  readonly tokenizerJsonPath?: string;
+}
