@@ -1,0 +1,123 @@
+/**
+ * The reference backend: plain TypeScript, f64 accumulation, no tricks. It is the oracle every
+ * other backend is tested against op by op, so clarity beats speed. Dequantized weights are cached
+ * per weight buffer (tests run it on small models; it is not meant for multi-GB ones).
+ */
+import type { AttentionParams, Backend, RopeParams, WeightMatrix } from "../backend.js";
+import { dequantize } from "../../formats/quant/dequantize.js";
+import { GGMLType, rowBytes } from "../../formats/quant/types.js";
+import { InvalidArgumentError } from "../../errors.js";
+
+export class RefBackend implements Backend {
+  readonly name = "ref";
+  // dequantized copies, keyed by the weight's byte buffer
+  private readonly f32Cache = new WeakMap<Uint8Array, Float32Array>();
+
+  private weightF32(w: WeightMatrix): Float32Array {
+    let f = this.f32Cache.get(w.data);
+    if (!f) {
+      const need = w.rows * rowBytes(w.type, w.cols);
+      if (w.data.byteLength < need) {
+        throw new InvalidArgumentError(`weight of ${w.rows}x${w.cols} needs ${need} bytes, has ${w.data.byteLength}`);
+      }
+      f = w.type === GGMLType.F32
+        ? new Float32Array(w.data.buffer.slice(w.data.byteOffset, w.data.byteOffset + w.rows * w.cols * 4))
+        : dequantize(w.type, w.data, w.rows * w.cols);
+      this.f32Cache.set(w.data, f);
+    }
+    return f;
+  }
+
+  matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void {
+    const W = this.weightF32(w);
+    const { rows, cols } = w;
+    for (let t = 0; t < nTokens; t++) {
+      const xo = t * cols;
+      for (let r = 0; r < rows; r++) {
+        const wo = r * cols;
+        let s = 0;
+        for (let c = 0; c < cols; c++) s += W[wo + c] * x[xo + c];
+        out[t * rows + r] = s;
+      }
+    }
+  }
+
+  rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void {
+    const n = x.length / dim;
+    for (let t = 0; t < n; t++) {
+      const o = t * dim;
+      let ss = 0;
+      for (let i = 0; i < dim; i++) ss += x[o + i] * x[o + i];
+      const scale = 1 / Math.sqrt(ss / dim + eps);
+      for (let i = 0; i < dim; i++) out[o + i] = x[o + i] * scale * weight[i];
+    }
+  }
+
+  rope(x: Float32Array, p: RopeParams): void {
+    const half = p.ropeDim / 2;
+    for (let t = 0; t < p.nTokens; t++) {
+      const pos = (p.pos0 + t) * p.freqScale;
+      for (let h = 0; h < p.nHead; h++) {
+        const base = (t * p.nHead + h) * p.headStride + p.ropeOffset;
+        for (let i = 0; i < half; i++) {
+          const angle = pos * Math.pow(p.theta, (-2 * i) / p.ropeDim);
+          const c = Math.cos(angle), s = Math.sin(angle);
+          const i0 = p.neox ? base + i : base + 2 * i;
+          const i1 = p.neox ? base + i + half : base + 2 * i + 1;
+          const a = x[i0], b = x[i1];
+          x[i0] = a * c - b * s;
+          x[i1] = a * s + b * c;
+        }
+      }
+    }
+  }
+
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, p: AttentionParams, out: Float32Array): void {
+    const { nTokens, nPast, nHead, nKvHead, headDimK, headDimV, scale } = p;
+    const group = nHead / nKvHead;
+    const scores = new Float64Array(nPast + nTokens);
+    for (let t = 0; t < nTokens; t++) {
+      const nCtx = nPast + t + 1;
+      for (let h = 0; h < nHead; h++) {
+        const kvh = Math.floor(h / group);
+        const qo = (t * nHead + h) * headDimK;
+        let max = -Infinity;
+        for (let j = 0; j < nCtx; j++) {
+          const ko = (j * nKvHead + kvh) * headDimK;
+          let s = 0;
+          for (let d = 0; d < headDimK; d++) s += q[qo + d] * k[ko + d];
+          s *= scale;
+          scores[j] = s;
+          if (s > max) max = s;
+        }
+        let sum = 0;
+        for (let j = 0; j < nCtx; j++) { scores[j] = Math.exp(scores[j] - max); sum += scores[j]; }
+        const oo = (t * nHead + h) * headDimV;
+        for (let d = 0; d < headDimV; d++) {
+          let acc = 0;
+          for (let j = 0; j < nCtx; j++) acc += scores[j] * v[(j * nKvHead + kvh) * headDimV + d];
+          out[oo + d] = acc / sum;
+        }
+      }
+    }
+  }
+
+  siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void {
+    for (let i = 0; i < out.length; i++) {
+      const g = gate[i];
+      out[i] = (g / (1 + Math.exp(-g))) * up[i];
+    }
+  }
+
+  getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {
+    const rb = rowBytes(w.type, w.cols);
+    for (let t = 0; t < ids.length; t++) {
+      const id = ids[t];
+      if (!(id >= 0 && id < w.rows)) throw new InvalidArgumentError(`token id ${id} is outside the vocabulary (0..${w.rows - 1})`);
+      const row = w.data.subarray(id * rb, (id + 1) * rb);
+      out.set(dequantize(w.type, row, w.cols), t * w.cols);
+    }
+  }
+
+  dispose(): void {}
+}
