@@ -1,0 +1,77 @@
+// Kernel table shared by the three ISA builds of kernels.cc (scalar, avx2, avx512).
+// kernels.cc is compiled once per ISA into its own namespace; the addon picks one table at load.
+// Nothing here knows about models or N-API: plain pointers and sizes.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace moira {
+
+enum GgmlType : int {
+  T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q8_0 = 8, T_Q2_K = 10, T_Q3_K = 11,
+  T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30,
+};
+
+// Activations quantized per token, like llama.cpp's q8_0 / q8_K:
+//   ACT_F32  : the f32 row itself (float weights)
+//   ACT_Q32  : int8 q[cols], float d[cols/32], int32 s[cols/32] (s = sum of q in the block)
+//   ACT_Q256 : int8 q[cols], float d[cols/256], int32 s[cols/16] (sums per 16)
+enum ActKind : int { ACT_F32 = 0, ACT_Q32 = 1, ACT_Q256 = 2 };
+
+struct ActLayout {
+  size_t dOff, sOff, stride;  // byte offsets inside one token's record; stride is 64-aligned
+};
+
+inline size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+inline ActLayout act_layout(int kind, int cols) {
+  ActLayout l{0, 0, 0};
+  if (kind == ACT_F32) { l.stride = round_up((size_t)cols * 4, 64); return l; }
+  size_t nd = kind == ACT_Q32 ? cols / 32 : cols / 256;
+  size_t ns = kind == ACT_Q32 ? cols / 32 : cols / 16;
+  l.dOff = round_up((size_t)cols, 64);
+  l.sOff = round_up(l.dOff + nd * 4, 64);
+  l.stride = round_up(l.sOff + ns * 4, 64);
+  return l;
+}
+
+struct MatmulArgs {
+  int type;
+  const uint8_t* w;    // rows * rowBytes
+  size_t rowBytes;
+  int rows, cols;
+  int nTok;
+  const uint8_t* act;  // nTok records of act_layout(actKind(type), cols).stride bytes
+  size_t actStride;
+  float* out;          // [nTok, rows]
+};
+
+struct AttnArgs {
+  const float *q, *k, *v;
+  float* out;
+  int nTok, nPast, nHead, nKvHead, dk, dv;
+  float scale;
+};
+
+struct KernelTable {
+  const char* isa;
+  int (*act_kind)(int type);
+  // quantize one token row x[cols] into an activation record
+  void (*quantize_act)(int kind, const float* x, int cols, uint8_t* dst);
+  // out rows [r0, r1) for every token
+  void (*matmul_rows)(const MatmulArgs& a, int r0, int r1);
+  // dequantize one row of `cols` elements
+  void (*dequant_row)(int type, const uint8_t* src, int cols, float* out);
+  void (*rmsnorm_row)(const float* x, const float* w, float eps, int dim, float* out);
+  void (*silu_mul)(const float* g, const float* u, float* out, size_t n);
+  // one (token, head) of causal attention; scratch >= 64 floats + dv floats
+  void (*attention_one)(const AttnArgs& a, int t, int h, float* scratch);
+  // sum of n floats (bandwidth probe)
+  double (*sum_f32)(const float* p, size_t n);
+};
+
+namespace scalar { const KernelTable* table(); }
+namespace avx2 { const KernelTable* table(); }
+namespace avx512 { const KernelTable* table(); }
+
+}  // namespace moira

@@ -1,0 +1,101 @@
+/** `moira run` (generate text) and `moira logits` (raw logits per position). */
+import type { Command } from "commander";
+import { Model } from "../model/model.js";
+import { createBackend } from "../backend/index.js";
+import { Session } from "../engine/session.js";
+import { generate } from "../engine/generate.js";
+import { loadTokenizer, applyChatTemplate } from "../engine/tokenizer/index.js";
+import { parseFloatOption, parseIntOption, parseTokenList } from "./common.js";
+import { InvalidArgumentError } from "../errors.js";
+
+interface BackendFlags { backend: string; threads?: number; context?: number }
+
+function addBackendOptions(cmd: Command): Command {
+  return cmd
+    .option("--backend <name>", "compute backend: native (C++ kernels) or ref (TypeScript oracle)", "native")
+    .option("--threads <n>", "worker threads for the native backend (default: all cores)", parseIntOption("--threads", 1))
+    .option("--context <n>", "KV cache length in tokens (default: the model's, at most 4096)", parseIntOption("--context", 1));
+}
+
+export function registerRunCommands(program: Command): void {
+  addBackendOptions(
+    program.command("run")
+      .description("generate text from a prompt (text to stdout, timings to stderr)")
+      .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
+      .requiredOption("-p, --prompt <text>", "the prompt")
+      .option("-n, --max-tokens <n>", "tokens to generate", parseIntOption("--max-tokens", 0), 128)
+      .option("--temperature <t>", "sampling temperature (0 = greedy)", parseFloatOption("--temperature"), 0.8)
+      .option("--top-k <k>", "keep the k most likely tokens (0 = off)", parseIntOption("--top-k", 0), 40)
+      .option("--top-p <p>", "nucleus sampling threshold (1 = off)", parseFloatOption("--top-p"), 0.95)
+      .option("--min-p <p>", "drop tokens below p x the top probability (0 = off)", parseFloatOption("--min-p"), 0.05)
+      .option("--repeat-penalty <r>", "repetition penalty (1 = off)", parseFloatOption("--repeat-penalty"), 1)
+      .option("--seed <s>", "random seed (default: time)", parseIntOption("--seed", 0))
+      .option("--chat", "wrap the prompt in the model's chat template as a user message")
+      .option("--no-bos", "do not add the beginning-of-sequence token"),
+  ).action(async (o) => {
+    const model = Model.open(o.model);
+    const backend = await createBackend(o.backend, { threads: o.threads });
+    try {
+      const tok = loadTokenizer(model.file);
+      let prompt: number[];
+      if (o.chat) {
+        const text = applyChatTemplate(tok, [{ role: "user", content: o.prompt }], { addGenerationPrompt: true });
+        prompt = tok.encode(text, { addBos: false, parseSpecial: true });
+        if (o.bos && tok.bosId !== null && tok.addBosDefault && prompt[0] !== tok.bosId) prompt.unshift(tok.bosId);
+      } else {
+        prompt = tok.encode(o.prompt, { addBos: o.bos && tok.addBosDefault });
+      }
+      if (prompt.length === 0) throw new InvalidArgumentError("the prompt encodes to no tokens");
+      const session = new Session(model, { backend, contextLength: o.context ?? Math.min(model.config.contextLength, Math.max(4096, prompt.length + o.maxTokens)) });
+      const it = generate(session, tok, prompt, {
+        maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP,
+        repeatPenalty: o.repeatPenalty, seed: o.seed,
+      });
+      let r = await it.next();
+      while (!r.done) {
+        process.stdout.write(r.value.text);
+        r = await it.next();
+      }
+      process.stdout.write("\n");
+      const s = r.value;
+      process.stderr.write(
+        `prefill: ${s.promptTokens} tokens in ${s.prefillMs.toFixed(1)} ms (${s.prefillTokensPerSecond.toFixed(2)} tok/s)\n` +
+        `decode: ${s.generatedTokens} tokens in ${s.decodeMs.toFixed(1)} ms (${s.decodeTokensPerSecond.toFixed(2)} tok/s), stop: ${s.stopReason}\n` +
+        `backend: ${backend.name}\n`,
+      );
+    } finally {
+      backend.dispose();
+      model.close();
+    }
+  });
+
+  addBackendOptions(
+    program.command("logits")
+      .description("print the logits of every position for a list of token ids")
+      .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
+      .requiredOption("--tokens <ids>", "comma-separated token ids, e.g. 1,2,3", parseTokenList)
+      .option("--json", "print {\"logits\": [[...], ...]} (one row of vocab-size floats per position)"),
+  ).action(async (o) => {
+    const model = Model.open(o.model);
+    const backend = await createBackend(o.backend, { threads: o.threads });
+    try {
+      const tokens: number[] = o.tokens;
+      const session = new Session(model, { backend, contextLength: o.context ?? Math.max(tokens.length, 1) });
+      const logits = session.forward(tokens, { allLogits: true });
+      const V = model.config.vocabSize;
+      const rows: number[][] = [];
+      for (let t = 0; t < tokens.length; t++) rows.push(Array.from(logits.subarray(t * V, (t + 1) * V)));
+      if (o.json) {
+        process.stdout.write(JSON.stringify({ logits: rows }) + "\n");
+      } else {
+        rows.forEach((row, t) => {
+          const best = row.indexOf(Math.max(...row));
+          process.stdout.write(`pos ${t} token ${tokens[t]}: argmax ${best} (${row[best].toFixed(4)}) first: ${row.slice(0, 6).map((x) => x.toFixed(4)).join(" ")}\n`);
+        });
+      }
+    } finally {
+      backend.dispose();
+      model.close();
+    }
+  });
+}

@@ -1,0 +1,52 @@
+/**
+ * DeepSeek-V2: multi-head latent attention (MLA; normal rope on the decoupled rope dims), the first
+ * `leading_dense_block_count` layers dense, the rest MoE with shared experts; routing weights
+ * optionally renormalised (norm_topk_prob) and scaled by routed_scaling_factor.
+ */
+import type { Architecture } from "../architecture.js";
+import { commonConfig } from "../architecture.js";
+import { validateConfig } from "../config.js";
+import { addInPlace, denseFfn, mlaAttention, moeExperts, rmsNorm, route, sharedExpert } from "../steps.js";
+import { ModelFormatError } from "../../errors.js";
+
+export const deepseek2: Architecture = {
+  name: "deepseek2",
+  hfModelTypes: ["deepseek_v2"],
+  description: "DeepSeek-V2 (MLA)",
+  config(md, tensors) {
+    const { m, ...c } = commonConfig("deepseek2", md, tensors);
+    const ropeDim = m.num("rope.dimension_count");
+    const kvLoraRank = m.num("attention.kv_lora_rank");
+    const headDimK = c.headDimK;
+    if (headDimK <= ropeDim) throw new ModelFormatError(`deepseek2.attention.key_length ${headDimK} must exceed rope.dimension_count ${ropeDim}`);
+    if (!tensors.has("blk.0.attn_kv_b.weight") && tensors.has("blk.0.attn_k_b.weight")) {
+      throw new ModelFormatError("deepseek2: split attn_k_b/attn_v_b tensors are not supported yet; convert with attn_kv_b");
+    }
+    const expertFf = m.num("expert_feed_forward_length");
+    return validateConfig({
+      ...c, ropeNeox: false, ropeDim,
+      expertFf,
+      denseFf: m.num("feed_forward_length", 0),
+      sharedFf: m.num("expert_shared_count", 0) * expertFf,
+      leadingDense: m.num("leading_dense_block_count", 0),
+      normTopK: m.bool("expert_weights_norm", false),
+      routedScale: m.num("expert_weights_scale", 1),
+      qkNorm: "none",
+      mla: { qLoraRank: m.num("attention.q_lora_rank", 0), kvLoraRank, qkNopeDim: headDimK - ropeDim, qkRopeDim: ropeDim, vHeadDim: c.headDimV },
+    });
+  },
+  layer(ctx, l, x) {
+    const w = ctx.weights, cfg = ctx.cfg, d = cfg.dModel;
+    const h = rmsNorm(ctx, x, w.vector(`blk.${l}.attn_norm.weight`, d));
+    addInPlace(x, mlaAttention(ctx, l, h));
+    const g = rmsNorm(ctx, x, w.vector(`blk.${l}.ffn_norm.weight`, d)); // gate input
+    if (l < cfg.leadingDense) {
+      addInPlace(x, denseFfn(ctx, l, g));
+      return;
+    }
+    const r = route(ctx, l, g, { normTopK: cfg.normTopK, scale: cfg.routedScale });
+    const y = moeExperts(ctx, l, g, r);
+    if (cfg.sharedFf > 0) addInPlace(y, sharedExpert(ctx, l, g, { gated: false }));
+    addInPlace(x, y);
+  },
+};

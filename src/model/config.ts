@@ -1,0 +1,119 @@
+/**
+ * ModelConfig: everything an architecture recipe needs to know about shapes and numerics, read
+ * from GGUF metadata (HF configs are converted to the same keys by formats/hf). Frozen after load.
+ */
+import { ModelFormatError } from "../errors.js";
+import { GGUFValueType, type Metadata } from "../formats/model-file.js";
+
+export interface MlaConfig {
+  /** 0 when q is projected directly (no q LoRA) */
+  readonly qLoraRank: number;
+  readonly kvLoraRank: number;
+  readonly qkNopeDim: number;
+  readonly qkRopeDim: number;
+  readonly vHeadDim: number;
+}
+
+export interface ModelConfig {
+  /** GGUF general.architecture */
+  readonly arch: string;
+  readonly nLayer: number;
+  readonly dModel: number;
+  readonly nHead: number;
+  readonly nKvHead: number;
+  readonly headDimK: number;
+  readonly headDimV: number;
+  readonly vocabSize: number;
+  readonly contextLength: number;
+  readonly rmsEps: number;
+  readonly ropeTheta: number;
+  /** rotated dims per head */
+  readonly ropeDim: number;
+  /** NeoX rotation (i, i+d/2) vs normal (2i, 2i+1) */
+  readonly ropeNeox: boolean;
+  readonly ropeFreqScale: number;
+  readonly nExpert: number;
+  readonly nExpertUsed: number;
+  /** routed expert hidden width */
+  readonly expertFf: number;
+  /** hidden width of dense FFN layers (DeepSeek's leading dense blocks) */
+  readonly denseFf: number;
+  /** hidden width of the shared expert FFN (0: none) */
+  readonly sharedFf: number;
+  /** number of leading dense (non-MoE) layers */
+  readonly leadingDense: number;
+  /** renormalise the top-k routing weights to sum to 1 */
+  readonly normTopK: boolean;
+  /** multiply routing weights by this (DeepSeek routed_scaling_factor) */
+  readonly routedScale: number;
+  /** q/k RMS norm: per head (Qwen3), over the whole projection (OLMoE), or none */
+  readonly qkNorm: "none" | "head" | "full";
+  readonly mla: MlaConfig | null;
+  readonly tiedEmbeddings: boolean;
+}
+
+/** Typed accessors over GGUF metadata that name the key when it is missing or mistyped. */
+export class MetadataReader {
+  constructor(private readonly md: Metadata, private readonly prefix: string) {}
+
+  has(key: string): boolean {
+    return this.md.has(this.full(key));
+  }
+
+  private full(key: string): string {
+    return key.includes(".") && !key.startsWith(".") && key.split(".")[0] === "general" ? key : `${this.prefix}.${key}`;
+  }
+
+  num(key: string, fallback?: number): number {
+    const k = this.full(key);
+    const v = this.md.get(k);
+    if (v === undefined) {
+      if (fallback !== undefined) return fallback;
+      throw new ModelFormatError(`metadata key ${k} is missing`);
+    }
+    if (typeof v.value === "number") return v.value;
+    if (typeof v.value === "bigint") return Number(v.value);
+    if (v.type === GGUFValueType.ARRAY && v.value.length > 0 && typeof v.value[0] === "number") {
+      // some converters store per-layer arrays (e.g. head_count_kv); take the first layer's value
+      return v.value[0] as number;
+    }
+    throw new ModelFormatError(`metadata key ${k} has type ${GGUFValueType[v.type]}, expected a number`);
+  }
+
+  bool(key: string, fallback: boolean): boolean {
+    const v = this.md.get(this.full(key));
+    if (v === undefined) return fallback;
+    if (typeof v.value === "boolean") return v.value;
+    if (typeof v.value === "number") return v.value !== 0;
+    throw new ModelFormatError(`metadata key ${this.full(key)} has type ${GGUFValueType[v.type]}, expected a bool`);
+  }
+}
+
+export function metaString(md: Metadata, key: string): string | undefined {
+  const v = md.get(key);
+  if (v === undefined) return undefined;
+  if (v.type !== GGUFValueType.STRING) throw new ModelFormatError(`metadata key ${key} has type ${GGUFValueType[v.type]}, expected a string`);
+  return v.value;
+}
+
+/** Checks the invariants every recipe relies on, naming the key that breaks them. */
+export function validateConfig(c: ModelConfig): ModelConfig {
+  const positive: Array<[string, number]> = [
+    ["block_count", c.nLayer], ["embedding_length", c.dModel], ["attention.head_count", c.nHead],
+    ["attention.head_count_kv", c.nKvHead], ["vocab size", c.vocabSize], ["expert_count", c.nExpert],
+    ["expert_used_count", c.nExpertUsed], ["context_length", c.contextLength],
+  ];
+  for (const [k, v] of positive) {
+    if (!Number.isInteger(v) || v <= 0) throw new ModelFormatError(`${c.arch}.${k} must be a positive integer, found ${v}`);
+  }
+  if (c.nHead % c.nKvHead !== 0) {
+    throw new ModelFormatError(`${c.arch}: head_count ${c.nHead} is not a multiple of head_count_kv ${c.nKvHead}`);
+  }
+  if (c.nExpertUsed > c.nExpert) {
+    throw new ModelFormatError(`${c.arch}: expert_used_count ${c.nExpertUsed} exceeds expert_count ${c.nExpert}`);
+  }
+  if (c.ropeDim % 2 !== 0 || c.ropeDim > c.headDimK) {
+    throw new ModelFormatError(`${c.arch}: rope dimension ${c.ropeDim} must be even and at most the head size ${c.headDimK}`);
+  }
+  return Object.freeze({ ...c, mla: c.mla ? Object.freeze({ ...c.mla }) : null });
+}

@@ -1,0 +1,21 @@
+/** The architecture registry: GGUF general.architecture (or HF model_type) → Architecture. */
+import type { Architecture } from "./architecture.js";
+import { mixtral } from "./arch/mixtral.js";
+import { qwen2moe } from "./arch/qwen2moe.js";
+import { qwen3moe } from "./arch/qwen3moe.js";
+import { olmoe } from "./arch/olmoe.js";
+import { deepseek2 } from "./arch/deepseek2.js";
+import { deepseek } from "./arch/deepseek.js";
+import { UnsupportedError } from "../errors.js";
+
+export const ARCHITECTURES: readonly Architecture[] = [mixtral, qwen2moe, qwen3moe, olmoe, deepseek2, deepseek];
+
+export function architectureFor(ggufArch: string): Architecture {
+  const a = ARCHITECTURES.find((x) => x.name === ggufArch);
+  if (!a) {
+    throw new UnsupportedError(
+      `architecture "${ggufArch}" is not supported; supported: ${ARCHITECTURES.map((x) => `${x.name} (${x.description})`).join(", ")}`,
+    );
+  }
+  return a;
+}

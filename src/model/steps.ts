@@ -1,0 +1,294 @@
+/**
+ * The named steps architecture recipes are written in: norms, attention (standard GQA and
+ * DeepSeek's MLA), routing, the expert FFN (grouped: tokens gathered per expert, one matmul per
+ * expert), shared experts and dense FFNs. Steps know shapes and numerics, never memory placement.
+ *
+ * Activations are row-major Float32Arrays: x is [nTokens, dModel].
+ */
+import type { Backend } from "../backend/backend.js";
+import type { ModelConfig } from "./config.js";
+import type { ExpertProvider } from "./experts.js";
+import type { KvCache } from "./kv-cache.js";
+import type { ModelWeights } from "./weights.js";
+
+/** Receives each MoE layer's routing decisions (tracing, statistics). */
+export interface RoutingObserver {
+  /** experts/weights: [nTokens, k] row-major */
+  onRouting(layer: number, experts: Int32Array, weights: Float32Array, nTokens: number, k: number): void;
+}
+
+export interface ForwardContext {
+  readonly backend: Backend;
+  readonly cfg: ModelConfig;
+  readonly weights: ModelWeights;
+  readonly experts: ExpertProvider;
+  readonly kv: KvCache;
+  readonly nTokens: number;
+  /** position of the first token of this batch (= tokens already in the cache) */
+  readonly pos0: number;
+  readonly observer?: RoutingObserver;
+}
+
+export interface Routing {
+  /** [nTokens, k] selected experts */
+  readonly experts: Int32Array;
+  /** [nTokens, k] their weights */
+  readonly weights: Float32Array;
+  readonly k: number;
+}
+
+const blk = (l: number, name: string) => `blk.${l}.${name}`;
+
+export function addInPlace(x: Float32Array, y: Float32Array): void {
+  for (let i = 0; i < x.length; i++) x[i] += y[i];
+}
+
+export function rmsNorm(ctx: ForwardContext, x: Float32Array, weight: Float32Array, dim = ctx.cfg.dModel): Float32Array {
+  const out = new Float32Array(x.length);
+  ctx.backend.rmsNorm(x, weight, ctx.cfg.rmsEps, dim, out);
+  return out;
+}
+
+/** y = W x (+ b).  x: [nTokens, cols] → [nTokens, rows] */
+function linear(ctx: ForwardContext, name: string, rows: number, cols: number, x: Float32Array, bias?: string): Float32Array {
+  const w = ctx.weights.matrix(name, rows, cols);
+  const out = new Float32Array(ctx.nTokens * rows);
+  ctx.backend.matmul(w, x, ctx.nTokens, out);
+  const b = bias ? ctx.weights.optionalVector(bias, rows) : null;
+  if (b) for (let t = 0; t < ctx.nTokens; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += b[r];
+  return out;
+}
+
+/** Copies this batch's keys/values into the cache at positions pos0.. */
+function storeKv(ctx: ForwardContext, l: number, k: Float32Array, v: Float32Array): void {
+  const { kv, pos0 } = ctx;
+  kv.k[l].set(k, pos0 * kv.kRow);
+  kv.v[l].set(v, pos0 * kv.vRow);
+}
+
+/**
+ * Standard multi-head attention with GQA, optional q/k/v biases (Qwen2-MoE) and optional q/k
+ * RMS norms (per head: Qwen3-MoE; over the whole projection: OLMoE).  h: [nTokens, dModel]
+ */
+export function selfAttention(ctx: ForwardContext, l: number, h: Float32Array): Float32Array {
+  const { cfg, backend, nTokens } = ctx;
+  const qDim = cfg.nHead * cfg.headDimK, kDim = cfg.nKvHead * cfg.headDimK, vDim = cfg.nKvHead * cfg.headDimV;
+  let q = linear(ctx, blk(l, "attn_q.weight"), qDim, cfg.dModel, h, blk(l, "attn_q.bias")); // [T, nHead*hd]
+  let k = linear(ctx, blk(l, "attn_k.weight"), kDim, cfg.dModel, h, blk(l, "attn_k.bias")); // [T, nKv*hd]
+  const v = linear(ctx, blk(l, "attn_v.weight"), vDim, cfg.dModel, h, blk(l, "attn_v.bias")); // [T, nKv*hdv]
+  if (cfg.qkNorm === "head") {
+    q = rmsNorm(ctx, q, ctx.weights.vector(blk(l, "attn_q_norm.weight"), cfg.headDimK), cfg.headDimK);
+    k = rmsNorm(ctx, k, ctx.weights.vector(blk(l, "attn_k_norm.weight"), cfg.headDimK), cfg.headDimK);
+  } else if (cfg.qkNorm === "full") {
+    q = rmsNorm(ctx, q, ctx.weights.vector(blk(l, "attn_q_norm.weight"), qDim), qDim);
+    k = rmsNorm(ctx, k, ctx.weights.vector(blk(l, "attn_k_norm.weight"), kDim), kDim);
+  }
+  const rope = { nTokens, ropeOffset: 0, ropeDim: cfg.ropeDim, pos0: ctx.pos0, theta: cfg.ropeTheta, neox: cfg.ropeNeox, freqScale: cfg.ropeFreqScale };
+  backend.rope(q, { ...rope, nHead: cfg.nHead, headStride: cfg.headDimK });
+  backend.rope(k, { ...rope, nHead: cfg.nKvHead, headStride: cfg.headDimK });
+  storeKv(ctx, l, k, v);
+  const att = new Float32Array(nTokens * cfg.nHead * cfg.headDimV);
+  backend.attention(q, ctx.kv.k[l], ctx.kv.v[l], {
+    nTokens, nPast: ctx.pos0, nHead: cfg.nHead, nKvHead: cfg.nKvHead,
+    headDimK: cfg.headDimK, headDimV: cfg.headDimV, scale: 1 / Math.sqrt(cfg.headDimK),
+  }, att);
+  return linear(ctx, blk(l, "attn_output.weight"), cfg.dModel, cfg.nHead * cfg.headDimV, att);
+}
+
+/**
+ * DeepSeek-V2 multi-head latent attention, computed the direct way: the compressed KV latent is
+ * expanded to per-head keys and values, which are cached.  h: [nTokens, dModel]
+ */
+export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): Float32Array {
+  const { cfg, backend, nTokens, weights } = ctx;
+  const mla = cfg.mla!;
+  const nH = cfg.nHead, dK = mla.qkNopeDim + mla.qkRopeDim, dV = mla.vHeadDim, lora = mla.kvLoraRank;
+  let q: Float32Array; // [T, nH, nope+rope]
+  if (mla.qLoraRank > 0) {
+    const qa = linear(ctx, blk(l, "attn_q_a.weight"), mla.qLoraRank, cfg.dModel, h);
+    const qaN = rmsNorm(ctx, qa, weights.vector(blk(l, "attn_q_a_norm.weight"), mla.qLoraRank), mla.qLoraRank);
+    q = linear(ctx, blk(l, "attn_q_b.weight"), nH * dK, mla.qLoraRank, qaN);
+  } else {
+    q = linear(ctx, blk(l, "attn_q.weight"), nH * dK, cfg.dModel, h);
+  }
+  const kvA = linear(ctx, blk(l, "attn_kv_a_mqa.weight"), lora + mla.qkRopeDim, cfg.dModel, h); // [T, lora + rope]
+  const latent = new Float32Array(nTokens * lora);
+  for (let t = 0; t < nTokens; t++) latent.set(kvA.subarray(t * (lora + mla.qkRopeDim), t * (lora + mla.qkRopeDim) + lora), t * lora);
+  const latentN = rmsNorm(ctx, latent, weights.vector(blk(l, "attn_kv_a_norm.weight"), lora), lora);
+  const kvB = linear(ctx, blk(l, "attn_kv_b.weight"), nH * (mla.qkNopeDim + dV), lora, latentN); // [T, nH, nope + v]
+
+  const rope = { nTokens, ropeDim: mla.qkRopeDim, pos0: ctx.pos0, theta: cfg.ropeTheta, neox: cfg.ropeNeox, freqScale: cfg.ropeFreqScale };
+  backend.rope(q, { ...rope, nHead: nH, headStride: dK, ropeOffset: mla.qkNopeDim });
+  backend.rope(kvA, { ...rope, nHead: 1, headStride: lora + mla.qkRopeDim, ropeOffset: lora });
+
+  const k = new Float32Array(nTokens * nH * dK);
+  const v = new Float32Array(nTokens * nH * dV);
+  for (let t = 0; t < nTokens; t++) {
+    const kPe = kvA.subarray(t * (lora + mla.qkRopeDim) + lora, (t + 1) * (lora + mla.qkRopeDim));
+    for (let hh = 0; hh < nH; hh++) {
+      const src = (t * nH + hh) * (mla.qkNopeDim + dV);
+      k.set(kvB.subarray(src, src + mla.qkNopeDim), (t * nH + hh) * dK);
+      k.set(kPe, (t * nH + hh) * dK + mla.qkNopeDim);
+      v.set(kvB.subarray(src + mla.qkNopeDim, src + mla.qkNopeDim + dV), (t * nH + hh) * dV);
+    }
+  }
+  storeKv(ctx, l, k, v);
+  const att = new Float32Array(nTokens * nH * dV);
+  backend.attention(q, ctx.kv.k[l], ctx.kv.v[l], {
+    nTokens, nPast: ctx.pos0, nHead: nH, nKvHead: nH, headDimK: dK, headDimV: dV, scale: 1 / Math.sqrt(dK),
+  }, att);
+  return linear(ctx, blk(l, "attn_output.weight"), cfg.dModel, nH * dV, att);
+}
+
+export interface RouteOptions {
+  /** renormalise the selected weights to sum to 1 */
+  readonly normTopK: boolean;
+  /** multiply the weights by this */
+  readonly scale: number;
+}
+
+/** Softmax router, top-k per token (ties go to the lower expert id).  h: [nTokens, dModel] */
+export function route(ctx: ForwardContext, l: number, h: Float32Array, opts: RouteOptions): Routing {
+  const { cfg, nTokens } = ctx;
+  const nE = cfg.nExpert, k = cfg.nExpertUsed;
+  const logits = linear(ctx, blk(l, "ffn_gate_inp.weight"), nE, cfg.dModel, h); // [T, nE]
+  const experts = new Int32Array(nTokens * k);
+  const weights = new Float32Array(nTokens * k);
+  const probs = new Float64Array(nE);
+  for (let t = 0; t < nTokens; t++) {
+    const row = logits.subarray(t * nE, (t + 1) * nE);
+    let max = -Infinity;
+    for (let e = 0; e < nE; e++) max = Math.max(max, row[e]);
+    let sum = 0;
+    for (let e = 0; e < nE; e++) { probs[e] = Math.exp(row[e] - max); sum += probs[e]; }
+    for (let e = 0; e < nE; e++) probs[e] /= sum;
+    const order = topK(probs, k);
+    let wsum = 0;
+    for (let j = 0; j < k; j++) wsum += probs[order[j]];
+    for (let j = 0; j < k; j++) {
+      experts[t * k + j] = order[j];
+      weights[t * k + j] = (opts.normTopK ? probs[order[j]] / wsum : probs[order[j]]) * opts.scale;
+    }
+  }
+  ctx.observer?.onRouting(l, experts, weights, nTokens, k);
+  return { experts, weights, k };
+}
+
+/** Indices of the k largest values, largest first; ties to the lower index. */
+export function topK(values: ArrayLike<number>, k: number): number[] {
+  const idx: number[] = [];
+  for (let i = 0; i < values.length; i++) {
+    let j = idx.length;
+    if (j === k && values[i] <= values[idx[k - 1]]) continue;
+    if (j === k) idx.pop();
+    j = idx.length;
+    while (j > 0 && values[idx[j - 1]] < values[i]) j--;
+    idx.splice(j, 0, i);
+  }
+  return idx;
+}
+
+/**
+ * The routed experts: y[t] = Σ_j w[t,j] · expert_{e[t,j]}(h[t]). Tokens are grouped per expert so
+ * each expert's weights are read once per batch (one matmul per expert).  h: [nTokens, dModel]
+ */
+export function moeExperts(ctx: ForwardContext, l: number, h: Float32Array, r: Routing): Float32Array {
+  const { cfg, backend, nTokens } = ctx;
+  const d = cfg.dModel, ff = cfg.expertFf;
+  // tokens (and their weight) per expert, in token order
+  const groups = new Map<number, Array<{ t: number; w: number }>>();
+  for (let t = 0; t < nTokens; t++) {
+    for (let j = 0; j < r.k; j++) {
+      const e = r.experts[t * r.k + j];
+      let g = groups.get(e);
+      if (!g) groups.set(e, (g = []));
+      g.push({ t, w: r.weights[t * r.k + j] });
+    }
+  }
+  const used = [...groups.keys()].sort((a, b) => a - b);
+  const ws = ctx.experts.acquire(l, used, { gateInput: h, nTokens });
+  const out = new Float32Array(nTokens * d);
+  try {
+    for (let i = 0; i < used.length; i++) {
+      const g = groups.get(used[i])!;
+      const n = g.length;
+      const xg = n === nTokens ? h : gatherRows(h, g.map((x) => x.t), d);
+      const gate = new Float32Array(n * ff), up = new Float32Array(n * ff), act = new Float32Array(n * ff);
+      backend.matmul(ws[i].gate, xg, n, gate);
+      backend.matmul(ws[i].up, xg, n, up);
+      backend.siluMul(gate, up, act);
+      const y = new Float32Array(n * d);
+      backend.matmul(ws[i].down, act, n, y);
+      for (let j = 0; j < n; j++) {
+        const { t, w } = g[j];
+        for (let c = 0; c < d; c++) out[t * d + c] += w * y[j * d + c];
+      }
+    }
+  } finally {
+    ctx.experts.release(l, used);
+  }
+  return out;
+}
+
+function gatherRows(x: Float32Array, rows: number[], dim: number): Float32Array {
+  const out = new Float32Array(rows.length * dim);
+  rows.forEach((r, i) => out.set(x.subarray(r * dim, (r + 1) * dim), i * dim));
+  return out;
+}
+
+/** A SwiGLU FFN from named tensors: down(silu(gate h) * up h).  h: [nTokens, dModel] */
+export function swigluFfn(ctx: ForwardContext, names: { gate: string; up: string; down: string }, ff: number, h: Float32Array): Float32Array {
+  const { cfg, backend, nTokens } = ctx;
+  const gate = linear(ctx, names.gate, ff, cfg.dModel, h);
+  const up = linear(ctx, names.up, ff, cfg.dModel, h);
+  const act = new Float32Array(nTokens * ff);
+  backend.siluMul(gate, up, act);
+  return linear(ctx, names.down, cfg.dModel, ff, act);
+}
+
+/** Dense FFN of a non-MoE layer (DeepSeek's leading dense blocks). */
+export function denseFfn(ctx: ForwardContext, l: number, h: Float32Array): Float32Array {
+  return swigluFfn(ctx, { gate: blk(l, "ffn_gate.weight"), up: blk(l, "ffn_up.weight"), down: blk(l, "ffn_down.weight") }, ctx.cfg.denseFf, h);
+}
+
+/**
+ * The always-on shared expert; with `gated` (Qwen2-MoE) its output is scaled per token by
+ * sigmoid(ffn_gate_inp_shexp · h).
+ */
+export function sharedExpert(ctx: ForwardContext, l: number, h: Float32Array, opts: { gated: boolean }): Float32Array {
+  const y = swigluFfn(ctx, {
+    gate: blk(l, "ffn_gate_shexp.weight"), up: blk(l, "ffn_up_shexp.weight"), down: blk(l, "ffn_down_shexp.weight"),
+  }, ctx.cfg.sharedFf, h);
+  if (opts.gated) {
+    const g = linear(ctx, blk(l, "ffn_gate_inp_shexp.weight"), 1, ctx.cfg.dModel, h); // [T, 1]
+    const d = ctx.cfg.dModel;
+    for (let t = 0; t < ctx.nTokens; t++) {
+      const s = 1 / (1 + Math.exp(-g[t]));
+      for (let c = 0; c < d; c++) y[t * d + c] *= s;
+    }
+  }
+  return y;
+}
+
+/** Final norm and vocabulary projection of the given rows.  x: [nTokens, dModel] → [rows, vocab] */
+export function outputLogits(ctx: ForwardContext, x: Float32Array, rows: number[]): Float32Array {
+  const { cfg, backend, weights } = ctx;
+  const d = cfg.dModel;
+  const sel = gatherRows(x, rows, d);
+  const normed = new Float32Array(sel.length);
+  backend.rmsNorm(sel, weights.vector("output_norm.weight", d), cfg.rmsEps, d, normed);
+  const head = cfg.tiedEmbeddings || !weights.has("output.weight")
+    ? weights.matrix("token_embd.weight", cfg.vocabSize, d)
+    : weights.matrix("output.weight", cfg.vocabSize, d);
+  const logits = new Float32Array(rows.length * cfg.vocabSize);
+  backend.matmul(head, normed, rows.length, logits);
+  return logits;
+}
+
+/** Token embeddings.  → [nTokens, dModel] */
+export function embed(ctx: ForwardContext, tokens: readonly number[]): Float32Array {
+  const { cfg } = ctx;
+  const x = new Float32Array(tokens.length * cfg.dModel);
+  ctx.backend.getRows(ctx.weights.matrix("token_embd.weight", cfg.vocabSize, cfg.dModel), tokens, x);
+  return x;
+}

@@ -1,0 +1,100 @@
+/**
+ * ModelWeights: typed, shape-checked access to a model's tensors by canonical GGUF name.
+ * Matrices stay in their GGUF type (the backend computes on the blocks); vectors (norms, biases)
+ * are dequantized to f32. Every tensor is loaded once and cached.
+ */
+import type { WeightMatrix } from "../backend/backend.js";
+import type { TensorMeta, WeightSource } from "../formats/model-file.js";
+import { dequantize } from "../formats/quant/dequantize.js";
+import { COMPUTE_TYPES, GGMLType, rowBytes, typeName } from "../formats/quant/types.js";
+import { MissingTensorError, UnsupportedError, ModelFormatError } from "../errors.js";
+
+/** A stacked `[n_expert, rows, cols]` tensor (GGUF dims [cols, rows, n_expert]). */
+export interface StackedMatrix {
+  readonly type: GGMLType;
+  readonly nExpert: number;
+  readonly rows: number;
+  readonly cols: number;
+  /** bytes of one expert's slice */
+  readonly expertBytes: number;
+  readonly meta: TensorMeta;
+}
+
+function dimsText(d: readonly number[]): string {
+  return `[${d.join(", ")}]`;
+}
+
+export class ModelWeights {
+  private readonly matrices = new Map<string, WeightMatrix>();
+  private readonly vectors = new Map<string, Float32Array>();
+
+  constructor(readonly source: WeightSource) {}
+
+  has(name: string): boolean {
+    return this.source.tensors.has(name);
+  }
+
+  /** The tensor's description, checked against the expected GGUF-order dims. */
+  meta(name: string, dims: readonly number[]): TensorMeta {
+    const m = this.source.tensors.get(name);
+    if (!m) throw new MissingTensorError(`tensor ${name} is missing from the model (expected ${dimsText(dims)})`);
+    const same = m.dims.length === dims.length && m.dims.every((d, i) => d === dims[i]);
+    // GGUF allows trailing 1s to be dropped or kept
+    const squeezed = (d: readonly number[]) => { const r = [...d]; while (r.length > 1 && r[r.length - 1] === 1) r.pop(); return r; };
+    const sq = squeezed(m.dims), se = squeezed(dims);
+    if (!same && !(sq.length === se.length && sq.every((d, i) => d === se[i]))) {
+      throw new ModelFormatError(`tensor ${name}: expected shape ${dimsText(dims)}, found ${dimsText(m.dims)}`);
+    }
+    if (!COMPUTE_TYPES.includes(m.type)) {
+      throw new UnsupportedError(
+        `tensor ${name} has type ${typeName(m.type)}, which moira cannot compute with; supported: ${COMPUTE_TYPES.map(typeName).join(", ")} (re-quantize the model)`,
+      );
+    }
+    return m;
+  }
+
+  /** A `rows x cols` matrix (GGUF dims [cols, rows]). */
+  matrix(name: string, rows: number, cols: number): WeightMatrix {
+    let w = this.matrices.get(name);
+    if (!w) {
+      const m = this.meta(name, [cols, rows]);
+      const t = this.source.load(name);
+      w = { type: m.type, rows, cols, data: t.data };
+      this.matrices.set(name, w);
+    }
+    return w;
+  }
+
+  optionalMatrix(name: string, rows: number, cols: number): WeightMatrix | null {
+    return this.has(name) ? this.matrix(name, rows, cols) : null;
+  }
+
+  /** A 1-D tensor of n elements, as f32. */
+  vector(name: string, n: number): Float32Array {
+    let v = this.vectors.get(name);
+    if (!v) {
+      const m = this.meta(name, [n]);
+      const t = this.source.load(name);
+      v = m.type === GGMLType.F32
+        ? new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + n * 4))
+        : dequantize(m.type, t.data, n);
+      this.vectors.set(name, v);
+    }
+    return v;
+  }
+
+  optionalVector(name: string, n: number): Float32Array | null {
+    return this.has(name) ? this.vector(name, n) : null;
+  }
+
+  /** Describes a stacked expert tensor without loading it. */
+  stacked(name: string, nExpert: number, rows: number, cols: number): StackedMatrix {
+    const meta = this.meta(name, [cols, rows, nExpert]);
+    return { type: meta.type, nExpert, rows, cols, expertBytes: rows * rowBytes(meta.type, cols), meta };
+  }
+
+  /** Loads a stacked tensor's bytes (all experts). */
+  stackedData(name: string): Uint8Array {
+    return this.source.load(name).data;
+  }
+}

@@ -1,0 +1,234 @@
+/**
+ * Replacement pools: the per-pool eviction logic behind `CachePolicy` (see policy.ts). A pool holds
+ * numeric expert ids (`expertId`) up to a fixed capacity; a policy owns one pool per layer or one
+ * global pool. Pools never evict an id for which `canEvict` says no (pinned experts).
+ */
+
+/** One fixed-capacity set of resident ids with its own replacement rule. */
+export interface ReplacementPool {
+  readonly capacity: number;
+  readonly size: number;
+  has(id: number): boolean;
+  /** Records an access to a resident id. */
+  hit(id: number, now: number): void;
+  /**
+   * Inserts a non-resident id, evicting as needed among ids that `canEvict` allows.
+   * Returns the evicted ids, or null when no room can be made (capacity 0, or all pinned).
+   */
+  insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null;
+  remove(id: number): boolean;
+  ids(): IterableIterator<number>;
+  reset(): void;
+}
+
+/** Least recently used. A Map iterates in insertion order, so re-inserting on a hit keeps it in LRU order. */
+export class LruPool implements ReplacementPool {
+  private readonly order = new Map<number, true>();
+  constructor(readonly capacity: number) {}
+  get size(): number { return this.order.size; }
+  has(id: number): boolean { return this.order.has(id); }
+  hit(id: number): void { this.order.delete(id); this.order.set(id, true); }
+  insert(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
+    if (this.capacity <= 0) return null;
+    const evicted: number[] = [];
+    while (this.order.size >= this.capacity) {
+      let victim: number | undefined;
+      for (const k of this.order.keys()) if (canEvict(k)) { victim = k; break; }
+      if (victim === undefined) return restore(this.order, evicted);
+      this.order.delete(victim);
+      evicted.push(victim);
+    }
+    this.order.set(id, true);
+    return evicted;
+  }
+  remove(id: number): boolean { return this.order.delete(id); }
+  ids(): IterableIterator<number> { return this.order.keys(); }
+  reset(): void { this.order.clear(); }
+}
+
+/** Puts back what a failed insert evicted (only possible with capacity shrinking under pins). */
+function restore(order: Map<number, true>, evicted: number[]): null {
+  for (const v of evicted) order.set(v, true);
+  return null;
+}
+
+/**
+ * Least frequently used, with *history* counts: an expert's access count survives its eviction
+ * (expert popularity is a stable property of the model, unlike page popularity). Ties go to the
+ * least recently used.
+ */
+export class LfuPool implements ReplacementPool {
+  private readonly resident = new Set<number>();
+  private readonly count = new Map<number, number>();
+  private readonly lastUse = new Map<number, number>();
+  constructor(readonly capacity: number) {}
+  get size(): number { return this.resident.size; }
+  has(id: number): boolean { return this.resident.has(id); }
+  private bump(id: number, now: number): void {
+    this.count.set(id, (this.count.get(id) ?? 0) + 1);
+    this.lastUse.set(id, now);
+  }
+  hit(id: number, now: number): void { this.bump(id, now); }
+  insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
+    if (this.capacity <= 0) { this.bump(id, now); return null; }
+    const evicted: number[] = [];
+    while (this.resident.size >= this.capacity) {
+      let victim = -1, vc = Infinity, vt = Infinity;
+      for (const k of this.resident) {
+        if (!canEvict(k)) continue;
+        const c = this.count.get(k) ?? 0, t = this.lastUse.get(k) ?? -Infinity;
+        if (c < vc || (c === vc && t < vt)) { victim = k; vc = c; vt = t; }
+      }
+      if (victim < 0) { for (const v of evicted) this.resident.add(v); this.bump(id, now); return null; }
+      this.resident.delete(victim);
+      evicted.push(victim);
+    }
+    this.resident.add(id);
+    this.bump(id, now);
+    return evicted;
+  }
+  remove(id: number): boolean { return this.resident.delete(id); }
+  ids(): IterableIterator<number> { return this.resident.values(); }
+  reset(): void { this.resident.clear(); this.count.clear(); this.lastUse.clear(); }
+}
+
+/**
+ * ARC (Megiddo & Modha, FAST 2003): T1 (seen once recently) and T2 (seen at least twice) hold
+ * residents, B1/B2 remember recently evicted ids, and the target size p of T1 adapts to which
+ * ghost list gets hit. Maps are kept in LRU→MRU order. Pinned ids are skipped when evicting.
+ */
+export class ArcPool implements ReplacementPool {
+  private readonly t1 = new Map<number, true>();
+  private readonly t2 = new Map<number, true>();
+  private readonly b1 = new Map<number, true>();
+  private readonly b2 = new Map<number, true>();
+  private p = 0;
+  constructor(readonly capacity: number) {}
+  get size(): number { return this.t1.size + this.t2.size; }
+  has(id: number): boolean { return this.t1.has(id) || this.t2.has(id); }
+  hit(id: number): void {
+    if (this.t1.delete(id) || this.t2.delete(id)) this.t2.set(id, true);
+  }
+  /** ARC's REPLACE: moves the LRU evictable entry of T1 or T2 (chosen by p) to its ghost list. */
+  private replace(inB2: boolean, canEvict: (id: number) => boolean): number | null {
+    const preferT1 = this.t1.size > 0 && ((inB2 && this.t1.size === this.p) || this.t1.size > this.p);
+    const order: Array<[Map<number, true>, Map<number, true>]> = preferT1
+      ? [[this.t1, this.b1], [this.t2, this.b2]]
+      : [[this.t2, this.b2], [this.t1, this.b1]];
+    for (const [list, ghost] of order) {
+      for (const k of list.keys()) {
+        if (!canEvict(k)) continue;
+        list.delete(k);
+        ghost.set(k, true);
+        return k;
+      }
+    }
+    return null;
+  }
+  insert(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
+    const c = this.capacity;
+    if (c <= 0) return null;
+    const evicted: number[] = [];
+    const full = (): boolean => this.t1.size + this.t2.size >= c;
+    if (this.b1.has(id)) {
+      this.p = Math.min(c, this.p + Math.max(this.b2.size / this.b1.size, 1));
+      if (full()) { const v = this.replace(false, canEvict); if (v === null) return null; evicted.push(v); }
+      this.b1.delete(id);
+      this.t2.set(id, true);
+      return evicted;
+    }
+    if (this.b2.has(id)) {
+      this.p = Math.max(0, this.p - Math.max(this.b1.size / this.b2.size, 1));
+      if (full()) { const v = this.replace(true, canEvict); if (v === null) return null; evicted.push(v); }
+      this.b2.delete(id);
+      this.t2.set(id, true);
+      return evicted;
+    }
+    const l1 = this.t1.size + this.b1.size;
+    const total = l1 + this.t2.size + this.b2.size;
+    if (l1 >= c) {
+      if (this.t1.size < c) {
+        deleteFirst(this.b1);
+        if (full()) { const v = this.replace(false, canEvict); if (v === null) return null; evicted.push(v); }
+      } else {
+        // B1 is empty and T1 fills the cache: drop T1's LRU entirely (no ghost).
+        let victim: number | undefined;
+        for (const k of this.t1.keys()) if (canEvict(k)) { victim = k; break; }
+        if (victim === undefined) {
+          const v = this.replace(false, canEvict);
+          if (v === null) return null;
+          evicted.push(v);
+        } else {
+          this.t1.delete(victim);
+          evicted.push(victim);
+        }
+      }
+    } else if (total >= c) {
+      if (total >= 2 * c) deleteFirst(this.b2);
+      if (full()) { const v = this.replace(false, canEvict); if (v === null) return null; evicted.push(v); }
+    }
+    this.t1.set(id, true);
+    return evicted;
+  }
+  remove(id: number): boolean { return this.t1.delete(id) || this.t2.delete(id); }
+  *ids(): IterableIterator<number> { yield* this.t1.keys(); yield* this.t2.keys(); }
+  reset(): void { this.t1.clear(); this.t2.clear(); this.b1.clear(); this.b2.clear(); this.p = 0; }
+}
+
+function deleteFirst(m: Map<number, true>): void {
+  for (const k of m.keys()) { m.delete(k); return; }
+}
+
+/**
+ * When each id is next used after `now` (Infinity if never): the oracle behind Belady's policy,
+ * built from the whole future access sequence (`times[i]` is when `ids[i]` is accessed).
+ */
+export class FutureIndex {
+  private readonly positions = new Map<number, number[]>();
+  constructor(ids: ArrayLike<number>, times?: ArrayLike<number>) {
+    for (let i = 0; i < ids.length; i++) {
+      const t = times ? times[i]! : i;
+      const id = ids[i]!;
+      let list = this.positions.get(id);
+      if (!list) { list = []; this.positions.set(id, list); }
+      if (list.length > 0 && list[list.length - 1]! > t) throw new RangeError("FutureIndex: times must be non-decreasing");
+      list.push(t);
+    }
+  }
+  nextUse(id: number, now: number): number {
+    const list = this.positions.get(id);
+    if (!list) return Infinity;
+    let lo = 0, hi = list.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (list[mid]! <= now) lo = mid + 1; else hi = mid; }
+    return lo < list.length ? list[lo]! : Infinity;
+  }
+}
+
+/** Belady's MIN: evict the resident whose next use is furthest in the future (offline; replay only). */
+export class BeladyPool implements ReplacementPool {
+  private readonly resident = new Set<number>();
+  constructor(readonly capacity: number, private readonly future: FutureIndex) {}
+  get size(): number { return this.resident.size; }
+  has(id: number): boolean { return this.resident.has(id); }
+  hit(): void {}
+  insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
+    if (this.capacity <= 0) return null;
+    const evicted: number[] = [];
+    while (this.resident.size >= this.capacity) {
+      let victim = -1, far = -Infinity;
+      for (const k of this.resident) {
+        if (!canEvict(k)) continue;
+        const n = this.future.nextUse(k, now);
+        if (n > far || (n === far && k < victim)) { victim = k; far = n; }
+      }
+      if (victim < 0) { for (const v of evicted) this.resident.add(v); return null; }
+      this.resident.delete(victim);
+      evicted.push(victim);
+    }
+    this.resident.add(id);
+    return evicted;
+  }
+  remove(id: number): boolean { return this.resident.delete(id); }
+  ids(): IterableIterator<number> { return this.resident.values(); }
+  reset(): void { this.resident.clear(); }
+}

@@ -1,0 +1,214 @@
+/**
+ * Cache replacement policies for experts: which experts stay in the fast tier (RAM arena, later
+ * GPU buffers). The same classes serve the engine's `ExpertStore` online and the trace replay
+ * simulator (src/trace/simulate.ts) offline; there is no second implementation.
+ *
+ * A policy only decides *which* keys are resident; it never touches memory. A store calls:
+ *   touch(key, now)  on every access of a resident key (a hit),
+ *   admit(key, now)  after loading a missing key (it returns what to evict),
+ *   pin/unpin        around the experts a layer is computing with (never evicted while pinned).
+ * `now` is any non-decreasing access counter; Belady's policy needs it to be the index of the
+ * access in the future sequence it was built with.
+ */
+import { BudgetError, InvalidArgumentError } from "../errors.js";
+import { type ExpertKey, expertId, expertKeyOf } from "./expert-key.js";
+import {
+  ArcPool, BeladyPool, FutureIndex, LfuPool, LruPool, type ReplacementPool,
+} from "./policy-pools.js";
+
+export { FutureIndex } from "./policy-pools.js";
+export type { ReplacementPool } from "./policy-pools.js";
+
+/** Slots (expert-sized cache entries): a fixed number per layer, or one pool shared by all layers. */
+export type CacheLayout =
+  | { readonly kind: "per-layer"; readonly slots: readonly number[] } // slots[layer]
+  | { readonly kind: "global"; readonly slots: number };
+
+/** Same number of slots for every layer. */
+export function uniformLayout(nLayer: number, slotsPerLayer: number): CacheLayout {
+  return { kind: "per-layer", slots: new Array<number>(nLayer).fill(slotsPerLayer) };
+}
+
+/** Total slots of a layout. */
+export function totalSlots(layout: CacheLayout): number {
+  return layout.kind === "global" ? layout.slots : layout.slots.reduce((a, b) => a + b, 0);
+}
+
+/** What `admit` did: `admitted` false means the key could not be cached (no slot, or all pinned). */
+export interface AdmitResult {
+  readonly admitted: boolean;
+  readonly evicted: readonly ExpertKey[];
+}
+
+/** A replacement policy over a fixed number of expert slots. */
+export interface CachePolicy {
+  readonly name: string;
+  /** The layout actually used (Fate's allocation replaces the per-layer split it was given). */
+  readonly layout: CacheLayout;
+  /** Slots available to `layer` (the shared pool's size for a global layout). */
+  capacityOf(layer: number): number;
+  has(key: ExpertKey): boolean;
+  /** Records an access; returns whether the key was resident (a hit). */
+  touch(key: ExpertKey, now: number): boolean;
+  /** Makes a (loaded, non-resident) key resident, evicting unpinned keys as needed. */
+  admit(key: ExpertKey, now: number): AdmitResult;
+  remove(key: ExpertKey): boolean;
+  /** Protects a key from eviction until as many `unpin` calls; pinning a non-resident key is allowed. */
+  pin(key: ExpertKey): void;
+  unpin(key: ExpertKey): void;
+  isPinned(key: ExpertKey): boolean;
+  /** Resident keys, of one layer or all. */
+  residents(layer?: number): ExpertKey[];
+  size(layer?: number): number;
+  /** Empties the cache and forgets all history (pins included). */
+  reset(): void;
+}
+
+export const POLICY_NAMES = ["none", "lru", "lfu", "arc", "fate", "belady"] as const;
+export type PolicyName = (typeof POLICY_NAMES)[number];
+
+export interface CachePolicyOptions {
+  readonly nLayer: number;
+  readonly nExpert: number;
+  /** Experts per token (the working set of one layer for one token); Fate's minimum per layer. Default 2. */
+  readonly topK?: number;
+  /** belady: the whole future access sequence; the i-th access happens at `now = i` unless `futureTimes` says otherwise. */
+  readonly future?: readonly ExpertKey[];
+  readonly futureTimes?: ArrayLike<number>;
+  /** fate: slots each non-resident layer keeps at least (default topK). */
+  readonly fateMinSlots?: number;
+  /** fate: force this many fully resident shallow layers instead of the automatic choice. */
+  readonly fateResidentLayers?: number;
+}
+
+/**
+ * Fate's shallow-favoring allocation of `total` slots: the first f layers hold all their experts,
+ * with f the largest number that still leaves every other layer `minSlots`; what is left is split
+ * evenly over the other layers, the remainder going to the shallowest of them.
+ */
+export function fateAllocation(total: number, o: {
+  nLayer: number; nExpert: number; minSlots: number; residentLayers?: number;
+}): number[] {
+  const { nLayer, nExpert } = o;
+  const minSlots = Math.min(o.minSlots, nExpert);
+  let f = o.residentLayers ?? 0;
+  if (o.residentLayers === undefined) {
+    while (f < nLayer && (f + 1) * nExpert + (nLayer - f - 1) * minSlots <= total) f++;
+  }
+  f = Math.min(f, nLayer, Math.floor(total / nExpert));
+  const slots = new Array<number>(nLayer).fill(0);
+  for (let l = 0; l < f; l++) slots[l] = nExpert;
+  let rest = total - f * nExpert;
+  const others = nLayer - f;
+  if (others > 0) {
+    const base = Math.min(nExpert, Math.floor(rest / others));
+    for (let l = f; l < nLayer; l++) slots[l] = base;
+    rest -= base * others;
+    for (let l = f; l < nLayer && rest > 0; l++) {
+      if (slots[l]! < nExpert) { slots[l]!++; rest--; }
+    }
+  }
+  return slots;
+}
+
+/** A policy made of replacement pools: one per layer, or one global. */
+export class PooledPolicy implements CachePolicy {
+  private readonly pools: ReplacementPool[];
+  private readonly pins = new Map<number, number>();
+  private readonly canEvict = (id: number): boolean => !this.pins.has(id);
+  constructor(
+    readonly name: string,
+    readonly layout: CacheLayout,
+    private readonly nLayer: number,
+    private readonly nExpert: number,
+    makePool: (capacity: number) => ReplacementPool,
+  ) {
+    if (layout.kind === "global") this.pools = [makePool(layout.slots)];
+    else {
+      if (layout.slots.length !== nLayer) {
+        throw new InvalidArgumentError(`cache layout has ${layout.slots.length} layers, the model ${nLayer}`);
+      }
+      this.pools = layout.slots.map((s) => makePool(s));
+    }
+  }
+  private pool(layer: number): ReplacementPool {
+    const p = this.layout.kind === "global" ? this.pools[0] : this.pools[layer];
+    if (!p) throw new InvalidArgumentError(`layer ${layer} is out of range (model has ${this.nLayer} layers)`);
+    return p;
+  }
+  private id(key: ExpertKey): number { return expertId(key.layer, key.expert, this.nExpert); }
+  capacityOf(layer: number): number { return this.pool(layer).capacity; }
+  has(key: ExpertKey): boolean { return this.pool(key.layer).has(this.id(key)); }
+  touch(key: ExpertKey, now: number): boolean {
+    const pool = this.pool(key.layer), id = this.id(key);
+    if (!pool.has(id)) return false;
+    pool.hit(id, now);
+    return true;
+  }
+  admit(key: ExpertKey, now: number): AdmitResult {
+    const pool = this.pool(key.layer), id = this.id(key);
+    if (pool.has(id)) { pool.hit(id, now); return { admitted: true, evicted: [] }; }
+    const ev = pool.insert(id, now, this.canEvict);
+    if (ev === null) return { admitted: false, evicted: [] };
+    return { admitted: true, evicted: ev.map((v) => expertKeyOf(v, this.nExpert)) };
+  }
+  remove(key: ExpertKey): boolean { return this.pool(key.layer).remove(this.id(key)); }
+  pin(key: ExpertKey): void { const id = this.id(key); this.pins.set(id, (this.pins.get(id) ?? 0) + 1); }
+  unpin(key: ExpertKey): void {
+    const id = this.id(key), n = this.pins.get(id) ?? 0;
+    if (n <= 1) this.pins.delete(id); else this.pins.set(id, n - 1);
+  }
+  isPinned(key: ExpertKey): boolean { return this.pins.has(this.id(key)); }
+  residents(layer?: number): ExpertKey[] {
+    const out: ExpertKey[] = [];
+    const pools = layer === undefined ? this.pools : [this.pool(layer)];
+    for (const p of pools) for (const id of p.ids()) {
+      const k = expertKeyOf(id, this.nExpert);
+      if (layer === undefined || k.layer === layer) out.push(k);
+    }
+    return out;
+  }
+  size(layer?: number): number {
+    if (layer === undefined) return this.pools.reduce((a, p) => a + p.size, 0);
+    return this.layout.kind === "global" ? this.residents(layer).length : this.pool(layer).size;
+  }
+  reset(): void { for (const p of this.pools) p.reset(); this.pins.clear(); }
+}
+
+/**
+ * Builds a policy by name. `none` caches nothing (every access loads; only the experts a layer is
+ * computing with are in memory, in the store's scratch). `fate` re-allocates the layout's total
+ * slots with `fateAllocation` and runs ARC inside each layer. `belady` needs `opts.future`.
+ */
+export function createPolicy(name: string, layout: CacheLayout, opts: CachePolicyOptions): CachePolicy {
+  const { nLayer, nExpert } = opts;
+  if (!(nLayer > 0 && nExpert > 0)) throw new InvalidArgumentError(`createPolicy: nLayer and nExpert must be positive`);
+  const checkSlots = (s: number): void => {
+    if (!Number.isInteger(s) || s < 0) throw new BudgetError(`cache slots must be a non-negative integer, got ${s}`);
+  };
+  if (layout.kind === "global") checkSlots(layout.slots); else layout.slots.forEach(checkSlots);
+  switch (name as PolicyName) {
+    case "none":
+      return new PooledPolicy("none", layout.kind === "global" ? { kind: "global", slots: 0 } : uniformLayout(nLayer, 0),
+        nLayer, nExpert, (c) => new LruPool(c));
+    case "lru": return new PooledPolicy("lru", layout, nLayer, nExpert, (c) => new LruPool(c));
+    case "lfu": return new PooledPolicy("lfu", layout, nLayer, nExpert, (c) => new LfuPool(c));
+    case "arc": return new PooledPolicy("arc", layout, nLayer, nExpert, (c) => new ArcPool(c));
+    case "fate": {
+      const slots = fateAllocation(totalSlots(layout), {
+        nLayer, nExpert, minSlots: opts.fateMinSlots ?? opts.topK ?? 2, residentLayers: opts.fateResidentLayers,
+      });
+      return new PooledPolicy("fate", { kind: "per-layer", slots }, nLayer, nExpert, (c) => new ArcPool(c));
+    }
+    case "belady": {
+      if (!opts.future) {
+        throw new InvalidArgumentError("policy belady is offline: it needs the future access sequence (trace replay only)");
+      }
+      const ids = Int32Array.from(opts.future, (k) => expertId(k.layer, k.expert, nExpert));
+      const index = new FutureIndex(ids, opts.futureTimes);
+      return new PooledPolicy("belady", layout, nLayer, nExpert, (c) => new BeladyPool(c, index));
+    }
+    default:
+      throw new InvalidArgumentError(`unknown cache policy "${name}": expected one of ${POLICY_NAMES.join(", ")}`);
+  }
+}
