@@ -1,0 +1,121 @@
+/**
+ * A Hugging Face checkpoint directory (config.json + safetensors) seen as the GGUF file
+ * llama.cpp's convert_hf_to_gguf.py would make of it: GGUF metadata keys, GGUF tensor names,
+ * dims and types. Tensors are converted when loaded, never all at once.
+ */
+import { existsSync, statSync } from "node:fs";
+import { basename, join, resolve } from "node:path";
+import { FileAccessError, MissingTensorError } from "../../errors.js";
+import { GGUFValueType, type GGUFMetadataValue, type ModelFile, type TensorData, type TensorMeta, type WeightSource } from "../model-file.js";
+import { GGMLType } from "../quant/types.js";
+import { openSafetensorsDirectory, type SafetensorsArchive } from "../safetensors/reader.js";
+import { hfConfigToGGUFMetadata, readHFConfig, type HFModelConfig } from "./config.js";
+import { materialize } from "./convert-tensor.js";
+import { planTensors, type SourceTensor, type TensorPlan } from "./tensor-names.js";
+
+export { hfConfigToGGUFMetadata, parseHFConfig, readHFConfig, HF_MODEL_TYPES, type GGUFArch, type HFModelConfig, type MLAConfig } from "./config.js";
+export { mapTensorName, planTensors, type TensorPlan, type TensorRecipe, type SourceTensor } from "./tensor-names.js";
+export { permuteQKRows } from "./convert-tensor.js";
+
+/** llama.cpp's LlamaFileType for unquantized files: what general.file_type says. */
+const FILE_TYPE = { ALL_F32: 0, MOSTLY_F16: 1, MOSTLY_BF16: 32 } as const;
+/** gguf-py writes GGML_QUANT_VERSION into every file. */
+const GGML_QUANT_VERSION = 2;
+
+/** Serves the converted tensors of a checkpoint by GGUF name. */
+export class HFWeightSource implements WeightSource {
+  readonly tensors: ReadonlyMap<string, TensorMeta>;
+
+  constructor(private readonly archive: SafetensorsArchive, private readonly plans: ReadonlyMap<string, TensorPlan>) {
+    this.tensors = new Map([...plans.values()].map((p) => [p.name, { name: p.name, type: p.type, dims: p.dims, nbytes: p.nbytes }]));
+  }
+
+  load(name: string): TensorData {
+    const plan = this.plans.get(name);
+    if (!plan) throw new MissingTensorError(`tensor ${name} is not in this checkpoint (after HF → GGUF name mapping)`);
+    const data = materialize(plan, (n) => this.archive.read(n), (n) => this.archive.tensors.get(n)!.shape);
+    return { name: plan.name, type: plan.type, dims: plan.dims, nbytes: plan.nbytes, data };
+  }
+
+  /** The conversion recipe of a tensor (which HF tensors, which rearrangement). */
+  plan(name: string): TensorPlan | undefined {
+    return this.plans.get(name);
+  }
+
+  close(): void {
+    this.archive.close();
+  }
+}
+
+export interface HFModelFile extends ModelFile {
+  readonly format: "hf";
+  readonly config: HFModelConfig;
+  readonly weights: HFWeightSource;
+}
+
+/** general.file_type from the types of the 2-D+ tensors (the ones a quantizer would touch). */
+function fileType(plans: Iterable<TensorPlan>): number {
+  let f16 = 0, bf16 = 0;
+  for (const p of plans) {
+    if (p.dims.length < 2) continue;
+    if (p.type === GGMLType.F16) f16++;
+    else if (p.type === GGMLType.BF16) bf16++;
+  }
+  if (bf16 > f16) return FILE_TYPE.MOSTLY_BF16;
+  return f16 > 0 ? FILE_TYPE.MOSTLY_F16 : FILE_TYPE.ALL_F32;
+}
+
+/**
+ * Opens a Hugging Face checkpoint directory. Throws FileAccessError when the directory or its
+ * config.json is missing, ModelFormatError when there are no safetensors or they contradict the
+ * config, UnsupportedError for model types and dtypes moira does not convert.
+ */
+export function openHFDirectory(dir: string): HFModelFile {
+  const root = resolve(dir);
+  if (!existsSync(root) || !statSync(root).isDirectory()) throw new FileAccessError(`${root} is not a directory`);
+  const configPath = join(root, "config.json");
+  if (!existsSync(configPath)) throw new FileAccessError(`${configPath} not found: a Hugging Face checkpoint directory needs config.json`);
+  const config = readHFConfig(configPath);
+  const archive = openSafetensorsDirectory(root);
+  try {
+    const sources = new Map<string, SourceTensor>([...archive.tensors.values()].map((t) => [t.name, { name: t.name, dtype: t.dtype, shape: t.shape }]));
+    const plans = planTensors(sources, config);
+    const metadata = hfConfigToGGUFMetadata(config, { name: basename(root) });
+    const extra: [string, GGUFMetadataValue][] = [
+      ["general.file_type", { type: GGUFValueType.UINT32, value: fileType(plans.values()) }],
+      ["general.quantization_version", { type: GGUFValueType.UINT32, value: GGML_QUANT_VERSION }],
+    ];
+    for (const [k, v] of extra) metadata.set(k, v);
+    const tokenizerJson = join(root, "tokenizer.json");
+    return {
+      path: root,
+      format: "hf",
+      metadata,
+      weights: new HFWeightSource(archive, plans),
+      config,
+      ...(existsSync(tokenizerJson) ? { tokenizerJsonPath: tokenizerJson } : {}),
+    };
+  } catch (e) {
+    archive.close();
+    throw e;
+  }
+}
+
+/**
+ * Writes a checkpoint directory as a GGUF file, as llama.cpp's converter would (without the
+ * tokenizer metadata, which moira reads from tokenizer.json). Holds every tensor in memory at
+ * once: meant for the small models of tests and tools.
+ */
+export async function convertHFToGGUF(dir: string, outPath: string): Promise<void> {
+  const { writeGGUF } = await import("../gguf/writer.js");
+  const model = openHFDirectory(dir);
+  try {
+    const tensors = [...model.weights.tensors.keys()].map((name) => {
+      const t = model.weights.load(name);
+      return { name: t.name, type: t.type, dims: t.dims, data: t.data };
+    });
+    writeGGUF(outPath, { metadata: model.metadata, tensors });
+  } finally {
+    model.weights.close();
+  }
+}
