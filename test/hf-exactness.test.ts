@@ -8,20 +8,10 @@ import { Model } from "../src/model/model.js";
 import { Session } from "../src/engine/session.js";
 import { argmax } from "../src/engine/sampler.js";
 import { RefBackend } from "../src/backend/ref/ref-backend.js";
+import { backendsUnderTest } from "./backends.js";
 import type { Backend } from "../src/backend/backend.js";
 import { hfFixtures, maxAbsDiff, readGenReference } from "./hf-fixtures.js";
 import { skipWithoutShared } from "./shared.js";
-
-export async function backendsUnderTest(): Promise<Backend[]> {
-  const list: Backend[] = [new RefBackend()];
-  try {
-    const { NativeBackend } = await import("../src/backend/native/index.js");
-    list.push(NativeBackend.create({ threads: 2 }));
-  } catch (e) {
-    if (process.env.CI) throw e; // the native addon must be built in CI
-  }
-  return list;
-}
 
 function greedy(model: Model, backend: Backend, prompt: number[], n: number): { ids: number[]; logits: Float32Array[] } {
   const s = new Session(model, { backend, contextLength: prompt.length + n + 1 });

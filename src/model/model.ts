@@ -40,7 +40,10 @@ export function expectedTensors(c: ModelConfig): ExpectedTensor[] {
       }
       t.push({ name: b("attn_kv_a_mqa.weight"), dims: [c.dModel, m.kvLoraRank + m.qkRopeDim] },
         { name: b("attn_kv_a_norm.weight"), dims: [m.kvLoraRank] },
-        { name: b("attn_kv_b.weight"), dims: [m.kvLoraRank, c.nHead * (m.qkNopeDim + m.vHeadDim)] },
+        { name: b("attn_kv_b.weight"), dims: [m.kvLoraRank, c.nHead * (m.qkNopeDim + m.vHeadDim)], optional: true },
+        // newer llama.cpp files split attn_kv_b per head instead (k part transposed)
+        { name: b("attn_k_b.weight"), dims: [m.qkNopeDim, m.kvLoraRank, c.nHead], optional: true },
+        { name: b("attn_v_b.weight"), dims: [m.kvLoraRank, m.vHeadDim, c.nHead], optional: true },
         { name: b("attn_output.weight"), dims: [c.nHead * m.vHeadDim, c.dModel] });
     } else {
       const q = c.nHead * c.headDimK, k = c.nKvHead * c.headDimK, v = c.nKvHead * c.headDimV;
@@ -91,6 +94,13 @@ export class Model {
       for (const t of expectedTensors(config)) {
         if (t.optional && !weights.has(t.name)) continue;
         weights.meta(t.name, t.dims);
+      }
+      if (config.mla) {
+        for (let l = 0; l < config.nLayer; l++) {
+          if (!weights.has(`blk.${l}.attn_kv_b.weight`) && !(weights.has(`blk.${l}.attn_k_b.weight`) && weights.has(`blk.${l}.attn_v_b.weight`))) {
+            throw new ModelFormatError(`layer ${l}: MLA needs blk.${l}.attn_kv_b.weight or both blk.${l}.attn_k_b.weight and blk.${l}.attn_v_b.weight`);
+          }
+        }
       }
       return new Model(file, arch, config, weights);
     } catch (e) {

@@ -5,7 +5,8 @@
  *
  * Activations are row-major Float32Arrays: x is [nTokens, dModel].
  */
-import type { Backend } from "../backend/backend.js";
+import type { Backend, WeightMatrix } from "../backend/backend.js";
+import { GGMLType } from "../formats/quant/types.js";
 import type { ModelConfig } from "./config.js";
 import type { ExpertProvider } from "./experts.js";
 import type { KvCache } from "./kv-cache.js";
@@ -43,9 +44,9 @@ export function addInPlace(x: Float32Array, y: Float32Array): void {
   for (let i = 0; i < x.length; i++) x[i] += y[i];
 }
 
-export function rmsNorm(ctx: ForwardContext, x: Float32Array, weight: Float32Array, dim = ctx.cfg.dModel): Float32Array {
+export function rmsNorm(ctx: ForwardContext, x: Float32Array, weight: Float32Array, dim = ctx.cfg.dModel, eps = ctx.cfg.rmsEps): Float32Array {
   const out = new Float32Array(x.length);
-  ctx.backend.rmsNorm(x, weight, ctx.cfg.rmsEps, dim, out);
+  ctx.backend.rmsNorm(x, weight, eps, dim, out);
   return out;
 }
 
@@ -96,6 +97,12 @@ export function selfAttention(ctx: ForwardContext, l: number, h: Float32Array): 
 }
 
 /**
+ * DeepSeek-V2's q_a/kv_a layer norms are built with the RMSNorm default eps (1e-6), not
+ * config.rms_norm_eps (transformers' modeling_deepseek_v2). Real checkpoints set both to 1e-6.
+ */
+const MLA_LORA_NORM_EPS = 1e-6;
+
+/**
  * DeepSeek-V2 multi-head latent attention, computed the direct way: the compressed KV latent is
  * expanded to per-head keys and values, which are cached.  h: [nTokens, dModel]
  */
@@ -106,7 +113,7 @@ export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): F
   let q: Float32Array; // [T, nH, nope+rope]
   if (mla.qLoraRank > 0) {
     const qa = linear(ctx, blk(l, "attn_q_a.weight"), mla.qLoraRank, cfg.dModel, h);
-    const qaN = rmsNorm(ctx, qa, weights.vector(blk(l, "attn_q_a_norm.weight"), mla.qLoraRank), mla.qLoraRank);
+    const qaN = rmsNorm(ctx, qa, weights.vector(blk(l, "attn_q_a_norm.weight"), mla.qLoraRank), mla.qLoraRank, MLA_LORA_NORM_EPS);
     q = linear(ctx, blk(l, "attn_q_b.weight"), nH * dK, mla.qLoraRank, qaN);
   } else {
     q = linear(ctx, blk(l, "attn_q.weight"), nH * dK, cfg.dModel, h);
@@ -114,8 +121,9 @@ export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): F
   const kvA = linear(ctx, blk(l, "attn_kv_a_mqa.weight"), lora + mla.qkRopeDim, cfg.dModel, h); // [T, lora + rope]
   const latent = new Float32Array(nTokens * lora);
   for (let t = 0; t < nTokens; t++) latent.set(kvA.subarray(t * (lora + mla.qkRopeDim), t * (lora + mla.qkRopeDim) + lora), t * lora);
-  const latentN = rmsNorm(ctx, latent, weights.vector(blk(l, "attn_kv_a_norm.weight"), lora), lora);
-  const kvB = linear(ctx, blk(l, "attn_kv_b.weight"), nH * (mla.qkNopeDim + dV), lora, latentN); // [T, nH, nope + v]
+  const latentN = rmsNorm(ctx, latent, weights.vector(blk(l, "attn_kv_a_norm.weight"), lora), lora, MLA_LORA_NORM_EPS);
+  const kvB = new Float32Array(nTokens * nH * (mla.qkNopeDim + dV)); // [T, nH, nope + v]
+  backend.matmul(kvBMatrix(ctx, l), latentN, nTokens, kvB);
 
   const rope = { nTokens, ropeDim: mla.qkRopeDim, pos0: ctx.pos0, theta: cfg.ropeTheta, neox: cfg.ropeNeox, freqScale: cfg.ropeFreqScale };
   backend.rope(q, { ...rope, nHead: nH, headStride: dK, ropeOffset: mla.qkNopeDim });
@@ -138,6 +146,30 @@ export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): F
     nTokens, nPast: ctx.pos0, nHead: nH, nKvHead: nH, headDimK: dK, headDimV: dV, scale: 1 / Math.sqrt(dK),
   }, att);
   return linear(ctx, blk(l, "attn_output.weight"), cfg.dModel, nH * dV, att);
+}
+
+/**
+ * MLA's latent → per-head (k_nope, v) projection, [nH*(nope+v), kvLora]. Newer llama.cpp GGUFs
+ * store it split per head as attn_k_b [nH, kvLora, nope] (transposed, for weight absorption) and
+ * attn_v_b [nH, v, kvLora]; this rebuilds the combined matrix once, in f32.
+ */
+function kvBMatrix(ctx: ForwardContext, l: number): WeightMatrix {
+  const { cfg, weights } = ctx;
+  const m = cfg.mla!, nH = cfg.nHead, nope = m.qkNopeDim, dV = m.vHeadDim, lora = m.kvLoraRank;
+  const name = blk(l, "attn_kv_b.weight");
+  if (weights.has(name)) return weights.matrix(name, nH * (nope + dV), lora);
+  return weights.derivedMatrix(name, () => {
+    const kb = weights.tensorF32(blk(l, "attn_k_b.weight"), [nope, lora, nH]); // [nH][lora][nope]
+    const vb = weights.tensorF32(blk(l, "attn_v_b.weight"), [lora, dV, nH]); //   [nH][v][lora]
+    const out = new Float32Array(nH * (nope + dV) * lora);
+    for (let h = 0; h < nH; h++) {
+      for (let r = 0; r < nope; r++) {
+        for (let c = 0; c < lora; c++) out[(h * (nope + dV) + r) * lora + c] = kb[(h * lora + c) * nope + r];
+      }
+      out.set(vb.subarray(h * dV * lora, (h + 1) * dV * lora), (h * (nope + dV) + nope) * lora);
+    }
+    return { type: GGMLType.F32, rows: nH * (nope + dV), cols: lora, data: new Uint8Array(out.buffer) };
+  });
 }
 
 export interface RouteOptions {

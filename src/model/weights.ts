@@ -87,6 +87,21 @@ export class ModelWeights {
     return this.has(name) ? this.vector(name, n) : null;
   }
 
+  /** A matrix computed once from other tensors (e.g. a layout the checkpoint splits differently). */
+  derivedMatrix(name: string, build: () => WeightMatrix): WeightMatrix {
+    let w = this.matrices.get(name);
+    if (!w) this.matrices.set(name, (w = build()));
+    return w;
+  }
+
+  /** A whole tensor dequantized to f32 (for small tensors that need rearranging). */
+  tensorF32(name: string, dims: readonly number[]): Float32Array {
+    const m = this.meta(name, dims);
+    const n = dims.reduce((a, b) => a * b, 1);
+    const t = this.source.load(name);
+    return m.type === GGMLType.F32 ? new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + n * 4)) : dequantize(m.type, t.data, n);
+  }
+
   /** Describes a stacked expert tensor without loading it. */
   stacked(name: string, nExpert: number, rows: number, cols: number): StackedMatrix {
     const meta = this.meta(name, [cols, rows, nExpert]);

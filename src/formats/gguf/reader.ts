@@ -50,7 +50,8 @@ export function valueTypeName(v: GGUFMetadataValue | GGUFValueType): string {
 const MIN_KV_BYTES = 8 + 4 + 1; // empty key, type, one-byte value
 const MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8; // empty name, n_dims, one dim, type, offset
 const TWO_32 = 2 ** 32;
-const utf8 = new TextDecoder("utf-8");
+// ignoreBOM: a token may be exactly U+FEFF (llama vocab has one); the default decoder would drop it
+const utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
 
 /**
  * Reads the header from a buffer that may be a prefix of the file; `grow(minLength)` (when given)
@@ -220,10 +221,10 @@ function parseWith(c: HeaderCursor, path: string): GGUFFile {
   const nTensors = c.u64("tensor count");
   const nKV = c.u64("metadata key/value count");
   if (nKV * MIN_KV_BYTES > c.remaining()) {
-    throw new ModelFormatError(`${path}: metadata count ${nKV} cannot fit in the ${c.remaining()} bytes left in the file`);
+    throw new ModelFormatError(`${path}: metadata count ${nKV} cannot fit in the ${c.remaining()} bytes left in the file; the file is truncated or corrupt`);
   }
   if (nTensors * MIN_TENSOR_INFO_BYTES > c.remaining()) {
-    throw new ModelFormatError(`${path}: tensor count ${nTensors} cannot fit in the ${c.remaining()} bytes left in the file`);
+    throw new ModelFormatError(`${path}: tensor count ${nTensors} cannot fit in the ${c.remaining()} bytes left in the file; the file is truncated or corrupt`);
   }
 
   const metadata = new Map<string, GGUFMetadataValue>();

@@ -34,37 +34,43 @@ class ByteSink {
   view = new DataView(this.buf.buffer);
   len = 0;
 
+  private ensure(n: number): void {
+    if (this.len + n <= this.buf.length) return;
+    let cap = this.buf.length * 2;
+    while (cap < this.len + n) cap *= 2;
+    const nb = new Uint8Array(cap);
+    nb.set(this.buf.subarray(0, this.len));
+    this.buf = nb;
+    this.view = new DataView(nb.buffer);
+  }
+
   private reserve(n: number): number {
-    if (this.len + n > this.buf.length) {
-      let cap = this.buf.length * 2;
-      while (cap < this.len + n) cap *= 2;
-      const nb = new Uint8Array(cap);
-      nb.set(this.buf.subarray(0, this.len));
-      this.buf = nb;
-      this.view = new DataView(nb.buffer);
-    }
+    this.ensure(n);
     const at = this.len;
     this.len += n;
     return at;
   }
 
-  u8(v: number): void { this.view.setUint8(this.reserve(1), v); }
-  i8(v: number): void { this.view.setInt8(this.reserve(1), v); }
-  u16(v: number): void { this.view.setUint16(this.reserve(2), v, true); }
-  i16(v: number): void { this.view.setInt16(this.reserve(2), v, true); }
-  u32(v: number): void { this.view.setUint32(this.reserve(4), v, true); }
-  i32(v: number): void { this.view.setInt32(this.reserve(4), v, true); }
-  f32(v: number): void { this.view.setFloat32(this.reserve(4), v, true); }
-  f64(v: number): void { this.view.setFloat64(this.reserve(8), v, true); }
-  u64(v: bigint | number): void { this.view.setBigUint64(this.reserve(8), BigInt(v), true); }
-  i64(v: bigint | number): void { this.view.setBigInt64(this.reserve(8), BigInt(v), true); }
+  u8(v: number): void { const at = this.reserve(1); this.view.setUint8(at, v); }
+  i8(v: number): void { const at = this.reserve(1); this.view.setInt8(at, v); }
+  u16(v: number): void { const at = this.reserve(2); this.view.setUint16(at, v, true); }
+  i16(v: number): void { const at = this.reserve(2); this.view.setInt16(at, v, true); }
+  u32(v: number): void { const at = this.reserve(4); this.view.setUint32(at, v, true); }
+  i32(v: number): void { const at = this.reserve(4); this.view.setInt32(at, v, true); }
+  f32(v: number): void { const at = this.reserve(4); this.view.setFloat32(at, v, true); }
+  f64(v: number): void { const at = this.reserve(8); this.view.setFloat64(at, v, true); }
+  u64(v: bigint | number): void { const at = this.reserve(8); this.view.setBigUint64(at, BigInt(v), true); }
+  i64(v: bigint | number): void { const at = this.reserve(8); this.view.setBigInt64(at, BigInt(v), true); }
 
-  bytes(b: Uint8Array): void { this.buf.set(b, this.reserve(b.length)); }
+  bytes(b: Uint8Array): void { const at = this.reserve(b.length); this.buf.set(b, at); }
 
+  /** u64 length + UTF-8 bytes, encoded in place (vocabularies hold 100k+ strings). */
   string(s: string): void {
-    const b = encoder.encode(s);
-    this.u64(b.length);
-    this.bytes(b);
+    this.ensure(8 + 3 * s.length); // UTF-8 needs at most 3 bytes per UTF-16 unit
+    const { written } = encoder.encodeInto(s, this.buf.subarray(this.len + 8));
+    this.view.setUint32(this.len, written, true);
+    this.view.setUint32(this.len + 4, 0, true);
+    this.len += 8 + written;
   }
 
   padTo(alignment: number): void {
@@ -83,14 +89,14 @@ const INT_RANGE: Partial<Record<GGUFValueType, [number, number]>> = {
   [GGUFValueType.UINT32]: [0, 0xffffffff], [GGUFValueType.INT32]: [-0x80000000, 0x7fffffff],
 };
 
+function badValue(key: string, type: GGUFValueType, v: unknown): InvalidArgumentError {
+  return new InvalidArgumentError(`metadata key ${key}: value ${String(v)} is not a valid ${valueTypeName(type)}`);
+}
+
+// No closures in here: it runs once per vocabulary entry.
 function writeScalar(s: ByteSink, type: GGUFValueType, v: unknown, key: string): void {
-  const bad = (): never => {
-    throw new InvalidArgumentError(`metadata key ${key}: value ${String(v)} is not a valid ${valueTypeName(type)}`);
-  };
   const range = INT_RANGE[type];
-  if (range) {
-    if (typeof v !== "number" || !Number.isInteger(v) || v < range[0] || v > range[1]) bad();
-  }
+  if (range && (typeof v !== "number" || !Number.isInteger(v) || v < range[0] || v > range[1])) throw badValue(key, type, v);
   switch (type) {
     case GGUFValueType.UINT8: s.u8(v as number); break;
     case GGUFValueType.INT8: s.i8(v as number); break;
@@ -98,15 +104,15 @@ function writeScalar(s: ByteSink, type: GGUFValueType, v: unknown, key: string):
     case GGUFValueType.INT16: s.i16(v as number); break;
     case GGUFValueType.UINT32: s.u32(v as number); break;
     case GGUFValueType.INT32: s.i32(v as number); break;
-    case GGUFValueType.FLOAT32: if (typeof v !== "number") bad(); s.f32(v as number); break;
-    case GGUFValueType.FLOAT64: if (typeof v !== "number") bad(); s.f64(v as number); break;
-    case GGUFValueType.BOOL: if (typeof v !== "boolean") bad(); s.u8(v ? 1 : 0); break;
-    case GGUFValueType.STRING: if (typeof v !== "string") bad(); s.string(v as string); break;
+    case GGUFValueType.FLOAT32: if (typeof v !== "number") throw badValue(key, type, v); s.f32(v); break;
+    case GGUFValueType.FLOAT64: if (typeof v !== "number") throw badValue(key, type, v); s.f64(v); break;
+    case GGUFValueType.BOOL: if (typeof v !== "boolean") throw badValue(key, type, v); s.u8(v ? 1 : 0); break;
+    case GGUFValueType.STRING: if (typeof v !== "string") throw badValue(key, type, v); s.string(v); break;
     case GGUFValueType.UINT64:
     case GGUFValueType.INT64: {
-      if (typeof v !== "bigint" && !(typeof v === "number" && Number.isSafeInteger(v))) bad();
+      if (typeof v !== "bigint" && !(typeof v === "number" && Number.isSafeInteger(v))) throw badValue(key, type, v);
       const b = BigInt(v as bigint | number);
-      if (type === GGUFValueType.UINT64 ? b < 0n || b >= 1n << 64n : b < -(1n << 63n) || b >= 1n << 63n) bad();
+      if (type === GGUFValueType.UINT64 ? b < 0n || b >= 1n << 64n : b < -(1n << 63n) || b >= 1n << 63n) throw badValue(key, type, v);
       if (type === GGUFValueType.UINT64) s.u64(b); else s.i64(b);
       break;
     }

@@ -243,7 +243,17 @@ export const EXPERT_GATING_FUNC = { softmax: 1, sigmoid: 2 } as const;
 export interface MetadataOptions {
   /** general.name (llama.cpp uses the directory name). */
   readonly name?: string;
+  /** DeepSeek-V2 attention layout; see MLALayout. */
+  readonly mlaLayout?: MLALayout;
 }
+
+/**
+ * How DeepSeek-V2's kv_b_proj is stored. "kv_b" (default): one attn_kv_b tensor, key_length =
+ * qk_nope + qk_rope, value_length = v_head_dim (llama.cpp's converter before its MLA-absorption
+ * change; what moira's deepseek2 recipe reads). "split": attn_k_b + attn_v_b, head_count_kv 1 and
+ * the *_mla keys, as the current converter writes.
+ */
+export type MLALayout = "kv_b" | "split";
 
 /**
  * GGUF metadata for a checkpoint: `general.*` and `{arch}.*` hyperparameters. Tokenizer keys and
@@ -267,7 +277,7 @@ export function hfConfigToGGUFMetadata(cfg: HFModelConfig, options: MetadataOpti
   md.set(`${a}.feed_forward_length`, u32(cfg.ffnSize));
   md.set(`${a}.attention.head_count`, u32(cfg.nHead));
   // DeepSeek-V2: llama.cpp turns MLA into MQA with kv_lora_rank-wide heads (one KV head).
-  md.set(`${a}.attention.head_count_kv`, u32(a === "deepseek2" ? 1 : cfg.nHeadKv));
+  md.set(`${a}.attention.head_count_kv`, u32(cfg.nHeadKv));
   md.set(`${a}.rope.freq_base`, f32(ropeTheta));
   md.set(`${a}.attention.layer_norm_rms_epsilon`, f32(a === "olmoe" ? 1e-5 : f.num("rms_norm_eps", defaults.rmsEps)));
   md.set(`${a}.expert_count`, u32(cfg.nExpert));
@@ -307,16 +317,26 @@ export function hfConfigToGGUFMetadata(cfg: HFModelConfig, options: MetadataOpti
       md.set(`${a}.vocab_size`, u32(cfg.vocabSize));
       if (mla.qLoraRank !== null) md.set(`${a}.attention.q_lora_rank`, u32(mla.qLoraRank));
       md.set(`${a}.attention.kv_lora_rank`, u32(mla.kvLoraRank));
-      // The absorbed-MLA convention of current llama.cpp: the cached "key" is the compressed
-      // latent plus the rope part, the "value" the latent; the per-head sizes go to *_mla.
-      md.set(`${a}.attention.key_length`, u32(mla.kvLoraRank + mla.qkRopeHeadDim));
-      md.set(`${a}.attention.value_length`, u32(mla.kvLoraRank));
-      md.set(`${a}.attention.key_length_mla`, u32(mla.qkNopeHeadDim + mla.qkRopeHeadDim));
-      md.set(`${a}.attention.value_length_mla`, u32(mla.vHeadDim));
+      if ((options.mlaLayout ?? "kv_b") === "split") {
+        // current llama.cpp (absorbed MLA): one KV head whose "key" is the compressed latent
+        // plus the rope part and whose "value" is the latent; per-head sizes go to *_mla.
+        md.set(`${a}.attention.head_count_kv`, u32(1));
+        md.set(`${a}.attention.key_length`, u32(mla.kvLoraRank + mla.qkRopeHeadDim));
+        md.set(`${a}.attention.value_length`, u32(mla.kvLoraRank));
+        md.set(`${a}.attention.key_length_mla`, u32(mla.qkNopeHeadDim + mla.qkRopeHeadDim));
+        md.set(`${a}.attention.value_length_mla`, u32(mla.vHeadDim));
+      } else {
+        // llama.cpp's converter before the MLA-absorption change (still loaded by llama.cpp):
+        // MLA decompressed to MHA through attn_kv_b, per-head key/value sizes.
+        md.set(`${a}.attention.key_length`, u32(mla.qkNopeHeadDim + mla.qkRopeHeadDim));
+        md.set(`${a}.attention.value_length`, u32(mla.vHeadDim));
+      }
       md.set(`${a}.expert_feed_forward_length`, u32(cfg.expertFfnSize));
       md.set(`${a}.expert_shared_count`, u32(f.int("n_shared_experts", 0)));
       md.set(`${a}.expert_weights_scale`, f32(f.num("routed_scaling_factor", 1.0)));
-      md.set(`${a}.expert_weights_norm`, bool(f.bool("norm_topk_prob", false)));
+      // transformers' DeepseekV2 port multiplies the top-k weights by routed_scaling_factor and
+      // never renormalises them, whatever norm_topk_prob says; match what HF computes.
+      md.set(`${a}.expert_weights_norm`, bool(cfg.modelType === "deepseek_v2" ? false : f.bool("norm_topk_prob", false)));
       const scoring = f.str("scoring_func") ?? "softmax";
       if (scoring !== "softmax" && scoring !== "sigmoid") throw new UnsupportedError(`config.json: scoring_func "${scoring}" is not supported (softmax, sigmoid)`);
       md.set(`${a}.expert_gating_func`, u32(EXPERT_GATING_FUNC[scoring]));

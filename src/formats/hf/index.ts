@@ -8,12 +8,13 @@ import { basename, join, resolve } from "node:path";
 import { FileAccessError, MissingTensorError } from "../../errors.js";
 import { GGUFValueType, type GGUFMetadataValue, type ModelFile, type TensorData, type TensorMeta, type WeightSource } from "../model-file.js";
 import { GGMLType } from "../quant/types.js";
+import { writeGGUF } from "../gguf/writer.js";
 import { openSafetensorsDirectory, type SafetensorsArchive } from "../safetensors/reader.js";
-import { hfConfigToGGUFMetadata, readHFConfig, type HFModelConfig } from "./config.js";
+import { hfConfigToGGUFMetadata, readHFConfig, type HFModelConfig, type MLALayout } from "./config.js";
 import { materialize } from "./convert-tensor.js";
 import { planTensors, type SourceTensor, type TensorPlan } from "./tensor-names.js";
 
-export { hfConfigToGGUFMetadata, parseHFConfig, readHFConfig, HF_MODEL_TYPES, type GGUFArch, type HFModelConfig, type MLAConfig } from "./config.js";
+export { hfConfigToGGUFMetadata, parseHFConfig, readHFConfig, HF_MODEL_TYPES, type GGUFArch, type HFModelConfig, type MLAConfig, type MLALayout } from "./config.js";
 export { mapTensorName, planTensors, type TensorPlan, type TensorRecipe, type SourceTensor } from "./tensor-names.js";
 export { permuteQKRows } from "./convert-tensor.js";
 
@@ -70,7 +71,7 @@ function fileType(plans: Iterable<TensorPlan>): number {
  * config.json is missing, ModelFormatError when there are no safetensors or they contradict the
  * config, UnsupportedError for model types and dtypes moira does not convert.
  */
-export function openHFDirectory(dir: string): HFModelFile {
+export function openHFDirectory(dir: string, options: { mlaLayout?: MLALayout } = {}): HFModelFile {
   const root = resolve(dir);
   if (!existsSync(root) || !statSync(root).isDirectory()) throw new FileAccessError(`${root} is not a directory`);
   const configPath = join(root, "config.json");
@@ -79,8 +80,8 @@ export function openHFDirectory(dir: string): HFModelFile {
   const archive = openSafetensorsDirectory(root);
   try {
     const sources = new Map<string, SourceTensor>([...archive.tensors.values()].map((t) => [t.name, { name: t.name, dtype: t.dtype, shape: t.shape }]));
-    const plans = planTensors(sources, config);
-    const metadata = hfConfigToGGUFMetadata(config, { name: basename(root) });
+    const plans = planTensors(sources, config, options);
+    const metadata = hfConfigToGGUFMetadata(config, { name: basename(root), ...options });
     const extra: [string, GGUFMetadataValue][] = [
       ["general.file_type", { type: GGUFValueType.UINT32, value: fileType(plans.values()) }],
       ["general.quantization_version", { type: GGUFValueType.UINT32, value: GGML_QUANT_VERSION }],
@@ -106,9 +107,8 @@ export function openHFDirectory(dir: string): HFModelFile {
  * tokenizer metadata, which moira reads from tokenizer.json). Holds every tensor in memory at
  * once: meant for the small models of tests and tools.
  */
-export async function convertHFToGGUF(dir: string, outPath: string): Promise<void> {
-  const { writeGGUF } = await import("../gguf/writer.js");
-  const model = openHFDirectory(dir);
+export function convertHFToGGUF(dir: string, outPath: string, options: { mlaLayout?: MLALayout } = {}): void {
+  const model = openHFDirectory(dir, options);
   try {
     const tensors = [...model.weights.tensors.keys()].map((name) => {
       const t = model.weights.load(name);

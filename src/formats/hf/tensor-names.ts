@@ -12,7 +12,7 @@
 import { ModelFormatError } from "../../errors.js";
 import { GGMLType } from "../quant/types.js";
 import type { SafetensorsDType } from "../safetensors/reader.js";
-import type { HFModelConfig } from "./config.js";
+import type { HFModelConfig, MLALayout } from "./config.js";
 
 /** What the planner needs to know about one HF tensor. */
 export interface SourceTensor {
@@ -40,7 +40,7 @@ export type TensorRecipe =
   | { readonly kind: "packed-gate-up"; readonly half: 0 | 1; readonly transposed: boolean }
   /** packed `experts.down_proj`: [E, hidden, ff] as is, or `transposed` [E, ff, hidden] → [E, hidden, ff] */
   | { readonly kind: "packed-down"; readonly transposed: boolean }
-  /** DeepSeek-V2 kv_b_proj [n_head*(nope+v), kv_lora] → k_b [n_head, kv_lora, nope] (transposed) */
+  /** DeepSeek-V2 kv_b_proj [n_head*(nope+v), kv_lora] (split layout) → k_b [n_head, kv_lora, nope] (transposed) */
   | { readonly kind: "kv-b-k"; readonly nHead: number; readonly nope: number; readonly v: number }
   /** DeepSeek-V2 kv_b_proj [n_head*(nope+v), kv_lora] → v_b [n_head, v, kv_lora] */
   | { readonly kind: "kv-b-v"; readonly nHead: number; readonly nope: number; readonly v: number };
@@ -155,7 +155,7 @@ function requireShape(t: SourceTensor, expected: readonly number[], why: string)
  * Plans the GGUF tensors of a checkpoint. Throws ModelFormatError naming the tensor for names it
  * cannot map, incomplete expert sets and shapes that contradict config.json.
  */
-export function planTensors(sources: ReadonlyMap<string, SourceTensor>, cfg: HFModelConfig): Map<string, TensorPlan> {
+export function planTensors(sources: ReadonlyMap<string, SourceTensor>, cfg: HFModelConfig, options: { mlaLayout?: MLALayout } = {}): Map<string, TensorPlan> {
   const plans = new Map<string, TensorPlan>();
   const add = (name: string, torchShape: readonly number[], srcs: SourceTensor[], recipe: TensorRecipe): void => {
     if (plans.has(name)) throw new ModelFormatError(`GGUF tensor ${name} would come from both ${plans.get(name)!.sources.join(", ")} and ${srcs.map((s) => s.name).join(", ")}`);
@@ -207,6 +207,10 @@ export function planTensors(sources: ReadonlyMap<string, SourceTensor>, cfg: HFM
       const { qkNopeHeadDim: nope, vHeadDim: v, kvLoraRank } = cfg.mla;
       const nHead = cfg.nHead;
       requireShape(t, [nHead * (nope + v), kvLoraRank], "num_attention_heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank");
+      if ((options.mlaLayout ?? "kv_b") === "kv_b") {
+        add(`blk.${layer}.attn_kv_b.weight`, t.shape, [t], COPY);
+        continue;
+      }
       add(`blk.${layer}.attn_k_b.weight`, [nHead, kvLoraRank, nope], [t], { kind: "kv-b-k", nHead, nope, v });
       add(`blk.${layer}.attn_v_b.weight`, [nHead, v, kvLoraRank], [t], { kind: "kv-b-v", nHead, nope, v });
       continue;

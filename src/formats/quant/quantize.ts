@@ -7,7 +7,7 @@
  */
 import { InvalidArgumentError, UnsupportedError } from "../../errors.js";
 import { GGMLType, rowBytes, typeInfo, typeName } from "./types.js";
-import { fp32ToBf16, fp32ToFp16, FP16_TABLE, roundHalfEven, scaleMinK4 } from "./dequantize.js";
+import { fp32ToBf16, fp32ToFp16, FP16_TABLE, scaleMinK4 } from "./dequantize.js";
 
 const f = Math.fround;
 const QK_K = 256;
@@ -79,6 +79,14 @@ function getF16(out: Uint8Array, o: number): number {
   return FP16_TABLE[out[o]! | (out[o + 1]! << 8)]!;
 }
 
+/**
+ * ggml's nearest_int: adding 1.5·2^23 in float32 leaves round-half-even(v) in the low mantissa
+ * bits. Valid for |v| <= 2^22 (ggml asserts the same); every caller here is within ±300.
+ */
+function nearestInt(v: number): number {
+  return f(v + 12582912) - 12582912;
+}
+
 /** C roundf: half away from zero. */
 function roundAway(v: number): number {
   return v < 0 ? -Math.round(-v) : Math.round(v);
@@ -148,7 +156,7 @@ function makeQkx2Quants(
   let bestError = 0;
   for (let i = 0; i < n; i++) {
     const xi = x[xo + i]!;
-    const l = Math.max(0, Math.min(nmax, roundHalfEven(f(iscale * f(xi - min)))));
+    const l = Math.max(0, Math.min(nmax, nearestInt(f(iscale * f(xi - min)))));
     L[lo + i] = l;
     const diff = f(f(f(scale * l) + min) - xi);
     bestError = f(bestError + f(weights[i]! * f(diff * diff)));
@@ -158,7 +166,7 @@ function makeQkx2Quants(
     let sumL = 0, sumL2 = 0, sumXL = 0;
     for (let i = 0; i < n; i++) {
       const xi = x[xo + i]!;
-      const l = Math.max(0, Math.min(nmax, roundHalfEven(f(iscale * f(xi - min)))));
+      const l = Math.max(0, Math.min(nmax, nearestInt(f(iscale * f(xi - min)))));
       Laux[i] = l;
       const wl = f(weights[i]! * l);
       sumL = f(sumL + wl);
@@ -218,8 +226,8 @@ function quantKBlock(
   const s = o + 4;
   for (let j = 0; j < 12; j++) out[s + j] = 0;
   for (let j = 0; j < 8; j++) {
-    const ls = Math.min(63, roundHalfEven(f(invScale * scales[j]!)) & 0xff);
-    const lm = Math.min(63, roundHalfEven(f(invMin * mins[j]!)) & 0xff);
+    const ls = Math.min(63, nearestInt(f(invScale * scales[j]!)) & 0xff);
+    const lm = Math.min(63, nearestInt(f(invMin * mins[j]!)) & 0xff);
     if (j < 4) {
       out[s + j] = ls;
       out[s + j + 4] = lm;
@@ -238,7 +246,7 @@ function quantKBlock(
     if (!d) continue;
     const dm = f(dminAll * sm[1]!);
     for (let ii = 0; ii < 32; ii++) {
-      const l = roundHalfEven(f(f(x[k + 32 * j + ii]! + dm) / d));
+      const l = nearestInt(f(f(x[k + 32 * j + ii]! + dm) / d));
       L[32 * j + ii] = Math.max(0, Math.min(nmax, l));
     }
   }
@@ -305,7 +313,7 @@ function makeQxQuants(n: number, nmax: number, x: Float32Array, xo: number, L: U
   let sumlx = 0, suml2 = 0;
   for (let i = 0; i < n; i++) {
     const xi = x[xo + i]!;
-    const l = Math.max(-nmax, Math.min(nmax - 1, roundHalfEven(f(iscale * xi))));
+    const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * xi))));
     L[lo + i] = l + nmax;
     const w = f(xi * xi);
     sumlx = f(sumlx + f(f(w * xi) * l));
@@ -320,14 +328,14 @@ function makeQxQuants(n: number, nmax: number, x: Float32Array, xo: number, L: U
     suml2 = 0;
     for (let i = 0; i < n; i++) {
       const xi = x[xo + i]!;
-      const l = Math.max(-nmax, Math.min(nmax - 1, roundHalfEven(f(iscale * xi))));
+      const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * xi))));
       const w = f(xi * xi);
       sumlx = f(sumlx + f(f(w * xi) * l));
       suml2 = f(suml2 + f(f(w * l) * l));
     }
     if (suml2 > 0 && f(sumlx * sumlx) > f(best * suml2)) {
       for (let i = 0; i < n; i++) {
-        const l = roundHalfEven(f(iscale * x[xo + i]!));
+        const l = nearestInt(f(iscale * x[xo + i]!));
         L[lo + i] = nmax + Math.max(-nmax, Math.min(nmax - 1, l));
       }
       scale = f(sumlx / suml2);
@@ -357,13 +365,13 @@ function quantQ6_K(x: Float32Array, out: Uint8Array): void {
     putF16(out, o + 208, f(1 / iscale));
     const dAll = getF16(out, o + 208);
     for (let ib = 0; ib < 16; ib++) {
-      out[o + 192 + ib] = Math.min(127, roundHalfEven(f(iscale * scales[ib]!))) & 0xff;
+      out[o + 192 + ib] = Math.min(127, nearestInt(f(iscale * scales[ib]!))) & 0xff;
     }
     for (let j = 0; j < 16; j++) {
       const d = f(dAll * ((out[o + 192 + j]! << 24) >> 24));
       if (!d) continue;
       for (let ii = 0; ii < 16; ii++) {
-        const l = roundHalfEven(f(x[k + 16 * j + ii]! / d));
+        const l = nearestInt(f(x[k + 16 * j + ii]! / d));
         L[16 * j + ii] = Math.max(-32, Math.min(31, l)) + 32;
       }
     }

@@ -7,7 +7,7 @@ import type { Architecture } from "../architecture.js";
 import { commonConfig } from "../architecture.js";
 import { validateConfig } from "../config.js";
 import { addInPlace, denseFfn, mlaAttention, moeExperts, rmsNorm, route, sharedExpert } from "../steps.js";
-import { ModelFormatError } from "../../errors.js";
+import { ModelFormatError, UnsupportedError } from "../../errors.js";
 
 export const deepseek2: Architecture = {
   name: "deepseek2",
@@ -17,14 +17,16 @@ export const deepseek2: Architecture = {
     const { m, ...c } = commonConfig("deepseek2", md, tensors);
     const ropeDim = m.num("rope.dimension_count");
     const kvLoraRank = m.num("attention.kv_lora_rank");
-    const headDimK = c.headDimK;
+    // newer llama.cpp files describe MLA by *_mla keys (key_length then means the absorbed kv_lora + rope width)
+    const headDimK = m.num("attention.key_length_mla", c.headDimK);
+    const headDimV = m.num("attention.value_length_mla", c.headDimV);
     if (headDimK <= ropeDim) throw new ModelFormatError(`deepseek2.attention.key_length ${headDimK} must exceed rope.dimension_count ${ropeDim}`);
-    if (!tensors.has("blk.0.attn_kv_b.weight") && tensors.has("blk.0.attn_k_b.weight")) {
-      throw new ModelFormatError("deepseek2: split attn_k_b/attn_v_b tensors are not supported yet; convert with attn_kv_b");
-    }
     const expertFf = m.num("expert_feed_forward_length");
+    if (m.num("expert_gating_func", 1) !== 1) {
+      throw new UnsupportedError("deepseek2: sigmoid expert gating (DeepSeek-V3 style) is not supported yet; only softmax gating");
+    }
     return validateConfig({
-      ...c, ropeNeox: false, ropeDim,
+      ...c, headDimK, headDimV, ropeNeox: false, ropeDim,
       expertFf,
       denseFf: m.num("feed_forward_length", 0),
       sharedFf: m.num("expert_shared_count", 0) * expertFf,
@@ -32,7 +34,7 @@ export const deepseek2: Architecture = {
       normTopK: m.bool("expert_weights_norm", false),
       routedScale: m.num("expert_weights_scale", 1),
       qkNorm: "none",
-      mla: { qLoraRank: m.num("attention.q_lora_rank", 0), kvLoraRank, qkNopeDim: headDimK - ropeDim, qkRopeDim: ropeDim, vHeadDim: c.headDimV },
+      mla: { qLoraRank: m.num("attention.q_lora_rank", 0), kvLoraRank, qkNopeDim: headDimK - ropeDim, qkRopeDim: ropeDim, vHeadDim: headDimV },
     });
   },
   layer(ctx, l, x) {

@@ -1,0 +1,489 @@
+// N-API boundary of moira's native backend: typed arrays and numbers in, no model knowledge.
+// Kernels come from one of three builds of kernels.cc, picked at load by CPU features
+// (MOIRA_ISA=avx512|avx2|scalar forces one; setIsa does the same at run time, for tests).
+#include <napi.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cmath>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "direct_reader.h"
+#include "kernels.h"
+#include "threadpool.h"
+
+namespace moira {
+namespace {
+
+const KernelTable* gK = nullptr;
+std::unique_ptr<ThreadPool> gPool;
+
+bool cpuHas(const char* isa) {
+  __builtin_cpu_init();
+  if (!strcmp(isa, "scalar")) return true;
+  if (!strcmp(isa, "avx2"))
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  if (!strcmp(isa, "avx512"))
+    return cpuHas("avx2") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512bf16");
+  return false;
+}
+const KernelTable* tableFor(const std::string& isa) {
+  if (isa == "avx512") return avx512::table();
+  if (isa == "avx2") return avx2::table();
+  if (isa == "scalar") return scalar::table();
+  return nullptr;
+}
+const KernelTable* bestTable() {
+  if (cpuHas("avx512")) return avx512::table();
+  if (cpuHas("avx2")) return avx2::table();
+  return scalar::table();
+}
+
+ThreadPool& pool() {
+  if (!gPool) gPool.reset(new ThreadPool((int)std::max(1u, std::thread::hardware_concurrency())));
+  return *gPool;
+}
+
+// 64-byte aligned scratch owned by the JS thread (ops are synchronous and not reentrant).
+struct Scratch {
+  uint8_t* p = nullptr;
+  size_t n = 0;
+  uint8_t* get(size_t bytes) {
+    if (bytes > n) {
+      free(p);
+      n = bytes + bytes / 4;
+      if (posix_memalign((void**)&p, 64, n) != 0) { p = nullptr; n = 0; throw std::bad_alloc(); }
+    }
+    return p;
+  }
+} gAct;
+
+size_t rowBytes(int type, int cols) {
+  switch (type) {
+    case T_F32: return (size_t)cols * 4;
+    case T_F16: case T_BF16: return (size_t)cols * 2;
+    case T_Q8_0: return (size_t)cols / 32 * 34;
+    case T_Q4_0: return (size_t)cols / 32 * 18;
+    case T_Q2_K: return (size_t)cols / 256 * 84;
+    case T_Q3_K: return (size_t)cols / 256 * 110;
+    case T_Q4_K: return (size_t)cols / 256 * 144;
+    case T_Q5_K: return (size_t)cols / 256 * 176;
+    case T_Q6_K: return (size_t)cols / 256 * 210;
+    default: return 0;
+  }
+}
+int blockSize(int type) {
+  switch (type) {
+    case T_F32: case T_F16: case T_BF16: return 1;
+    case T_Q8_0: case T_Q4_0: return 32;
+    case T_Q2_K: case T_Q3_K: case T_Q4_K: case T_Q5_K: case T_Q6_K: return 256;
+    default: return 0;
+  }
+}
+
+[[noreturn]] void fail(Napi::Env env, const std::string& msg) { throw Napi::Error::New(env, msg); }
+
+template <typename T>
+T typed(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (i >= info.Length() || !info[i].IsTypedArray()) fail(info.Env(), std::string(what) + ": expected a typed array");
+  return info[i].As<T>();
+}
+int intArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (i >= info.Length() || !info[i].IsNumber()) fail(info.Env(), std::string(what) + ": expected a number");
+  return info[i].As<Napi::Number>().Int32Value();
+}
+double numArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (i >= info.Length() || !info[i].IsNumber()) fail(info.Env(), std::string(what) + ": expected a number");
+  return info[i].As<Napi::Number>().DoubleValue();
+}
+uint8_t* bytesOf(const Napi::Env& env, const Napi::Value& v, size_t* len) {
+  if (v.IsArrayBuffer()) { auto ab = v.As<Napi::ArrayBuffer>(); *len = ab.ByteLength(); return (uint8_t*)ab.Data(); }
+  if (v.IsTypedArray()) {
+    auto ta = v.As<Napi::TypedArray>();
+    *len = ta.ByteLength();
+    return (uint8_t*)ta.ArrayBuffer().Data() + ta.ByteOffset();
+  }
+  fail(env, "expected an ArrayBuffer or typed array");
+}
+
+// ---- info / configuration ------------------------------------------------------------------------
+Napi::Value Isa(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), gK->isa); }
+Napi::Value SetIsa(const Napi::CallbackInfo& info) {
+  std::string isa = info[0].As<Napi::String>();
+  const KernelTable* t = tableFor(isa);
+  if (!t) fail(info.Env(), "unknown ISA \"" + isa + "\" (avx512, avx2, scalar)");
+  if (!cpuHas(isa.c_str())) fail(info.Env(), "this CPU cannot run the " + isa + " kernels");
+  gK = t;
+  return info.Env().Undefined();
+}
+Napi::Value SupportedIsas(const Napi::CallbackInfo& info) {
+  auto arr = Napi::Array::New(info.Env());
+  uint32_t i = 0;
+  for (const char* isa : {"avx512", "avx2", "scalar"}) if (cpuHas(isa)) arr.Set(i++, isa);
+  return arr;
+}
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  int n = intArg(info, 0, "threads");
+  if (n < 1 || n > 1024) fail(info.Env(), "threads must be between 1 and 1024");
+  if (!gPool || gPool->size() != n) { gPool.reset(); gPool.reset(new ThreadPool(n)); }
+  return info.Env().Undefined();
+}
+Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), pool().size()); }
+
+// ---- ops ------------------------------------------------------------------------------------------
+// matmul(type, w: Uint8Array, rows, cols, x: Float32Array, nTokens, out: Float32Array)
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int type = intArg(info, 0, "type");
+  auto w = typed<Napi::Uint8Array>(info, 1, "w");
+  const int rows = intArg(info, 2, "rows"), cols = intArg(info, 3, "cols");
+  auto x = typed<Napi::Float32Array>(info, 4, "x");
+  const int nTok = intArg(info, 5, "nTokens");
+  auto out = typed<Napi::Float32Array>(info, 6, "out");
+  const int bs = blockSize(type);
+  if (bs == 0) fail(env, "matmul: unsupported weight type id " + std::to_string(type));
+  if (rows < 0 || cols <= 0 || cols % bs != 0) fail(env, "matmul: cols " + std::to_string(cols) + " is not a positive multiple of the block size");
+  const size_t rb = rowBytes(type, cols);
+  if (w.ByteLength() < rb * rows) fail(env, "matmul: weight buffer too small");
+  if (nTok < 0 || x.ElementLength() < (size_t)nTok * cols) fail(env, "matmul: x too small");
+  if (out.ElementLength() < (size_t)nTok * rows) fail(env, "matmul: out too small");
+  if (nTok == 0 || rows == 0) return env.Undefined();
+
+  const KernelTable* K = gK;
+  ThreadPool& P = pool();
+  const int kind = K->act_kind(type);
+  const ActLayout L = act_layout(kind, cols);
+  MatmulArgs a;
+  a.type = type; a.w = w.Data(); a.rowBytes = rb; a.rows = rows; a.cols = cols; a.nTok = nTok; a.out = out.Data();
+  if (kind == ACT_F32) {
+    a.act = (const uint8_t*)x.Data(); a.actStride = (size_t)cols * 4;
+  } else {
+    uint8_t* act = gAct.get(L.stride * nTok);
+    const float* xs = x.Data();
+    if (nTok < 4) for (int t = 0; t < nTok; t++) K->quantize_act(kind, xs + (size_t)t * cols, cols, act + L.stride * t);
+    else P.run(nTok, [&](int t, int) { K->quantize_act(kind, xs + (size_t)t * cols, cols, act + L.stride * t); });
+    a.act = act; a.actStride = L.stride;
+  }
+  // Row chunks: decode wants many small chunks (balance, all threads streaming); prefill wants each
+  // chunk's weights (<= 256 KiB) to stay in L2 while every token tile passes over them.
+  int chunk;
+  if (nTok <= 4) chunk = std::max(1, (rows + P.size() * 8 - 1) / (P.size() * 8));
+  else chunk = (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + P.size() - 1) / P.size()));
+  const int nChunks = (rows + chunk - 1) / chunk;
+  P.run(nChunks, [&](int c, int) { K->matmul_rows(a, c * chunk, std::min(rows, (c + 1) * chunk)); });
+  return env.Undefined();
+}
+
+// rmsNorm(x, weight, eps, dim, out)
+Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
+  auto x = typed<Napi::Float32Array>(info, 0, "x");
+  auto w = typed<Napi::Float32Array>(info, 1, "weight");
+  const float eps = (float)numArg(info, 2, "eps");
+  const int dim = intArg(info, 3, "dim");
+  auto out = typed<Napi::Float32Array>(info, 4, "out");
+  if (dim <= 0 || x.ElementLength() % dim != 0 || w.ElementLength() < (size_t)dim || out.ElementLength() < x.ElementLength())
+    fail(info.Env(), "rmsNorm: bad sizes");
+  const int n = (int)(x.ElementLength() / dim);
+  const float *xs = x.Data(), *ws = w.Data();
+  float* os = out.Data();
+  const KernelTable* K = gK;
+  auto fn = [&](int r, int) { K->rmsnorm_row(xs + (size_t)r * dim, ws, eps, dim, os + (size_t)r * dim); };
+  if (n < 8) for (int r = 0; r < n; r++) fn(r, 0);
+  else pool().run(n, fn);
+  return info.Env().Undefined();
+}
+
+// rope(x, nTokens, nHead, headStride, ropeOffset, ropeDim, pos0, theta, neox, freqScale)
+Napi::Value Rope(const Napi::CallbackInfo& info) {
+  auto x = typed<Napi::Float32Array>(info, 0, "x");
+  const int nTok = intArg(info, 1, "nTokens"), nHead = intArg(info, 2, "nHead"), stride = intArg(info, 3, "headStride");
+  const int off = intArg(info, 4, "ropeOffset"), rd = intArg(info, 5, "ropeDim");
+  const double pos0 = numArg(info, 6, "pos0"), theta = numArg(info, 7, "theta");
+  const bool neox = info[8].ToBoolean();
+  const double fs = numArg(info, 9, "freqScale");
+  if (rd % 2 != 0 || off + rd > stride || x.ElementLength() < (size_t)nTok * nHead * stride) fail(info.Env(), "rope: bad sizes");
+  float* xs = x.Data();
+  const int half = rd / 2;
+  // angles in f64 (positions reach 1e5; f32 angles would lose ~1e-2 rad), shared by all heads
+  auto fn = [&](int t, int) {
+    std::vector<float> cs(half), sn(half);
+    const double pos = (pos0 + t) * fs;
+    for (int i = 0; i < half; i++) {
+      const double ang = pos * std::pow(theta, (-2.0 * i) / rd);
+      cs[i] = (float)std::cos(ang); sn[i] = (float)std::sin(ang);
+    }
+    for (int h = 0; h < nHead; h++) {
+      float* b = xs + ((size_t)t * nHead + h) * stride + off;
+      for (int i = 0; i < half; i++) {
+        const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+        const float a0 = b[i0], a1 = b[i1];
+        b[i0] = a0 * cs[i] - a1 * sn[i];
+        b[i1] = a0 * sn[i] + a1 * cs[i];
+      }
+    }
+  };
+  if (nTok < 4) for (int t = 0; t < nTok; t++) fn(t, 0);
+  else pool().run(nTok, fn);
+  return info.Env().Undefined();
+}
+
+// attention(q, k, v, nTokens, nPast, nHead, nKvHead, headDimK, headDimV, scale, out)
+Napi::Value Attention(const Napi::CallbackInfo& info) {
+  AttnArgs a;
+  auto q = typed<Napi::Float32Array>(info, 0, "q");
+  auto k = typed<Napi::Float32Array>(info, 1, "k");
+  auto v = typed<Napi::Float32Array>(info, 2, "v");
+  a.nTok = intArg(info, 3, "nTokens"); a.nPast = intArg(info, 4, "nPast"); a.nHead = intArg(info, 5, "nHead");
+  a.nKvHead = intArg(info, 6, "nKvHead"); a.dk = intArg(info, 7, "headDimK"); a.dv = intArg(info, 8, "headDimV");
+  a.scale = (float)numArg(info, 9, "scale");
+  auto out = typed<Napi::Float32Array>(info, 10, "out");
+  const size_t nCtx = (size_t)a.nPast + a.nTok;
+  if (a.nKvHead <= 0 || a.nHead % a.nKvHead != 0 || q.ElementLength() < (size_t)a.nTok * a.nHead * a.dk ||
+      k.ElementLength() < nCtx * a.nKvHead * a.dk || v.ElementLength() < nCtx * a.nKvHead * a.dv ||
+      out.ElementLength() < (size_t)a.nTok * a.nHead * a.dv)
+    fail(info.Env(), "attention: bad sizes");
+  a.q = q.Data(); a.k = k.Data(); a.v = v.Data(); a.out = out.Data();
+  const KernelTable* K = gK;
+  ThreadPool& P = pool();
+  std::vector<std::vector<float>> scratch(P.size(), std::vector<float>(64 + a.dv));
+  P.run(a.nTok * a.nHead, [&](int i, int tid) { K->attention_one(a, i / a.nHead, i % a.nHead, scratch[tid].data()); });
+  return info.Env().Undefined();
+}
+
+Napi::Value SiluMul(const Napi::CallbackInfo& info) {
+  auto g = typed<Napi::Float32Array>(info, 0, "gate");
+  auto u = typed<Napi::Float32Array>(info, 1, "up");
+  auto o = typed<Napi::Float32Array>(info, 2, "out");
+  const size_t n = o.ElementLength();
+  if (g.ElementLength() < n || u.ElementLength() < n) fail(info.Env(), "siluMul: gate/up shorter than out");
+  const KernelTable* K = gK;
+  const size_t chunk = 16384;
+  const int nc = (int)((n + chunk - 1) / chunk);
+  auto fn = [&](int c, int) {
+    const size_t s = (size_t)c * chunk, e = std::min(n, s + chunk);
+    K->silu_mul(g.Data() + s, u.Data() + s, o.Data() + s, e - s);
+  };
+  if (nc <= 1) { if (n) fn(0, 0); } else pool().run(nc, fn);
+  return info.Env().Undefined();
+}
+
+// getRows(type, w, rows, cols, ids: Int32Array, out)
+Napi::Value GetRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int type = intArg(info, 0, "type");
+  auto w = typed<Napi::Uint8Array>(info, 1, "w");
+  const int rows = intArg(info, 2, "rows"), cols = intArg(info, 3, "cols");
+  auto ids = typed<Napi::Int32Array>(info, 4, "ids");
+  auto out = typed<Napi::Float32Array>(info, 5, "out");
+  const int bs = blockSize(type);
+  if (bs == 0 || cols % bs != 0) fail(env, "getRows: unsupported type or cols");
+  const size_t rb = rowBytes(type, cols);
+  if (w.ByteLength() < rb * rows || out.ElementLength() < ids.ElementLength() * cols) fail(env, "getRows: bad sizes");
+  for (size_t t = 0; t < ids.ElementLength(); t++) {
+    const int id = ids[t];
+    if (id < 0 || id >= rows) fail(env, "getRows: id " + std::to_string(id) + " is outside 0.." + std::to_string(rows - 1));
+    gK->dequant_row(type, w.Data() + rb * id, cols, out.Data() + t * cols);
+  }
+  return env.Undefined();
+}
+
+// sumF32(Float32Array) across the pool: the RAM bandwidth probe of bench/kernels.ts
+Napi::Value SumF32(const Napi::CallbackInfo& info) {
+  auto x = typed<Napi::Float32Array>(info, 0, "x");
+  const size_t n = x.ElementLength();
+  ThreadPool& P = pool();
+  const size_t chunk = 1u << 20;  // 4 MiB of floats
+  const int nc = (int)((n + chunk - 1) / chunk);
+  std::vector<double> part(nc);
+  const KernelTable* K = gK;
+  P.run(nc, [&](int c, int) {
+    const size_t s = (size_t)c * chunk, e = std::min(n, s + chunk);
+    part[c] = K->sum_f32(x.Data() + s, e - s);
+  });
+  double s = 0;
+  for (double p : part) s += p;
+  return Napi::Number::New(info.Env(), s);
+}
+
+// ---- aligned allocation -----------------------------------------------------------------------------
+// External ArrayBuffers over posix_memalign memory. freeAligned detaches the buffer (so JS can no
+// longer reach the memory) and frees at once; a buffer never freed is freed when collected.
+struct AlignedBlock { void* mem; bool freed; bool collected; };
+std::mutex gAllocMu;
+std::unordered_map<void*, AlignedBlock*> gBlocks;
+
+void finalizeBlock(Napi::Env, void*, AlignedBlock* b) {
+  std::lock_guard<std::mutex> lk(gAllocMu);
+  if (!b->freed) { gBlocks.erase(b->mem); free(b->mem); b->freed = true; }
+  delete b;
+}
+
+Napi::Value AllocAligned(const Napi::CallbackInfo& info) {
+  const double bytes = numArg(info, 0, "bytes");
+  const double align = info.Length() > 1 && info[1].IsNumber() ? numArg(info, 1, "align") : 64;
+  const size_t al = (size_t)align;
+  if (bytes < 0 || al < sizeof(void*) || (al & (al - 1)) != 0) fail(info.Env(), "allocAligned: align must be a power of two >= 8");
+  void* mem = nullptr;
+  const size_t n = bytes > 0 ? (size_t)bytes : 1;
+  if (posix_memalign(&mem, al, n) != 0) fail(info.Env(), "allocAligned: out of memory for " + std::to_string((size_t)bytes) + " bytes");
+  auto* b = new AlignedBlock{mem, false, false};
+  {
+    std::lock_guard<std::mutex> lk(gAllocMu);
+    gBlocks[mem] = b;
+  }
+  return Napi::ArrayBuffer::New(info.Env(), mem, (size_t)bytes, finalizeBlock, b);
+}
+
+Napi::Value FreeAligned(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) fail(info.Env(), "freeAligned: expected an ArrayBuffer");
+  auto ab = info[0].As<Napi::ArrayBuffer>();
+  if (ab.IsDetached()) return info.Env().Undefined();
+  void* mem = ab.Data();
+  AlignedBlock* b = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(gAllocMu);
+    auto it = gBlocks.find(mem);
+    if (it == gBlocks.end()) fail(info.Env(), "freeAligned: not a buffer from allocAligned");
+    b = it->second;
+  }
+  ab.Detach();  // may run the finalizer synchronously
+  std::lock_guard<std::mutex> lk(gAllocMu);
+  auto it = gBlocks.find(mem);
+  if (it != gBlocks.end() && it->second == b && !b->freed) { gBlocks.erase(it); free(mem); b->freed = true; }
+  return info.Env().Undefined();
+}
+
+// ---- file identity and the direct reader --------------------------------------------------------------
+Napi::Value FileIdentity(const Napi::CallbackInfo& info) {
+  std::string path = info[0].As<Napi::String>();
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) fail(info.Env(), "cannot stat " + path + ": " + strerror(errno));
+  auto o = Napi::Object::New(info.Env());
+  o.Set("dev", Napi::Number::New(info.Env(), (double)st.st_dev));
+  o.Set("ino", Napi::Number::New(info.Env(), (double)st.st_ino));
+  o.Set("size", Napi::Number::New(info.Env(), (double)st.st_size));
+  o.Set("mtimeMs", Napi::Number::New(info.Env(), (double)st.st_mtim.tv_sec * 1e3 + (double)st.st_mtim.tv_nsec / 1e6));
+  o.Set("mtimeNs", Napi::BigInt::New(info.Env(), (int64_t)((int64_t)st.st_mtim.tv_sec * 1000000000LL + (int64_t)st.st_mtim.tv_nsec)));
+  return o;
+}
+
+class ReaderWrap : public Napi::ObjectWrap<ReaderWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "DirectReader", {
+      InstanceAccessor<&ReaderWrap::Direct>("direct"),
+      InstanceAccessor<&ReaderWrap::Size>("size"),
+      InstanceMethod<&ReaderWrap::Read>("read"),
+      InstanceMethod<&ReaderWrap::Poll>("poll"),
+      InstanceMethod<&ReaderWrap::Wait>("wait"),
+      InstanceMethod<&ReaderWrap::WaitAny>("waitAny"),
+      InstanceMethod<&ReaderWrap::Close>("close"),
+    });
+  }
+  // new DirectReader(path, ioThreads)
+  ReaderWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ReaderWrap>(info) {
+    std::string path = info[0].As<Napi::String>();
+    int threads = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 3;
+    try {
+      r_.reset(new DirectReader(path, std::min(8, std::max(1, threads))));
+    } catch (const std::exception& e) {
+      fail(info.Env(), e.what());
+    }
+  }
+  ~ReaderWrap() override { if (r_) r_->close(); }
+
+ private:
+  DirectReader& reader(const Napi::Env& env) {
+    if (!r_) fail(env, "DirectReader is closed");
+    return *r_;
+  }
+  Napi::Value Direct(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), reader(info.Env()).direct()); }
+  Napi::Value Size(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), (double)reader(info.Env()).size()); }
+  // read(fileOffset, length, dest: ArrayBuffer | TypedArray, destOffset) -> ticket
+  Napi::Value Read(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    DirectReader& r = reader(env);
+    const double off = numArg(info, 0, "fileOffset"), len = numArg(info, 1, "length");
+    size_t destLen = 0;
+    uint8_t* dest = bytesOf(env, info[2], &destLen);
+    const double dOff = info.Length() > 3 && info[3].IsNumber() ? numArg(info, 3, "destOffset") : 0;
+    if (off < 0 || len < 0 || dOff < 0 || dOff + len > (double)destLen) fail(env, "read: destination range outside the buffer");
+    const uint64_t t = r.submit((uint64_t)off, (uint64_t)len, dest + (size_t)dOff);
+    refs_[t] = Napi::Persistent(info[2].As<Napi::Object>());
+    return Napi::Number::New(env, (double)t);
+  }
+  // 0 = pending; 1 = done; a string = failed. A finished ticket is retired by the call that reports it.
+  Napi::Value Report(const Napi::Env& env, uint64_t t) {
+    std::string err;
+    DirectReader::State s = reader(env).state(t, &err);
+    if (s == DirectReader::PENDING) return Napi::Number::New(env, 0);
+    r_->forget(t);
+    refs_.erase(t);
+    if (s == DirectReader::DONE) return Napi::Number::New(env, 1);
+    return Napi::String::New(env, err);
+  }
+  Napi::Value Poll(const Napi::CallbackInfo& info) { return Report(info.Env(), (uint64_t)numArg(info, 0, "ticket")); }
+  Napi::Value Wait(const Napi::CallbackInfo& info) {
+    const uint64_t t = (uint64_t)numArg(info, 0, "ticket");
+    reader(info.Env()).wait(t);
+    return Report(info.Env(), t);
+  }
+  // waitAny(tickets: number[], timeoutMs = -1) -> a finished ticket (not retired), or 0 on timeout
+  Napi::Value WaitAny(const Napi::CallbackInfo& info) {
+    auto arr = info[0].As<Napi::Array>();
+    std::vector<uint64_t> ts;
+    for (uint32_t i = 0; i < arr.Length(); i++) ts.push_back((uint64_t)arr.Get(i).As<Napi::Number>().DoubleValue());
+    const int64_t timeout = info.Length() > 1 && info[1].IsNumber() ? (int64_t)numArg(info, 1, "timeoutMs") : -1;
+    return Napi::Number::New(info.Env(), (double)reader(info.Env()).waitAny(ts, timeout));
+  }
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (r_) { r_->close(); r_.reset(); }
+    refs_.clear();
+    return info.Env().Undefined();
+  }
+
+  std::unique_ptr<DirectReader> r_;
+  std::unordered_map<uint64_t, Napi::ObjectReference> refs_;
+};
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  const char* forced = getenv("MOIRA_ISA");
+  if (forced && *forced) {
+    gK = tableFor(forced);
+    if (!gK) fail(env, std::string("MOIRA_ISA=") + forced + " is not one of avx512, avx2, scalar");
+    if (!cpuHas(forced)) fail(env, std::string("MOIRA_ISA=") + forced + ": this CPU lacks the instructions");
+  } else {
+    gK = bestTable();
+  }
+  exports.Set("isa", Napi::Function::New(env, Isa));
+  exports.Set("setIsa", Napi::Function::New(env, SetIsa));
+  exports.Set("supportedIsas", Napi::Function::New(env, SupportedIsas));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("getThreads", Napi::Function::New(env, GetThreads));
+  exports.Set("matmul", Napi::Function::New(env, Matmul));
+  exports.Set("rmsNorm", Napi::Function::New(env, RmsNorm));
+  exports.Set("rope", Napi::Function::New(env, Rope));
+  exports.Set("attention", Napi::Function::New(env, Attention));
+  exports.Set("siluMul", Napi::Function::New(env, SiluMul));
+  exports.Set("getRows", Napi::Function::New(env, GetRows));
+  exports.Set("sumF32", Napi::Function::New(env, SumF32));
+  exports.Set("allocAligned", Napi::Function::New(env, AllocAligned));
+  exports.Set("freeAligned", Napi::Function::New(env, FreeAligned));
+  exports.Set("fileIdentity", Napi::Function::New(env, FileIdentity));
+  exports.Set("DirectReader", ReaderWrap::Init(env));
+  return exports;
+}
+
+}  // namespace
+}  // namespace moira
+
+static Napi::Object InitAll(Napi::Env env, Napi::Object exports) { return moira::Init(env, exports); }
+NODE_API_MODULE(moira_native, InitAll)

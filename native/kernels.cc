@@ -1,0 +1,616 @@
+// Compute kernels, compiled three times (MOIRA_NS = scalar | avx2 | avx512) with different -m flags.
+// Only C headers and intrinsics here: no STL templates, so no inline function compiled for AVX-512
+// can be merged by the linker into the scalar build.
+//
+// Quantized matmul follows llama.cpp's vec_dot_q*_q8_*: each token row is quantized once to int8
+// (per 32 elements for Q8_0/Q4_0, per 256 for K-quants) and the inner loops are integer dot products
+// (vpdpbusd on AVX-512 VNNI, vpmaddubsw + vpmaddwd on AVX2); block scales are applied once per block.
+#include "kernels.h"
+
+#include <math.h>
+#include <string.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#ifndef MOIRA_NS
+#error "MOIRA_NS must name the ISA namespace"
+#endif
+
+namespace moira {
+namespace MOIRA_NS {
+namespace {
+
+inline uint16_t rd16(const uint8_t* p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+inline float h2f(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+  if (exp == 0) {
+    float f = (float)man * (1.0f / 16777216.0f);  // subnormal: man * 2^-24
+    memcpy(&bits, &f, 4);
+    bits |= sign;
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  }
+  float f; memcpy(&f, &bits, 4); return f;
+#endif
+}
+inline float bf2f(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f; }
+
+// ---- block layouts (ggml-common.h) -------------------------------------------------------------
+// Q8_0 (34 B): f16 d | int8 q[32]                    x = d*q
+// Q4_0 (18 B): f16 d | u8 qs[16] (lo nibble = 0..15, hi = 16..31)   x = d*(q-8)
+// Q4_K (144 B): f16 d | f16 dmin | u8 scales[12] (8 x 6-bit sc, 8 x 6-bit m) | u8 qs[128]
+// Q5_K (176 B): f16 d | f16 dmin | scales[12] | u8 qh[32] | u8 qs[128]
+// Q6_K (210 B): u8 ql[128] | u8 qh[64] | int8 scales[16] | f16 d
+// Q2_K (84 B): u8 scales[16] (lo = sc, hi = m) | u8 qs[64] | f16 d | f16 dmin
+// Q3_K (110 B): u8 hmask[32] | u8 qs[64] | u8 scales[12] (16 x 6-bit) | f16 d
+
+inline void scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
+  if (j < 4) { *d = q[j] & 63; *m = q[j + 4] & 63; }
+  else { *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+}
+
+void deq_q8_0(const uint8_t* b, float* y) {
+  float d = h2f(rd16(b));
+  for (int i = 0; i < 32; i++) y[i] = d * (float)(int8_t)b[2 + i];
+}
+void deq_q4_0(const uint8_t* b, float* y) {
+  float d = h2f(rd16(b));
+  for (int i = 0; i < 16; i++) { y[i] = d * (float)((b[2 + i] & 0xF) - 8); y[i + 16] = d * (float)((b[2 + i] >> 4) - 8); }
+}
+void deq_q4_k(const uint8_t* b, float* y) {
+  float d = h2f(rd16(b)), dmin = h2f(rd16(b + 2));
+  const uint8_t* sc = b + 4; const uint8_t* q = b + 16;
+  for (int j = 0; j < 8; j += 2) {
+    uint8_t s1, m1, s2, m2;
+    scale_min_k4(j, sc, &s1, &m1); scale_min_k4(j + 1, sc, &s2, &m2);
+    float d1 = d * s1, mm1 = dmin * m1, d2 = d * s2, mm2 = dmin * m2;
+    for (int l = 0; l < 32; l++) { y[l] = d1 * (q[l] & 0xF) - mm1; y[l + 32] = d2 * (q[l] >> 4) - mm2; }
+    y += 64; q += 32;
+  }
+}
+void deq_q5_k(const uint8_t* b, float* y) {
+  float d = h2f(rd16(b)), dmin = h2f(rd16(b + 2));
+  const uint8_t* sc = b + 4; const uint8_t* qh = b + 16; const uint8_t* q = b + 48;
+  uint8_t u1 = 1, u2 = 2;
+  for (int j = 0; j < 8; j += 2) {
+    uint8_t s1, m1, s2, m2;
+    scale_min_k4(j, sc, &s1, &m1); scale_min_k4(j + 1, sc, &s2, &m2);
+    float d1 = d * s1, mm1 = dmin * m1, d2 = d * s2, mm2 = dmin * m2;
+    for (int l = 0; l < 32; l++) {
+      y[l] = d1 * ((q[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - mm1;
+      y[l + 32] = d2 * ((q[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - mm2;
+    }
+    y += 64; q += 32; u1 <<= 2; u2 <<= 2;
+  }
+}
+void deq_q6_k(const uint8_t* b, float* y) {
+  const uint8_t* ql = b; const uint8_t* qh = b + 128; const int8_t* sc = (const int8_t*)(b + 192);
+  float d = h2f(rd16(b + 208));
+  for (int n = 0; n < 2; n++) {
+    for (int l = 0; l < 32; l++) {
+      int is = l / 16;
+      int q1 = (int)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+      int q2 = (int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      int q3 = (int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+      int q4 = (int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      y[l] = d * sc[is] * q1; y[l + 32] = d * sc[is + 2] * q2;
+      y[l + 64] = d * sc[is + 4] * q3; y[l + 96] = d * sc[is + 6] * q4;
+    }
+    y += 128; ql += 64; qh += 32; sc += 8;
+  }
+}
+void deq_q2_k(const uint8_t* b, float* y) {
+  const uint8_t* scales = b; const uint8_t* q = b + 16;
+  float d = h2f(rd16(b + 80)), dmin = h2f(rd16(b + 82));
+  int is = 0;
+  for (int n = 0; n < 2; n++) {
+    int shift = 0;
+    for (int j = 0; j < 4; j++) {
+      uint8_t sc = scales[is++];
+      float dl = d * (sc & 0xF), ml = dmin * (sc >> 4);
+      for (int l = 0; l < 16; l++) *y++ = dl * ((q[l] >> shift) & 3) - ml;
+      sc = scales[is++];
+      dl = d * (sc & 0xF); ml = dmin * (sc >> 4);
+      for (int l = 0; l < 16; l++) *y++ = dl * ((q[l + 16] >> shift) & 3) - ml;
+      shift += 2;
+    }
+    q += 32;
+  }
+}
+void deq_q3_k(const uint8_t* b, float* y) {
+  const uint8_t* hm = b; const uint8_t* q = b + 32;
+  float d = h2f(rd16(b + 108));
+  uint32_t aux[4];
+  memcpy(aux, b + 96, 12);
+  const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+  uint32_t tmp = aux[2];
+  aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+  aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+  aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+  aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+  int8_t scales[16]; memcpy(scales, aux, 16);
+  int is = 0; uint8_t m = 1;
+  for (int n = 0; n < 2; n++) {
+    int shift = 0;
+    for (int j = 0; j < 4; j++) {
+      float dl = d * (scales[is++] - 32);
+      for (int l = 0; l < 16; l++) *y++ = dl * ((int)((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4));
+      dl = d * (scales[is++] - 32);
+      for (int l = 0; l < 16; l++) *y++ = dl * ((int)((q[l + 16] >> shift) & 3) - ((hm[l + 16] & m) ? 0 : 4));
+      shift += 2; m <<= 1;
+    }
+    q += 32;
+  }
+}
+
+struct QInfo { int blockSize, typeSize; void (*deq)(const uint8_t*, float*); };
+inline QInfo qinfo(int type) {
+  switch (type) {
+    case T_Q8_0: return {32, 34, deq_q8_0};
+    case T_Q4_0: return {32, 18, deq_q4_0};
+    case T_Q4_K: return {256, 144, deq_q4_k};
+    case T_Q5_K: return {256, 176, deq_q5_k};
+    case T_Q6_K: return {256, 210, deq_q6_k};
+    case T_Q2_K: return {256, 84, deq_q2_k};
+    case T_Q3_K: return {256, 110, deq_q3_k};
+    default: return {0, 0, nullptr};
+  }
+}
+
+int act_kind_impl(int type) {
+  switch (type) {
+    case T_F32: case T_F16: case T_BF16: return ACT_F32;
+    case T_Q8_0: case T_Q4_0: return ACT_Q32;
+    default: return ACT_Q256;
+  }
+}
+
+// ---- activation quantization -------------------------------------------------------------------
+void quantize_act_impl(int kind, const float* x, int cols, uint8_t* dst) {
+  if (kind == ACT_F32) { memcpy(dst, x, (size_t)cols * 4); return; }
+  ActLayout L = act_layout(kind, cols);
+  int8_t* q = (int8_t*)dst; float* d = (float*)(dst + L.dOff); int32_t* s = (int32_t*)(dst + L.sOff);
+  const int bs = kind == ACT_Q32 ? 32 : 256, ss = kind == ACT_Q32 ? 32 : 16;
+  for (int b = 0; b < cols / bs; b++) {
+    const float* xb = x + (size_t)b * bs;
+    float amax = 0;
+    for (int i = 0; i < bs; i++) { float a = fabsf(xb[i]); amax = a > amax ? a : amax; }
+    float dd = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+    d[b] = dd;
+    int8_t* qb = q + (size_t)b * bs;
+    for (int i = 0; i < bs; i++) qb[i] = (int8_t)nearbyintf(xb[i] * id);
+    for (int g = 0; g < bs / ss; g++) {
+      int sum = 0;
+      for (int i = 0; i < ss; i++) sum += qb[g * ss + i];
+      s[(size_t)b * (bs / ss) + g] = sum;
+    }
+  }
+}
+
+// ---- dot kernels: one weight row against NT token activations ----------------------------------
+// Generic path (every type, every ISA): dequantize a block to f32, dot with q*d of the activation.
+template <int NT>
+void dot_generic(int type, const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  QInfo qi = qinfo(type);
+  float buf[256];
+  float acc[NT];
+  for (int t = 0; t < NT; t++) acc[t] = 0;
+  const int nb = cols / qi.blockSize;
+  for (int b = 0; b < nb; b++) {
+    qi.deq(row + (size_t)b * qi.typeSize, buf);
+    for (int t = 0; t < NT; t++) {
+      const int8_t* q = (const int8_t*)act[t] + (size_t)b * qi.blockSize;
+      const float* d = (const float*)(act[t] + L.dOff);
+      if (qi.blockSize == 32) {
+        float s = 0;
+        for (int i = 0; i < 32; i++) s += buf[i] * q[i];
+        acc[t] += s * d[b];
+      } else {
+        float s = 0;
+        for (int i = 0; i < 256; i++) s += buf[i] * q[i];
+        acc[t] += s * d[b];
+      }
+    }
+  }
+  for (int t = 0; t < NT; t++) res[t] = acc[t];
+}
+
+template <int NT>
+void dot_float_generic(int type, const uint8_t* row, int cols, const uint8_t* const* act, float* res) {
+  float acc[NT];
+  for (int t = 0; t < NT; t++) acc[t] = 0;
+  for (int c = 0; c < cols; c++) {
+    float w = type == T_F32 ? ((const float*)row)[c] : type == T_F16 ? h2f(rd16(row + 2 * c)) : bf2f(rd16(row + 2 * c));
+    for (int t = 0; t < NT; t++) acc[t] += w * ((const float*)act[t])[c];
+  }
+  for (int t = 0; t < NT; t++) res[t] = acc[t];
+}
+
+#if defined(__AVX2__)
+inline float hsum8(__m256 v) {
+  __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+  a = _mm_add_ss(a, _mm_movehdup_ps(a));
+  return _mm_cvtss_f32(a);
+}
+// acc + sum of 4 adjacent u8*s8 products per int32 lane. Callers keep u <= 128 and |s| <= 127 so
+// the AVX2 form (pairs summed in int16) cannot saturate.
+inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+// acc + scale * (u.s summed per int32 lane); `scale` holds int32 lanes (VNNI) or two equal int16
+// halves per lane (AVX2: vpmaddwd applies it to the int16 pair sums directly).
+inline __m256i dpbusd_scaled(__m256i acc, __m256i u, __m256i s, __m256i scale) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s), scale));
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale));
+#endif
+}
+inline __m256i scale_vec(__m256i i32) {  // int32 lanes -> the form dpbusd_scaled expects
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return i32;
+#else
+  return _mm256_or_si256(_mm256_and_si256(i32, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(i32, 16));
+#endif
+}
+inline __m256i scale_bcast(int v) { return scale_vec(_mm256_set1_epi32(v)); }
+
+template <int NT>
+void dot_q8_0(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m256 acc[NT];
+  const float* dy[NT];
+  for (int t = 0; t < NT; t++) { acc[t] = _mm256_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); }
+  const int nb = cols / 32;
+  for (int b = 0; b < nb; b++) {
+    const uint8_t* blk = row + (size_t)b * 34;
+    const float dw = h2f(rd16(blk));
+    const __m256i w = _mm256_loadu_si256((const __m256i*)(blk + 2));
+    const __m256i aw = _mm256_abs_epi8(w);  // |w| * sign(w)*y == w*y, keeps vpmaddubsw unsigned x signed
+    for (int t = 0; t < NT; t++) {
+      const __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
+      const __m256i p = dpbusd(_mm256_setzero_si256(), aw, _mm256_sign_epi8(y, w));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dy[t][b]), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]);
+}
+
+template <int NT>
+void dot_q4_0(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m256 acc[NT];
+  const float* dy[NT];
+  const int32_t* sy[NT];
+  for (int t = 0; t < NT; t++) {
+    acc[t] = _mm256_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const int nb = cols / 32;
+  for (int b = 0; b < nb; b++) {
+    const uint8_t* blk = row + (size_t)b * 18;
+    const float dw = h2f(rd16(blk));
+    const __m128i x = _mm_loadu_si128((const __m128i*)(blk + 2));
+    const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), m4);
+    for (int t = 0; t < NT; t++) {
+      const __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
+      // (q - 8).y = q.y - 8*sum(y): start each of the 8 lanes at -sum(y)
+      const __m256i p = dpbusd(_mm256_set1_epi32(-sy[t][b]), w, y);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dy[t][b]), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]);
+}
+
+inline void k4_scales(const uint8_t* s12, uint8_t* sc, uint8_t* mn) {  // 8 scales, 8 mins
+  uint32_t u[4];
+  memcpy(u, s12, 12);
+  const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+  u[3] = ((u[2] >> 4) & kmask2) | (((u[1] >> 6) & kmask3) << 4);
+  const uint32_t uaux = u[1] & kmask1;
+  u[1] = (u[2] & kmask2) | (((u[0] >> 6) & kmask3) << 4);
+  u[2] = uaux;
+  u[0] &= kmask1;
+  memcpy(sc, u, 8); memcpy(mn, u + 2, 8);
+}
+
+// Q4_K and Q5_K share everything but the fifth bit.
+template <int NT, bool Q5>
+void dot_q45_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m256 acc[NT];
+  float accm[NT];
+  const float* dy[NT];
+  const int32_t* sy[NT];
+  for (int t = 0; t < NT; t++) {
+    acc[t] = _mm256_setzero_ps(); accm[t] = 0;
+    dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+  const int nsb = cols / 256, bsz = Q5 ? 176 : 144;
+  for (int sb = 0; sb < nsb; sb++) {
+    const uint8_t* blk = row + (size_t)sb * bsz;
+    const float d = h2f(rd16(blk)), dmin = h2f(rd16(blk + 2));
+    uint8_t sc[8], mn[8];
+    k4_scales(blk + 4, sc, mn);
+    const uint8_t* qs = blk + (Q5 ? 48 : 16);
+    __m256i qh = _mm256_setzero_si256();
+    if (Q5) qh = _mm256_loadu_si256((const __m256i*)(blk + 16));
+    __m256i isum[NT];
+    for (int t = 0; t < NT; t++) isum[t] = _mm256_setzero_si256();
+    for (int k = 0; k < 4; k++) {
+      const __m256i x = _mm256_loadu_si256((const __m256i*)(qs + 32 * k));
+      __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+      if (Q5) {
+        const __m256i mlo = _mm256_set1_epi8((char)(1 << (2 * k))), mhi = _mm256_set1_epi8((char)(1 << (2 * k + 1)));
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, mlo), mlo), b4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, mhi), mhi), b4));
+      }
+      const __m256i slo = scale_bcast(sc[2 * k]), shi = scale_bcast(sc[2 * k + 1]);
+      for (int t = 0; t < NT; t++) {
+        const int8_t* y = (const int8_t*)act[t] + (size_t)sb * 256 + 64 * k;
+        isum[t] = dpbusd_scaled(isum[t], lo, _mm256_load_si256((const __m256i*)y), slo);
+        isum[t] = dpbusd_scaled(isum[t], hi, _mm256_load_si256((const __m256i*)(y + 32)), shi);
+      }
+    }
+    for (int t = 0; t < NT; t++) {
+      const float dd = dy[t][sb];
+      const int32_t* s16 = sy[t] + (size_t)sb * 16;
+      int mins = 0;
+      for (int j = 0; j < 8; j++) mins += mn[j] * (s16[2 * j] + s16[2 * j + 1]);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * dd), acc[t]);
+      accm[t] += dmin * dd * (float)mins;
+    }
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]) - accm[t];
+}
+
+template <int NT>
+void dot_q6_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m256 acc[NT];
+  const float* dy[NT];
+  const int32_t* sy[NT];
+  for (int t = 0; t < NT; t++) {
+    acc[t] = _mm256_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+  const __m256i idx[4] = {_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
+                          _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7)};
+  const int nsb = cols / 256;
+  for (int sb = 0; sb < nsb; sb++) {
+    const uint8_t* blk = row + (size_t)sb * 210;
+    const float d = h2f(rd16(blk + 208));
+    const __m256i scA = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 192)));
+    const __m256i scB = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 200)));
+    __m256i isum[NT];
+    for (int t = 0; t < NT; t++) {
+      // q6 is stored +32: subtract 32 * sum_i sc_i * sum16_i(y)
+      const int32_t* s16 = sy[t] + (size_t)sb * 16;
+      const __m256i c = _mm256_add_epi32(_mm256_mullo_epi32(scA, _mm256_loadu_si256((const __m256i*)s16)),
+                                         _mm256_mullo_epi32(scB, _mm256_loadu_si256((const __m256i*)(s16 + 8))));
+      isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(c, 5));
+    }
+    for (int n = 0; n < 2; n++) {
+      const uint8_t* ql = blk + 64 * n; const uint8_t* qhp = blk + 128 + 32 * n;
+      const __m256i l0 = _mm256_loadu_si256((const __m256i*)ql), l1 = _mm256_loadu_si256((const __m256i*)(ql + 32));
+      const __m256i h = _mm256_loadu_si256((const __m256i*)qhp);
+      __m256i w[4];
+      w[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+      w[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+      w[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
+      w[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+      const __m256i scv = n == 0 ? scA : scB;
+      for (int c = 0; c < 4; c++) {
+        const __m256i s = scale_vec(_mm256_permutevar8x32_epi32(scv, idx[c]));
+        for (int t = 0; t < NT; t++) {
+          const int8_t* y = (const int8_t*)act[t] + (size_t)sb * 256 + 128 * n + 32 * c;
+          isum[t] = dpbusd_scaled(isum[t], w[c], _mm256_load_si256((const __m256i*)y), s);
+        }
+      }
+    }
+    for (int t = 0; t < NT; t++)
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * dy[t][sb]), acc[t]);
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]);
+}
+
+template <int NT>
+void dot_float(int type, const uint8_t* row, int cols, const uint8_t* const* act, float* res) {
+  __m256 acc[NT];
+  for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+  int c = 0;
+  for (; c + 8 <= cols; c += 8) {
+    __m256 w;
+    if (type == T_F32) w = _mm256_loadu_ps((const float*)row + c);
+    else if (type == T_F16) w = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(row + 2 * c)));
+    else w = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(row + 2 * c))), 16));
+    for (int t = 0; t < NT; t++) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps((const float*)act[t] + c), acc[t]);
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]);
+  for (; c < cols; c++) {
+    float w = type == T_F32 ? ((const float*)row)[c] : type == T_F16 ? h2f(rd16(row + 2 * c)) : bf2f(rd16(row + 2 * c));
+    for (int t = 0; t < NT; t++) res[t] += w * ((const float*)act[t])[c];
+  }
+}
+#endif  // __AVX2__
+
+template <int NT>
+void dot_row(int type, const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+#if defined(__AVX2__)
+  switch (type) {
+    case T_F32: case T_F16: case T_BF16: dot_float<NT>(type, row, cols, act, res); return;
+    case T_Q8_0: dot_q8_0<NT>(row, cols, act, L, res); return;
+    case T_Q4_0: dot_q4_0<NT>(row, cols, act, L, res); return;
+    case T_Q4_K: dot_q45_k<NT, false>(row, cols, act, L, res); return;
+    case T_Q5_K: dot_q45_k<NT, true>(row, cols, act, L, res); return;
+    case T_Q6_K: dot_q6_k<NT>(row, cols, act, L, res); return;
+    default: dot_generic<NT>(type, row, cols, act, L, res); return;
+  }
+#else
+  if (type == T_F32 || type == T_F16 || type == T_BF16) dot_float_generic<NT>(type, row, cols, act, res);
+  else dot_generic<NT>(type, row, cols, act, L, res);
+#endif
+}
+
+size_t row_bytes(int type, int cols) {
+  switch (type) {
+    case T_F32: return (size_t)cols * 4;
+    case T_F16: case T_BF16: return (size_t)cols * 2;
+    default: { QInfo q = qinfo(type); return (size_t)(cols / q.blockSize) * q.typeSize; }
+  }
+}
+
+// Tokens in tiles of 4 so each weight row is unpacked once per 4 tokens; the caller hands out row
+// ranges small enough that the range stays in L2 across all token tiles.
+void matmul_rows_impl(const MatmulArgs& a, int r0, int r1) {
+  const ActLayout L = act_layout(act_kind_impl(a.type), a.cols);
+  for (int t0 = 0; t0 < a.nTok; t0 += 4) {
+    const int nt = a.nTok - t0 < 4 ? a.nTok - t0 : 4;
+    const uint8_t* acts[4];
+    for (int i = 0; i < nt; i++) acts[i] = a.act + (size_t)(t0 + i) * a.actStride;
+    float res[4];
+    for (int r = r0; r < r1; r++) {
+      const uint8_t* row = a.w + (size_t)r * a.rowBytes;
+      switch (nt) {
+        case 4: dot_row<4>(a.type, row, a.cols, acts, L, res); break;
+        case 3: dot_row<3>(a.type, row, a.cols, acts, L, res); break;
+        case 2: dot_row<2>(a.type, row, a.cols, acts, L, res); break;
+        default: dot_row<1>(a.type, row, a.cols, acts, L, res); break;
+      }
+      for (int i = 0; i < nt; i++) a.out[(size_t)(t0 + i) * a.rows + r] = res[i];
+    }
+  }
+}
+
+void dequant_row_impl(int type, const uint8_t* src, int cols, float* out) {
+  switch (type) {
+    case T_F32: memcpy(out, src, (size_t)cols * 4); return;
+    case T_F16: for (int i = 0; i < cols; i++) out[i] = h2f(rd16(src + 2 * i)); return;
+    case T_BF16: for (int i = 0; i < cols; i++) out[i] = bf2f(rd16(src + 2 * i)); return;
+    default: {
+      QInfo q = qinfo(type);
+      for (int b = 0; b < cols / q.blockSize; b++) q.deq(src + (size_t)b * q.typeSize, out + (size_t)b * q.blockSize);
+    }
+  }
+}
+
+inline float dot_f32(const float* a, const float* b, int n) {
+  int i = 0;
+  float s = 0;
+#if defined(__AVX2__)
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  s = hsum8(acc);
+#endif
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+inline void axpby(float* y, float beta, const float* x, float alpha, int n) {  // y = beta*y + alpha*x
+  int i = 0;
+#if defined(__AVX2__)
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(_mm256_loadu_ps(x + i), va, _mm256_mul_ps(_mm256_loadu_ps(y + i), vb)));
+#endif
+  for (; i < n; i++) y[i] = beta * y[i] + alpha * x[i];
+}
+
+void rmsnorm_row_impl(const float* x, const float* w, float eps, int dim, float* out) {
+  double ss = 0;
+  int i = 0;
+#if defined(__AVX2__)
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= dim; i += 8) { __m256 v = _mm256_loadu_ps(x + i); acc = _mm256_fmadd_ps(v, v, acc); }
+  ss = hsum8(acc);
+#endif
+  for (; i < dim; i++) ss += (double)x[i] * x[i];
+  const float scale = (float)(1.0 / sqrt(ss / dim + eps));
+  for (i = 0; i < dim; i++) out[i] = x[i] * scale * w[i];
+}
+
+void silu_mul_impl(const float* g, const float* u, float* out, size_t n) {
+  for (size_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+// Online softmax over key tiles of 64: scores of a tile, rescale the running sum/output when the
+// running max grows, accumulate. scratch: 64 scores + dv outputs.
+void attention_one_impl(const AttnArgs& a, int t, int h, float* scratch) {
+  const int group = a.nHead / a.nKvHead, kvh = h / group, nCtx = a.nPast + t + 1;
+  const float* q = a.q + ((size_t)t * a.nHead + h) * a.dk;
+  float* s = scratch;
+  float* o = scratch + 64;
+  for (int i = 0; i < a.dv; i++) o[i] = 0;
+  float m = -INFINITY, l = 0;
+  for (int j0 = 0; j0 < nCtx; j0 += 64) {
+    const int nb = nCtx - j0 < 64 ? nCtx - j0 : 64;
+    float bm = -INFINITY;
+    for (int j = 0; j < nb; j++) {
+      s[j] = a.scale * dot_f32(q, a.k + ((size_t)(j0 + j) * a.nKvHead + kvh) * a.dk, a.dk);
+      bm = s[j] > bm ? s[j] : bm;
+    }
+    if (bm > m) {
+      const float r = expf(m - bm);  // 0 on the first tile
+      for (int i = 0; i < a.dv; i++) o[i] *= r;
+      l *= r;
+      m = bm;
+    }
+    for (int j = 0; j < nb; j++) {
+      const float p = expf(s[j] - m);
+      l += p;
+      axpby(o, 1.0f, a.v + ((size_t)(j0 + j) * a.nKvHead + kvh) * a.dv, p, a.dv);
+    }
+  }
+  float* out = a.out + ((size_t)t * a.nHead + h) * a.dv;
+  const float il = 1.0f / l;
+  for (int i = 0; i < a.dv; i++) out[i] = o[i] * il;
+}
+
+double sum_f32_impl(const float* p, size_t n) {
+  size_t i = 0;
+  double s = 0;
+#if defined(__AVX512F__)
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 64 <= n; i += 64) {
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+  }
+  s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#elif defined(__AVX2__)
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+  }
+  s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#endif
+  for (; i < n; i++) s += p[i];
+  return s;
+}
+
+#define MOIRA_STR2(x) #x
+#define MOIRA_STR(x) MOIRA_STR2(x)
+
+const KernelTable kTable = {
+    MOIRA_STR(MOIRA_NS), act_kind_impl, quantize_act_impl, matmul_rows_impl, dequant_row_impl,
+    rmsnorm_row_impl, silu_mul_impl, attention_one_impl, sum_f32_impl,
+};
+
+}  // namespace
+
+const KernelTable* table() { (void)row_bytes; return &kTable; }
+
+}  // namespace MOIRA_NS
+}  // namespace moira

@@ -1,0 +1,85 @@
+/**
+ * `moira make-model`: write a deterministic random MoE GGUF at a chosen shape.
+ *
+ *   moira make-model [--arch ARCH] [--preset NAME | shape flags] [--type TYPE] [--seed N]
+ *                    --out FILE.gguf [--vocab-from FILE]
+ */
+import type { Command } from "commander";
+import cliProgress from "cli-progress";
+import { makeModel, MAKE_MODEL_ARCHS, PRESETS, type MakeModelOptions } from "../tools/make-model/index.js";
+import { parseIntOption } from "./common.js";
+
+interface MakeModelFlags {
+  arch?: string;
+  preset?: string;
+  type?: string;
+  seed?: number;
+  out: string;
+  vocabFrom?: string;
+  layers?: number;
+  dModel?: number;
+  heads?: number;
+  kvHeads?: number;
+  experts?: number;
+  topK?: number;
+  dFf?: number;
+  sharedDFf?: number;
+  vocab?: number;
+  context?: number;
+  quiet?: boolean;
+}
+
+export function registerMakeModelCommand(program: Command): void {
+  program
+    .command("make-model")
+    .description("write a deterministic random Mixture-of-Experts GGUF that llama.cpp loads")
+    .requiredOption("--out <file>", "output GGUF path")
+    .option("--arch <arch>", `architecture: ${MAKE_MODEL_ARCHS.join(", ")} (default llama, or the preset's)`)
+    .option("--preset <name>", `named shape: ${Object.keys(PRESETS).join(", ")} (default: tiny for the arch)`)
+    .option("--type <type>", "matrix type: F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K (default F16 for tiny presets, else Q8_0)")
+    .option("--seed <n>", "PRNG seed (same flags + seed = same bytes)", parseIntOption("--seed", 0))
+    .option("--vocab-from <file>", "copy the tokenizer.* keys of this GGUF (vocab size = its token count)")
+    .option("--layers <n>", "transformer blocks", parseIntOption("--layers", 1))
+    .option("--d-model <n>", "hidden size", parseIntOption("--d-model", 1))
+    .option("--heads <n>", "attention heads", parseIntOption("--heads", 1))
+    .option("--kv-heads <n>", "key/value heads", parseIntOption("--kv-heads", 1))
+    .option("--experts <n>", "routed experts per layer", parseIntOption("--experts", 1))
+    .option("--top-k <n>", "experts per token", parseIntOption("--top-k", 1))
+    .option("--d-ff <n>", "hidden size of one expert", parseIntOption("--d-ff", 1))
+    .option("--shared-d-ff <n>", "hidden size of the shared expert(s) (qwen2moe, deepseek2)", parseIntOption("--shared-d-ff", 0))
+    .option("--vocab <n>", "vocabulary size of the built-in vocabulary (padded with unused tokens)", parseIntOption("--vocab", 1))
+    .option("--context <n>", "training context length", parseIntOption("--context", 1))
+    .option("--quiet", "no progress bar")
+    .action(async (flags: MakeModelFlags) => {
+      const { quiet, ...rest } = flags;
+      const opts: MakeModelOptions = { ...rest };
+      const started = Date.now();
+      let bar: cliProgress.SingleBar | undefined;
+      if (!quiet && process.stderr.isTTY) {
+        // shown only once writing has taken a moment, so tiny models print nothing but the summary
+        opts.onProgress = (done, total) => {
+          if (!bar && Date.now() - started > 500 && done < total) {
+            bar = new cliProgress.SingleBar({
+              stream: process.stderr,
+              format: "make-model [{bar}] {percentage}% | {doneGiB}/{totalGiB} GiB | ETA {eta}s",
+              hideCursor: true,
+            }, cliProgress.Presets.shades_classic);
+            bar.start(total, 0, { doneGiB: "0.00", totalGiB: (total / 2 ** 30).toFixed(2) });
+          }
+          bar?.update(done, { doneGiB: (done / 2 ** 30).toFixed(2), totalGiB: (total / 2 ** 30).toFixed(2) });
+        };
+      }
+      try {
+        const r = await makeModel(opts);
+        bar?.stop();
+        const s = r.shape;
+        process.stdout.write(
+          `${r.path}: ${s.arch} ${s.layers} layers, d_model ${s.dModel}, ${s.heads}/${s.kvHeads} heads, ` +
+          `${s.experts} experts top-${s.topK}, d_ff ${s.dFf}${s.sharedDFf ? `, shared d_ff ${s.sharedDFf}` : ""}, vocab ${s.vocab}; ` +
+          `${r.type}, ${(r.params / 1e9).toFixed(3)}B params, ${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${((Date.now() - started) / 1000).toFixed(1)} s\n`,
+        );
+      } finally {
+        bar?.stop();
+      }
+    });
+}

@@ -1,0 +1,14 @@
+import { readFileSync } from "node:fs";
+import { getLlama } from "node-llama-cpp";
+import { openGGUF } from "../../formats/gguf/reader.js";
+import { loadTokenizer } from "./index.js";
+const path = "/work/shared/models/tinymoe-trained.gguf";
+const tok = loadTokenizer(openGGUF(path));
+const llama = await getLlama({ gpu: false, build: "never" });
+const model = await llama.loadModel({ modelPath: path });
+const big = readFileSync("/work/shared/text/wikipedia_texts.txt", "utf8").slice(0, 10000);
+const a = tok.encode(big, { addBos: false }); const b = Array.from(model.tokenize(big));
+let i = 0; while (a[i] === b[i]) i++;
+console.log(i, a.slice(i - 3, i + 5).map((x) => tok.tokenText(x)), b.slice(i - 3, i + 5).map((x) => tok.tokenText(x)));
+console.log(a.slice(i-3,i+5), b.slice(i-3,i+5));
+await model.dispose();

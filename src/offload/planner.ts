@@ -1,0 +1,147 @@
+/**
+ * The Planner splits one `--memory-budget` into everything moira allocates for a model:
+ *
+ *   budget = resident non-expert weights + KV cache + scratch (activations) + expert arena
+ *   arena  = transient slots (one whole layer's experts: a prompt can route to every expert of a
+ *            layer at once, and acquire() hands the layer all of them together)
+ *          + cache slots (what the CachePolicy manages; none for policy `none`)
+ *
+ * and refuses, naming the minimum and its parts, when the model cannot run in the budget. The
+ * Node runtime itself (~50-80 MB RSS) is not in the budget: it does not grow with the model.
+ */
+import type { Model } from "../model/model.js";
+import type { ModelConfig } from "../model/config.js";
+import { describeExperts, type LayerExpertTensors } from "../model/experts.js";
+import { KvCache } from "../model/kv-cache.js";
+import { BudgetError, InvalidArgumentError } from "../errors.js";
+
+/** Slots are 4 KiB aligned so each tensor slice starts on a page (cheap for O_DIRECT readers). */
+export const SLOT_ALIGN = 4096;
+const SLICE_ALIGN = 64;
+
+const alignUp = (n: number, a: number) => Math.ceil(n / a) * a;
+
+/** "3GiB", "512MiB", "3GB", "1.5G", "1048576" → bytes. KiB/MiB/GiB/TiB (and K/M/G/T) are 1024-based, KB/MB/GB/TB 1000-based. */
+export function parseBudget(v: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)(B?))?\s*$/i.exec(v);
+  if (!m) throw new InvalidArgumentError(`--memory-budget "${v}" is not a size: use bytes or a suffix like 512MiB, 3GiB, 3GB`);
+  const n = Number(m[1]);
+  const unit = (m[2] ?? "").toUpperCase();
+  const binary = m[3] !== "" || m[4] !== "B" || unit === "";
+  const pow = { "": 0, K: 1, M: 2, G: 3, T: 4 }[unit as "" | "K" | "M" | "G" | "T"];
+  const bytes = Math.round(n * Math.pow(binary ? 1024 : 1000, pow));
+  if (!(bytes > 0)) throw new InvalidArgumentError(`--memory-budget must be positive, got "${v}"`);
+  return bytes;
+}
+
+/** 1.5 GiB, 380 MiB, 12 KiB: for messages. */
+export function formatBytes(b: number): string {
+  if (b >= 2 ** 30) return `${(b / 2 ** 30).toFixed(2).replace(/\.?0+$/, "")} GiB`;
+  if (b >= 2 ** 20) return `${Math.ceil(b / 2 ** 20)} MiB`;
+  if (b >= 2 ** 10) return `${Math.ceil(b / 2 ** 10)} KiB`;
+  return `${b} B`;
+}
+
+export function isExpertTensor(name: string): boolean {
+  return /\.ffn_(gate|up|down)_exps\.weight$/.test(name);
+}
+
+/** Where one expert's three slices sit inside a slot. */
+export interface SlotLayout {
+  readonly gate: number;
+  readonly up: number;
+  readonly down: number;
+  readonly bytes: number;
+}
+
+export function slotLayoutOf(t: { gate: { expertBytes: number }; up: { expertBytes: number }; down: { expertBytes: number } }): SlotLayout {
+  const gate = 0;
+  const up = alignUp(t.gate.expertBytes, SLICE_ALIGN);
+  const down = up + alignUp(t.up.expertBytes, SLICE_ALIGN);
+  return { gate, up, down, bytes: alignUp(down + t.down.expertBytes, SLOT_ALIGN) };
+}
+
+/** Activation memory of one forward of `batch` tokens (generous: JS allocates per step). */
+export function scratchBytes(cfg: ModelConfig, batch: number, contextLength: number): number {
+  const ff = Math.max(cfg.expertFf, cfg.denseFf, cfg.sharedFf);
+  const hd = Math.max(cfg.headDimK, cfg.headDimV) + (cfg.mla ? cfg.mla.qkRopeDim : 0);
+  const perToken = 4 * (10 * cfg.dModel + 5 * cfg.nHead * hd + 4 * ff + 3 * cfg.nExpert);
+  const attention = 4 * cfg.nHead * contextLength * Math.min(batch, 64);
+  const logits = 4 * cfg.vocabSize * 2;
+  // x2: garbage of the previous step is still alive when the next allocates
+  return alignUp(2 * (batch * perToken + attention + logits) + (4 << 20), SLOT_ALIGN);
+}
+
+export interface PlanOptions {
+  readonly budget: number;
+  readonly contextLength: number;
+  /** largest forward batch (prompt tokens at once); default min(contextLength, 512) */
+  readonly maxBatch?: number;
+  /** policy "none" gets no cache slots */
+  readonly policy?: string;
+}
+
+export interface MemoryPlan {
+  readonly budget: number;
+  readonly nonExpertBytes: number;
+  readonly kvBytes: number;
+  readonly scratchBytes: number;
+  /** bytes of one slot (the largest expert, gate + up + down, aligned) */
+  readonly slotBytes: number;
+  readonly slot: SlotLayout;
+  /** slots for the layer being computed (one layer's experts) */
+  readonly transientSlots: number;
+  /** slots the CachePolicy manages (never more than all experts) */
+  readonly cacheSlots: number;
+  readonly arenaBytes: number;
+  /** the smallest budget this model runs in */
+  readonly minimumBytes: number;
+  /** every expert of every layer, in slots: cacheSlots == this means fully resident */
+  readonly allExpertSlots: number;
+  /** bytes of all expert tensors in the file */
+  readonly expertFileBytes: number;
+  readonly tensors: Map<number, LayerExpertTensors>;
+}
+
+/** Splits the budget; BudgetError naming the minimum when it is too small. */
+export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
+  const cfg = model.config;
+  let nonExpertBytes = 0, expertFileBytes = 0;
+  for (const [name, t] of model.weights.source.tensors) {
+    if (isExpertTensor(name)) expertFileBytes += t.nbytes; else nonExpertBytes += t.nbytes;
+  }
+  const tensors = describeExperts(cfg, model.weights);
+  let slot: SlotLayout = { gate: 0, up: 0, down: 0, bytes: 0 };
+  for (const t of tensors.values()) {
+    const s = slotLayoutOf(t);
+    if (s.bytes > slot.bytes) slot = s;
+  }
+  const kvBytes = KvCache.bytes(cfg, opts.contextLength);
+  const batch = Math.max(1, Math.min(opts.maxBatch ?? 512, opts.contextLength));
+  const scratch = scratchBytes(cfg, batch, opts.contextLength);
+  const transientSlots = cfg.nExpert;
+  const fixed = nonExpertBytes + kvBytes + scratch;
+  const minimumBytes = fixed + transientSlots * slot.bytes;
+  if (opts.budget < minimumBytes) {
+    throw new BudgetError(
+      `budget ${formatBytes(opts.budget)} is below the minimum ${formatBytes(minimumBytes)} for this model: ` +
+      `non-expert weights ${formatBytes(nonExpertBytes)} + KV cache ${formatBytes(kvBytes)} (${opts.contextLength} positions) + ` +
+      `scratch ${formatBytes(scratch)} + one layer's experts (all ${cfg.nExpert}, a prompt can use every one) ${formatBytes(transientSlots * slot.bytes)}` +
+      ` (raise --memory-budget, or lower --context)`,
+    );
+  }
+  const allExpertSlots = tensors.size * cfg.nExpert;
+  const cacheSlots = opts.policy === "none" ? 0
+    : Math.min(allExpertSlots, Math.floor((opts.budget - minimumBytes) / slot.bytes));
+  return {
+    budget: opts.budget, nonExpertBytes, kvBytes, scratchBytes: scratch, slotBytes: slot.bytes, slot,
+    transientSlots, cacheSlots, arenaBytes: (transientSlots + cacheSlots) * slot.bytes, minimumBytes,
+    allExpertSlots, expertFileBytes, tensors,
+  };
+}
+
+export function formatPlan(p: MemoryPlan): string {
+  return `memory plan: budget ${formatBytes(p.budget)} = non-expert weights ${formatBytes(p.nonExpertBytes)} + KV cache ${formatBytes(p.kvBytes)} + ` +
+    `scratch ${formatBytes(p.scratchBytes)} + arena ${formatBytes(p.arenaBytes)} (${p.cacheSlots} cached + ${p.transientSlots} working experts of ${formatBytes(p.slotBytes)}; ` +
+    `${((100 * p.cacheSlots) / Math.max(1, p.allExpertSlots)).toFixed(1)}% of all ${p.allExpertSlots} experts cacheable)`;
+}

@@ -1,0 +1,178 @@
+/**
+ * The Prefetcher: a priority queue of expert loads in front of the I/O threads.
+ *
+ * - Loads on the critical path (a layer is waiting for them: `demand`) go before every prefetch.
+ * - Prefetches are ordered by how soon their layer runs, then by the predictor's rank.
+ * - A key is queued once (the store asks `has` before enqueueing: de-duplication).
+ * - Only `maxInFlight` reads are handed to the threads at a time, so a wrong prediction can still
+ *   be cancelled while it waits here, and a demand load never queues behind a long tail of
+ *   prefetches inside the threads.
+ * Completion is checked without blocking (`settled`) at layer boundaries, or waited on.
+ */
+import type { ArenaChunk, ThreadedFileReader } from "./store-io.js";
+
+/** One byte range to read into the arena. */
+export interface ReadRange {
+  readonly fileOffset: number;
+  readonly length: number;
+  readonly chunk: ArenaChunk;
+  readonly destOffset: number;
+}
+
+export type LoadPriority = "demand" | "prefetch";
+
+/** One expert's load: its three reads (gate, up, down). */
+export class LoadJob {
+  priority: LoadPriority;
+  /** prefetch order: smaller first (layer distance, then rank) */
+  rank: number;
+  tickets: number[] | null = null;
+  /** all reads finished and checked */
+  done = false;
+  cancelled = false;
+  readonly submittedAt = performance.now();
+  constructor(readonly id: number, readonly reads: readonly ReadRange[], priority: LoadPriority, rank = 0) {
+    this.priority = priority;
+    this.rank = rank;
+  }
+  get bytes(): number {
+    return this.reads.reduce((a, r) => a + r.length, 0);
+  }
+  get dispatched(): boolean {
+    return this.tickets !== null;
+  }
+}
+
+export interface PrefetcherOptions {
+  /** reads handed to the I/O threads at once (default 12) */
+  readonly maxInFlight?: number;
+}
+
+export class Prefetcher {
+  private readonly demand: LoadJob[] = [];
+  private readonly prefetch: LoadJob[] = [];
+  private readonly running = new Set<LoadJob>();
+  private readonly maxInFlight: number;
+  /** bytes handed to the I/O threads so far */
+  bytesSubmitted = 0;
+
+  constructor(private readonly reader: ThreadedFileReader, opts: PrefetcherOptions = {}) {
+    this.maxInFlight = Math.max(3, opts.maxInFlight ?? 12);
+  }
+
+  enqueue(job: LoadJob): void {
+    if (job.priority === "demand") this.demand.push(job);
+    else {
+      let i = this.prefetch.length;
+      while (i > 0 && this.prefetch[i - 1]!.rank > job.rank) i--;
+      this.prefetch.splice(i, 0, job);
+    }
+    this.pump();
+  }
+
+  /** A layer now waits for this load: move it to the front. */
+  promote(job: LoadJob): void {
+    if (job.priority === "demand") return;
+    job.priority = "demand";
+    const i = this.prefetch.indexOf(job);
+    if (i >= 0) {
+      this.prefetch.splice(i, 1);
+      this.demand.push(job);
+    }
+  }
+
+  /**
+   * Cancels a load nothing has started reading: true when no byte will be written for it. A
+   * dispatched load is cancelled only if every one of its reads is still queued in a thread.
+   */
+  cancel(job: LoadJob): boolean {
+    if (job.done) return false;
+    if (!job.dispatched) {
+      const q = job.priority === "demand" ? this.demand : this.prefetch;
+      const i = q.indexOf(job);
+      if (i >= 0) q.splice(i, 1);
+      job.cancelled = true;
+      return true;
+    }
+    return false;
+  }
+
+  /** Hands queued loads to the I/O threads, demand first, up to maxInFlight reads. */
+  pump(): void {
+    while (this.reader.inFlight < this.maxInFlight) {
+      const job = this.demand.shift() ?? this.prefetch.shift();
+      if (!job) return;
+      this.dispatch(job);
+    }
+  }
+
+  private dispatch(job: LoadJob): void {
+    job.tickets = job.reads.map((r) => this.reader.submit(r.fileOffset, r.length, r.chunk, r.destOffset));
+    this.bytesSubmitted += job.bytes;
+    this.running.add(job);
+  }
+
+  /** Non-blocking: whether the load has finished (throws if it failed). */
+  settled(job: LoadJob): boolean {
+    if (job.done) return true;
+    if (!job.tickets) return false;
+    for (const t of job.tickets) if (!this.reader.isSettled(t)) return false;
+    this.finish(job, false);
+    return true;
+  }
+
+  /** Blocks until the load is in memory: it jumps the queue if it was not started. */
+  wait(job: LoadJob): void {
+    if (job.done) return;
+    if (!job.dispatched) {
+      this.promote(job);
+      const i = this.demand.indexOf(job);
+      if (i >= 0) this.demand.splice(i, 1);
+      this.dispatch(job);
+    }
+    this.finish(job, true);
+    this.pump();
+  }
+
+  private finish(job: LoadJob, block: boolean): void {
+    this.running.delete(job);
+    job.done = true;
+    let err: unknown = null;
+    for (const t of job.tickets!) {
+      try {
+        if (block) this.reader.wait(t); else this.reader.check(t);
+      } catch (e) {
+        err ??= e;
+      }
+    }
+    if (err) throw err;
+  }
+
+  /** Loads finished since the last call (non-blocking); throws the first failure. */
+  collect(): LoadJob[] {
+    const out: LoadJob[] = [];
+    for (const job of [...this.running]) if (this.settled(job)) out.push(job);
+    this.pump();
+    return out;
+  }
+
+  get queued(): number {
+    return this.demand.length + this.prefetch.length;
+  }
+
+  /** Cancels everything queued (not started); returns the cancelled jobs. */
+  cancelAll(): LoadJob[] {
+    const out = [...this.demand, ...this.prefetch];
+    this.demand.length = 0;
+    this.prefetch.length = 0;
+    for (const j of out) j.cancelled = true;
+    return out;
+  }
+
+  /** Waits for everything running (on shutdown), ignoring failures. */
+  drain(): void {
+    for (const job of [...this.running]) {
+      try { this.finish(job, true); } catch { /* shutting down */ }
+    }
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * Offloading statistics: per layer hits, misses, prefetch outcomes, bytes read and stall time,
+ * plus the predictor's precision / recall (PredictionStats). Printed by `moira run --stats` and
+ * returned by `moira bench --json`.
+ */
+import { PredictionStats } from "./predictor.js";
+
+export interface LayerCounters {
+  /** experts a layer asked for */
+  accesses: number;
+  /** already in memory when asked */
+  hits: number;
+  /** being loaded (prefetch) when asked: part of the read was hidden */
+  inflightHits: number;
+  /** not in memory and not loading: a load on the critical path */
+  misses: number;
+  /** served from the low-bit sidecar */
+  lowbit: number;
+  prefetchesIssued: number;
+  prefetchesCancelled: number;
+  /** prefetched experts evicted or dropped before any use */
+  prefetchesWasted: number;
+  bytesRead: number;
+  /** time acquire() waited for reads */
+  stallMs: number;
+}
+
+function emptyCounters(): LayerCounters {
+  return {
+    accesses: 0, hits: 0, inflightHits: 0, misses: 0, lowbit: 0, prefetchesIssued: 0,
+    prefetchesCancelled: 0, prefetchesWasted: 0, bytesRead: 0, stallMs: 0,
+  };
+}
+
+export type Phase = "prefill" | "decode";
+
+export class OffloadStats {
+  readonly layers: LayerCounters[];
+  readonly phases: Record<Phase, LayerCounters> = { prefill: emptyCounters(), decode: emptyCounters() };
+  readonly prediction: PredictionStats;
+  /** set by the store's start-up calibration */
+  calibration: { readMs: number; layerMs: number; width: number; bandwidthBytesPerS: number } | null = null;
+  direct: boolean | undefined;
+
+  constructor(readonly nLayer: number) {
+    this.layers = Array.from({ length: nLayer }, emptyCounters);
+    this.prediction = new PredictionStats(nLayer);
+  }
+
+  add(layer: number, phase: Phase, field: keyof LayerCounters, value = 1): void {
+    this.layers[layer]![field] += value;
+    this.phases[phase][field] += value;
+  }
+
+  total(): LayerCounters {
+    const t = emptyCounters();
+    for (const l of this.layers) for (const k of Object.keys(t) as Array<keyof LayerCounters>) t[k] += l[k];
+    return t;
+  }
+
+  /** hits / accesses (in-flight hits count as misses here) */
+  hitRate(layer?: number): number {
+    const c = layer === undefined ? this.total() : this.layers[layer]!;
+    return c.accesses > 0 ? c.hits / c.accesses : 0;
+  }
+
+  reset(): void {
+    for (let l = 0; l < this.nLayer; l++) this.layers[l] = emptyCounters();
+    this.phases.prefill = emptyCounters();
+    this.phases.decode = emptyCounters();
+    this.prediction.predicted.fill(0);
+    this.prediction.correct.fill(0);
+    this.prediction.actual.fill(0);
+  }
+
+  toJSON(): object {
+    const t = this.total();
+    return {
+      hitRate: this.hitRate(),
+      total: t,
+      phases: this.phases,
+      precision: this.prediction.precision(),
+      recall: this.prediction.recall(),
+      direct: this.direct,
+      calibration: this.calibration,
+      layers: this.layers.map((c, l) => ({
+        layer: l, ...c, hitRate: this.hitRate(l),
+        precision: this.prediction.precision(l), recall: this.prediction.recall(l),
+      })),
+    };
+  }
+
+  /** Human-readable summary (several lines). */
+  format(opts: { perLayer?: boolean } = {}): string {
+    const t = this.total();
+    const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+    const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+    const lines = [
+      `experts: ${t.accesses} accesses, hit rate ${pct(this.hitRate())} (${t.hits} hits, ${t.inflightHits} waited on a prefetch, ${t.misses} misses, ${t.lowbit} low-bit)`,
+      `prefetch: ${t.prefetchesIssued} issued, ${t.prefetchesCancelled} cancelled, ${t.prefetchesWasted} unused; prediction precision ${pct(this.prediction.precision())} recall ${pct(this.prediction.recall())}`,
+      `read: ${mib(t.bytesRead)} (prefill ${mib(this.phases.prefill.bytesRead)}, decode ${mib(this.phases.decode.bytesRead)})${this.direct === undefined ? "" : this.direct ? ", O_DIRECT" : ", buffered"}; stall ${t.stallMs.toFixed(1)} ms (prefill ${this.phases.prefill.stallMs.toFixed(1)}, decode ${this.phases.decode.stallMs.toFixed(1)})`,
+    ];
+    if (this.calibration) {
+      const c = this.calibration;
+      lines.push(`calibration: expert read ${c.readMs.toFixed(2)} ms (${(c.bandwidthBytesPerS / 1e9).toFixed(2)} GB/s), layer compute ${c.layerMs.toFixed(2)} ms → prefetch width ${c.width}`);
+    }
+    if (opts.perLayer) {
+      lines.push("layer  acc   hit%   miss  inflt  pf  pf-unused  precision  recall  read MiB  stall ms");
+      this.layers.forEach((c, l) => {
+        if (c.accesses === 0) return;
+        lines.push(`${String(l).padStart(5)} ${String(c.accesses).padStart(5)} ${pct(this.hitRate(l)).padStart(6)} ${String(c.misses).padStart(6)} ${String(c.inflightHits).padStart(6)} ${String(c.prefetchesIssued).padStart(4)} ${String(c.prefetchesWasted).padStart(10)} ${pct(this.prediction.precision(l)).padStart(10)} ${pct(this.prediction.recall(l)).padStart(7)} ${(c.bytesRead / 2 ** 20).toFixed(1).padStart(9)} ${c.stallMs.toFixed(1).padStart(9)}`);
+      });
+    }
+    return lines.join("\n");
+  }
+}

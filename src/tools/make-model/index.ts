@@ -1,0 +1,137 @@
+/**
+ * make-model: deterministic random Mixture-of-Experts GGUF files at chosen shapes, in the exact
+ * layout llama.cpp loads (llama/Mixtral, qwen2moe, qwen3moe, olmoe, deepseek2).
+ *
+ * The same options and seed always give a byte-identical file: every tensor is drawn from its own
+ * PRNG stream seeded by (seed, tensor name), and the header holds nothing time- or host-dependent.
+ *
+ * Types: matrices (attention, experts, shared experts, embeddings, output) take `type`; norms,
+ * routers (ffn_gate_inp*) and biases stay F32 as llama.cpp keeps them. A matrix whose rows are not
+ * whole blocks of `type` falls back the way llama.cpp's quantizer does (Q4_K → Q4_0, Q5_K / Q6_K →
+ * Q8_0; then F16). Default type: F16 for tiny presets (close to exact, for comparisons), Q8_0
+ * otherwise.
+ */
+import { statSync } from "node:fs";
+import { GGUFValueType, type GGUFMetadataValue } from "../../formats/model-file.js";
+import { readGGUF } from "../../formats/gguf/reader.js";
+import { GGMLType, typeFromName, typeInfo, typeName } from "../../formats/quant/types.js";
+import { FileAccessError, InvalidArgumentError, UnsupportedError } from "../../errors.js";
+import { archMetadata, tensorLayout, type TensorPlan } from "./layout.js";
+import { resolveShape, shapeParams, type ModelShape, type ShapeOverrides } from "./presets.js";
+import { MAKE_MODEL_TYPES, randomTensorBytes, streamSeed, Xoshiro128 } from "./random-weights.js";
+import { builtinVocabMetadata, vocabFromMetadata } from "./vocab.js";
+import { writeLazyGGUF, type LazyTensor } from "./stream-writer.js";
+
+export { PRESETS, MAKE_MODEL_ARCHS, resolveShape, type ModelShape, type MakeModelArch, type ShapeOverrides } from "./presets.js";
+export { tensorLayout, archMetadata, type TensorPlan } from "./layout.js";
+export { builtinVocabTokens, BUILTIN_CHAT_TEMPLATE } from "./vocab.js";
+
+export interface MakeModelOptions extends ShapeOverrides {
+  /** Output path (.gguf). */
+  out: string;
+  /** Named shape (implies its architecture); see PRESETS. */
+  preset?: string;
+  /** GGUF architecture; without a preset, its tiny preset is the base shape. */
+  arch?: string;
+  /** Type of the matrices: F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K (default: F16 for tiny presets, else Q8_0). */
+  type?: string;
+  /** PRNG seed (default 0). */
+  seed?: number;
+  /** Copy tokenizer.* keys from this GGUF; the vocab size becomes its token count. */
+  vocabFrom?: string;
+  /** Called after each tensor is written: bytes of tensor data written so far, and in all. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface MakeModelResult {
+  path: string;
+  /** File size. */
+  bytes: number;
+  /** Parameters in the file (every tensor element, norms included). */
+  params: number;
+  shape: ModelShape;
+  type: string;
+}
+
+/** The llama_ftype that names a file's dominant type (general.file_type). */
+const FILE_TYPE: Partial<Record<GGMLType, number>> = {
+  [GGMLType.F32]: 0, [GGMLType.F16]: 1, [GGMLType.Q4_0]: 2, [GGMLType.Q8_0]: 7,
+  [GGMLType.Q4_K]: 15, [GGMLType.Q5_K]: 17, [GGMLType.Q6_K]: 18, [GGMLType.BF16]: 32,
+};
+
+/** What a matrix of `type` is stored as when its rows are not whole blocks (as llama.cpp falls back). */
+function storageType(type: GGMLType, ncols: number): GGMLType {
+  const chain: GGMLType[] = [type];
+  if (type === GGMLType.Q4_K) chain.push(GGMLType.Q4_0);
+  if (type === GGMLType.Q4_K || type === GGMLType.Q5_K || type === GGMLType.Q6_K) chain.push(GGMLType.Q8_0);
+  chain.push(GGMLType.F16);
+  for (const t of chain) if (ncols % typeInfo(t).blockSize === 0) return t;
+  return GGMLType.F32;
+}
+
+export function parseMakeModelType(name: string): GGMLType {
+  let t: GGMLType;
+  try {
+    t = typeFromName(name);
+  } catch {
+    t = -1 as GGMLType;
+  }
+  if (!MAKE_MODEL_TYPES.includes(t)) {
+    throw new UnsupportedError(`make-model: unknown or unsupported --type "${name}"; use one of ${MAKE_MODEL_TYPES.map(typeName).join(", ")}`);
+  }
+  return t;
+}
+
+/** The tensors of a model with their storage types, without generating anything. */
+export function planModel(opts: Omit<MakeModelOptions, "out" | "onProgress">): { shape: ModelShape; type: GGMLType; tensors: Array<TensorPlan & { type: GGMLType }>; metadata: Array<[string, GGUFMetadataValue]> } {
+  const seed = opts.seed ?? 0;
+  if (!Number.isSafeInteger(seed) || seed < 0) throw new InvalidArgumentError(`make-model: --seed must be a non-negative integer, got ${seed}`);
+  let shape = resolveShape(opts);
+  const presetName = opts.preset ?? `tiny-${shape.arch}`;
+  const type = parseMakeModelType(opts.type ?? (presetName.startsWith("tiny") ? "F16" : "Q8_0"));
+
+  let vocab: { size: number; metadata: Array<[string, GGUFMetadataValue]> };
+  if (opts.vocabFrom !== undefined) {
+    if (opts.vocab !== undefined) throw new InvalidArgumentError("make-model: --vocab and --vocab-from exclude each other (the vocab file sets the size)");
+    try {
+      statSync(opts.vocabFrom);
+    } catch {
+      throw new FileAccessError(`make-model: --vocab-from ${opts.vocabFrom} not found`);
+    }
+    vocab = vocabFromMetadata(opts.vocabFrom, readGGUF(opts.vocabFrom).metadata);
+  } else {
+    vocab = builtinVocabMetadata(shape.vocab);
+  }
+  shape = { ...shape, vocab: vocab.size };
+
+  const tensors = tensorLayout(shape).map((t) => ({ ...t, type: t.role === "f32" ? GGMLType.F32 : storageType(type, t.dims[0]!) }));
+  const str = (value: string): GGUFMetadataValue => ({ type: GGUFValueType.STRING, value });
+  const metadata: Array<[string, GGUFMetadataValue]> = [
+    ["general.architecture", str(shape.arch)],
+    ["general.type", str("model")],
+    ["general.name", str(`moira make-model ${opts.preset ?? shape.arch} ${typeName(type)} seed ${seed}`)],
+    ["general.file_type", { type: GGUFValueType.UINT32, value: FILE_TYPE[type] ?? 0 }],
+    ["general.quantization_version", { type: GGUFValueType.UINT32, value: 2 }],
+    ...archMetadata(shape),
+    ...vocab.metadata,
+  ];
+  return { shape, type, tensors, metadata };
+}
+
+/**
+ * Writes a random MoE model. Deterministic: same options → byte-identical file. Resolves with
+ * the path, the file size and the parameter count.
+ */
+export async function makeModel(opts: MakeModelOptions): Promise<MakeModelResult> {
+  if (!opts.out) throw new InvalidArgumentError("make-model: an output path (--out FILE.gguf) is required");
+  const seed = opts.seed ?? 0;
+  const { shape, type, tensors, metadata } = planModel(opts);
+  const lazy: LazyTensor[] = tensors.map((t) => ({
+    name: t.name,
+    type: t.type,
+    dims: t.dims,
+    generate: () => randomTensorBytes(t.type, t.dims, t.values, new Xoshiro128(streamSeed(seed, t.name))),
+  }));
+  const bytes = writeLazyGGUF(opts.out, { metadata, tensors: lazy, onTensor: opts.onProgress });
+  return { path: opts.out, bytes, params: shapeParams(tensors), shape, type: typeName(type) };
+}

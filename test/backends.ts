@@ -1,0 +1,14 @@
+/** The backends a cross-cutting test runs on: ref always; native when the addon is built (always in CI). */
+import { RefBackend } from "../src/backend/ref/ref-backend.js";
+import type { Backend } from "../src/backend/backend.js";
+
+export async function backendsUnderTest(): Promise<Backend[]> {
+  const list: Backend[] = [new RefBackend()];
+  try {
+    const { NativeBackend } = await import("../src/backend/native/index.js");
+    list.push(NativeBackend.create({ threads: 2 }));
+  } catch (e) {
+    if (process.env.CI) throw e; // the native addon must be built in CI
+  }
+  return list;
+}
