@@ -1,0 +1,80 @@
+/**
+ * Loading the C++ addon (build/Release/moira_native.node, built by `npm install` through node-gyp)
+ * and its raw N-API surface. Everything here is typed arrays and numbers; the classes that callers
+ * use live in native-backend.ts and io.ts.
+ */
+import { createRequire } from "node:module";
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { UnsupportedError } from "../../errors.js";
+
+export type Isa = "avx512" | "avx2" | "scalar";
+
+export interface NativeFileIdentity {
+  dev: number;
+  ino: number;
+  size: number;
+  mtimeMs: number;
+  mtimeNs: bigint;
+}
+
+export interface RawDirectReader {
+  readonly direct: boolean;
+  readonly size: number;
+  read(fileOffset: number, length: number, dest: ArrayBufferView | ArrayBuffer, destOffset: number): number;
+  /** 0 pending, 1 done, string = error message; a finished ticket is retired by the call that reports it */
+  poll(ticket: number): 0 | 1 | string;
+  wait(ticket: number): 1 | string;
+  waitAny(tickets: readonly number[], timeoutMs?: number): number;
+  close(): void;
+}
+
+export interface NativeAddon {
+  isa(): Isa;
+  setIsa(isa: Isa): void;
+  supportedIsas(): Isa[];
+  setThreads(n: number): void;
+  getThreads(): number;
+  matmul(type: number, w: Uint8Array, rows: number, cols: number, x: Float32Array, nTokens: number, out: Float32Array): void;
+  rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void;
+  rope(x: Float32Array, nTokens: number, nHead: number, headStride: number, ropeOffset: number, ropeDim: number,
+    pos0: number, theta: number, neox: boolean, freqScale: number): void;
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, nTokens: number, nPast: number, nHead: number,
+    nKvHead: number, headDimK: number, headDimV: number, scale: number, out: Float32Array): void;
+  siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  getRows(type: number, w: Uint8Array, rows: number, cols: number, ids: Int32Array, out: Float32Array): void;
+  sumF32(x: Float32Array): number;
+  allocAligned(bytes: number, align: number): ArrayBuffer;
+  freeAligned(buf: ArrayBuffer): void;
+  fileIdentity(path: string): NativeFileIdentity;
+  DirectReader: new (path: string, ioThreads: number) => RawDirectReader;
+}
+
+/** The directory holding moira's package.json (works from src/ under tsx and from dist/). */
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pj = join(dir, "package.json");
+    if (existsSync(pj)) {
+      try {
+        if ((JSON.parse(readFileSync(pj, "utf8")) as { name?: string }).name === "moira") return dir;
+      } catch { /* not ours; keep walking */ }
+    }
+    const up = dirname(dir);
+    if (up === dir) throw new UnsupportedError("native addon not built: run npm install (moira's package.json not found)");
+    dir = up;
+  }
+}
+
+let cached: NativeAddon | undefined;
+
+/** Loads (once) build/Release/moira_native.node; throws UnsupportedError if it was never built. */
+export function loadNativeAddon(): NativeAddon {
+  if (cached) return cached;
+  const path = join(packageRoot(), "build", "Release", "moira_native.node");
+  if (!existsSync(path)) throw new UnsupportedError(`native addon not built: run npm install (missing ${path})`);
+  const require = createRequire(import.meta.url);
+  cached = require(path) as NativeAddon;
+  return cached;
+}

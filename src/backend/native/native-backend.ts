@@ -1,0 +1,75 @@
+/**
+ * The native backend: moira's C++ kernels (AVX-512 / AVX2 / scalar, chosen at load) on a persistent
+ * thread pool. Ops are synchronous: they return when every pool thread has finished.
+ */
+import type { AttentionParams, Backend, RopeParams, WeightMatrix } from "../backend.js";
+import { rowBytes, typeName } from "../../formats/quant/types.js";
+import { InvalidArgumentError } from "../../errors.js";
+import { loadNativeAddon, type Isa, type NativeAddon } from "./addon.js";
+
+export interface NativeBackendOptions {
+  /** compute threads (the JS thread counts as one); default: every core */
+  threads?: number;
+}
+
+export class NativeBackend implements Backend {
+  readonly name = "native";
+  private disposed = false;
+
+  private constructor(private readonly addon: NativeAddon) {}
+
+  static create(options: NativeBackendOptions = {}): NativeBackend {
+    const addon = loadNativeAddon();
+    if (options.threads !== undefined) addon.setThreads(options.threads);
+    return new NativeBackend(addon);
+  }
+
+  /** the kernel set in use (process-wide; MOIRA_ISA forces it at load) */
+  get isa(): Isa { return this.addon.isa(); }
+  get threads(): number { return this.addon.getThreads(); }
+  /** Resizes the process-wide pool (threads are created here, never per op). */
+  setThreads(n: number): void { this.addon.setThreads(n); }
+
+  private live(): NativeAddon {
+    if (this.disposed) throw new InvalidArgumentError("NativeBackend used after dispose()");
+    return this.addon;
+  }
+
+  private checkWeight(w: WeightMatrix): void {
+    const need = w.rows * rowBytes(w.type, w.cols);
+    if (w.data.byteLength < need) {
+      throw new InvalidArgumentError(`${typeName(w.type)} weight of ${w.rows}x${w.cols} needs ${need} bytes, has ${w.data.byteLength}`);
+    }
+  }
+
+  matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void {
+    this.checkWeight(w);
+    this.live().matmul(w.type, w.data, w.rows, w.cols, x, nTokens, out);
+  }
+
+  rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void {
+    this.live().rmsNorm(x, weight, eps, dim, out);
+  }
+
+  rope(x: Float32Array, p: RopeParams): void {
+    this.live().rope(x, p.nTokens, p.nHead, p.headStride, p.ropeOffset, p.ropeDim, p.pos0, p.theta, p.neox, p.freqScale);
+  }
+
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, p: AttentionParams, out: Float32Array): void {
+    this.live().attention(q, k, v, p.nTokens, p.nPast, p.nHead, p.nKvHead, p.headDimK, p.headDimV, p.scale, out);
+  }
+
+  siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void {
+    this.live().siluMul(gate, up, out);
+  }
+
+  getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {
+    this.checkWeight(w);
+    const idArr = ids instanceof Int32Array ? ids : Int32Array.from(ids);
+    this.live().getRows(w.type, w.data, w.rows, w.cols, idArr, out);
+  }
+
+  /** The pool is process-wide and shared by every NativeBackend; dispose only fences this handle. */
+  dispose(): void { this.disposed = true; }
+  [Symbol.dispose](): void { this.dispose(); }
+}

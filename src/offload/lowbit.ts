@@ -1,0 +1,108 @@
+/**
+ * Low-bit expert copies: a sidecar GGUF holding only the stacked expert tensors of a model, re-
+ * quantized to a smaller type, under the same names. Cold experts (few prompt tokens want them,
+ * or a decode miss with a small routing weight) are read from it: fewer bytes over the slow link
+ * for a small accuracy cost.
+ *
+ * Types: Q4_0 / Q4_K / Q8_0 ... through src/formats/quant (Q2_K / Q3_K have no quantizer there;
+ * Q2_K has one in lowbit-quant.ts).
+ */
+import { statSync } from "node:fs";
+import type { Model } from "../model/model.js";
+import { describeExperts, expertTensorNames, type LayerExpertTensors } from "../model/experts.js";
+import { readGGUF } from "../formats/gguf/reader.js";
+import { GGUFWeightSource } from "../formats/gguf/reader.js";
+import { ModelWeights } from "../model/weights.js";
+import { dequantize } from "../formats/quant/dequantize.js";
+import { quantize, QUANTIZE_TYPES } from "../formats/quant/quantize.js";
+import { GGMLType, typeFromName, typeInfo, typeName } from "../formats/quant/types.js";
+import { GGUFValueType, type GGUFMetadataValue } from "../formats/model-file.js";
+import { writeLazyGGUF, type LazyTensor } from "../tools/make-model/stream-writer.js";
+import { FileAccessError, InvalidArgumentError, ModelFormatError, UnsupportedError } from "../errors.js";
+import type { LowbitSource } from "./store.js";
+import { quantizeQ2K } from "./lowbit-quant.js";
+
+const SOURCE_KEY = "moira.lowbit.source_size";
+
+/** Types quantize-experts can write. */
+export const LOWBIT_TYPES: readonly GGMLType[] = [...QUANTIZE_TYPES.filter((t) => t !== GGMLType.F32), GGMLType.Q2_K];
+
+function lowbitQuantize(type: GGMLType, x: Float32Array): Uint8Array {
+  return type === GGMLType.Q2_K ? quantizeQ2K(x) : quantize(type, x);
+}
+
+export interface QuantizeExpertsResult {
+  readonly path: string;
+  readonly bytes: number;
+  readonly type: string;
+  readonly expertBytes: number;
+}
+
+/** Writes the sidecar: every expert tensor dequantized and re-quantized to `typeName`. */
+export function writeLowbitSidecar(model: Model, type: string, out: string, onProgress?: (done: number, total: number) => void): QuantizeExpertsResult {
+  let t: GGMLType;
+  try { t = typeFromName(type); } catch { throw new UnsupportedError(`quantize-experts: unknown --type "${type}"`); }
+  if (!LOWBIT_TYPES.includes(t)) {
+    throw new UnsupportedError(`quantize-experts: cannot write ${typeName(t)}; use one of ${LOWBIT_TYPES.map(typeName).join(", ")}`);
+  }
+  const cfg = model.config;
+  const layers = describeExperts(cfg, model.weights);
+  const tensors: LazyTensor[] = [];
+  const { blockSize } = typeInfo(t);
+  for (const [l, lt] of layers) {
+    const names = expertTensorNames(l);
+    for (const part of ["gate", "up", "down"] as const) {
+      const s = lt[part];
+      if (s.cols % blockSize !== 0) throw new UnsupportedError(`quantize-experts: ${names[part]} rows of ${s.cols} are not whole ${typeName(t)} blocks of ${blockSize}`);
+      tensors.push({
+        name: names[part], type: t, dims: [s.cols, s.rows, s.nExpert],
+        generate: () => {
+          const src = model.weights.stackedData(names[part]);
+          const outBytes: Uint8Array[] = [];
+          let total = 0;
+          for (let e = 0; e < s.nExpert; e++) {
+            const f = dequantize(s.type, src.subarray(e * s.expertBytes, (e + 1) * s.expertBytes), s.rows * s.cols);
+            const q = lowbitQuantize(t, f);
+            outBytes.push(q);
+            total += q.length;
+          }
+          const all = new Uint8Array(total);
+          let at = 0;
+          for (const q of outBytes) { all.set(q, at); at += q.length; }
+          return all;
+        },
+      });
+    }
+  }
+  const metadata: Array<[string, GGUFMetadataValue]> = [
+    ["general.architecture", { type: GGUFValueType.STRING, value: "moira-lowbit-experts" }],
+    ["general.name", { type: GGUFValueType.STRING, value: `low-bit ${typeName(t)} experts of ${model.file.path}` }],
+    [SOURCE_KEY, { type: GGUFValueType.UINT64, value: BigInt(statSync(model.file.path).size) }],
+  ];
+  const bytes = writeLazyGGUF(out, { metadata, tensors, onTensor: onProgress });
+  const first = [...layers.values()][0];
+  const eb = first ? ["gate", "up", "down"].reduce((a, p) => a + (first[p as "gate"].rows * first[p as "gate"].cols / blockSize) * typeInfo(t).typeSize, 0) : 0;
+  return { path: out, bytes, type: typeName(t), expertBytes: eb };
+}
+
+/** Opens a sidecar and checks it matches the model (same layers, shapes). */
+export function openLowbitSidecar(model: Model, path: string): LowbitSource {
+  try { statSync(path); } catch { throw new FileAccessError(`low-bit sidecar ${path} not found (write it with moira quantize-experts)`); }
+  const file = readGGUF(path);
+  const md = file.metadata.get(SOURCE_KEY);
+  const modelSize = statSync(model.file.path).size;
+  if (md && md.type === GGUFValueType.UINT64 && Number(md.value) !== modelSize) {
+    throw new ModelFormatError(`low-bit sidecar ${path} was written for a model of ${md.value} bytes, ${model.file.path} has ${modelSize}: rewrite it with moira quantize-experts`);
+  }
+  const weights = new ModelWeights(new GGUFWeightSource(file));
+  const cfg = model.config;
+  let tensors: Map<number, LayerExpertTensors>;
+  try {
+    tensors = describeExperts(cfg, weights);
+  } catch (e) {
+    if (e instanceof ModelFormatError) throw new ModelFormatError(`low-bit sidecar ${path} does not match the model: ${e.message}`);
+    throw e;
+  }
+  if (tensors.size === 0) throw new InvalidArgumentError(`low-bit sidecar ${path} has no expert tensors`);
+  return { path, tensors };
+}

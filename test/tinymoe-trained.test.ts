@@ -1,0 +1,40 @@
+/**
+ * The trained tiny MoE of ../shared (real LLaMA SentencePiece vocabulary): `moira run` at
+ * temperature 0 and llama.cpp produce the same greedy text, token for token, tokenization included.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { shared, skipWithoutShared, HAVE_SHARED, REPO_ROOT } from "./shared.js";
+import { withLlamaModel } from "./llama-oracle.js";
+
+const MODEL = shared("models", "tinymoe-trained.gguf");
+const N_GEN = 24;
+
+/** The first prose line of a few ../shared/text samples (headings and bullets skipped). */
+function prompts(): string[] {
+  if (!HAVE_SHARED) return [];
+  return ["wikipedia_texts.txt", "c4_texts.txt", "arxiv_texts.txt"].map((f) => {
+    const lines = readFileSync(shared("text", f), "utf8").split("\n").map((l) => l.trim());
+    const line = lines.find((l) => l.length > 60 && /^[A-Za-z]/.test(l))!;
+    return line.split(" ").slice(0, 12).join(" ");
+  });
+}
+
+test("tinymoe-trained: moira run (greedy) prints exactly llama.cpp's greedy text", { skip: skipWithoutShared, timeout: 300_000 }, async () => {
+  await withLlamaModel(MODEL, async (llama) => {
+    for (const prompt of prompts()) {
+      const bos = 1;
+      const tokens = [bos, ...llama.tokenize(prompt)];
+      const ids = await llama.greedy(tokens, N_GEN);
+      const expected = llama.model.detokenize(ids as never);
+      const r = spawnSync(process.execPath, [join(REPO_ROOT, "bin", "moira.js"), "run", "--model", MODEL, "--prompt", prompt,
+        "--max-tokens", String(N_GEN), "--temperature", "0"], { encoding: "utf8" });
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stdout, expected + "\n", `prompt ${JSON.stringify(prompt)}`);
+      assert.match(r.stderr, /decode: \d+ tokens/);
+    }
+  }, { contextSize: 128 });
+});
