@@ -137,7 +137,7 @@ test("quantize rejects partial blocks and dequantize-only types", () => {
   assert.deepEqual(quantizeRows(GGMLType.Q4_K, x, 3, 256), quantize(GGMLType.Q4_K, x));
 });
 
-test("quantize is fast enough to build models (Q4_K >= 2M elements/s)", () => {
+test("quantize and dequantize are fast enough to build models (512k elements well under a second)", () => {
   const x = gaussian(256 * 2048, 5);
   const t0 = performance.now();
   quantize(GGMLType.Q4_K, x);

@@ -1,0 +1,326 @@
+/**
+ * Conformance: every native op against the reference backend (the oracle), on random inputs of
+ * awkward sizes, for every ISA this CPU can run (setIsa switches the process-wide kernel table) and
+ * for 1 and 2 threads. Also the native DirectReader and aligned allocation.
+ */
+import { test, describe, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { RefBackend } from "../src/backend/ref/ref-backend.js";
+import type { WeightMatrix } from "../src/backend/backend.js";
+import { GGMLType, rowBytes, typeName } from "../src/formats/quant/types.js";
+import { fp32ToFp16, fp32ToBf16 } from "../src/formats/quant/dequantize.js";
+import { NativeBackend, loadNativeAddon, DirectReader, ReadError, allocAligned, fileIdentity, sameFile } from "../src/backend/native/index.js";
+import { REPO_ROOT } from "./shared.js";
+
+const addon = loadNativeAddon();
+const ref = new RefBackend();
+const nat = NativeBackend.create();
+const ISAS = addon.supportedIsas();
+const THREADS = [1, 2];
+const startIsa = addon.isa();
+after(() => { addon.setIsa(startIsa); nat.dispose(); });
+
+// deterministic PRNG (mulberry32) so a failure reproduces
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+function randF32(n: number, r: () => number, scale = 1): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = (r() * 2 - 1) * scale;
+  return a;
+}
+
+// Quant blocks filled with random bytes (every bit pattern of quants and packed scales), with the
+// f16 super-scales overwritten by small finite values: offsets per ggml-common.h block layouts.
+const HALF_FIELDS: Partial<Record<GGMLType, { block: number; offs: number[] }>> = {
+  [GGMLType.Q8_0]: { block: 34, offs: [0] },
+  [GGMLType.Q4_0]: { block: 18, offs: [0] },
+  [GGMLType.Q4_K]: { block: 144, offs: [0, 2] },
+  [GGMLType.Q5_K]: { block: 176, offs: [0, 2] },
+  [GGMLType.Q6_K]: { block: 210, offs: [208] },
+  [GGMLType.Q2_K]: { block: 84, offs: [80, 82] },
+  [GGMLType.Q3_K]: { block: 110, offs: [108] },
+};
+function randomWeight(type: GGMLType, rows: number, cols: number, r: () => number): WeightMatrix {
+  const n = rows * rowBytes(type, cols);
+  const data = new Uint8Array(n);
+  const dv = new DataView(data.buffer);
+  if (type === GGMLType.F32) {
+    for (let i = 0; i < rows * cols; i++) dv.setFloat32(4 * i, r() * 2 - 1, true);
+  } else if (type === GGMLType.F16 || type === GGMLType.BF16) {
+    const conv = type === GGMLType.F16 ? fp32ToFp16 : fp32ToBf16;
+    for (let i = 0; i < rows * cols; i++) dv.setUint16(2 * i, conv(r() * 2 - 1), true);
+  } else {
+    for (let i = 0; i < n; i++) data[i] = Math.floor(r() * 256);
+    const f = HALF_FIELDS[type]!;
+    for (let b = 0; b < n; b += f.block) for (const o of f.offs) dv.setUint16(b + o, fp32ToFp16((r() * 0.9 + 0.1) * 0.02), true);
+  }
+  return { type, rows, cols, data };
+}
+
+const FLOAT_TYPES = [GGMLType.F32, GGMLType.F16, GGMLType.BF16];
+const Q32_TYPES = [GGMLType.Q8_0, GGMLType.Q4_0];
+const K_TYPES = [GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.Q2_K, GGMLType.Q3_K];
+const ALL_TYPES = [...FLOAT_TYPES, ...Q32_TYPES, ...K_TYPES];
+function colsFor(type: GGMLType): number[] {
+  if (FLOAT_TYPES.includes(type)) return [1, 7, 32 * 7, 256 * 3];
+  if (Q32_TYPES.includes(type)) return [32, 32 * 7, 256 * 3];
+  return [256, 256 * 3];
+}
+/** elements per activation-quantization block on the native side (0 = activations stay f32) */
+function actBlock(type: GGMLType): number {
+  if (FLOAT_TYPES.includes(type)) return 0;
+  return Q32_TYPES.includes(type) ? 32 : 256;
+}
+
+/**
+ * Error bound of native matmul against the exact (f64) reference, per output:
+ * - Activations are quantized per block b of 32 / 256 elements as q = round(x / d), d = amax_b / 127,
+ *   so |x_i - d*q_i| <= d/2 = amax_b / 254, and |sum_i w_i (x_i - x^_i)| <= sum_b amax_b/254 * sum_{i in b} |w_i|
+ *   (about 1/127 relative per block in the worst case, far less on average).
+ * - f32 accumulation of n terms: |err| <= gamma_n * sum_i |w_i x_i| with gamma_n ~ n * 2^-24 (~1.2e-7 n);
+ *   weights dequantized in f32 rather than f64 add 2^-24 relative per term, inside the same budget.
+ */
+function matmulBound(type: GGMLType, W: Float32Array, x: Float32Array, cols: number, r: number, t: number): number {
+  const bs = actBlock(type);
+  let q = 0, abs = 0;
+  for (let c = 0; c < cols; c++) abs += Math.abs(W[r * cols + c] * x[t * cols + c]);
+  if (bs > 0) {
+    for (let b = 0; b < cols; b += bs) {
+      let amax = 0, wsum = 0;
+      for (let i = b; i < b + bs; i++) { amax = Math.max(amax, Math.abs(x[t * cols + i])); wsum += Math.abs(W[r * cols + i]); }
+      q += (amax / 254) * wsum;
+    }
+  }
+  return q * 1.001 + (cols + 2) * 1.2e-7 * abs + 1e-30;
+}
+
+function eachConfig(fn: (label: string) => void): void {
+  for (const isa of ISAS) {
+    for (const th of THREADS) {
+      addon.setIsa(isa);
+      nat.setThreads(th);
+      fn(`${isa}/${th}t`);
+    }
+  }
+}
+
+describe("native matmul vs ref", () => {
+  for (const type of ALL_TYPES) {
+    test(`${typeName(type)}`, () => {
+      const r = rng(1000 + type);
+      for (const rows of [1, 3, 17, 33]) {
+        for (const cols of colsFor(type)) {
+          const w = randomWeight(type, rows, cols, r);
+          const W = new Float32Array(rows * cols);
+          ref.getRows(w, Array.from({ length: rows }, (_, i) => i), W);
+          for (const nTok of [1, 2, 5, 17]) {
+            const x = randF32(nTok * cols, r);
+            const want = new Float32Array(nTok * rows);
+            ref.matmul(w, x, nTok, want);
+            eachConfig((cfg) => {
+              const got = new Float32Array(nTok * rows).fill(NaN);
+              nat.matmul(w, x, nTok, got);
+              for (let t = 0; t < nTok; t++) {
+                for (let rr = 0; rr < rows; rr++) {
+                  const i = t * rows + rr;
+                  const tol = matmulBound(type, W, x, cols, rr, t);
+                  if (!(Math.abs(got[i] - want[i]) <= tol)) {
+                    assert.fail(`${typeName(type)} ${cfg} rows=${rows} cols=${cols} nTok=${nTok} out[${t},${rr}]: native ${got[i]} ref ${want[i]} (|diff| ${Math.abs(got[i] - want[i])} > bound ${tol})`);
+                  }
+                }
+              }
+            });
+          }
+        }
+      }
+    });
+  }
+});
+
+function assertClose(got: Float32Array, want: Float32Array, tol: (i: number) => number, what: string): void {
+  assert.equal(got.length, want.length, `${what}: length`);
+  for (let i = 0; i < got.length; i++) {
+    if (!(Math.abs(got[i] - want[i]) <= tol(i))) assert.fail(`${what}[${i}]: native ${got[i]} ref ${want[i]}`);
+  }
+}
+
+describe("native getRows vs ref", () => {
+  for (const type of ALL_TYPES) {
+    test(typeName(type), () => {
+      const r = rng(2000 + type);
+      for (const cols of colsFor(type)) {
+        const w = randomWeight(type, 9, cols, r);
+        const ids = [8, 0, 3, 3, 5];
+        const want = new Float32Array(ids.length * cols);
+        ref.getRows(w, ids, want);
+        eachConfig((cfg) => {
+          const got = new Float32Array(ids.length * cols);
+          nat.getRows(w, ids, got);
+          // one f32 rounding of d*sc*q - dmin*m against the reference's f64 then f32 rounding
+          assertClose(got, want, (i) => 1e-6 * Math.abs(want[i]) + 1e-9, `${typeName(type)} ${cfg} cols=${cols}`);
+        });
+      }
+      assert.throws(() => nat.getRows(randomWeight(type, 2, colsFor(type)[0], r), [2], new Float32Array(colsFor(type)[0])));
+    });
+  }
+});
+
+describe("native elementwise and attention ops vs ref", () => {
+  test("rmsNorm", () => {
+    const r = rng(7);
+    for (const dim of [1, 7, 64, 4096]) {
+      for (const n of [1, 3, 17]) {
+        const x = randF32(n * dim, r, 3), w = randF32(dim, r);
+        const want = new Float32Array(n * dim);
+        ref.rmsNorm(x, w, 1e-6, dim, want);
+        eachConfig((cfg) => {
+          const got = new Float32Array(n * dim);
+          nat.rmsNorm(x, w, 1e-6, dim, got);
+          // f32 sum of squares (rel. error <= dim * 2^-24) then a few f32 roundings
+          assertClose(got, want, (i) => (dim * 6e-8 + 1e-6) * Math.abs(want[i]) + 1e-7, `rmsNorm ${cfg} dim=${dim} n=${n}`);
+        });
+      }
+    }
+  });
+
+  test("rope (normal and neox, offsets, freqScale)", () => {
+    const r = rng(8);
+    for (const neox of [false, true]) {
+      for (const [nTok, nHead, headStride, ropeOffset, ropeDim, pos0, freqScale] of [
+        [1, 1, 2, 0, 2, 0, 1], [5, 3, 64, 0, 64, 7, 1], [17, 2, 96, 32, 64, 1000, 0.25], [4, 4, 40, 8, 16, 30000, 1],
+      ] as const) {
+        const p = { nTokens: nTok, nHead, headStride, ropeOffset, ropeDim, pos0, theta: 10000, neox, freqScale };
+        const x = randF32(nTok * nHead * headStride, r);
+        const want = x.slice();
+        ref.rope(want, p);
+        eachConfig((cfg) => {
+          const got = x.slice();
+          nat.rope(got, p);
+          // angles in f64 on both sides; cos/sin rounded to f32 then two f32 products
+          assertClose(got, want, () => 1e-6 * 4, `rope ${cfg} ${JSON.stringify(p)}`);
+        });
+      }
+    }
+  });
+
+  test("attention (causal, GQA, headDimK != headDimV, long context)", () => {
+    const r = rng(9);
+    for (const [nTokens, nPast, nHead, nKvHead, headDimK, headDimV] of [
+      [1, 0, 1, 1, 8, 8], [1, 100, 4, 2, 64, 32], [5, 3, 4, 1, 7, 5], [17, 0, 6, 3, 64, 64], [3, 200, 8, 8, 128, 128],
+    ] as const) {
+      const nCtx = nPast + nTokens;
+      const q = randF32(nTokens * nHead * headDimK, r, 2), k = randF32(nCtx * nKvHead * headDimK, r, 2);
+      const v = randF32(nCtx * nKvHead * headDimV, r);
+      const p = { nTokens, nPast, nHead, nKvHead, headDimK, headDimV, scale: 1 / Math.sqrt(headDimK) };
+      const want = new Float32Array(nTokens * nHead * headDimV);
+      ref.attention(q, k, v, p, want);
+      eachConfig((cfg) => {
+        const got = new Float32Array(want.length);
+        nat.attention(q, k, v, p, got);
+        // outputs are convex combinations of v (|v| <= 1): f32 scores/exp/sums, errors ~1e-6 relative
+        assertClose(got, want, () => 2e-5, `attention ${cfg} ${JSON.stringify(p)}`);
+      });
+    }
+  });
+
+  test("siluMul", () => {
+    const r = rng(10);
+    for (const n of [1, 1000, 40000]) {
+      const g = randF32(n, r, 8), u = randF32(n, r, 2);
+      const want = new Float32Array(n);
+      ref.siluMul(g, u, want);
+      eachConfig((cfg) => {
+        const got = new Float32Array(n);
+        nat.siluMul(g, u, got);
+        assertClose(got, want, (i) => 1e-6 * Math.abs(want[i]) + 1e-7, `siluMul ${cfg} n=${n}`);
+      });
+    }
+  });
+});
+
+describe("native aligned allocation", () => {
+  test("alignment, use, dispose detaches", () => {
+    for (const align of [64, 4096]) {
+      const b = allocAligned(10000, align);
+      assert.equal(b.byteLength, 10000);
+      const u = new Uint8Array(b.buffer);
+      u.fill(7);
+      assert.equal(u[9999], 7);
+      b.dispose();
+      assert.equal(b.buffer.byteLength, 0);
+      b.dispose();  // idempotent
+    }
+    assert.throws(() => addon.freeAligned(new ArrayBuffer(8)), /not a buffer from allocAligned/);
+  });
+});
+
+describe("native DirectReader", () => {
+  const dirs = [mkdtempSync(join(tmpdir(), "moira-dr-")), mkdtempSync(join(REPO_ROOT, "build", "moira-dr-"))];
+  after(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+  const size = 3 * 4096 * 4 + 123;
+  const bytes = new Uint8Array(size);
+  for (let i = 0; i < size; i++) bytes[i] = (i * 31 + (i >>> 8)) & 0xff;
+
+  for (const dir of dirs) {
+    test(`reads slices (${dir.startsWith(tmpdir()) ? "tmpdir" : "build dir"})`, () => {
+      const path = join(dir, "data.bin");
+      writeFileSync(path, bytes);
+      const rd = DirectReader.open(path);
+      try {
+        assert.equal(rd.size, size);
+        const slices: [number, number][] = [[0, 4096], [1, 10], [4095, 2], [5000, 20000], [4096, 8192], [size - 100, 100], [0, size], [777, 0]];
+        // unaligned destinations (offset 3 into a plain Uint8Array)
+        const dests = slices.map(([, len]) => new Uint8Array(len + 8));
+        const tickets = slices.map(([off, len], i) => rd.read(off, len, dests[i], 3));
+        const pending = new Set(tickets);
+        while (pending.size > 0) {
+          const t = rd.waitAny([...pending]);
+          assert.ok(t !== undefined);
+          pending.delete(t);
+        }
+        slices.forEach(([off, len], i) => {
+          assert.deepEqual(dests[i].subarray(3, 3 + len), bytes.subarray(off, off + len), `slice ${off}+${len}`);
+        });
+        // aligned fast path into an aligned buffer
+        const ab = allocAligned(8192, 4096);
+        const t = rd.read(4096, 8192, ab.buffer, 0);
+        rd.wait(t);
+        assert.deepEqual(new Uint8Array(ab.buffer), bytes.subarray(4096, 4096 + 8192));
+        ab.dispose();
+        // polling until done
+        const d = new Uint8Array(50);
+        const tp = rd.read(12345, 50, d);
+        while (!rd.poll(tp)) { /* spin */ }
+        assert.deepEqual(d, bytes.subarray(12345, 12395));
+        // past the end: a short read is an error that names the offsets
+        const tt = rd.read(size - 10, 20, new Uint8Array(20));
+        assert.throws(() => rd.wait(tt), (e: unknown) => e instanceof ReadError && /file ends at byte/.test((e as Error).message) && e.message.includes(String(size - 10)));
+        assert.throws(() => rd.read(0, 100, new Uint8Array(10)), /outside the buffer/);
+      } finally {
+        rd.close();
+      }
+      assert.throws(() => rd.read(0, 1, new Uint8Array(1)), /closed/);
+      // identity changes when the file is replaced
+      const id1 = fileIdentity(path);
+      assert.equal(id1.size, size);
+      assert.ok(sameFile(id1, fileIdentity(path)));
+      rmSync(path);
+      writeFileSync(path, bytes.subarray(0, 100));
+      assert.ok(!sameFile(id1, fileIdentity(path)));
+    });
+  }
+  test("missing file", () => {
+    assert.throws(() => DirectReader.open(join(dirs[0], "nope")), /cannot open/);
+  });
+});
