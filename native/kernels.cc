@@ -441,6 +441,153 @@ void dot_float(int type, const uint8_t* row, int cols, const uint8_t* const* act
     for (int t = 0; t < NT; t++) res[t] += w * ((const float*)act[t])[c];
   }
 }
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define MOIRA_ZMM 1
+// 512-bit kernels: 64 weights per instruction. K-quants: vpmaddubsw (u8 x s8 -> int16 pairs, no
+// saturation since weights are <= 63) then vpdpwssd multiplies by the int16 sub-block scales and
+// accumulates in one instruction. Q8_0: |w| x (y signed by w) with vpdpbusd.
+inline float hsum16(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+template <int NT, bool Q5>
+void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m512 acc[NT];
+  float accm[NT];
+  const float* dy[NT];
+  const int32_t* sy[NT];
+  for (int t = 0; t < NT; t++) {
+    acc[t] = _mm512_setzero_ps(); accm[t] = 0;
+    dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+  }
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512i idx[4];
+  for (int k = 0; k < 4; k++)
+    idx[k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * k))), _mm256_set1_epi16((short)(2 * k + 1)), 1);
+  const int nsb = cols / 256, bsz = Q5 ? 176 : 144;
+  for (int sb = 0; sb < nsb; sb++) {
+    const uint8_t* blk = row + (size_t)sb * bsz;
+    const float d = h2f(rd16(blk)), dmin = h2f(rd16(blk + 2));
+    uint8_t scm[16];
+    k4_scales(blk + 4, scm, scm + 8);
+    const __m512i sc16 = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)scm)));
+    const uint8_t* qs = blk + (Q5 ? 48 : 16);
+    __m512i qh2 = _mm512_setzero_si512();
+    if (Q5) {  // [qh | qh >> 1]: bit 2k of byte i gives element i of sub-block 2k (low half) / 2k+1 (high half)
+      const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 16));
+      qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 1), 1);
+    }
+    __m512i isum[NT];
+    for (int t = 0; t < NT; t++) isum[t] = _mm512_setzero_si512();
+    for (int k = 0; k < 4; k++) {
+      const __m256i x = _mm256_loadu_si256((const __m256i*)(qs + 32 * k));
+      __m512i w = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(x), _mm256_srli_epi16(x, 4), 1), m4);
+      if (Q5) {
+        const __mmask64 hb = _mm512_test_epi8_mask(qh2, _mm512_set1_epi8((char)(1 << (2 * k))));
+        w = _mm512_mask_or_epi32(w, 0xFFFF, w, _mm512_maskz_mov_epi8(hb, _mm512_set1_epi8(0x10)));
+      }
+      const __m512i s = _mm512_permutexvar_epi16(idx[k], sc16);
+      for (int t = 0; t < NT; t++) {
+        const __m512i y = _mm512_load_si512((const void*)(act[t] + (size_t)sb * 256 + 64 * k));
+        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(w, y), s);
+      }
+    }
+    for (int t = 0; t < NT; t++) {
+      const float dd = dy[t][sb];
+      const int32_t* s16 = sy[t] + (size_t)sb * 16;
+      int mins = 0;
+      for (int j = 0; j < 8; j++) mins += scm[8 + j] * (s16[2 * j] + s16[2 * j + 1]);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(d * dd), acc[t]);
+      accm[t] += dmin * dd * (float)mins;
+    }
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]) - accm[t];
+}
+
+template <int NT>
+void dot_q6_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m512 acc[NT];
+  const float* dy[NT];
+  const int32_t* sy[NT];
+  for (int t = 0; t < NT; t++) {
+    acc[t] = _mm512_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+  }
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  // int16 lane i of a 64-element chunk covers elements 2i, 2i+1: scale index base + i/8
+  __m512i idx[4];
+  for (int c = 0; c < 4; c++) {
+    short v[32];
+    for (int i = 0; i < 32; i++) v[i] = (short)(4 * c + i / 8);
+    idx[c] = _mm512_loadu_si512((const void*)v);
+  }
+  const int nsb = cols / 256;
+  for (int sb = 0; sb < nsb; sb++) {
+    const uint8_t* blk = row + (size_t)sb * 210;
+    const float d = h2f(rd16(blk + 208));
+    const __m128i sc8 = _mm_loadu_si128((const __m128i*)(blk + 192));
+    const __m512i sc16 = _mm512_cvtepi8_epi16(_mm256_castsi128_si256(sc8));
+    const __m512i sc32 = _mm512_cvtepi8_epi32(sc8);
+    __m512i isum[NT];
+    for (int t = 0; t < NT; t++) {  // q6 is stored +32: start at -32 * sum_i sc_i * sum16_i(y)
+      const __m512i c = _mm512_mullo_epi32(sc32, _mm512_loadu_si512((const void*)(sy[t] + (size_t)sb * 16)));
+      isum[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(c, 5));
+    }
+    for (int n = 0; n < 2; n++) {
+      const __m512i l = _mm512_loadu_si512((const void*)(blk + 64 * n));
+      const __m256i h256 = _mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * n));
+      const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(h256), _mm256_srli_epi16(h256, 2), 1);
+      const __m512i wa = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
+      const __m512i wb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(h, m30));
+      const __m512i sa = _mm512_permutexvar_epi16(idx[2 * n], sc16), sbv = _mm512_permutexvar_epi16(idx[2 * n + 1], sc16);
+      for (int t = 0; t < NT; t++) {
+        const uint8_t* y = act[t] + (size_t)sb * 256 + 128 * n;
+        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(wa, _mm512_load_si512((const void*)y)), sa);
+        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(wb, _mm512_load_si512((const void*)(y + 64))), sbv);
+      }
+    }
+    for (int t = 0; t < NT; t++)
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(d * dy[t][sb]), acc[t]);
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
+}
+
+template <int NT>
+void dot_q8_0_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m512 acc[NT];
+  const float* dy[NT];
+  for (int t = 0; t < NT; t++) { acc[t] = _mm512_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); }
+  const __m512i pick = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi32(1), 1);  // lanes [0 x8, 1 x8]
+  const int nb = cols / 32;
+  int b = 0;
+  for (; b + 2 <= nb; b += 2) {  // two blocks per zmm
+    const uint8_t* blk = row + (size_t)b * 34;
+    const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(blk + 2))),
+                                         _mm256_loadu_si256((const __m256i*)(blk + 36)), 1);
+    const __mmask64 neg = _mm512_movepi8_mask(w);
+    const __m512i aw = _mm512_abs_epi8(w);
+    const __m128 dw2 = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(rd16(blk)), rd16(blk + 34), 1));
+    const __m512 dwv = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(dw2));
+    for (int t = 0; t < NT; t++) {
+      const __m512i y = _mm512_load_si512((const void*)(act[t] + 32 * (size_t)b));
+      const __m512i ys = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
+      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, ys);
+      const __m512 dyv = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(dy[t] + b)))));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dwv, dyv), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
+  if (b < nb) {  // odd block count: last block at 256 bits
+    const uint8_t* blk = row + (size_t)b * 34;
+    const float dw = h2f(rd16(blk));
+    const __m256i w = _mm256_loadu_si256((const __m256i*)(blk + 2));
+    const __m256i aw = _mm256_abs_epi8(w);
+    for (int t = 0; t < NT; t++) {
+      const __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
+      const __m256i p = dpbusd(_mm256_setzero_si256(), aw, _mm256_sign_epi8(y, w));
+      res[t] += hsum8(_mm256_cvtepi32_ps(p)) * dw * dy[t][b];
+    }
+  }
+}
+#endif  // AVX-512
 #endif  // __AVX2__
 
 template <int NT>
@@ -448,11 +595,18 @@ void dot_row(int type, const uint8_t* row, int cols, const uint8_t* const* act, 
 #if defined(__AVX2__)
   switch (type) {
     case T_F32: case T_F16: case T_BF16: dot_float<NT>(type, row, cols, act, res); return;
+#if defined(MOIRA_ZMM)
+    case T_Q8_0: dot_q8_0_512<NT>(row, cols, act, L, res); return;
+    case T_Q4_K: dot_q45_k_512<NT, false>(row, cols, act, L, res); return;
+    case T_Q5_K: dot_q45_k_512<NT, true>(row, cols, act, L, res); return;
+    case T_Q6_K: dot_q6_k_512<NT>(row, cols, act, L, res); return;
+#else
     case T_Q8_0: dot_q8_0<NT>(row, cols, act, L, res); return;
-    case T_Q4_0: dot_q4_0<NT>(row, cols, act, L, res); return;
     case T_Q4_K: dot_q45_k<NT, false>(row, cols, act, L, res); return;
     case T_Q5_K: dot_q45_k<NT, true>(row, cols, act, L, res); return;
     case T_Q6_K: dot_q6_k<NT>(row, cols, act, L, res); return;
+#endif
+    case T_Q4_0: dot_q4_0<NT>(row, cols, act, L, res); return;
     default: dot_generic<NT>(type, row, cols, act, L, res); return;
   }
 #else

@@ -84,7 +84,7 @@ export async function withLlamaModel<T>(modelPath: string, fn: (m: OracleModel) 
       const context = await newContext();
       try {
         const seq = context.getSequence();
-        const nVocab = (model.fileInfo.metadata as { tokenizer?: { ggml?: { tokens?: unknown[] } } }).tokenizer?.ggml?.tokens?.length ?? 0;
+        const nVocab = model.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
         const res = await seq.controlledEvaluate(
           promptTokens.map((t) => [t as Token, { generateNext: { probabilities: true, options: { temperature: 1 } } }]),
         );

@@ -7,6 +7,8 @@ import { generate } from "../engine/generate.js";
 import { loadTokenizer, applyChatTemplate } from "../engine/tokenizer/index.js";
 import { parseFloatOption, parseIntOption, parseTokenList } from "./common.js";
 import { InvalidArgumentError } from "../errors.js";
+// offload: expert offloading flags and provider (src/cli/offload-options.ts)
+import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
 
 interface BackendFlags { backend: string; threads?: number; context?: number }
 
@@ -18,7 +20,8 @@ function addBackendOptions(cmd: Command): Command {
 }
 
 export function registerRunCommands(program: Command): void {
-  addBackendOptions(
+  // offload: --memory-budget, --policy, --predictor, --lowbit*, --trace, --stats
+  addOffloadOptions(addBackendOptions(
     program.command("run")
       .description("generate text from a prompt (text to stdout, timings to stderr)")
       .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
@@ -32,7 +35,7 @@ export function registerRunCommands(program: Command): void {
       .option("--seed <s>", "random seed (default: time)", parseIntOption("--seed", 0))
       .option("--chat", "wrap the prompt in the model's chat template as a user message")
       .option("--no-bos", "do not add the beginning-of-sequence token"),
-  ).action(async (o) => {
+  )).action(async (o) => {
     const model = Model.open(o.model);
     const backend = await createBackend(o.backend, { threads: o.threads });
     try {
@@ -46,7 +49,11 @@ export function registerRunCommands(program: Command): void {
         prompt = tok.encode(o.prompt, { addBos: o.bos && tok.addBosDefault });
       }
       if (prompt.length === 0) throw new InvalidArgumentError("the prompt encodes to no tokens");
-      const session = new Session(model, { backend, contextLength: o.context ?? Math.min(model.config.contextLength, Math.max(4096, prompt.length + o.maxTokens)) });
+      const contextLength: number = o.context ?? Math.min(model.config.contextLength, Math.max(4096, prompt.length + o.maxTokens));
+      // offload: an ExpertStore when --memory-budget is given (else all experts resident)
+      const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: prompt.length });
+      try {
+      const session = new Session(model, { backend, contextLength, experts: offload.provider, observer: offload.observer });
       const it = generate(session, tok, prompt, {
         maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP,
         repeatPenalty: o.repeatPenalty, seed: o.seed,
@@ -63,6 +70,11 @@ export function registerRunCommands(program: Command): void {
         `decode: ${s.generatedTokens} tokens in ${s.decodeMs.toFixed(1)} ms (${s.decodeTokensPerSecond.toFixed(2)} tok/s), stop: ${s.stopReason}\n` +
         `backend: ${backend.name}\n`,
       );
+      // offload: statistics
+      if (offload.store && o.stats) process.stderr.write(offload.report({ perLayer: true }) + "\n");
+      } finally {
+        offload.dispose();
+      }
     } finally {
       backend.dispose();
       model.close();

@@ -5,7 +5,7 @@
  *   1. access layer l's experts E: resident ones are hits (touched, pinned first so that loading
  *      the misses can never evict them); misses are loaded on demand and admitted;
  *   2. the predictor observes E, then names P for layer l+1; P minus what is resident is prefetched
- *      (admitted into the cache; with no room, e.g. policy none, held in a one-layer staging buffer
+ *      (P pinned meanwhile, so one prefetch never evicts another predicted expert; admitted into the cache; with no room, e.g. policy none, held in a one-layer staging buffer
  *      until layer l+1 is accessed);
  *   3. E is unpinned.
  * The access clock `now` is the index of the access in `accessSequence(trace)`, which is also the
@@ -162,8 +162,12 @@ export function simulate(trace: RoutingTrace, o: SimulateOptions): SimulationRes
           const next = tok.layers[l + 1]!;
           const P = predictor.predictNextLayer({ layer: l, token: tok.token, experts: E, width, recorded: next.predicted });
           stats.record(l + 1, P, next.experts);
-          for (const p of P) {
-            const k = { layer: l + 1, expert: p };
+          // the whole prediction is pinned while it is fetched, so that admitting one predicted
+          // expert never evicts another (already resident) one
+          const predictedKeys = P.map((p) => ({ layer: l + 1, expert: p }));
+          for (const k of predictedKeys) policy.pin(k);
+          for (const k of predictedKeys) {
+            const p = k.expert;
             if (policy.has(k) || staged[l + 1]!.has(p)) continue;
             issued++;
             prefetches[l + 1]!++;
@@ -172,6 +176,7 @@ export function simulate(trace: RoutingTrace, o: SimulateOptions): SimulationRes
             forget(r.evicted);
             if (!r.admitted) staged[l + 1]!.add(p);
           }
+          for (const k of predictedKeys) policy.unpin(k);
         }
         for (const k of keys) policy.unpin(k);
         tm?.layer(tok.phase, missing.length, issued);

@@ -1,0 +1,136 @@
+/**
+ * The offloading flags shared by `moira run`, `moira bench` (and later chat / serve), and the
+ * construction of the ExpertProvider they describe.
+ *
+ *   --memory-budget 3GiB   everything moira allocates (weights, KV cache, scratch, expert arena)
+ *   --policy fate          none | lru | lfu | arc | fate
+ *   --predictor fate       none | eap | fate
+ *   --lowbit SIDE.gguf     low-bit expert copies (moira quantize-experts)
+ *   --lowbit-miss W        decode: a miss with routing probability < W is read low-bit
+ *   --lowbit-prefill N     prefill: an expert wanted by <= N prompt tokens is read low-bit
+ *   --trace FILE           write the routing trace (JSONL)
+ *   --stats                print offloading statistics after the run
+ */
+import type { Command } from "commander";
+import type { Backend } from "../backend/backend.js";
+import type { Model } from "../model/model.js";
+import type { ExpertProvider } from "../model/experts.js";
+import type { RoutingObserver } from "../model/steps.js";
+import { ExpertStore } from "../offload/store.js";
+import { OffloadStats } from "../offload/stats.js";
+import { formatPlan, parseBudget, planMemory, type MemoryPlan } from "../offload/planner.js";
+import { openLowbitSidecar } from "../offload/lowbit.js";
+import { POLICY_NAMES } from "../offload/policy.js";
+import { PREDICTOR_NAMES } from "../offload/predictor.js";
+import { TraceRecorder } from "../trace/format.js";
+import { InvalidArgumentError } from "../errors.js";
+
+export interface OffloadFlags {
+  memoryBudget?: string | number;
+  policy?: string;
+  predictor?: string;
+  lowbit?: string;
+  lowbitMiss?: number;
+  lowbitPrefill?: number;
+  prefetchWidth?: number;
+  ioThreads?: number;
+  trace?: string;
+  stats?: boolean;
+}
+
+function numberOption(name: string, min: number, max = Infinity): (v: string) => number {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}], got "${v}"`);
+    return n;
+  };
+}
+
+function choice(name: string, names: readonly string[]): (v: string) => string {
+  return (v: string) => {
+    if (!names.includes(v)) throw new InvalidArgumentError(`${name} "${v}": expected one of ${names.join(", ")}`);
+    return v;
+  };
+}
+
+export function addOffloadOptions(cmd: Command): Command {
+  return cmd
+    .option("--memory-budget <size>", "offload experts: cap everything moira allocates (e.g. 3GiB, 512MiB, 3GB, bytes)")
+    .option("--policy <name>", `expert cache policy: ${POLICY_NAMES.filter((p) => p !== "belady").join(", ")}`, choice("--policy", POLICY_NAMES.filter((p) => p !== "belady")), "fate")
+    .option("--predictor <name>", `expert predictor: ${PREDICTOR_NAMES.join(", ")}`, choice("--predictor", PREDICTOR_NAMES), "fate")
+    .option("--prefetch-width <k>", "experts predicted per layer (default: calibrated at start-up)", numberOption("--prefetch-width", 0))
+    .option("--io-threads <n>", "I/O threads reading experts (default 4)", numberOption("--io-threads", 1, 64))
+    .option("--lowbit <file>", "low-bit expert sidecar written by moira quantize-experts")
+    .option("--lowbit-miss <w>", "decode: read a missing expert low-bit when its routing probability is below w", numberOption("--lowbit-miss", 0, 1))
+    .option("--lowbit-prefill <n>", "prefill: read an expert low-bit when at most n prompt tokens want it", numberOption("--lowbit-prefill", 0))
+    .option("--trace <file>", "write the routing trace (JSONL) to file")
+    .option("--stats", "print offloading statistics after the run");
+}
+
+export interface ExpertProviderHandle {
+  /** undefined: all experts resident (no --memory-budget) */
+  readonly provider: ExpertProvider | undefined;
+  readonly store: ExpertStore | null;
+  readonly stats: OffloadStats | null;
+  readonly plan: MemoryPlan | null;
+  /** routing observer for the Session (the trace), if any */
+  readonly observer: RoutingObserver | undefined;
+  /** Summary lines for stderr (plan + stats when --stats). */
+  report(opts?: { perLayer?: boolean }): string;
+  dispose(): void;
+}
+
+/** Builds the ExpertStore the flags describe (or nothing, without --memory-budget). */
+export function createExpertProvider(
+  model: Model, flags: OffloadFlags, backend: Backend, session: { contextLength: number; maxBatch?: number },
+): ExpertProviderHandle {
+  let trace: TraceRecorder | null = null;
+  let observer: RoutingObserver | undefined;
+  if (flags.trace) {
+    const cfg = model.config;
+    trace = new TraceRecorder(flags.trace, { model: model.file.path, nLayer: cfg.nLayer, nExpert: cfg.nExpert, topK: cfg.nExpertUsed });
+    trace.beginRequest(0);
+    let token = 0, lastLayer = -1;
+    const rec = trace;
+    observer = {
+      onRouting(layer, experts, weights, nTokens, k) {
+        if (layer <= lastLayer) token += nTokens;
+        lastLayer = layer;
+        for (let t = 0; t < nTokens; t++) {
+          rec.record({
+            token: token + t, layer, phase: nTokens > 1 ? "prefill" : "decode",
+            experts: Array.from(experts.subarray(t * k, (t + 1) * k)), weights: Array.from(weights.subarray(t * k, (t + 1) * k)),
+          });
+        }
+      },
+    };
+  }
+  const closeTrace = () => { trace?.close(); trace = null; };
+  if (flags.memoryBudget === undefined) {
+    if (flags.lowbit || flags.lowbitMiss !== undefined || flags.lowbitPrefill !== undefined) {
+      throw new InvalidArgumentError("--lowbit options need --memory-budget (without a budget every expert is resident)");
+    }
+    return { provider: undefined, store: null, stats: null, plan: null, observer, report: () => "", dispose: closeTrace };
+  }
+  const budget = typeof flags.memoryBudget === "number" ? flags.memoryBudget : parseBudget(flags.memoryBudget);
+  const policy = flags.policy ?? "fate";
+  const plan = planMemory(model, { budget, contextLength: session.contextLength, maxBatch: session.maxBatch, policy });
+  if ((flags.lowbitMiss !== undefined || flags.lowbitPrefill !== undefined) && !flags.lowbit) {
+    throw new InvalidArgumentError("--lowbit-miss / --lowbit-prefill need --lowbit SIDE.gguf (write it with moira quantize-experts)");
+  }
+  const stats = new OffloadStats(model.config.nLayer);
+  const store = new ExpertStore(model.config, model.weights, model.file.path, {
+    plan, policy, predictor: flags.predictor ?? "fate", backend, stats,
+    prefetchWidth: flags.prefetchWidth, ioThreads: flags.ioThreads,
+    lowbit: flags.lowbit ? {
+      source: openLowbitSidecar(model, flags.lowbit),
+      missWeight: flags.lowbitMiss ?? 0,
+      prefillMaxTokens: flags.lowbitPrefill ?? 0,
+    } : undefined,
+  });
+  return {
+    provider: store, store, stats, plan, observer,
+    report: (o = {}) => `${formatPlan(plan)}\npolicy ${store.policy.name}, predictor ${store.predictor.name}, prefetch width ${store.width}\n${stats.format(o)}`,
+    dispose: () => { store.dispose(); closeTrace(); },
+  };
+}

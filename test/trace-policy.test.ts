@@ -1,0 +1,221 @@
+// Every cache policy against an independent brute-force count on small hand-made and random
+// traces; Belady against the exhaustive optimum and against every online policy.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createPolicy, fateAllocation, uniformLayout } from "../src/offload/policy.js";
+import type { RoutingTrace } from "../src/trace/format.js";
+import { simulate } from "../src/trace/simulate.js";
+import { rng } from "../src/trace/synthetic.js";
+
+/** tokens[t][l] = experts of layer l for token t */
+function makeTrace(tokens: number[][][], nExpert: number, requests = 1): RoutingTrace {
+  const per = Math.ceil(tokens.length / requests);
+  const reqs = [];
+  for (let r = 0; r < requests; r++) {
+    reqs.push({
+      id: String(r),
+      tokens: tokens.slice(r * per, (r + 1) * per).map((ls, i) => ({
+        token: i, phase: "decode" as const, layers: ls.map((e) => ({ experts: e, weights: e.map(() => 1 / e.length) })),
+      })),
+    });
+  }
+  return { name: "hand", nLayer: tokens[0]!.length, nExpert, topK: tokens[0]![0]!.length, requests: reqs.filter((r) => r.tokens.length), hasPredictions: false, notes: [] };
+}
+
+/** Per-layer step sequences of a trace. */
+function stepsOf(trace: RoutingTrace): number[][][] {
+  const out: number[][][] = Array.from({ length: trace.nLayer }, () => []);
+  for (const r of trace.requests) for (const t of r.tokens) t.layers.forEach((l, i) => out[i]!.push([...l.experts]));
+  return out;
+}
+
+type Victim = (cands: number[], st: { last: Map<number, number>; at: Map<number, number>; count: Map<number, number> }) => number;
+/** Independent reference: list-based cache, the step's own experts are never evicted. */
+function refHits(steps: number[][], cap: number, victim: Victim): number {
+  const cache: number[] = [];
+  const last = new Map<number, number>(), count = new Map<number, number>();
+  const at = new Map<number, number>(); // index of the latest access in the trace
+  let hits = 0, t = 0, idx = 0;
+  for (const E of steps) {
+    const miss: number[] = [];
+    for (const e of E) {
+      at.set(e, idx++);
+      if (cache.includes(e)) { hits++; last.set(e, t); } else miss.push(e);
+      count.set(e, (count.get(e) ?? 0) + 1);
+      t++;
+    }
+    for (const e of miss) {
+      last.set(e, t++); // loaded misses become resident after the step's hits were touched
+      if (cap === 0) continue;
+      if (cache.length >= cap) {
+        const cands = cache.filter((c) => !E.includes(c));
+        if (cands.length === 0) continue;
+        cache.splice(cache.indexOf(victim(cands, { last, at, count })), 1);
+      }
+      cache.push(e);
+    }
+  }
+  return hits;
+}
+const lruVictim: Victim = (c, s) => c.reduce((a, b) => (s.last.get(b)! < s.last.get(a)! ? b : a));
+const lfuVictim: Victim = (c, s) => c.reduce((a, b) => {
+  const ca = s.count.get(a)!, cb = s.count.get(b)!;
+  return cb < ca || (cb === ca && s.at.get(b)! < s.at.get(a)!) ? b : a;
+});
+
+/** Exhaustive optimum over every eviction choice (forced admission, step members protected). */
+function optimumHits(steps: number[][], cap: number): number {
+  const go = (i: number, cache: number[]): number => {
+    if (i === steps.length) return 0;
+    const E = steps[i]!;
+    let h = 0;
+    const miss: number[] = [];
+    for (const e of E) if (cache.includes(e)) h++; else miss.push(e);
+    let best = -1;
+    const place = (j: number, c: number[]): void => {
+      if (j === miss.length) { best = Math.max(best, go(i + 1, c)); return; }
+      if (cap === 0) return place(j + 1, c);
+      if (c.length < cap) return place(j + 1, [...c, miss[j]!]);
+      const cands = c.filter((x) => !E.includes(x));
+      if (cands.length === 0) return place(j + 1, c);
+      for (const v of cands) place(j + 1, [...c.filter((x) => x !== v), miss[j]!]);
+    };
+    place(0, cache);
+    return h + best;
+  };
+  return go(0, []);
+}
+
+/** ARC exactly as in Megiddo & Modha's Fig. 4, with arrays (LRU first), for top-1 sequences. */
+function refArc(seq: number[], c: number): number {
+  let T1: number[] = [], T2: number[] = [], B1: number[] = [], B2: number[] = [], p = 0, hits = 0;
+  const del = (a: number[], x: number): number[] => a.filter((y) => y !== x);
+  const replace = (x: number): void => {
+    if (T1.length >= 1 && ((B2.includes(x) && T1.length === p) || T1.length > p)) { const v = T1.shift()!; B1.push(v); }
+    else { const v = T2.shift()!; B2.push(v); }
+  };
+  for (const x of seq) {
+    if (T1.includes(x) || T2.includes(x)) { hits++; T1 = del(T1, x); T2 = del(T2, x); T2.push(x); continue; }
+    if (B1.includes(x)) { p = Math.min(c, p + Math.max(B2.length / B1.length, 1)); if (T1.length + T2.length >= c) replace(x); B1 = del(B1, x); T2.push(x); continue; }
+    if (B2.includes(x)) { p = Math.max(0, p - Math.max(B1.length / B2.length, 1)); if (T1.length + T2.length >= c) replace(x); B2 = del(B2, x); T2.push(x); continue; }
+    if (T1.length + B1.length >= c) {
+      if (T1.length < c) { B1.shift(); if (T1.length + T2.length >= c) replace(x); } else T1.shift();
+    } else if (T1.length + T2.length + B1.length + B2.length >= c) {
+      if (T1.length + T2.length + B1.length + B2.length >= 2 * c) B2.shift();
+      if (T1.length + T2.length >= c) replace(x);
+    }
+    T1.push(x);
+  }
+  return hits;
+}
+
+function randomTrace(seed: number, o: { tokens: number; nLayer: number; nExpert: number; topK: number; skew?: number }): RoutingTrace {
+  const r = rng(seed);
+  const toks: number[][][] = [];
+  for (let t = 0; t < o.tokens; t++) {
+    toks.push(Array.from({ length: o.nLayer }, () => {
+      const s = new Set<number>();
+      while (s.size < o.topK) s.add(Math.floor(Math.pow(r(), o.skew ?? 1.5) * o.nExpert));
+      return [...s];
+    }));
+  }
+  return makeTrace(toks, o.nExpert, 2);
+}
+
+const run = (trace: RoutingTrace, policy: string, slots: number): number =>
+  simulate(trace, { policy, predictor: "none", budget: { slotsPerLayer: slots }, expertBytes: 1 }).hits;
+
+test("hand-made trace: hand-counted hits", () => {
+  // one layer, top-1: 1 2 1 3 1 2 with 2 slots
+  const t = makeTrace([[[1]], [[2]], [[1]], [[3]], [[1]], [[2]]], 4);
+  assert.equal(run(t, "lru", 2), 2); // 1 hit at t2, t4 (3 evicted 2); 2 misses at the end
+  assert.equal(run(t, "lfu", 2), 2);
+  assert.equal(run(t, "belady", 2), 2); // at 3: evict 2 (next use 5) or keep → 1,1 hit; best is 2 too
+  assert.equal(run(t, "none", 2), 0);
+  // top-2, 3 slots: 0,1 | 0,2 | 1,2 | 0,1 → LRU keeps the last 3 distinct
+  const u = makeTrace([[[0, 1]], [[0, 2]], [[1, 2]], [[0, 1]]], 4);
+  assert.equal(run(u, "lru", 3), 5); // 0 | 1,2 | 0,1
+  assert.equal(run(u, "belady", 3), 5);
+  assert.equal(run(u, "lru", 4), 5);
+});
+
+test("lru and lfu match the brute-force count on random traces (top-1, top-2, top-3)", () => {
+  for (let seed = 1; seed <= 30; seed++) {
+    const topK = 1 + (seed % 3);
+    const trace = randomTrace(seed, { tokens: 60, nLayer: 3, nExpert: 8, topK });
+    const steps = stepsOf(trace);
+    for (const slots of [topK, topK + 1, 5, 8]) {
+      for (const [name, victim] of [["lru", lruVictim], ["lfu", lfuVictim]] as const) {
+        const want = steps.reduce((a, s) => a + refHits(s, slots, victim), 0);
+        assert.equal(run(trace, name, slots), want, `${name} seed ${seed} slots ${slots}`);
+      }
+    }
+  }
+});
+
+test("arc matches the paper's algorithm (top-1 traces)", () => {
+  for (let seed = 1; seed <= 30; seed++) {
+    const trace = randomTrace(seed, { tokens: 200, nLayer: 2, nExpert: 12, topK: 1, skew: 2 });
+    const steps = stepsOf(trace);
+    for (const slots of [1, 2, 3, 5, 8]) {
+      const want = steps.reduce((a, s) => a + refArc(s.map((x) => x[0]!), slots), 0);
+      assert.equal(run(trace, "arc", slots), want, `arc seed ${seed} slots ${slots}`);
+    }
+  }
+});
+
+test("belady equals the exhaustive optimum, and beats every online policy", () => {
+  for (let seed = 1; seed <= 25; seed++) {
+    const topK = 1 + (seed % 2);
+    const trace = randomTrace(seed, { tokens: 9, nLayer: 2, nExpert: 5, topK });
+    const steps = stepsOf(trace);
+    for (const slots of [topK, topK + 1, 3]) {
+      const opt = steps.reduce((a, s) => a + optimumHits(s, slots), 0);
+      const bel = run(trace, "belady", slots);
+      assert.equal(bel, opt, `belady seed ${seed} slots ${slots}`);
+      for (const p of ["none", "lru", "lfu", "arc", "fate"]) assert.ok(run(trace, p, slots) <= bel, `${p} > belady (seed ${seed})`);
+    }
+  }
+  // larger traces: belady >= all online policies, also with prefetching predictors and a global pool
+  for (let seed = 100; seed < 115; seed++) {
+    const trace = randomTrace(seed, { tokens: 120, nLayer: 4, nExpert: 8, topK: 2 });
+    for (const slots of [2, 3, 4, 6]) {
+      for (const layout of ["per-layer", "global"] as const) {
+        const hits = (p: string): number => simulate(trace, { policy: p, predictor: "none", budget: { slotsPerLayer: slots, layout }, expertBytes: 1 }).hits;
+        const bel = hits("belady");
+        for (const p of ["none", "lru", "lfu", "arc", "fate"]) assert.ok(hits(p) <= bel, `${p} ${layout} ${slots}`);
+      }
+    }
+  }
+});
+
+test("fate allocation: shallow layers fully resident, the rest even", () => {
+  const a = fateAllocation(32, { nLayer: 8, nExpert: 8, minSlots: 2 });
+  // f = 2 (2*8 + 6*2 = 28 <= 32; 3*8 + 5*2 = 34 > 32); rest 16 over 6 layers: 3,3,3,3,2,2
+  assert.deepEqual(a, [8, 8, 3, 3, 3, 3, 2, 2]);
+  assert.equal(a.reduce((x, y) => x + y, 0), 32);
+  assert.deepEqual(fateAllocation(8, { nLayer: 4, nExpert: 8, minSlots: 2 }), [2, 2, 2, 2]);
+  assert.deepEqual(fateAllocation(40, { nLayer: 4, nExpert: 8, minSlots: 2 }), [8, 8, 8, 8]);
+  const p = createPolicy("fate", uniformLayout(8, 4), { nLayer: 8, nExpert: 8, topK: 2 });
+  assert.equal(p.capacityOf(0), 8);
+  assert.equal(p.capacityOf(7), 2);
+});
+
+test("pinned experts are never evicted; admit reports failure when everything is pinned", () => {
+  for (const name of ["lru", "lfu", "arc"]) {
+    const p = createPolicy(name, uniformLayout(1, 2), { nLayer: 1, nExpert: 8 });
+    const k = (e: number) => ({ layer: 0, expert: e });
+    p.admit(k(0), 0); p.admit(k(1), 1);
+    p.pin(k(0)); p.pin(k(1));
+    assert.deepEqual(p.admit(k(2), 2), { admitted: false, evicted: [] }, name);
+    p.unpin(k(1));
+    const r = p.admit(k(2), 3);
+    assert.equal(r.admitted, true);
+    assert.deepEqual(r.evicted, [k(1)], name);
+    assert.ok(p.has(k(0)) && p.has(k(2)) && !p.has(k(1)));
+    p.reset();
+    assert.equal(p.size(), 0);
+  }
+  assert.throws(() => createPolicy("belady", uniformLayout(1, 2), { nLayer: 1, nExpert: 8 }), /future access sequence/);
+  assert.throws(() => createPolicy("mru", uniformLayout(1, 2), { nLayer: 1, nExpert: 8 }), /unknown cache policy/);
+});
