@@ -180,17 +180,43 @@ void quantize_act_impl(int kind, const float* x, int cols, uint8_t* dst) {
   const int bs = kind == ACT_Q32 ? 32 : 256, ss = kind == ACT_Q32 ? 32 : 16;
   for (int b = 0; b < cols / bs; b++) {
     const float* xb = x + (size_t)b * bs;
+    int8_t* qb = q + (size_t)b * bs;
+#if defined(__AVX2__)
+    __m256 am = _mm256_setzero_ps();
+    const __m256 signbit = _mm256_set1_ps(-0.0f);
+    for (int i = 0; i < bs; i += 8) am = _mm256_max_ps(am, _mm256_andnot_ps(signbit, _mm256_loadu_ps(xb + i)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const float id = amax > 0 ? 127.0f / amax : 0.0f;
+    d[b] = amax / 127.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    for (int i = 0; i < bs; i += 32) {  // round to nearest even, pack 32 int32 -> 32 int8 in order
+      __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i), vid));
+      __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i + 8), vid));
+      __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i + 16), vid));
+      __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i + 24), vid));
+      __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+      p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256((__m256i*)(qb + i), p);
+    }
+#else
     float amax = 0;
     for (int i = 0; i < bs; i++) { float a = fabsf(xb[i]); amax = a > amax ? a : amax; }
-    float dd = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
-    d[b] = dd;
-    int8_t* qb = q + (size_t)b * bs;
+    const float id = amax > 0 ? 127.0f / amax : 0.0f;
+    d[b] = amax / 127.0f;
     for (int i = 0; i < bs; i++) qb[i] = (int8_t)nearbyintf(xb[i] * id);
+#endif
     for (int g = 0; g < bs / ss; g++) {
       int sum = 0;
       for (int i = 0; i < ss; i++) sum += qb[g * ss + i];
       s[(size_t)b * (bs / ss) + g] = sum;
     }
+  }
+  if (kind == ACT_Q256) {
+    int32_t* s32 = (int32_t*)(dst + L.s32Off);
+    for (int j = 0; j < cols / 32; j++) s32[j] = s[2 * j] + s[2 * j + 1];
   }
 }
 
@@ -327,13 +353,12 @@ inline void k4_scales(const uint8_t* s12, uint8_t* sc, uint8_t* mn) {  // 8 scal
 // Q4_K and Q5_K share everything but the fifth bit.
 template <int NT, bool Q5>
 void dot_q45_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
-  __m256 acc[NT];
-  float accm[NT];
+  __m256 acc[NT], accm[NT];
   const float* dy[NT];
-  const int32_t* sy[NT];
+  const int32_t* sy[NT];  // sums per 32
   for (int t = 0; t < NT; t++) {
-    acc[t] = _mm256_setzero_ps(); accm[t] = 0;
-    dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+    acc[t] = _mm256_setzero_ps(); accm[t] = _mm256_setzero_ps();
+    dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.s32Off);
   }
   const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
   const int nsb = cols / 256, bsz = Q5 ? 176 : 144;
@@ -362,16 +387,15 @@ void dot_q45_k(const uint8_t* row, int cols, const uint8_t* const* act, const Ac
         isum[t] = dpbusd_scaled(isum[t], hi, _mm256_load_si256((const __m256i*)(y + 32)), shi);
       }
     }
+    const __m256i mv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)mn));
     for (int t = 0; t < NT; t++) {
       const float dd = dy[t][sb];
-      const int32_t* s16 = sy[t] + (size_t)sb * 16;
-      int mins = 0;
-      for (int j = 0; j < 8; j++) mins += mn[j] * (s16[2 * j] + s16[2 * j + 1]);
+      const __m256i ms = _mm256_mullo_epi32(mv, _mm256_load_si256((const __m256i*)(sy[t] + (size_t)sb * 8)));
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * dd), acc[t]);
-      accm[t] += dmin * dd * (float)mins;
+      accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_set1_ps(dmin * dd), accm[t]);
     }
   }
-  for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]) - accm[t];
+  for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]) - hsum8(accm[t]);
 }
 
 template <int NT>
@@ -452,12 +476,12 @@ inline float hsum16(__m512 v) { return _mm512_reduce_add_ps(v); }
 template <int NT, bool Q5>
 void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m512 acc[NT];
-  float accm[NT];
+  __m256 accm[NT];
   const float* dy[NT];
-  const int32_t* sy[NT];
+  const int32_t* s32[NT];
   for (int t = 0; t < NT; t++) {
-    acc[t] = _mm512_setzero_ps(); accm[t] = 0;
-    dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+    acc[t] = _mm512_setzero_ps(); accm[t] = _mm256_setzero_ps();
+    dy[t] = (const float*)(act[t] + L.dOff); s32[t] = (const int32_t*)(act[t] + L.s32Off);
   }
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   __m512i idx[4];
@@ -483,7 +507,7 @@ void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, cons
       __m512i w = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(x), _mm256_srli_epi16(x, 4), 1), m4);
       if (Q5) {
         const __mmask64 hb = _mm512_test_epi8_mask(qh2, _mm512_set1_epi8((char)(1 << (2 * k))));
-        w = _mm512_mask_or_epi32(w, 0xFFFF, w, _mm512_maskz_mov_epi8(hb, _mm512_set1_epi8(0x10)));
+        w = _mm512_or_si512(w, _mm512_maskz_mov_epi8(hb, _mm512_set1_epi8(0x10)));
       }
       const __m512i s = _mm512_permutexvar_epi16(idx[k], sc16);
       for (int t = 0; t < NT; t++) {
@@ -491,16 +515,16 @@ void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, cons
         isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(w, y), s);
       }
     }
+    // mins: dmin * sum_j m_j * sum32_j(y), 8 lanes, kept as a vector until the end of the row
+    const __m256i mv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(scm + 8)));
     for (int t = 0; t < NT; t++) {
       const float dd = dy[t][sb];
-      const int32_t* s16 = sy[t] + (size_t)sb * 16;
-      int mins = 0;
-      for (int j = 0; j < 8; j++) mins += scm[8 + j] * (s16[2 * j] + s16[2 * j + 1]);
+      const __m256i ms = _mm256_mullo_epi32(mv, _mm256_load_si256((const __m256i*)(s32[t] + (size_t)sb * 8)));
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(d * dd), acc[t]);
-      accm[t] += dmin * dd * (float)mins;
+      accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_set1_ps(dmin * dd), accm[t]);
     }
   }
-  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]) - accm[t];
+  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]) - hsum8(accm[t]);
 }
 
 template <int NT>

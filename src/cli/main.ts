@@ -8,6 +8,8 @@ import { registerRunCommands } from "./run.js";
 import { registerInspectCommand } from "./inspect.js";
 import { registerMakeModelCommand } from "./make-model.js";
 import { registerReplayCommand } from "./replay.js";
+import { registerBenchCommand } from "./bench.js";
+import { registerQuantizeExpertsCommand } from "./quantize-experts.js";
 
 export function buildProgram(): Command {
   const program = new Command("moira")
@@ -19,6 +21,8 @@ export function buildProgram(): Command {
   registerInspectCommand(program);
   registerMakeModelCommand(program);
   registerReplayCommand(program);
+  registerBenchCommand(program);
+  registerQuantizeExpertsCommand(program);
   return program;
 }
 
