@@ -100,7 +100,8 @@ test("HF fixtures: every one opens with llama.cpp's metadata keys and tensor dim
       assert.equal(k("expert_shared_count"), cfg.n_shared_experts);
       assert.equal(k("leading_dense_block_count"), cfg.first_k_dense_replace);
       assert.equal(k("expert_weights_scale"), cfg.routed_scaling_factor);
-      assert.equal(k("expert_weights_norm"), cfg.norm_topk_prob);
+      // transformers' DeepseekV2 never renormalises the top-k weights, whatever norm_topk_prob says
+      assert.equal(k("expert_weights_norm"), false);
       assert.equal(k("expert_gating_func"), 1);
       assert.equal(k("attention.kv_lora_rank"), lora);
       assert.equal(k("attention.q_lora_rank"), undefined);
