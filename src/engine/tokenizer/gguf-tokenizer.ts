@@ -6,6 +6,8 @@
  *   chosen by tokenizer.ggml.pre.
  * Special tokens (control, user-defined, unknown) are split out of the text first, longest first;
  * control and unknown ones only when `parseSpecial` is set, user-defined ones always.
+ * decode() is lossless: unlike llama_detokenize it never applies the BPE "clean_spaces" pass
+ * (" ." → "."), and for SPM it removes exactly the space prefixes that encode() added.
  */
 import { InvalidArgumentError, UnsupportedError } from "../../errors.js";
 import { TokenType, type GGUFVocab } from "./gguf-vocab.js";
