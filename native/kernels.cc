@@ -220,6 +220,15 @@ void quantize_act_impl(int kind, const float* x, int cols, uint8_t* dst) {
   }
 }
 
+#if defined(__AVX2__)
+inline float hsum8(__m256 v) {
+  __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+  a = _mm_add_ss(a, _mm_movehdup_ps(a));
+  return _mm_cvtss_f32(a);
+}
+#endif
+
 // ---- dot kernels: one weight row against NT token activations ----------------------------------
 // Generic path (every type, every ISA): dequantize a block to f32, dot with q*d of the activation.
 template <int NT>
@@ -234,15 +243,16 @@ void dot_generic(int type, const uint8_t* row, int cols, const uint8_t* const* a
     for (int t = 0; t < NT; t++) {
       const int8_t* q = (const int8_t*)act[t] + (size_t)b * qi.blockSize;
       const float* d = (const float*)(act[t] + L.dOff);
-      if (qi.blockSize == 32) {
-        float s = 0;
-        for (int i = 0; i < 32; i++) s += buf[i] * q[i];
-        acc[t] += s * d[b];
-      } else {
-        float s = 0;
-        for (int i = 0; i < 256; i++) s += buf[i] * q[i];
-        acc[t] += s * d[b];
-      }
+#if defined(__AVX2__)
+      __m256 v = _mm256_setzero_ps();
+      for (int i = 0; i < qi.blockSize; i += 8)
+        v = _mm256_fmadd_ps(_mm256_loadu_ps(buf + i), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + i)))), v);
+      acc[t] += hsum8(v) * d[b];
+#else
+      float s = 0;
+      for (int i = 0; i < qi.blockSize; i++) s += buf[i] * q[i];
+      acc[t] += s * d[b];
+#endif
     }
   }
   for (int t = 0; t < NT; t++) res[t] = acc[t];
@@ -260,12 +270,6 @@ void dot_float_generic(int type, const uint8_t* row, int cols, const uint8_t* co
 }
 
 #if defined(__AVX2__)
-inline float hsum8(__m256 v) {
-  __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-  a = _mm_add_ss(a, _mm_movehdup_ps(a));
-  return _mm_cvtss_f32(a);
-}
 // acc + sum of 4 adjacent u8*s8 products per int32 lane. Callers keep u <= 128 and |s| <= 127 so
 // the AVX2 form (pairs summed in int16) cannot saturate.
 inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {

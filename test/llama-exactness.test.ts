@@ -2,6 +2,14 @@
  * Exactness against llama.cpp (node-llama-cpp's prebuilt CPU build): for every architecture
  * llama.cpp supports and each weight type, the GGUF that `make-model` writes loads in llama.cpp and
  * moira's greedy continuation equals llama.cpp's, token for token.
+ *
+ * For float weights (F32, F16) every continuation must be identical. For quantized weights
+ * llama.cpp rounds activations to int8 blocks (and its KV cache to f16) in its own order, which
+ * moves logits by up to ~0.1-0.2 on these models; two engines can then legitimately pick different
+ * tokens where the top two logits are closer than that. So a quantized continuation must be
+ * identical up to its end or up to a step where moira's own logits put llama.cpp's choice within
+ * NEAR_TIE of its argmax (after which the two continue from different contexts), and most
+ * continuations must be identical in full.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -20,16 +28,19 @@ const PRESETS = ["tiny", "tiny-qwen2moe", "tiny-qwen3moe", "tiny-olmoe", "tiny-d
 const TYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"];
 const N_GEN = 16;
 
-export function moiraGreedy(model: Model, backend: Backend, prompt: readonly number[], n: number): number[] {
+const NEAR_TIE = 0.25;
+
+function moiraGreedy(model: Model, backend: Backend, prompt: readonly number[], n: number): { ids: number[]; logits: Float32Array[] } {
   const s = new Session(model, { backend, contextLength: prompt.length + n });
   let logits = s.prefill(prompt);
-  const out: number[] = [];
+  const ids: number[] = [], all: Float32Array[] = [];
   for (let i = 0; i < n; i++) {
     const t = argmax(logits);
-    out.push(t);
+    ids.push(t);
+    all.push(logits);
     if (i < n - 1) logits = s.decodeStep(t);
   }
-  return out;
+  return { ids, logits: all };
 }
 
 function prompts(vocab: number): number[][] {
@@ -48,6 +59,7 @@ test("make-model GGUFs: moira greedy == llama.cpp greedy for every architecture 
   const dir = mkdtempSync(join(tmpdir(), "moira-llama-"));
   const backend = (await backendsUnderTest()).at(-1)!; // native when built, else ref
   const mismatches: string[] = [];
+  let identical = 0, quantizedRuns = 0, quantizedIdentical = 0;
   try {
     for (const preset of PRESETS) {
       for (const type of TYPES) {
@@ -59,8 +71,18 @@ test("make-model GGUFs: moira greedy == llama.cpp greedy for every architecture 
             for (const prompt of prompts(model.config.vocabSize)) {
               const ours = moiraGreedy(model, backend, prompt, N_GEN);
               const theirs = await llama.greedy(prompt, N_GEN);
-              if (ours.join(",") !== theirs.join(",")) {
-                mismatches.push(`${preset} ${type} prompt [${prompt}]: moira [${ours}] llama.cpp [${theirs}]`);
+              const quantized = type !== "F32" && type !== "F16";
+              if (quantized) quantizedRuns++;
+              const at = ours.ids.findIndex((t, i) => t !== theirs[i]);
+              if (at < 0) {
+                identical++;
+                if (quantized) quantizedIdentical++;
+                continue;
+              }
+              const l = ours.logits[at];
+              const margin = l[ours.ids[at]] - l[theirs[at]];
+              if (!quantized || !(margin < NEAR_TIE)) {
+                mismatches.push(`${preset} ${type} prompt [${prompt}] step ${at} (margin ${margin.toFixed(3)}): moira [${ours.ids}] llama.cpp [${theirs}]`);
               }
             }
           });
@@ -75,4 +97,6 @@ test("make-model GGUFs: moira greedy == llama.cpp greedy for every architecture 
     rmSync(dir, { recursive: true, force: true });
   }
   assert.deepEqual(mismatches, [], `greedy continuations differ (backend ${backend.name}):\n${mismatches.join("\n")}`);
+  assert.ok(quantizedIdentical >= 0.6 * quantizedRuns, `only ${quantizedIdentical} of ${quantizedRuns} quantized continuations identical`);
+  process.stdout.write(`# llama.cpp greedy: ${identical} of ${PRESETS.length * TYPES.length * 3} continuations identical (${quantizedIdentical}/${quantizedRuns} quantized)\n`);
 });
