@@ -9,6 +9,7 @@ import { registerInspectCommand } from "./inspect.js";
 import { registerMakeModelCommand } from "./make-model.js";
 import { registerReplayCommand } from "./replay.js";
 import { registerBenchCommand } from "./bench.js";
+import { registerConvertCommand } from "./convert.js";
 import { registerQuantizeExpertsCommand } from "./quantize-experts.js";
 
 export function buildProgram(): Command {
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   registerMakeModelCommand(program);
   registerReplayCommand(program);
   registerBenchCommand(program);
+  registerConvertCommand(program);
   registerQuantizeExpertsCommand(program);
   return program;
 }

@@ -1,0 +1,151 @@
+/**
+ * The CLI as a user meets it: the README's quick start on a fresh model, the contract forms of
+ * `logits`, `inspect`, `convert`, and bad input giving one clear line and a non-zero exit (no stack trace).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync, copyFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { REPO_ROOT, skipWithoutShared } from "./shared.js";
+import { hfFixtures, maxAbsDiff } from "./hf-fixtures.js";
+import { readGGUF } from "../src/formats/gguf/reader.js";
+import { writeGGUF } from "../src/formats/gguf/writer.js";
+import { GGUFValueType } from "../src/formats/model-file.js";
+import { GGMLType } from "../src/formats/quant/types.js";
+
+const dir = mkdtempSync(join(tmpdir(), "moira-cli-"));
+
+function moira(...args: string[]) {
+  const r = spawnSync(process.execPath, [join(REPO_ROOT, "bin", "moira.js"), ...args], { encoding: "utf8", maxBuffer: 256 << 20 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A user-facing failure: exit 1, one "moira: ..." message mentioning `what`, no stack trace. */
+function assertUserError(r: ReturnType<typeof moira>, what: RegExp) {
+  assert.equal(r.code, 1, `exit code; stderr: ${r.stderr}`);
+  assert.match(r.stderr, /^moira: /);
+  assert.match(r.stderr, what);
+  assert.doesNotMatch(r.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
+}
+
+const tiny = join(dir, "tiny.gguf");
+
+test("quick start: make-model --preset tiny, then run, logits, inspect", () => {
+  let r = moira("make-model", "--preset", "tiny", "--out", tiny);
+  assert.equal(r.code, 0, r.stderr);
+  r = moira("run", "--model", tiny, "--prompt", "Once upon a time", "--max-tokens", "12", "--seed", "3");
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(r.stdout.trim().length > 0, "generated some text");
+  assert.match(r.stderr, /prefill: \d+ tokens .* tok\/s/);
+  assert.match(r.stderr, /decode: \d+ tokens .* tok\/s/);
+  // same seed, same text; greedy is deterministic too
+  assert.equal(moira("run", "--model", tiny, "--prompt", "Once upon a time", "--max-tokens", "12", "--seed", "3").stdout, r.stdout);
+
+  r = moira("logits", "--model", tiny, "--tokens", "1,2,3", "--json");
+  assert.equal(r.code, 0, r.stderr);
+  const { logits } = JSON.parse(r.stdout) as { logits: number[][] };
+  assert.equal(logits.length, 3);
+  const vocab = readGGUF(tiny).tensors.get("token_embd.weight")!.dims[1];
+  for (const row of logits) {
+    assert.equal(row.length, vocab);
+    assert.ok(row.every(Number.isFinite));
+  }
+
+  r = moira("inspect", "--model", tiny, "--json");
+  assert.equal(r.code, 0, r.stderr);
+  const s = JSON.parse(r.stdout);
+  assert.equal(s.architecture, "llama");
+  assert.equal(s.experts, 8);
+  assert.equal(s.expertsPerToken, 2);
+  assert.ok(s.params.activePerToken < s.params.total);
+  assert.ok(s.bytes.experts > 0 && s.bytes.experts < s.bytes.total);
+  assert.ok(s.bytes.byType.F16 > 0);
+  assert.match(moira("inspect", "--model", tiny).stdout, /experts: +8, top-2/);
+});
+
+test("run --chat uses the model's chat template; --backend ref gives the same greedy text as native", () => {
+  const a = moira("run", "--model", tiny, "--prompt", "Hello", "--max-tokens", "8", "--temperature", "0", "--chat");
+  assert.equal(a.code, 0, a.stderr);
+  const n = moira("run", "--model", tiny, "--prompt", "The history of", "--max-tokens", "10", "--temperature", "0");
+  const r = moira("run", "--model", tiny, "--prompt", "The history of", "--max-tokens", "10", "--temperature", "0", "--backend", "ref");
+  assert.equal(n.code, 0, n.stderr);
+  assert.equal(n.stdout, r.stdout);
+  assert.match(r.stderr, /backend: ref/);
+});
+
+test("convert: a GGUF written from each HF fixture gives the same logits as the HF directory", { skip: skipWithoutShared }, () => {
+  for (const f of hfFixtures().filter((x) => x.ref)) {
+    const out = join(dir, `${f.name}.gguf`);
+    let r = moira("convert", "--model", f.dir, "--out", out);
+    assert.equal(r.code, 0, r.stderr);
+    const ids = f.ref!.input_ids.join(",");
+    const a = JSON.parse(moira("logits", "--model", f.dir, "--tokens", ids, "--json").stdout).logits.flat();
+    r = moira("logits", "--model", out, "--tokens", ids, "--json");
+    assert.equal(r.code, 0, r.stderr);
+    const b = JSON.parse(r.stdout).logits.flat();
+    assert.equal(maxAbsDiff(a, b), 0, f.name);
+    assert.ok(maxAbsDiff(b, f.ref!.hf_logits) < 1e-4, `${f.name} vs transformers`);
+  }
+});
+
+/** Rewrites tiny.gguf with a change to its metadata or tensors. */
+function variant(name: string, edit: (md: Map<string, any>, tensors: Array<{ name: string; type: GGMLType; dims: number[]; data: Uint8Array }>) => void): string {
+  const g = readGGUF(tiny);
+  const bytes = readFileSync(tiny);
+  const md = new Map(g.metadata);
+  const tensors = [...g.tensors.values()].map((t) => ({ name: t.name, type: t.type, dims: [...t.dims], data: bytes.subarray(t.file!.offset, t.file!.offset + t.nbytes) }));
+  edit(md, tensors);
+  const p = join(dir, name);
+  writeGGUF(p, { metadata: md, tensors });
+  return p;
+}
+
+test("bad input: clear typed errors naming the problem, exit 1, no stack trace", () => {
+  const bytes = readFileSync(tiny);
+  const truncated = join(dir, "truncated.gguf");
+  writeFileSync(truncated, bytes.subarray(0, Math.floor(bytes.length * 0.6)));
+  assertUserError(moira("run", "--model", truncated, "--prompt", "x", "--max-tokens", "1"), /truncated|past end of file|runs past/i);
+
+  const magic = join(dir, "magic.gguf");
+  const m = Buffer.from(bytes); m.write("GGUX", 0, "latin1");
+  writeFileSync(magic, m);
+  assertUserError(moira("inspect", "--model", magic), /not a GGUF file/i);
+
+  const headerCut = join(dir, "header-cut.gguf");
+  writeFileSync(headerCut, bytes.subarray(0, 100));
+  assertUserError(moira("inspect", "--model", headerCut), /truncated|end of file|past/i);
+
+  assertUserError(moira("run", "--model", join(dir, "nope.gguf"), "--prompt", "x"), /nope\.gguf/);
+
+  const arch = variant("arch.gguf", (md) => md.set("general.architecture", { type: GGUFValueType.STRING, value: "gpt9" }));
+  assertUserError(moira("inspect", "--model", arch), /architecture "gpt9" is not supported; supported: llama/);
+
+  const missing = variant("missing.gguf", (_, t) => t.splice(t.findIndex((x) => x.name === "blk.1.ffn_up_exps.weight"), 1));
+  assertUserError(moira("inspect", "--model", missing), /blk\.1\.ffn_up_exps\.weight is missing/);
+
+  const shape = variant("shape.gguf", (md) => md.set("llama.expert_count", { type: GGUFValueType.UINT32, value: 4 }));
+  assertUserError(moira("inspect", "--model", shape), /blk\.0\.ffn_gate_inp\.weight: expected shape \[256, 4\], found \[256, 8\]/);
+
+  const q41 = variant("q41.gguf", (_, t) => {
+    const x = t.find((y) => y.name === "blk.0.attn_q.weight")!;
+    x.type = GGMLType.Q4_1;
+    x.data = new Uint8Array((x.dims[0] / 32) * 20 * x.dims[1]);
+  });
+  assertUserError(moira("inspect", "--model", q41), /blk\.0\.attn_q\.weight has type Q4_1, which moira cannot compute with/);
+
+  assertUserError(moira("logits", "--model", tiny, "--tokens", "1,x,3"), /--tokens: "x" is not a token id/);
+  assertUserError(moira("logits", "--model", tiny, "--tokens", "1,999999"), /token id 999999 is outside the vocabulary/);
+  assertUserError(moira("run", "--model", tiny, "--prompt", "x", "--temperature", "-1"), /temperature must be >= 0/);
+  assertUserError(moira("run", "--model", tiny, "--prompt", "x", "--backend", "gpu"), /unknown backend "gpu"/);
+  const usage = moira("run", "--prompt", "x");
+  assert.notEqual(usage.code, 0);
+  assert.match(usage.stderr, /required option.*--model/);
+});
+
+test("bad HF directory: missing config.json is named", () => {
+  const d = mkdtempSync(join(dir, "hf-"));
+  copyFileSync(tiny, join(d, "model.safetensors"));
+  assertUserError(moira("inspect", "--model", d), /config\.json/);
+});
