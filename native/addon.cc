@@ -385,6 +385,8 @@ class ReaderWrap : public Napi::ObjectWrap<ReaderWrap> {
       InstanceMethod<&ReaderWrap::Poll>("poll"),
       InstanceMethod<&ReaderWrap::Wait>("wait"),
       InstanceMethod<&ReaderWrap::WaitAny>("waitAny"),
+      InstanceMethod<&ReaderWrap::Cancel>("cancel"),
+      InstanceMethod<&ReaderWrap::Promote>("promote"),
       InstanceMethod<&ReaderWrap::Close>("close"),
     });
   }
@@ -393,7 +395,7 @@ class ReaderWrap : public Napi::ObjectWrap<ReaderWrap> {
     std::string path = info[0].As<Napi::String>();
     int threads = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 3;
     try {
-      r_.reset(new DirectReader(path, std::min(8, std::max(1, threads))));
+      r_.reset(new DirectReader(path, std::min(16, std::max(1, threads))));
     } catch (const std::exception& e) {
       fail(info.Env(), e.what());
     }
@@ -407,7 +409,7 @@ class ReaderWrap : public Napi::ObjectWrap<ReaderWrap> {
   }
   Napi::Value Direct(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), reader(info.Env()).direct()); }
   Napi::Value Size(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), (double)reader(info.Env()).size()); }
-  // read(fileOffset, length, dest: ArrayBuffer | TypedArray, destOffset) -> ticket
+  // read(fileOffset, length, dest: ArrayBuffer | TypedArray, destOffset, urgent = false) -> ticket
   Napi::Value Read(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     DirectReader& r = reader(env);
@@ -416,7 +418,8 @@ class ReaderWrap : public Napi::ObjectWrap<ReaderWrap> {
     uint8_t* dest = bytesOf(env, info[2], &destLen);
     const double dOff = info.Length() > 3 && info[3].IsNumber() ? numArg(info, 3, "destOffset") : 0;
     if (off < 0 || len < 0 || dOff < 0 || dOff + len > (double)destLen) fail(env, "read: destination range outside the buffer");
-    const uint64_t t = r.submit((uint64_t)off, (uint64_t)len, dest + (size_t)dOff);
+    const bool urgent = info.Length() > 4 && info[4].ToBoolean().Value();
+    const uint64_t t = r.submit((uint64_t)off, (uint64_t)len, dest + (size_t)dOff, urgent);
     refs_[t] = Napi::Persistent(info[2].As<Napi::Object>());
     return Napi::Number::New(env, (double)t);
   }
@@ -443,6 +446,17 @@ class ReaderWrap : public Napi::ObjectWrap<ReaderWrap> {
     for (uint32_t i = 0; i < arr.Length(); i++) ts.push_back((uint64_t)arr.Get(i).As<Napi::Number>().DoubleValue());
     const int64_t timeout = info.Length() > 1 && info[1].IsNumber() ? (int64_t)numArg(info, 1, "timeoutMs") : -1;
     return Napi::Number::New(info.Env(), (double)reader(info.Env()).waitAny(ts, timeout));
+  }
+  // cancel(ticket) -> true when the read had not started (the ticket is retired, no byte written)
+  Napi::Value Cancel(const Napi::CallbackInfo& info) {
+    const uint64_t t = (uint64_t)numArg(info, 0, "ticket");
+    const bool ok = reader(info.Env()).cancel(t);
+    if (ok) refs_.erase(t);
+    return Napi::Boolean::New(info.Env(), ok);
+  }
+  // promote(ticket) -> true when the read was still queued (now in front of every prefetch)
+  Napi::Value Promote(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), reader(info.Env()).promote((uint64_t)numArg(info, 0, "ticket")));
   }
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (r_) { r_->close(); r_.reset(); }

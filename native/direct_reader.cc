@@ -55,14 +55,47 @@ void DirectReader::close() {
   fd_ = -1;
 }
 
-uint64_t DirectReader::submit(uint64_t offset, uint64_t length, uint8_t* dst) {
+uint64_t DirectReader::submit(uint64_t offset, uint64_t length, uint8_t* dst, bool urgent) {
   std::lock_guard<std::mutex> lk(mu_);
   if (stop_) throw std::runtime_error("DirectReader for " + path_ + " is closed");
   const uint64_t t = nextTicket_++;
   status_[t] = {PENDING, ""};
-  queue_.push_back({t, offset, length, dst});
+  if (urgent) {
+    // behind earlier urgent reads (FIFO among them), in front of every prefetch
+    auto it = queue_.begin();
+    while (it != queue_.end() && it->urgent) ++it;
+    queue_.insert(it, {t, offset, length, dst, true});
+  } else {
+    queue_.push_back({t, offset, length, dst, false});
+  }
   workCv_.notify_one();
   return t;
+}
+
+bool DirectReader::cancel(uint64_t ticket) {
+  std::lock_guard<std::mutex> lk(mu_);
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (it->ticket != ticket) continue;
+    queue_.erase(it);
+    status_.erase(ticket);
+    return true;
+  }
+  return false;
+}
+
+bool DirectReader::promote(uint64_t ticket) {
+  std::lock_guard<std::mutex> lk(mu_);
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (it->ticket != ticket) continue;
+    Req r = *it;
+    r.urgent = true;
+    queue_.erase(it);
+    auto at = queue_.begin();
+    while (at != queue_.end() && at->urgent) ++at;
+    queue_.insert(at, r);
+    return true;
+  }
+  return false;
 }
 
 DirectReader::State DirectReader::state(uint64_t ticket, std::string* error) {

@@ -24,7 +24,12 @@ class DirectReader {
   const std::string& path() const { return path_; }
   uint64_t size() const { return size_; }
   // dst must stay valid until the ticket completes (the binding keeps the JS buffer referenced).
-  uint64_t submit(uint64_t offset, uint64_t length, uint8_t* dst);
+  // urgent: queued in front of every non-urgent read (a layer is waiting for it).
+  uint64_t submit(uint64_t offset, uint64_t length, uint8_t* dst, bool urgent = false);
+  // Removes a read no thread has started: true when no byte will be written (the ticket is gone).
+  bool cancel(uint64_t ticket);
+  // Moves a queued read to the front: true when it was still queued.
+  bool promote(uint64_t ticket);
   // State of a ticket; error filled for FAILED. Unknown tickets are FAILED with a message.
   State state(uint64_t ticket, std::string* error);
   void wait(uint64_t ticket);
@@ -34,7 +39,7 @@ class DirectReader {
   void close();
 
  private:
-  struct Req { uint64_t ticket, offset, length; uint8_t* dst; };
+  struct Req { uint64_t ticket, offset, length; uint8_t* dst; bool urgent; };
   struct Status { State state; std::string error; };
   void ioLoop();
   std::string doRead(const Req& r, uint8_t* bounce, size_t bounceBytes);

@@ -10,6 +10,7 @@ import { registerMakeModelCommand } from "./make-model.js";
 import { registerReplayCommand } from "./replay.js";
 import { registerBenchCommand } from "./bench.js";
 import { registerConvertCommand } from "./convert.js";
+import { registerServeCommand } from "./serve.js";
 import { registerQuantizeExpertsCommand } from "./quantize-experts.js";
 
 export function buildProgram(): Command {
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerReplayCommand(program);
   registerBenchCommand(program);
   registerConvertCommand(program);
+  registerServeCommand(program);
   registerQuantizeExpertsCommand(program);
   return program;
 }

@@ -4,12 +4,13 @@
  * - Loads on the critical path (a layer is waiting for them: `demand`) go before every prefetch.
  * - Prefetches are ordered by how soon their layer runs, then by the predictor's rank.
  * - A key is queued once (the store asks `has` before enqueueing: de-duplication).
- * - Only `maxInFlight` reads are handed to the threads at a time, so a wrong prediction can still
- *   be cancelled while it waits here, and a demand load never queues behind a long tail of
- *   prefetches inside the threads.
+ * - Demand loads go to the native queue at once, *urgent* (in front of every queued prefetch read).
+ * - Prefetch reads are handed to the native queue up to `maxInFlight` reads at a time; a queued
+ *   one can still be promoted (a layer now waits for it) or cancelled (a wrong prediction) there,
+ *   so a demand load only ever waits behind the reads the I/O threads are already running.
  * Completion is checked without blocking (`settled`) at layer boundaries, or waited on.
  */
-import type { ArenaChunk, ThreadedFileReader } from "./store-io.js";
+import type { ArenaChunk, FileReader } from "./store-io.js";
 
 /** One byte range to read into the arena. */
 export interface ReadRange {
@@ -44,7 +45,7 @@ export class LoadJob {
 }
 
 export interface PrefetcherOptions {
-  /** reads handed to the I/O threads at once (default 12) */
+  /** prefetch reads handed to the I/O threads at once (default 24: eight experts' three slices) */
   readonly maxInFlight?: number;
 }
 
@@ -56,13 +57,16 @@ export class Prefetcher {
   /** bytes handed to the I/O threads so far */
   bytesSubmitted = 0;
 
-  constructor(private readonly reader: ThreadedFileReader, opts: PrefetcherOptions = {}) {
-    this.maxInFlight = Math.max(3, opts.maxInFlight ?? 12);
+  constructor(private readonly reader: FileReader, opts: PrefetcherOptions = {}) {
+    this.maxInFlight = Math.max(3, opts.maxInFlight ?? 24);
   }
 
   enqueue(job: LoadJob): void {
-    if (job.priority === "demand") this.demand.push(job);
-    else {
+    if (job.priority === "demand") {
+      this.dispatch(job);
+      return;
+    }
+    {
       let i = this.prefetch.length;
       while (i > 0 && this.prefetch[i - 1]!.rank > job.rank) i--;
       this.prefetch.splice(i, 0, job);
@@ -74,11 +78,13 @@ export class Prefetcher {
   promote(job: LoadJob): void {
     if (job.priority === "demand") return;
     job.priority = "demand";
-    const i = this.prefetch.indexOf(job);
-    if (i >= 0) {
-      this.prefetch.splice(i, 1);
-      this.demand.push(job);
+    if (job.tickets) {
+      for (const t of job.tickets) this.reader.promote(t);
+      return;
     }
+    const i = this.prefetch.indexOf(job);
+    if (i >= 0) this.prefetch.splice(i, 1);
+    this.dispatch(job);
   }
 
   /**
@@ -94,20 +100,39 @@ export class Prefetcher {
       job.cancelled = true;
       return true;
     }
+    // all of its reads or none: last submitted first (least likely to have started); a read that
+    // already runs makes the cancelled ones be queued again, so the slot is always whole
+    const tickets = job.tickets!;
+    const gone: number[] = [];
+    for (let i = tickets.length - 1; i >= 0; i--) {
+      if (!this.reader.tryCancel(tickets[i]!)) break;
+      gone.push(i);
+    }
+    if (gone.length === tickets.length) {
+      this.running.delete(job);
+      job.cancelled = true;
+      this.bytesSubmitted -= job.bytes;
+      return true;
+    }
+    for (const i of gone) {
+      const r = job.reads[i]!;
+      tickets[i] = this.reader.submit(r.fileOffset, r.length, r.chunk, r.destOffset, job.priority === "demand");
+    }
     return false;
   }
 
   /** Hands queued loads to the I/O threads, demand first, up to maxInFlight reads. */
   pump(): void {
-    while (this.reader.inFlight < this.maxInFlight) {
-      const job = this.demand.shift() ?? this.prefetch.shift();
+    for (;;) {
+      const job = this.demand.shift() ?? (this.reader.inFlight < this.maxInFlight ? this.prefetch.shift() : undefined);
       if (!job) return;
       this.dispatch(job);
     }
   }
 
   private dispatch(job: LoadJob): void {
-    job.tickets = job.reads.map((r) => this.reader.submit(r.fileOffset, r.length, r.chunk, r.destOffset));
+    const urgent = job.priority === "demand";
+    job.tickets = job.reads.map((r) => this.reader.submit(r.fileOffset, r.length, r.chunk, r.destOffset, urgent));
     this.bytesSubmitted += job.bytes;
     this.running.add(job);
   }
@@ -124,8 +149,8 @@ export class Prefetcher {
   /** Blocks until the load is in memory: it jumps the queue if it was not started. */
   wait(job: LoadJob): void {
     if (job.done) return;
+    this.promote(job);
     if (!job.dispatched) {
-      this.promote(job);
       const i = this.demand.indexOf(job);
       if (i >= 0) this.demand.splice(i, 1);
       this.dispatch(job);

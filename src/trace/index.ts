@@ -8,3 +8,6 @@ export * from "./time-model.js";
 export * from "./synthetic.js";
 export * from "./report.js";
 export * from "./replay.js";
+export * from "./observer.js";
+export * from "./summary.js";
+export * from "./text-trace.js";

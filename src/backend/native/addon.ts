@@ -22,11 +22,15 @@ export interface NativeFileIdentity {
 export interface RawDirectReader {
   readonly direct: boolean;
   readonly size: number;
-  read(fileOffset: number, length: number, dest: ArrayBufferView | ArrayBuffer, destOffset: number): number;
+  read(fileOffset: number, length: number, dest: ArrayBufferView | ArrayBuffer, destOffset: number, urgent?: boolean): number;
   /** 0 pending, 1 done, string = error message; a finished ticket is retired by the call that reports it */
   poll(ticket: number): 0 | 1 | string;
   wait(ticket: number): 1 | string;
   waitAny(tickets: readonly number[], timeoutMs?: number): number;
+  /** true: the read had not started and is gone (ticket retired) */
+  cancel(ticket: number): boolean;
+  /** true: the read was still queued and now goes before every non-urgent read */
+  promote(ticket: number): boolean;
   close(): void;
 }
 

@@ -44,7 +44,7 @@ export function sameFile(a: FileIdentity, b: FileIdentity): boolean {
 export class ReadError extends FileAccessError {}
 
 export interface DirectReaderOptions {
-  /** native I/O threads (default 3) */
+  /** native I/O threads (default 3, at most 16) */
   ioThreads?: number;
 }
 
@@ -78,8 +78,19 @@ export class DirectReader {
   /** file size at open */
   get size(): number { return this.live().size; }
 
-  read(fileOffset: number, length: number, dest: ArrayBufferView | ArrayBuffer, destOffset = 0): number {
-    return this.live().read(fileOffset, length, dest, destOffset);
+  /** `urgent`: queued in front of every non-urgent read (a computation is waiting for it). */
+  read(fileOffset: number, length: number, dest: ArrayBufferView | ArrayBuffer, destOffset = 0, urgent = false): number {
+    return this.live().read(fileOffset, length, dest, destOffset, urgent);
+  }
+
+  /** Removes a read no I/O thread has started: true when no byte will be written (ticket retired). */
+  cancel(ticket: number): boolean {
+    return this.live().cancel(ticket);
+  }
+
+  /** Moves a still-queued read in front of every non-urgent one: true when it was queued. */
+  promote(ticket: number): boolean {
+    return this.live().promote(ticket);
   }
 
   /** true once the read finished (the ticket is then retired); throws ReadError if it failed. */

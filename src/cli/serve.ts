@@ -1,0 +1,59 @@
+/** `moira serve`: the OpenAI-compatible HTTP server over one model. */
+import type { Command } from "commander";
+import { basename } from "node:path";
+import { serve } from "@hono/node-server";
+import { Model } from "../model/model.js";
+import { createBackend } from "../backend/index.js";
+import { Session } from "../engine/session.js";
+import { loadTokenizer } from "../engine/tokenizer/index.js";
+import { createApp } from "../server/app.js";
+import { parseIntOption } from "./common.js";
+import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
+
+export function registerServeCommand(program: Command): void {
+  addOffloadOptions(
+    program.command("serve")
+      .description("serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics)")
+      .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
+      .option("--host <host>", "address to listen on", "127.0.0.1")
+      .option("--port <port>", "port to listen on", parseIntOption("--port", 0), 8080)
+      .option("--model-id <id>", "model name reported by /v1/models (default: the file name)")
+      .option("--backend <name>", "compute backend: native or ref", "native")
+      .option("--threads <n>", "worker threads for the native backend", parseIntOption("--threads", 1))
+      .option("--context <n>", "KV cache length in tokens (default: the model's, at most 4096)", parseIntOption("--context", 1)),
+  ).action(async (o) => {
+    const model = Model.open(o.model);
+    const backend = await createBackend(o.backend, { threads: o.threads });
+    const tokenizer = loadTokenizer(model.file);
+    const contextLength = o.context ?? Math.min(model.config.contextLength, 4096);
+    const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: contextLength });
+    const session = new Session(model, { backend, contextLength, experts: offload.provider, observer: offload.observer });
+    const modelId = o.modelId ?? basename(o.model).replace(/\.gguf$/, "");
+    const stats = offload.stats;
+    const metricsExtra = stats ? () => {
+      const t = stats.total();
+      return [
+        "# TYPE moira_expert_accesses_total counter", `moira_expert_accesses_total ${t.accesses}`,
+        "# TYPE moira_expert_hits_total counter", `moira_expert_hits_total ${t.hits}`,
+        "# TYPE moira_expert_misses_total counter", `moira_expert_misses_total ${t.misses}`,
+        "# TYPE moira_expert_bytes_read_total counter", `moira_expert_bytes_read_total ${t.bytesRead}`,
+        "# TYPE moira_expert_stall_seconds_total counter", `moira_expert_stall_seconds_total ${t.stallMs / 1000}`,
+      ].join("\n") + "\n";
+    } : undefined;
+    const app = createApp({ modelId, session, tokenizer, metricsExtra });
+    await new Promise<void>((resolve) => {
+      const server = serve({ fetch: app.fetch, hostname: o.host, port: o.port }, (info) => {
+        process.stderr.write(`moira: serving ${modelId} on http://${o.host}:${info.port} (backend ${backend.name})\n`);
+      });
+      const stop = () => {
+        server.close();
+        offload.dispose();
+        backend.dispose();
+        model.close();
+        resolve();
+      };
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+    });
+  });
+}
