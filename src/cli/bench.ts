@@ -9,6 +9,67 @@ import { createBackend } from "../backend/index.js";
 import { Session } from "../engine/session.js";
 import { parseIntOption } from "./common.js";
 import { addOffloadOptions, createExpertProvider, type OffloadFlags } from "./offload-options.js";
+import type { RoutingObserver } from "../model/steps.js";
+import type { LayerRouting, RoutingTrace, TokenRouting } from "../trace/format.js";
+import { simulate } from "../trace/simulate.js";
+import type { MemoryPlan } from "../offload/planner.js";
+
+/**
+ * Keeps this run's routing in memory (MoE layers renumbered from 0), for replaying it through
+ * Belady's optimal cache: the physical bound of the run.
+ */
+class RoutingCollector implements RoutingObserver {
+  readonly tokens: TokenRouting[] = [];
+  private batch: { token: number; phase: "prefill" | "decode"; layers: LayerRouting[] }[] = [];
+  private last = Infinity;
+  constructor(private readonly firstMoe: number, private readonly inner: RoutingObserver | undefined) {}
+  onRouting(layer: number, experts: Int32Array, weights: Float32Array, nTokens: number, k: number): void {
+    this.inner?.onRouting(layer, experts, weights, nTokens, k);
+    if (layer <= this.last) {
+      this.batch = [];
+      for (let t = 0; t < nTokens; t++) {
+        const tok = { token: this.tokens.length, phase: nTokens > 1 ? "prefill" as const : "decode" as const, layers: [] as LayerRouting[] };
+        this.batch.push(tok);
+        this.tokens.push(tok);
+      }
+    }
+    this.last = layer;
+    for (let t = 0; t < nTokens; t++) {
+      this.batch[t]!.layers[layer - this.firstMoe] = {
+        experts: Array.from(experts.subarray(t * k, (t + 1) * k)), weights: Array.from(weights.subarray(t * k, (t + 1) * k)),
+      };
+    }
+  }
+}
+
+/** What Belady's optimal cache would read for this run's routing at the run's cache size. */
+export interface BeladyBound {
+  readonly cacheSlots: number;
+  readonly prefillBytes: number;
+  readonly decodeBytes: number;
+  readonly decodeHitRate: number;
+}
+
+function beladyBound(tokens: readonly TokenRouting[], plan: MemoryPlan, nExpert: number, topK: number): BeladyBound {
+  const nLayer = plan.tensors.size;
+  const expertBytes = plan.expertFileBytes / plan.allExpertSlots;
+  const run = (toks: readonly TokenRouting[]) => {
+    const trace: RoutingTrace = { name: "run", nLayer, nExpert, topK, requests: [{ id: "0", tokens: toks }], hasPredictions: false, notes: [] };
+    return simulate(trace, {
+      policy: "belady", predictor: "none", expertBytes,
+      budget: { budgetFraction: plan.cacheSlots / (nLayer * nExpert), layout: "global" },
+    });
+  };
+  const prefill = tokens.filter((t) => t.phase === "prefill");
+  const all = run(tokens);
+  const pre = prefill.length ? run(prefill) : null;
+  const preMiss = pre?.misses ?? 0, preAcc = pre?.accesses ?? 0;
+  const decodeMiss = all.misses - preMiss, decodeAcc = all.accesses - preAcc;
+  return {
+    cacheSlots: plan.cacheSlots, prefillBytes: preMiss * expertBytes, decodeBytes: decodeMiss * expertBytes,
+    decodeHitRate: decodeAcc > 0 ? 1 - decodeMiss / decodeAcc : 1,
+  };
+}
 
 export interface BenchResult {
   model: string;
@@ -26,6 +87,8 @@ export interface BenchResult {
   predictor: string | null;
   plan: object | null;
   offload: object | null;
+  /** Belady's optimal cache on this run's own routing, at the same cache size (with --belady) */
+  belady: BeladyBound | null;
   tokens: number[];
 }
 
@@ -42,13 +105,17 @@ export function syntheticPrompt(n: number, vocab: number, seed = 1): number[] {
 
 export async function runBench(o: OffloadFlags & {
   model: string; backend: string; threads?: number; promptTokens: number; genTokens: number; perLayer?: boolean;
+  /** record the routing and replay it through Belady's cache at the plan's cache size */
+  belady?: boolean;
 }): Promise<{ result: BenchResult; report: string }> {
   const model = Model.open(o.model);
   const backend = await createBackend(o.backend, { threads: o.threads });
   const ctx = o.promptTokens + o.genTokens + 1;
   const handle = createExpertProvider(model, o, backend, { contextLength: ctx, maxBatch: o.promptTokens });
   try {
-    const session = new Session(model, { backend, experts: handle.provider, contextLength: ctx, observer: handle.observer });
+    const firstMoe = handle.plan ? Math.min(...handle.plan.tensors.keys()) : 0;
+    const collector = o.belady && handle.plan ? new RoutingCollector(firstMoe, handle.observer) : null;
+    const session = new Session(model, { backend, experts: handle.provider, contextLength: ctx, observer: collector ?? handle.observer });
     const V = model.config.vocabSize;
     const prompt = syntheticPrompt(o.promptTokens, V);
     const argmax = (l: Float32Array) => { let b = 0; for (let v = 1; v < V; v++) if (l[v]! > l[b]!) b = v; return b; };
@@ -74,6 +141,8 @@ export async function runBench(o: OffloadFlags & {
       predictor: handle.store?.predictor.name ?? null,
       plan: handle.plan ? { ...handle.plan, tensors: undefined } : null,
       offload: handle.stats ? { ...handle.stats.toJSON(), width: handle.store!.width } : null,
+      belady: collector && handle.plan && handle.plan.cacheSlots > 0
+        ? beladyBound(collector.tokens, handle.plan, model.config.nExpert, model.config.nExpertUsed) : null,
       tokens,
     };
     const report = `prefill: ${o.promptTokens} tokens in ${prefillMs.toFixed(1)} ms (${result.prefillTokPerS.toFixed(2)} tok/s)\n` +

@@ -1,6 +1,6 @@
 /** Offloading: where experts live (see docs: layer 4). */
 export { ExpertStore, type ExpertStoreOptions, type LowbitOptions, type LowbitSource } from "./store.js";
-export { ThreadedFileReader, fileIdentity, sameIdentity, type ArenaChunk, type FileIdentity, type ReaderOptions } from "./store-io.js";
+export { FileReader, fileIdentity, sameIdentity, type ArenaChunk, type FileIdentity, type ReaderOptions } from "./store-io.js";
 export { Prefetcher, LoadJob, type ReadRange, type LoadPriority } from "./prefetcher.js";
 export { OffloadStats, type LayerCounters, type Phase } from "./stats.js";
 export { planMemory, parseBudget, formatBytes, formatPlan, scratchBytes, isExpertTensor, type MemoryPlan, type PlanOptions } from "./planner.js";

@@ -15,9 +15,8 @@ import { describeExperts, type LayerExpertTensors } from "../model/experts.js";
 import { KvCache } from "../model/kv-cache.js";
 import { BudgetError, InvalidArgumentError } from "../errors.js";
 
-/** Slots are 4 KiB aligned so each tensor slice starts on a page (cheap for O_DIRECT readers). */
+/** Slots and slice regions are 4 KiB aligned: O_DIRECT reads land in them with no bounce copy. */
 export const SLOT_ALIGN = 4096;
-const SLICE_ALIGN = 64;
 
 const alignUp = (n: number, a: number) => Math.ceil(n / a) * a;
 
@@ -54,11 +53,20 @@ export interface SlotLayout {
   readonly bytes: number;
 }
 
+/**
+ * Each slice gets a 4 KiB-aligned region one page larger than the slice: the store reads the
+ * slice's 4 KiB-aligned superset from the file (GGUF data is only 32-byte aligned) straight into
+ * the region with O_DIRECT, and the kernels read the slice at its offset inside it.
+ */
+export function sliceRegionBytes(expertBytes: number): number {
+  return alignUp(expertBytes, SLOT_ALIGN) + SLOT_ALIGN;
+}
+
 export function slotLayoutOf(t: { gate: { expertBytes: number }; up: { expertBytes: number }; down: { expertBytes: number } }): SlotLayout {
   const gate = 0;
-  const up = alignUp(t.gate.expertBytes, SLICE_ALIGN);
-  const down = up + alignUp(t.up.expertBytes, SLICE_ALIGN);
-  return { gate, up, down, bytes: alignUp(down + t.down.expertBytes, SLOT_ALIGN) };
+  const up = gate + sliceRegionBytes(t.gate.expertBytes);
+  const down = up + sliceRegionBytes(t.up.expertBytes);
+  return { gate, up, down, bytes: down + sliceRegionBytes(t.down.expertBytes) };
 }
 
 /** Activation memory of one forward of `batch` tokens (generous: JS allocates per step). */

@@ -76,7 +76,7 @@ export class Prefetcher {
 
   /** A layer now waits for this load: move it to the front. */
   promote(job: LoadJob): void {
-    if (job.priority === "demand") return;
+    if (job.priority === "demand" || job.done || job.cancelled) return;
     job.priority = "demand";
     if (job.tickets) {
       for (const t of job.tickets) this.reader.promote(t);

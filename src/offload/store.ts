@@ -2,7 +2,9 @@
  * ExpertStore: the offloading ExpertProvider. Two tiers:
  *   fast — an arena of expert-sized slots in memory shared with the I/O threads (inside the
  *          budget the Planner computed); the kernels read experts from their slots;
- *   slow — the GGUF file, read with O_DIRECT on background threads (ThreadedFileReader).
+ *   slow — the GGUF file, read with O_DIRECT on native I/O threads (FileReader): each slice's
+ *          4 KiB-aligned superset lands straight in its 4096-aligned slot region, and the
+ *          WeightMatrix points at the slice inside it (no bounce copy).
  *
  * acquire(layer, experts) for a layer about to compute:
  *   1. drops last layer's wrong predictions for this layer (cancelled if not yet started);
@@ -28,7 +30,7 @@ import { FileAccessError, InvalidArgumentError, ModelFormatError } from "../erro
 import { topKIndices, createPredictor, type Predictor } from "./predictor.js";
 import { createPolicy, type CachePolicy } from "./policy.js";
 import type { ExpertKey } from "./expert-key.js";
-import { ThreadedFileReader, fileIdentity, sameIdentity, type ArenaChunk, type FileIdentity } from "./store-io.js";
+import { FileReader, IO_ALIGN, fileIdentity, sameIdentity, type ArenaChunk, type FileIdentity } from "./store-io.js";
 import { LoadJob, Prefetcher, type LoadPriority, type ReadRange } from "./prefetcher.js";
 import { OffloadStats, type Phase } from "./stats.js";
 import { NextLayerRouter, calibrateWidth } from "./fate-predictor.js";
@@ -95,9 +97,9 @@ export class ExpertStore implements ExpertProvider {
   readonly predictor: Predictor;
   /** prefetch width k' in use */
   width: number;
-  private readonly reader: ThreadedFileReader;
+  private readonly reader: FileReader;
   private readonly prefetcher: Prefetcher;
-  private readonly lowReader: ThreadedFileReader | null = null;
+  private readonly lowReader: FileReader | null = null;
   private readonly lowPrefetcher: Prefetcher | null = null;
   private readonly chunks: ArenaChunk[] = [];
   private readonly slotsPerChunk: number;
@@ -149,7 +151,7 @@ export class ExpertStore implements ExpertProvider {
     this.router = new NextLayerRouter(cfg, weights, opts.backend);
     this.predictor = createPredictor(opts.predictor, { nLayer: nMoe, nExpert: cfg.nExpert });
 
-    this.reader = ThreadedFileReader.open(path, { threads: opts.ioThreads, direct: opts.direct });
+    this.reader = FileReader.open(path, { threads: opts.ioThreads ?? 4, direct: opts.direct });
     this.prefetcher = new Prefetcher(this.reader);
     const totalSlots = plan.cacheSlots + plan.transientSlots;
     const chunkBytes = Math.max(plan.slotBytes, opts.chunkBytes ?? 256 * 2 ** 20);
@@ -159,7 +161,7 @@ export class ExpertStore implements ExpertProvider {
     }
     for (let s = totalSlots - 1; s >= 0; s--) this.free.push(s);
     if (opts.lowbit) {
-      this.lowReader = ThreadedFileReader.open(opts.lowbit.source.path, { threads: 2, direct: opts.direct });
+      this.lowReader = FileReader.open(opts.lowbit.source.path, { threads: 2, direct: opts.direct });
       for (const c of this.chunks) this.lowReader.adoptChunk(c);
       this.lowPrefetcher = new Prefetcher(this.lowReader);
     }
@@ -269,8 +271,9 @@ export class ExpertStore implements ExpertProvider {
       p.cancelAll();
       p.drain();
     }
-    this.reader.close();
+    // the low-bit reader writes into chunks the main reader owns: stop it first
     this.lowReader?.close();
+    this.reader.close();
     this.full.clear();
     this.jobs.clear();
     this.chunks.length = 0;
@@ -382,9 +385,15 @@ export class ExpertStore implements ExpertProvider {
     const chunk = this.chunks[Math.floor(slot / this.slotsPerChunk)]!;
     const base = (slot % this.slotsPerChunk) * this.opts.plan.slotBytes;
     const reads: ReadRange[] = [];
+    const fileSize = (low ? this.lowReader! : this.reader).fileSize;
     const part = (s: LayerExpertTensors["gate"], at: number) => {
-      reads.push({ fileOffset: s.meta.file!.offset + expert * s.expertBytes, length: s.expertBytes, chunk, destOffset: base + at });
-      return { type: s.type, rows: s.rows, cols: s.cols, data: chunk.bytes.subarray(base + at, base + at + s.expertBytes) };
+      // the 4 KiB-aligned superset of the slice, read straight into the (aligned) slot region
+      const off = s.meta.file!.offset + expert * s.expertBytes;
+      const skew = off % IO_ALIGN;
+      const a0 = off - skew;
+      const len = Math.min(Math.ceil((skew + s.expertBytes) / IO_ALIGN) * IO_ALIGN, Math.max(skew + s.expertBytes, fileSize - a0));
+      reads.push({ fileOffset: a0, length: len, chunk, destOffset: base + at });
+      return { type: s.type, rows: s.rows, cols: s.cols, data: chunk.bytes.subarray(base + at + skew, base + at + skew + s.expertBytes) };
     };
     const weights: ExpertFfnWeights = { gate: part(tensors.gate, layout.gate), up: part(tensors.up, layout.up), down: part(tensors.down, layout.down) };
     const job = new LoadJob(this.key(layer, expert), reads, priority, rank);
@@ -452,7 +461,12 @@ export class ExpertStore implements ExpertProvider {
     }
     const entries: Entry[] = [];
     predicted.forEach((e, rank) => {
-      if (this.full.has(this.key(next, e))) return;
+      const have = this.full.get(this.key(next, e));
+      if (have) {
+        // the next layer will want it: refresh it so the loads issued meanwhile do not evict it
+        if (have.cached && !have.job) this.policy.touch(this.pkey(next, e), this.now++);
+        return;
+      }
       const ent = this.startLoad(next, e, "prefetch", false, rank);
       if (ent) entries.push(ent);
     });
