@@ -149,3 +149,15 @@ test("bad HF directory: missing config.json is named", () => {
   copyFileSync(tiny, join(d, "model.safetensors"));
   assertUserError(moira("inspect", "--model", d), /config\.json/);
 });
+
+test("chat: answers each piped line, reuses the cache, /reset starts over", () => {
+  const r = spawnSync(process.execPath, [join(REPO_ROOT, "bin", "moira.js"), "chat", "--model", tiny, "--max-tokens", "6", "--temperature", "0"],
+    { input: "Hello\nTell me more\n/reset\nHello\n", encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  const stats = r.stderr.split("\n").filter((l) => /^\(\d+ tokens/.test(l));
+  assert.equal(stats.length, 3);
+  const replies = r.stdout.split("\n").filter((l) => l.length > 0);
+  // greedy: the first turn after /reset repeats the very first reply
+  assert.equal(replies.length, 3);
+  assert.equal(replies[2], replies[0]);
+});

@@ -11,6 +11,7 @@ import { registerReplayCommand } from "./replay.js";
 import { registerBenchCommand } from "./bench.js";
 import { registerConvertCommand } from "./convert.js";
 import { registerServeCommand } from "./serve.js";
+import { registerChatCommand } from "./chat.js";
 import { registerQuantizeExpertsCommand } from "./quantize-experts.js";
 
 export function buildProgram(): Command {
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerBenchCommand(program);
   registerConvertCommand(program);
   registerServeCommand(program);
+  registerChatCommand(program);
   registerQuantizeExpertsCommand(program);
   return program;
 }

@@ -43,6 +43,14 @@ export class Session {
     this.pos = 0;
   }
 
+  /** Forgets every cached token from position `n` on (keeps the first n, e.g. a shared chat prefix). */
+  rewind(n: number): void {
+    if (!(Number.isInteger(n) && n >= 0 && n <= this.pos)) {
+      throw new InvalidArgumentError(`cannot rewind to ${n}: the session holds ${this.pos} tokens`);
+    }
+    this.pos = n;
+  }
+
   /**
    * Runs `tokens` at the current position. Returns logits [rows, vocab]: the last token's row, or
    * every token's with `allLogits`.

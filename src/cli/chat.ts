@@ -1,0 +1,90 @@
+/**
+ * `moira chat`: an interactive conversation in the terminal. Each turn re-renders the chat template
+ * and reuses the KV cache for the tokens the new prompt shares with what is already cached, so only
+ * the new message is prefilled.
+ */
+import type { Command } from "commander";
+import { createInterface } from "node:readline";
+import { Model } from "../model/model.js";
+import { createBackend } from "../backend/index.js";
+import { Session } from "../engine/session.js";
+import { generate } from "../engine/generate.js";
+import { loadTokenizer, applyChatTemplate } from "../engine/tokenizer/index.js";
+import { parseFloatOption, parseIntOption } from "./common.js";
+import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
+
+export function registerChatCommand(program: Command): void {
+  addOffloadOptions(
+    program.command("chat")
+      .description("chat with the model in the terminal (type /exit or Ctrl-D to quit, /reset to start over)")
+      .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
+      .option("--system <text>", "system prompt")
+      .option("-n, --max-tokens <n>", "most tokens per reply", parseIntOption("--max-tokens", 1), 512)
+      .option("--temperature <t>", "sampling temperature (0 = greedy)", parseFloatOption("--temperature"), 0.7)
+      .option("--top-k <k>", "keep the k most likely tokens (0 = off)", parseIntOption("--top-k", 0), 40)
+      .option("--top-p <p>", "nucleus sampling threshold", parseFloatOption("--top-p"), 0.95)
+      .option("--min-p <p>", "min-p threshold", parseFloatOption("--min-p"), 0.05)
+      .option("--repeat-penalty <r>", "repetition penalty (1 = off)", parseFloatOption("--repeat-penalty"), 1.1)
+      .option("--seed <s>", "random seed", parseIntOption("--seed", 0))
+      .option("--backend <name>", "compute backend: native or ref", "native")
+      .option("--threads <n>", "worker threads for the native backend", parseIntOption("--threads", 1))
+      .option("--context <n>", "KV cache length in tokens", parseIntOption("--context", 1)),
+  ).action(async (o) => {
+    const model = Model.open(o.model);
+    const backend = await createBackend(o.backend, { threads: o.threads });
+    const tok = loadTokenizer(model.file);
+    const contextLength = o.context ?? Math.min(model.config.contextLength, 4096);
+    const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: contextLength });
+    const session = new Session(model, { backend, contextLength, experts: offload.provider, observer: offload.observer });
+    const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
+    const messages: Array<{ role: string; content: string }> = o.system ? [{ role: "system", content: o.system }] : [];
+    let cached: number[] = [];
+    const prompt = () => { if (process.stdin.isTTY) process.stdout.write("> "); };
+    try {
+      prompt();
+      // the async iterator buffers lines typed (or piped) while a reply is being generated
+      for await (const line of rl) {
+        const text = line.trim();
+        if (text === "/exit" || text === "/quit") break;
+        if (text === "/reset") { messages.splice(o.system ? 1 : 0); cached = []; session.reset(); prompt(); continue; }
+        if (!text) { prompt(); continue; }
+        messages.push({ role: "user", content: text });
+        const rendered = applyChatTemplate(tok, messages, { addGenerationPrompt: true });
+        const promptIds = tok.encode(rendered, { addBos: false, parseSpecial: true });
+        if (tok.bosId !== null && tok.addBosDefault && promptIds[0] !== tok.bosId) promptIds.unshift(tok.bosId);
+        // reuse the cached prefix; prefill only what is new (at least one token, for fresh logits)
+        let keep = 0;
+        while (keep < cached.length && keep < promptIds.length - 1 && cached[keep] === promptIds[keep]) keep++;
+        session.rewind(Math.min(keep, session.position));
+        if (session.position + (promptIds.length - keep) + o.maxTokens > contextLength) {
+          process.stderr.write(`(context of ${contextLength} tokens is full: starting over; use --context to raise it)\n`);
+          session.reset();
+          keep = 0;
+        }
+        const it = generate(session, tok, promptIds.slice(keep), {
+          maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP,
+          repeatPenalty: o.repeatPenalty, seed: o.seed,
+        });
+        let reply = "", ids: number[] = [];
+        let r = await it.next();
+        while (!r.done) {
+          process.stdout.write(r.value.text);
+          reply += r.value.text;
+          if (r.value.token >= 0) ids.push(r.value.token);
+          r = await it.next();
+        }
+        process.stdout.write("\n");
+        process.stderr.write(`(${r.value.generatedTokens} tokens, ${r.value.decodeTokensPerSecond.toFixed(1)} tok/s)\n`);
+        messages.push({ role: "assistant", content: reply });
+        // the cache now holds the prompt and the reply minus its last (unfed) token
+        cached = [...promptIds, ...ids].slice(0, session.position);
+        prompt();
+      }
+    } finally {
+      rl.close();
+      offload.dispose();
+      backend.dispose();
+      model.close();
+    }
+  });
+}
