@@ -2,7 +2,7 @@
  * `moira make-model`: write a deterministic random MoE GGUF at a chosen shape.
  *
  *   moira make-model [--arch ARCH] [--preset NAME | shape flags] [--type TYPE] [--seed N]
- *                    --out FILE.gguf [--vocab-from FILE]
+ *                    --out FILE.gguf [--vocab-from FILE] [--routing-skew S | --routing-from COUNTS.json]
  */
 import type { Command } from "commander";
 import cliProgress from "cli-progress";
@@ -27,6 +27,8 @@ interface MakeModelFlags {
   vocab?: number;
   context?: number;
   quiet?: boolean;
+  routingSkew?: number;
+  routingFrom?: string;
 }
 
 export function registerMakeModelCommand(program: Command): void {
@@ -49,10 +51,13 @@ export function registerMakeModelCommand(program: Command): void {
     .option("--shared-d-ff <n>", "hidden size of the shared expert(s) (qwen2moe, deepseek2)", parseIntOption("--shared-d-ff", 0))
     .option("--vocab <n>", "vocabulary size of the built-in vocabulary (padded with unused tokens)", parseIntOption("--vocab", 1))
     .option("--context <n>", "training context length", parseIntOption("--context", 1))
+    .option("--routing-skew <s>", "skewed per-layer expert popularity: Zipf exponent s in (0, 4] (default: off, random routers)", parseFloat)
+    .option("--routing-from <file>", "per-layer expert popularity from measured counts (e.g. ../shared/traces/olmoe-routing-stats/olmoe__expert_counts__arxiv.json)")
     .option("--quiet", "no progress bar")
     .action(async (flags: MakeModelFlags) => {
-      const { quiet, ...rest } = flags;
+      const { quiet, routingSkew, routingFrom, ...rest } = flags;
       const opts: MakeModelOptions = { ...rest };
+      if (routingSkew !== undefined || routingFrom !== undefined) opts.routing = { skew: routingSkew, from: routingFrom };
       const started = Date.now();
       let bar: cliProgress.SingleBar | undefined;
       if (!quiet && process.stderr.isTTY) {

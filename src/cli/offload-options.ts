@@ -23,6 +23,7 @@ import { openLowbitSidecar } from "../offload/lowbit.js";
 import { POLICY_NAMES } from "../offload/policy.js";
 import { PREDICTOR_NAMES } from "../offload/predictor.js";
 import { TraceRecorder } from "../trace/format.js";
+import { TraceObserver } from "../trace/observer.js";
 import { InvalidArgumentError } from "../errors.js";
 
 export interface OffloadFlags {
@@ -89,21 +90,8 @@ export function createExpertProvider(
   if (flags.trace) {
     const cfg = model.config;
     trace = new TraceRecorder(flags.trace, { model: model.file.path, nLayer: cfg.nLayer, nExpert: cfg.nExpert, topK: cfg.nExpertUsed });
-    trace.beginRequest(0);
-    let token = 0, lastLayer = -1;
-    const rec = trace;
-    observer = {
-      onRouting(layer, experts, weights, nTokens, k) {
-        if (layer <= lastLayer) token += nTokens;
-        lastLayer = layer;
-        for (let t = 0; t < nTokens; t++) {
-          rec.record({
-            token: token + t, layer, phase: nTokens > 1 ? "prefill" : "decode",
-            experts: Array.from(experts.subarray(t * k, (t + 1) * k)), weights: Array.from(weights.subarray(t * k, (t + 1) * k)),
-          });
-        }
-      },
-    };
+    // numbers prefill and decode tokens in order (one request per run)
+    observer = new TraceObserver({ recorder: trace, keep: false });
   }
   const closeTrace = () => { trace?.close(); trace = null; };
   if (flags.memoryBudget === undefined) {

@@ -18,13 +18,19 @@ import { GGMLType, typeFromName, typeInfo, typeName } from "../../formats/quant/
 import { FileAccessError, InvalidArgumentError, UnsupportedError } from "../../errors.js";
 import { archMetadata, tensorLayout, type TensorPlan } from "./layout.js";
 import { resolveShape, shapeParams, type ModelShape, type ShapeOverrides } from "./presets.js";
-import { MAKE_MODEL_TYPES, randomTensorBytes, streamSeed, Xoshiro128 } from "./random-weights.js";
+import { encodeFloats, MAKE_MODEL_TYPES, randomFloats, randomTensorBytes, streamSeed, Xoshiro128 } from "./random-weights.js";
+import {
+  biasedRouter, embeddingWithSharedComponent, projectOutRows, readsNormOf, routingDescription, routingEnabled, routingTargets,
+  sharedDirectionAfterNorm, validateRouting, type RoutingOptions,
+} from "./routing.js";
+import { quantizeRows } from "../../formats/quant/quantize.js";
 import { builtinVocabMetadata, vocabFromMetadata } from "./vocab.js";
 import { writeLazyGGUF, type LazyTensor } from "./stream-writer.js";
 
 export { PRESETS, MAKE_MODEL_ARCHS, resolveShape, type ModelShape, type MakeModelArch, type ShapeOverrides } from "./presets.js";
 export { tensorLayout, archMetadata, type TensorPlan } from "./layout.js";
 export { builtinVocabTokens, BUILTIN_CHAT_TEMPLATE } from "./vocab.js";
+export { routingTargets, type RoutingOptions } from "./routing.js";
 
 export interface MakeModelOptions extends ShapeOverrides {
   /** Output path (.gguf). */
@@ -39,6 +45,11 @@ export interface MakeModelOptions extends ShapeOverrides {
   seed?: number;
   /** Copy tokenizer.* keys from this GGUF; the vocab size becomes its token count. */
   vocabFrom?: string;
+  /**
+   * Skewed per-layer expert popularity (off by default; see routing.ts): a Zipf exponent, or a
+   * file of measured expert counts (`*__expert_counts__*.json`). Changes token_embd and the routers.
+   */
+  routing?: RoutingOptions;
   /** Called after each tensor is written: bytes of tensor data written so far, and in all. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -115,6 +126,10 @@ export function planModel(opts: Omit<MakeModelOptions, "out" | "onProgress">): {
     ...archMetadata(shape),
     ...vocab.metadata,
   ];
+  if (routingEnabled(opts.routing)) {
+    validateRouting(opts.routing);
+    metadata.push(["moira.routing", str(routingDescription(opts.routing))]);
+  }
   return { shape, type, tensors, metadata };
 }
 
@@ -126,12 +141,39 @@ export async function makeModel(opts: MakeModelOptions): Promise<MakeModelResult
   if (!opts.out) throw new InvalidArgumentError("make-model: an output path (--out FILE.gguf) is required");
   const seed = opts.seed ?? 0;
   const { shape, type, tensors, metadata } = planModel(opts);
-  const lazy: LazyTensor[] = tensors.map((t) => ({
-    name: t.name,
-    type: t.type,
-    dims: t.dims,
-    generate: () => randomTensorBytes(t.type, t.dims, t.values, new Xoshiro128(streamSeed(seed, t.name))),
-  }));
+  const routing = routingEnabled(opts.routing) ? opts.routing : undefined;
+  const targets = routing ? routingTargets(shape, routing, seed) : null;
+  const generate = (t: (typeof tensors)[number]): Uint8Array => {
+    if (targets && t.name === "token_embd.weight") {
+      const v = embeddingWithSharedComponent(seed, t.name, t.dims[0]!, t.dims[1]!, t.values);
+      return t.type === GGMLType.F32 || t.type === GGMLType.F16 || t.type === GGMLType.BF16
+        ? encodeFloats(t.type, v) : quantizeRows(t.type, v, t.dims[1]!, t.dims[0]!);
+    }
+    const normOf = (normName: string): Float32Array => {
+      const norm = tensors.find((x) => x.name === normName)!;
+      return randomFloats(new Xoshiro128(streamSeed(seed, normName)), norm.dims[0]!, norm.values);
+    };
+    const reads = targets ? readsNormOf(t.name) : null;
+    if (reads) {
+      const v = randomFloats(new Xoshiro128(streamSeed(seed, t.name)), t.dims.reduce((a, b) => a * b, 1), t.values);
+      projectOutRows(v, sharedDirectionAfterNorm(seed, normOf(reads)).dir);
+      const rows = v.length / t.dims[0]!;
+      return t.type === GGMLType.F32 || t.type === GGMLType.F16 || t.type === GGMLType.BF16
+        ? encodeFloats(t.type, v) : quantizeRows(t.type, v, rows, t.dims[0]!);
+    }
+    const m = targets ? /^blk\.(\d+)\.ffn_gate_inp\.weight$/.exec(t.name) : null;
+    if (targets && m) {
+      const layer = Number(m[1]);
+      const normWeight = normOf(`blk.${layer}.ffn_norm.weight`);
+      const v = biasedRouter({
+        seed, name: t.name, d: t.dims[0]!, nExpert: t.dims[1]!, topK: shape.topK, spec: t.values,
+        layer, normWeight, target: targets[layer - shape.leadingDense]!,
+      });
+      return encodeFloats(GGMLType.F32, v);
+    }
+    return randomTensorBytes(t.type, t.dims, t.values, new Xoshiro128(streamSeed(seed, t.name)));
+  };
+  const lazy: LazyTensor[] = tensors.map((t) => ({ name: t.name, type: t.type, dims: t.dims, generate: () => generate(t) }));
   const bytes = writeLazyGGUF(opts.out, { metadata, tensors: lazy, onTensor: opts.onProgress });
   return { path: opts.out, bytes, params: shapeParams(tensors), shape, type: typeName(type) };
 }
