@@ -21,7 +21,8 @@ export const deepseek: Architecture = {
       sharedFf: m.num("expert_shared_count", 0) * expertFf,
       leadingDense: m.num("leading_dense_block_count", 0),
       normTopK: m.bool("expert_weights_norm", false),
-      routedScale: m.num("expert_weights_scale", 1),
+      // v1 never scales the routed weights (llama.cpp's build_deepseek, HF DeepseekMoE)
+      routedScale: 1,
       qkNorm: "none", mla: null,
     });
   },

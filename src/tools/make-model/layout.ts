@@ -154,6 +154,16 @@ export function archMetadata(s: ModelShape): Array<[string, GGUFMetadataValue]> 
       kv.push([`${a}.attention.value_length`, u32(s.headDim)]);
       kv.push([`${a}.rope.dimension_count`, u32(s.headDim)]);
       break;
+    case "deepseek":
+      // DeepSeek-MoE v1: dense FFN width for the leading blocks; shared experts of the routed width
+      kv.push([`${a}.feed_forward_length`, u32(s.denseDFf)]);
+      kv.push([`${a}.leading_dense_block_count`, u32(s.leadingDense)]);
+      kv.push([`${a}.expert_feed_forward_length`, u32(s.dFf)]);
+      kv.push([`${a}.expert_shared_count`, u32(s.sharedDFf / s.dFf)]);
+      kv.push([`${a}.expert_weights_scale`, f32(1)]);
+      kv.push([`${a}.attention.head_count_kv`, u32(s.kvHeads)]);
+      kv.push([`${a}.rope.dimension_count`, u32(s.headDim)]);
+      break;
     case "deepseek2": {
       const m = s.mla!;
       // MLA runs as MQA over the compressed cache: one kv head of width kv_lora + rope (k) and

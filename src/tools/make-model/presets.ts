@@ -5,7 +5,7 @@
 import { InvalidArgumentError, UnsupportedError } from "../../errors.js";
 
 /** GGUF `general.architecture` values make-model writes. */
-export const MAKE_MODEL_ARCHS = ["llama", "qwen2moe", "qwen3moe", "olmoe", "deepseek2"] as const;
+export const MAKE_MODEL_ARCHS = ["llama", "qwen2moe", "qwen3moe", "olmoe", "deepseek2", "deepseek"] as const;
 export type MakeModelArch = (typeof MAKE_MODEL_ARCHS)[number];
 
 /** DeepSeek-V2 multi-head latent attention sizes. */
@@ -60,6 +60,8 @@ export const PRESETS: Readonly<Record<string, ModelShape>> = {
   "tiny-qwen2moe": { ...TINY_COMMON, arch: "qwen2moe", sharedDFf: 512, ropeTheta: 1e6, normEps: 1e-6 },
   "tiny-qwen3moe": { ...TINY_COMMON, arch: "qwen3moe", headDim: 128, ropeTheta: 1e6, normEps: 1e-6 },
   "tiny-olmoe": { ...TINY_COMMON, arch: "olmoe", kvHeads: 4 },
+  // DeepSeek-MoE v1: llama attention, a leading dense block, 2 shared experts of the routed width
+  "tiny-deepseek": { ...TINY_COMMON, arch: "deepseek", layers: 3, kvHeads: 4, leadingDense: 1, denseDFf: 512, sharedDFf: 512, normEps: 1e-6 },
   "tiny-deepseek2": {
     ...TINY_COMMON, arch: "deepseek2", layers: 3, kvHeads: 4, leadingDense: 1, denseDFf: 512, sharedDFf: 256, normEps: 1e-6,
     mla: { qLoraRank: 0, kvLoraRank: 256, qkNopeHeadDim: 64, qkRopeHeadDim: 32, vHeadDim: 64 },
@@ -89,7 +91,7 @@ export const PRESETS: Readonly<Record<string, ModelShape>> = {
 
 /** The preset used for an architecture when only --arch is given. */
 export const DEFAULT_PRESET_FOR_ARCH: Readonly<Record<MakeModelArch, string>> = {
-  llama: "tiny", qwen2moe: "tiny-qwen2moe", qwen3moe: "tiny-qwen3moe", olmoe: "tiny-olmoe", deepseek2: "tiny-deepseek2",
+  llama: "tiny", qwen2moe: "tiny-qwen2moe", qwen3moe: "tiny-qwen3moe", olmoe: "tiny-olmoe", deepseek2: "tiny-deepseek2", deepseek: "tiny-deepseek",
 };
 
 /** Shape flags that override a preset (all optional). */
