@@ -10,26 +10,18 @@ import { createBackend } from "../backend/index.js";
 import { Session } from "../engine/session.js";
 import { generate } from "../engine/generate.js";
 import { loadTokenizer, applyChatTemplate } from "../engine/tokenizer/index.js";
-import { parseFloatOption, parseIntOption } from "./common.js";
+import { addBackendOptions, addSamplingOptions, parseIntOption, samplerOptions } from "./common.js";
 import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
 
 export function registerChatCommand(program: Command): void {
-  addOffloadOptions(
+  addOffloadOptions(addBackendOptions(addSamplingOptions(
     program.command("chat")
       .description("chat with the model in the terminal (type /exit or Ctrl-D to quit, /reset to start over)")
       .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
       .option("--system <text>", "system prompt")
-      .option("-n, --max-tokens <n>", "most tokens per reply", parseIntOption("--max-tokens", 1), 512)
-      .option("--temperature <t>", "sampling temperature (0 = greedy)", parseFloatOption("--temperature"), 0.7)
-      .option("--top-k <k>", "keep the k most likely tokens (0 = off)", parseIntOption("--top-k", 0), 40)
-      .option("--top-p <p>", "nucleus sampling threshold", parseFloatOption("--top-p"), 0.95)
-      .option("--min-p <p>", "min-p threshold", parseFloatOption("--min-p"), 0.05)
-      .option("--repeat-penalty <r>", "repetition penalty (1 = off)", parseFloatOption("--repeat-penalty"), 1.1)
-      .option("--seed <s>", "random seed", parseIntOption("--seed", 0))
-      .option("--backend <name>", "compute backend: native or ref", "native")
-      .option("--threads <n>", "worker threads for the native backend", parseIntOption("--threads", 1))
-      .option("--context <n>", "KV cache length in tokens", parseIntOption("--context", 1)),
-  ).action(async (o) => {
+      .option("-n, --max-tokens <n>", "most tokens per reply", parseIntOption("--max-tokens", 1), 512),
+    { temperature: 0.7, repeatPenalty: 1.1 },
+  ))).action(async (o) => {
     const model = Model.open(o.model);
     const backend = await createBackend(o.backend, { threads: o.threads });
     const tok = loadTokenizer(model.file);
@@ -61,10 +53,7 @@ export function registerChatCommand(program: Command): void {
           session.reset();
           keep = 0;
         }
-        const it = generate(session, tok, promptIds.slice(keep), {
-          maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP,
-          repeatPenalty: o.repeatPenalty, seed: o.seed,
-        });
+        const it = generate(session, tok, promptIds.slice(keep), { maxTokens: o.maxTokens, ...samplerOptions(o) });
         let reply = "", ids: number[] = [];
         let r = await it.next();
         while (!r.done) {

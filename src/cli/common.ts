@@ -1,5 +1,7 @@
 /** Option parsing shared by the CLI commands. */
+import type { Command } from "commander";
 import { InvalidArgumentError } from "../errors.js";
+import type { SamplerOptions } from "../engine/sampler.js";
 
 export function parseIntOption(name: string, min = 0): (v: string) => number {
   return (v: string) => {
@@ -37,4 +39,28 @@ export function parseBytes(v: string): number {
   const binary = m[3] !== "" || m[4] === "";
   const pow = { "": 0, K: 1, M: 2, G: 3, T: 4 }[unit as "" | "K" | "M" | "G" | "T"];
   return Math.round(n * Math.pow(binary ? 1024 : 1000, pow));
+}
+
+/** --backend, --threads, --context: where and how wide the model runs. */
+export function addBackendOptions(cmd: Command): Command {
+  return cmd
+    .option("--backend <name>", "compute backend: native (C++ kernels) or ref (TypeScript oracle)", "native")
+    .option("--threads <n>", "worker threads for the native backend (default: all cores)", parseIntOption("--threads", 1))
+    .option("--context <n>", "KV cache length in tokens (default: the model's, at most 4096)", parseIntOption("--context", 1));
+}
+
+/** The sampling flags (llama.cpp's names and meanings); `defaults` differ between one-shot runs and chat. */
+export function addSamplingOptions(cmd: Command, defaults: { temperature: number; repeatPenalty: number }): Command {
+  return cmd
+    .option("--temperature <t>", "sampling temperature (0 = greedy)", parseFloatOption("--temperature"), defaults.temperature)
+    .option("--top-k <k>", "keep the k most likely tokens (0 = off)", parseIntOption("--top-k", 0), 40)
+    .option("--top-p <p>", "nucleus sampling threshold (1 = off)", parseFloatOption("--top-p"), 0.95)
+    .option("--min-p <p>", "drop tokens below p x the top probability (0 = off)", parseFloatOption("--min-p"), 0.05)
+    .option("--repeat-penalty <r>", "repetition penalty (1 = off)", parseFloatOption("--repeat-penalty"), defaults.repeatPenalty)
+    .option("--seed <s>", "random seed (default: time)", parseIntOption("--seed", 0));
+}
+
+/** The sampler options out of parsed sampling flags. */
+export function samplerOptions(o: { temperature: number; topK: number; topP: number; minP: number; repeatPenalty: number; seed?: number }): SamplerOptions {
+  return { temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP, repeatPenalty: o.repeatPenalty, seed: o.seed };
 }

@@ -5,37 +5,23 @@ import { createBackend } from "../backend/index.js";
 import { Session } from "../engine/session.js";
 import { generate } from "../engine/generate.js";
 import { loadTokenizer, applyChatTemplate } from "../engine/tokenizer/index.js";
-import { parseFloatOption, parseIntOption, parseTokenList } from "./common.js";
+import { addBackendOptions, addSamplingOptions, parseIntOption, parseTokenList, samplerOptions } from "./common.js";
 import { InvalidArgumentError } from "../errors.js";
 // offload: expert offloading flags and provider (src/cli/offload-options.ts)
 import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
 
-interface BackendFlags { backend: string; threads?: number; context?: number }
-
-function addBackendOptions(cmd: Command): Command {
-  return cmd
-    .option("--backend <name>", "compute backend: native (C++ kernels) or ref (TypeScript oracle)", "native")
-    .option("--threads <n>", "worker threads for the native backend (default: all cores)", parseIntOption("--threads", 1))
-    .option("--context <n>", "KV cache length in tokens (default: the model's, at most 4096)", parseIntOption("--context", 1));
-}
-
 export function registerRunCommands(program: Command): void {
   // offload: --memory-budget, --policy, --predictor, --lowbit*, --trace, --stats
-  addOffloadOptions(addBackendOptions(
+  addOffloadOptions(addBackendOptions(addSamplingOptions(
     program.command("run")
       .description("generate text from a prompt (text to stdout, timings to stderr)")
       .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
       .requiredOption("-p, --prompt <text>", "the prompt")
       .option("-n, --max-tokens <n>", "tokens to generate", parseIntOption("--max-tokens", 0), 128)
-      .option("--temperature <t>", "sampling temperature (0 = greedy)", parseFloatOption("--temperature"), 0.8)
-      .option("--top-k <k>", "keep the k most likely tokens (0 = off)", parseIntOption("--top-k", 0), 40)
-      .option("--top-p <p>", "nucleus sampling threshold (1 = off)", parseFloatOption("--top-p"), 0.95)
-      .option("--min-p <p>", "drop tokens below p x the top probability (0 = off)", parseFloatOption("--min-p"), 0.05)
-      .option("--repeat-penalty <r>", "repetition penalty (1 = off)", parseFloatOption("--repeat-penalty"), 1)
-      .option("--seed <s>", "random seed (default: time)", parseIntOption("--seed", 0))
       .option("--chat", "wrap the prompt in the model's chat template as a user message")
       .option("--no-bos", "do not add the beginning-of-sequence token"),
-  )).action(async (o) => {
+    { temperature: 0.8, repeatPenalty: 1 },
+  ))).action(async (o) => {
     const model = Model.open(o.model);
     const backend = await createBackend(o.backend, { threads: o.threads });
     try {
@@ -54,10 +40,7 @@ export function registerRunCommands(program: Command): void {
       const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: prompt.length });
       try {
       const session = new Session(model, { backend, contextLength, experts: offload.provider, observer: offload.observer });
-      const it = generate(session, tok, prompt, {
-        maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP,
-        repeatPenalty: o.repeatPenalty, seed: o.seed,
-      });
+      const it = generate(session, tok, prompt, { maxTokens: o.maxTokens, ...samplerOptions(o) });
       let r = await it.next();
       while (!r.done) {
         process.stdout.write(r.value.text);

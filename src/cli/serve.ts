@@ -7,21 +7,18 @@ import { createBackend } from "../backend/index.js";
 import { Session } from "../engine/session.js";
 import { loadTokenizer } from "../engine/tokenizer/index.js";
 import { createApp } from "../server/app.js";
-import { parseIntOption } from "./common.js";
+import { addBackendOptions, parseIntOption } from "./common.js";
 import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
 
 export function registerServeCommand(program: Command): void {
-  addOffloadOptions(
+  addOffloadOptions(addBackendOptions(
     program.command("serve")
       .description("serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics)")
       .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
       .option("--host <host>", "address to listen on", "127.0.0.1")
       .option("--port <port>", "port to listen on", parseIntOption("--port", 0), 8080)
-      .option("--model-id <id>", "model name reported by /v1/models (default: the file name)")
-      .option("--backend <name>", "compute backend: native or ref", "native")
-      .option("--threads <n>", "worker threads for the native backend", parseIntOption("--threads", 1))
-      .option("--context <n>", "KV cache length in tokens (default: the model's, at most 4096)", parseIntOption("--context", 1)),
-  ).action(async (o) => {
+      .option("--model-id <id>", "model name reported by /v1/models (default: the file name)"),
+  )).action(async (o) => {
     const model = Model.open(o.model);
     const backend = await createBackend(o.backend, { threads: o.threads });
     const tokenizer = loadTokenizer(model.file);
