@@ -33,7 +33,7 @@
     },
     {
       "target_name": "moira_native",
-      "sources": ["native/addon.cc", "native/direct_reader.cc"],
+      "sources": ["native/addon.cc", "native/direct_reader.cc", "native/expert_ffn.cc"],
       "dependencies": ["moira_kernels_scalar", "moira_kernels_avx2", "moira_kernels_avx512"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <memory>
@@ -15,6 +18,7 @@
 #include <vector>
 
 #include "direct_reader.h"
+#include "expert_ffn.h"
 #include "kernels.h"
 #include "threadpool.h"
 
@@ -275,6 +279,46 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// moeFfn(x, nTokens, d, ff, types: Int32Array [nE*3], weights: Uint8Array[] [nE*3] (gate, up, down
+// per expert), offsets: Int32Array [nE+1], tokens: Int32Array, slotWeights: Float32Array, out)
+Napi::Value MoeFfn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto x = typed<Napi::Float32Array>(info, 0, "x");
+  ExpertFfnArgs a;
+  a.nTok = intArg(info, 1, "nTokens"); a.d = intArg(info, 2, "d"); a.ff = intArg(info, 3, "ff");
+  auto types = typed<Napi::Int32Array>(info, 4, "types");
+  if (info.Length() < 6 || !info[5].IsArray()) fail(env, "moeFfn: weights: expected an array");
+  auto warr = info[5].As<Napi::Array>();
+  auto offsets = typed<Napi::Int32Array>(info, 6, "offsets");
+  auto tokens = typed<Napi::Int32Array>(info, 7, "tokens");
+  auto sw = typed<Napi::Float32Array>(info, 8, "slotWeights");
+  auto out = typed<Napi::Float32Array>(info, 9, "out");
+  a.nExpert = (int)offsets.ElementLength() - 1;
+  const int nE = a.nExpert;
+  if (nE < 0 || a.nTok < 0 || a.d <= 0 || a.ff <= 0 || types.ElementLength() != (size_t)nE * 3 || warr.Length() != (uint32_t)nE * 3)
+    fail(env, "moeFfn: types and weights need 3 entries per expert");
+  if (x.ElementLength() < (size_t)a.nTok * a.d || out.ElementLength() < (size_t)a.nTok * a.d) fail(env, "moeFfn: x/out too small");
+  if (offsets[0] != 0) fail(env, "moeFfn: offsets[0] must be 0");
+  for (int e = 0; e < nE; e++) if (offsets[e + 1] < offsets[e]) fail(env, "moeFfn: offsets must not decrease");
+  const size_t nSlot = (size_t)offsets[nE];
+  if (tokens.ElementLength() < nSlot || sw.ElementLength() < nSlot) fail(env, "moeFfn: tokens/slotWeights shorter than the slots");
+  for (size_t s = 0; s < nSlot; s++)
+    if (tokens[s] < 0 || tokens[s] >= a.nTok) fail(env, "moeFfn: token " + std::to_string(tokens[s]) + " is outside 0.." + std::to_string(a.nTok - 1));
+  std::vector<const uint8_t*> ptrs(nE * 3);
+  for (int i = 0; i < nE * 3; i++) {
+    const int type = types[i], cols = i % 3 == 2 ? a.ff : a.d, rows = i % 3 == 2 ? a.d : a.ff;
+    const int bs = blockSize(type);
+    if (bs == 0 || cols % bs != 0) fail(env, "moeFfn: weight " + std::to_string(i) + ": unsupported type " + std::to_string(type) + " for " + std::to_string(cols) + " cols");
+    size_t len = 0;
+    ptrs[i] = bytesOf(env, warr.Get(i), &len);
+    if (len < rowBytes(type, cols) * rows) fail(env, "moeFfn: weight " + std::to_string(i) + " buffer too small");
+  }
+  a.x = x.Data(); a.out = out.Data(); a.types = types.Data(); a.w = ptrs.data();
+  a.offsets = offsets.Data(); a.tokens = tokens.Data(); a.weights = sw.Data();
+  expert_ffn(gK, pool(), a);
+  return env.Undefined();
+}
+
 // getRows(type, w, rows, cols, ids: Int32Array, out)
 Napi::Value GetRows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -358,6 +402,79 @@ Napi::Value FreeAligned(const Napi::CallbackInfo& info) {
   std::lock_guard<std::mutex> lk(gAllocMu);
   auto it = gBlocks.find(mem);
   if (it != gBlocks.end() && it->second == b && !b->freed) { gBlocks.erase(it); free(mem); b->freed = true; }
+  return info.Env().Undefined();
+}
+
+// ---- file mappings ---------------------------------------------------------------------------------
+// mapFile(path, offset, length, populate) -> ArrayBuffer over a private mapping of that byte range
+// (writes stay in the process, never reach the file); unmapFile detaches and unmaps at once, else
+// it is unmapped when collected. Node 20 refuses external buffers over 4 GiB (and then runs the
+// finalizer itself), so callers map ranges (one tensor each), not whole multi-GB files. With
+// populate, pages are faulted in now (read faults: shared with the page cache), not on first use.
+struct Mapping { void* mem; size_t len; bool unmapped; };
+std::unordered_map<void*, Mapping*> gMaps;  // keyed by the ArrayBuffer's data pointer
+
+void finalizeMapping(Napi::Env, void* data, Mapping* m) {
+  std::lock_guard<std::mutex> lk(gAllocMu);
+  if (!m->unmapped) { gMaps.erase(data); munmap(m->mem, m->len); m->unmapped = true; }
+  delete m;
+}
+
+Napi::Value MapFile(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsString()) fail(info.Env(), "mapFile: expected a path");
+  std::string path = info[0].As<Napi::String>();
+  const double offD = numArg(info, 1, "offset"), lenD = numArg(info, 2, "length");
+  const bool populate = info.Length() > 3 && info[3].ToBoolean();
+  if (offD < 0 || lenD <= 0 || lenD > 4294967295.0) fail(info.Env(), "mapFile: length must be in 1..2^32-1");
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(info.Env(), "cannot open " + path + ": " + strerror(errno));
+  struct stat st;
+  const size_t off = (size_t)offD, len = (size_t)lenD;
+  if (fstat(fd, &st) != 0 || off + len > (size_t)st.st_size) {
+    close(fd);
+    fail(info.Env(), "cannot map " + path + ": bytes " + std::to_string(off) + ".." + std::to_string(off + len) + " are past its end");
+  }
+  const size_t page = (size_t)sysconf(_SC_PAGESIZE), base = off / page * page, mlen = off + len - base;
+  void* mem = mmap(nullptr, mlen, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, (off_t)base);
+  const int err = errno;
+  close(fd);
+  if (mem == MAP_FAILED) fail(info.Env(), "cannot map " + path + ": " + strerror(err));
+  if (populate) {
+    // MAP_POPULATE on a writable private mapping would take write faults: a private copy of every page
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+    if (madvise(mem, mlen, MADV_POPULATE_READ) != 0) {
+      volatile uint8_t sink = 0;
+      for (size_t o = 0; o < mlen; o += page) sink ^= ((const uint8_t*)mem)[o];
+      (void)sink;
+    }
+  }
+  uint8_t* data = (uint8_t*)mem + (off - base);
+  auto* m = new Mapping{mem, mlen, false};
+  {
+    std::lock_guard<std::mutex> lk(gAllocMu);
+    gMaps[data] = m;
+  }
+  return Napi::ArrayBuffer::New(info.Env(), data, len, finalizeMapping, m);
+}
+
+Napi::Value UnmapFile(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) fail(info.Env(), "unmapFile: expected an ArrayBuffer");
+  auto ab = info[0].As<Napi::ArrayBuffer>();
+  if (ab.IsDetached()) return info.Env().Undefined();
+  void* mem = ab.Data();
+  Mapping* m = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(gAllocMu);
+    auto it = gMaps.find(mem);
+    if (it == gMaps.end()) fail(info.Env(), "unmapFile: not a buffer from mapFile");
+    m = it->second;
+  }
+  ab.Detach();  // may run the finalizer synchronously
+  std::lock_guard<std::mutex> lk(gAllocMu);
+  auto it = gMaps.find(mem);
+  if (it != gMaps.end() && it->second == m && !m->unmapped) { gMaps.erase(it); munmap(m->mem, m->len); m->unmapped = true; }
   return info.Env().Undefined();
 }
 
@@ -488,10 +605,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attention", Napi::Function::New(env, Attention));
   exports.Set("siluMul", Napi::Function::New(env, SiluMul));
   exports.Set("getRows", Napi::Function::New(env, GetRows));
+  exports.Set("moeFfn", Napi::Function::New(env, MoeFfn));
   exports.Set("sumF32", Napi::Function::New(env, SumF32));
   exports.Set("allocAligned", Napi::Function::New(env, AllocAligned));
   exports.Set("freeAligned", Napi::Function::New(env, FreeAligned));
   exports.Set("fileIdentity", Napi::Function::New(env, FileIdentity));
+  exports.Set("mapFile", Napi::Function::New(env, MapFile));
+  exports.Set("unmapFile", Napi::Function::New(env, UnmapFile));
   exports.Set("DirectReader", ReaderWrap::Init(env));
   return exports;
 }

@@ -45,6 +45,8 @@ struct MatmulArgs {
   const uint8_t* act;  // nTok records of act_layout(actKind(type), cols).stride bytes
   size_t actStride;
   float* out;          // [nTok, rows]
+  // when set, token t reads record actIdx[t] (tokens gathered per expert without copying)
+  const int32_t* actIdx = nullptr;
 };
 
 struct AttnArgs {

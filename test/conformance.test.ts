@@ -9,10 +9,10 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RefBackend } from "../src/backend/ref/ref-backend.js";
-import type { WeightMatrix } from "../src/backend/backend.js";
+import type { ExpertBatch, SwigluWeights, WeightMatrix } from "../src/backend/backend.js";
 import { GGMLType, rowBytes, typeName } from "../src/formats/quant/types.js";
 import { fp32ToFp16, fp32ToBf16 } from "../src/formats/quant/dequantize.js";
-import { NativeBackend, loadNativeAddon, DirectReader, ReadError, allocAligned, fileIdentity, sameFile } from "../src/backend/native/index.js";
+import { NativeBackend, loadNativeAddon, DirectReader, MappedFile, ReadError, allocAligned, fileIdentity, sameFile } from "../src/backend/native/index.js";
 import { REPO_ROOT } from "./shared.js";
 
 const addon = loadNativeAddon();
@@ -176,6 +176,63 @@ describe("native getRows vs ref", () => {
   }
 });
 
+describe("native moeFfn", () => {
+  // The fused op must compute exactly what the separate native ops compute (same quantized
+  // activations, same kernels, same f32 accumulation order), and agree with ref's composition.
+  const MIXES: Array<[GGMLType, GGMLType, GGMLType]> = [
+    [GGMLType.Q4_K, GGMLType.Q4_K, GGMLType.Q6_K], [GGMLType.Q8_0, GGMLType.Q8_0, GGMLType.Q8_0],
+    [GGMLType.F16, GGMLType.Q5_K, GGMLType.Q4_0], [GGMLType.Q3_K, GGMLType.F32, GGMLType.Q2_K],
+  ];
+  function composite(x: Float32Array, nTokens: number, d: number, b: ExpertBatch): Float32Array {
+    const out = new Float32Array(nTokens * d);
+    b.experts.forEach((w, i) => {
+      const s0 = b.offsets[i], n = b.offsets[i + 1] - s0, ff = w.gate.rows;
+      if (n === 0) return;
+      const xg = new Float32Array(n * d);
+      for (let j = 0; j < n; j++) xg.set(x.subarray(b.tokens[s0 + j] * d, (b.tokens[s0 + j] + 1) * d), j * d);
+      const g = new Float32Array(n * ff), u = new Float32Array(n * ff), h = new Float32Array(n * ff), y = new Float32Array(n * d);
+      nat.matmul(w.gate, xg, n, g); nat.matmul(w.up, xg, n, u); nat.siluMul(g, u, h); nat.matmul(w.down, h, n, y);
+      for (let j = 0; j < n; j++) for (let c = 0; c < d; c++) out[b.tokens[s0 + j] * d + c] += b.weights[s0 + j] * y[j * d + c];
+    });
+    return out;
+  }
+  test("bit-identical to the separate ops, close to ref, any ISA and thread count", () => {
+    const r = rng(4242);
+    const d = 512, ff = 256, nE = 5, k = 2;
+    const experts: SwigluWeights[] = [];
+    for (let e = 0; e < nE; e++) {
+      const [tg, tu, td] = MIXES[e % MIXES.length];
+      experts.push({ gate: randomWeight(tg, ff, d, r), up: randomWeight(tu, ff, d, r), down: randomWeight(td, d, ff, r) });
+    }
+    for (const nTokens of [1, 3, 17]) {
+      const x = randF32(nTokens * d, r, 2);
+      // each token picks k distinct experts among the first nE-1 (the last gets no slot)
+      const per: number[][] = Array.from({ length: nE }, () => []);
+      const wts = new Map<string, number>();
+      for (let t = 0; t < nTokens; t++) {
+        const a = Math.floor(r() * (nE - 1)), b2 = (a + 1 + Math.floor(r() * (nE - 2))) % (nE - 1);
+        for (const e of [a, b2].slice(0, k)) { per[e].push(t); wts.set(`${e},${t}`, Math.fround(r())); }
+      }
+      const offsets = new Int32Array(nE + 1);
+      for (let e = 0; e < nE; e++) offsets[e + 1] = offsets[e] + per[e].length;
+      const tokens = Int32Array.from(per.flat());
+      const weights = Float32Array.from(per.flatMap((ts, e) => ts.map((t) => wts.get(`${e},${t}`)!)));
+      const batch: ExpertBatch = { experts, offsets, tokens, weights };
+      const want = new Float32Array(nTokens * d);
+      ref.moeFfn(x, nTokens, batch, want);
+      eachConfig((cfg) => {
+        const got = new Float32Array(nTokens * d).fill(NaN);
+        nat.moeFfn(x, nTokens, batch, got);
+        assert.deepEqual(got, composite(x, nTokens, d, batch), `${cfg} T=${nTokens}: fused != separate ops`);
+        let scale = 0;
+        for (const v of want) scale = Math.max(scale, Math.abs(v));
+        assertClose(got, want, () => 0.05 * scale + 1e-6, `${cfg} T=${nTokens} vs ref`);
+      });
+    }
+    assert.throws(() => nat.moeFfn(new Float32Array(d), 1, { experts: experts.slice(0, 1), offsets: Int32Array.of(0, 1), tokens: Int32Array.of(1), weights: Float32Array.of(1) }, new Float32Array(d)), /outside/);
+  });
+});
+
 describe("native elementwise and attention ops vs ref", () => {
   test("rmsNorm", () => {
     const r = rng(7);
@@ -262,6 +319,31 @@ describe("native aligned allocation", () => {
       b.dispose();  // idempotent
     }
     assert.throws(() => addon.freeAligned(new ArrayBuffer(8)), /not a buffer from allocAligned/);
+  });
+});
+
+describe("native file mapping", () => {
+  test("maps the bytes, GGUF tensors as views, dispose detaches", () => {
+    const dir = mkdtempSync(join(tmpdir(), "moira-map-"));
+    try {
+      const path = join(dir, "f.bin");
+      const bytes = new Uint8Array(10000).map((_, i) => (i * 7) & 255);
+      writeFileSync(path, bytes);
+      for (const populate of [false, true]) {
+        for (const [offset, length] of [[0, 10000], [5000, 4999], [4096, 1]]) {
+          const m = MappedFile.open(path, { offset, length }, { populate });
+          assert.deepEqual(new Uint8Array(m.buffer), bytes.subarray(offset, offset + length));
+          const view = new Uint8Array(m.buffer, 0, 1);
+          m.dispose();
+          assert.equal(view.length, 0);
+          m.dispose();
+        }
+      }
+      assert.throws(() => MappedFile.open(path, { offset: 9000, length: 1001 }), /past its end/);
+      assert.throws(() => MappedFile.open(join(dir, "missing"), { offset: 0, length: 1 }), /cannot open/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -48,6 +48,27 @@ export interface AttentionParams {
   scale: number;
 }
 
+/** One expert's SwiGLU weights: gate/up [ff, d], down [d, ff] (types may differ per matrix). */
+export interface SwigluWeights {
+  readonly gate: WeightMatrix;
+  readonly up: WeightMatrix;
+  readonly down: WeightMatrix;
+}
+
+/**
+ * Tokens gathered per expert, in "slots": expert i owns slots offsets[i] .. offsets[i+1]; slot s
+ * carries token tokens[s] with routing weight weights[s].
+ */
+export interface ExpertBatch {
+  readonly experts: readonly SwigluWeights[];
+  /** [experts.length + 1] */
+  readonly offsets: Int32Array;
+  /** [nSlot] */
+  readonly tokens: Int32Array;
+  /** [nSlot] */
+  readonly weights: Float32Array;
+}
+
 export interface Backend {
   readonly name: string;
   /** out[t, r] = sum_c W[r, c] * x[t, c].  x: [nTokens, w.cols], out: [nTokens, w.rows] */
@@ -65,6 +86,12 @@ export interface Backend {
   attention(q: Float32Array, k: Float32Array, v: Float32Array, p: AttentionParams, out: Float32Array): void;
   /** out[i] = silu(gate[i]) * up[i] */
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  /**
+   * The MoE expert layer: out[t] = Σ over t's slots, in slot order, of
+   * weight · down(silu(gate x_t) ⊙ up x_t); each step rounds like f32 `out += w * y`.
+   * x: [nTokens, d]; out: [nTokens, d] (overwritten; rows without slots become 0).
+   */
+  moeFfn(x: Float32Array, nTokens: number, batch: ExpertBatch, out: Float32Array): void;
   /** out[t, :] = dequantized row ids[t] of w.  out: [ids.length, w.cols] */
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void;
   /** Frees native resources; the backend must not be used afterwards. */

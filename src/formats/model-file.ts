@@ -52,6 +52,12 @@ export interface TensorData extends TensorMeta {
 }
 
 /** Source of tensors by canonical (GGUF) name. */
+/**
+ * Maps `length` bytes of a file from `offset` into memory (injected by a caller that has a native
+ * mapper, e.g. backend/native's MappedFile): tensors become views of mappings instead of copies.
+ */
+export type FileMapper = (path: string, offset: number, length: number) => { readonly buffer: ArrayBuffer; dispose(): void };
+
 export interface WeightSource {
   readonly tensors: ReadonlyMap<string, TensorMeta>;
   /** Reads (or converts) a tensor's bytes. Throws MissingTensorError naming the tensor if absent. */

@@ -4,7 +4,7 @@
  */
 import type { ModelFile } from "../formats/model-file.js";
 import { openModel } from "../formats/open.js";
-import { GGUFValueType } from "../formats/model-file.js";
+import { GGUFValueType, type FileMapper } from "../formats/model-file.js";
 import type { Architecture } from "./architecture.js";
 import type { ModelConfig } from "./config.js";
 import { ModelWeights } from "./weights.js";
@@ -80,9 +80,12 @@ export class Model {
     readonly weights: ModelWeights,
   ) {}
 
-  /** Opens a GGUF file or HF directory, reads its config and checks every tensor's presence and shape. */
-  static open(path: string): Model {
-    const file = openModel(path);
+  /**
+   * Opens a GGUF file or HF directory, reads its config and checks every tensor's presence and
+   * shape. `map` (GGUF only): tensors are views of one file mapping instead of copies.
+   */
+  static open(path: string, options: { map?: FileMapper } = {}): Model {
+    const file = openModel(path, options);
     try {
       const archValue = file.metadata.get("general.architecture");
       if (!archValue || archValue.type !== GGUFValueType.STRING) {

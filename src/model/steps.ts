@@ -222,40 +222,30 @@ export function topK(values: ArrayLike<number>, k: number): number[] {
 
 /**
  * The routed experts: y[t] = Σ_j w[t,j] · expert_{e[t,j]}(h[t]). Tokens are grouped per expert so
- * each expert's weights are read once per batch (one matmul per expert).  h: [nTokens, dModel]
+ * each expert's weights are read once per batch; the backend runs the whole layer as one op.
+ * h: [nTokens, dModel]
  */
 export function moeExperts(ctx: ForwardContext, l: number, h: Float32Array, r: Routing): Float32Array {
-  const { cfg, backend, nTokens } = ctx;
-  const d = cfg.dModel, ff = cfg.expertFf;
-  // tokens (and their weight) per expert, in token order
-  const groups = new Map<number, Array<{ t: number; w: number }>>();
-  for (let t = 0; t < nTokens; t++) {
-    for (let j = 0; j < r.k; j++) {
-      const e = r.experts[t * r.k + j];
-      let g = groups.get(e);
-      if (!g) groups.set(e, (g = []));
-      g.push({ t, w: r.weights[t * r.k + j] });
-    }
+  const { cfg, nTokens } = ctx;
+  // counting sort of the (token, j) slots by expert; within an expert, token order
+  const count = new Int32Array(cfg.nExpert);
+  const nSlot = nTokens * r.k;
+  for (let i = 0; i < nSlot; i++) count[r.experts[i]]++;
+  const used: number[] = [];
+  for (let e = 0; e < cfg.nExpert; e++) if (count[e] > 0) used.push(e);
+  const offsets = new Int32Array(used.length + 1);
+  const first = new Int32Array(cfg.nExpert);
+  used.forEach((e, i) => { first[e] = offsets[i]; offsets[i + 1] = offsets[i] + count[e]; });
+  const tokens = new Int32Array(nSlot), weights = new Float32Array(nSlot);
+  for (let i = 0; i < nSlot; i++) {
+    const s = first[r.experts[i]]++;
+    tokens[s] = (i / r.k) | 0;
+    weights[s] = r.weights[i];
   }
-  const used = [...groups.keys()].sort((a, b) => a - b);
-  const ws = ctx.experts.acquire(l, used, { gateInput: h, nTokens });
-  const out = new Float32Array(nTokens * d);
+  const experts = ctx.experts.acquire(l, used, { gateInput: h, nTokens });
+  const out = new Float32Array(nTokens * cfg.dModel);
   try {
-    for (let i = 0; i < used.length; i++) {
-      const g = groups.get(used[i])!;
-      const n = g.length;
-      const xg = n === nTokens ? h : gatherRows(h, g.map((x) => x.t), d);
-      const gate = new Float32Array(n * ff), up = new Float32Array(n * ff), act = new Float32Array(n * ff);
-      backend.matmul(ws[i].gate, xg, n, gate);
-      backend.matmul(ws[i].up, xg, n, up);
-      backend.siluMul(gate, up, act);
-      const y = new Float32Array(n * d);
-      backend.matmul(ws[i].down, act, n, y);
-      for (let j = 0; j < n; j++) {
-        const { t, w } = g[j];
-        for (let c = 0; c < d; c++) out[t * d + c] += w * y[j * d + c];
-      }
-    }
+    ctx.backend.moeFfn(h, nTokens, { experts, offsets, tokens, weights }, out);
   } finally {
     ctx.experts.release(l, used);
   }
@@ -270,12 +260,15 @@ function gatherRows(x: Float32Array, rows: number[], dim: number): Float32Array 
 
 /** A SwiGLU FFN from named tensors: down(silu(gate h) * up h).  h: [nTokens, dModel] */
 export function swigluFfn(ctx: ForwardContext, names: { gate: string; up: string; down: string }, ff: number, h: Float32Array): Float32Array {
-  const { cfg, backend, nTokens } = ctx;
-  const gate = linear(ctx, names.gate, ff, cfg.dModel, h);
-  const up = linear(ctx, names.up, ff, cfg.dModel, h);
-  const act = new Float32Array(nTokens * ff);
-  backend.siluMul(gate, up, act);
-  return linear(ctx, names.down, cfg.dModel, ff, act);
+  const { cfg, weights: W, nTokens } = ctx;
+  const d = cfg.dModel;
+  const ffn = { gate: W.matrix(names.gate, ff, d), up: W.matrix(names.up, ff, d), down: W.matrix(names.down, d, ff) };
+  // one "expert" that every token visits with weight 1 (f32 0 + 1 * y is y exactly)
+  const tokens = new Int32Array(nTokens);
+  for (let t = 0; t < nTokens; t++) tokens[t] = t;
+  const out = new Float32Array(nTokens * d);
+  ctx.backend.moeFfn(h, nTokens, { experts: [ffn], offsets: Int32Array.of(0, nTokens), tokens, weights: new Float32Array(nTokens).fill(1) }, out);
+  return out;
 }
 
 /** Dense FFN of a non-MoE layer (DeepSeek's leading dense blocks). */

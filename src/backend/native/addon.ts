@@ -47,11 +47,15 @@ export interface NativeAddon {
   attention(q: Float32Array, k: Float32Array, v: Float32Array, nTokens: number, nPast: number, nHead: number,
     nKvHead: number, headDimK: number, headDimV: number, scale: number, out: Float32Array): void;
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  moeFfn(x: Float32Array, nTokens: number, d: number, ff: number, types: Int32Array, weights: Uint8Array[],
+    offsets: Int32Array, tokens: Int32Array, slotWeights: Float32Array, out: Float32Array): void;
   getRows(type: number, w: Uint8Array, rows: number, cols: number, ids: Int32Array, out: Float32Array): void;
   sumF32(x: Float32Array): number;
   allocAligned(bytes: number, align: number): ArrayBuffer;
   freeAligned(buf: ArrayBuffer): void;
   fileIdentity(path: string): NativeFileIdentity;
+  mapFile(path: string, offset: number, length: number, populate: boolean): ArrayBuffer;
+  unmapFile(buf: ArrayBuffer): void;
   DirectReader: new (path: string, ioThreads: number) => RawDirectReader;
 }
 

@@ -25,6 +25,27 @@ export function allocAligned(bytes: number, align = 64): AlignedBuffer {
   return AlignedBuffer.alloc(bytes, align);
 }
 
+/**
+ * A private read-write mapping of `length` bytes of a file from `offset` (writes stay in this
+ * process). At most 4 GiB - 1 per mapping (Node 20's limit on external buffers): map tensors, not
+ * whole files. `populate` faults every page in now rather than during the first use. `buffer` is
+ * detached after dispose().
+ */
+export class MappedFile {
+  private constructor(readonly buffer: ArrayBuffer, readonly path: string) {}
+
+  static open(path: string, range: { offset: number; length: number }, options: { populate?: boolean } = {}): MappedFile {
+    try {
+      return new MappedFile(loadNativeAddon().mapFile(path, range.offset, range.length, options.populate ?? false), path);
+    } catch (e) {
+      throw new FileAccessError((e as Error).message);
+    }
+  }
+  /** Unmaps now; views of `buffer` become empty. Idempotent. */
+  dispose(): void { loadNativeAddon().unmapFile(this.buffer); }
+  [Symbol.dispose](): void { this.dispose(); }
+}
+
 export type FileIdentity = NativeFileIdentity;
 
 /** (dev, ino, size, mtime) of a path: compare two to detect a replaced or rewritten file. */

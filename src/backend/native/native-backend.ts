@@ -2,7 +2,7 @@
  * The native backend: moira's C++ kernels (AVX-512 / AVX2 / scalar, chosen at load) on a persistent
  * thread pool. Ops are synchronous: they return when every pool thread has finished.
  */
-import type { AttentionParams, Backend, RopeParams, WeightMatrix } from "../backend.js";
+import type { AttentionParams, Backend, ExpertBatch, RopeParams, WeightMatrix } from "../backend.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { loadNativeAddon, type Isa, type NativeAddon } from "./addon.js";
@@ -61,6 +61,23 @@ export class NativeBackend implements Backend {
 
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void {
     this.live().siluMul(gate, up, out);
+  }
+
+  moeFfn(x: Float32Array, nTokens: number, b: ExpertBatch, out: Float32Array): void {
+    const n = b.experts.length;
+    const types = new Int32Array(n * 3);
+    const data: Uint8Array[] = new Array(n * 3);
+    const d = n > 0 ? b.experts[0].gate.cols : 0, ff = n > 0 ? b.experts[0].gate.rows : 0;
+    for (let i = 0; i < n; i++) {
+      const { gate, up, down } = b.experts[i];
+      if (gate.cols !== d || up.cols !== d || down.rows !== d || gate.rows !== ff || up.rows !== ff || down.cols !== ff) {
+        throw new InvalidArgumentError(`moeFfn: expert ${i} has gate ${gate.rows}x${gate.cols}, up ${up.rows}x${up.cols}, down ${down.rows}x${down.cols}; expected ${ff}x${d}, ${ff}x${d}, ${d}x${ff}`);
+      }
+      types[3 * i] = gate.type; types[3 * i + 1] = up.type; types[3 * i + 2] = down.type;
+      data[3 * i] = gate.data; data[3 * i + 1] = up.data; data[3 * i + 2] = down.data;
+    }
+    if (n === 0) { out.fill(0); return; }
+    this.live().moeFfn(x, nTokens, d, ff, types, data, b.offsets, b.tokens, b.weights, out);
   }
 
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {

@@ -3,7 +3,7 @@
  * other backend is tested against op by op, so clarity beats speed. Dequantized weights are cached
  * per weight buffer (tests run it on small models; it is not meant for multi-GB ones).
  */
-import type { AttentionParams, Backend, RopeParams, WeightMatrix } from "../backend.js";
+import type { AttentionParams, Backend, ExpertBatch, RopeParams, WeightMatrix } from "../backend.js";
 import { dequantize } from "../../formats/quant/dequantize.js";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
@@ -107,6 +107,26 @@ export class RefBackend implements Backend {
       const g = gate[i];
       out[i] = (g / (1 + Math.exp(-g))) * up[i];
     }
+  }
+
+  moeFfn(x: Float32Array, nTokens: number, b: ExpertBatch, out: Float32Array): void {
+    const d = b.experts.length > 0 ? b.experts[0].gate.cols : 0;
+    out.fill(0, 0, nTokens * d);
+    b.experts.forEach((w, i) => {
+      const s0 = b.offsets[i], n = b.offsets[i + 1] - s0, ff = w.gate.rows;
+      if (n === 0) return;
+      const xg = new Float32Array(n * d);
+      for (let j = 0; j < n; j++) xg.set(x.subarray(b.tokens[s0 + j] * d, (b.tokens[s0 + j] + 1) * d), j * d);
+      const g = new Float32Array(n * ff), u = new Float32Array(n * ff), y = new Float32Array(n * d);
+      this.matmul(w.gate, xg, n, g);
+      this.matmul(w.up, xg, n, u);
+      this.siluMul(g, u, g);
+      this.matmul(w.down, g, n, y);
+      for (let j = 0; j < n; j++) {
+        const t = b.tokens[s0 + j], wt = b.weights[s0 + j];
+        for (let c = 0; c < d; c++) out[t * d + c] += wt * y[j * d + c];
+      }
+    });
   }
 
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {

@@ -101,6 +101,12 @@ test("write → read round trip: every metadata value type, tensors, alignment",
     }
     assert.throws(() => ws.load("blk.9.nope"), (e) => e instanceof MissingTensorError && /blk\.9\.nope/.test(e.message));
     ws.close();
+    // with a mapper, tensors are views of the mapping (a plain in-memory copy of the file here)
+    let disposed = 0;
+    const mapped = new GGUFWeightSource(g, { map: (_p, off, len) => ({ buffer: new Uint8Array(bytes.subarray(off, off + len)).buffer, dispose: () => { disposed++; } }) });
+    for (const t of tensors) assert.deepEqual(mapped.load(t.name).data, t.data);
+    mapped.close();
+    assert.equal(disposed, tensors.length);
     // parse of the in-memory bytes gives the same, and re-serializing what was read is byte-identical
     const p = parseGGUF(new Uint8Array(bytes));
     assert.equal(p.dataOffset, g.dataOffset);

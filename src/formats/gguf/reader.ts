@@ -13,7 +13,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { FileAccessError, MissingTensorError, ModelFormatError, UnsupportedError } from "../../errors.js";
-import { GGUFValueType, type GGUFMetadataValue, type Metadata, type ModelFile, type TensorData, type TensorMeta, type WeightSource } from "../model-file.js";
+import { GGUFValueType, type GGUFMetadataValue, type Metadata, type FileMapper, type ModelFile, type TensorData, type TensorMeta, type WeightSource } from "../model-file.js";
 import { TYPE_INFO, typeName, type GGMLType } from "../quant/types.js";
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as little-endian u32
@@ -342,21 +342,38 @@ function openForRead(path: string): number {
 /** Largest single readSync; Node rejects lengths past 2 GiB. */
 const READ_CHUNK = 1 << 30;
 
-/** Tensors of a GGUF file, read on demand with positioned reads (one fd, opened on first use). */
+export interface GGUFOpenOptions {
+  /** map each tensor's bytes instead of reading a copy (no copy, shared page cache) */
+  readonly map?: FileMapper;
+}
+
+/**
+ * Tensors of a GGUF file, read on demand with positioned reads (one fd, opened on first use), or,
+ * with `map`, mapped one tensor per mapping (views are emptied by close()).
+ */
 export class GGUFWeightSource implements WeightSource {
   readonly tensors: ReadonlyMap<string, TensorMeta>;
   private fd: number | null = null;
+  private readonly mappings: Array<ReturnType<FileMapper>> = [];
 
-  constructor(readonly file: GGUFFile) {
+  constructor(readonly file: GGUFFile, private readonly options: GGUFOpenOptions = {}) {
     this.tensors = file.tensors;
   }
 
   load(name: string): TensorData {
     const t = this.tensors.get(name);
     if (!t) throw new MissingTensorError(`tensor ${name} not found in ${this.file.path}`);
+    const base = t.file!.offset;
+    if (this.options.map) {
+      if (base + t.nbytes > this.file.fileSize) {
+        throw new ModelFormatError(`${this.file.path}: tensor ${name}: file ended after ${Math.max(0, this.file.fileSize - base)} of ${t.nbytes} bytes; the file is truncated`);
+      }
+      const m = this.options.map(this.file.path, base, t.nbytes);
+      this.mappings.push(m);
+      return { ...t, data: new Uint8Array(m.buffer) };
+    }
     if (this.fd === null) this.fd = openForRead(this.file.path);
     const data = new Uint8Array(t.nbytes);
-    const base = t.file!.offset;
     let have = 0;
     while (have < data.length) {
       const got = readSync(this.fd, data, have, Math.min(READ_CHUNK, data.length - have), base + have);
@@ -371,13 +388,14 @@ export class GGUFWeightSource implements WeightSource {
       closeSync(this.fd);
       this.fd = null;
     }
+    for (const m of this.mappings.splice(0)) m.dispose();
   }
 }
 
-/** Opens a GGUF model: header parsed now, tensors read on demand. */
-export function openGGUF(path: string): ModelFile {
+/** Opens a GGUF model: header parsed now, tensors read (or mapped) on demand. */
+export function openGGUF(path: string, options: GGUFOpenOptions = {}): ModelFile {
   const file = readGGUF(path);
-  return { path, format: "gguf", metadata: file.metadata, weights: new GGUFWeightSource(file) };
+  return { path, format: "gguf", metadata: file.metadata, weights: new GGUFWeightSource(file, options) };
 }
 
 // ---------------------------------------------------------------------------------------------

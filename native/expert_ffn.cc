@@ -1,0 +1,163 @@
+// See expert_ffn.h. Three pool passes per call: (1) gate and up rows of every expert over its
+// gathered tokens, silu-mul on the spot; (2) down rows over the quantized activations of each slot;
+// (3) the weighted sum per token. Activation quantization (cheap, per token) runs between them.
+#include "expert_ffn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <new>
+#include <vector>
+
+namespace moira {
+namespace {
+
+// 64-byte aligned scratch reused across calls (ops are synchronous and not reentrant).
+struct Buf {
+  uint8_t* p = nullptr;
+  size_t n = 0;
+  uint8_t* get(size_t bytes) {
+    if (bytes > n) {
+      free(p);
+      n = bytes + bytes / 4;
+      if (posix_memalign((void**)&p, 64, n) != 0) { p = nullptr; n = 0; throw std::bad_alloc(); }
+    }
+    return p;
+  }
+};
+Buf gActX[3], gGate, gUp, gActH, gY;
+
+size_t row_bytes(int type, int cols) {
+  switch (type) {
+    case T_F32: return (size_t)cols * 4;
+    case T_F16: case T_BF16: return (size_t)cols * 2;
+    case T_Q8_0: return (size_t)cols / 32 * 34;
+    case T_Q4_0: return (size_t)cols / 32 * 18;
+    case T_Q2_K: return (size_t)cols / 256 * 84;
+    case T_Q3_K: return (size_t)cols / 256 * 110;
+    case T_Q4_K: return (size_t)cols / 256 * 144;
+    case T_Q5_K: return (size_t)cols / 256 * 176;
+    case T_Q6_K: return (size_t)cols / 256 * 210;
+    default: return 0;
+  }
+}
+
+struct Task { int e, r0, r1; };
+
+// Row chunks of one expert: few tokens want many small chunks (every thread streams weights); many
+// tokens want each chunk's weights (`mats` matrices of `rb`-byte rows, <= 192 KiB) to stay in L2
+// while every 4-token tile passes over them.
+void chunk_rows(std::vector<Task>& tasks, int e, int rows, int n, size_t rb, int mats) {
+  const size_t target = n <= 4 ? (48u << 10) : (192u << 10);
+  const int maxRows = (int)std::max<size_t>(8, target / (rb * mats));
+  const int nch = (rows + maxRows - 1) / maxRows;
+  const int chunk = (rows + nch - 1) / nch;
+  for (int r = 0; r < rows; r += chunk) tasks.push_back({e, r, std::min(rows, r + chunk)});
+}
+
+}  // namespace
+
+void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
+  const int d = a.d, ff = a.ff, nE = a.nExpert, nSlot = a.offsets[nE];
+  if (a.nTok == 0) return;
+  if (nSlot == 0) { memset(a.out, 0, (size_t)a.nTok * d * 4); return; }
+
+  // (0) each token once per activation kind any gate/up weight needs
+  const uint8_t* actX[3] = {nullptr, nullptr, nullptr};
+  size_t strideX[3] = {0, 0, 0};
+  bool need[3] = {false, false, false};
+  for (int e = 0; e < nE; e++) for (int m = 0; m < 2; m++) need[K->act_kind(a.types[3 * e + m])] = true;
+  for (int k = 0; k < 3; k++) {
+    if (!need[k]) continue;
+    if (k == ACT_F32) { actX[k] = (const uint8_t*)a.x; strideX[k] = (size_t)d * 4; continue; }
+    const ActLayout L = act_layout(k, d);
+    uint8_t* q = gActX[k].get(L.stride * a.nTok);
+    auto fn = [&](int t, int) { K->quantize_act(k, a.x + (size_t)t * d, d, q + L.stride * t); };
+    if (a.nTok < 4) for (int t = 0; t < a.nTok; t++) fn(t, 0);
+    else P.run(a.nTok, fn);
+    actX[k] = q; strideX[k] = L.stride;
+  }
+
+  // (1) gate, up and silu-mul; h[slot, ff] lands in the gate buffer
+  float* G = (float*)gGate.get((size_t)nSlot * ff * 4);
+  float* U = (float*)gUp.get((size_t)nSlot * ff * 4);
+  std::vector<Task> tasks;
+  for (int e = 0; e < nE; e++) {
+    const int n = a.offsets[e + 1] - a.offsets[e];
+    if (n > 0) chunk_rows(tasks, e, ff, n, row_bytes(a.types[3 * e], d), 2);
+  }
+  P.run((int)tasks.size(), [&](int i, int) {
+    const Task& tk = tasks[i];
+    const int s0 = a.offsets[tk.e], n = a.offsets[tk.e + 1] - s0;
+    for (int m = 0; m < 2; m++) {
+      const int type = a.types[3 * tk.e + m], kind = K->act_kind(type);
+      MatmulArgs ma;
+      ma.type = type; ma.w = a.w[3 * tk.e + m]; ma.rowBytes = row_bytes(type, d); ma.rows = ff; ma.cols = d; ma.nTok = n;
+      ma.act = actX[kind]; ma.actStride = strideX[kind]; ma.actIdx = a.tokens + s0;
+      ma.out = (m == 0 ? G : U) + (size_t)s0 * ff;
+      K->matmul_rows(ma, tk.r0, tk.r1);
+    }
+    for (int s = s0; s < s0 + n; s++) {
+      float* g = G + (size_t)s * ff + tk.r0;
+      K->silu_mul(g, U + (size_t)s * ff + tk.r0, g, (size_t)(tk.r1 - tk.r0));
+    }
+  });
+
+  // (2) quantize h per slot for its expert's down weight, then down rows
+  std::vector<size_t> baseH(nE + 1, 0), strideH(nE, 0);
+  for (int e = 0; e < nE; e++) {
+    const int kind = K->act_kind(a.types[3 * e + 2]);
+    strideH[e] = kind == ACT_F32 ? (size_t)ff * 4 : act_layout(kind, ff).stride;
+    baseH[e + 1] = baseH[e] + strideH[e] * (size_t)(a.offsets[e + 1] - a.offsets[e]);
+  }
+  uint8_t* H = gActH.get(baseH[nE]);
+  std::vector<int> slotExpert(nSlot);
+  for (int e = 0; e < nE; e++) for (int s = a.offsets[e]; s < a.offsets[e + 1]; s++) slotExpert[s] = e;
+  auto quant = [&](int s, int) {
+    const int e = slotExpert[s];
+    K->quantize_act(K->act_kind(a.types[3 * e + 2]), G + (size_t)s * ff, ff, H + baseH[e] + strideH[e] * (size_t)(s - a.offsets[e]));
+  };
+  if (nSlot < 4) for (int s = 0; s < nSlot; s++) quant(s, 0);
+  else P.run(nSlot, quant);
+
+  float* Y = (float*)gY.get((size_t)nSlot * d * 4);
+  tasks.clear();
+  for (int e = 0; e < nE; e++) {
+    const int n = a.offsets[e + 1] - a.offsets[e];
+    if (n > 0) chunk_rows(tasks, e, d, n, row_bytes(a.types[3 * e + 2], ff), 1);
+  }
+  P.run((int)tasks.size(), [&](int i, int) {
+    const Task& tk = tasks[i];
+    const int s0 = a.offsets[tk.e], n = a.offsets[tk.e + 1] - s0;
+    MatmulArgs ma;
+    ma.type = a.types[3 * tk.e + 2]; ma.w = a.w[3 * tk.e + 2]; ma.rowBytes = row_bytes(ma.type, ff);
+    ma.rows = d; ma.cols = ff; ma.nTok = n; ma.act = H + baseH[tk.e]; ma.actStride = strideH[tk.e];
+    ma.out = Y + (size_t)s0 * d;
+    K->matmul_rows(ma, tk.r0, tk.r1);
+  });
+
+  // (3) out[t] = sum of w * y over t's slots in slot order, each step rounded like the JavaScript
+  // `out[i] += w * y` it replaces (exact product, f64 add, f32 store)
+  std::vector<int> start(a.nTok + 1, 0), order(nSlot);
+  for (int s = 0; s < nSlot; s++) start[a.tokens[s] + 1]++;
+  for (int t = 0; t < a.nTok; t++) start[t + 1] += start[t];
+  {
+    std::vector<int> fill(start.begin(), start.end() - 1);
+    for (int s = 0; s < nSlot; s++) order[fill[a.tokens[s]]++] = s;
+  }
+  auto sum = [&](int t, int) {
+    float* o = a.out + (size_t)t * d;
+    for (int c = 0; c < d; c++) o[c] = 0;
+    for (int j = start[t]; j < start[t + 1]; j++) {
+      const int s = order[j];
+      const double w = a.weights[s];
+      const float* y = Y + (size_t)s * d;
+      for (int c = 0; c < d; c++) o[c] = (float)((double)o[c] + w * (double)y[c]);
+    }
+  };
+  if (a.nTok < 8) for (int t = 0; t < a.nTok; t++) sum(t, 0);
+  else P.run(a.nTok, sum);
+}
+
+}  // namespace moira
