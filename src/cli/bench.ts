@@ -16,7 +16,8 @@ import type { MemoryPlan } from "../offload/planner.js";
 
 /**
  * Keeps this run's routing in memory (MoE layers renumbered from 0), for replaying it through
- * Belady's optimal cache: the physical bound of the run.
+ * Belady's optimal cache: the physical bound of the run. A prefill batch is one access per layer
+ * to the union of its tokens' experts (the store loads each of them once per forward).
  */
 class RoutingCollector implements RoutingObserver {
   readonly tokens: TokenRouting[] = [];
@@ -26,19 +27,13 @@ class RoutingCollector implements RoutingObserver {
   onRouting(layer: number, experts: Int32Array, weights: Float32Array, nTokens: number, k: number): void {
     this.inner?.onRouting(layer, experts, weights, nTokens, k);
     if (layer <= this.last) {
-      this.batch = [];
-      for (let t = 0; t < nTokens; t++) {
-        const tok = { token: this.tokens.length, phase: nTokens > 1 ? "prefill" as const : "decode" as const, layers: [] as LayerRouting[] };
-        this.batch.push(tok);
-        this.tokens.push(tok);
-      }
+      const tok = { token: this.tokens.length, phase: nTokens > 1 ? "prefill" as const : "decode" as const, layers: [] as LayerRouting[] };
+      this.batch = [tok];
+      this.tokens.push(tok);
     }
     this.last = layer;
-    for (let t = 0; t < nTokens; t++) {
-      this.batch[t]!.layers[layer - this.firstMoe] = {
-        experts: Array.from(experts.subarray(t * k, (t + 1) * k)), weights: Array.from(weights.subarray(t * k, (t + 1) * k)),
-      };
-    }
+    const union = [...new Set(experts.subarray(0, nTokens * k))].sort((a, b) => a - b);
+    this.batch[0]!.layers[layer - this.firstMoe] = { experts: union, weights: union.map(() => 1 / union.length) };
   }
 }
 
@@ -107,6 +102,12 @@ export async function runBench(o: OffloadFlags & {
   model: string; backend: string; threads?: number; promptTokens: number; genTokens: number; perLayer?: boolean;
   /** record the routing and replay it through Belady's cache at the plan's cache size */
   belady?: boolean;
+  /**
+   * What each decode step is fed: "greedy" (argmax of the last logits, the default) or "text"
+   * (the continuation of the synthetic prompt: a random-weight model's greedy output repeats one
+   * token, whose routing is unrealistically cacheable; text keeps decode routing varied)
+   */
+  decodeInput?: "greedy" | "text";
 }): Promise<{ result: BenchResult; report: string }> {
   const model = Model.open(o.model);
   const backend = await createBackend(o.backend, { threads: o.threads });
@@ -117,7 +118,8 @@ export async function runBench(o: OffloadFlags & {
     const collector = o.belady && handle.plan ? new RoutingCollector(firstMoe, handle.observer) : null;
     const session = new Session(model, { backend, experts: handle.provider, contextLength: ctx, observer: collector ?? handle.observer });
     const V = model.config.vocabSize;
-    const prompt = syntheticPrompt(o.promptTokens, V);
+    const text = syntheticPrompt(o.promptTokens + o.genTokens, V);
+    const prompt = text.slice(0, o.promptTokens);
     const argmax = (l: Float32Array) => { let b = 0; for (let v = 1; v < V; v++) if (l[v]! > l[b]!) b = v; return b; };
     const t0 = performance.now();
     let logits = session.prefill(prompt);
@@ -125,7 +127,7 @@ export async function runBench(o: OffloadFlags & {
     const tokens: number[] = [];
     const t1 = performance.now();
     for (let i = 0; i < o.genTokens; i++) {
-      const t = argmax(logits);
+      const t = o.decodeInput === "text" ? text[o.promptTokens + i]! : argmax(logits);
       tokens.push(t);
       logits = session.decodeStep(t);
     }
@@ -140,7 +142,7 @@ export async function runBench(o: OffloadFlags & {
       policy: handle.store?.policy.name ?? null,
       predictor: handle.store?.predictor.name ?? null,
       plan: handle.plan ? { ...handle.plan, tensors: undefined } : null,
-      offload: handle.stats ? { ...handle.stats.toJSON(), width: handle.store!.width } : null,
+      offload: handle.stats ? { ...handle.stats.toJSON(), width: handle.store!.width, prefetchLoads: handle.store!.prefetchLoads } : null,
       belady: collector && handle.plan && handle.plan.cacheSlots > 0
         ? beladyBound(collector.tokens, handle.plan, model.config.nExpert, model.config.nExpertUsed) : null,
       tokens,
@@ -166,6 +168,8 @@ export function registerBenchCommand(program: Command): void {
       .option("--prompt-tokens <n>", "prompt length", parseIntOption("--prompt-tokens", 1), 256)
       .option("--gen-tokens <n>", "tokens to decode", parseIntOption("--gen-tokens", 0), 128)
       .option("--per-layer", "per-layer statistics")
+      .option("--decode-input <how>", "decode steps are fed: greedy (argmax) or text (the synthetic prompt's continuation)", "greedy")
+      .option("--belady", "record the routing and report what Belady's optimal cache would read at the same cache size")
       .option("--json", "print the result as JSON on stdout"),
   ).action(async (o) => {
     const { result, report } = await runBench(o);

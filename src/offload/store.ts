@@ -83,6 +83,8 @@ interface Entry {
   prefetched: boolean;
   /** acquire() pins outstanding */
   uses: number;
+  /** a wrong prediction still being read: its slot is freed when the read completes */
+  orphan: boolean;
   readonly weights: ExpertFfnWeights;
 }
 
@@ -95,8 +97,14 @@ export class ExpertStore implements ExpertProvider {
   readonly stats: OffloadStats;
   readonly policy: CachePolicy;
   readonly predictor: Predictor;
-  /** prefetch width k' in use */
+  /** prefetch width k' in use (experts predicted per layer) */
   width: number;
+  /**
+   * Decode: most prefetch *loads* issued per layer (the top-ranked predictions not resident):
+   * what the disk delivers during one layer's compute. More would compete with demand loads for
+   * bandwidth, and the lower-ranked (less likely) predictions are the ones that miss.
+   */
+  prefetchLoads: number;
   private readonly reader: FileReader;
   private readonly prefetcher: Prefetcher;
   private readonly lowReader: FileReader | null = null;
@@ -166,6 +174,7 @@ export class ExpertStore implements ExpertProvider {
       this.lowPrefetcher = new Prefetcher(this.lowReader);
     }
     this.width = opts.prefetchWidth ?? cfg.nExpertUsed;
+    this.prefetchLoads = this.width;
     if (opts.prefetchWidth === undefined && opts.predictor !== "none") this.calibrate();
   }
 
@@ -202,6 +211,8 @@ export class ExpertStore implements ExpertProvider {
       this.stats.add(layer, phase, "accesses");
       let ent = this.full.get(this.key(layer, e));
       if (ent) {
+        ent.orphan = false;
+        if (!ent.cached && !ent.low && ent.prefetched) this.admitOnUse(ent);
         if (ent.job && !this.prefetcherOf(ent).settled(ent.job)) {
           this.stats.add(layer, phase, "inflightHits");
           this.prefetcherOf(ent).promote(ent.job);
@@ -337,6 +348,36 @@ export class ExpertStore implements ExpertProvider {
       ent.loadPinned = false;
       this.policy.unpin(this.pkey(ent.layer, ent.expert));
     }
+    if (ent.orphan) {
+      ent.orphan = false;
+      if (ent.uses === 0 && !ent.cached) this.freeEntry(ent);
+    }
+  }
+
+  /**
+   * A decode prefetch is read into a working slot, outside the CachePolicy, so a wrong prediction
+   * never evicts a useful expert; when its layer asks for it, it is admitted like a demand load.
+   */
+  private admitOnUse(ent: Entry): void {
+    const key = this.pkey(ent.layer, ent.expert);
+    if (this.policy.capacityOf(key.layer) === 0) return;
+    const r = this.policy.admit(key, this.now++);
+    if (!r.admitted) return;
+    for (const ev of r.evicted) this.evict(ev);
+    ent.cached = true;
+    if (ent.job) {
+      ent.loadPinned = true;
+      this.policy.pin(key);
+    }
+  }
+
+  /** Waits for wrong predictions still being read, so their slots come back. */
+  private settleOrphans(): void {
+    for (const ent of [...this.jobs.values()]) {
+      if (!ent.orphan || !ent.job) continue;
+      try { this.prefetcherOf(ent).wait(ent.job); } catch { /* a wrong prediction: its bytes are not used */ }
+      this.onLoaded(ent);
+    }
   }
 
   /** Which of a layer's experts to read from the low-bit sidecar (null: none). */
@@ -366,15 +407,23 @@ export class ExpertStore implements ExpertProvider {
   private startLoad(layer: number, expert: number, priority: LoadPriority, low: boolean, rank: number): Entry | null {
     const key = this.pkey(layer, expert);
     let cached = false;
-    if (!low && this.policy.capacityOf(key.layer) > 0) {
+    // decode prefetches stay outside the cache until used (admitOnUse); prefill's are admitted
+    const admitNow = priority === "demand" || this.phase === "prefill";
+    if (!low && admitNow && this.policy.capacityOf(key.layer) > 0) {
       const r = this.policy.admit(key, this.now++);
       if (r.admitted) {
         cached = true;
         for (const ev of r.evicted) this.evict(ev);
       }
     }
-    if (!cached && priority === "prefetch" && this.policy.capacityOf(key.layer) > 0) return null; // the layer's pool is full of pinned experts
-    const slot = this.free.pop();
+    if (!cached && admitNow && priority === "prefetch" && this.policy.capacityOf(key.layer) > 0) return null; // the layer's pool is full of pinned experts
+    // a prefetch never takes the working slots a demand load of this layer may still need
+    if (priority === "prefetch" && !cached && this.free.length <= this.opts.plan.transientSlots / 2) return null;
+    let slot = this.free.pop();
+    if (slot === undefined && priority === "demand") {
+      this.settleOrphans();
+      slot = this.free.pop();
+    }
     if (slot === undefined) {
       if (cached) this.policy.remove(key);
       if (priority === "prefetch") return null;
@@ -397,7 +446,7 @@ export class ExpertStore implements ExpertProvider {
     };
     const weights: ExpertFfnWeights = { gate: part(tensors.gate, layout.gate), up: part(tensors.up, layout.up), down: part(tensors.down, layout.down) };
     const job = new LoadJob(this.key(layer, expert), reads, priority, rank);
-    const ent: Entry = { layer, expert, low, slot, cached, job, loadPinned: cached, prefetched: priority === "prefetch", uses: 0, weights };
+    const ent: Entry = { layer, expert, low, slot, cached, job, loadPinned: cached, prefetched: priority === "prefetch", uses: 0, orphan: false, weights };
     if (cached) this.policy.pin(key);
     if (!low) this.full.set(this.key(layer, expert), ent);
     this.jobs.set(job, ent);
@@ -441,10 +490,13 @@ export class ExpertStore implements ExpertProvider {
       return;
     }
     if (!ent.cached) {
-      // transient: its slot must come back before this layer allocates
-      if (ent.job) { pf.wait(ent.job); this.onLoaded(ent); }
+      // transient and being read: its slot comes back when the read completes (no stall here)
       this.stats.add(ent.layer, this.phase, "prefetchesWasted");
-      this.freeEntry(ent);
+      if (ent.job) {
+        if (pf.settled(ent.job)) this.onLoaded(ent);
+        else { ent.orphan = true; return; }
+      }
+      if (ent.uses === 0) this.freeEntry(ent);
     }
     // cached and (being) loaded: it stays, like any resident expert
   }
@@ -460,6 +512,7 @@ export class ExpertStore implements ExpertProvider {
       predicted = this.predictor.predictNextLayer({ layer: moe, token: this.token, experts, width: phase === "decode" ? this.width : this.cfg.nExpert });
     }
     const entries: Entry[] = [];
+    let loads = phase === "decode" ? this.prefetchLoads : Infinity;
     predicted.forEach((e, rank) => {
       const have = this.full.get(this.key(next, e));
       if (have) {
@@ -467,6 +520,11 @@ export class ExpertStore implements ExpertProvider {
         if (have.cached && !have.job) this.policy.touch(this.pkey(next, e), this.now++);
         return;
       }
+      if (loads <= 0) return;
+      // decode: only the top half of the ranking is worth a load; the lower ranks are the
+      // predictions that miss (and, once the hot experts are resident, the only ones left to load)
+      if (phase === "decode" && rank >= Math.ceil(this.cfg.nExpertUsed / 2)) return;
+      loads--;
       const ent = this.startLoad(next, e, "prefetch", false, rank);
       if (ent) entries.push(ent);
     });
@@ -517,6 +575,7 @@ export class ExpertStore implements ExpertProvider {
     }
     this.stats.reset();
     this.width = calibrateWidth({ layerMs, readMs, topK: cfg.nExpertUsed, nExpert: cfg.nExpert });
+    this.prefetchLoads = Math.max(1, Math.min(this.width, Math.floor(layerMs / readMs)));
     this.stats.calibration = { readMs, layerMs, width: this.width, bandwidthBytesPerS: bytes / (readWall / 1000) };
     this.stats.direct = this.reader.direct;
   }
