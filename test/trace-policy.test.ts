@@ -190,15 +190,23 @@ test("belady equals the exhaustive optimum, and beats every online policy", () =
 });
 
 test("fate allocation: shallow layers fully resident, the rest even", () => {
-  const a = fateAllocation(32, { nLayer: 8, nExpert: 8, minSlots: 2 });
-  // f = 2 (2*8 + 6*2 = 28 <= 32; 3*8 + 5*2 = 34 > 32); rest 16 over 6 layers: 3,3,3,3,2,2
+  // uncapped (residentShare 1): f = 2 (2*8 + 6*2 = 28 <= 32; 3*8 + 5*2 = 34 > 32); rest 16 over 6 layers: 3,3,3,3,2,2
+  const a = fateAllocation(32, { nLayer: 8, nExpert: 8, minSlots: 2, residentShare: 1 });
   assert.deepEqual(a, [8, 8, 3, 3, 3, 3, 2, 2]);
   assert.equal(a.reduce((x, y) => x + y, 0), 32);
   assert.deepEqual(fateAllocation(8, { nLayer: 4, nExpert: 8, minSlots: 2 }), [2, 2, 2, 2]);
-  assert.deepEqual(fateAllocation(40, { nLayer: 4, nExpert: 8, minSlots: 2 }), [8, 8, 8, 8]);
+  assert.deepEqual(fateAllocation(40, { nLayer: 4, nExpert: 8, minSlots: 2, residentShare: 1 }), [8, 8, 8, 8]);
+  // default: resident layers take at most a quarter of the slots: f = 1 (8 <= 32/4); 24 over 7 layers
+  const c = fateAllocation(32, { nLayer: 8, nExpert: 8, minSlots: 2 });
+  assert.deepEqual(c, [8, 4, 4, 4, 3, 3, 3, 3]);
+  // a 50% budget of 16 layers x 64 experts: 2 resident layers, 27-28 slots for every deep layer (uncapped: 6 and 12-13)
+  const d = fateAllocation(512, { nLayer: 16, nExpert: 64, minSlots: 8 });
+  assert.deepEqual(d.slice(0, 3), [64, 64, 28]);
+  assert.ok(d.slice(2).every((x) => x >= 27));
+  assert.ok(fateAllocation(512, { nLayer: 16, nExpert: 64, minSlots: 8, residentShare: 1 }).slice(6).every((x) => x <= 13));
   const p = createPolicy("fate", uniformLayout(8, 4), { nLayer: 8, nExpert: 8, topK: 2 });
   assert.equal(p.capacityOf(0), 8);
-  assert.equal(p.capacityOf(7), 2);
+  assert.equal(p.capacityOf(7), 3);
 });
 
 test("pinned experts are never evicted; admit reports failure when everything is pinned", () => {

@@ -83,17 +83,24 @@ export interface CachePolicyOptions {
 
 /**
  * Fate's shallow-favoring allocation of `total` slots: the first f layers hold all their experts,
- * with f the largest number that still leaves every other layer `minSlots`; what is left is split
- * evenly over the other layers, the remainder going to the shallowest of them.
+ * what is left is split evenly over the other layers (the remainder to the shallowest of them),
+ * every other layer keeping at least `minSlots`.
+ *
+ * f is capped so that fully resident layers take at most `residentShare` of the slots (default
+ * 1/4). Without the cap ("as many resident layers as leave the rest top-k"), a 50% budget on a
+ * 16-layer, 64-expert model pins 6 layers whole and leaves each deep layer ~12 slots: below the
+ * working set of skewed real routing, so deep layers thrash (measured: 85% hit rate against LRU's
+ * 96% on OLMoE-skewed routing, and 55% against 60% on the Mixtral GSM8K trace at 4 of 8 slots).
  */
 export function fateAllocation(total: number, o: {
-  nLayer: number; nExpert: number; minSlots: number; residentLayers?: number;
+  nLayer: number; nExpert: number; minSlots: number; residentLayers?: number; residentShare?: number;
 }): number[] {
   const { nLayer, nExpert } = o;
   const minSlots = Math.min(o.minSlots, nExpert);
+  const share = o.residentShare ?? 0.25;
   let f = o.residentLayers ?? 0;
   if (o.residentLayers === undefined) {
-    while (f < nLayer && (f + 1) * nExpert + (nLayer - f - 1) * minSlots <= total) f++;
+    while (f < nLayer && (f + 1) * nExpert + (nLayer - f - 1) * minSlots <= total && (f + 1) * nExpert <= share * total) f++;
   }
   f = Math.min(f, nLayer, Math.floor(total / nExpert));
   const slots = new Array<number>(nLayer).fill(0);
