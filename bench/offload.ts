@@ -51,6 +51,8 @@ const promptTokens = Number(arg("prompt-tokens", "256"));
 const genTokens = Number(arg("gen-tokens", "128"));
 const configs = (arg("configs", "none,lru,eap,fate,fate-lowbit") ?? "").split(",");
 const dir = arg("dir", "/tmp/moira-bench")!;
+/** weight type of the generated model (the targets are stated for Q4_K; llama.cpp's CPU repacking of Q4_K needs anonymous memory the cap does not allow, Q8_0 runs) */
+const weightType = arg("type", "Q4_K")!;
 /** per-layer expert popularity of the synthetic model (make-model --routing-from), e.g. OLMoE's measured counts */
 const routingFrom = arg("routing-from");
 /** decode input: text (the prompt's continuation; default) or greedy */
@@ -121,10 +123,10 @@ const results: any[] = [];
 const rows: Row[] = [];
 for (const preset of presets) {
   const routingTag = routingFrom ? `-${routingFrom.replace(/^.*__expert_counts__|\.json$/g, "")}` : "";
-  const path = join(dir, `${preset}${layers ? `-L${layers}` : ""}${routingTag}-Q4_K.gguf`);
+  const path = join(dir, `${preset}${layers ? `-L${layers}` : ""}${routingTag}-${weightType}.gguf`);
   if (!existsSync(path)) {
     process.stderr.write(`making ${path} ...\n`);
-    await makeModel({ out: path, preset, type: "Q4_K", ...(layers ? { layers } : {}), ...(routingFrom ? { routing: { from: routingFrom } } : {}) });
+    await makeModel({ out: path, preset, type: weightType, ...(layers ? { layers } : {}), ...(routingFrom ? { routing: { from: routingFrom } } : {}) });
   }
   const side = path.replace(/\.gguf$/, ".lowbit-Q2_K.gguf");
   if (configs.includes("fate-lowbit") && !existsSync(side)) {
