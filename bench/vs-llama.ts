@@ -4,7 +4,10 @@
  * tokens/s, and the ratio moira / llama.cpp for each. Prints JSON to stdout.
  *
  *   node --import tsx bench/vs-llama.ts [--presets olmoe-1b-7b,qwen1.5-moe-a2.7b] [--types Q4_K,Q8_0]
- *     [--prompt-tokens 512] [--gen-tokens 128] [--threads 2] [--rounds 2] [--dir /tmp/moira-bench]
+ *     [--prompt-tokens 512] [--gen-tokens 128] [--threads 2] [--rounds 2] [--dir /tmp/moira-bench] [--kv-type f16]
+ *
+ * moira's KV cache is f16 here by default, like llama.cpp's (its default type_k/type_v); moira's own
+ * default is f32 (exact against transformers).
  */
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -12,6 +15,7 @@ import { parseArgs } from "node:util";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { Model } from "../src/model/model.js";
 import { Session } from "../src/engine/session.js";
+import { parseKvType } from "../src/model/kv-cache.js";
 import { argmax } from "../src/engine/sampler.js";
 import { MappedFile, NativeBackend } from "../src/backend/native/index.js";
 
@@ -24,10 +28,13 @@ const { values: a } = parseArgs({
     threads: { type: "string", default: "2" },
     rounds: { type: "string", default: "2" },
     dir: { type: "string", default: "/tmp/moira-bench" },
+    // f16 matches llama.cpp's default cache type (type_k = type_v = f16)
+    "kv-type": { type: "string", default: "f16" },
   },
 });
 const promptTokens = Number(a["prompt-tokens"]), genTokens = Number(a["gen-tokens"]);
 const threads = Number(a.threads), rounds = Number(a.rounds);
+const kvType = parseKvType(a["kv-type"]!);
 
 interface Timing { prefillTps: number; decodeTps: number }
 
@@ -42,7 +49,7 @@ function runMoira(path: string, prompt: number[]): Timing {
   const model = Model.open(path, { map: (p, offset, length) => MappedFile.open(p, { offset, length }, { populate: true }) });
   const backend = NativeBackend.create({ threads });
   try {
-    const s = new Session(model, { backend, contextLength: prompt.length + genTokens + 1 });
+    const s = new Session(model, { backend, contextLength: prompt.length + genTokens + 1, kvType });
     // load weights outside the timed region (llama.cpp's load is not timed either)
     s.forward(prompt.slice(0, 1));
     s.reset();
@@ -108,7 +115,7 @@ for (const preset of a.presets!.split(",")) {
     }
     const m = best(moira), l = best(llama);
     results.push({
-      preset, type, threads, promptTokens, genTokens, rounds,
+      preset, type, threads, promptTokens, genTokens, rounds, kvType,
       moira: m, llamaCpp: l,
       ratio: { prefill: m.prefillTps / l.prefillTps, decode: m.decodeTps / l.decodeTps },
     });

@@ -176,10 +176,11 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     else P.run(nTok, [&](int t, int) { K->quantize_act(kind, xs + (size_t)t * cols, cols, act + L.stride * t); });
     a.act = act; a.actStride = L.stride;
   }
-  // Row chunks: decode wants many small chunks (balance, all threads streaming); prefill wants each
-  // chunk's weights (<= 256 KiB) to stay in L2 while every token tile passes over them.
+  // Row chunks: decode wants >= 8 chunks per thread (balance) of at most 256 KiB (a short tail when
+  // a thread is slowed), all threads streaming; prefill wants each chunk's weights (<= 256 KiB) to
+  // stay in L2 while every token tile passes over them.
   int chunk;
-  if (nTok <= 4) chunk = std::max(1, (rows + P.size() * 8 - 1) / (P.size() * 8));
+  if (nTok <= 4) chunk = (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + P.size() * 8 - 1) / (P.size() * 8)));
   else chunk = (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + P.size() - 1) / P.size()));
   const int nChunks = (rows + chunk - 1) / chunk;
   P.run(nChunks, [&](int c, int) { K->matmul_rows(a, c * chunk, std::min(rows, (c + 1) * chunk)); });
@@ -239,26 +240,78 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// attention(q, k, v, nTokens, nPast, nHead, nKvHead, headDimK, headDimV, scale, out)
+// attention(q, k, v, nTokens, nPast, nHead, nKvHead, headDimK, headDimV, scale, out); k and v are
+// both Float32Array or both Uint16Array (f16 cache)
+std::vector<float> gAttnScratch;
 Napi::Value Attention(const Napi::CallbackInfo& info) {
   AttnArgs a;
   auto q = typed<Napi::Float32Array>(info, 0, "q");
-  auto k = typed<Napi::Float32Array>(info, 1, "k");
-  auto v = typed<Napi::Float32Array>(info, 2, "v");
+  auto k = typed<Napi::TypedArray>(info, 1, "k");
+  auto v = typed<Napi::TypedArray>(info, 2, "v");
   a.nTok = intArg(info, 3, "nTokens"); a.nPast = intArg(info, 4, "nPast"); a.nHead = intArg(info, 5, "nHead");
   a.nKvHead = intArg(info, 6, "nKvHead"); a.dk = intArg(info, 7, "headDimK"); a.dv = intArg(info, 8, "headDimV");
   a.scale = (float)numArg(info, 9, "scale");
   auto out = typed<Napi::Float32Array>(info, 10, "out");
+  const auto kt = k.TypedArrayType();
+  if (kt != v.TypedArrayType() || (kt != napi_float32_array && kt != napi_uint16_array))
+    fail(info.Env(), "attention: k and v must both be Float32Array or both Uint16Array (f16)");
+  a.f16 = kt == napi_uint16_array;
   const size_t nCtx = (size_t)a.nPast + a.nTok;
-  if (a.nKvHead <= 0 || a.nHead % a.nKvHead != 0 || q.ElementLength() < (size_t)a.nTok * a.nHead * a.dk ||
+  if (a.nKvHead <= 0 || a.nHead % a.nKvHead != 0 || a.nTok < 0 || a.nPast < 0 || a.dk <= 0 || a.dv <= 0 ||
+      q.ElementLength() < (size_t)a.nTok * a.nHead * a.dk ||
       k.ElementLength() < nCtx * a.nKvHead * a.dk || v.ElementLength() < nCtx * a.nKvHead * a.dv ||
       out.ElementLength() < (size_t)a.nTok * a.nHead * a.dv)
     fail(info.Env(), "attention: bad sizes");
-  a.q = q.Data(); a.k = k.Data(); a.v = v.Data(); a.out = out.Data();
+  if (a.nTok == 0) return info.Env().Undefined();
+  a.q = q.Data(); a.out = out.Data();
+  a.k = (const uint8_t*)k.ArrayBuffer().Data() + k.ByteOffset();
+  a.v = (const uint8_t*)v.ArrayBuffer().Data() + v.ByteOffset();
   const KernelTable* K = gK;
   ThreadPool& P = pool();
-  std::vector<std::vector<float>> scratch(P.size(), std::vector<float>(64 + a.dv));
-  P.run(a.nTok * a.nHead, [&](int i, int tid) { K->attention_one(a, i / a.nHead, i % a.nHead, scratch[tid].data()); });
+  const int part = attn_part(a.dv), maxChunks = (int)((nCtx + ATTN_CHUNK - 1) / ATTN_CHUNK);
+  auto chunksOf = [&](int t) { return (a.nPast + t + ATTN_CHUNK) / ATTN_CHUNK; };  // ceil((nPast + t + 1) / C)
+  if (a.nTok <= 4) {
+    // few tokens (decode): one task per (token, chunk) over every head, streaming the cache in
+    // address order; then one combine per (token, head)
+    const size_t perTok = (size_t)maxChunks * a.nHead * part;
+    const size_t scr = (size_t)a.nHead * ATTN_CHUNK;
+    gAttnScratch.resize(perTok * a.nTok + scr * P.size());
+    float* parts = gAttnScratch.data();
+    float* sc = parts + perTok * a.nTok;
+    std::vector<int> first(a.nTok + 1, 0);
+    for (int t = 0; t < a.nTok; t++) first[t + 1] = first[t] + chunksOf(t);
+    P.run(first[a.nTok], [&](int i, int tid) {
+      int t = 0;
+      while (first[t + 1] <= i) t++;
+      const int c = i - first[t], j0 = c * ATTN_CHUNK, j1 = std::min(a.nPast + t + 1, j0 + ATTN_CHUNK);
+      K->attention_chunk(a, t, j0, j1, 0, a.nHead, sc + scr * tid, parts + perTok * t + (size_t)c * a.nHead * part);
+    });
+    for (int t = 0; t < a.nTok; t++)
+      for (int h = 0; h < a.nHead; h++)
+        K->attention_combine(parts + perTok * t + (size_t)h * part, chunksOf(t), (size_t)a.nHead * part, a.dv,
+                             a.out + ((size_t)t * a.nHead + h) * a.dv);
+    return info.Env().Undefined();
+  }
+  // many tokens (prefill): one task per (token, head), its chunks one after another
+  const size_t perThread = ATTN_CHUNK + (size_t)maxChunks * part;
+  gAttnScratch.resize(perThread * P.size());
+  P.run(a.nTok * a.nHead, [&](int i, int tid) {
+    const int t = i / a.nHead, h = i % a.nHead, nc = chunksOf(t);
+    float* sc = gAttnScratch.data() + perThread * tid;
+    float* parts = sc + ATTN_CHUNK;
+    for (int c = 0; c < nc; c++)
+      K->attention_chunk(a, t, c * ATTN_CHUNK, std::min(a.nPast + t + 1, (c + 1) * ATTN_CHUNK), h, h + 1, sc, parts + (size_t)c * part);
+    K->attention_combine(parts, nc, part, a.dv, a.out + ((size_t)t * a.nHead + h) * a.dv);
+  });
+  return info.Env().Undefined();
+}
+
+// f32ToF16(x: Float32Array, out: Uint16Array)
+Napi::Value F32ToF16(const Napi::CallbackInfo& info) {
+  auto x = typed<Napi::Float32Array>(info, 0, "x");
+  auto o = typed<Napi::Uint16Array>(info, 1, "out");
+  if (o.ElementLength() < x.ElementLength()) fail(info.Env(), "f32ToF16: out shorter than x");
+  gK->f32_to_f16(x.Data(), o.Data(), x.ElementLength());
   return info.Env().Undefined();
 }
 
@@ -603,6 +656,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rmsNorm", Napi::Function::New(env, RmsNorm));
   exports.Set("rope", Napi::Function::New(env, Rope));
   exports.Set("attention", Napi::Function::New(env, Attention));
+  exports.Set("f32ToF16", Napi::Function::New(env, F32ToF16));
   exports.Set("siluMul", Napi::Function::New(env, SiluMul));
   exports.Set("getRows", Napi::Function::New(env, GetRows));
   exports.Set("moeFfn", Napi::Function::New(env, MoeFfn));

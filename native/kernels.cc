@@ -686,27 +686,6 @@ void dequant_row_impl(int type, const uint8_t* src, int cols, float* out) {
   }
 }
 
-inline float dot_f32(const float* a, const float* b, int n) {
-  int i = 0;
-  float s = 0;
-#if defined(__AVX2__)
-  __m256 acc = _mm256_setzero_ps();
-  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-  s = hsum8(acc);
-#endif
-  for (; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-inline void axpby(float* y, float beta, const float* x, float alpha, int n) {  // y = beta*y + alpha*x
-  int i = 0;
-#if defined(__AVX2__)
-  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(_mm256_loadu_ps(x + i), va, _mm256_mul_ps(_mm256_loadu_ps(y + i), vb)));
-#endif
-  for (; i < n; i++) y[i] = beta * y[i] + alpha * x[i];
-}
-
 void rmsnorm_row_impl(const float* x, const float* w, float eps, int dim, float* out) {
   double ss = 0;
   int i = 0;
@@ -724,37 +703,136 @@ void silu_mul_impl(const float* g, const float* u, float* out, size_t n) {
   for (size_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-// Online softmax over key tiles of 64: scores of a tile, rescale the running sum/output when the
-// running max grows, accumulate. scratch: 64 scores + dv outputs.
-void attention_one_impl(const AttnArgs& a, int t, int h, float* scratch) {
-  const int group = a.nHead / a.nKvHead, kvh = h / group, nCtx = a.nPast + t + 1;
-  const float* q = a.q + ((size_t)t * a.nHead + h) * a.dk;
-  float* s = scratch;
-  float* o = scratch + 64;
-  for (int i = 0; i < a.dv; i++) o[i] = 0;
-  float m = -INFINITY, l = 0;
-  for (int j0 = 0; j0 < nCtx; j0 += 64) {
-    const int nb = nCtx - j0 < 64 ? nCtx - j0 : 64;
-    float bm = -INFINITY;
-    for (int j = 0; j < nb; j++) {
-      s[j] = a.scale * dot_f32(q, a.k + ((size_t)(j0 + j) * a.nKvHead + kvh) * a.dk, a.dk);
-      bm = s[j] > bm ? s[j] : bm;
-    }
-    if (bm > m) {
-      const float r = expf(m - bm);  // 0 on the first tile
-      for (int i = 0; i < a.dv; i++) o[i] *= r;
-      l *= r;
-      m = bm;
-    }
-    for (int j = 0; j < nb; j++) {
-      const float p = expf(s[j] - m);
-      l += p;
-      axpby(o, 1.0f, a.v + ((size_t)(j0 + j) * a.nKvHead + kvh) * a.dv, p, a.dv);
-    }
+// One cached key/value row segment of n elements (f32 or f16) against f32 vectors.
+template <bool F16>
+inline float dot_kv(const float* q, const void* k, int n) {
+  const float* kf = (const float*)k;
+  const uint16_t* kh = (const uint16_t*)k;
+  int i = 0;
+  float s = 0;
+#if defined(__AVX512F__)
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 k0 = F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(kh + i))) : _mm512_loadu_ps(kf + i);
+    const __m512 k1 = F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(kh + i + 16))) : _mm512_loadu_ps(kf + i + 16);
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), k0, a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), k1, a1);
   }
-  float* out = a.out + ((size_t)t * a.nHead + h) * a.dv;
-  const float il = 1.0f / l;
-  for (int i = 0; i < a.dv; i++) out[i] = o[i] * il;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 k0 = F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(kh + i))) : _mm512_loadu_ps(kf + i);
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), k0, a0);
+  }
+  s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+#elif defined(__AVX2__)
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 k0 = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(kh + i))) : _mm256_loadu_ps(kf + i);
+    const __m256 k1 = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(kh + i + 8))) : _mm256_loadu_ps(kf + i + 8);
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), k0, a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), k1, a1);
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m256 k0 = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(kh + i))) : _mm256_loadu_ps(kf + i);
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), k0, a0);
+  }
+  s = hsum8(_mm256_add_ps(a0, a1));
+#endif
+  for (; i < n; i++) s += q[i] * (F16 ? h2f(kh[i]) : kf[i]);
+  return s;
+}
+// o[0..n) += p * v[0..n)
+template <bool F16>
+inline void axpy_kv(float* o, float p, const void* v, int n) {
+  const float* vf = (const float*)v;
+  const uint16_t* vh = (const uint16_t*)v;
+  int i = 0;
+#if defined(__AVX512F__)
+  const __m512 pv = _mm512_set1_ps(p);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 x = F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(vh + i))) : _mm512_loadu_ps(vf + i);
+    _mm512_storeu_ps(o + i, _mm512_fmadd_ps(x, pv, _mm512_loadu_ps(o + i)));
+  }
+#elif defined(__AVX2__)
+  const __m256 pv = _mm256_set1_ps(p);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(vh + i))) : _mm256_loadu_ps(vf + i);
+    _mm256_storeu_ps(o + i, _mm256_fmadd_ps(x, pv, _mm256_loadu_ps(o + i)));
+  }
+#endif
+  for (; i < n; i++) o[i] += p * (F16 ? h2f(vh[i]) : vf[i]);
+}
+
+// Rows outer, heads inner, so a task over many heads streams the cache in address order; per head
+// the ops run in row order whatever the head range (same bits for every split).
+template <bool F16>
+void attention_chunk_t(const AttnArgs& a, int t, int j0, int j1, int h0, int h1, float* sc, float* part) {
+  const int group = a.nHead / a.nKvHead, nh = h1 - h0, nj = j1 - j0, P = attn_part(a.dv);
+  const size_t es = F16 ? 2 : 4;
+  const uint8_t* K = (const uint8_t*)a.k;
+  const uint8_t* V = (const uint8_t*)a.v;
+  const float* q = a.q + (size_t)t * a.nHead * a.dk;
+  for (int j = 0; j < nj; j++) {
+    const uint8_t* kr = K + (size_t)(j0 + j) * a.nKvHead * a.dk * es;
+    for (int h = h0; h < h1; h++)
+      sc[(h - h0) * ATTN_CHUNK + j] = a.scale * dot_kv<F16>(q + (size_t)h * a.dk, kr + (size_t)(h / group) * a.dk * es, a.dk);
+  }
+  for (int hi = 0; hi < nh; hi++) {
+    float* s = sc + hi * ATTN_CHUNK;
+    float m = -INFINITY, l = 0;
+    for (int j = 0; j < nj; j++) m = s[j] > m ? s[j] : m;
+    for (int j = 0; j < nj; j++) { s[j] = expf(s[j] - m); l += s[j]; }
+    float* pp = part + (size_t)hi * P;
+    pp[0] = m; pp[1] = l;
+    for (int i = 0; i < a.dv; i++) pp[2 + i] = 0;
+  }
+  for (int j = 0; j < nj; j++) {
+    const uint8_t* vr = V + (size_t)(j0 + j) * a.nKvHead * a.dv * es;
+    for (int h = h0; h < h1; h++)
+      axpy_kv<F16>(part + (size_t)(h - h0) * P + 2, sc[(h - h0) * ATTN_CHUNK + j], vr + (size_t)(h / group) * a.dv * es, a.dv);
+  }
+}
+void attention_chunk_impl(const AttnArgs& a, int t, int j0, int j1, int h0, int h1, float* sc, float* part) {
+  if (a.f16) attention_chunk_t<true>(a, t, j0, j1, h0, h1, sc, part);
+  else attention_chunk_t<false>(a, t, j0, j1, h0, h1, sc, part);
+}
+
+void attention_combine_impl(const float* parts, int nChunks, size_t stride, int dv, float* out) {
+  float M = -INFINITY, L = 0;
+  for (int c = 0; c < nChunks; c++) M = parts[c * stride] > M ? parts[c * stride] : M;
+  for (int i = 0; i < dv; i++) out[i] = 0;
+  for (int c = 0; c < nChunks; c++) {
+    const float* pc = parts + c * stride;
+    const float w = expf(pc[0] - M);
+    L += w * pc[1];
+    axpy_kv<false>(out, w, pc + 2, dv);
+  }
+  const float il = 1.0f / L;
+  for (int i = 0; i < dv; i++) out[i] *= il;
+}
+
+// Same rounding as F16C's vcvtps2ph with round-to-nearest-even (and the TypeScript fp32ToFp16).
+inline uint16_t f2h(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000, abs = x & 0x7fffffff;
+  if (abs > 0x7f800000) return (uint16_t)(sign | 0x7e00 | ((abs >> 13) & 0x3ff));  // NaN stays NaN
+  if (abs >= 0x47800000) return (uint16_t)(sign | 0x7c00);
+  if (abs < 0x38800000) return (uint16_t)(sign | (uint32_t)nearbyintf(fabsf(f) * 16777216.0f));  // subnormal
+  uint32_t h = (abs >> 13) - (112 << 10);
+  const uint32_t rest = abs & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+  return (uint16_t)(sign | h);
+}
+void f32_to_f16_impl(const float* x, uint16_t* out, size_t n) {
+  size_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256((__m256i*)(out + i), _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i*)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; i < n; i++) out[i] = f2h(x[i]);
 }
 
 double sum_f32_impl(const float* p, size_t n) {
@@ -788,7 +866,8 @@ double sum_f32_impl(const float* p, size_t n) {
 
 const KernelTable kTable = {
     MOIRA_STR(MOIRA_NS), act_kind_impl, quantize_act_impl, matmul_rows_impl, dequant_row_impl,
-    rmsnorm_row_impl, silu_mul_impl, attention_one_impl, sum_f32_impl,
+    rmsnorm_row_impl, silu_mul_impl, attention_chunk_impl, attention_combine_impl, f32_to_f16_impl,
+    sum_f32_impl,
 };
 
 }  // namespace

@@ -50,11 +50,20 @@ struct MatmulArgs {
 };
 
 struct AttnArgs {
-  const float *q, *k, *v;
+  const float* q;
+  const void *k, *v;  // f32, or f16 (IEEE half) when f16
   float* out;
   int nTok, nPast, nHead, nKvHead, dk, dv;
   float scale;
+  bool f16;
 };
+
+// Attention is computed in chunks of ATTN_CHUNK cache rows: per (token, head, chunk) a partial
+// {max score m, sum of exp(s - m), exp-weighted sum of values} of attn_part(dv) floats, then the
+// chunks are combined in order. Every task split computes the same ops, so the result is the same
+// bits for a batch, one token at a time, and any thread count.
+constexpr int ATTN_CHUNK = 32;
+inline int attn_part(int dv) { return dv + 2; }
 
 struct KernelTable {
   const char* isa;
@@ -67,8 +76,13 @@ struct KernelTable {
   void (*dequant_row)(int type, const uint8_t* src, int cols, float* out);
   void (*rmsnorm_row)(const float* x, const float* w, float eps, int dim, float* out);
   void (*silu_mul)(const float* g, const float* u, float* out, size_t n);
-  // one (token, head) of causal attention; scratch >= 64 floats + dv floats
-  void (*attention_one)(const AttnArgs& a, int t, int h, float* scratch);
+  // token t over cache rows [j0, j1) (one chunk), heads [h0, h1): partials into
+  // part[(h - h0) * attn_part(dv)]; scratch >= (h1 - h0) * ATTN_CHUNK floats
+  void (*attention_chunk)(const AttnArgs& a, int t, int j0, int j1, int h0, int h1, float* scratch, float* part);
+  // combines nChunks partials (stride floats apart) into out[dv]
+  void (*attention_combine)(const float* parts, int nChunks, size_t stride, int dv, float* out);
+  // IEEE f16 bit patterns of n floats, round to nearest even (the f16 KV cache)
+  void (*f32_to_f16)(const float* x, uint16_t* out, size_t n);
   // sum of n floats (bandwidth probe)
   double (*sum_f32)(const float* p, size_t n);
 };

@@ -53,6 +53,16 @@ test("quick start: make-model --preset tiny, then run, logits, inspect", () => {
     assert.ok(row.every(Number.isFinite));
   }
 
+  // an f16 KV cache: same shape of output, close logits; a bad type is one clear line
+  r = moira("logits", "--model", tiny, "--tokens", "1,2,3", "--json", "--kv-type", "f16");
+  assert.equal(r.code, 0, r.stderr);
+  const l16 = (JSON.parse(r.stdout) as { logits: number[][] }).logits;
+  assert.equal(l16.length, 3);
+  l16.forEach((row, t) => row.forEach((v, i) => assert.ok(Math.abs(v - logits[t][i]) < 0.05, `f16 cache logit ${t},${i}`)));
+  r = moira("logits", "--model", tiny, "--tokens", "1,2,3", "--kv-type", "q8");
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /KV cache type must be f32 or f16/);
+
   r = moira("inspect", "--model", tiny, "--json");
   assert.equal(r.code, 0, r.stderr);
   const s = JSON.parse(r.stdout);

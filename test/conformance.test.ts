@@ -291,6 +291,54 @@ describe("native elementwise and attention ops vs ref", () => {
     }
   });
 
+  test("attention over an f16 cache; decode one token at a time gives the batch's bits", () => {
+    const r = rng(19);
+    for (const [nTokens, nPast, nHead, nKvHead, headDimK, headDimV] of [
+      [1, 0, 2, 1, 8, 8], [1, 100, 4, 2, 64, 32], [5, 3, 4, 1, 7, 5], [6, 70, 4, 4, 128, 128], [2, 31, 3, 3, 16, 24],
+    ] as const) {
+      const nCtx = nPast + nTokens;
+      const q = randF32(nTokens * nHead * headDimK, r, 2);
+      const k16 = new Uint16Array(nCtx * nKvHead * headDimK), v16 = new Uint16Array(nCtx * nKvHead * headDimV);
+      ref.f32ToF16(randF32(k16.length, r, 2), k16);
+      ref.f32ToF16(randF32(v16.length, r), v16);
+      const p = { nTokens, nPast, nHead, nKvHead, headDimK, headDimV, scale: 1 / Math.sqrt(headDimK) };
+      const want = new Float32Array(nTokens * nHead * headDimV);
+      ref.attention(q, k16, v16, p, want);
+      eachConfig((cfg) => {
+        const got = new Float32Array(want.length);
+        nat.attention(q, k16, v16, p, got);
+        assertClose(got, want, () => 2e-5, `f16 attention ${cfg} ${JSON.stringify(p)}`);
+        // token by token (the few-token path) must match the batch bit for bit
+        const qd = headDimK * nHead, od = headDimV * nHead;
+        for (let t = 0; t < nTokens; t++) {
+          const one = new Float32Array(od);
+          nat.attention(q.subarray(t * qd, (t + 1) * qd), k16, v16, { ...p, nTokens: 1, nPast: nPast + t }, one);
+          assert.deepEqual(one, got.subarray(t * od, (t + 1) * od), `f16 attention ${cfg} token ${t} alone`);
+        }
+      });
+    }
+    assert.throws(() => nat.attention(new Float32Array(8), new Uint16Array(8), new Float32Array(8),
+      { nTokens: 1, nPast: 0, nHead: 1, nKvHead: 1, headDimK: 8, headDimV: 8, scale: 1 }, new Float32Array(8)), /both/);
+  });
+
+  test("f32ToF16 rounds like fp32ToFp16 (ties to even, subnormals, overflow)", () => {
+    const r = rng(20);
+    const special = [0, -0, 1, -1, 65504, 65519.99, 65520, 1e6, -1e6, Infinity, -Infinity, 6e-8, 2.98e-8, 3e-8, 6.1e-5, 6.09e-5, 1e-10,
+      1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -11 + 2 ** -20, 1.0009765625, 2 ** -24 * 1.5, 2 ** -24 * 2.5, 2 ** -24 * 0.5];
+    for (const n of [1, 7, 16, 33, 1000]) {
+      const x = new Float32Array(n);
+      for (let i = 0; i < n; i++) x[i] = i < special.length && n === 1000 ? special[i] : (r() * 2 - 1) * 10 ** (r() * 12 - 7);
+      const want = new Uint16Array(n);
+      ref.f32ToF16(x, want);
+      for (let i = 0; i < n; i++) assert.equal(want[i], fp32ToFp16(x[i]));
+      eachConfig((cfg) => {
+        const got = new Uint16Array(n);
+        nat.f32ToF16(x, got);
+        assert.deepEqual(got, want, `f32ToF16 ${cfg} n=${n}`);
+      });
+    }
+  });
+
   test("siluMul", () => {
     const r = rng(10);
     for (const n of [1, 1000, 40000]) {

@@ -36,6 +36,9 @@ export interface RopeParams {
   freqScale: number;
 }
 
+/** A KV cache row store: f32, or IEEE f16 bit patterns (see Backend.f32ToF16). */
+export type KvArray = Float32Array | Uint16Array;
+
 export interface AttentionParams {
   /** new query tokens; query t sits at position nPast + t and sees cache rows [0, nPast + t] */
   nTokens: number;
@@ -81,9 +84,12 @@ export interface Backend {
    * Causal attention of new queries over a KV cache.
    * q: [nTokens, nHead, headDimK]; k: [>= nPast+nTokens, nKvHead, headDimK];
    * v: [>= nPast+nTokens, nKvHead, headDimV]; out: [nTokens, nHead, headDimV].
-   * Head h reads kv head h / (nHead / nKvHead) (GQA).
+   * Head h reads kv head h / (nHead / nKvHead) (GQA). k and v are both f32 or both f16 (Uint16Array
+   * of IEEE half bit patterns, widened exactly to f32 on read).
    */
-  attention(q: Float32Array, k: Float32Array, v: Float32Array, p: AttentionParams, out: Float32Array): void;
+  attention(q: Float32Array, k: KvArray, v: KvArray, p: AttentionParams, out: Float32Array): void;
+  /** out[i] = x[i] rounded to IEEE f16 (nearest even; overflow to ±Inf), as bit patterns. */
+  f32ToF16(x: Float32Array, out: Uint16Array): void;
   /** out[i] = silu(gate[i]) * up[i] */
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
   /**

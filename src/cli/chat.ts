@@ -27,7 +27,7 @@ export function registerChatCommand(program: Command): void {
     const tok = loadTokenizer(model.file);
     const contextLength = o.context ?? Math.min(model.config.contextLength, 4096);
     const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: contextLength });
-    const session = new Session(model, { backend, contextLength, experts: offload.provider, observer: offload.observer });
+    const session = new Session(model, { backend, contextLength, kvType: o.kvType, experts: offload.provider, observer: offload.observer });
     const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
     const messages: Array<{ role: string; content: string }> = o.system ? [{ role: "system", content: o.system }] : [];
     let cached: number[] = [];

@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { InvalidArgumentError } from "../errors.js";
 import type { SamplerOptions } from "../engine/sampler.js";
+import { parseKvType } from "../model/kv-cache.js";
 
 export function parseIntOption(name: string, min = 0): (v: string) => number {
   return (v: string) => {
@@ -41,12 +42,13 @@ export function parseBytes(v: string): number {
   return Math.round(n * Math.pow(binary ? 1024 : 1000, pow));
 }
 
-/** --backend, --threads, --context: where and how wide the model runs. */
+/** --backend, --threads, --context, --kv-type: where and how wide the model runs. */
 export function addBackendOptions(cmd: Command): Command {
   return cmd
     .option("--backend <name>", "compute backend: native (C++ kernels) or ref (TypeScript oracle)", "native")
     .option("--threads <n>", "worker threads for the native backend (default: all cores)", parseIntOption("--threads", 1))
-    .option("--context <n>", "KV cache length in tokens (default: the model's, at most 4096)", parseIntOption("--context", 1));
+    .option("--context <n>", "KV cache length in tokens (default: the model's, at most 4096)", parseIntOption("--context", 1))
+    .option("--kv-type <type>", "KV cache element type: f32 (exact) or f16 (half the cache and its decode reads; llama.cpp's default)", parseKvType, "f32");
 }
 
 /** The sampling flags (llama.cpp's names and meanings); `defaults` differ between one-shot runs and chat. */

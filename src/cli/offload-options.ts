@@ -118,7 +118,7 @@ export function createExpertProvider(
   });
   return {
     provider: store, store, stats, plan, observer,
-    report: (o = {}) => `${formatPlan(plan)}\npolicy ${store.policy.name}, predictor ${store.predictor.name}, prefetch width ${store.width}\n${stats.format(o)}`,
+    report: (o = {}) => `${formatPlan(plan)}\npolicy ${store.policy.name}, predictor ${store.predictor.name}, prefetch width ${store.width} (at most ${store.prefetchLoads} loads per decode layer)\n${stats.format(o)}`,
     dispose: () => { store.dispose(); closeTrace(); },
   };
 }

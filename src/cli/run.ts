@@ -39,7 +39,7 @@ export function registerRunCommands(program: Command): void {
       // offload: an ExpertStore when --memory-budget is given (else all experts resident)
       const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: prompt.length });
       try {
-      const session = new Session(model, { backend, contextLength, experts: offload.provider, observer: offload.observer });
+      const session = new Session(model, { backend, contextLength, kvType: o.kvType, experts: offload.provider, observer: offload.observer });
       const it = generate(session, tok, prompt, { maxTokens: o.maxTokens, ...samplerOptions(o) });
       let r = await it.next();
       while (!r.done) {
@@ -75,7 +75,7 @@ export function registerRunCommands(program: Command): void {
     const backend = await createBackend(o.backend, { threads: o.threads });
     try {
       const tokens: number[] = o.tokens;
-      const session = new Session(model, { backend, contextLength: o.context ?? Math.max(tokens.length, 1) });
+      const session = new Session(model, { backend, contextLength: o.context ?? Math.max(tokens.length, 1), kvType: o.kvType });
       const logits = session.forward(tokens, { allLogits: true });
       const V = model.config.vocabSize;
       const rows: number[][] = [];

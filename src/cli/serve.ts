@@ -24,7 +24,7 @@ export function registerServeCommand(program: Command): void {
     const tokenizer = loadTokenizer(model.file);
     const contextLength = o.context ?? Math.min(model.config.contextLength, 4096);
     const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: contextLength });
-    const session = new Session(model, { backend, contextLength, experts: offload.provider, observer: offload.observer });
+    const session = new Session(model, { backend, contextLength, kvType: o.kvType, experts: offload.provider, observer: offload.observer });
     const modelId = o.modelId ?? basename(o.model).replace(/\.gguf$/, "");
     const stats = offload.stats;
     const metricsExtra = stats ? () => {

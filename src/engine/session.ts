@@ -6,7 +6,7 @@
 import type { Backend } from "../backend/backend.js";
 import type { Model } from "../model/model.js";
 import { ResidentExperts, type ExpertProvider } from "../model/experts.js";
-import { KvCache } from "../model/kv-cache.js";
+import { KvCache, type KvType } from "../model/kv-cache.js";
 import { embed, outputLogits, type ForwardContext, type RoutingObserver } from "../model/steps.js";
 import { InvalidArgumentError } from "../errors.js";
 
@@ -16,6 +16,11 @@ export interface SessionOptions {
   readonly experts?: ExpertProvider;
   /** KV cache positions; defaults to the model's context length (capped at 4096) */
   readonly contextLength?: number;
+  /**
+   * KV cache element type (default f32). f16 halves the cache and the bytes attention reads per
+   * decoded token (llama.cpp's default); keys and values are rounded to f16 when cached.
+   */
+  readonly kvType?: KvType;
   readonly observer?: RoutingObserver;
 }
 
@@ -30,7 +35,7 @@ export class Session {
     if (!(Number.isInteger(this.contextLength) && this.contextLength > 0)) {
       throw new InvalidArgumentError(`context length must be a positive integer, got ${opts.contextLength}`);
     }
-    this.kv = new KvCache(model.config, this.contextLength);
+    this.kv = new KvCache(model.config, this.contextLength, opts.kvType ?? "f32");
     this.experts = opts.experts ?? new ResidentExperts(model.config, model.weights);
   }
 

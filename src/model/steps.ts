@@ -63,8 +63,14 @@ function linear(ctx: ForwardContext, name: string, rows: number, cols: number, x
 /** Copies this batch's keys/values into the cache at positions pos0.. */
 function storeKv(ctx: ForwardContext, l: number, k: Float32Array, v: Float32Array): void {
   const { kv, pos0 } = ctx;
-  kv.k[l].set(k, pos0 * kv.kRow);
-  kv.v[l].set(v, pos0 * kv.vRow);
+  const kc = kv.k[l], vc = kv.v[l];
+  if (kc instanceof Float32Array && vc instanceof Float32Array) {
+    kc.set(k, pos0 * kv.kRow);
+    vc.set(v, pos0 * kv.vRow);
+  } else {
+    ctx.backend.f32ToF16(k, (kc as Uint16Array).subarray(pos0 * kv.kRow, pos0 * kv.kRow + k.length));
+    ctx.backend.f32ToF16(v, (vc as Uint16Array).subarray(pos0 * kv.vRow, pos0 * kv.vRow + v.length));
+  }
 }
 
 /**

@@ -44,8 +44,9 @@ export interface NativeAddon {
   rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void;
   rope(x: Float32Array, nTokens: number, nHead: number, headStride: number, ropeOffset: number, ropeDim: number,
     pos0: number, theta: number, neox: boolean, freqScale: number): void;
-  attention(q: Float32Array, k: Float32Array, v: Float32Array, nTokens: number, nPast: number, nHead: number,
+  attention(q: Float32Array, k: Float32Array | Uint16Array, v: Float32Array | Uint16Array, nTokens: number, nPast: number, nHead: number,
     nKvHead: number, headDimK: number, headDimV: number, scale: number, out: Float32Array): void;
+  f32ToF16(x: Float32Array, out: Uint16Array): void;
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
   moeFfn(x: Float32Array, nTokens: number, d: number, ff: number, types: Int32Array, weights: Uint8Array[],
     offsets: Int32Array, tokens: Int32Array, slotWeights: Float32Array, out: Float32Array): void;

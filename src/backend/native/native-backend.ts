@@ -2,7 +2,7 @@
  * The native backend: moira's C++ kernels (AVX-512 / AVX2 / scalar, chosen at load) on a persistent
  * thread pool. Ops are synchronous: they return when every pool thread has finished.
  */
-import type { AttentionParams, Backend, ExpertBatch, RopeParams, WeightMatrix } from "../backend.js";
+import type { AttentionParams, Backend, ExpertBatch, KvArray, RopeParams, WeightMatrix } from "../backend.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { loadNativeAddon, type Isa, type NativeAddon } from "./addon.js";
@@ -55,8 +55,13 @@ export class NativeBackend implements Backend {
     this.live().rope(x, p.nTokens, p.nHead, p.headStride, p.ropeOffset, p.ropeDim, p.pos0, p.theta, p.neox, p.freqScale);
   }
 
-  attention(q: Float32Array, k: Float32Array, v: Float32Array, p: AttentionParams, out: Float32Array): void {
+  attention(q: Float32Array, k: KvArray, v: KvArray, p: AttentionParams, out: Float32Array): void {
     this.live().attention(q, k, v, p.nTokens, p.nPast, p.nHead, p.nKvHead, p.headDimK, p.headDimV, p.scale, out);
+  }
+
+  f32ToF16(x: Float32Array, out: Uint16Array): void {
+    if (out.length < x.length) throw new InvalidArgumentError(`f32ToF16: out holds ${out.length} values, x has ${x.length}`);
+    this.live().f32ToF16(x, out);
   }
 
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void {

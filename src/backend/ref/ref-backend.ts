@@ -3,8 +3,8 @@
  * other backend is tested against op by op, so clarity beats speed. Dequantized weights are cached
  * per weight buffer (tests run it on small models; it is not meant for multi-GB ones).
  */
-import type { AttentionParams, Backend, ExpertBatch, RopeParams, WeightMatrix } from "../backend.js";
-import { dequantize } from "../../formats/quant/dequantize.js";
+import type { AttentionParams, Backend, ExpertBatch, KvArray, RopeParams, WeightMatrix } from "../backend.js";
+import { dequantize, fp16ToFp32, fp32ToFp16 } from "../../formats/quant/dequantize.js";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
 
@@ -72,8 +72,12 @@ export class RefBackend implements Backend {
     }
   }
 
-  attention(q: Float32Array, k: Float32Array, v: Float32Array, p: AttentionParams, out: Float32Array): void {
+  attention(q: Float32Array, kc: KvArray, vc: KvArray, p: AttentionParams, out: Float32Array): void {
     const { nTokens, nPast, nHead, nKvHead, headDimK, headDimV, scale } = p;
+    // an f16 cache reads as its exact f32 values
+    const nCtxAll = nPast + nTokens;
+    const widen = (c: KvArray, n: number): Float32Array => c instanceof Float32Array ? c : Float32Array.from(c.subarray(0, n), fp16ToFp32);
+    const k = widen(kc, nCtxAll * nKvHead * headDimK), v = widen(vc, nCtxAll * nKvHead * headDimV);
     const group = nHead / nKvHead;
     const scores = new Float64Array(nPast + nTokens);
     for (let t = 0; t < nTokens; t++) {
@@ -100,6 +104,10 @@ export class RefBackend implements Backend {
         }
       }
     }
+  }
+
+  f32ToF16(x: Float32Array, out: Uint16Array): void {
+    for (let i = 0; i < x.length; i++) out[i] = fp32ToFp16(x[i]);
   }
 
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void {
