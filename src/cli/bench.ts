@@ -8,6 +8,7 @@ import { Model } from "../model/model.js";
 import { createBackend } from "../backend/index.js";
 import { Session } from "../engine/session.js";
 import { parseIntOption } from "./common.js";
+import { parseKvType, type KvType } from "../model/kv-cache.js";
 import { addOffloadOptions, createExpertProvider, type OffloadFlags } from "./offload-options.js";
 import type { RoutingObserver } from "../model/steps.js";
 import type { LayerRouting, RoutingTrace, TokenRouting } from "../trace/format.js";
@@ -100,6 +101,8 @@ export function syntheticPrompt(n: number, vocab: number, seed = 1): number[] {
 
 export async function runBench(o: OffloadFlags & {
   model: string; backend: string; threads?: number; promptTokens: number; genTokens: number; perLayer?: boolean;
+  /** KV cache element type (default f32) */
+  kvType?: KvType;
   /** record the routing and replay it through Belady's cache at the plan's cache size */
   belady?: boolean;
   /**
@@ -116,7 +119,7 @@ export async function runBench(o: OffloadFlags & {
   try {
     const firstMoe = handle.plan ? Math.min(...handle.plan.tensors.keys()) : 0;
     const collector = o.belady && handle.plan ? new RoutingCollector(firstMoe, handle.observer) : null;
-    const session = new Session(model, { backend, experts: handle.provider, contextLength: ctx, observer: collector ?? handle.observer });
+    const session = new Session(model, { backend, experts: handle.provider, contextLength: ctx, kvType: o.kvType, observer: collector ?? handle.observer });
     const V = model.config.vocabSize;
     const text = syntheticPrompt(o.promptTokens + o.genTokens, V);
     const prompt = text.slice(0, o.promptTokens);
@@ -165,6 +168,7 @@ export function registerBenchCommand(program: Command): void {
       .requiredOption("-m, --model <path>", "GGUF model file")
       .option("--backend <name>", "compute backend: native or ref", "native")
       .option("--threads <n>", "compute threads (default: all cores)", parseIntOption("--threads", 1))
+      .option("--kv-type <type>", "KV cache element type: f32 or f16", parseKvType, "f32")
       .option("--prompt-tokens <n>", "prompt length", parseIntOption("--prompt-tokens", 1), 256)
       .option("--gen-tokens <n>", "tokens to decode", parseIntOption("--gen-tokens", 0), 128)
       .option("--per-layer", "per-layer statistics")

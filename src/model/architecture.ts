@@ -16,7 +16,11 @@ export interface Architecture {
   layer(ctx: ForwardContext, l: number, x: Float32Array): void;
 }
 
-/** Fields every architecture reads the same way (llama.cpp's LLM_KV_* keys). */
+/**
+ * Fields every architecture reads the same way (llama.cpp's LLM_KV_* keys), plus the defaults of
+ * a plain MoE block (no shared expert, no dense layers, no q/k norm, unscaled weights) that an
+ * architecture overrides where it differs.
+ */
 export function commonConfig(arch: string, md: Metadata, tensors: ReadonlyMap<string, TensorMeta>) {
   const m = new MetadataReader(md, arch);
   const dModel = m.num("embedding_length");
@@ -56,6 +60,14 @@ export function commonConfig(arch: string, md: Metadata, tensors: ReadonlyMap<st
     ropeFreqScale: freqScale,
     nExpert,
     nExpertUsed: m.num("expert_used_count"),
+    // llama and olmoe files give the expert width as feed_forward_length
+    expertFf: m.num("expert_feed_forward_length", m.num("feed_forward_length", 0)),
+    denseFf: 0,
+    sharedFf: 0,
+    leadingDense: 0,
+    routedScale: 1,
+    qkNorm: "none" as "none" | "head" | "full",
+    mla: null,
     tiedEmbeddings: !tensors.has("output.weight"),
   };
 }

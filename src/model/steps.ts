@@ -44,6 +44,20 @@ export function addInPlace(x: Float32Array, y: Float32Array): void {
   for (let i = 0; i < x.length; i++) x[i] += y[i];
 }
 
+/**
+ * The pre-norm attention half of a block: x += attention(attn_norm(x)). Returns ffn_norm(x), the
+ * FFN input, which for a MoE layer is the router's gate input.
+ */
+export function attentionBlock(
+  ctx: ForwardContext, l: number, x: Float32Array,
+  attention: (ctx: ForwardContext, l: number, h: Float32Array) => Float32Array = selfAttention,
+): Float32Array {
+  const d = ctx.cfg.dModel;
+  const h = rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.attn_norm.weight`, d));
+  addInPlace(x, attention(ctx, l, h));
+  return rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.ffn_norm.weight`, d));
+}
+
 export function rmsNorm(ctx: ForwardContext, x: Float32Array, weight: Float32Array, dim = ctx.cfg.dModel, eps = ctx.cfg.rmsEps): Float32Array {
   const out = new Float32Array(x.length);
   ctx.backend.rmsNorm(x, weight, eps, dim, out);
@@ -298,6 +312,19 @@ export function sharedExpert(ctx: ForwardContext, l: number, h: Float32Array, op
       for (let c = 0; c < d; c++) y[t * d + c] *= s;
     }
   }
+  return y;
+}
+
+/**
+ * A MoE layer's FFN: softmax router → top-k (renormalised when cfg.normTopK, scaled by
+ * cfg.routedScale) → routed experts, plus the shared expert when the model has one (Qwen2-MoE
+ * gates it per token with a sigmoid; DeepSeek's is ungated).  g: the gate input [nTokens, dModel]
+ */
+export function mixtureOfExperts(ctx: ForwardContext, l: number, g: Float32Array, opts: { gatedShared?: boolean } = {}): Float32Array {
+  const { cfg } = ctx;
+  const r = route(ctx, l, g, { normTopK: cfg.normTopK, scale: cfg.routedScale });
+  const y = moeExperts(ctx, l, g, r);
+  if (cfg.sharedFf > 0) addInPlace(y, sharedExpert(ctx, l, g, { gated: opts.gatedShared ?? false }));
   return y;
 }
 

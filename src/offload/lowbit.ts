@@ -17,7 +17,7 @@ import { dequantize } from "../formats/quant/dequantize.js";
 import { quantize, QUANTIZE_TYPES } from "../formats/quant/quantize.js";
 import { GGMLType, typeFromName, typeInfo, typeName } from "../formats/quant/types.js";
 import { GGUFValueType, type GGUFMetadataValue } from "../formats/model-file.js";
-import { writeLazyGGUF, type LazyTensor } from "../tools/make-model/stream-writer.js";
+import { writeGGUF, type GGUFTensorInput } from "../formats/gguf/writer.js";
 import { FileAccessError, InvalidArgumentError, ModelFormatError, UnsupportedError } from "../errors.js";
 import type { LowbitSource } from "./store.js";
 import { quantizeQ2K } from "./lowbit-quant.js";
@@ -47,7 +47,7 @@ export function writeLowbitSidecar(model: Model, type: string, out: string, onPr
   }
   const cfg = model.config;
   const layers = describeExperts(cfg, model.weights);
-  const tensors: LazyTensor[] = [];
+  const tensors: GGUFTensorInput[] = [];
   const { blockSize } = typeInfo(t);
   for (const [l, lt] of layers) {
     const names = expertTensorNames(l);
@@ -56,7 +56,7 @@ export function writeLowbitSidecar(model: Model, type: string, out: string, onPr
       if (s.cols % blockSize !== 0) throw new UnsupportedError(`quantize-experts: ${names[part]} rows of ${s.cols} are not whole ${typeName(t)} blocks of ${blockSize}`);
       tensors.push({
         name: names[part], type: t, dims: [s.cols, s.rows, s.nExpert],
-        generate: () => {
+        data: () => {
           const src = model.weights.stackedData(names[part]);
           const outBytes: Uint8Array[] = [];
           let total = 0;
@@ -79,7 +79,7 @@ export function writeLowbitSidecar(model: Model, type: string, out: string, onPr
     ["general.name", { type: GGUFValueType.STRING, value: `low-bit ${typeName(t)} experts of ${model.file.path}` }],
     [SOURCE_KEY, { type: GGUFValueType.UINT64, value: BigInt(statSync(model.file.path).size) }],
   ];
-  const bytes = writeLazyGGUF(out, { metadata, tensors, onTensor: onProgress });
+  const bytes = writeGGUF(out, { metadata, tensors, onTensor: onProgress });
   const first = [...layers.values()][0];
   const eb = first ? ["gate", "up", "down"].reduce((a, p) => a + (first[p as "gate"].rows * first[p as "gate"].cols / blockSize) * typeInfo(t).typeSize, 0) : 0;
   return { path: out, bytes, type: typeName(t), expertBytes: eb };

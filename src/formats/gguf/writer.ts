@@ -5,7 +5,7 @@
  * writeGGUF streams tensor data to the file; serializeGGUF builds the file in memory for tests.
  */
 import { closeSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
-import { InvalidArgumentError } from "../../errors.js";
+import { FileAccessError, InvalidArgumentError } from "../../errors.js";
 import { GGUFValueType, type GGUFMetadataValue } from "../model-file.js";
 import { rowBytes, typeInfo, typeName, type GGMLType } from "../quant/types.js";
 import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_MAX_DIMS, valueTypeName } from "./reader.js";
@@ -15,7 +15,11 @@ export interface GGUFTensorInput {
   readonly type: GGMLType;
   /** GGUF order: dims[0] is the contiguous one. */
   readonly dims: readonly number[];
-  readonly data: Uint8Array;
+  /**
+   * The tensor's bytes, or a function producing them when the tensor is written: writeGGUF then
+   * holds one tensor in memory at a time (multi-GB generated or converted models).
+   */
+  readonly data: Uint8Array | (() => Uint8Array);
 }
 
 export interface GGUFWriteInput {
@@ -26,6 +30,23 @@ export interface GGUFWriteInput {
    * general.alignment (UINT32) only when it is not 32 and the metadata lacks the key.
    */
   readonly alignment?: number;
+  /** Called after each tensor is written: data bytes written so far, and in all. */
+  readonly onTensor?: (done: number, total: number) => void;
+}
+
+/** Bytes of a tensor of this type and (GGUF-order) dims. */
+export function tensorBytes(type: GGMLType, dims: readonly number[]): number {
+  return rowBytes(type, dims[0]!) * dims.slice(1).reduce((a, b) => a * b, 1);
+}
+
+/** A tensor's bytes, produced now if it is lazy, checked against its type and dims. */
+function tensorData(t: GGUFTensorInput): Uint8Array {
+  const data = typeof t.data === "function" ? t.data() : t.data;
+  const nbytes = tensorBytes(t.type, t.dims);
+  if (data.length !== nbytes) {
+    throw new InvalidArgumentError(`tensor ${t.name}: ${typeName(t.type)} [${t.dims.join(", ")}] needs ${nbytes} bytes, data has ${data.length}`);
+  }
+  return data;
 }
 
 /** Growable little-endian byte sink for the header. */
@@ -195,8 +216,8 @@ function layout(input: GGUFWriteInput): Layout {
     if (t.dims.length < 1 || t.dims.length > GGUF_MAX_DIMS) throw new InvalidArgumentError(`${what}: ${t.dims.length} dims, must be 1..${GGUF_MAX_DIMS}`);
     for (const d of t.dims) if (!Number.isSafeInteger(d) || d < 1) throw new InvalidArgumentError(`${what}: dims [${t.dims.join(", ")}] must be positive integers`);
     typeInfo(t.type);
-    const nbytes = rowBytes(t.type, t.dims[0]!) * t.dims.slice(1).reduce((a, b) => a * b, 1);
-    if (t.data.length !== nbytes) {
+    const nbytes = tensorBytes(t.type, t.dims);
+    if (typeof t.data !== "function" && t.data.length !== nbytes) {
       throw new InvalidArgumentError(`${what}: ${typeName(t.type)} [${t.dims.join(", ")}] needs ${nbytes} bytes, data has ${t.data.length}`);
     }
     s.string(t.name);
@@ -219,7 +240,7 @@ export function serializeGGUF(input: GGUFWriteInput): Uint8Array {
   out.set(header);
   let at = header.length;
   input.tensors.forEach((t, i) => {
-    out.set(t.data, at);
+    out.set(tensorData(t), at);
     at += padded[i]!;
   });
   return out;
@@ -228,24 +249,34 @@ export function serializeGGUF(input: GGUFWriteInput): Uint8Array {
 const ZEROS = new Uint8Array(4096);
 
 /**
- * Writes a GGUF v3 file, streaming each tensor's bytes (no whole-file buffer). Writes to a
- * temporary file beside `path` and renames it, so a failed write never leaves a truncated model.
+ * Writes a GGUF v3 file, streaming each tensor's bytes (no whole-file buffer; lazy tensors are
+ * produced one at a time). Writes to a temporary file beside `path` and renames it, so a failed
+ * write never leaves a truncated model. Returns the file size.
  */
-export function writeGGUF(path: string, input: GGUFWriteInput): void {
-  const { header, padded } = layout(input);
+export function writeGGUF(path: string, input: GGUFWriteInput): number {
+  const { header, padded, dataBytes } = layout(input);
   const tmp = `${path}.tmp-${process.pid}`;
-  const fd = openSync(tmp, "w");
-  let ok = false;
+  let fd: number;
+  try {
+    fd = openSync(tmp, "w");
+  } catch (e) {
+    throw new FileAccessError(`cannot create ${path}: ${(e as Error).message}`);
+  }
+  const total = input.tensors.reduce((a, t) => a + tensorBytes(t.type, t.dims), 0);
+  let ok = false, done = 0;
   try {
     writeAll(fd, header);
     input.tensors.forEach((t, i) => {
-      writeAll(fd, t.data);
-      let pad = padded[i]! - t.data.length;
+      const data = tensorData(t);
+      writeAll(fd, data);
+      done += data.length;
+      let pad = padded[i]! - data.length;
       while (pad > 0) {
         const n = Math.min(pad, ZEROS.length);
         writeAll(fd, ZEROS.subarray(0, n));
         pad -= n;
       }
+      input.onTensor?.(done, total);
     });
     ok = true;
   } finally {
@@ -253,6 +284,7 @@ export function writeGGUF(path: string, input: GGUFWriteInput): void {
     if (!ok) rmSync(tmp, { force: true });
   }
   renameSync(tmp, path);
+  return header.length + dataBytes;
 }
 
 function writeAll(fd: number, b: Uint8Array): void {

@@ -6,7 +6,7 @@
 import type { Architecture } from "../architecture.js";
 import { commonConfig } from "../architecture.js";
 import { validateConfig } from "../config.js";
-import { addInPlace, denseFfn, moeExperts, rmsNorm, route, selfAttention, sharedExpert } from "../steps.js";
+import { addInPlace, attentionBlock, denseFfn, mixtureOfExperts } from "../steps.js";
 
 export const deepseek: Architecture = {
   name: "deepseek",
@@ -21,23 +21,11 @@ export const deepseek: Architecture = {
       sharedFf: m.num("expert_shared_count", 0) * expertFf,
       leadingDense: m.num("leading_dense_block_count", 0),
       normTopK: m.bool("expert_weights_norm", false),
-      // v1 never scales the routed weights (llama.cpp's build_deepseek, HF DeepseekMoE)
-      routedScale: 1,
-      qkNorm: "none", mla: null,
+      // v1 never scales the routed weights (llama.cpp's build_deepseek, HF DeepseekMoE): routedScale stays 1
     });
   },
   layer(ctx, l, x) {
-    const w = ctx.weights, cfg = ctx.cfg, d = cfg.dModel;
-    const h = rmsNorm(ctx, x, w.vector(`blk.${l}.attn_norm.weight`, d));
-    addInPlace(x, selfAttention(ctx, l, h));
-    const g = rmsNorm(ctx, x, w.vector(`blk.${l}.ffn_norm.weight`, d)); // gate input
-    if (l < cfg.leadingDense) {
-      addInPlace(x, denseFfn(ctx, l, g));
-      return;
-    }
-    const r = route(ctx, l, g, { normTopK: cfg.normTopK, scale: cfg.routedScale });
-    const y = moeExperts(ctx, l, g, r);
-    if (cfg.sharedFf > 0) addInPlace(y, sharedExpert(ctx, l, g, { gated: false }));
-    addInPlace(x, y);
+    const g = attentionBlock(ctx, l, x); // gate input
+    addInPlace(x, l < ctx.cfg.leadingDense ? denseFfn(ctx, l, g) : mixtureOfExperts(ctx, l, g));
   },
 };

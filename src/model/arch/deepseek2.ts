@@ -6,7 +6,7 @@
 import type { Architecture } from "../architecture.js";
 import { commonConfig } from "../architecture.js";
 import { validateConfig } from "../config.js";
-import { addInPlace, denseFfn, mlaAttention, moeExperts, rmsNorm, route, sharedExpert } from "../steps.js";
+import { addInPlace, attentionBlock, denseFfn, mixtureOfExperts, mlaAttention } from "../steps.js";
 import { ModelFormatError, UnsupportedError } from "../../errors.js";
 
 export const deepseek2: Architecture = {
@@ -33,22 +33,11 @@ export const deepseek2: Architecture = {
       leadingDense: m.num("leading_dense_block_count", 0),
       normTopK: m.bool("expert_weights_norm", false),
       routedScale: m.num("expert_weights_scale", 1),
-      qkNorm: "none",
       mla: { qLoraRank: m.num("attention.q_lora_rank", 0), kvLoraRank, qkNopeDim: headDimK - ropeDim, qkRopeDim: ropeDim, vHeadDim: headDimV },
     });
   },
   layer(ctx, l, x) {
-    const w = ctx.weights, cfg = ctx.cfg, d = cfg.dModel;
-    const h = rmsNorm(ctx, x, w.vector(`blk.${l}.attn_norm.weight`, d));
-    addInPlace(x, mlaAttention(ctx, l, h));
-    const g = rmsNorm(ctx, x, w.vector(`blk.${l}.ffn_norm.weight`, d)); // gate input
-    if (l < cfg.leadingDense) {
-      addInPlace(x, denseFfn(ctx, l, g));
-      return;
-    }
-    const r = route(ctx, l, g, { normTopK: cfg.normTopK, scale: cfg.routedScale });
-    const y = moeExperts(ctx, l, g, r);
-    if (cfg.sharedFf > 0) addInPlace(y, sharedExpert(ctx, l, g, { gated: false }));
-    addInPlace(x, y);
+    const g = attentionBlock(ctx, l, x, mlaAttention); // gate input
+    addInPlace(x, l < ctx.cfg.leadingDense ? denseFfn(ctx, l, g) : mixtureOfExperts(ctx, l, g));
   },
 };

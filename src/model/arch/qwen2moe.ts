@@ -6,7 +6,7 @@
 import type { Architecture } from "../architecture.js";
 import { commonConfig } from "../architecture.js";
 import { validateConfig } from "../config.js";
-import { addInPlace, moeExperts, rmsNorm, route, selfAttention, sharedExpert } from "../steps.js";
+import { addInPlace, attentionBlock, mixtureOfExperts } from "../steps.js";
 
 export const qwen2moe: Architecture = {
   name: "qwen2moe",
@@ -16,21 +16,12 @@ export const qwen2moe: Architecture = {
     const { m, ...c } = commonConfig("qwen2moe", md, tensors);
     return validateConfig({
       ...c, ropeNeox: true,
-      expertFf: m.num("expert_feed_forward_length", m.num("feed_forward_length", 0)),
-      denseFf: 0,
       sharedFf: m.num("expert_shared_feed_forward_length", 0),
-      leadingDense: 0,
-      normTopK: m.bool("expert_weights_norm", false), routedScale: 1, qkNorm: "none", mla: null,
+      normTopK: m.bool("expert_weights_norm", false),
     });
   },
   layer(ctx, l, x) {
-    const w = ctx.weights, d = ctx.cfg.dModel;
-    const h = rmsNorm(ctx, x, w.vector(`blk.${l}.attn_norm.weight`, d));
-    addInPlace(x, selfAttention(ctx, l, h));
-    const g = rmsNorm(ctx, x, w.vector(`blk.${l}.ffn_norm.weight`, d)); // gate input
-    const r = route(ctx, l, g, { normTopK: ctx.cfg.normTopK, scale: 1 });
-    const y = moeExperts(ctx, l, g, r);
-    if (ctx.cfg.sharedFf > 0) addInPlace(y, sharedExpert(ctx, l, g, { gated: true }));
-    addInPlace(x, y);
+    const g = attentionBlock(ctx, l, x); // gate input
+    addInPlace(x, mixtureOfExperts(ctx, l, g, { gatedShared: true }));
   },
 };

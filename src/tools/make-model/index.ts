@@ -25,7 +25,7 @@ import {
 } from "./routing.js";
 import { quantizeRows } from "../../formats/quant/quantize.js";
 import { builtinVocabMetadata, vocabFromMetadata } from "./vocab.js";
-import { writeLazyGGUF, type LazyTensor } from "./stream-writer.js";
+import { writeGGUF } from "../../formats/gguf/writer.js";
 
 export { PRESETS, MAKE_MODEL_ARCHS, resolveShape, type ModelShape, type MakeModelArch, type ShapeOverrides } from "./presets.js";
 export { tensorLayout, archMetadata, type TensorPlan } from "./layout.js";
@@ -173,7 +173,10 @@ export async function makeModel(opts: MakeModelOptions): Promise<MakeModelResult
     }
     return randomTensorBytes(t.type, t.dims, t.values, new Xoshiro128(streamSeed(seed, t.name)));
   };
-  const lazy: LazyTensor[] = tensors.map((t) => ({ name: t.name, type: t.type, dims: t.dims, generate: () => generate(t) }));
-  const bytes = writeLazyGGUF(opts.out, { metadata, tensors: lazy, onTensor: opts.onProgress });
+  // each tensor is generated when it is written: one tensor in memory at a time
+  const bytes = writeGGUF(opts.out, {
+    metadata, onTensor: opts.onProgress,
+    tensors: tensors.map((t) => ({ name: t.name, type: t.type, dims: t.dims, data: () => generate(t) })),
+  });
   return { path: opts.out, bytes, params: shapeParams(tensors), shape, type: typeName(type) };
 }
