@@ -13,6 +13,7 @@ export interface GenerateOptions extends SamplerOptions {
 }
 
 export interface GeneratedToken {
+  /** the token id; -1 for the last item, which flushes text the stream decoder held back */
   readonly token: number;
   /** text this token completes (may be empty while a multi-byte character is incomplete) */
   readonly text: string;
