@@ -33,7 +33,9 @@
     },
     {
       "target_name": "moira_native",
-      "sources": ["native/addon.cc", "native/direct_reader.cc", "native/expert_ffn.cc"],
+      "sources": ["native/addon.cc", "native/direct_reader.cc", "native/expert_ffn.cc", "native/quantize.cc"],
+      # quantize.cc must match lowbit-quant.ts bit for bit: no fused multiply-add
+      "cflags_cc": ["-ffp-contract=off"],
       "dependencies": ["moira_kernels_scalar", "moira_kernels_avx2", "moira_kernels_avx512"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

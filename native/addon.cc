@@ -20,6 +20,7 @@
 #include "direct_reader.h"
 #include "expert_ffn.h"
 #include "kernels.h"
+#include "quantize.h"
 #include "threadpool.h"
 
 namespace moira {
@@ -659,6 +660,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("f32ToF16", Napi::Function::New(env, F32ToF16));
   exports.Set("siluMul", Napi::Function::New(env, SiluMul));
   exports.Set("getRows", Napi::Function::New(env, GetRows));
+  exports.Set("dequantize", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return DequantizeNapi(i, gK, pool()); }));
+  exports.Set("quantizeQ2K", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return QuantizeQ2KNapi(i, gK, pool()); }));
+  exports.Set("dequantizeQuantizeQ2K",
+              Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return DequantQuantizeQ2KNapi(i, gK, pool()); }));
   exports.Set("moeFfn", Napi::Function::New(env, MoeFfn));
   exports.Set("sumF32", Napi::Function::New(env, SumF32));
   exports.Set("allocAligned", Napi::Function::New(env, AllocAligned));
