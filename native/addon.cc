@@ -71,20 +71,6 @@ struct Scratch {
   }
 } gAct;
 
-size_t rowBytes(int type, int cols) {
-  switch (type) {
-    case T_F32: return (size_t)cols * 4;
-    case T_F16: case T_BF16: return (size_t)cols * 2;
-    case T_Q8_0: return (size_t)cols / 32 * 34;
-    case T_Q4_0: return (size_t)cols / 32 * 18;
-    case T_Q2_K: return (size_t)cols / 256 * 84;
-    case T_Q3_K: return (size_t)cols / 256 * 110;
-    case T_Q4_K: return (size_t)cols / 256 * 144;
-    case T_Q5_K: return (size_t)cols / 256 * 176;
-    case T_Q6_K: return (size_t)cols / 256 * 210;
-    default: return 0;
-  }
-}
 int blockSize(int type) {
   switch (type) {
     case T_F32: case T_F16: case T_BF16: return 1;
@@ -156,7 +142,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   const int bs = blockSize(type);
   if (bs == 0) fail(env, "matmul: unsupported weight type id " + std::to_string(type));
   if (rows < 0 || cols <= 0 || cols % bs != 0) fail(env, "matmul: cols " + std::to_string(cols) + " is not a positive multiple of the block size");
-  const size_t rb = rowBytes(type, cols);
+  const size_t rb = type_row_bytes(type, cols);
   if (w.ByteLength() < rb * rows) fail(env, "matmul: weight buffer too small");
   if (nTok < 0 || x.ElementLength() < (size_t)nTok * cols) fail(env, "matmul: x too small");
   if (out.ElementLength() < (size_t)nTok * rows) fail(env, "matmul: out too small");
@@ -365,7 +351,7 @@ Napi::Value MoeFfn(const Napi::CallbackInfo& info) {
     if (bs == 0 || cols % bs != 0) fail(env, "moeFfn: weight " + std::to_string(i) + ": unsupported type " + std::to_string(type) + " for " + std::to_string(cols) + " cols");
     size_t len = 0;
     ptrs[i] = bytesOf(env, warr.Get(i), &len);
-    if (len < rowBytes(type, cols) * rows) fail(env, "moeFfn: weight " + std::to_string(i) + " buffer too small");
+    if (len < type_row_bytes(type, cols) * rows) fail(env, "moeFfn: weight " + std::to_string(i) + " buffer too small");
   }
   a.x = x.Data(); a.out = out.Data(); a.types = types.Data(); a.w = ptrs.data();
   a.offsets = offsets.Data(); a.tokens = tokens.Data(); a.weights = sw.Data();
@@ -383,7 +369,7 @@ Napi::Value GetRows(const Napi::CallbackInfo& info) {
   auto out = typed<Napi::Float32Array>(info, 5, "out");
   const int bs = blockSize(type);
   if (bs == 0 || cols % bs != 0) fail(env, "getRows: unsupported type or cols");
-  const size_t rb = rowBytes(type, cols);
+  const size_t rb = type_row_bytes(type, cols);
   if (w.ByteLength() < rb * rows || out.ElementLength() < ids.ElementLength() * cols) fail(env, "getRows: bad sizes");
   for (size_t t = 0; t < ids.ElementLength(); t++) {
     const int id = ids[t];

@@ -28,20 +28,6 @@ struct Buf {
 };
 Buf gActX[3], gGate, gUp, gActH, gY;
 
-size_t row_bytes(int type, int cols) {
-  switch (type) {
-    case T_F32: return (size_t)cols * 4;
-    case T_F16: case T_BF16: return (size_t)cols * 2;
-    case T_Q8_0: return (size_t)cols / 32 * 34;
-    case T_Q4_0: return (size_t)cols / 32 * 18;
-    case T_Q2_K: return (size_t)cols / 256 * 84;
-    case T_Q3_K: return (size_t)cols / 256 * 110;
-    case T_Q4_K: return (size_t)cols / 256 * 144;
-    case T_Q5_K: return (size_t)cols / 256 * 176;
-    case T_Q6_K: return (size_t)cols / 256 * 210;
-    default: return 0;
-  }
-}
 
 struct Task { int e, r0, r1; };
 
@@ -96,12 +82,12 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
   for (int e = 0; e < nE; e++) {
     const int n = a.offsets[e + 1] - a.offsets[e];
     maxN = std::max(maxN, n);
-    if (n > 0) passBytes += (row_bytes(a.types[3 * e], d) + row_bytes(a.types[3 * e + 1], d)) * ff;
+    if (n > 0) passBytes += (type_row_bytes(a.types[3 * e], d) + type_row_bytes(a.types[3 * e + 1], d)) * ff;
   }
   size_t target = chunk_target(passBytes, maxN, P.size());
   for (int e = 0; e < nE; e++) {
     const int n = a.offsets[e + 1] - a.offsets[e];
-    if (n > 0) chunk_rows(tasks, e, ff, target, row_bytes(a.types[3 * e], d), 2);
+    if (n > 0) chunk_rows(tasks, e, ff, target, type_row_bytes(a.types[3 * e], d), 2);
   }
   P.run((int)tasks.size(), [&](int i, int) {
     const Task& tk = tasks[i];
@@ -109,7 +95,7 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
     for (int m = 0; m < 2; m++) {
       const int type = a.types[3 * tk.e + m], kind = K->act_kind(type);
       MatmulArgs ma;
-      ma.type = type; ma.w = a.w[3 * tk.e + m]; ma.rowBytes = row_bytes(type, d); ma.rows = ff; ma.cols = d; ma.nTok = n;
+      ma.type = type; ma.w = a.w[3 * tk.e + m]; ma.rowBytes = type_row_bytes(type, d); ma.rows = ff; ma.cols = d; ma.nTok = n;
       ma.act = actX[kind]; ma.actStride = strideX[kind]; ma.actIdx = a.tokens + s0;
       ma.out = (m == 0 ? G : U) + (size_t)s0 * ff;
       K->matmul_rows(ma, tk.r0, tk.r1);
@@ -140,17 +126,17 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
   float* Y = (float*)gY.get((size_t)nSlot * d * 4);
   tasks.clear();
   passBytes = 0;
-  for (int e = 0; e < nE; e++) if (a.offsets[e + 1] > a.offsets[e]) passBytes += row_bytes(a.types[3 * e + 2], ff) * d;
+  for (int e = 0; e < nE; e++) if (a.offsets[e + 1] > a.offsets[e]) passBytes += type_row_bytes(a.types[3 * e + 2], ff) * d;
   target = chunk_target(passBytes, maxN, P.size());
   for (int e = 0; e < nE; e++) {
     const int n = a.offsets[e + 1] - a.offsets[e];
-    if (n > 0) chunk_rows(tasks, e, d, target, row_bytes(a.types[3 * e + 2], ff), 1);
+    if (n > 0) chunk_rows(tasks, e, d, target, type_row_bytes(a.types[3 * e + 2], ff), 1);
   }
   P.run((int)tasks.size(), [&](int i, int) {
     const Task& tk = tasks[i];
     const int s0 = a.offsets[tk.e], n = a.offsets[tk.e + 1] - s0;
     MatmulArgs ma;
-    ma.type = a.types[3 * tk.e + 2]; ma.w = a.w[3 * tk.e + 2]; ma.rowBytes = row_bytes(ma.type, ff);
+    ma.type = a.types[3 * tk.e + 2]; ma.w = a.w[3 * tk.e + 2]; ma.rowBytes = type_row_bytes(ma.type, ff);
     ma.rows = d; ma.cols = ff; ma.nTok = n; ma.act = H + baseH[tk.e]; ma.actStride = strideH[tk.e];
     ma.out = Y + (size_t)s0 * d;
     K->matmul_rows(ma, tk.r0, tk.r1);

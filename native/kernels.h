@@ -12,6 +12,23 @@ enum GgmlType : int {
   T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30,
 };
 
+// Bytes of one row of `cols` elements (0 for an unknown type). static: each translation unit
+// keeps its own copy, so no ISA-specific build of it can be merged into another by the linker.
+static inline size_t type_row_bytes(int type, int cols) {
+  switch (type) {
+    case T_F32: return (size_t)cols * 4;
+    case T_F16: case T_BF16: return (size_t)cols * 2;
+    case T_Q8_0: return (size_t)cols / 32 * 34;
+    case T_Q4_0: return (size_t)cols / 32 * 18;
+    case T_Q2_K: return (size_t)cols / 256 * 84;
+    case T_Q3_K: return (size_t)cols / 256 * 110;
+    case T_Q4_K: return (size_t)cols / 256 * 144;
+    case T_Q5_K: return (size_t)cols / 256 * 176;
+    case T_Q6_K: return (size_t)cols / 256 * 210;
+    default: return 0;
+  }
+}
+
 // Activations quantized per token, like llama.cpp's q8_0 / q8_K:
 //   ACT_F32  : the f32 row itself (float weights)
 //   ACT_Q32  : int8 q[cols], float d[cols/32], int32 s[cols/32] (s = sum of q in the block)
