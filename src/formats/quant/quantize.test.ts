@@ -137,7 +137,7 @@ test("quantize rejects partial blocks and dequantize-only types", () => {
   assert.deepEqual(quantizeRows(GGMLType.Q4_K, x, 3, 256), quantize(GGMLType.Q4_K, x));
 });
 
-test("quantize and dequantize are fast enough to build models (512k elements well under a second)", () => {
+test("quantize and dequantize scale linearly (512k elements in seconds, not minutes)", () => {
   const x = gaussian(256 * 2048, 5);
   const t0 = performance.now();
   quantize(GGMLType.Q4_K, x);
@@ -148,7 +148,9 @@ test("quantize and dequantize are fast enough to build models (512k elements wel
   const t2 = performance.now();
   dequantize(GGMLType.Q6_K, q6, x.length);
   const msd = performance.now() - t2;
-  assert.ok(ms < 1000, `Q4_K quantize of ${x.length} took ${ms.toFixed(0)} ms`);
-  assert.ok(ms6 < 1000, `Q6_K quantize of ${x.length} took ${ms6.toFixed(0)} ms`);
-  assert.ok(msd < 200, `Q6_K dequantize of ${x.length} took ${msd.toFixed(0)} ms`);
+  // complexity guards with wide margins (~200 / ~90 / ~10 ms here), not benchmarks: a shared CI
+  // machine must not fail them, an accidentally quadratic loop still does
+  assert.ok(ms < 5000, `Q4_K quantize of ${x.length} took ${ms.toFixed(0)} ms`);
+  assert.ok(ms6 < 5000, `Q6_K quantize of ${x.length} took ${ms6.toFixed(0)} ms`);
+  assert.ok(msd < 1000, `Q6_K dequantize of ${x.length} took ${msd.toFixed(0)} ms`);
 });
