@@ -14,6 +14,7 @@ import { GGMLType, rowBytes, typeName } from "../src/formats/quant/types.js";
 import { fp32ToFp16, fp32ToBf16 } from "../src/formats/quant/dequantize.js";
 import { NativeBackend, loadNativeAddon, DirectReader, MappedFile, ReadError, allocAligned, fileIdentity, sameFile } from "../src/backend/native/index.js";
 import { REPO_ROOT } from "./shared.js";
+import { Rng } from "../src/engine/sampler.js";
 
 const addon = loadNativeAddon();
 const ref = new RefBackend();
@@ -25,14 +26,8 @@ after(() => { addon.setIsa(startIsa); nat.dispose(); });
 
 // deterministic PRNG (mulberry32) so a failure reproduces
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 function randF32(n: number, r: () => number, scale = 1): Float32Array {
   const a = new Float32Array(n);

@@ -20,6 +20,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { FileAccessError, InvalidArgumentError, ModelFormatError } from "../errors.js";
 import type { LayerRouting, RoutingTrace, TokenRouting, TraceRequest } from "./format.js";
+import { Rng } from "../engine/sampler.js";
 
 export interface RoutingStats {
   readonly model: string;
@@ -68,16 +69,10 @@ export function loadRoutingStats(dir: string, o: { model?: string; domain?: stri
   return { model, domain, nExpert, measuredLayers, popularity, cooc };
 }
 
-/** mulberry32: small, fast, seedable. */
+/** The project's seeded PRNG (mulberry32, `Rng` of the sampler) as a function. */
 export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 /** k distinct indices drawn with probability ∝ weight, without replacement (Efraimidis–Spirakis keys). */

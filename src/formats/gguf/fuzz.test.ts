@@ -11,16 +11,11 @@ import { GGMLType } from "../quant/types.js";
 import { parseGGUF } from "./reader.js";
 import { serializeGGUF } from "./writer.js";
 import { shared } from "../../../test/shared.js";
+import { Rng } from "../../engine/sampler.js";
 
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 function smallFile(): Uint8Array {

@@ -4,17 +4,12 @@ import { GGMLType, rowBytes, typeName } from "./types.js";
 import { dequantize } from "./dequantize.js";
 import { QUANTIZE_TYPES, quantize, quantizeRows } from "./quantize.js";
 import { InvalidArgumentError, UnsupportedError } from "../../errors.js";
+import { Rng } from "../../engine/sampler.js";
 
 /** mulberry32: small deterministic PRNG. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 function gaussian(n: number, seed: number, scale = 1): Float32Array {
