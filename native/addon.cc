@@ -2,6 +2,7 @@
 // Kernels come from one of three builds of kernels.cc, picked at load by CPU features
 // (MOIRA_ISA=avx512|avx2|scalar forces one; setIsa does the same at run time, for tests).
 #include <napi.h>
+#include "scratch.h"
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -57,19 +58,8 @@ ThreadPool& pool() {
   return *gPool;
 }
 
-// 64-byte aligned scratch owned by the JS thread (ops are synchronous and not reentrant).
-struct Scratch {
-  uint8_t* p = nullptr;
-  size_t n = 0;
-  uint8_t* get(size_t bytes) {
-    if (bytes > n) {
-      free(p);
-      n = bytes + bytes / 4;
-      if (posix_memalign((void**)&p, 64, n) != 0) { p = nullptr; n = 0; throw std::bad_alloc(); }
-    }
-    return p;
-  }
-} gAct;
+// activation scratch (ops are synchronous and not reentrant)
+moira::ScratchBuffer gAct;
 
 int blockSize(int type) {
   switch (type) {

@@ -2,6 +2,7 @@
 // gathered tokens, silu-mul on the spot; (2) down rows over the quantized activations of each slot;
 // (3) the weighted sum per token. Activation quantization (cheap, per token) runs between them.
 #include "expert_ffn.h"
+#include "scratch.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -13,20 +14,7 @@
 namespace moira {
 namespace {
 
-// 64-byte aligned scratch reused across calls (ops are synchronous and not reentrant).
-struct Buf {
-  uint8_t* p = nullptr;
-  size_t n = 0;
-  uint8_t* get(size_t bytes) {
-    if (bytes > n) {
-      free(p);
-      n = bytes + bytes / 4;
-      if (posix_memalign((void**)&p, 64, n) != 0) { p = nullptr; n = 0; throw std::bad_alloc(); }
-    }
-    return p;
-  }
-};
-Buf gActX[3], gGate, gUp, gActH, gY;
+ScratchBuffer gActX[3], gGate, gUp, gActH, gY;
 
 
 struct Task { int e, r0, r1; };
