@@ -6,26 +6,16 @@
  */
 import type { Command } from "commander";
 import cliProgress from "cli-progress";
-import { makeModel, MAKE_MODEL_ARCHS, PRESETS, type MakeModelOptions } from "../tools/make-model/index.js";
+import { makeModel, MAKE_MODEL_ARCHS, PRESETS, type MakeModelOptions, type ShapeOverrides } from "../tools/make-model/index.js";
 import { parseIntOption } from "./common.js";
 
-interface MakeModelFlags {
+interface MakeModelFlags extends ShapeOverrides {
   arch?: string;
   preset?: string;
   type?: string;
   seed?: number;
   out: string;
   vocabFrom?: string;
-  layers?: number;
-  dModel?: number;
-  heads?: number;
-  kvHeads?: number;
-  experts?: number;
-  topK?: number;
-  dFf?: number;
-  sharedDFf?: number;
-  vocab?: number;
-  context?: number;
   quiet?: boolean;
   routingSkew?: number;
   routingFrom?: string;
