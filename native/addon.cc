@@ -310,7 +310,8 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
 }
 
 // moeFfn(x, nTokens, d, ff, types: Int32Array [nE*3], weights: Uint8Array[] [nE*3] (gate, up, down
-// per expert), offsets: Int32Array [nE+1], tokens: Int32Array, slotWeights: Float32Array, out)
+// per expert), offsets: Int32Array [nE+1], tokens: Int32Array, slotWeights: Float32Array, out,
+// accumulate?: boolean)
 Napi::Value MoeFfn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto x = typed<Napi::Float32Array>(info, 0, "x");
@@ -345,6 +346,7 @@ Napi::Value MoeFfn(const Napi::CallbackInfo& info) {
   }
   a.x = x.Data(); a.out = out.Data(); a.types = types.Data(); a.w = ptrs.data();
   a.offsets = offsets.Data(); a.tokens = tokens.Data(); a.weights = sw.Data();
+  a.accumulate = info.Length() > 10 && info[10].ToBoolean().Value();
   expert_ffn(gK, pool(), a);
   return env.Undefined();
 }

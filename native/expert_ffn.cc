@@ -43,7 +43,7 @@ size_t chunk_target(size_t passBytes, int maxTokens, int threads) {
 void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
   const int d = a.d, ff = a.ff, nE = a.nExpert, nSlot = a.offsets[nE];
   if (a.nTok == 0) return;
-  if (nSlot == 0) { memset(a.out, 0, (size_t)a.nTok * d * 4); return; }
+  if (nSlot == 0) { if (!a.accumulate) memset(a.out, 0, (size_t)a.nTok * d * 4); return; }
 
   // (0) each token once per activation kind any gate/up weight needs
   const uint8_t* actX[3] = {nullptr, nullptr, nullptr};
@@ -141,7 +141,7 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
   }
   auto sum = [&](int t, int) {
     float* o = a.out + (size_t)t * d;
-    for (int c = 0; c < d; c++) o[c] = 0;
+    if (!a.accumulate) for (int c = 0; c < d; c++) o[c] = 0;
     for (int j = start[t]; j < start[t + 1]; j++) {
       const int s = order[j];
       const double w = a.weights[s];

@@ -15,13 +15,16 @@ struct ExpertFfnArgs {
   int d, ff;                 // model width (gate/up cols, down rows), expert width (gate/up rows, down cols)
   int nTok;
   const float* x;            // [nTok, d]
-  float* out;                // [nTok, d], overwritten
+  float* out;                // [nTok, d], overwritten (accumulate: added to, see below)
   int nExpert;
   const int32_t* types;      // [nExpert, 3]: gate, up, down GGUF types
   const uint8_t* const* w;   // [nExpert, 3]: gate, up, down weights (GGUF row layout)
   const int32_t* offsets;    // [nExpert + 1]: expert i owns slots offsets[i] .. offsets[i+1]
   const int32_t* tokens;     // [nSlot]: the token of each slot
   const float* weights;      // [nSlot]: its routing weight
+  // out[t] starts from its current value instead of 0: one layer's experts computed in groups
+  // (expert order kept) then give the same bits as one call
+  bool accumulate = false;
 };
 
 void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a);

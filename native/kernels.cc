@@ -451,6 +451,127 @@ void dot_q6_k(const uint8_t* row, int cols, const uint8_t* const* act, const Act
   for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]);
 }
 
+// Q3_K's 16 packed 6-bit scales, each minus 32 (ggml's layout: low 4 bits in bytes 0..7, high 2
+// bits in bytes 8..11).
+inline void q3_scales(const uint8_t* s12, int8_t* out) {
+  uint32_t a[4];
+  memcpy(a, s12, 12);
+  const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+  const uint32_t tmp = a[2];
+  a[2] = ((a[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+  a[3] = ((a[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+  a[0] = (a[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+  a[1] = (a[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+  _mm_storeu_si128((__m128i*)out, _mm_sub_epi8(_mm_loadu_si128((const __m128i*)a), _mm_set1_epi8(32)));
+}
+
+// Q2_K and Q3_K low bits: bits 2j..2j+1 of byte l of 32-byte group n hold element 128n + 32j + l;
+// one scale per 16 elements, so the 32-element chunk (n, j) spans scales 8n + 2j and 8n + 2j + 1.
+// a*b per int32 lane, exact when a's values fit in int16 (sums of 16 int8) and b holds an int16 in
+// its low half with the upper half 0: vpmaddwd adds lo(a)*lo(b) + hi(a)*0. One uop, vs two for vpmulld.
+inline __m256i mul_small(__m256i a, __m256i b) { return _mm256_madd_epi16(a, b); }
+
+// Q2_K: x = d*sc*q - dmin*m with q in 0..3, sc and m 4-bit per 16 elements.
+// dot = d * sum_i sc_i (q.y)_i - dmin * sum_i m_i sum16_i(y)
+template <int NT>
+void dot_q2_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m256 acc[NT], accm[NT];
+  const float* dy[NT];
+  const int32_t* sy[NT];  // sums per 16
+  for (int t = 0; t < NT; t++) {
+    acc[t] = _mm256_setzero_ps(); accm[t] = _mm256_setzero_ps();
+    dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+  }
+  const __m256i m3 = _mm256_set1_epi8(3);
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  const __m256i idx[4] = {_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
+                          _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7)};
+  const int nsb = cols / 256;
+  for (int sb = 0; sb < nsb; sb++) {
+    const uint8_t* blk = row + (size_t)sb * 84;
+    const float d = h2f(rd16(blk + 80)), dmin = h2f(rd16(blk + 82));
+    const __m128i sm = _mm_loadu_si128((const __m128i*)blk);
+    const __m128i sc = _mm_and_si128(sm, m4), mn = _mm_and_si128(_mm_srli_epi16(sm, 4), m4);
+    const __m256i scA = _mm256_cvtepu8_epi32(sc), scB = _mm256_cvtepu8_epi32(_mm_srli_si128(sc, 8));
+    const __m256i mA = _mm256_cvtepu8_epi32(mn), mB = _mm256_cvtepu8_epi32(_mm_srli_si128(mn, 8));
+    __m256i isum[NT];
+    for (int t = 0; t < NT; t++) isum[t] = _mm256_setzero_si256();
+    for (int n = 0; n < 2; n++) {
+      const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * n));
+      const __m256i scv = n == 0 ? scA : scB;
+      for (int j = 0; j < 4; j++) {
+        const __m256i w = _mm256_and_si256(_mm256_srli_epi16(x, 2 * j), m3);
+        const __m256i s = scale_vec(_mm256_permutevar8x32_epi32(scv, idx[j]));
+        for (int t = 0; t < NT; t++) {
+          const int8_t* y = (const int8_t*)act[t] + (size_t)sb * 256 + 128 * n + 32 * j;
+          isum[t] = dpbusd_scaled(isum[t], w, _mm256_load_si256((const __m256i*)y), s);
+        }
+      }
+    }
+    for (int t = 0; t < NT; t++) {
+      const int32_t* s16 = sy[t] + (size_t)sb * 16;
+      const __m256i ms = _mm256_add_epi32(mul_small(_mm256_loadu_si256((const __m256i*)s16), mA),
+                                          mul_small(_mm256_loadu_si256((const __m256i*)(s16 + 8)), mB));
+      const float dd = dy[t][sb];
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * dd), acc[t]);
+      accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_set1_ps(dmin * dd), accm[t]);
+    }
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]) - hsum8(accm[t]);
+}
+
+// Q3_K: x = d*(sc-32)*q, q = (2 low bits) - (high bit clear ? 4 : 0). The kernel takes
+// q + 4 = low | high << 2 (0..7, unsigned for vpmaddubsw) and starts each sum at
+// -4 * sum_i sc_i sum16_i(y), as Q6_K does with its +32.
+template <int NT>
+void dot_q3_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m256 acc[NT];
+  const float* dy[NT];
+  const int32_t* sy[NT];
+  for (int t = 0; t < NT; t++) {
+    acc[t] = _mm256_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+  }
+  const __m256i m3 = _mm256_set1_epi8(3), b4 = _mm256_set1_epi8(4), lo16 = _mm256_set1_epi32(0xFFFF);
+  const __m256i idx[4] = {_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
+                          _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7)};
+  const int nsb = cols / 256;
+  for (int sb = 0; sb < nsb; sb++) {
+    const uint8_t* blk = row + (size_t)sb * 110;
+    const float d = h2f(rd16(blk + 108));
+    int8_t sc8[16];
+    q3_scales(blk + 96, sc8);
+    const __m128i sc = _mm_loadu_si128((const __m128i*)sc8);
+    const __m256i scA = _mm256_cvtepi8_epi32(sc), scB = _mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8));
+    // -4 * sc as int16 in the low half of each lane, upper half 0 (for mul_small)
+    const __m256i bA = _mm256_and_si256(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(scA, 2)), lo16);
+    const __m256i bB = _mm256_and_si256(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(scB, 2)), lo16);
+    const __m256i hm = _mm256_loadu_si256((const __m256i*)blk);
+    __m256i isum[NT];
+    for (int t = 0; t < NT; t++) {
+      const int32_t* s16 = sy[t] + (size_t)sb * 16;
+      isum[t] = _mm256_add_epi32(mul_small(_mm256_loadu_si256((const __m256i*)s16), bA),
+                                 mul_small(_mm256_loadu_si256((const __m256i*)(s16 + 8)), bB));
+    }
+    for (int n = 0; n < 2; n++) {
+      const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 32 + 32 * n));
+      const __m256i scv = n == 0 ? scA : scB;
+      for (int j = 0; j < 4; j++) {
+        const __m256i hb = _mm256_set1_epi8((char)(1 << (4 * n + j)));
+        const __m256i w = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(x, 2 * j), m3),
+                                          _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, hb), hb), b4));
+        const __m256i s = scale_vec(_mm256_permutevar8x32_epi32(scv, idx[j]));
+        for (int t = 0; t < NT; t++) {
+          const int8_t* y = (const int8_t*)act[t] + (size_t)sb * 256 + 128 * n + 32 * j;
+          isum[t] = dpbusd_scaled(isum[t], w, _mm256_load_si256((const __m256i*)y), s);
+        }
+      }
+    }
+    for (int t = 0; t < NT; t++)
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * dy[t][sb]), acc[t]);
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]);
+}
+
 template <int NT>
 void dot_float(int type, const uint8_t* row, int cols, const uint8_t* const* act, float* res) {
   __m256 acc[NT];
@@ -578,6 +699,108 @@ void dot_q6_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const
   for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
 }
 
+// Q2_K / Q3_K at 512 bits: group n's 32 bytes as [x | x >> 2] give elements 128n + 0..63 in bits
+// 0..1 of each byte and 128n + 64..127 in bits 4..5, so each zmm chunk is 64 elements in order with
+// the Q6_K chunk-to-scale mapping (int16 lane i of chunk c: scale 4c + i/8).
+inline void k2_scale_idx(__m512i* idx) {
+  for (int c = 0; c < 4; c++) {
+    short v[32];
+    for (int i = 0; i < 32; i++) v[i] = (short)(4 * c + i / 8);
+    idx[c] = _mm512_loadu_si512((const void*)v);
+  }
+}
+
+template <int NT>
+void dot_q2_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m512 acc[NT];
+  const float* dy[NT];
+  const int32_t* sy[NT];  // sums per 16
+  for (int t = 0; t < NT; t++) {
+    acc[t] = _mm512_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+  }
+  const __m512i m3 = _mm512_set1_epi8(3);
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  __m512i idx[4];
+  k2_scale_idx(idx);
+  const int nsb = cols / 256;
+  for (int sb = 0; sb < nsb; sb++) {
+    const uint8_t* blk = row + (size_t)sb * 84;
+    const float d = h2f(rd16(blk + 80)), dmin = h2f(rd16(blk + 82));
+    const __m128i sm = _mm_loadu_si128((const __m128i*)blk);
+    const __m512i sc16 = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(_mm_and_si128(sm, m4)));
+    const __m512i mn32 = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(sm, 4), m4));  // upper int16 halves 0
+    __m512i isum[NT];
+    for (int t = 0; t < NT; t++) isum[t] = _mm512_setzero_si512();
+    for (int n = 0; n < 2; n++) {
+      const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * n));
+      const __m512i x2 = _mm512_inserti64x4(_mm512_castsi256_si512(x), _mm256_srli_epi16(x, 2), 1);
+      const __m512i wa = _mm512_and_si512(x2, m3), wb = _mm512_and_si512(_mm512_srli_epi16(x2, 4), m3);
+      const __m512i sa = _mm512_permutexvar_epi16(idx[2 * n], sc16), sbv = _mm512_permutexvar_epi16(idx[2 * n + 1], sc16);
+      for (int t = 0; t < NT; t++) {
+        const uint8_t* y = act[t] + (size_t)sb * 256 + 128 * n;
+        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(wa, _mm512_load_si512((const void*)y)), sa);
+        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(wb, _mm512_load_si512((const void*)(y + 64))), sbv);
+      }
+    }
+    for (int t = 0; t < NT; t++) {
+      // m_i * sum16_i(y): the sums fit in int16, so vpmaddwd against zero-extended mins is exact
+      const __m512i ms = _mm512_madd_epi16(_mm512_loadu_si512((const void*)(sy[t] + (size_t)sb * 16)), mn32);
+      const float dd = dy[t][sb];
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(d * dd), acc[t]);
+      acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(ms), _mm512_set1_ps(dmin * dd), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
+}
+
+template <int NT>
+void dot_q3_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m512 acc[NT];
+  const float* dy[NT];
+  const int32_t* sy[NT];
+  for (int t = 0; t < NT; t++) {
+    acc[t] = _mm512_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+  }
+  const __m512i m3 = _mm512_set1_epi8(3), b4 = _mm512_set1_epi8(4);
+  __m512i idx[4];
+  k2_scale_idx(idx);
+  const int nsb = cols / 256;
+  for (int sb = 0; sb < nsb; sb++) {
+    const uint8_t* blk = row + (size_t)sb * 110;
+    const float d = h2f(rd16(blk + 108));
+    int8_t sc8[16];
+    q3_scales(blk + 96, sc8);
+    const __m128i sc = _mm_loadu_si128((const __m128i*)sc8);
+    const __m512i sc16 = _mm512_cvtepi8_epi16(_mm256_castsi128_si256(sc));
+    // -4 * sc as int16 in the low half of each int32 lane, upper half 0
+    const __m512i bias = _mm512_and_si512(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_cvtepi8_epi32(sc), 2)),
+                                          _mm512_set1_epi32(0xFFFF));
+    // [hm | hm >> 1]: bit 4n + 2h of byte i is the high bit of element 128n + 64h + i
+    const __m256i hm = _mm256_loadu_si256((const __m256i*)blk);
+    const __m512i hm2 = _mm512_inserti64x4(_mm512_castsi256_si512(hm), _mm256_srli_epi16(hm, 1), 1);
+    __m512i isum[NT];
+    for (int t = 0; t < NT; t++)  // q + 4 is what the dot sees: start at -4 * sum_i sc_i * sum16_i(y)
+      isum[t] = _mm512_madd_epi16(_mm512_loadu_si512((const void*)(sy[t] + (size_t)sb * 16)), bias);
+    for (int n = 0; n < 2; n++) {
+      const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 32 + 32 * n));
+      const __m512i x2 = _mm512_inserti64x4(_mm512_castsi256_si512(x), _mm256_srli_epi16(x, 2), 1);
+      for (int h = 0; h < 2; h++) {
+        __m512i w = _mm512_and_si512(h == 0 ? x2 : _mm512_srli_epi16(x2, 4), m3);
+        const __mmask64 hb = _mm512_test_epi8_mask(hm2, _mm512_set1_epi8((char)(1 << (4 * n + 2 * h))));
+        w = _mm512_mask_add_epi8(w, hb, w, b4);
+        const __m512i s = _mm512_permutexvar_epi16(idx[2 * n + h], sc16);
+        for (int t = 0; t < NT; t++) {
+          const __m512i y = _mm512_load_si512((const void*)(act[t] + (size_t)sb * 256 + 128 * n + 64 * h));
+          isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(w, y), s);
+        }
+      }
+    }
+    for (int t = 0; t < NT; t++)
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(d * dy[t][sb]), acc[t]);
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
+}
+
 template <int NT>
 void dot_q8_0_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m512 acc[NT];
@@ -628,11 +851,15 @@ void dot_row(int type, const uint8_t* row, int cols, const uint8_t* const* act, 
     case T_Q4_K: dot_q45_k_512<NT, false>(row, cols, act, L, res); return;
     case T_Q5_K: dot_q45_k_512<NT, true>(row, cols, act, L, res); return;
     case T_Q6_K: dot_q6_k_512<NT>(row, cols, act, L, res); return;
+    case T_Q2_K: dot_q2_k_512<NT>(row, cols, act, L, res); return;
+    case T_Q3_K: dot_q3_k_512<NT>(row, cols, act, L, res); return;
 #else
     case T_Q8_0: dot_q8_0<NT>(row, cols, act, L, res); return;
     case T_Q4_K: dot_q45_k<NT, false>(row, cols, act, L, res); return;
     case T_Q5_K: dot_q45_k<NT, true>(row, cols, act, L, res); return;
     case T_Q6_K: dot_q6_k<NT>(row, cols, act, L, res); return;
+    case T_Q2_K: dot_q2_k<NT>(row, cols, act, L, res); return;
+    case T_Q3_K: dot_q3_k<NT>(row, cols, act, L, res); return;
 #endif
     case T_Q4_0: dot_q4_0<NT>(row, cols, act, L, res); return;
     default: dot_generic<NT>(type, row, cols, act, L, res); return;

@@ -15,6 +15,7 @@ import { RefBackend } from "../src/backend/ref/ref-backend.js";
 import type { Backend } from "../src/backend/backend.js";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { ExpertStore } from "../src/offload/store.js";
+import { ResidentExperts } from "../src/model/experts.js";
 import { planMemory } from "../src/offload/planner.js";
 import { OffloadStats } from "../src/offload/stats.js";
 import { BudgetError, FileAccessError, ModelFormatError } from "../src/errors.js";
@@ -22,6 +23,14 @@ import { shared, skipWithoutShared } from "./shared.js";
 
 const dir = mkdtempSync(join(tmpdir(), "moira-offload-"));
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+
+/** 32 experts: more than the store's working slots hold, so prompts run in groups of experts */
+async function wideModel(): Promise<string> {
+  const out = join(dir, "wide-olmoe.gguf");
+  try { statSync(out); return out; } catch { /* make it */ }
+  await makeModel({ out, preset: "tiny-olmoe", type: "Q4_K", layers: 3, experts: 32, topK: 4, seed: 5 });
+  return out;
+}
 
 async function tinyModel(): Promise<string> {
   const out = join(dir, "tiny-olmoe.gguf");
@@ -73,7 +82,7 @@ async function exactness(path: string, prompt: number[], steps: number, cacheFra
     const ref = runLogits(model, backend, prompt, steps);
     const probe = planMemory(model, { budget: 2 ** 50, contextLength: ctx, maxBatch: prompt.length });
     const budget = probe.minimumBytes + Math.floor(probe.allExpertSlots * cacheFraction) * probe.slotBytes;
-    for (const policy of ["none", "lru", "lfu", "arc", "fate"]) {
+    for (const policy of ["none", "lru", "lfu", "arc", "fate", "fate-split"]) {
       for (const predictor of ["none", "eap", "fate"]) {
         const plan = planMemory(model, { budget, contextLength: ctx, maxBatch: prompt.length, policy });
         const stats = new OffloadStats(model.config.nLayer);
@@ -103,6 +112,50 @@ test("offload exactness: make-model tiny-olmoe Q4_K, every policy x predictor, b
   await exactness(path, prompt, 10, 0.3);
 });
 
+test("offload exactness: 32 experts, prompts computed in groups of experts, bit-identical logits", async () => {
+  const path = await wideModel();
+  const model = Model.open(path);
+  try {
+    const plan = planMemory(model, { budget: 2 ** 40, contextLength: 64, policy: "lru" });
+    assert.equal(plan.transientSlots, 16, "working slots: 16 of 32 experts");
+  } finally {
+    model.close();
+  }
+  const prompt = Array.from({ length: 20 }, (_, i) => (i * 53 + 11) % 250 + 3);
+  await exactness(path, prompt, 6, 0.25);
+});
+
+test("moeFfn with accumulate: groups of experts in order give the bits of one call (ref and native)", async () => {
+  const model = Model.open(await wideModel());
+  const backends: Backend[] = [new RefBackend(), await nativeOrRef()];
+  try {
+    const cfg = model.config;
+    const nTok = 5, d = cfg.dModel;
+    const experts = new ResidentExperts(cfg, model.weights).acquire(1, [0, 3, 4, 9, 17, 30]);
+    // slots in expert order; tokens 0..4 spread over the experts
+    const offsets = Int32Array.of(0, 2, 3, 5, 7, 8, 10);
+    const tokens = Int32Array.of(0, 3, 1, 2, 4, 0, 1, 3, 2, 4);
+    const weights = Float32Array.from(tokens, (t, i) => 0.1 + 0.07 * i + 0.01 * t);
+    const x = Float32Array.from({ length: nTok * d }, (_, i) => Math.sin(i * 0.37));
+    for (const b of backends) {
+      const one = new Float32Array(nTok * d);
+      b.moeFfn(x, nTok, { experts, offsets, tokens, weights }, one);
+      const grouped = new Float32Array(nTok * d).fill(123);
+      for (const [i0, i1] of [[0, 2], [2, 3], [3, 6]] as const) {
+        const s0 = offsets[i0]!, s1 = offsets[i1]!;
+        b.moeFfn(x, nTok, {
+          experts: experts.slice(i0, i1), offsets: offsets.slice(i0, i1 + 1).map((o) => o - s0),
+          tokens: tokens.subarray(s0, s1), weights: weights.subarray(s0, s1), accumulate: i0 > 0,
+        }, grouped);
+      }
+      assertBitIdentical([one], [grouped], `${b.name} grouped moeFfn`);
+    }
+  } finally {
+    for (const b of backends) b.dispose();
+    model.close();
+  }
+});
+
 test("offload exactness: tinymoe-trained.gguf", { skip: skipWithoutShared }, async () => {
   const prompt = [1, 450, 4996, 17354, 1701, 432, 17204, 975, 278, 17366, 11203, 29889, 512];
   await exactness(shared("models", "tinymoe-trained.gguf"), prompt, 8, 0.4);
@@ -113,7 +166,7 @@ test("budget below the minimum: BudgetError naming the minimum and its parts", a
   try {
     assert.throws(() => planMemory(model, { budget: 1 << 20, contextLength: 64 }), (e: unknown) => {
       assert.ok(e instanceof BudgetError);
-      assert.match(e.message, /budget 1 MiB is below the minimum \d+ MiB for this model: non-expert weights .* \+ KV cache .* \+ scratch .* \+ one layer's experts/);
+      assert.match(e.message, /budget 1 MiB is below the minimum \d+ MiB for this model: non-expert weights .* \+ KV cache .* \+ scratch .* \+ \d+ working expert slots/);
       return true;
     });
   } finally {

@@ -70,6 +70,12 @@ export interface ExpertBatch {
   readonly tokens: Int32Array;
   /** [nSlot] */
   readonly weights: Float32Array;
+  /**
+   * Add into `out` instead of overwriting it. Each slot's term is added in slot order with the
+   * same rounding either way, so a layer's experts computed in groups (in expert order) give the
+   * same bits as one call (how an ExpertStore with few working slots runs a prompt).
+   */
+  readonly accumulate?: boolean;
 }
 
 export interface Backend {

@@ -16,9 +16,21 @@ export interface AcquireHint {
   /** the layer's gate input, [nTokens, dModel]: what a predictive store pushes through router l+1 */
   readonly gateInput: Float32Array;
   readonly nTokens: number;
+  /** how many of the batch's tokens chose each of the acquired experts (same order) */
+  readonly tokenCounts?: ArrayLike<number>;
+  /**
+   * The layer is computed in groups (more experts than `maxExpertsPerAcquire`): this acquire is
+   * group `index` of `count`; `layerExperts` are all the layer's experts, `next` the next group's.
+   */
+  readonly group?: { readonly index: number; readonly count: number; readonly layerExperts: readonly number[]; readonly next: readonly number[] };
 }
 
 export interface ExpertProvider {
+  /**
+   * Most experts one acquire may pin (its working memory); a layer whose batch uses more is
+   * computed in groups of at most this many, in expert order. Undefined: no limit.
+   */
+  readonly maxExpertsPerAcquire?: number;
   /** Pins the given experts of `layer` and returns their weights, in the same order. */
   acquire(layer: number, experts: readonly number[], hint: AcquireHint): ExpertFfnWeights[];
   /** Unpins what acquire pinned. */

@@ -97,7 +97,7 @@ export interface MemoryPlan {
   /** bytes of one slot (the largest expert, gate + up + down, aligned) */
   readonly slotBytes: number;
   readonly slot: SlotLayout;
-  /** slots for the layer being computed (one layer's experts) */
+  /** working slots for the layer being computed (2 x top-k, at least 16 or every expert) */
   readonly transientSlots: number;
   /** slots the CachePolicy manages (never more than all experts) */
   readonly cacheSlots: number;
@@ -127,14 +127,16 @@ export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
   const kvBytes = KvCache.bytes(cfg, opts.contextLength);
   const batch = Math.max(1, Math.min(opts.maxBatch ?? 512, opts.contextLength));
   const scratch = scratchBytes(cfg, batch, opts.contextLength);
-  const transientSlots = cfg.nExpert;
+  // working slots: a decode layer's top-k plus as many prefetches; a prompt's layer (which can use
+  // every expert) is computed in groups of half of them while the next group loads
+  const transientSlots = Math.min(cfg.nExpert, Math.max(16, 2 * cfg.nExpertUsed));
   const fixed = nonExpertBytes + kvBytes + scratch;
   const minimumBytes = fixed + transientSlots * slot.bytes;
   if (opts.budget < minimumBytes) {
     throw new BudgetError(
       `budget ${formatBytes(opts.budget)} is below the minimum ${formatBytes(minimumBytes)} for this model: ` +
       `non-expert weights ${formatBytes(nonExpertBytes)} + KV cache ${formatBytes(kvBytes)} (${opts.contextLength} positions) + ` +
-      `scratch ${formatBytes(scratch)} + one layer's experts (all ${cfg.nExpert}, a prompt can use every one) ${formatBytes(transientSlots * slot.bytes)}` +
+      `scratch ${formatBytes(scratch)} + ${transientSlots} working expert slots ${formatBytes(transientSlots * slot.bytes)}` +
       ` (raise --memory-budget, or lower --context)`,
     );
   }

@@ -19,6 +19,8 @@ export interface ReplacementPool {
   remove(id: number): boolean;
   ids(): IterableIterator<number>;
   reset(): void;
+  /** Records `weight` units of evidence that an id will be wanted (e.g. prompt tokens routed to it) without loading it. */
+  prime?(id: number, weight: number, now: number): void;
 }
 
 /** Least recently used. A Map iterates in insertion order, so re-inserting on a hit keeps it in LRU order. */
@@ -90,6 +92,64 @@ export class LfuPool implements ReplacementPool {
   remove(id: number): boolean { return this.resident.delete(id); }
   ids(): IterableIterator<number> { return this.resident.values(); }
   reset(): void { this.resident.clear(); this.count.clear(); this.lastUse.clear(); }
+}
+
+/**
+ * Fate's cache: decayed access frequency over one global pool, with admission control.
+ *
+ * Every expert keeps a score: +1 per access (resident or not), +`weight` per `prime` (a prefill
+ * reports how many prompt tokens chose each expert: far more popularity evidence than the one
+ * batched access the prompt makes), halved every `halfLife` clock units, so popularity that moves
+ * (a new request, another domain) is followed. A miss evicts the lowest-scoring resident only if
+ * it scores higher than that resident; otherwise it is not admitted (the store computes with it
+ * from a working slot and drops it), so a cold expert never pushes out a hot one. Scores survive
+ * eviction. Replay on OLMoE-skewed routing (docs/replay.md): at 361 slots of 1024, 98.7 % decode
+ * hits against LRU 97.3 %, ARC 97.5 %, Fate's per-layer split 95.2 % and Belady 99.3 %.
+ */
+export class FrequencyPool implements ReplacementPool {
+  private readonly resident = new Set<number>();
+  private readonly score = new Map<number, number>();
+  private readonly stamp = new Map<number, number>();
+  private readonly rate: number;
+  constructor(readonly capacity: number, halfLife = Infinity, private readonly bypass = true) {
+    this.rate = Number.isFinite(halfLife) && halfLife > 0 ? Math.LN2 / halfLife : 0;
+  }
+  get size(): number { return this.resident.size; }
+  has(id: number): boolean { return this.resident.has(id); }
+  /** The decayed score of `id` at `now`. */
+  valueOf(id: number, now: number): number {
+    const s = this.score.get(id);
+    if (s === undefined) return 0;
+    return this.rate === 0 ? s : s * Math.exp(-this.rate * Math.max(0, now - this.stamp.get(id)!));
+  }
+  private add(id: number, w: number, now: number): void {
+    this.score.set(id, this.valueOf(id, now) + w);
+    this.stamp.set(id, now);
+  }
+  hit(id: number, now: number): void { this.add(id, 1, now); }
+  prime(id: number, weight: number, now: number): void { if (weight > 0) this.add(id, weight, now); }
+  insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
+    this.add(id, 1, now);
+    if (this.capacity <= 0) return null;
+    const evicted: number[] = [];
+    const mine = this.valueOf(id, now);
+    while (this.resident.size >= this.capacity) {
+      let victim = -1, vs = Infinity;
+      for (const k of this.resident) {
+        if (!canEvict(k)) continue;
+        const v = this.valueOf(k, now);
+        if (v < vs || (v === vs && k < victim)) { victim = k; vs = v; }
+      }
+      if (victim < 0 || (this.bypass && mine < vs)) { for (const v of evicted) this.resident.add(v); return null; }
+      this.resident.delete(victim);
+      evicted.push(victim);
+    }
+    this.resident.add(id);
+    return evicted;
+  }
+  remove(id: number): boolean { return this.resident.delete(id); }
+  ids(): IterableIterator<number> { return this.resident.values(); }
+  reset(): void { this.resident.clear(); this.score.clear(); this.stamp.clear(); }
 }
 
 /**
@@ -204,7 +264,7 @@ export class FutureIndex {
   }
 }
 
-/** Belady's MIN: evict the resident whose next use is furthest in the future (offline; replay only). */
+/** Belady's MIN: evict the resident whose next use is furthest in the future, or bypass the newcomer when it is (offline; replay only). */
 export class BeladyPool implements ReplacementPool {
   private readonly resident = new Set<number>();
   constructor(readonly capacity: number, private readonly future: FutureIndex) {}
@@ -215,13 +275,21 @@ export class BeladyPool implements ReplacementPool {
     if (this.capacity <= 0) return null;
     const evicted: number[] = [];
     while (this.resident.size >= this.capacity) {
-      let victim = -1, far = -Infinity;
+      let victim = -1, far = -Infinity, after = -Infinity;
       for (const k of this.resident) {
         if (!canEvict(k)) continue;
         const n = this.future.nextUse(k, now);
-        if (n > far || (n === far && k < victim)) { victim = k; far = n; }
+        // ties (ids wanted by the same step) go to the one whose following use is later
+        const a = n === far && n !== Infinity ? this.future.nextUse(k, n) : -Infinity;
+        if (n > far || (n === far && (a > after || (a === after && k < victim)))) {
+          victim = k; far = n; after = n === Infinity ? Infinity : this.future.nextUse(k, n);
+        }
       }
-      if (victim < 0) { for (const v of evicted) this.resident.add(v); return null; }
+      // the newcomer itself is needed later than every candidate: not caching it is optimal
+      // (MIN with bypass, the optimum for a cache that may compute from a working slot)
+      const mine = this.future.nextUse(id, now);
+      const later = mine > far || (mine === far && mine !== Infinity && this.future.nextUse(id, mine) > after);
+      if (victim < 0 || later) { for (const v of evicted) this.resident.add(v); return null; }
       this.resident.delete(victim);
       evicted.push(victim);
     }

@@ -13,7 +13,7 @@
 import { BudgetError, InvalidArgumentError } from "../errors.js";
 import { type ExpertKey, expertId, expertKeyOf } from "./expert-key.js";
 import {
-  ArcPool, BeladyPool, FutureIndex, LfuPool, LruPool, type ReplacementPool,
+  ArcPool, BeladyPool, FrequencyPool, FutureIndex, LfuPool, LruPool, type ReplacementPool,
 } from "./policy-pools.js";
 
 export { FutureIndex } from "./policy-pools.js";
@@ -53,6 +53,11 @@ export interface CachePolicy {
   /** Makes a (loaded, non-resident) key resident, evicting unpinned keys as needed. */
   admit(key: ExpertKey, now: number): AdmitResult;
   remove(key: ExpertKey): boolean;
+  /**
+   * Evidence that `key` will be wanted, without an access: `weight` prompt tokens routed to it in a
+   * batched prefill (which accesses it once). Only popularity-based policies (fate) use it.
+   */
+  prime(key: ExpertKey, weight: number, now: number): void;
   /** Protects a key from eviction until as many `unpin` calls; pinning a non-resident key is allowed. */
   pin(key: ExpertKey): void;
   unpin(key: ExpertKey): void;
@@ -64,7 +69,7 @@ export interface CachePolicy {
   reset(): void;
 }
 
-export const POLICY_NAMES = ["none", "lru", "lfu", "arc", "fate", "belady"] as const;
+export const POLICY_NAMES = ["none", "lru", "lfu", "arc", "fate", "fate-split", "belady"] as const;
 export type PolicyName = (typeof POLICY_NAMES)[number];
 
 export interface CachePolicyOptions {
@@ -79,6 +84,8 @@ export interface CachePolicyOptions {
   readonly fateMinSlots?: number;
   /** fate: force this many fully resident shallow layers instead of the automatic choice. */
   readonly fateResidentLayers?: number;
+  /** fate: half-life of an expert's popularity score, in tokens (default 256) */
+  readonly fateHalfLifeTokens?: number;
 }
 
 /**
@@ -160,6 +167,7 @@ export class PooledPolicy implements CachePolicy {
     return { admitted: true, evicted: ev.map((v) => expertKeyOf(v, this.nExpert)) };
   }
   remove(key: ExpertKey): boolean { return this.pool(key.layer).remove(this.id(key)); }
+  prime(key: ExpertKey, weight: number, now: number): void { this.pool(key.layer).prime?.(this.id(key), weight, now); }
   pin(key: ExpertKey): void { const id = this.id(key); this.pins.set(id, (this.pins.get(id) ?? 0) + 1); }
   unpin(key: ExpertKey): void {
     const id = this.id(key), n = this.pins.get(id) ?? 0;
@@ -184,8 +192,10 @@ export class PooledPolicy implements CachePolicy {
 
 /**
  * Builds a policy by name. `none` caches nothing (every access loads; only the experts a layer is
- * computing with are in memory, in the store's scratch). `fate` re-allocates the layout's total
- * slots with `fateAllocation` and runs ARC inside each layer. `belady` needs `opts.future`.
+ * computing with are in memory, in the store's scratch). `fate` is one global `FrequencyPool` over
+ * the layout's total slots (decayed popularity with admission control, primed by prompt token
+ * counts); `fate-split` is the allocation of the design document (`fateAllocation`: shallow layers
+ * resident, the rest split per layer, ARC in each), kept for comparison. `belady` needs `opts.future`.
  */
 export function createPolicy(name: string, layout: CacheLayout, opts: CachePolicyOptions): CachePolicy {
   const { nLayer, nExpert } = opts;
@@ -202,10 +212,16 @@ export function createPolicy(name: string, layout: CacheLayout, opts: CachePolic
     case "lfu": return new PooledPolicy("lfu", layout, nLayer, nExpert, (c) => new LfuPool(c));
     case "arc": return new PooledPolicy("arc", layout, nLayer, nExpert, (c) => new ArcPool(c));
     case "fate": {
+      // the access clock advances about once per routed expert: nLayer * topK per token
+      const halfLife = (opts.fateHalfLifeTokens ?? 256) * nLayer * (opts.topK ?? 2);
+      return new PooledPolicy("fate", { kind: "global", slots: totalSlots(layout) }, nLayer, nExpert,
+        (c) => new FrequencyPool(c, halfLife));
+    }
+    case "fate-split": {
       const slots = fateAllocation(totalSlots(layout), {
         nLayer, nExpert, minSlots: opts.fateMinSlots ?? opts.topK ?? 2, residentLayers: opts.fateResidentLayers,
       });
-      return new PooledPolicy("fate", { kind: "per-layer", slots }, nLayer, nExpert, (c) => new ArcPool(c));
+      return new PooledPolicy("fate-split", { kind: "per-layer", slots }, nLayer, nExpert, (c) => new ArcPool(c));
     }
     case "belady": {
       if (!opts.future) {

@@ -13,7 +13,7 @@
  */
 import { InvalidArgumentError } from "../errors.js";
 import { type ExpertKey, expertId } from "../offload/expert-key.js";
-import { type CacheLayout, createPolicy, totalSlots } from "../offload/policy.js";
+import { type CacheLayout, FutureIndex, createPolicy, totalSlots } from "../offload/policy.js";
 import { createPredictor, PredictionStats } from "../offload/predictor.js";
 import type { RoutingTrace } from "./format.js";
 import type { TimeModel, TimeSummary } from "./time-model.js";
@@ -45,6 +45,16 @@ export function layoutFor(shape: { nLayer: number; nExpert: number }, b: Budget)
   const base = Math.floor(total / nLayer);
   const slots = Array.from({ length: nLayer }, (_, l) => base + (l < total - base * nLayer ? 1 : 0));
   return { kind: "per-layer", slots };
+}
+
+/** The step (one token's one layer, counted from 0) of every access of `accessSequence(trace)`. */
+export function accessSteps(trace: RoutingTrace): Int32Array {
+  const out: number[] = [];
+  let step = 0;
+  for (const req of trace.requests) for (const t of req.tokens) {
+    for (const l of t.layers) { for (let i = 0; i < l.experts.length; i++) out.push(step); step++; }
+  }
+  return Int32Array.from(out);
 }
 
 /** Every expert access of the trace in replay order (request, token, layer, expert as listed). */
@@ -122,10 +132,17 @@ export function simulate(trace: RoutingTrace, o: SimulateOptions): SimulationRes
   let predictorName = o.predictor;
   if (predictorName === "fate" && !trace.hasPredictions) { notes.push(fateFallbackNote(trace)); predictorName = "none"; }
   const layout = layoutFor(trace, o.budget);
+  // Belady's clock counts steps (one token's one layer), not accesses: experts a step wants
+  // together are needed at the same time, and ties go to the later following use
+  const future = o.policy === "belady" ? accessSequence(trace) : undefined;
+  const futureTimes = future ? accessSteps(trace) : undefined;
   const policy = createPolicy(o.policy, layout, {
-    nLayer, nExpert, topK: trace.topK, fateMinSlots: o.fateMinSlots, fateResidentLayers: o.fateResidentLayers,
-    future: o.policy === "belady" ? accessSequence(trace) : undefined,
+    nLayer, nExpert, topK: trace.topK, fateMinSlots: o.fateMinSlots, fateResidentLayers: o.fateResidentLayers, future, futureTimes,
   });
+  // Belady admits a step's misses soonest-needed first, so the one worth caching is never the
+  // one left out because a later-needed miss of the same step took the last slot
+  const oracle = future ? new FutureIndex(Int32Array.from(future, (k) => expertId(k.layer, k.expert, nExpert)), futureTimes) : null;
+  let step = 0;
   const predictor = createPredictor(predictorName, { nLayer, nExpert });
   const predicting = predictorName !== "none";
   const width = o.prefetchWidth ?? trace.topK;
@@ -144,17 +161,26 @@ export function simulate(trace: RoutingTrace, o: SimulateOptions): SimulationRes
         const E = tok.layers[l]!.experts;
         const keys = E.map((expert) => ({ layer: l, expert }));
         const missing: number[] = [];
+        const clock = (i: number): number => (oracle ? step : now + i);
         for (let i = 0; i < keys.length; i++) {
           const k = keys[i]!;
-          if (policy.touch(k, now + i) || staged[l]!.has(k.expert)) hits[l]!++;
+          if (policy.touch(k, clock(i)) || staged[l]!.has(k.expert)) hits[l]!++;
           else { misses[l]!++; missing.push(i); }
           policy.pin(k);
           const id = expertId(l, k.expert, nExpert);
           if (pending.delete(id)) prefetchUsed++;
         }
-        for (const i of missing) forget(policy.admit(keys[i]!, now + i).evicted);
+        if (oracle) {
+          const key = (i: number): [number, number] => {
+            const n = oracle.nextUse(expertId(l, keys[i]!.expert, nExpert), step);
+            return [n, n === Infinity ? Infinity : oracle.nextUse(expertId(l, keys[i]!.expert, nExpert), n)];
+          };
+          missing.sort((a, b) => { const x = key(a), y = key(b); return x[0] - y[0] || x[1] - y[1] || a - b; });
+        }
+        for (const i of missing) forget(policy.admit(keys[i]!, clock(i)).evicted);
         staged[l]!.clear();
-        const end = now + keys.length - 1;
+        const end = oracle ? step : now + keys.length - 1;
+        step++;
         now += keys.length;
         predictor.observe(l, E);
         let issued = 0;

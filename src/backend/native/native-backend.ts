@@ -81,8 +81,8 @@ export class NativeBackend implements Backend {
       types[3 * i] = gate.type; types[3 * i + 1] = up.type; types[3 * i + 2] = down.type;
       data[3 * i] = gate.data; data[3 * i + 1] = up.data; data[3 * i + 2] = down.data;
     }
-    if (n === 0) { out.fill(0); return; }
-    this.live().moeFfn(x, nTokens, d, ff, types, data, b.offsets, b.tokens, b.weights, out);
+    if (n === 0) { if (!b.accumulate) out.fill(0); return; }
+    this.live().moeFfn(x, nTokens, d, ff, types, data, b.offsets, b.tokens, b.weights, out, b.accumulate === true);
   }
 
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {

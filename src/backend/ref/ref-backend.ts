@@ -119,7 +119,7 @@ export class RefBackend implements Backend {
 
   moeFfn(x: Float32Array, nTokens: number, b: ExpertBatch, out: Float32Array): void {
     const d = b.experts.length > 0 ? b.experts[0].gate.cols : 0;
-    out.fill(0, 0, nTokens * d);
+    if (!b.accumulate) out.fill(0, 0, nTokens * d);
     b.experts.forEach((w, i) => {
       const s0 = b.offsets[i], n = b.offsets[i + 1] - s0, ff = w.gate.rows;
       if (n === 0) return;
