@@ -64,6 +64,8 @@ const CONFIGS: Record<string, { policy: string; predictor: string; lowbitMiss?: 
   lru: { policy: "lru", predictor: "none" },
   eap: { policy: "lru", predictor: "eap" },
   fate: { policy: "fate", predictor: "fate" },
+  /** the design document's allocation (shallow layers resident, per-layer ARC) with Fate's predictor */
+  "fate-split": { policy: "fate-split", predictor: "fate" },
   "lru-fate": { policy: "lru", predictor: "fate" },
   "fate-lowbit": { policy: "fate", predictor: "fate", lowbitMiss: 0.1 },
 };
@@ -147,7 +149,8 @@ for (const preset of presets) {
     const budget = Math.floor((fileBytes * pct) / 100);
     const cap = budget + RUNTIME_OVERHEAD;
     for (const c of configs) {
-      const cfg = CONFIGS[c]!;
+      const cfg = CONFIGS[c];
+      if (!cfg) throw new Error(`unknown config ${c}: expected one of ${Object.keys(CONFIGS).join(", ")}`);
       const flags: any = { policy: cfg.policy, predictor: cfg.predictor };
       if (cfg.lowbitMiss !== undefined) { flags.lowbit = side; flags.lowbitMiss = cfg.lowbitMiss; }
       const r = best(() => runChild(path, budget, flags, cap));

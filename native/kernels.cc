@@ -230,6 +230,12 @@ inline float hsum8(__m256 v) {
 #endif
 
 // ---- dot kernels: one weight row against NT token activations ----------------------------------
+// The SIMD kernels are kept out of line: inlined into the one big matmul_rows_impl, each kernel's
+// code (register allocation, spills) changed with every kernel added to dot_row's switch, and
+// Q4_K's matvec was once measured 2.4x slower only because Q2_K / Q3_K cases were added there.
+// One call per row costs nothing measurable (a row is >= 256 elements).
+#define MOIRA_KERNEL __attribute__((noinline))
+
 // Generic path (every type, every ISA): dequantize a block to f32, dot with q*d of the activation.
 template <int NT>
 void dot_generic(int type, const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
@@ -298,7 +304,7 @@ inline __m256i scale_vec(__m256i i32) {  // int32 lanes -> the form dpbusd_scale
 inline __m256i scale_bcast(int v) { return scale_vec(_mm256_set1_epi32(v)); }
 
 template <int NT>
-void dot_q8_0(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+MOIRA_KERNEL void dot_q8_0(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m256 acc[NT];
   const float* dy[NT];
   for (int t = 0; t < NT; t++) { acc[t] = _mm256_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); }
@@ -318,7 +324,7 @@ void dot_q8_0(const uint8_t* row, int cols, const uint8_t* const* act, const Act
 }
 
 template <int NT>
-void dot_q4_0(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+MOIRA_KERNEL void dot_q4_0(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m256 acc[NT];
   const float* dy[NT];
   const int32_t* sy[NT];
@@ -354,9 +360,20 @@ inline void k4_scales(const uint8_t* s12, uint8_t* sc, uint8_t* mn) {  // 8 scal
   memcpy(sc, u, 8); memcpy(mn, u + 2, 8);
 }
 
+// k4_scales kept in a register: scales in bytes 0..7, mins in 8..15. Writing them to a stack array
+// and loading 16 bytes back stalls on store forwarding (the load spans several smaller stores).
+inline __m128i k4_scales_v(const uint8_t* s12) {
+  uint32_t u[3];
+  memcpy(u, s12, 12);
+  const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+  const uint32_t u3 = ((u[2] >> 4) & kmask2) | (((u[1] >> 6) & kmask3) << 4);
+  const uint32_t u1 = (u[2] & kmask2) | (((u[0] >> 6) & kmask3) << 4);
+  return _mm_setr_epi32((int)(u[0] & kmask1), (int)u1, (int)(u[1] & kmask1), (int)u3);
+}
+
 // Q4_K and Q5_K share everything but the fifth bit.
 template <int NT, bool Q5>
-void dot_q45_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+MOIRA_KERNEL void dot_q45_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m256 acc[NT], accm[NT];
   const float* dy[NT];
   const int32_t* sy[NT];  // sums per 32
@@ -403,7 +420,7 @@ void dot_q45_k(const uint8_t* row, int cols, const uint8_t* const* act, const Ac
 }
 
 template <int NT>
-void dot_q6_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+MOIRA_KERNEL void dot_q6_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m256 acc[NT];
   const float* dy[NT];
   const int32_t* sy[NT];
@@ -451,18 +468,18 @@ void dot_q6_k(const uint8_t* row, int cols, const uint8_t* const* act, const Act
   for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]);
 }
 
-// Q3_K's 16 packed 6-bit scales, each minus 32 (ggml's layout: low 4 bits in bytes 0..7, high 2
-// bits in bytes 8..11).
-inline void q3_scales(const uint8_t* s12, int8_t* out) {
-  uint32_t a[4];
-  memcpy(a, s12, 12);
-  const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
-  const uint32_t tmp = a[2];
-  a[2] = ((a[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
-  a[3] = ((a[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
-  a[0] = (a[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
-  a[1] = (a[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
-  _mm_storeu_si128((__m128i*)out, _mm_sub_epi8(_mm_loadu_si128((const __m128i*)a), _mm_set1_epi8(32)));
+// Q3_K's 16 packed 6-bit scales, each minus 32, as int8 lanes. ggml's layout: bytes 0..7 hold the low
+// 4 bits (low nibbles: scales 0..7, high nibbles: 8..15); bits 2g..2g+1 of byte 8 + k are the high
+// 2 bits of scale 4g + k. Reads exactly the 12 bytes.
+inline __m128i q3_scales(const uint8_t* s12) {
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_loadl_epi64((const __m128i*)s12);
+  const __m128i low4 = _mm_unpacklo_epi64(_mm_and_si128(lo, m4), _mm_and_si128(_mm_srli_epi16(lo, 4), m4));
+  uint32_t h;
+  memcpy(&h, s12 + 8, 4);
+  // 32-bit lane g: the 4 high-bit bytes shifted right by 2g, so bits 0..1 of byte k are scale 4g + k's
+  const __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)h), _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
+  return _mm_sub_epi8(_mm_or_si128(low4, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
 }
 
 // Q2_K and Q3_K low bits: bits 2j..2j+1 of byte l of 32-byte group n hold element 128n + 32j + l;
@@ -474,7 +491,7 @@ inline __m256i mul_small(__m256i a, __m256i b) { return _mm256_madd_epi16(a, b);
 // Q2_K: x = d*sc*q - dmin*m with q in 0..3, sc and m 4-bit per 16 elements.
 // dot = d * sum_i sc_i (q.y)_i - dmin * sum_i m_i sum16_i(y)
 template <int NT>
-void dot_q2_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+MOIRA_KERNEL void dot_q2_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m256 acc[NT], accm[NT];
   const float* dy[NT];
   const int32_t* sy[NT];  // sums per 16
@@ -524,7 +541,7 @@ void dot_q2_k(const uint8_t* row, int cols, const uint8_t* const* act, const Act
 // q + 4 = low | high << 2 (0..7, unsigned for vpmaddubsw) and starts each sum at
 // -4 * sum_i sc_i sum16_i(y), as Q6_K does with its +32.
 template <int NT>
-void dot_q3_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+MOIRA_KERNEL void dot_q3_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m256 acc[NT];
   const float* dy[NT];
   const int32_t* sy[NT];
@@ -538,9 +555,7 @@ void dot_q3_k(const uint8_t* row, int cols, const uint8_t* const* act, const Act
   for (int sb = 0; sb < nsb; sb++) {
     const uint8_t* blk = row + (size_t)sb * 110;
     const float d = h2f(rd16(blk + 108));
-    int8_t sc8[16];
-    q3_scales(blk + 96, sc8);
-    const __m128i sc = _mm_loadu_si128((const __m128i*)sc8);
+    const __m128i sc = q3_scales(blk + 96);
     const __m256i scA = _mm256_cvtepi8_epi32(sc), scB = _mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8));
     // -4 * sc as int16 in the low half of each lane, upper half 0 (for mul_small)
     const __m256i bA = _mm256_and_si256(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(scA, 2)), lo16);
@@ -573,7 +588,7 @@ void dot_q3_k(const uint8_t* row, int cols, const uint8_t* const* act, const Act
 }
 
 template <int NT>
-void dot_float(int type, const uint8_t* row, int cols, const uint8_t* const* act, float* res) {
+MOIRA_KERNEL void dot_float(int type, const uint8_t* row, int cols, const uint8_t* const* act, float* res) {
   __m256 acc[NT];
   for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
   int c = 0;
@@ -599,7 +614,7 @@ void dot_float(int type, const uint8_t* row, int cols, const uint8_t* const* act
 inline float hsum16(__m512 v) { return _mm512_reduce_add_ps(v); }
 
 template <int NT, bool Q5>
-void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+MOIRA_KERNEL void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m512 acc[NT];
   __m256 accm[NT];
   const float* dy[NT];
@@ -616,9 +631,8 @@ void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, cons
   for (int sb = 0; sb < nsb; sb++) {
     const uint8_t* blk = row + (size_t)sb * bsz;
     const float d = h2f(rd16(blk)), dmin = h2f(rd16(blk + 2));
-    uint8_t scm[16];
-    k4_scales(blk + 4, scm, scm + 8);
-    const __m512i sc16 = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)scm)));
+    const __m128i scm = k4_scales_v(blk + 4);
+    const __m512i sc16 = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(scm));
     const uint8_t* qs = blk + (Q5 ? 48 : 16);
     __m512i qh2 = _mm512_setzero_si512();
     if (Q5) {  // [qh | qh >> 1]: bit 2k of byte i gives element i of sub-block 2k (low half) / 2k+1 (high half)
@@ -641,7 +655,7 @@ void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, cons
       }
     }
     // mins: dmin * sum_j m_j * sum32_j(y), 8 lanes, kept as a vector until the end of the row
-    const __m256i mv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(scm + 8)));
+    const __m256i mv = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(scm, scm));
     for (int t = 0; t < NT; t++) {
       const float dd = dy[t][sb];
       const __m256i ms = _mm256_mullo_epi32(mv, _mm256_load_si256((const __m256i*)(s32[t] + (size_t)sb * 8)));
@@ -653,7 +667,7 @@ void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, cons
 }
 
 template <int NT>
-void dot_q6_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+MOIRA_KERNEL void dot_q6_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m512 acc[NT];
   const float* dy[NT];
   const int32_t* sy[NT];
@@ -711,7 +725,7 @@ inline void k2_scale_idx(__m512i* idx) {
 }
 
 template <int NT>
-void dot_q2_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+MOIRA_KERNEL void dot_q2_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m512 acc[NT];
   const float* dy[NT];
   const int32_t* sy[NT];  // sums per 16
@@ -754,7 +768,7 @@ void dot_q2_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const
 }
 
 template <int NT>
-void dot_q3_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+MOIRA_KERNEL void dot_q3_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m512 acc[NT];
   const float* dy[NT];
   const int32_t* sy[NT];
@@ -768,9 +782,7 @@ void dot_q3_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const
   for (int sb = 0; sb < nsb; sb++) {
     const uint8_t* blk = row + (size_t)sb * 110;
     const float d = h2f(rd16(blk + 108));
-    int8_t sc8[16];
-    q3_scales(blk + 96, sc8);
-    const __m128i sc = _mm_loadu_si128((const __m128i*)sc8);
+    const __m128i sc = q3_scales(blk + 96);
     const __m512i sc16 = _mm512_cvtepi8_epi16(_mm256_castsi128_si256(sc));
     // -4 * sc as int16 in the low half of each int32 lane, upper half 0
     const __m512i bias = _mm512_and_si512(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_cvtepi8_epi32(sc), 2)),
@@ -802,7 +814,7 @@ void dot_q3_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const
 }
 
 template <int NT>
-void dot_q8_0_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+MOIRA_KERNEL void dot_q8_0_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m512 acc[NT];
   const float* dy[NT];
   for (int t = 0; t < NT; t++) { acc[t] = _mm512_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); }

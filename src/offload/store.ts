@@ -91,6 +91,34 @@ interface Entry {
 interface Pending {
   readonly predicted: number[];
   readonly entries: Entry[];
+  /** rank of each entry in `predicted` */
+  readonly ranks: number[];
+}
+
+/**
+ * How often a decode prefetch load at each prediction rank was used, decayed: a load is issued
+ * only where it has paid off at least half the time. Where the cache is small (a 25% budget)
+ * the predicted experts that are not resident are mostly right and the disk would idle during
+ * compute, so many are loaded; once the hot experts are resident, the ones left are the
+ * predictions that miss, and loading them would only take bandwidth from demand loads.
+ */
+class RankPrecision {
+  private readonly issued: Float64Array;
+  private readonly used: Float64Array;
+  constructor(n: number, private readonly decay = 0.97) {
+    this.issued = new Float64Array(n);
+    this.used = new Float64Array(n);
+  }
+  record(rank: number, wasUsed: boolean): void {
+    const r = Math.min(rank, this.issued.length - 1);
+    this.issued[r] = this.issued[r]! * this.decay + 1;
+    this.used[r] = this.used[r]! * this.decay + (wasUsed ? 1 : 0);
+  }
+  /** estimated chance that a load at this rank is used (Laplace prior: 1/2 before any evidence) */
+  chance(rank: number): number {
+    const r = Math.min(rank, this.issued.length - 1);
+    return (this.used[r]! + 1) / (this.issued[r]! + 2);
+  }
 }
 
 /**
@@ -111,6 +139,8 @@ export class ExpertStore implements ExpertProvider {
    * bandwidth, and the lower-ranked (less likely) predictions are the ones that miss.
    */
   prefetchLoads: number;
+  private readonly rankPrecision: RankPrecision;
+  private reprobe = 0;
   private readonly reader: FileReader;
   private readonly prefetcher: Prefetcher;
   private readonly lowReader: FileReader | null = null;
@@ -180,7 +210,9 @@ export class ExpertStore implements ExpertProvider {
       this.lowPrefetcher = new Prefetcher(this.lowReader);
     }
     this.width = opts.prefetchWidth ?? cfg.nExpertUsed;
-    this.prefetchLoads = this.width;
+    this.rankPrecision = new RankPrecision(cfg.nExpert);
+    // decode prefetch loads share the working slots with the next layer's own loads (top-k)
+    this.prefetchLoads = Math.max(1, Math.min(this.width, plan.transientSlots - cfg.nExpertUsed));
     if (opts.prefetchWidth === undefined && opts.predictor !== "none") this.calibrate();
   }
 
@@ -221,6 +253,7 @@ export class ExpertStore implements ExpertProvider {
       const want = new Set(layerExperts);
       this.pending.delete(layer);
       this.stats.prediction.record(layer, phase === "decode" ? pend.predicted : pend.predicted.slice(0, layerExperts.length), layerExperts);
+      if (phase === "decode") pend.entries.forEach((ent, i) => this.rankPrecision.record(pend.ranks[i]!, want.has(ent.expert)));
       for (const ent of pend.entries) if (!want.has(ent.expert)) this.dropPrediction(ent);
     }
     if (firstGroup) this.predictor.observe(moe, layerExperts);
@@ -450,8 +483,10 @@ export class ExpertStore implements ExpertProvider {
     // not admitted (a full pool of pinned experts, or the policy's choice): a prediction is dropped;
     // a certain load (the next group of a layer) may still use a working slot
     if (!cached && admitNow && priority === "prefetch" && this.policy.capacityOf(key.layer) > 0 && !workingOk) return null;
-    // a prefetch never takes the working slots a demand load of this layer may still need
-    if (priority === "prefetch" && !cached && this.free.length <= this.opts.plan.transientSlots / 2) return null;
+    // a prefetch never takes the working slots a demand load may still need: in a prompt, the
+    // next group's half; in decode, prefetchLoads already leaves the next layer its top-k
+    const reserve = this.phase === "prefill" ? this.opts.plan.transientSlots / 2 : 0;
+    if (priority === "prefetch" && !cached && this.free.length <= reserve) return null;
     let slot = this.free.pop();
     if (slot === undefined && priority === "demand") {
       this.settleOrphans();
@@ -545,7 +580,10 @@ export class ExpertStore implements ExpertProvider {
       predicted = this.predictor.predictNextLayer({ layer: moe, token: this.token, experts, width: phase === "decode" ? this.width : this.cfg.nExpert });
     }
     const entries: Entry[] = [];
+    const ranks: number[] = [];
     let loads = phase === "decode" ? this.prefetchLoads : Infinity;
+    // a rank whose loads stopped paying off is re-tried now and then (routing drifts)
+    const probe = phase === "decode" && ++this.reprobe % 64 === 0;
     predicted.forEach((e, rank) => {
       const have = this.full.get(this.key(next, e));
       if (have) {
@@ -554,14 +592,12 @@ export class ExpertStore implements ExpertProvider {
         return;
       }
       if (loads <= 0) return;
-      // decode: only the top half of the ranking is worth a load; the lower ranks are the
-      // predictions that miss (and, once the hot experts are resident, the only ones left to load)
-      if (phase === "decode" && rank >= Math.ceil(this.cfg.nExpertUsed / 2)) return;
+      if (phase === "decode" && this.rankPrecision.chance(rank) < 0.5 && !(probe && loads === this.prefetchLoads)) return;
       loads--;
       const ent = this.startLoad(next, e, "prefetch", false, rank);
-      if (ent) entries.push(ent);
+      if (ent) { entries.push(ent); ranks.push(rank); }
     });
-    this.pending.set(next, { predicted, entries });
+    this.pending.set(next, { predicted, entries, ranks });
   }
 
   /**
@@ -608,7 +644,6 @@ export class ExpertStore implements ExpertProvider {
     }
     this.stats.reset();
     this.width = calibrateWidth({ layerMs, readMs, topK: cfg.nExpertUsed, nExpert: cfg.nExpert });
-    this.prefetchLoads = Math.max(1, Math.min(this.width, Math.floor(layerMs / readMs)));
     this.stats.calibration = { readMs, layerMs, width: this.width, bandwidthBytesPerS: bytes / (readWall / 1000) };
     this.stats.direct = this.reader.direct;
   }
