@@ -68,6 +68,20 @@ function requantizeStacked(srcType: GGMLType, type: GGMLType, src: Uint8Array, n
   return all;
 }
 
+/**
+ * The type one expert tensor is written in: `t`, or where its rows are not whole blocks of `t`
+ * (Qwen1.5-MoE's expert width 1408 is not a multiple of 256) Q4_0 in place of a K-quant of at
+ * most 4 bits and Q8_0 in place of a larger one, as llama.cpp falls back.
+ */
+function lowbitTypeFor(t: GGMLType, cols: number, name: string): GGMLType {
+  if (cols % typeInfo(t).blockSize === 0) return t;
+  const fb = t === GGMLType.Q5_K || t === GGMLType.Q6_K ? GGMLType.Q8_0 : GGMLType.Q4_0;
+  if (cols % typeInfo(fb).blockSize !== 0) {
+    throw new UnsupportedError(`quantize-experts: ${name} rows of ${cols} are not whole ${typeName(t)} blocks of ${typeInfo(t).blockSize} (nor ${typeName(fb)} blocks)`);
+  }
+  return fb;
+}
+
 export interface QuantizeExpertsResult {
   readonly path: string;
   readonly bytes: number;
@@ -85,20 +99,26 @@ export function writeLowbitSidecar(model: Model, type: string, out: string, onPr
   const cfg = model.config;
   const layers = describeExperts(cfg, model.weights);
   const tensors: GGUFTensorInput[] = [];
-  const { blockSize } = typeInfo(t);
+  let expertBytes = 0;
   for (const [l, lt] of layers) {
     const names = expertTensorNames(l);
+    let eb = 0;
     for (const part of ["gate", "up", "down"] as const) {
       const s = lt[part];
-      if (s.cols % blockSize !== 0) throw new UnsupportedError(`quantize-experts: ${names[part]} rows of ${s.cols} are not whole ${typeName(t)} blocks of ${blockSize}`);
+      const pt = lowbitTypeFor(t, s.cols, names[part]);
+      const info = typeInfo(pt);
+      eb += (s.rows * s.cols / info.blockSize) * info.typeSize;
       tensors.push({
-        name: names[part], type: t, dims: [s.cols, s.rows, s.nExpert],
+        name: names[part], type: pt, dims: [s.cols, s.rows, s.nExpert],
         data: () => {
           const src = model.weights.stackedData(names[part]);
-          return requantizeStacked(s.type, t, src, s.nExpert, s.expertBytes, s.rows * s.cols);
+          // already in the fallback type (make-model and llama.cpp pick it for such widths): as is
+          if (pt === s.type) return src.subarray(0, s.nExpert * s.expertBytes);
+          return requantizeStacked(s.type, pt, src, s.nExpert, s.expertBytes, s.rows * s.cols);
         },
       });
     }
+    expertBytes = Math.max(expertBytes, eb);
   }
   const metadata: Array<[string, GGUFMetadataValue]> = [
     ["general.architecture", { type: GGUFValueType.STRING, value: "moira-lowbit-experts" }],
@@ -106,9 +126,7 @@ export function writeLowbitSidecar(model: Model, type: string, out: string, onPr
     [SOURCE_KEY, { type: GGUFValueType.UINT64, value: BigInt(statSync(model.file.path).size) }],
   ];
   const bytes = writeGGUF(out, { metadata, tensors, onTensor: onProgress });
-  const first = [...layers.values()][0];
-  const eb = first ? ["gate", "up", "down"].reduce((a, p) => a + (first[p as "gate"].rows * first[p as "gate"].cols / blockSize) * typeInfo(t).typeSize, 0) : 0;
-  return { path: out, bytes, type: typeName(t), expertBytes: eb };
+  return { path: out, bytes, type: typeName(t), expertBytes };
 }
 
 /** Opens a sidecar and checks it matches the model (same layers, shapes). */

@@ -484,8 +484,9 @@ export class ExpertStore implements ExpertProvider {
     // a certain load (the next group of a layer) may still use a working slot
     if (!cached && admitNow && priority === "prefetch" && this.policy.capacityOf(key.layer) > 0 && !workingOk) return null;
     // a prefetch never takes the working slots a demand load may still need: in a prompt, the
-    // next group's half; in decode, prefetchLoads already leaves the next layer its top-k
-    const reserve = this.phase === "prefill" ? this.opts.plan.transientSlots / 2 : 0;
+    // next group's half (unless this is that group's own load); in decode, prefetchLoads already
+    // leaves the next layer its top-k
+    const reserve = this.phase === "prefill" && !workingOk ? this.opts.plan.transientSlots / 2 : 0;
     if (priority === "prefetch" && !cached && this.free.length <= reserve) return null;
     let slot = this.free.pop();
     if (slot === undefined && priority === "demand") {
