@@ -84,7 +84,7 @@ export interface CachePolicyOptions {
   readonly fateMinSlots?: number;
   /** fate: force this many fully resident shallow layers instead of the automatic choice. */
   readonly fateResidentLayers?: number;
-  /** fate: half-life of an expert's popularity score, in tokens (default 256) */
+  /** fate: half-life of an expert's popularity score, in tokens (default 32) */
   readonly fateHalfLifeTokens?: number;
 }
 
@@ -212,10 +212,12 @@ export function createPolicy(name: string, layout: CacheLayout, opts: CachePolic
     case "lfu": return new PooledPolicy("lfu", layout, nLayer, nExpert, (c) => new LfuPool(c));
     case "arc": return new PooledPolicy("arc", layout, nLayer, nExpert, (c) => new ArcPool(c));
     case "fate": {
-      // the access clock advances about once per routed expert: nLayer * topK per token
-      const halfLife = (opts.fateHalfLifeTokens ?? 256) * nLayer * (opts.topK ?? 2);
+      // the access clock advances about once per routed expert: nLayer * topK per token. Half-life
+      // 32 tokens, +2 for use within the last token: replay on OLMoE-skewed routing, the Mixtral
+      // traces and the trained tiny MoE (docs/replay.md) put these at or near the best of each
+      const perToken = nLayer * (opts.topK ?? 2);
       return new PooledPolicy("fate", { kind: "global", slots: totalSlots(layout) }, nLayer, nExpert,
-        (c) => new FrequencyPool(c, halfLife));
+        (c) => new FrequencyPool(c, (opts.fateHalfLifeTokens ?? 32) * perToken, perToken, 2));
     }
     case "fate-split": {
       const slots = fateAllocation(totalSlots(layout), {
