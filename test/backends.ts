@@ -12,3 +12,14 @@ export async function backendsUnderTest(): Promise<Backend[]> {
   }
   return list;
 }
+
+/** The fastest backend there is: native when the addon is built (required in CI), else ref. */
+export async function nativeOrRef(): Promise<Backend> {
+  try {
+    const { NativeBackend } = await import("../src/backend/native/index.js");
+    return NativeBackend.create({ threads: 2 });
+  } catch (e) {
+    if (process.env.CI) throw e;
+    return new RefBackend();
+  }
+}

@@ -10,8 +10,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Model } from "../src/model/model.js";
 import { Session } from "../src/engine/session.js";
-import { RefBackend } from "../src/backend/ref/ref-backend.js";
 import type { Backend } from "../src/backend/backend.js";
+import { nativeOrRef } from "./backends.js";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { ExpertStore } from "../src/offload/store.js";
 import { planMemory } from "../src/offload/planner.js";
@@ -21,15 +21,6 @@ import { GGMLType } from "../src/formats/quant/types.js";
 
 const dir = mkdtempSync(join(tmpdir(), "moira-lowbit-"));
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
-
-async function backendOf(): Promise<Backend> {
-  try {
-    const { NativeBackend } = await import("../src/backend/native/index.js");
-    return NativeBackend.create({ threads: 2 });
-  } catch {
-    return new RefBackend();
-  }
-}
 
 function logitsOf(model: Model, backend: Backend, prompt: number[], steps: number, experts?: ExpertStore): Float32Array[] {
   const s = new Session(model, { backend, experts, contextLength: prompt.length + steps + 1 });
@@ -44,7 +35,7 @@ test("quantize-experts Q2_K with an expert width of 320 (not whole 256-blocks): 
   // gate/up rows are d_model = 256 wide (Q2_K); down rows are d_ff = 320 wide (Q4_0 in the model already)
   await makeModel({ out: path, preset: "tiny-qwen2moe", type: "Q4_K", layers: 2, experts: 8, topK: 2, dFf: 320, seed: 7 });
   const model = Model.open(path);
-  const backend = await backendOf();
+  const backend = await nativeOrRef();
   try {
     const side = join(dir, "qwen-320.lowbit.gguf");
     const r = writeLowbitSidecar(model, "Q2_K", side);

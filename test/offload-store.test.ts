@@ -13,6 +13,7 @@ import { Model } from "../src/model/model.js";
 import { Session } from "../src/engine/session.js";
 import { RefBackend } from "../src/backend/ref/ref-backend.js";
 import type { Backend } from "../src/backend/backend.js";
+import { backendsUnderTest, nativeOrRef } from "./backends.js";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { ExpertStore } from "../src/offload/store.js";
 import { ResidentExperts } from "../src/model/experts.js";
@@ -37,15 +38,6 @@ async function tinyModel(): Promise<string> {
   try { statSync(out); return out; } catch { /* make it */ }
   await makeModel({ out, preset: "tiny-olmoe", type: "Q4_K", layers: 4, experts: 8, topK: 2, seed: 3 });
   return out;
-}
-
-async function nativeOrRef(): Promise<Backend> {
-  try {
-    const { NativeBackend } = await import("../src/backend/native/index.js");
-    return NativeBackend.create({ threads: 2 });
-  } catch {
-    return new RefBackend();
-  }
 }
 
 /** prompt logits + greedy decode logits */
@@ -127,7 +119,7 @@ test("offload exactness: 32 experts, prompts computed in groups of experts, bit-
 
 test("moeFfn with accumulate: groups of experts in order give the bits of one call (ref and native)", async () => {
   const model = Model.open(await wideModel());
-  const backends: Backend[] = [new RefBackend(), await nativeOrRef()];
+  const backends = await backendsUnderTest();
   try {
     const cfg = model.config;
     const nTok = 5, d = cfg.dModel;

@@ -48,6 +48,23 @@ export class LruPool implements ReplacementPool {
   reset(): void { this.order.clear(); }
 }
 
+/**
+ * The eviction loop of the scored pools: while `resident` is full, `pick` names the victim (-1:
+ * none evictable) and `decline(victim)` may refuse the newcomer instead; a refusal puts back what
+ * was evicted. Returns the evicted ids, or null when `id` was not inserted.
+ */
+function insertEvicting(resident: Set<number>, capacity: number, id: number, pick: () => number, decline: (victim: number) => boolean = () => false): number[] | null {
+  const evicted: number[] = [];
+  while (resident.size >= capacity) {
+    const victim = pick();
+    if (victim < 0 || decline(victim)) { for (const v of evicted) resident.add(v); return null; }
+    resident.delete(victim);
+    evicted.push(victim);
+  }
+  resident.add(id);
+  return evicted;
+}
+
 /** Puts back what a failed insert evicted (only possible with capacity shrinking under pins). */
 function restore(order: Map<number, true>, evicted: number[]): null {
   for (const v of evicted) order.set(v, true);
@@ -72,20 +89,15 @@ export class LfuPool implements ReplacementPool {
   }
   hit(id: number, now: number): void { this.bump(id, now); }
   insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
-    if (this.capacity <= 0) { this.bump(id, now); return null; }
-    const evicted: number[] = [];
-    while (this.resident.size >= this.capacity) {
+    const evicted = this.capacity <= 0 ? null : insertEvicting(this.resident, this.capacity, id, () => {
       let victim = -1, vc = Infinity, vt = Infinity;
       for (const k of this.resident) {
         if (!canEvict(k)) continue;
         const c = this.count.get(k) ?? 0, t = this.lastUse.get(k) ?? -Infinity;
         if (c < vc || (c === vc && t < vt)) { victim = k; vc = c; vt = t; }
       }
-      if (victim < 0) { for (const v of evicted) this.resident.add(v); this.bump(id, now); return null; }
-      this.resident.delete(victim);
-      evicted.push(victim);
-    }
-    this.resident.add(id);
+      return victim;
+    });
     this.bump(id, now);
     return evicted;
   }
@@ -144,21 +156,18 @@ export class FrequencyPool implements ReplacementPool {
   insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
     this.add(id, 1, now);
     if (this.capacity <= 0) return null;
-    const evicted: number[] = [];
     const mine = this.valueOf(id, now);
-    while (this.resident.size >= this.capacity) {
-      let victim = -1, vs = Infinity;
+    let vs = Infinity;
+    return insertEvicting(this.resident, this.capacity, id, () => {
+      let victim = -1;
+      vs = Infinity;
       for (const k of this.resident) {
         if (!canEvict(k)) continue;
         const v = this.valueOf(k, now);
         if (v < vs || (v === vs && k < victim)) { victim = k; vs = v; }
       }
-      if (victim < 0 || (this.bypass && mine < vs)) { for (const v of evicted) this.resident.add(v); return null; }
-      this.resident.delete(victim);
-      evicted.push(victim);
-    }
-    this.resident.add(id);
-    return evicted;
+      return victim;
+    }, () => this.bypass && mine < vs);
   }
   remove(id: number): boolean { return this.resident.delete(id); }
   ids(): IterableIterator<number> { return this.resident.values(); }
@@ -286,9 +295,10 @@ export class BeladyPool implements ReplacementPool {
   hit(): void {}
   insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
     if (this.capacity <= 0) return null;
-    const evicted: number[] = [];
-    while (this.resident.size >= this.capacity) {
-      let victim = -1, far = -Infinity, after = -Infinity;
+    let far = -Infinity, after = -Infinity;
+    return insertEvicting(this.resident, this.capacity, id, () => {
+      let victim = -1;
+      far = -Infinity; after = -Infinity;
       for (const k of this.resident) {
         if (!canEvict(k)) continue;
         const n = this.future.nextUse(k, now);
@@ -298,16 +308,13 @@ export class BeladyPool implements ReplacementPool {
           victim = k; far = n; after = n === Infinity ? Infinity : this.future.nextUse(k, n);
         }
       }
+      return victim;
+    }, () => {
       // the newcomer itself is needed later than every candidate: not caching it is optimal
       // (MIN with bypass, the optimum for a cache that may compute from a working slot)
       const mine = this.future.nextUse(id, now);
-      const later = mine > far || (mine === far && mine !== Infinity && this.future.nextUse(id, mine) > after);
-      if (victim < 0 || later) { for (const v of evicted) this.resident.add(v); return null; }
-      this.resident.delete(victim);
-      evicted.push(victim);
-    }
-    this.resident.add(id);
-    return evicted;
+      return mine > far || (mine === far && mine !== Infinity && this.future.nextUse(id, mine) > after);
+    });
   }
   remove(id: number): boolean { return this.resident.delete(id); }
   ids(): IterableIterator<number> { return this.resident.values(); }
