@@ -10,7 +10,7 @@
  * So for quantized types most continuations (>= 60%) must be identical in full, and every
  * divergence is reported with the step and moira's logit margin there.
  */
-import { test } from "node:test";
+import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -19,10 +19,12 @@ import { makeModel } from "../src/tools/make-model/index.js";
 import { Model } from "../src/model/model.js";
 import { Session } from "../src/engine/session.js";
 import { argmax } from "../src/engine/sampler.js";
-import { withLlamaModel } from "./llama-oracle.js";
+import { withLlamaModel, disposeOracleLlama } from "./llama-oracle.js";
 import { loadTokenizer } from "../src/engine/tokenizer/index.js";
 import { backendsUnderTest } from "./backends.js";
 import type { Backend } from "../src/backend/backend.js";
+
+after(() => disposeOracleLlama());
 
 const PRESETS = ["tiny", "tiny-qwen2moe", "tiny-qwen3moe", "tiny-olmoe", "tiny-deepseek2", "tiny-deepseek"];
 const TYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"];

@@ -30,6 +30,21 @@ export function getOracleLlama(): Promise<Llama> {
   return llamaPromise;
 }
 
+/**
+ * Disposes the shared Llama instance (test files call it from `after`), so llama.cpp's native
+ * state is torn down in order before the process exits instead of by exit-time destructors.
+ */
+export async function disposeOracleLlama(): Promise<void> {
+  const p = llamaPromise;
+  llamaPromise = undefined;
+  if (!p) return;
+  try {
+    await (await p).dispose();
+  } catch {
+    /* it never loaded: nothing to tear down */
+  }
+}
+
 /** A loaded model plus the operations tests need; valid only inside `withLlamaModel`. */
 export interface OracleModel {
   readonly model: LlamaModel;

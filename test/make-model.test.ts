@@ -3,7 +3,7 @@
  * architecture and the main types; files are deterministic; quantized blocks drawn directly
  * from the PRNG have the intended statistics; bad arguments are typed errors.
  */
-import { test } from "node:test";
+import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,8 +14,10 @@ import { openGGUF, readGGUF } from "../src/formats/gguf/reader.js";
 import { dequantize } from "../src/formats/quant/dequantize.js";
 import { GGMLType, typeName } from "../src/formats/quant/types.js";
 import { InvalidArgumentError, UnsupportedError } from "../src/errors.js";
-import { withLlamaModel } from "./llama-oracle.js";
+import { withLlamaModel, disposeOracleLlama } from "./llama-oracle.js";
 import { shared, skipWithoutShared } from "./shared.js";
+
+after(() => disposeOracleLlama());
 
 const dir = mkdtempSync(join(tmpdir(), "moira-make-model-"));
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }));

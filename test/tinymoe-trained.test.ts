@@ -2,13 +2,15 @@
  * The trained tiny MoE of ../shared (real LLaMA SentencePiece vocabulary): `moira run` at
  * temperature 0 and llama.cpp produce the same greedy text, token for token, tokenization included.
  */
-import { test } from "node:test";
+import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { shared, skipWithoutShared, HAVE_SHARED, REPO_ROOT } from "./shared.js";
-import { withLlamaModel } from "./llama-oracle.js";
+import { withLlamaModel, disposeOracleLlama } from "./llama-oracle.js";
+
+after(() => disposeOracleLlama());
 
 const MODEL = shared("models", "tinymoe-trained.gguf");
 const N_GEN = 24;
