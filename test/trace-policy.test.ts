@@ -228,3 +228,39 @@ test("pinned experts are never evicted; admit reports failure when everything is
   assert.throws(() => createPolicy("belady", uniformLayout(1, 2), { nLayer: 1, nExpert: 8 }), /future access sequence/);
   assert.throws(() => createPolicy("mru", uniformLayout(1, 2), { nLayer: 1, nExpert: 8 }), /unknown cache policy/);
 });
+
+test("fate's frequency pool: a cold miss never evicts a hot expert; prompt priming and decay decide admission", () => {
+  const k = (e: number) => ({ layer: 0, expert: e });
+  // 1 layer, top-1: one token = one access, so fateHalfLifeTokens counts accesses here
+  const p = createPolicy("fate", uniformLayout(1, 2), { nLayer: 1, nExpert: 8, topK: 1, fateHalfLifeTokens: 1e9 });
+  let now = 0;
+  const access = (e: number): boolean => {
+    const hit = p.touch(k(e), now);
+    if (!hit) p.admit(k(e), now);
+    now += 10; // far apart: no recency bonus left at the next access
+    return hit;
+  };
+  for (let i = 0; i < 5; i++) { access(0); access(1); }
+  assert.ok(p.has(k(0)) && p.has(k(1)));
+  // a cold expert misses, is not admitted (1 access < 5), and evicts nothing
+  assert.equal(access(2), false);
+  assert.ok(!p.has(k(2)) && p.has(k(0)) && p.has(k(1)));
+  // once it has been wanted more often than a resident, it replaces the least popular one
+  for (let i = 0; i < 5; i++) access(2);
+  access(0);
+  assert.equal(access(2), true, "expert 2 became resident");
+  assert.ok(p.has(k(0)) && !p.has(k(1)), "the least popular expert (1, 5 accesses) is the one out");
+  // a prompt's token counts prime an expert never accessed: it is admitted at its first miss
+  p.prime(k(5), 0.5 * 40, now);
+  assert.equal(access(5), false);
+  assert.ok(p.has(k(5)), "primed by 40 prompt tokens");
+
+  // decay: with a short half-life, old popularity fades and a newly popular expert gets in
+  const q = createPolicy("fate", uniformLayout(1, 1), { nLayer: 1, nExpert: 8, topK: 1, fateHalfLifeTokens: 4 });
+  let t = 0;
+  for (let i = 0; i < 20; i++) { if (!q.touch(k(3), t)) q.admit(k(3), t); t++; }
+  assert.ok(q.has(k(3)));
+  t += 100; // 25 half-lives later
+  for (let i = 0; i < 3 && !q.has(k(4)); i++) { if (!q.touch(k(4), t)) q.admit(k(4), t); t++; }
+  assert.ok(q.has(k(4)) && !q.has(k(3)), "stale popularity does not hold a slot forever");
+});
