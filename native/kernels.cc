@@ -6,6 +6,7 @@
 // (per 32 elements for Q8_0/Q4_0, per 256 for K-quants) and the inner loops are integer dot products
 // (vpdpbusd on AVX-512 VNNI, vpmaddubsw + vpmaddwd on AVX2); block scales are applied once per block.
 #include "kernels.h"
+#include "half.h"
 
 #include <math.h>
 #include <string.h>
@@ -27,17 +28,7 @@ inline float h2f(uint16_t h) {
 #if defined(__F16C__)
   return _cvtsh_ss(h);
 #else
-  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-  if (exp == 0) {
-    float f = (float)man * (1.0f / 16777216.0f);  // subnormal: man * 2^-24
-    memcpy(&bits, &f, 4);
-    bits |= sign;
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (man << 13);
-  }
-  float f; memcpy(&f, &bits, 4); return f;
+  return half_to_float_soft(h);
 #endif
 }
 inline float bf2f(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f; }
@@ -1050,18 +1041,7 @@ void attention_combine_impl(const float* parts, int nChunks, size_t stride, int 
 }
 
 // Same rounding as F16C's vcvtps2ph with round-to-nearest-even (and the TypeScript fp32ToFp16).
-inline uint16_t f2h(float f) {
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000, abs = x & 0x7fffffff;
-  if (abs > 0x7f800000) return (uint16_t)(sign | 0x7e00 | ((abs >> 13) & 0x3ff));  // NaN stays NaN
-  if (abs >= 0x47800000) return (uint16_t)(sign | 0x7c00);
-  if (abs < 0x38800000) return (uint16_t)(sign | (uint32_t)nearbyintf(fabsf(f) * 16777216.0f));  // subnormal
-  uint32_t h = (abs >> 13) - (112 << 10);
-  const uint32_t rest = abs & 0x1fff;
-  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
-  return (uint16_t)(sign | h);
-}
+inline uint16_t f2h(float f) { return float_to_half_rne(f, true); }
 void f32_to_f16_impl(const float* x, uint16_t* out, size_t n) {
   size_t i = 0;
 #if defined(__AVX512F__)

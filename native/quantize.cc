@@ -3,6 +3,7 @@
 // to float at the same points. nearestInt is round-half-even (nearbyint under the default mode).
 // No FMA contraction: this file is built without -mfma and with -ffp-contract=off.
 #include "quantize.h"
+#include "half.h"
 
 #include <math.h>
 #include <string.h>
@@ -32,35 +33,9 @@ inline double min15_rne(double v) {
 }
 
 // fp32ToFp16 of dequantize.ts: round to float32 first, then to half (nearest even)
-uint16_t fp32_to_fp16_js(double value) {
-  const float f = (float)value;
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000, abs = x & 0x7fffffffu;
-  if (abs > 0x7f800000u) return (uint16_t)(sign | 0x7e00);
-  if (abs >= 0x47800000u) return (uint16_t)(sign | 0x7c00);
-  if (abs < 0x38800000u) return (uint16_t)(sign | (uint32_t)nearbyint(fabs((double)f) * 16777216.0));
-  uint32_t h = (abs >> 13) - (112u << 10);
-  const uint32_t rest = abs & 0x1fff;
-  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
-  return (uint16_t)(sign | h);
-}
+uint16_t fp32_to_fp16_js(double value) { return float_to_half_rne((float)value, false); }
 
-double fp16_to_fp32(uint16_t h) {
-  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-  if (exp == 0) {
-    float f = (float)man * (1.0f / 16777216.0f);
-    memcpy(&bits, &f, 4);
-    bits |= sign;
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (man << 13);
-  }
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
-}
+double fp16_to_fp32(uint16_t h) { return half_to_float_soft(h); }
 
 #define MOIRA_AI inline __attribute__((always_inline))
 
