@@ -166,16 +166,25 @@ test("budget below the minimum: BudgetError naming the minimum and its parts", a
   }
 });
 
-test("model file truncated during a run: a clear error, not a crash", async () => {
-  const path = join(dir, "victim.gguf");
+/** A copy of the tiny model streamed by a `none` store (ref backend) that `fn` damages. */
+async function withVictim(name: string, fn: (path: string, model: Model, store: ExpertStore, s: Session) => void): Promise<void> {
+  const path = join(dir, name);
   copyFileSync(await tinyModel(), path);
   const model = Model.open(path);
   const backend = new RefBackend();
   const plan = planMemory(model, { budget: 2 ** 40, contextLength: 16, policy: "none" });
   const store = new ExpertStore(model.config, model.weights, path, { plan, policy: "none", predictor: "none", backend });
   try {
+    fn(path, model, store, new Session(model, { backend, experts: store, contextLength: 16 }));
+  } finally {
+    store.dispose();
+    model.close();
+  }
+}
+
+test("model file truncated during a run: a clear error, not a crash", async () => {
+  await withVictim("victim.gguf", (path, _model, _store, s) => {
     // load the non-expert weights first (they are resident; only experts stream)
-    const s = new Session(model, { backend, experts: store, contextLength: 16 });
     s.forward([5, 6, 7]);
     truncateSync(path, Math.floor(statSync(path).size * 0.6));
     assert.throws(() => s.forward([8]), (e: unknown) => {
@@ -183,28 +192,15 @@ test("model file truncated during a run: a clear error, not a crash", async () =
       assert.match((e as Error).message, /truncated|changed|ended/);
       return true;
     });
-  } finally {
-    store.dispose();
-    model.close();
-  }
+  });
 });
 
 test("short read without a stat change is reported as truncation", async () => {
-  const path = join(dir, "victim2.gguf");
-  copyFileSync(await tinyModel(), path);
-  const model = Model.open(path);
-  const backend = new RefBackend();
-  const plan = planMemory(model, { budget: 2 ** 40, contextLength: 16, policy: "none" });
-  const store = new ExpertStore(model.config, model.weights, path, { plan, policy: "none", predictor: "none", backend });
-  try {
-    const s = new Session(model, { backend, experts: store, contextLength: 16 });
+  await withVictim("victim2.gguf", (path, model, store, s) => {
     s.forward([5]);
     truncateSync(path, 1000);
     // bypass the per-forward stat check: ask for a layer that is not the first MoE layer
     const h = new Float32Array(model.config.dModel);
     assert.throws(() => store.acquire(1, [0, 1], { gateInput: h, nTokens: 1 }), /truncated/);
-  } finally {
-    store.dispose();
-    model.close();
-  }
+  });
 });
