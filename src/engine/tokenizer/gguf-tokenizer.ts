@@ -11,7 +11,7 @@
  */
 import { InvalidArgumentError, UnsupportedError } from "../../errors.js";
 import { TokenType, type GGUFVocab } from "./gguf-vocab.js";
-import { MergeQueue, type MergeCandidate } from "./merge-queue.js";
+import { mergeSymbols } from "./merge-queue.js";
 import type { EncodeOptions, DecodeOptions, StreamDecoder, Tokenizer } from "./types.js";
 import { byteDecode, byteEncode, codePoints, compileSplitRegexes, GPT2_REGEX, LLAMA3_REGEX, regexSplit } from "./unicode.js";
 
@@ -90,8 +90,6 @@ const EOG_TEXTS = new Set([
 ]);
 
 type Fragment = string | number; // raw text, or a token id split out of it
-
-interface Bigram extends MergeCandidate {}
 
 export class GGUFTokenizer implements Tokenizer {
   readonly vocabSize: number;
@@ -303,39 +301,20 @@ export class GGUFTokenizer implements Tokenizer {
   private spmTokenize(text: string, out: number[]): void {
     if (text.length === 0) return;
     const start: number[] = [];
-    const len: number[] = [];
+    const lens: number[] = [];
     for (let off = 0; off < text.length;) {
       const cp = text.codePointAt(off)!;
       const n = cp > 0xffff ? 2 : 1;
       start.push(off);
-      len.push(n);
+      lens.push(n);
       off += n;
     }
-    const count = start.length;
-    const prev = new Int32Array(count);
-    const next = new Int32Array(count);
-    for (let i = 0; i < count; i++) { prev[i] = i - 1; next[i] = i + 1 < count ? i + 1 : -1; }
+    const len = Int32Array.from(lens);
     const scores = this.vocab.scores;
-    const queue = new MergeQueue<Bigram>();
-    const tryAdd = (l: number, r: number): void => {
-      if (l === -1 || r === -1) return;
-      const size = len[l]! + len[r]!;
-      const id = this.tokenToId.get(text.substr(start[l]!, size));
-      if (id === undefined) return;
-      queue.push({ priority: scores ? scores[id]! : 0, left: l, right: r, size });
-    };
-    for (let i = 1; i < count; i++) tryAdd(i - 1, i);
-    for (let b = queue.pop(); b !== undefined; b = queue.pop()) {
-      const l = b.left;
-      const r = b.right;
-      if (len[l] === 0 || len[r] === 0 || len[l]! + len[r]! !== b.size) continue; // stale
-      len[l] = b.size;
-      len[r] = 0;
-      next[l] = next[r]!;
-      if (next[r]! >= 0) prev[next[r]!] = l;
-      tryAdd(prev[l]!, l);
-      tryAdd(l, next[l]!);
-    }
+    const next = mergeSymbols(len, (l, r) => {
+      const id = this.tokenToId.get(text.substr(start[l]!, len[l]! + len[r]!));
+      return id === undefined ? undefined : scores ? scores[id]! : 0;
+    });
     for (let i = 0; i !== -1; i = next[i]!) {
       const piece = text.substr(start[i]!, len[i]!);
       const id = this.tokenToId.get(piece);
@@ -367,30 +346,11 @@ export class GGUFTokenizer implements Tokenizer {
       if (id !== undefined) { out.push(id); return; }
     }
     // Byte-encoded text: one UTF-16 unit per symbol.
-    const count = word.length;
-    const len = new Int32Array(count).fill(1);
-    const prev = new Int32Array(count);
-    const next = new Int32Array(count);
-    for (let i = 0; i < count; i++) { prev[i] = i - 1; next[i] = i + 1 < count ? i + 1 : -1; }
-    const queue = new MergeQueue<Bigram>();
-    const tryAdd = (l: number, r: number): void => {
-      if (l === -1 || r === -1) return;
+    const len = new Int32Array(word.length).fill(1);
+    const next = mergeSymbols(len, (l, r) => {
       const rank = this.bpeRanks.get(word.substr(l, len[l]!) + " " + word.substr(r, len[r]!));
-      if (rank === undefined) return;
-      queue.push({ priority: -rank, left: l, right: r, size: len[l]! + len[r]! });
-    };
-    for (let i = 1; i < count; i++) tryAdd(i - 1, i);
-    for (let b = queue.pop(); b !== undefined; b = queue.pop()) {
-      const l = b.left;
-      const r = b.right;
-      if (len[l] === 0 || len[r] === 0 || len[l]! + len[r]! !== b.size) continue; // stale
-      len[l] = b.size;
-      len[r] = 0;
-      next[l] = next[r]!;
-      if (next[r]! >= 0) prev[next[r]!] = l;
-      tryAdd(prev[l]!, l);
-      tryAdd(l, next[l]!);
-    }
+      return rank === undefined ? undefined : -rank;
+    });
     for (let i = 0; i !== -1; i = next[i]!) {
       const piece = word.substr(i, len[i]!);
       const id = this.tokenToId.get(piece);

@@ -56,3 +56,37 @@ export class MergeQueue<T extends MergeCandidate> {
     return top;
   }
 }
+
+/**
+ * The merge loop of both llama.cpp tokenizers. Symbols 0..n-1 with lengths `len` form a linked
+ * list; `priority(l, r)` scores merging adjacent symbols l and r (undefined: the pair is no
+ * token). The best pair is merged (l absorbs r) and its new neighbours are scored, until no pair
+ * is left. `len` is updated in place (merged-away symbols get 0); returns `next`, the list of
+ * surviving symbols from 0 (-1 ends it).
+ */
+export function mergeSymbols(len: Int32Array, priority: (l: number, r: number) => number | undefined): Int32Array {
+  const count = len.length;
+  const prev = new Int32Array(count);
+  const next = new Int32Array(count);
+  for (let i = 0; i < count; i++) { prev[i] = i - 1; next[i] = i + 1 < count ? i + 1 : -1; }
+  const queue = new MergeQueue<MergeCandidate>();
+  const tryAdd = (l: number, r: number): void => {
+    if (l === -1 || r === -1) return;
+    const p = priority(l, r);
+    if (p === undefined) return;
+    queue.push({ priority: p, left: l, right: r, size: len[l]! + len[r]! });
+  };
+  for (let i = 1; i < count; i++) tryAdd(i - 1, i);
+  for (let b = queue.pop(); b !== undefined; b = queue.pop()) {
+    const l = b.left;
+    const r = b.right;
+    if (len[l] === 0 || len[r] === 0 || len[l]! + len[r]! !== b.size) continue; // stale
+    len[l] = b.size;
+    len[r] = 0;
+    next[l] = next[r]!;
+    if (next[r]! >= 0) prev[next[r]!] = l;
+    tryAdd(prev[l]!, l);
+    tryAdd(l, next[l]!);
+  }
+  return next;
+}
