@@ -238,18 +238,40 @@ function splitWithRegex(text: string, cuToCp: Int32Array | null, re: RegExp, off
   return out;
 }
 
-/** llama.cpp `unicode_regex_split_custom_gpt2`: the GPT-2 regex, hand-written. */
-function splitGpt2(cpts: readonly number[], offsets: readonly number[]): number[] {
+/** One segment of a hand-written split: its bounds, bounded accessors, and `add`, which emits the piece ending at e. */
+interface Segment {
+  readonly ini: number;
+  readonly end: number;
+  /** the code point at p, -1 outside the segment */
+  cpt(p: number): number;
+  /** its category flags, 0 outside the segment */
+  flags(p: number): number;
+  /** ends the current piece at e; returns its length (0: nothing emitted) */
+  add(e: number): number;
+}
+
+/** Runs `scan` over each segment of `offsets` and collects the piece lengths it emits (llama.cpp's custom splits). */
+function splitSegments(cpts: readonly number[], offsets: readonly number[], scan: (s: Segment) => void): number[] {
   const out: number[] = [];
   let start = 0;
   for (const len of offsets) {
     const ini = start;
     const end = start + len;
     start = end;
-    const cpt = (p: number): number => (p >= ini && p < end ? cpts[p]! : -1);
-    const flags = (p: number): number => (p >= ini && p < end ? cptFlags(cpts[p]!) : 0);
     let prevEnd = ini;
-    const add = (e: number): number => { const l = e - prevEnd; if (l > 0) out.push(l); prevEnd = e; return l; };
+    scan({
+      ini, end,
+      cpt: (p) => (p >= ini && p < end ? cpts[p]! : -1),
+      flags: (p) => (p >= ini && p < end ? cptFlags(cpts[p]!) : 0),
+      add: (e) => { const l = e - prevEnd; if (l > 0) out.push(l); prevEnd = e; return l; },
+    });
+  }
+  return out;
+}
+
+/** llama.cpp `unicode_regex_split_custom_gpt2`: the GPT-2 regex, hand-written. */
+function splitGpt2(cpts: readonly number[], offsets: readonly number[]): number[] {
+  return splitSegments(cpts, offsets, ({ ini, end, cpt, flags, add }) => {
     for (let pos = ini; pos < end;) {
       const c = cpt(pos);
       const f = flags(pos);
@@ -287,24 +309,14 @@ function splitGpt2(cpts: readonly number[], offsets: readonly number[]): number[
       if (nws > 0) { pos += nws; add(pos); continue; } // \s+
       add(++pos);
     }
-  }
-  return out;
+  });
 }
 
 const toLowerAscii = (c: number): number => (c >= 0x41 && c <= 0x5a ? c + 32 : c);
 
 /** llama.cpp `unicode_regex_split_custom_llama3`: the Llama-3 regex, hand-written. */
 function splitLlama3(cpts: readonly number[], offsets: readonly number[]): number[] {
-  const out: number[] = [];
-  let start = 0;
-  for (const len of offsets) {
-    const ini = start;
-    const end = start + len;
-    start = end;
-    const cpt = (p: number): number => (p >= ini && p < end ? cpts[p]! : -1);
-    const flags = (p: number): number => (p >= ini && p < end ? cptFlags(cpts[p]!) : 0);
-    let prevEnd = ini;
-    const add = (e: number): number => { const l = e - prevEnd; if (l > 0) out.push(l); prevEnd = e; return l; };
+  return splitSegments(cpts, offsets, ({ ini, end, cpt, flags, add }) => {
     for (let pos = ini; pos < end;) {
       const c = cpt(pos);
       const f = flags(pos);
@@ -354,6 +366,5 @@ function splitLlama3(cpts: readonly number[], offsets: readonly number[]): numbe
       if (nws > 0) { pos += nws; add(pos); continue; } // \s+
       add(++pos);
     }
-  }
-  return out;
+  });
 }
