@@ -7,11 +7,10 @@ import type { Command } from "commander";
 import { createInterface } from "node:readline";
 import { Model } from "../model/model.js";
 import { createBackend } from "../backend/index.js";
-import { Session } from "../engine/session.js";
 import { generate } from "../engine/generate.js";
 import { loadTokenizer, applyChatTemplate } from "../engine/tokenizer/index.js";
 import { addBackendOptions, addSamplingOptions, parseIntOption, samplerOptions } from "./common.js";
-import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
+import { addOffloadOptions, openInteractiveSession } from "./offload-options.js";
 
 export function registerChatCommand(program: Command): void {
   addOffloadOptions(addBackendOptions(addSamplingOptions(
@@ -25,9 +24,7 @@ export function registerChatCommand(program: Command): void {
     const model = Model.open(o.model);
     const backend = await createBackend(o.backend, { threads: o.threads });
     const tok = loadTokenizer(model.file);
-    const contextLength = o.context ?? Math.min(model.config.contextLength, 4096);
-    const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: contextLength });
-    const session = new Session(model, { backend, contextLength, kvType: o.kvType, experts: offload.provider, observer: offload.observer });
+    const { contextLength, offload, session } = openInteractiveSession(model, o, backend);
     const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
     const messages: Array<{ role: string; content: string }> = o.system ? [{ role: "system", content: o.system }] : [];
     let cached: number[] = [];

@@ -25,6 +25,8 @@ import { PREDICTOR_NAMES } from "../offload/predictor.js";
 import { TraceRecorder } from "../trace/format.js";
 import { TraceObserver } from "../trace/observer.js";
 import { InvalidArgumentError } from "../errors.js";
+import { Session } from "../engine/session.js";
+import type { KvType } from "../model/kv-cache.js";
 
 export interface OffloadFlags {
   memoryBudget?: string | number;
@@ -121,4 +123,17 @@ export function createExpertProvider(
     report: (o = {}) => `${formatPlan(plan)}\npolicy ${store.policy.name}, predictor ${store.predictor.name}, prefetch width ${store.width} (at most ${store.prefetchLoads} loads per decode layer)\n${stats.format(o)}`,
     dispose: () => { store.dispose(); closeTrace(); },
   };
+}
+
+/**
+ * The session of a long-lived front end (chat, serve): the model's context up to 4096 positions
+ * (or --context), batches up to the whole context, experts offloaded as the flags say.
+ */
+export function openInteractiveSession(
+  model: Model, flags: OffloadFlags & { context?: number; kvType?: KvType }, backend: Backend,
+): { contextLength: number; offload: ExpertProviderHandle; session: Session } {
+  const contextLength = flags.context ?? Math.min(model.config.contextLength, 4096);
+  const offload = createExpertProvider(model, flags, backend, { contextLength, maxBatch: contextLength });
+  const session = new Session(model, { backend, contextLength, kvType: flags.kvType, experts: offload.provider, observer: offload.observer });
+  return { contextLength, offload, session };
 }

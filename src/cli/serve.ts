@@ -4,11 +4,10 @@ import { basename } from "node:path";
 import { serve } from "@hono/node-server";
 import { Model } from "../model/model.js";
 import { createBackend } from "../backend/index.js";
-import { Session } from "../engine/session.js";
 import { loadTokenizer } from "../engine/tokenizer/index.js";
 import { createApp } from "../server/app.js";
 import { addBackendOptions, parseIntOption } from "./common.js";
-import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
+import { addOffloadOptions, openInteractiveSession } from "./offload-options.js";
 
 export function registerServeCommand(program: Command): void {
   addOffloadOptions(addBackendOptions(
@@ -22,9 +21,7 @@ export function registerServeCommand(program: Command): void {
     const model = Model.open(o.model);
     const backend = await createBackend(o.backend, { threads: o.threads });
     const tokenizer = loadTokenizer(model.file);
-    const contextLength = o.context ?? Math.min(model.config.contextLength, 4096);
-    const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: contextLength });
-    const session = new Session(model, { backend, contextLength, kvType: o.kvType, experts: offload.provider, observer: offload.observer });
+    const { offload, session } = openInteractiveSession(model, o, backend);
     const modelId = o.modelId ?? basename(o.model).replace(/\.gguf$/, "");
     const stats = offload.stats;
     const metricsExtra = stats ? () => {
