@@ -263,26 +263,17 @@ export function moeExperts(ctx: ForwardContext, l: number, h: Float32Array, r: R
     weights[s] = r.weights[i];
   }
   const out = new Float32Array(nTokens * cfg.dModel);
+  // at most the provider's working memory per acquire: groups in expert order, each added into
+  // out (the per-token sums run in the same order, so the result is bit-identical to one call)
   const max = Math.max(1, ctx.experts.maxExpertsPerAcquire ?? used.length);
-  if (used.length <= max) {
-    const experts = ctx.experts.acquire(l, used, { gateInput: h, nTokens, tokenCounts: used.map((e) => count[e]) });
-    try {
-      ctx.backend.moeFfn(h, nTokens, { experts, offsets, tokens, weights }, out);
-    } finally {
-      ctx.experts.release(l, used);
-    }
-    return out;
-  }
-  // more experts than the provider's working memory: groups in expert order, each added into out
-  // (the per-token sums run in the same order, so the result is bit-identical to one call)
-  const nGroup = Math.ceil(used.length / max);
+  const nGroup = Math.max(1, Math.ceil(used.length / max));
   for (let g = 0; g < nGroup; g++) {
     const i0 = g * max, i1 = Math.min(used.length, i0 + max);
     const group = used.slice(i0, i1);
     const s0 = offsets[i0], s1 = offsets[i1];
     const experts = ctx.experts.acquire(l, group, {
       gateInput: h, nTokens, tokenCounts: group.map((e) => count[e]),
-      group: { index: g, count: nGroup, layerExperts: used, next: used.slice(i1, i1 + max) },
+      ...(nGroup > 1 ? { group: { index: g, count: nGroup, layerExperts: used, next: used.slice(i1, i1 + max) } } : {}),
     });
     try {
       ctx.backend.moeFfn(h, nTokens, {
