@@ -19,7 +19,7 @@ const dir = mkdtempSync(join(tmpdir(), "moira-cli-"));
 
 function moira(...args: string[]) {
   const r = spawnSync(process.execPath, [join(REPO_ROOT, "bin", "moira.js"), ...args], { encoding: "utf8", maxBuffer: 256 << 20 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
 }
 
 /** A user-facing failure: exit 1, one "moira: ..." message mentioning `what`, no stack trace. */
@@ -91,7 +91,9 @@ test("convert: a GGUF written from each HF fixture gives the same logits as the 
     let r = moira("convert", "--model", f.dir, "--out", out);
     assert.equal(r.code, 0, r.stderr);
     const ids = f.ref!.input_ids.join(",");
-    const a = JSON.parse(moira("logits", "--model", f.dir, "--tokens", ids, "--json").stdout).logits.flat();
+    const hf = moira("logits", "--model", f.dir, "--tokens", ids, "--json");
+    assert.equal(hf.code, 0, `logits on ${f.dir}: exit ${hf.code}, signal ${hf.signal}: ${hf.stderr}`);
+    const a = JSON.parse(hf.stdout).logits.flat();
     r = moira("logits", "--model", out, "--tokens", ids, "--json");
     assert.equal(r.code, 0, r.stderr);
     const b = JSON.parse(r.stdout).logits.flat();
