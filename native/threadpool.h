@@ -1,6 +1,10 @@
 // A persistent compute pool: threads are created once (and again only on setThreads); the calling
 // (JavaScript) thread takes tasks too. Tasks are claimed with a CAS on a counter tagged with the run
 // generation, so a worker still leaving run g can never claim an index of run g+1.
+// A run first *closes* the counter (a generation with no claimable index) and only then changes the
+// task count and function: a worker that read run g's counter but the next run's task count would
+// otherwise claim an index against g's stale counter, run the next run's function early, and count
+// it as done twice, so that run could return while a task still used its stack.
 // Idle workers spin ~200 us (ops arrive back to back during a forward pass), then sleep on a condvar.
 #pragma once
 #include <atomic>
@@ -44,9 +48,10 @@ class ThreadPool {
       for (int i = 0; i < nTasks; i++) fn(i, 0);
       return;
     }
-    fn_ = &fn;
-    nTasks_ = nTasks;
-    done_.store(0, std::memory_order_relaxed);
+    work_.store((++gen_ << 32) | kClosed);  // seq_cst: before the new count and function below
+    fn_.store(&fn);
+    nTasks_.store(nTasks);
+    done_.store(0);
     const uint64_t g = ++gen_;
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -63,11 +68,11 @@ class ThreadPool {
     for (;;) {
       uint64_t v = work_.load(std::memory_order_acquire);
       if ((v >> 32) != g) return;
-      const int idx = (int)(v & 0xffffffffu);
-      if (idx >= nTasks_) return;
-      if (work_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel)) {
-        (*fn_.load(std::memory_order_relaxed))(idx, tid);
-        done_.fetch_add(1, std::memory_order_acq_rel);
+      const uint32_t idx = (uint32_t)(v & 0xffffffffu);
+      if (idx >= (uint32_t)nTasks_.load()) return;  // kClosed is never below a count
+      if (work_.compare_exchange_weak(v, v + 1)) {
+        (*fn_.load())((int)idx, tid);
+        done_.fetch_add(1);
       }
     }
   }
@@ -90,6 +95,7 @@ class ThreadPool {
     }
   }
 
+  static constexpr uint64_t kClosed = 0xffffffffu;
   const int n_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
