@@ -311,7 +311,7 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
 
 // moeFfn(x, nTokens, d, ff, types: Int32Array [nE*3], weights: Uint8Array[] [nE*3] (gate, up, down
 // per expert), offsets: Int32Array [nE+1], tokens: Int32Array, slotWeights: Float32Array, out,
-// accumulate?: boolean)
+// accumulate?: boolean, slotOut?: Float32Array [nSlot*d]: per-slot outputs instead of out)
 Napi::Value MoeFfn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto x = typed<Napi::Float32Array>(info, 0, "x");
@@ -347,6 +347,11 @@ Napi::Value MoeFfn(const Napi::CallbackInfo& info) {
   a.x = x.Data(); a.out = out.Data(); a.types = types.Data(); a.w = ptrs.data();
   a.offsets = offsets.Data(); a.tokens = tokens.Data(); a.weights = sw.Data();
   a.accumulate = info.Length() > 10 && info[10].ToBoolean().Value();
+  if (info.Length() > 11 && !info[11].IsUndefined() && !info[11].IsNull()) {
+    auto so = typed<Napi::Float32Array>(info, 11, "slotOut");
+    if (so.ElementLength() < nSlot * (size_t)a.d) fail(env, "moeFfn: slotOut smaller than nSlot x d");
+    a.slotOut = so.Data();
+  }
   expert_ffn(gK, pool(), a);
   return env.Undefined();
 }

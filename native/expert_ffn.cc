@@ -43,7 +43,7 @@ size_t chunk_target(size_t passBytes, int maxTokens, int threads) {
 void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
   const int d = a.d, ff = a.ff, nE = a.nExpert, nSlot = a.offsets[nE];
   if (a.nTok == 0) return;
-  if (nSlot == 0) { if (!a.accumulate) memset(a.out, 0, (size_t)a.nTok * d * 4); return; }
+  if (nSlot == 0) { if (!a.accumulate && !a.slotOut) memset(a.out, 0, (size_t)a.nTok * d * 4); return; }
 
   // (0) each token once per activation kind any gate/up weight needs
   const uint8_t* actX[3] = {nullptr, nullptr, nullptr};
@@ -111,7 +111,7 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
   if (nSlot < 4 || a.nTok < 4) for (int s = 0; s < nSlot; s++) quant(s, 0);  // decode: a few short rows, no barrier
   else P.run(nSlot, quant);
 
-  float* Y = (float*)gY.get((size_t)nSlot * d * 4);
+  float* Y = a.slotOut ? a.slotOut : (float*)gY.get((size_t)nSlot * d * 4);
   tasks.clear();
   passBytes = 0;
   for (int e = 0; e < nE; e++) if (a.offsets[e + 1] > a.offsets[e]) passBytes += type_row_bytes(a.types[3 * e + 2], ff) * d;
@@ -129,6 +129,7 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
     ma.out = Y + (size_t)s0 * d;
     K->matmul_rows(ma, tk.r0, tk.r1);
   });
+  if (a.slotOut) return;
 
   // (3) out[t] = sum of w * y over t's slots in slot order, each step rounded like the JavaScript
   // `out[i] += w * y` it replaces (exact product, f64 add, f32 store)

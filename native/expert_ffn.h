@@ -25,6 +25,8 @@ struct ExpertFfnArgs {
   // out[t] starts from its current value instead of 0: one layer's experts computed in groups
   // (expert order kept) then give the same bits as one call
   bool accumulate = false;
+  // when set ([nSlot, d]): each slot's unweighted output lands here and out is not touched
+  float* slotOut = nullptr;
 };
 
 void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a);

@@ -16,7 +16,8 @@ import type { Backend } from "../src/backend/backend.js";
 import { backendsUnderTest, nativeOrRef } from "./backends.js";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { ExpertStore } from "../src/offload/store.js";
-import { ResidentExperts } from "../src/model/experts.js";
+import { ResidentExperts, type AcquireHint, type DeferredExperts, type ExpertFfnWeights, type ExpertProvider } from "../src/model/experts.js";
+import { addSlots } from "../src/model/steps.js";
 import { planMemory } from "../src/offload/planner.js";
 import { OffloadStats } from "../src/offload/stats.js";
 import { BudgetError, FileAccessError, ModelFormatError } from "../src/errors.js";
@@ -42,6 +43,10 @@ async function tinyModel(): Promise<string> {
 
 /** prompt logits + greedy decode logits */
 function runLogits(model: Model, backend: Backend, prompt: number[], steps: number, experts?: ExpertStore): Float32Array[] {
+  return runLogitsWith(model, backend, prompt, steps, experts);
+}
+
+function runLogitsWith(model: Model, backend: Backend, prompt: number[], steps: number, experts?: ExpertProvider): Float32Array[] {
   const s = new Session(model, { backend, experts, contextLength: prompt.length + steps + 1 });
   const out: Float32Array[] = [];
   let logits = s.forward(prompt, { allLogits: true });
@@ -141,6 +146,59 @@ test("moeFfn with accumulate: groups of experts in order give the bits of one ca
         }, grouped);
       }
       assertBitIdentical([one], [grouped], `${b.name} grouped moeFfn`);
+      // each slot's own output (slotOut), summed afterwards by addSlots: the same bits again
+      const slotY = new Float32Array(tokens.length * d);
+      const untouched = new Float32Array(nTok * d).fill(7);
+      b.moeFfn(x, nTok, { experts, offsets, tokens, weights, slotOut: slotY }, untouched);
+      assert.ok(untouched.every((v) => v === 7), `${b.name}: moeFfn with slotOut leaves out alone`);
+      const summed = new Float32Array(nTok * d).fill(123);
+      addSlots(summed, slotY, tokens, weights, d, false);
+      assertBitIdentical([one], [summed], `${b.name} slotOut + addSlots`);
+    }
+  } finally {
+    for (const b of backends) b.dispose();
+    model.close();
+  }
+});
+
+/**
+ * A provider whose odd-numbered acquired experts are "still loading" until waited for: the layer
+ * computes the others first, then the shared expert (qwen2moe), then the late ones, and must give
+ * the bits of the all-resident run.
+ */
+class LateExperts implements ExpertProvider {
+  readonly waits: number[] = [];
+  whileLoading = 0;
+  constructor(private readonly inner: ResidentExperts) {}
+  acquire(layer: number, experts: readonly number[], hint: AcquireHint): ExpertFfnWeights[] {
+    return this.inner.acquire(layer, experts, hint);
+  }
+  acquireDeferred(layer: number, experts: readonly number[], hint: AcquireHint): DeferredExperts {
+    const weights = this.inner.acquire(layer, experts, hint);
+    const arrived = experts.map((_, i) => i % 2 === 0);
+    return {
+      weights,
+      ready: (i) => arrived[i]!,
+      wait: (i) => { this.waits.push(experts[i]!); arrived[i] = true; },
+    };
+  }
+  release(layer: number, experts: readonly number[]): void { this.inner.release(layer, experts); }
+}
+
+test("experts computed as they arrive (in-memory ones first, the shared expert while loading): bit-identical", async () => {
+  const path = join(dir, "tiny-qwen2moe.gguf");
+  await makeModel({ out: path, preset: "tiny-qwen2moe", type: "Q4_K", layers: 3, experts: 8, topK: 3, seed: 9 });
+  const model = Model.open(path);
+  const backends = await backendsUnderTest();
+  try {
+    assert.ok(model.config.sharedFf > 0, "the model has a shared expert");
+    const prompt = Array.from({ length: 9 }, (_, i) => (i * 41 + 7) % 200 + 3);
+    for (const b of backends) {
+      const ref = runLogits(model, b, prompt, 5);
+      const late = new LateExperts(new ResidentExperts(model.config, model.weights));
+      const got = runLogitsWith(model, b, prompt, 5, late);
+      assert.ok(late.waits.length > 0, "some experts were waited for");
+      assertBitIdentical(ref, got, `${b.name} experts computed as they arrive`);
     }
   } finally {
     for (const b of backends) b.dispose();

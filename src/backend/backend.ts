@@ -76,6 +76,13 @@ export interface ExpertBatch {
    * same bits as one call (how an ExpertStore with few working slots runs a prompt).
    */
   readonly accumulate?: boolean;
+  /**
+   * [nSlot, d]: when given, each slot's own expert output (unweighted) is written here, in slot
+   * order, and `out` is left alone. A layer whose experts become available at different times
+   * (some still being read from disk) computes them as they come and sums the slots afterwards
+   * with `addSlots`, which rounds exactly as `out` would have.
+   */
+  readonly slotOut?: Float32Array;
 }
 
 export interface Backend {

@@ -25,6 +25,16 @@ export interface AcquireHint {
   readonly group?: { readonly index: number; readonly count: number; readonly layerExperts: readonly number[]; readonly next: readonly number[] };
 }
 
+/** Weights handed out before all of them are in memory (ExpertProvider.acquireDeferred). */
+export interface DeferredExperts {
+  /** in acquire order; weights[i] may be read only once ready(i) */
+  readonly weights: readonly ExpertFfnWeights[];
+  /** Non-blocking: whether weights[i] is in memory. */
+  ready(i: number): boolean;
+  /** Blocks until weights[i] is in memory. */
+  wait(i: number): void;
+}
+
 export interface ExpertProvider {
   /**
    * Most experts one acquire may pin (its working memory); a layer whose batch uses more is
@@ -33,6 +43,12 @@ export interface ExpertProvider {
   readonly maxExpertsPerAcquire?: number;
   /** Pins the given experts of `layer` and returns their weights, in the same order. */
   acquire(layer: number, experts: readonly number[], hint: AcquireHint): ExpertFfnWeights[];
+  /**
+   * Optional: acquire that returns while some loads are still running, so the layer computes the
+   * experts already in memory (and other work, such as a shared expert) while the rest arrive.
+   * Pins like acquire; release() as after acquire.
+   */
+  acquireDeferred?(layer: number, experts: readonly number[], hint: AcquireHint): DeferredExperts;
   /** Unpins what acquire pinned. */
   release(layer: number, experts: readonly number[]): void;
 }

@@ -5,10 +5,10 @@
  *
  * Activations are row-major Float32Arrays: x is [nTokens, dModel].
  */
-import type { Backend, WeightMatrix } from "../backend/backend.js";
+import type { Backend, ExpertBatch, WeightMatrix } from "../backend/backend.js";
 import { GGMLType } from "../formats/quant/types.js";
 import type { ModelConfig } from "./config.js";
-import type { ExpertProvider } from "./experts.js";
+import type { DeferredExperts, ExpertProvider } from "./experts.js";
 import type { KvCache } from "./kv-cache.js";
 import type { ModelWeights } from "./weights.js";
 
@@ -243,9 +243,13 @@ export function topK(values: ArrayLike<number>, k: number): number[] {
 /**
  * The routed experts: y[t] = Σ_j w[t,j] · expert_{e[t,j]}(h[t]). Tokens are grouped per expert so
  * each expert's weights are read once per batch; the backend runs the whole layer as one op.
+ * With an offloading provider some experts may still be on their way from disk: those in memory
+ * are computed first (then `whileLoading`, e.g. the shared expert), the rest as they arrive, and
+ * the slots are summed in the usual order, so the bits are those of the one-op run.
+ * `whileLoading` runs exactly once, whether or not anything had to be waited for.
  * h: [nTokens, dModel]
  */
-export function moeExperts(ctx: ForwardContext, l: number, h: Float32Array, r: Routing): Float32Array {
+export function moeExperts(ctx: ForwardContext, l: number, h: Float32Array, r: Routing, whileLoading?: () => void): Float32Array {
   const { cfg, nTokens } = ctx;
   // counting sort of the (token, j) slots by expert; within an expert, token order
   const count = new Int32Array(cfg.nExpert);
@@ -271,20 +275,79 @@ export function moeExperts(ctx: ForwardContext, l: number, h: Float32Array, r: R
     const i0 = g * max, i1 = Math.min(used.length, i0 + max);
     const group = used.slice(i0, i1);
     const s0 = offsets[i0], s1 = offsets[i1];
-    const experts = ctx.experts.acquire(l, group, {
+    const hint = {
       gateInput: h, nTokens, tokenCounts: group.map((e) => count[e]),
       ...(nGroup > 1 ? { group: { index: g, count: nGroup, layerExperts: used, next: used.slice(i1, i1 + max) } } : {}),
-    });
+    };
+    const deferred = ctx.experts.acquireDeferred?.(l, group, hint);
+    const experts = deferred ? deferred.weights : ctx.experts.acquire(l, group, hint);
+    const batch = {
+      experts, offsets: offsets.slice(i0, i1 + 1).map((o) => o - s0), tokens: tokens.subarray(s0, s1),
+      weights: weights.subarray(s0, s1), accumulate: g > 0,
+    };
     try {
-      ctx.backend.moeFfn(h, nTokens, {
-        experts, offsets: offsets.slice(i0, i1 + 1).map((o) => o - s0), tokens: tokens.subarray(s0, s1),
-        weights: weights.subarray(s0, s1), accumulate: g > 0,
-      }, out);
+      const waiting = deferred ? group.map((_, i) => i).filter((i) => !deferred.ready(i)) : [];
+      if (waiting.length === 0) ctx.backend.moeFfn(h, nTokens, batch, out);
+      else {
+        computeAsTheyArrive(ctx, h, batch, deferred!, waiting, out, whileLoading);
+        whileLoading = undefined;
+      }
     } finally {
       ctx.experts.release(l, group);
     }
   }
+  whileLoading?.();
   return out;
+}
+
+/**
+ * One group of a layer whose experts `waiting` are still being read: the others are computed now,
+ * then `whileLoading`, then each waiting expert once it is in memory (whichever come first), each
+ * slot's output kept apart; finally the slots are summed into out in slot order.
+ */
+function computeAsTheyArrive(
+  ctx: ForwardContext, h: Float32Array, batch: ExpertBatch, deferred: DeferredExperts,
+  waiting: number[], out: Float32Array, whileLoading?: () => void,
+): void {
+  const d = ctx.cfg.dModel;
+  const slotY = new Float32Array(batch.tokens.length * d);
+  const run = (idx: number[]) => {
+    if (idx.length === 0) return;
+    const offsets = new Int32Array(idx.length + 1);
+    idx.forEach((i, j) => { offsets[j + 1] = offsets[j] + batch.offsets[i + 1] - batch.offsets[i]; });
+    const nSlot = offsets[idx.length];
+    const tokens = new Int32Array(nSlot), weights = new Float32Array(nSlot);
+    idx.forEach((i, j) => tokens.set(batch.tokens.subarray(batch.offsets[i], batch.offsets[i + 1]), offsets[j]));
+    const y = new Float32Array(nSlot * d);
+    ctx.backend.moeFfn(h, ctx.nTokens, { experts: idx.map((i) => batch.experts[i]), offsets, tokens, weights, slotOut: y }, out);
+    idx.forEach((i, j) => slotY.set(y.subarray(offsets[j] * d, offsets[j + 1] * d), batch.offsets[i] * d));
+  };
+  const pending = new Set(waiting);
+  run(batch.experts.map((_, i) => i).filter((i) => !pending.has(i)));
+  whileLoading?.();
+  while (pending.size > 0) {
+    let now = [...pending].filter((i) => deferred.ready(i));
+    if (now.length === 0) {
+      deferred.wait(pending.values().next().value!);
+      now = [...pending].filter((i) => deferred.ready(i));
+    }
+    run(now);
+    for (const i of now) pending.delete(i);
+  }
+  addSlots(out, slotY, batch.tokens, batch.weights, d, batch.accumulate === true);
+}
+
+/**
+ * out[t] (+)= Σ over t's slots, in slot order, of weight · y[slot], each step rounded like f32
+ * `out += w * y` (the f32 product is exact in f64; one f64 add, one f32 store): the same bits as
+ * Backend.moeFfn's own sum.
+ */
+export function addSlots(out: Float32Array, y: Float32Array, tokens: Int32Array, weights: Float32Array, d: number, accumulate: boolean): void {
+  if (!accumulate) out.fill(0);
+  for (let s = 0; s < tokens.length; s++) {
+    const o = tokens[s] * d, w = weights[s];
+    for (let c = 0; c < d; c++) out[o + c] += w * y[s * d + c];
+  }
 }
 
 function gatherRows(x: Float32Array, rows: number[], dim: number): Float32Array {
@@ -338,8 +401,10 @@ export function sharedExpert(ctx: ForwardContext, l: number, h: Float32Array, op
 export function mixtureOfExperts(ctx: ForwardContext, l: number, g: Float32Array, opts: { gatedShared?: boolean } = {}): Float32Array {
   const { cfg } = ctx;
   const r = route(ctx, l, g, { normTopK: cfg.normTopK, scale: cfg.routedScale });
-  const y = moeExperts(ctx, l, g, r);
-  if (cfg.sharedFf > 0) addInPlace(y, sharedExpert(ctx, l, g, { gated: opts.gatedShared ?? false }));
+  // the shared expert computes while routed experts are still being read from disk
+  let shared: Float32Array | null = null;
+  const y = moeExperts(ctx, l, g, r, cfg.sharedFf > 0 ? () => { shared = sharedExpert(ctx, l, g, { gated: opts.gatedShared ?? false }); } : undefined);
+  if (shared) addInPlace(y, shared);
   return y;
 }
 

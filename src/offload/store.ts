@@ -14,17 +14,18 @@
  *      their loads, which the threads read while this layer's experts and the next layer's
  *      attention compute;
  *   4. waits for this layer's loads only (stall time is measured), pins and returns the weights.
+ * acquireDeferred() skips step 4: the layer computes the experts in memory (and its shared
+ * expert) while the rest are read, then waits for each of those as it needs it.
  * release(layer) unpins; slots that were not admitted by the CachePolicy are freed.
  *
- * Slots: `cacheSlots` are managed by the CachePolicy (admit → evictions); `transientSlots` (one
- * whole layer's experts) hold what the policy would not cache (policy none, a full per-layer
+ * Slots: `cacheSlots` are managed by the CachePolicy (admit → evictions); `transientSlots` hold what the policy would not cache (policy none, a full per-layer
  * pool, low-bit copies). A slot is reused only when its expert is neither pinned by a computing
  * layer nor being read into, which is what makes results bit-identical to all-resident runs.
  */
 import type { Backend } from "../backend/backend.js";
 import type { ModelConfig } from "../model/config.js";
 import type { ModelWeights } from "../model/weights.js";
-import type { AcquireHint, ExpertFfnWeights, ExpertProvider, LayerExpertTensors } from "../model/experts.js";
+import type { AcquireHint, DeferredExperts, ExpertFfnWeights, ExpertProvider, LayerExpertTensors } from "../model/experts.js";
 import { isMoeLayer } from "../model/experts.js";
 import { FileAccessError, InvalidArgumentError, ModelFormatError } from "../errors.js";
 import { topKIndices, createPredictor, type Predictor } from "./predictor.js";
@@ -229,6 +230,44 @@ export class ExpertStore implements ExpertProvider {
   }
 
   acquire(layer: number, experts: readonly number[], hint: AcquireHint): ExpertFfnWeights[] {
+    const out = this.begin(layer, experts, hint);
+    out.forEach((_, i) => this.waitEntry(layer, out, i));
+    return out.map((e) => e.weights);
+  }
+
+  /**
+   * acquire() without the final wait: the layer computes what is in memory while the rest is read
+   * (stall time counts only the waits it then makes).
+   */
+  acquireDeferred(layer: number, experts: readonly number[], hint: AcquireHint): DeferredExperts {
+    const out = this.begin(layer, experts, hint);
+    return {
+      weights: out.map((e) => e.weights),
+      ready: (i) => {
+        const ent = out[i]!;
+        if (ent.job && this.prefetcherOf(ent).settled(ent.job)) this.onLoaded(ent);
+        return !ent.job;
+      },
+      wait: (i) => this.waitEntry(layer, out, i),
+    };
+  }
+
+  /** Blocks until out[i] is in memory (the time counts as stall). */
+  private waitEntry(layer: number, out: readonly Entry[], i: number): void {
+    const ent = out[i]!;
+    if (ent.job && !ent.job.done) {
+      const t0 = performance.now();
+      try {
+        this.prefetcherOf(ent).wait(ent.job);
+      } finally {
+        this.stats.add(layer, this.phase, "stallMs", performance.now() - t0);
+      }
+    }
+    if (ent.job) this.onLoaded(ent);
+  }
+
+  /** Steps 1-3 of acquire: resolves, pins and queues; returns the entries, loads maybe running. */
+  private begin(layer: number, experts: readonly number[], hint: AcquireHint): Entry[] {
     if (this.closed) throw new InvalidArgumentError("the expert store is closed");
     const moe = this.moeIndex(layer);
     const phase: Phase = hint.nTokens > 1 ? "prefill" : "decode";
@@ -301,17 +340,7 @@ export class ExpertStore implements ExpertProvider {
       }
     }
 
-    const t0 = performance.now();
-    let waited = false;
-    for (const ent of out) {
-      if (ent.job && !ent.job.done) {
-        waited = true;
-        this.prefetcherOf(ent).wait(ent.job);
-      }
-      if (ent.job) this.onLoaded(ent);
-    }
-    if (waited) this.stats.add(layer, phase, "stallMs", performance.now() - t0);
-    return out.map((e) => e.weights);
+    return out;
   }
 
   release(layer: number, experts: readonly number[]): void {

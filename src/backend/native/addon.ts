@@ -49,7 +49,7 @@ export interface NativeAddon {
   f32ToF16(x: Float32Array, out: Uint16Array): void;
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
   moeFfn(x: Float32Array, nTokens: number, d: number, ff: number, types: Int32Array, weights: Uint8Array[],
-    offsets: Int32Array, tokens: Int32Array, slotWeights: Float32Array, out: Float32Array, accumulate?: boolean): void;
+    offsets: Int32Array, tokens: Int32Array, slotWeights: Float32Array, out: Float32Array, accumulate?: boolean, slotOut?: Float32Array): void;
   getRows(type: number, w: Uint8Array, rows: number, cols: number, ids: Int32Array, out: Float32Array): void;
   /** n elements of `type` (F32/F16/BF16/Q8_0/Q4_0/Q2_K..Q6_K, whole blocks) into out[0, n) */
   dequantize(type: number, bytes: Uint8Array, n: number, out: Float32Array): void;

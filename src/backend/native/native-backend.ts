@@ -81,8 +81,9 @@ export class NativeBackend implements Backend {
       types[3 * i] = gate.type; types[3 * i + 1] = up.type; types[3 * i + 2] = down.type;
       data[3 * i] = gate.data; data[3 * i + 1] = up.data; data[3 * i + 2] = down.data;
     }
-    if (n === 0) { if (!b.accumulate) out.fill(0); return; }
-    this.live().moeFfn(x, nTokens, d, ff, types, data, b.offsets, b.tokens, b.weights, out, b.accumulate === true);
+    if (n === 0) { if (!b.accumulate && !b.slotOut) out.fill(0); return; }
+    if (b.slotOut && b.slotOut.length < b.offsets[n]! * d) throw new InvalidArgumentError(`moeFfn: slotOut holds ${b.slotOut.length} floats, the slots need ${b.offsets[n]! * d}`);
+    this.live().moeFfn(x, nTokens, d, ff, types, data, b.offsets, b.tokens, b.weights, out, b.accumulate === true, b.slotOut);
   }
 
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {

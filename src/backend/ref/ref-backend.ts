@@ -119,7 +119,7 @@ export class RefBackend implements Backend {
 
   moeFfn(x: Float32Array, nTokens: number, b: ExpertBatch, out: Float32Array): void {
     const d = b.experts.length > 0 ? b.experts[0].gate.cols : 0;
-    if (!b.accumulate) out.fill(0, 0, nTokens * d);
+    if (!b.accumulate && !b.slotOut) out.fill(0, 0, nTokens * d);
     b.experts.forEach((w, i) => {
       const s0 = b.offsets[i], n = b.offsets[i + 1] - s0, ff = w.gate.rows;
       if (n === 0) return;
@@ -130,6 +130,7 @@ export class RefBackend implements Backend {
       this.matmul(w.up, xg, n, u);
       this.siluMul(g, u, g);
       this.matmul(w.down, g, n, y);
+      if (b.slotOut) { b.slotOut.set(y, s0 * d); return; }
       for (let j = 0; j < n; j++) {
         const t = b.tokens[s0 + j], wt = b.weights[s0 + j];
         for (let c = 0; c < d; c++) out[t * d + c] += wt * y[j * d + c];
