@@ -2,8 +2,9 @@
  * The Planner splits one `--memory-budget` into everything moira allocates for a model:
  *
  *   budget = resident non-expert weights + KV cache + scratch (activations) + expert arena
- *   arena  = transient slots (one whole layer's experts: a prompt can route to every expert of a
- *            layer at once, and acquire() hands the layer all of them together)
+ *   arena  = transient (working) slots: 2 x top-k, at least 16 (a decode layer's top-k plus as
+ *            many prefetches; a prompt's layer, which can route to every expert, is computed in
+ *            groups of half of them while the next group loads)
  *          + cache slots (what the CachePolicy manages; none for policy `none`)
  *
  * and refuses, naming the minimum and its parts, when the model cannot run in the budget. The
