@@ -18,8 +18,9 @@
  * expert) while the rest are read, then waits for each of those as it needs it.
  * release(layer) unpins; slots that were not admitted by the CachePolicy are freed.
  *
- * Slots: `cacheSlots` are managed by the CachePolicy (admit → evictions); `transientSlots` hold what the policy would not cache (policy none, a full per-layer
- * pool, low-bit copies). A slot is reused only when its expert is neither pinned by a computing
+ * Slots: `cacheSlots` are managed by the CachePolicy (admit → evictions); `transientSlots` (the
+ * working slots) hold what the policy did not admit (policy none, a bypassed miss, low-bit copies)
+ * and decode prefetches until their layer uses them. A slot is reused only when its expert is neither pinned by a computing
  * layer nor being read into, which is what makes results bit-identical to all-resident runs.
  */
 import type { Backend } from "../backend/backend.js";
