@@ -20,8 +20,9 @@
  *
  * Slots: `cacheSlots` are managed by the CachePolicy (admit → evictions); `transientSlots` (the
  * working slots) hold what the policy did not admit (policy none, a bypassed miss, low-bit copies)
- * and decode prefetches until their layer uses them. A slot is reused only when its expert is neither pinned by a computing
- * layer nor being read into, which is what makes results bit-identical to all-resident runs.
+ * and decode prefetches until their layer uses them. A slot is reused only when its expert is
+ * neither pinned by a computing layer nor being read into, which is what makes results
+ * bit-identical to all-resident runs.
  */
 import type { Backend } from "../backend/backend.js";
 import type { ModelConfig } from "../model/config.js";
