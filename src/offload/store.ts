@@ -247,7 +247,7 @@ export class ExpertStore implements ExpertProvider {
       weights: out.map((e) => e.weights),
       ready: (i) => {
         const ent = out[i]!;
-        if (ent.job && this.prefetcherOf(ent).settled(ent.job)) this.onLoaded(ent);
+        if (ent.job && this.blamingTheFile(() => this.prefetcherOf(ent).settled(ent.job!))) this.onLoaded(ent);
         return !ent.job;
       },
       wait: (i) => this.waitEntry(layer, out, i),
@@ -260,7 +260,7 @@ export class ExpertStore implements ExpertProvider {
     if (ent.job && !ent.job.done) {
       const t0 = performance.now();
       try {
-        this.prefetcherOf(ent).wait(ent.job);
+        this.blamingTheFile(() => this.prefetcherOf(ent).wait(ent.job!));
       } finally {
         this.stats.add(layer, this.phase, "stallMs", performance.now() - t0);
       }
@@ -418,18 +418,21 @@ export class ExpertStore implements ExpertProvider {
     }
   }
 
+  /** Runs f; when a read failed, a model file changed under us is reported as such (checkFile). */
+  private blamingTheFile<T>(f: () => T): T {
+    try {
+      return f();
+    } catch (e) {
+      this.checkFile();
+      throw e;
+    }
+  }
+
   /** Settles finished loads without blocking. */
   private reap(): void {
     for (const p of [this.prefetcher, this.lowPrefetcher]) {
       if (!p) continue;
-      let done: LoadJob[];
-      try {
-        done = p.collect();
-      } catch (e) {
-        this.checkFile();
-        throw e;
-      }
-      for (const job of done) {
+      for (const job of this.blamingTheFile(() => p.collect())) {
         const ent = this.jobs.get(job);
         if (ent) this.onLoaded(ent);
       }
