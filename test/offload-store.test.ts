@@ -262,3 +262,17 @@ test("short read without a stat change is reported as truncation", async () => {
     assert.throws(() => store.acquire(1, [0, 1], { gateInput: h, nTokens: 1 }), /truncated/);
   });
 });
+
+test("a read that fails while a layer computes what it has (acquireDeferred) names the truncated file", async () => {
+  await withVictim("victim3.gguf", (path, model, store, s) => {
+    s.forward([5]);
+    truncateSync(path, 1000);
+    const h = new Float32Array(model.config.dModel);
+    const late = store.acquireDeferred(2, [3, 4], { gateInput: h, nTokens: 1 });
+    assert.throws(() => { for (let i = 0; i < 2; i++) if (!late.ready(i)) late.wait(i); }, (e: unknown) => {
+      assert.ok(e instanceof ModelFormatError, `got ${String(e)}`);
+      assert.match((e as Error).message, /was truncated from \d+ to 1000 bytes/);
+      return true;
+    });
+  });
+});
