@@ -250,14 +250,26 @@ Napi::Value QuantizeQ2KNapi(const Napi::CallbackInfo& info, const KernelTable*, 
   return out;
 }
 
-Napi::Value DequantQuantizeQ2KNapi(const Napi::CallbackInfo& info, const KernelTable* K, ThreadPool& P) {
+namespace {
+// The (type: number, bytes: Uint8Array, n) arguments that start the dequantizing entry points.
+struct QuantSourceArgs {
+  int type;
+  Napi::Uint8Array src;
+  size_t n;
+};
+QuantSourceArgs quantSourceArgs(const Napi::CallbackInfo& info, const std::string& fn) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) fail(env, "dequantizeQuantizeQ2K: type: expected a number");
+  if (info.Length() < 1 || !info[0].IsNumber()) fail(env, fn + ": type: expected a number");
   const int type = info[0].As<Napi::Number>().Int32Value();
   if (info.Length() < 2 || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-    fail(env, "dequantizeQuantizeQ2K: bytes: expected a Uint8Array");
-  auto src = info[1].As<Napi::Uint8Array>();
-  const size_t n = sizeArg(info, 2, "dequantizeQuantizeQ2K: n");
+    fail(env, fn + ": bytes: expected a Uint8Array");
+  return {type, info[1].As<Napi::Uint8Array>(), sizeArg(info, 2, (fn + ": n").c_str())};
+}
+}  // namespace
+
+Napi::Value DequantQuantizeQ2KNapi(const Napi::CallbackInfo& info, const KernelTable* K, ThreadPool& P) {
+  Napi::Env env = info.Env();
+  const auto [type, src, n] = quantSourceArgs(info, "dequantizeQuantizeQ2K");
   if (n % QK_K != 0) fail(env, "dequantizeQuantizeQ2K: " + std::to_string(n) + " elements are not whole blocks of 256");
   const size_t need = quant_src_bytes(type, n);
   if (need == 0) fail(env, "dequantizeQuantizeQ2K: unsupported source type " + std::to_string(type));
@@ -269,12 +281,7 @@ Napi::Value DequantQuantizeQ2KNapi(const Napi::CallbackInfo& info, const KernelT
 
 Napi::Value DequantizeNapi(const Napi::CallbackInfo& info, const KernelTable* K, ThreadPool&) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) fail(env, "dequantize: type: expected a number");
-  const int type = info[0].As<Napi::Number>().Int32Value();
-  if (info.Length() < 2 || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-    fail(env, "dequantize: bytes: expected a Uint8Array");
-  auto src = info[1].As<Napi::Uint8Array>();
-  const size_t n = sizeArg(info, 2, "dequantize: n");
+  const auto [type, src, n] = quantSourceArgs(info, "dequantize");
   if (info.Length() < 4 || !info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
     fail(env, "dequantize: out: expected a Float32Array");
   auto out = info[3].As<Napi::Float32Array>();
