@@ -190,6 +190,20 @@ test("belady equals the exhaustive optimum, and beats every online policy", () =
   }
 });
 
+test("freq-oracle keeps the experts the whole run uses most, and is offline only", () => {
+  // one layer, top-1, 2 slots: counts 1:4, 2:3, 3:1 (3 is never admitted over 1 and 2)
+  const t = makeTrace([[[1]], [[2]], [[3]], [[1]], [[2]], [[1]], [[2]], [[1]]], 4);
+  assert.equal(run(t, "freq-oracle", 2), 5); // 1 and 2 miss once each, 3 bypasses
+  assert.equal(run(t, "lru", 2), 3); // 3 pushes out 1, 1 pushes out 2, 2 pushes out 3: only the last three hit
+  // a static count ranking is no bound: on random skewed traces it stays between lru-like online
+  // policies and belady, never above belady
+  for (let seed = 200; seed < 210; seed++) {
+    const trace = randomTrace(seed, { tokens: 150, nLayer: 3, nExpert: 8, topK: 2, skew: 2 });
+    for (const slots of [2, 4]) assert.ok(run(trace, "freq-oracle", slots) <= run(trace, "belady", slots), `seed ${seed} slots ${slots}`);
+  }
+  assert.throws(() => createPolicy("freq-oracle", uniformLayout(1, 2), { nLayer: 1, nExpert: 8 }), /offline/);
+});
+
 test("fate allocation: shallow layers fully resident, the rest even", () => {
   // uncapped (residentShare 1): f = 2 (2*8 + 6*2 = 28 <= 32; 3*8 + 5*2 = 34 > 32); rest 16 over 6 layers: 3,3,3,3,2,2
   const a = fateAllocation(32, { nLayer: 8, nExpert: 8, minSlots: 2, residentShare: 1 });

@@ -20,7 +20,7 @@ import type { MemoryPlan } from "../offload/planner.js";
  * Belady's optimal cache: the physical bound of the run. A prefill batch is one access per layer
  * to the union of its tokens' experts (the store loads each of them once per forward).
  */
-class RoutingCollector implements RoutingObserver {
+export class RoutingCollector implements RoutingObserver {
   readonly tokens: TokenRouting[] = [];
   private batch: { token: number; phase: "prefill" | "decode"; layers: LayerRouting[] }[] = [];
   private last = Infinity;
@@ -46,24 +46,32 @@ export interface BeladyBound {
   readonly decodeHitRate: number;
 }
 
-function beladyBound(tokens: readonly TokenRouting[], plan: MemoryPlan, nExpert: number, topK: number): BeladyBound {
+/**
+ * Replays a run's routing through a cache policy (an offline one: belady, freq-oracle) at the
+ * plan's cache size, without prefetching: the misses of the prefill and of the decode.
+ */
+export function replayRun(policy: string, tokens: readonly TokenRouting[], plan: MemoryPlan, nExpert: number, topK: number): { prefillMisses: number; decodeMisses: number; decodeAccesses: number } {
   const nLayer = plan.tensors.size;
-  const expertBytes = plan.expertFileBytes / plan.allExpertSlots;
   const run = (toks: readonly TokenRouting[]) => {
     const trace: RoutingTrace = { name: "run", nLayer, nExpert, topK, requests: [{ id: "0", tokens: toks }], hasPredictions: false, notes: [] };
     return simulate(trace, {
-      policy: "belady", predictor: "none", expertBytes,
+      policy, predictor: "none", expertBytes: 1,
       budget: { budgetFraction: plan.cacheSlots / (nLayer * nExpert), layout: "global" },
     });
   };
   const prefill = tokens.filter((t) => t.phase === "prefill");
   const all = run(tokens);
   const pre = prefill.length ? run(prefill) : null;
-  const preMiss = pre?.misses ?? 0, preAcc = pre?.accesses ?? 0;
-  const decodeMiss = all.misses - preMiss, decodeAcc = all.accesses - preAcc;
+  const preMiss = pre?.misses ?? 0;
+  return { prefillMisses: preMiss, decodeMisses: all.misses - preMiss, decodeAccesses: all.accesses - (pre?.accesses ?? 0) };
+}
+
+function beladyBound(tokens: readonly TokenRouting[], plan: MemoryPlan, nExpert: number, topK: number): BeladyBound {
+  const expertBytes = plan.expertFileBytes / plan.allExpertSlots;
+  const r = replayRun("belady", tokens, plan, nExpert, topK);
   return {
-    cacheSlots: plan.cacheSlots, prefillBytes: preMiss * expertBytes, decodeBytes: decodeMiss * expertBytes,
-    decodeHitRate: decodeAcc > 0 ? 1 - decodeMiss / decodeAcc : 1,
+    cacheSlots: plan.cacheSlots, prefillBytes: r.prefillMisses * expertBytes, decodeBytes: r.decodeMisses * expertBytes,
+    decodeHitRate: r.decodeAccesses > 0 ? 1 - r.decodeMisses / r.decodeAccesses : 1,
   };
 }
 

@@ -20,7 +20,7 @@ import { ExpertStore } from "../offload/store.js";
 import { OffloadStats } from "../offload/stats.js";
 import { formatPlan, parseBudget, planMemory, type MemoryPlan } from "../offload/planner.js";
 import { openLowbitSidecar } from "../offload/lowbit.js";
-import { POLICY_NAMES } from "../offload/policy.js";
+import { ONLINE_POLICY_NAMES } from "../offload/policy.js";
 import { PREDICTOR_NAMES } from "../offload/predictor.js";
 import { TraceRecorder } from "../trace/format.js";
 import { TraceObserver } from "../trace/observer.js";
@@ -59,7 +59,7 @@ function choice(name: string, names: readonly string[]): (v: string) => string {
 export function addOffloadOptions(cmd: Command): Command {
   return cmd
     .option("--memory-budget <size>", "offload experts: cap everything moira allocates (e.g. 3GiB, 512MiB, 3GB, bytes)")
-    .option("--policy <name>", `expert cache policy: ${POLICY_NAMES.filter((p) => p !== "belady").join(", ")}`, choice("--policy", POLICY_NAMES.filter((p) => p !== "belady")), "fate")
+    .option("--policy <name>", `expert cache policy: ${ONLINE_POLICY_NAMES.join(", ")}`, choice("--policy", ONLINE_POLICY_NAMES), "fate")
     .option("--predictor <name>", `expert predictor: ${PREDICTOR_NAMES.join(", ")}`, choice("--predictor", PREDICTOR_NAMES), "fate")
     .option("--prefetch-width <k>", "experts predicted per layer (default: calibrated at start-up)", numberOption("--prefetch-width", 0))
     .option("--io-threads <n>", "I/O threads reading experts (default 4)", numberOption("--io-threads", 1, 64))

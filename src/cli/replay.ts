@@ -80,9 +80,9 @@ export function replayFromFlags(f: Flags, argv: readonly string[] = []): ReplayO
 export function formatTable(out: ReplayOutput): string {
   const lines: string[] = [];
   const pad = (s: string, n: number): string => s.padEnd(n);
-  lines.push(pad("trace", 22) + pad("policy", 8) + pad("predictor", 10) + pad("slots", 7) + pad("hit rate", 10) + pad("GB moved", 10) + pad("prec", 7) + pad("recall", 7) + "ms/token");
+  lines.push(pad("trace", 22) + pad("policy", 12) + pad("predictor", 10) + pad("slots", 7) + pad("hit rate", 10) + pad("GB moved", 10) + pad("prec", 7) + pad("recall", 7) + "ms/token");
   for (const r of out.runs) {
-    lines.push(pad(r.trace, 22) + pad(r.policy, 8) + pad(r.predictor, 10) + pad(String(+r.slotsPerLayer.toFixed(2)), 7)
+    lines.push(pad(r.trace, 22) + pad(r.policy, 12) + pad(r.predictor, 10) + pad(String(+r.slotsPerLayer.toFixed(2)), 7)
       + pad(`${(r.hitRate * 100).toFixed(1)}%`, 10) + pad((r.bytesMoved / 1e9).toFixed(2), 10)
       + pad(r.precision === null ? "-" : r.precision.toFixed(3), 7) + pad(r.recall === null ? "-" : r.recall.toFixed(3), 7)
       + (r.time ? (r.time.decodePerTokenS * 1000).toFixed(1) : "-"));

@@ -286,6 +286,38 @@ export class FutureIndex {
   }
 }
 
+/**
+ * A frequency cache that knows each id's use count over the whole run in advance (offline; replay
+ * only): it keeps the ids used most, and does not admit one used less than every evictable
+ * resident. Not a bound (a cache that follows drifting popularity can beat it) but the reference
+ * for what a popularity-scored cache like Fate's could reach with perfect popularity estimates.
+ */
+export class OracleFrequencyPool implements ReplacementPool {
+  private readonly resident = new Set<number>();
+  constructor(readonly capacity: number, private readonly uses: ReadonlyMap<number, number>) {}
+  get size(): number { return this.resident.size; }
+  has(id: number): boolean { return this.resident.has(id); }
+  hit(): void {}
+  insert(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
+    if (this.capacity <= 0) return null;
+    const count = (k: number) => this.uses.get(k) ?? 0;
+    let vc = Infinity;
+    return insertEvicting(this.resident, this.capacity, id, () => {
+      let victim = -1;
+      vc = Infinity;
+      for (const k of this.resident) {
+        if (!canEvict(k)) continue;
+        const c = count(k);
+        if (c < vc || (c === vc && k > victim)) { victim = k; vc = c; }
+      }
+      return victim;
+    }, () => count(id) <= vc);
+  }
+  remove(id: number): boolean { return this.resident.delete(id); }
+  ids(): IterableIterator<number> { return this.resident.values(); }
+  reset(): void { this.resident.clear(); }
+}
+
 /** Belady's MIN: evict the resident whose next use is furthest in the future, or bypass the newcomer when it is (offline; replay only). */
 export class BeladyPool implements ReplacementPool {
   private readonly resident = new Set<number>();

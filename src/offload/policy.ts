@@ -13,7 +13,7 @@
 import { BudgetError, InvalidArgumentError } from "../errors.js";
 import { type ExpertKey, expertId, expertKeyOf } from "./expert-key.js";
 import {
-  ArcPool, BeladyPool, FrequencyPool, FutureIndex, LfuPool, LruPool, type ReplacementPool,
+  ArcPool, BeladyPool, FrequencyPool, FutureIndex, LfuPool, LruPool, OracleFrequencyPool, type ReplacementPool,
 } from "./policy-pools.js";
 
 export { FutureIndex } from "./policy-pools.js";
@@ -69,8 +69,10 @@ export interface CachePolicy {
   reset(): void;
 }
 
-export const POLICY_NAMES = ["none", "lru", "lfu", "arc", "fate", "fate-split", "belady"] as const;
+export const POLICY_NAMES = ["none", "lru", "lfu", "arc", "fate", "fate-split", "belady", "freq-oracle"] as const;
 export type PolicyName = (typeof POLICY_NAMES)[number];
+/** The policies an engine can run: belady and freq-oracle need the future (trace replay only). */
+export const ONLINE_POLICY_NAMES: readonly PolicyName[] = POLICY_NAMES.filter((p) => p !== "belady" && p !== "freq-oracle");
 
 export interface CachePolicyOptions {
   readonly nLayer: number;
@@ -195,7 +197,8 @@ export class PooledPolicy implements CachePolicy {
  * computing with are in memory, in the store's scratch). `fate` is one global `FrequencyPool` over
  * the layout's total slots (decayed popularity with admission control, primed by prompt token
  * counts); `fate-split` is the allocation of the design document (`fateAllocation`: shallow layers
- * resident, the rest split per layer, ARC in each), kept for comparison. `belady` needs `opts.future`.
+ * resident, the rest split per layer, ARC in each), kept for comparison. `belady` and `freq-oracle`
+ * (offline references) need `opts.future`.
  */
 export function createPolicy(name: string, layout: CacheLayout, opts: CachePolicyOptions): CachePolicy {
   const { nLayer, nExpert } = opts;
@@ -232,6 +235,14 @@ export function createPolicy(name: string, layout: CacheLayout, opts: CachePolic
       const ids = Int32Array.from(opts.future, (k) => expertId(k.layer, k.expert, nExpert));
       const index = new FutureIndex(ids, opts.futureTimes);
       return new PooledPolicy("belady", layout, nLayer, nExpert, (c) => new BeladyPool(c, index));
+    }
+    case "freq-oracle": {
+      if (!opts.future) {
+        throw new InvalidArgumentError("policy freq-oracle is offline: it needs the whole access sequence (trace replay only)");
+      }
+      const uses = new Map<number, number>();
+      for (const k of opts.future) { const id = expertId(k.layer, k.expert, nExpert); uses.set(id, (uses.get(id) ?? 0) + 1); }
+      return new PooledPolicy("freq-oracle", layout, nLayer, nExpert, (c) => new OracleFrequencyPool(c, uses));
     }
     default:
       throw new InvalidArgumentError(`unknown cache policy "${name}": expected one of ${POLICY_NAMES.join(", ")}`);

@@ -134,14 +134,15 @@ export function simulate(trace: RoutingTrace, o: SimulateOptions): SimulationRes
   const layout = layoutFor(trace, o.budget);
   // Belady's clock counts steps (one token's one layer), not accesses: experts a step wants
   // together are needed at the same time, and ties go to the later following use
-  const future = o.policy === "belady" ? accessSequence(trace) : undefined;
-  const futureTimes = future ? accessSteps(trace) : undefined;
+  const offline = o.policy === "belady" || o.policy === "freq-oracle";
+  const future = offline ? accessSequence(trace) : undefined;
+  const futureTimes = o.policy === "belady" ? accessSteps(trace) : undefined;
   const policy = createPolicy(o.policy, layout, {
     nLayer, nExpert, topK: trace.topK, fateMinSlots: o.fateMinSlots, fateResidentLayers: o.fateResidentLayers, future, futureTimes,
   });
   // Belady admits a step's misses soonest-needed first, so the one worth caching is never the
   // one left out because a later-needed miss of the same step took the last slot
-  const oracle = future ? new FutureIndex(Int32Array.from(future, (k) => expertId(k.layer, k.expert, nExpert)), futureTimes) : null;
+  const oracle = future && futureTimes ? new FutureIndex(Int32Array.from(future, (k) => expertId(k.layer, k.expert, nExpert)), futureTimes) : null;
   let step = 0;
   const predictor = createPredictor(predictorName, { nLayer, nExpert });
   const predicting = predictorName !== "none";
