@@ -156,6 +156,27 @@ test("bad input: clear typed errors naming the problem, exit 1, no stack trace",
   assert.match(usage.stderr, /required option.*--model/);
 });
 
+test("run --memory-budget too small for the default context: shortened, with a note; same text as all-resident", async () => {
+  const { Model } = await import("../src/model/model.js");
+  const { planMemory } = await import("../src/offload/planner.js");
+  const model = Model.open(tiny);
+  let budget: number, full: number;
+  try {
+    // below what the default context (the model's, at most 4096) needs even for a one-token prompt
+    full = Math.min(model.config.contextLength, 4096);
+    budget = planMemory(model, { budget: 2 ** 40, contextLength: full, maxBatch: 1 }).minimumBytes - 1;
+  } finally {
+    model.close();
+  }
+  const args = ["run", "--model", tiny, "--prompt", "Once upon a time", "--max-tokens", "10", "--temperature", "0"];
+  const r = moira(...args, "--memory-budget", String(budget), "--stats");
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /note: context shortened to \d+ positions to fit --memory-budget .*; give --context to choose/);
+  assert.equal(r.stdout.split("\n")[0], moira(...args).stdout.split("\n")[0]);
+  // an explicit --context is not second-guessed: refused with the minimum
+  assertUserError(moira(...args, "--memory-budget", String(budget), "--context", String(full)), new RegExp(`below the minimum .* \\(${full} positions\\)`));
+});
+
 test("bad HF directory: missing config.json is named", () => {
   const d = mkdtempSync(join(dir, "hf-"));
   copyFileSync(tiny, join(d, "model.safetensors"));

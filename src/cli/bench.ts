@@ -123,7 +123,7 @@ export async function runBench(o: OffloadFlags & {
   const model = Model.open(o.model);
   const backend = await createBackend(o.backend, { threads: o.threads });
   const ctx = o.promptTokens + o.genTokens + 1;
-  const handle = createExpertProvider(model, o, backend, { contextLength: ctx, maxBatch: o.promptTokens });
+  const handle = createExpertProvider(model, o, backend, { contextLength: ctx, maxBatch: o.promptTokens, kvType: o.kvType });
   try {
     const firstMoe = handle.plan ? Math.min(...handle.plan.tensors.keys()) : 0;
     const collector = o.belady && handle.plan ? new RoutingCollector(firstMoe, handle.observer) : null;

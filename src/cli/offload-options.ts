@@ -18,7 +18,7 @@ import type { ExpertProvider } from "../model/experts.js";
 import type { RoutingObserver } from "../model/steps.js";
 import { ExpertStore } from "../offload/store.js";
 import { OffloadStats } from "../offload/stats.js";
-import { formatPlan, parseBudget, planMemory, type MemoryPlan } from "../offload/planner.js";
+import { formatBytes, formatPlan, parseBudget, planMemory, type MemoryPlan } from "../offload/planner.js";
 import { openLowbitSidecar } from "../offload/lowbit.js";
 import { ONLINE_POLICY_NAMES } from "../offload/policy.js";
 import { PREDICTOR_NAMES } from "../offload/predictor.js";
@@ -85,7 +85,7 @@ export interface ExpertProviderHandle {
 
 /** Builds the ExpertStore the flags describe (or nothing, without --memory-budget). */
 export function createExpertProvider(
-  model: Model, flags: OffloadFlags, backend: Backend, session: { contextLength: number; maxBatch?: number },
+  model: Model, flags: OffloadFlags, backend: Backend, session: { contextLength: number; maxBatch?: number; kvType?: KvType },
 ): ExpertProviderHandle {
   let trace: TraceRecorder | null = null;
   let observer: RoutingObserver | undefined;
@@ -104,7 +104,7 @@ export function createExpertProvider(
   }
   const budget = typeof flags.memoryBudget === "number" ? flags.memoryBudget : parseBudget(flags.memoryBudget);
   const policy = flags.policy ?? "fate";
-  const plan = planMemory(model, { budget, contextLength: session.contextLength, maxBatch: session.maxBatch, policy });
+  const plan = planMemory(model, { budget, contextLength: session.contextLength, maxBatch: session.maxBatch, policy, kvType: session.kvType });
   if ((flags.lowbitMiss !== undefined || flags.lowbitPrefill !== undefined) && !flags.lowbit) {
     throw new InvalidArgumentError("--lowbit-miss / --lowbit-prefill need --lowbit SIDE.gguf (write it with moira quantize-experts)");
   }
@@ -125,15 +125,57 @@ export function createExpertProvider(
   };
 }
 
+/** Context positions no front end is shortened below to fit a budget (unless it asked for fewer). */
+export const MIN_FITTED_CONTEXT = 256;
+
+/**
+ * The context length to run with. `--context` is taken as given (a budget too small for it is
+ * refused by the planner, naming the minimum). Without it the default is `wanted`; under
+ * `--memory-budget`, when the default's KV cache and scratch do not fit, the context is shortened
+ * to the longest whose KV cache and scratch take at most half of the room left beyond the weights
+ * and working slots (the expert cache keeps the other half), but never below `needed` (a budget
+ * too small for that is refused as for `needed` positions), with `notify` told why. `maxBatch`
+ * (the largest forward) is capped by the context, as the session caps it.
+ */
+export function fitContext(
+  model: Model, flags: OffloadFlags & { context?: number; kvType?: KvType },
+  o: { wanted: number; needed: number; maxBatch?: (contextLength: number) => number; notify?: (message: string) => void },
+): number {
+  if (flags.context !== undefined) return flags.context;
+  if (flags.memoryBudget === undefined) return o.wanted;
+  const budget = typeof flags.memoryBudget === "number" ? flags.memoryBudget : parseBudget(flags.memoryBudget);
+  const plan = (contextLength: number, b = budget) => planMemory(model, {
+    budget: b, contextLength, maxBatch: o.maxBatch?.(contextLength), policy: flags.policy ?? "fate", kvType: flags.kvType,
+  });
+  const minimum = (contextLength: number): number => plan(contextLength, Number.MAX_SAFE_INTEGER).minimumBytes;
+  if (minimum(o.wanted) <= budget) return o.wanted;
+  const needed = Math.min(o.needed, o.wanted);
+  if (minimum(needed) > budget) plan(needed); // the planner's BudgetError, stating the minimum for the shortest usable context
+  // the longest context whose KV cache and scratch take at most half of what the budget leaves
+  // beyond the weights and working slots, so that the expert cache keeps the other half
+  const floor = minimum(1);
+  const fits = (contextLength: number): boolean => minimum(contextLength) - floor <= (budget - floor) / 2;
+  let lo = needed, hi = o.wanted; // hi does not fit
+  if (fits(lo)) while (hi - lo > 1) { const mid = (lo + hi) >> 1; if (fits(mid)) lo = mid; else hi = mid; }
+  // a round number of positions when that costs little
+  const contextLength = Math.max(needed, lo >= 512 ? lo - (lo % 256) : lo);
+  o.notify?.(`note: context shortened to ${contextLength} positions to fit --memory-budget ${formatBytes(budget)} ` +
+    `(${o.wanted} positions need ${formatBytes(minimum(o.wanted))}); give --context to choose`);
+  return contextLength;
+}
+
 /**
  * The session of a long-lived front end (chat, serve): the model's context up to 4096 positions
- * (or --context), batches up to the whole context, experts offloaded as the flags say.
+ * (or --context; under a budget too small for that, the longest that fits, at least 256),
+ * batches up to the whole context, experts offloaded as the flags say.
  */
 export function openInteractiveSession(
   model: Model, flags: OffloadFlags & { context?: number; kvType?: KvType }, backend: Backend,
+  notify: (message: string) => void = (m) => process.stderr.write(m + "\n"),
 ): { contextLength: number; offload: ExpertProviderHandle; session: Session } {
-  const contextLength = flags.context ?? Math.min(model.config.contextLength, 4096);
-  const offload = createExpertProvider(model, flags, backend, { contextLength, maxBatch: contextLength });
+  const wanted = Math.min(model.config.contextLength, 4096);
+  const contextLength = fitContext(model, flags, { wanted, needed: Math.min(wanted, MIN_FITTED_CONTEXT), maxBatch: (c) => c, notify });
+  const offload = createExpertProvider(model, flags, backend, { contextLength, maxBatch: contextLength, kvType: flags.kvType });
   const session = new Session(model, { backend, contextLength, kvType: flags.kvType, experts: offload.provider, observer: offload.observer });
   return { contextLength, offload, session };
 }

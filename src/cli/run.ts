@@ -8,7 +8,7 @@ import { loadTokenizer, applyChatTemplate } from "../engine/tokenizer/index.js";
 import { addBackendOptions, addSamplingOptions, parseIntOption, parseTokenList, samplerOptions } from "./common.js";
 import { InvalidArgumentError } from "../errors.js";
 // offload: expert offloading flags and provider (src/cli/offload-options.ts)
-import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
+import { addOffloadOptions, createExpertProvider, fitContext } from "./offload-options.js";
 
 export function registerRunCommands(program: Command): void {
   // offload: --memory-budget, --policy, --predictor, --lowbit*, --trace, --stats
@@ -35,9 +35,13 @@ export function registerRunCommands(program: Command): void {
         prompt = tok.encode(o.prompt, { addBos: o.bos && tok.addBosDefault });
       }
       if (prompt.length === 0) throw new InvalidArgumentError("the prompt encodes to no tokens");
-      const contextLength: number = o.context ?? Math.min(model.config.contextLength, Math.max(4096, prompt.length + o.maxTokens));
+      const needed = Math.min(model.config.contextLength, prompt.length + o.maxTokens);
+      const contextLength = fitContext(model, o, {
+        wanted: Math.min(model.config.contextLength, Math.max(4096, needed)), needed,
+        maxBatch: () => prompt.length, notify: (m) => process.stderr.write(m + "\n"),
+      });
       // offload: an ExpertStore when --memory-budget is given (else all experts resident)
-      const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: prompt.length });
+      const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: prompt.length, kvType: o.kvType });
       try {
       const session = new Session(model, { backend, contextLength, kvType: o.kvType, experts: offload.provider, observer: offload.observer });
       const it = generate(session, tok, prompt, { maxTokens: o.maxTokens, ...samplerOptions(o) });

@@ -13,7 +13,7 @@
 import type { Model } from "../model/model.js";
 import type { ModelConfig } from "../model/config.js";
 import { describeExperts, type LayerExpertTensors } from "../model/experts.js";
-import { KvCache } from "../model/kv-cache.js";
+import { KvCache, type KvType } from "../model/kv-cache.js";
 import { BudgetError, InvalidArgumentError } from "../errors.js";
 
 /** Slots and slice regions are 4 KiB aligned: O_DIRECT reads land in them with no bounce copy. */
@@ -88,6 +88,8 @@ export interface PlanOptions {
   readonly maxBatch?: number;
   /** policy "none" gets no cache slots */
   readonly policy?: string;
+  /** KV cache element type (default f32) */
+  readonly kvType?: KvType;
 }
 
 export interface MemoryPlan {
@@ -125,7 +127,7 @@ export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
     const s = slotLayoutOf(t);
     if (s.bytes > slot.bytes) slot = s;
   }
-  const kvBytes = KvCache.bytes(cfg, opts.contextLength);
+  const kvBytes = KvCache.bytes(cfg, opts.contextLength, opts.kvType);
   const batch = Math.max(1, Math.min(opts.maxBatch ?? 512, opts.contextLength));
   const scratch = scratchBytes(cfg, batch, opts.contextLength);
   // working slots: a decode layer's top-k plus as many prefetches; a prompt's layer (which can use
