@@ -103,6 +103,36 @@ async function exactness(path: string, prompt: number[], steps: number, cacheFra
   }
 }
 
+test("under a budget the token embeddings are read per token, not held: bit-identical logits, table never loaded", async () => {
+  const path = await tinyModel();
+  const prompt = Array.from({ length: 9 }, (_, i) => (i * 53 + 11) % 200 + 3);
+  prompt.push(prompt[2]!, prompt[0]!); // a prompt repeats tokens: each row is read once
+  const steps = 6, ctx = prompt.length + steps + 1;
+  const backend = await nativeOrRef();
+  const resident = Model.open(path), model = Model.open(path);
+  try {
+    const ref = runLogits(resident, backend, prompt, steps);
+    // once the table is loaded it is held, and a plan counts it again
+    const loaded = planMemory(resident, { budget: 2 ** 50, contextLength: ctx, maxBatch: prompt.length });
+    assert.equal(loaded.embeddingOnDemand, false);
+    const probe = planMemory(model, { budget: 2 ** 50, contextLength: ctx, maxBatch: prompt.length });
+    assert.equal(probe.embeddingOnDemand, true);
+    assert.equal(loaded.nonExpertBytes - probe.nonExpertBytes, model.weights.source.tensors.get("token_embd.weight")!.nbytes);
+    const plan = planMemory(model, { budget: probe.minimumBytes + 4 * probe.slotBytes, contextLength: ctx, maxBatch: prompt.length, policy: "lru" });
+    const store = new ExpertStore(model.config, model.weights, path, { plan, policy: "lru", predictor: "fate", backend, prefetchWidth: 2 });
+    try {
+      assertBitIdentical(ref, runLogits(model, backend, prompt, steps, store), "embedding rows read per token");
+    } finally {
+      store.dispose();
+    }
+    assert.ok(model.weights.canReadRows("token_embd.weight"), "the embedding table was never loaded whole");
+  } finally {
+    backend.dispose();
+    resident.close();
+    model.close();
+  }
+});
+
 test("offload exactness: make-model tiny-olmoe Q4_K, every policy x predictor, bit-identical logits", async () => {
   const path = await tinyModel();
   const prompt = Array.from({ length: 12 }, (_, i) => (i * 37 + 5) % 200 + 3);

@@ -62,6 +62,11 @@ export interface WeightSource {
   readonly tensors: ReadonlyMap<string, TensorMeta>;
   /** Reads (or converts) a tensor's bytes. Throws MissingTensorError naming the tensor if absent. */
   load(name: string): TensorData;
+  /**
+   * Reads only some rows of a 2-D tensor stored verbatim (`rowBytes` each), packed in the order
+   * given, without loading the rest; absent where tensors are converted rather than stored.
+   */
+  loadRows?(name: string, rowBytes: number, rows: readonly number[]): Uint8Array;
   close(): void;
 }
 

@@ -427,6 +427,7 @@ export function outputLogits(ctx: ForwardContext, x: Float32Array, rows: number[
 export function embed(ctx: ForwardContext, tokens: readonly number[]): Float32Array {
   const { cfg } = ctx;
   const x = new Float32Array(tokens.length * cfg.dModel);
-  ctx.backend.getRows(ctx.weights.matrix("token_embd.weight", cfg.vocabSize, cfg.dModel), tokens, x);
+  const { matrix, index } = ctx.weights.gatherRows("token_embd.weight", cfg.vocabSize, cfg.dModel, tokens);
+  ctx.backend.getRows(matrix, index, x);
   return x;
 }

@@ -27,8 +27,39 @@ function dimsText(d: readonly number[]): string {
 export class ModelWeights {
   private readonly matrices = new Map<string, WeightMatrix>();
   private readonly vectors = new Map<string, Float32Array>();
+  private readonly perRow = new Set<string>();
 
   constructor(readonly source: WeightSource) {}
+
+  /** Whether `name` can still be read a few rows at a time (a 2-D tensor stored verbatim in a file, not loaded whole yet). */
+  canReadRows(name: string): boolean {
+    const m = this.source.tensors.get(name);
+    return this.source.loadRows !== undefined && m !== undefined && m.file !== undefined && m.dims.length === 2 && !this.matrices.has(name);
+  }
+
+  /**
+   * From now on `gatherRows(name)` reads just the rows it is asked for from the file instead of
+   * loading the whole tensor (the token embeddings under a memory budget: one row per token).
+   * False, and nothing changes, where the tensor cannot be read by rows or is already loaded.
+   */
+  readRowsOnDemand(name: string): boolean {
+    if (!this.canReadRows(name)) return false;
+    this.perRow.add(name);
+    return true;
+  }
+
+  /**
+   * The rows `ids` of a `rows x cols` matrix: `matrix` holds them (the whole tensor, or just these
+   * rows when it is read on demand) and `index[i]` is where row ids[i] is in it.
+   */
+  gatherRows(name: string, rows: number, cols: number, ids: readonly number[]): { matrix: WeightMatrix; index: number[] } {
+    if (!this.perRow.has(name)) return { matrix: this.matrix(name, rows, cols), index: [...ids] };
+    const m = this.meta(name, [cols, rows]);
+    const unique = [...new Set(ids)];
+    const at = new Map(unique.map((id, i) => [id, i]));
+    const data = this.source.loadRows!(name, rowBytes(m.type, cols), unique);
+    return { matrix: { type: m.type, rows: unique.length, cols, data }, index: ids.map((id) => at.get(id)!) };
+  }
 
   has(name: string): boolean {
     return this.source.tensors.has(name);

@@ -94,7 +94,10 @@ export interface PlanOptions {
 
 export interface MemoryPlan {
   readonly budget: number;
+  /** resident non-expert weights (the token embeddings excluded when read per token) */
   readonly nonExpertBytes: number;
+  /** the token embeddings are read from the file one row per token, not held (embeddingRowsOnDemand) */
+  readonly embeddingOnDemand: boolean;
   readonly kvBytes: number;
   readonly scratchBytes: number;
   /** bytes of one slot (the largest expert, gate + up + down, aligned) */
@@ -114,12 +117,26 @@ export interface MemoryPlan {
   readonly tensors: Map<number, LayerExpertTensors>;
 }
 
+/** The token embedding table, which an offloading run reads one row per token. */
+export const EMBEDDING_TENSOR = "token_embd.weight";
+
+/**
+ * Whether an offloading run reads the token embeddings row by row from the file instead of
+ * holding the table (vocabulary x d_model, 167 MiB for Qwen1.5-MoE at Q4_K): not when the table
+ * is also the output projection (tied embeddings), which reads all of it every token.
+ */
+export function embeddingRowsOnDemand(model: Model): boolean {
+  return !model.config.tiedEmbeddings && model.weights.has("output.weight") && model.weights.canReadRows(EMBEDDING_TENSOR);
+}
+
 /** Splits the budget; BudgetError naming the minimum when it is too small. */
 export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
   const cfg = model.config;
+  const embeddingOnDemand = embeddingRowsOnDemand(model);
   let nonExpertBytes = 0, expertFileBytes = 0;
   for (const [name, t] of model.weights.source.tensors) {
-    if (isExpertTensor(name)) expertFileBytes += t.nbytes; else nonExpertBytes += t.nbytes;
+    if (isExpertTensor(name)) expertFileBytes += t.nbytes;
+    else if (!(embeddingOnDemand && name === EMBEDDING_TENSOR)) nonExpertBytes += t.nbytes;
   }
   const tensors = describeExperts(cfg, model.weights);
   let slot: SlotLayout = { gate: 0, up: 0, down: 0, bytes: 0 };
@@ -147,14 +164,14 @@ export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
   const cacheSlots = opts.policy === "none" ? 0
     : Math.min(allExpertSlots, Math.floor((opts.budget - minimumBytes) / slot.bytes));
   return {
-    budget: opts.budget, nonExpertBytes, kvBytes, scratchBytes: scratch, slotBytes: slot.bytes, slot,
+    budget: opts.budget, nonExpertBytes, embeddingOnDemand, kvBytes, scratchBytes: scratch, slotBytes: slot.bytes, slot,
     transientSlots, cacheSlots, arenaBytes: (transientSlots + cacheSlots) * slot.bytes, minimumBytes,
     allExpertSlots, expertFileBytes, tensors,
   };
 }
 
 export function formatPlan(p: MemoryPlan): string {
-  return `memory plan: budget ${formatBytes(p.budget)} = non-expert weights ${formatBytes(p.nonExpertBytes)} + KV cache ${formatBytes(p.kvBytes)} + ` +
+  return `memory plan: budget ${formatBytes(p.budget)} = non-expert weights ${formatBytes(p.nonExpertBytes)}${p.embeddingOnDemand ? " (token embeddings read per token)" : ""} + KV cache ${formatBytes(p.kvBytes)} + ` +
     `scratch ${formatBytes(p.scratchBytes)} + arena ${formatBytes(p.arenaBytes)} (${p.cacheSlots} cached + ${p.transientSlots} working experts of ${formatBytes(p.slotBytes)}; ` +
     `${((100 * p.cacheSlots) / Math.max(1, p.allExpertSlots)).toFixed(1)}% of all ${p.allExpertSlots} experts cacheable)`;
 }

@@ -37,7 +37,7 @@ import { FileReader, IO_ALIGN, fileIdentity, sameIdentity, type ArenaChunk, type
 import { LoadJob, Prefetcher, type LoadPriority, type ReadRange } from "./prefetcher.js";
 import { OffloadStats, type Phase } from "./stats.js";
 import { NextLayerRouter, calibrateWidth } from "./fate-predictor.js";
-import { slotLayoutOf, type MemoryPlan, type SlotLayout } from "./planner.js";
+import { EMBEDDING_TENSOR, slotLayoutOf, type MemoryPlan, type SlotLayout } from "./planner.js";
 
 /** Low-bit copies of the experts (a sidecar GGUF written by `moira quantize-experts`). */
 export interface LowbitSource {
@@ -179,6 +179,10 @@ export class ExpertStore implements ExpertProvider {
     if (this.moeLayers.length === 0) throw new InvalidArgumentError("this model has no MoE layers: nothing to offload");
     this.firstMoe = this.moeLayers[0]!;
     this.identity = fileIdentity(path);
+    // the plan did not count the embedding table: read its rows per token from now on
+    if (plan.embeddingOnDemand && !weights.readRowsOnDemand(EMBEDDING_TENSOR)) {
+      throw new InvalidArgumentError(`the memory plan reads ${EMBEDDING_TENSOR} per token, but it is already loaded: plan before the model runs`);
+    }
     for (const [l, t] of plan.tensors) {
       for (const s of [t.gate, t.up, t.down]) {
         if (!s.meta.file) throw new InvalidArgumentError(`tensor ${s.meta.name} is not stored verbatim in a file: offloading needs a GGUF model`);

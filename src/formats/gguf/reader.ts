@@ -383,6 +383,21 @@ export class GGUFWeightSource implements WeightSource {
     return { ...t, data };
   }
 
+  loadRows(name: string, rowBytes: number, rows: readonly number[]): Uint8Array {
+    const t = this.tensors.get(name);
+    if (!t) throw new MissingTensorError(`tensor ${name} not found in ${this.file.path}`);
+    const nRows = Math.floor(t.nbytes / rowBytes);
+    const out = new Uint8Array(rows.length * rowBytes);
+    if (this.fd === null) this.fd = openForRead(this.file.path);
+    rows.forEach((r, i) => {
+      if (!(Number.isInteger(r) && r >= 0 && r < nRows)) throw new ModelFormatError(`tensor ${name}: row ${r} is outside its ${nRows} rows`);
+      const at = t.file!.offset + r * rowBytes;
+      const got = readSync(this.fd!, out, i * rowBytes, rowBytes, at);
+      if (got < rowBytes) throw new ModelFormatError(`${this.file.path}: tensor ${name}: file ended inside row ${r}; the file is truncated`);
+    });
+    return out;
+  }
+
   close(): void {
     if (this.fd !== null) {
       closeSync(this.fd);
