@@ -49,15 +49,17 @@ for (const path of a.models!.split(",")) {
   try {
     const cfg = model.config;
     const ctx = promptTokens + genTokens + 1;
+    const size = statSync(path).size;
+    // planned before the run: a plan made after it would count the embedding table the run loaded
+    const plans = budgets.map((pct) => planMemory(model, { budget: Math.floor(size * pct / 100), contextLength: ctx, maxBatch: promptTokens, policy: "fate" }));
     // all experts resident: the routing is the offloaded runs' routing (exactness)
     const collector = new RoutingCollector(cfg.leadingDense, undefined);
     const session = new Session(model, { backend, contextLength: ctx, observer: collector });
     const text = syntheticPrompt(promptTokens + genTokens, cfg.vocabSize);
     session.prefill(text.slice(0, promptTokens));
     for (let i = 0; i < genTokens; i++) session.decodeStep(text[promptTokens + i]!);
-    const size = statSync(path).size;
-    for (const pct of budgets) {
-      const plan = planMemory(model, { budget: Math.floor(size * pct / 100), contextLength: ctx, maxBatch: promptTokens, policy: "fate" });
+    budgets.forEach((pct, b) => {
+      const plan = plans[b]!;
       const expertBytes = plan.expertFileBytes / plan.allExpertSlots;
       const row: Record<string, { decodeBytes: number; decodeHitRate: number }> = {};
       for (const p of POLICIES) {
@@ -69,7 +71,7 @@ for (const path of a.models!.split(",")) {
       const gib = (p: string) => (row[p]!.decodeBytes / 2 ** 30).toFixed(2);
       const hit = (p: string) => (row[p]!.decodeHitRate * 100).toFixed(1);
       md.push(`| ${basename(path, ".gguf")} | ${pct} % | ${plan.cacheSlots} / ${plan.allExpertSlots} | ${POLICIES.map(gib).join(" / ")} | ${POLICIES.map(hit).join(" / ")} | ${(ratio("freq-oracle") * 100).toFixed(0)} % | ${(ratio("fate") * 100).toFixed(0)} % |`);
-    }
+    });
   } finally {
     model.close();
   }
