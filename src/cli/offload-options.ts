@@ -83,6 +83,11 @@ export interface ExpertProviderHandle {
   dispose(): void;
 }
 
+/** --memory-budget in bytes (a number when a caller passes one directly). */
+function budgetBytes(memoryBudget: string | number): number {
+  return typeof memoryBudget === "number" ? memoryBudget : parseBudget(memoryBudget);
+}
+
 /** Builds the ExpertStore the flags describe (or nothing, without --memory-budget). */
 export function createExpertProvider(
   model: Model, flags: OffloadFlags, backend: Backend, session: { contextLength: number; maxBatch?: number; kvType?: KvType },
@@ -102,7 +107,7 @@ export function createExpertProvider(
     }
     return { provider: undefined, store: null, stats: null, plan: null, observer, report: () => "", dispose: closeTrace };
   }
-  const budget = typeof flags.memoryBudget === "number" ? flags.memoryBudget : parseBudget(flags.memoryBudget);
+  const budget = budgetBytes(flags.memoryBudget);
   const policy = flags.policy ?? "fate";
   const plan = planMemory(model, { budget, contextLength: session.contextLength, maxBatch: session.maxBatch, policy, kvType: session.kvType });
   if ((flags.lowbitMiss !== undefined || flags.lowbitPrefill !== undefined) && !flags.lowbit) {
@@ -143,12 +148,13 @@ export function fitContext(
 ): number {
   if (flags.context !== undefined) return flags.context;
   if (flags.memoryBudget === undefined) return o.wanted;
-  const budget = typeof flags.memoryBudget === "number" ? flags.memoryBudget : parseBudget(flags.memoryBudget);
+  const budget = budgetBytes(flags.memoryBudget);
   const plan = (contextLength: number, b = budget) => planMemory(model, {
     budget: b, contextLength, maxBatch: o.maxBatch?.(contextLength), policy: flags.policy ?? "fate", kvType: flags.kvType,
   });
   const minimum = (contextLength: number): number => plan(contextLength, Number.MAX_SAFE_INTEGER).minimumBytes;
-  if (minimum(o.wanted) <= budget) return o.wanted;
+  const wantedMinimum = minimum(o.wanted);
+  if (wantedMinimum <= budget) return o.wanted;
   const needed = Math.min(o.needed, o.wanted);
   if (minimum(needed) > budget) plan(needed); // the planner's BudgetError, stating the minimum for the shortest usable context
   // the longest context whose KV cache and scratch take at most half of what the budget leaves
@@ -160,7 +166,7 @@ export function fitContext(
   // a round number of positions when that costs little
   const contextLength = Math.max(needed, lo >= 512 ? lo - (lo % 256) : lo);
   o.notify?.(`note: context shortened to ${contextLength} positions to fit --memory-budget ${formatBytes(budget)} ` +
-    `(${o.wanted} positions need ${formatBytes(minimum(o.wanted))}); give --context to choose`);
+    `(${o.wanted} positions need ${formatBytes(wantedMinimum)}); give --context to choose`);
   return contextLength;
 }
 

@@ -408,6 +408,14 @@ export function mixtureOfExperts(ctx: ForwardContext, l: number, g: Float32Array
   return y;
 }
 
+/** The token embedding table (vocabulary x d_model). */
+export const TOKEN_EMBEDDING = "token_embd.weight";
+
+/** The vocabulary projection's tensor: output.weight, or the token embeddings when they are tied. */
+export function outputHeadTensor(cfg: ModelConfig, weights: ModelWeights): string {
+  return cfg.tiedEmbeddings || !weights.has("output.weight") ? TOKEN_EMBEDDING : "output.weight";
+}
+
 /** Final norm and vocabulary projection of the given rows.  x: [nTokens, dModel] → [rows, vocab] */
 export function outputLogits(ctx: ForwardContext, x: Float32Array, rows: number[]): Float32Array {
   const { cfg, backend, weights } = ctx;
@@ -415,9 +423,7 @@ export function outputLogits(ctx: ForwardContext, x: Float32Array, rows: number[
   const sel = gatherRows(x, rows, d);
   const normed = new Float32Array(sel.length);
   backend.rmsNorm(sel, weights.vector("output_norm.weight", d), cfg.rmsEps, d, normed);
-  const head = cfg.tiedEmbeddings || !weights.has("output.weight")
-    ? weights.matrix("token_embd.weight", cfg.vocabSize, d)
-    : weights.matrix("output.weight", cfg.vocabSize, d);
+  const head = weights.matrix(outputHeadTensor(cfg, weights), cfg.vocabSize, d);
   const logits = new Float32Array(rows.length * cfg.vocabSize);
   backend.matmul(head, normed, rows.length, logits);
   return logits;
@@ -427,7 +433,7 @@ export function outputLogits(ctx: ForwardContext, x: Float32Array, rows: number[
 export function embed(ctx: ForwardContext, tokens: readonly number[]): Float32Array {
   const { cfg } = ctx;
   const x = new Float32Array(tokens.length * cfg.dModel);
-  const { matrix, index } = ctx.weights.gatherRows("token_embd.weight", cfg.vocabSize, cfg.dModel, tokens);
+  const { matrix, index } = ctx.weights.gatherRows(TOKEN_EMBEDDING, cfg.vocabSize, cfg.dModel, tokens);
   ctx.backend.getRows(matrix, index, x);
   return x;
 }

@@ -13,6 +13,7 @@
 import type { Model } from "../model/model.js";
 import type { ModelConfig } from "../model/config.js";
 import { describeExperts, type LayerExpertTensors } from "../model/experts.js";
+import { TOKEN_EMBEDDING, outputHeadTensor } from "../model/steps.js";
 import { KvCache, type KvType } from "../model/kv-cache.js";
 import { BudgetError, InvalidArgumentError } from "../errors.js";
 
@@ -117,16 +118,13 @@ export interface MemoryPlan {
   readonly tensors: Map<number, LayerExpertTensors>;
 }
 
-/** The token embedding table, which an offloading run reads one row per token. */
-export const EMBEDDING_TENSOR = "token_embd.weight";
-
 /**
  * Whether an offloading run reads the token embeddings row by row from the file instead of
  * holding the table (vocabulary x d_model, 167 MiB for Qwen1.5-MoE at Q4_K): not when the table
  * is also the output projection (tied embeddings), which reads all of it every token.
  */
 export function embeddingRowsOnDemand(model: Model): boolean {
-  return !model.config.tiedEmbeddings && model.weights.has("output.weight") && model.weights.canReadRows(EMBEDDING_TENSOR);
+  return outputHeadTensor(model.config, model.weights) !== TOKEN_EMBEDDING && model.weights.canReadRows(TOKEN_EMBEDDING);
 }
 
 /** Splits the budget; BudgetError naming the minimum when it is too small. */
@@ -136,7 +134,7 @@ export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
   let nonExpertBytes = 0, expertFileBytes = 0;
   for (const [name, t] of model.weights.source.tensors) {
     if (isExpertTensor(name)) expertFileBytes += t.nbytes;
-    else if (!(embeddingOnDemand && name === EMBEDDING_TENSOR)) nonExpertBytes += t.nbytes;
+    else if (!(embeddingOnDemand && name === TOKEN_EMBEDDING)) nonExpertBytes += t.nbytes;
   }
   const tensors = describeExperts(cfg, model.weights);
   let slot: SlotLayout = { gate: 0, up: 0, down: 0, bytes: 0 };

@@ -71,8 +71,10 @@ export interface CachePolicy {
 
 export const POLICY_NAMES = ["none", "lru", "lfu", "arc", "fate", "fate-split", "belady", "freq-oracle"] as const;
 export type PolicyName = (typeof POLICY_NAMES)[number];
-/** The policies an engine can run: belady and freq-oracle need the future (trace replay only). */
-export const ONLINE_POLICY_NAMES: readonly PolicyName[] = POLICY_NAMES.filter((p) => p !== "belady" && p !== "freq-oracle");
+/** Policies that need the whole future access sequence (trace replay only). */
+export const OFFLINE_POLICY_NAMES: readonly PolicyName[] = ["belady", "freq-oracle"];
+/** The policies an engine can run. */
+export const ONLINE_POLICY_NAMES: readonly PolicyName[] = POLICY_NAMES.filter((p) => !OFFLINE_POLICY_NAMES.includes(p));
 
 export interface CachePolicyOptions {
   readonly nLayer: number;

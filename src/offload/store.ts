@@ -37,7 +37,8 @@ import { FileReader, IO_ALIGN, fileIdentity, sameIdentity, type ArenaChunk, type
 import { LoadJob, Prefetcher, type LoadPriority, type ReadRange } from "./prefetcher.js";
 import { OffloadStats, type Phase } from "./stats.js";
 import { NextLayerRouter, calibrateWidth } from "./fate-predictor.js";
-import { EMBEDDING_TENSOR, slotLayoutOf, type MemoryPlan, type SlotLayout } from "./planner.js";
+import { slotLayoutOf, type MemoryPlan, type SlotLayout } from "./planner.js";
+import { TOKEN_EMBEDDING } from "../model/steps.js";
 
 /** Low-bit copies of the experts (a sidecar GGUF written by `moira quantize-experts`). */
 export interface LowbitSource {
@@ -180,8 +181,8 @@ export class ExpertStore implements ExpertProvider {
     this.firstMoe = this.moeLayers[0]!;
     this.identity = fileIdentity(path);
     // the plan did not count the embedding table: read its rows per token from now on
-    if (plan.embeddingOnDemand && !weights.readRowsOnDemand(EMBEDDING_TENSOR)) {
-      throw new InvalidArgumentError(`the memory plan reads ${EMBEDDING_TENSOR} per token, but it is already loaded: plan before the model runs`);
+    if (plan.embeddingOnDemand && !weights.readRowsOnDemand(TOKEN_EMBEDDING)) {
+      throw new InvalidArgumentError(`the memory plan reads ${TOKEN_EMBEDDING} per token, but it is already loaded: plan before the model runs`);
     }
     for (const [l, t] of plan.tensors) {
       for (const s of [t.gate, t.up, t.down]) {

@@ -13,7 +13,7 @@
  */
 import { InvalidArgumentError } from "../errors.js";
 import { type ExpertKey, expertId } from "../offload/expert-key.js";
-import { type CacheLayout, FutureIndex, createPolicy, totalSlots } from "../offload/policy.js";
+import { type CacheLayout, FutureIndex, OFFLINE_POLICY_NAMES, createPolicy, totalSlots } from "../offload/policy.js";
 import { createPredictor, PredictionStats } from "../offload/predictor.js";
 import type { RoutingTrace } from "./format.js";
 import type { TimeModel, TimeSummary } from "./time-model.js";
@@ -134,8 +134,7 @@ export function simulate(trace: RoutingTrace, o: SimulateOptions): SimulationRes
   const layout = layoutFor(trace, o.budget);
   // Belady's clock counts steps (one token's one layer), not accesses: experts a step wants
   // together are needed at the same time, and ties go to the later following use
-  const offline = o.policy === "belady" || o.policy === "freq-oracle";
-  const future = offline ? accessSequence(trace) : undefined;
+  const future = (OFFLINE_POLICY_NAMES as readonly string[]).includes(o.policy) ? accessSequence(trace) : undefined;
   const futureTimes = o.policy === "belady" ? accessSteps(trace) : undefined;
   const policy = createPolicy(o.policy, layout, {
     nLayer, nExpert, topK: trace.topK, fateMinSlots: o.fateMinSlots, fateResidentLayers: o.fateResidentLayers, future, futureTimes,

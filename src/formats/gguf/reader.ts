@@ -372,11 +372,11 @@ export class GGUFWeightSource implements WeightSource {
       this.mappings.push(m);
       return { ...t, data: new Uint8Array(m.buffer) };
     }
-    if (this.fd === null) this.fd = openForRead(this.file.path);
+    const fd = this.openFd();
     const data = new Uint8Array(t.nbytes);
     let have = 0;
     while (have < data.length) {
-      const got = readSync(this.fd, data, have, Math.min(READ_CHUNK, data.length - have), base + have);
+      const got = readSync(fd, data, have, Math.min(READ_CHUNK, data.length - have), base + have);
       if (got === 0) throw new ModelFormatError(`${this.file.path}: tensor ${name}: file ended after ${have} of ${t.nbytes} bytes; the file is truncated`);
       have += got;
     }
@@ -388,14 +388,20 @@ export class GGUFWeightSource implements WeightSource {
     if (!t) throw new MissingTensorError(`tensor ${name} not found in ${this.file.path}`);
     const nRows = Math.floor(t.nbytes / rowBytes);
     const out = new Uint8Array(rows.length * rowBytes);
-    if (this.fd === null) this.fd = openForRead(this.file.path);
+    const fd = this.openFd();
     rows.forEach((r, i) => {
       if (!(Number.isInteger(r) && r >= 0 && r < nRows)) throw new ModelFormatError(`tensor ${name}: row ${r} is outside its ${nRows} rows`);
       const at = t.file!.offset + r * rowBytes;
-      const got = readSync(this.fd!, out, i * rowBytes, rowBytes, at);
+      const got = readSync(fd, out, i * rowBytes, rowBytes, at);
       if (got < rowBytes) throw new ModelFormatError(`${this.file.path}: tensor ${name}: file ended inside row ${r}; the file is truncated`);
     });
     return out;
+  }
+
+  /** The file, opened on first use. */
+  private openFd(): number {
+    if (this.fd === null) this.fd = openForRead(this.file.path);
+    return this.fd;
   }
 
   close(): void {
