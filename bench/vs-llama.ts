@@ -1,99 +1,143 @@
 /**
- * moira vs llama.cpp (node-llama-cpp's prebuilt CPU build) on the same make-model GGUF, same
- * thread count, run alternately in one invocation: prefill tokens/s on a long prompt, decode
- * tokens/s, and the ratio moira / llama.cpp for each. Prints JSON to stdout.
+ * moira vs llama.cpp as a user meets them: the same make-model GGUF, the same thread count, each
+ * engine in its own process, run alternately (the order flips every round), the file in the page
+ * cache. llama.cpp is node-llama-cpp's prebuilt CPU binary (bench/llama-peer.mjs refuses a local
+ * build). For each preset x type x prompt length:
  *
+ *   ttft      process start -> first streamed token (`moira run` vs node-llama-cpp's LlamaCompletion)
+ *   decode    ms per token from the streamed tokens, greedy and with the default sampler
+ *             (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05 in both)
+ *   in-process the engines' own numbers beside them (moira's stderr lines; llama.cpp's token callbacks)
+ *   bound     decode's share of the RAM-bandwidth bound: bytes one decoded token must read
+ *             (non-expert weights, top-k of n experts, the KV cache) / the measured read bandwidth
+ *
+ * Best and median of --rounds (>= 3) per figure; ratios are moira's speed / llama.cpp's. JSON on stdout.
+ *
+ *   npx tsc -p tsconfig.json   # moira runs from dist/, as `npx moira` does
  *   node --import tsx bench/vs-llama.ts [--presets olmoe-1b-7b,qwen1.5-moe-a2.7b] [--types Q4_K,Q8_0]
- *     [--prompt-tokens 512] [--gen-tokens 128] [--threads 2] [--rounds 2] [--dir /tmp/moira-bench] [--kv-type f16]
- *
- * moira's KV cache is f16 here by default, like llama.cpp's (its default type_k/type_v); moira's own
- * default is f32 (exact against transformers).
+ *     [--prompts 8,512,2048] [--gen-tokens 64] [--threads 2] [--rounds 3] [--dir /tmp/moira-bench]
  */
-import { existsSync, mkdirSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { Model } from "../src/model/model.js";
-import { Session } from "../src/engine/session.js";
-import { parseKvType } from "../src/model/kv-cache.js";
-import { argmax } from "../src/engine/sampler.js";
-import { MappedFile, NativeBackend } from "../src/backend/native/index.js";
+import { KvCache } from "../src/model/kv-cache.js";
+import { loadTokenizer } from "../src/engine/tokenizer/index.js";
+import { isExpertTensor } from "../src/offload/planner.js";
+import { TOKEN_EMBEDDING, outputHeadTensor } from "../src/model/steps.js";
+import { NativeBackend, allocAligned, loadNativeAddon } from "../src/backend/native/index.js";
 
 const { values: a } = parseArgs({
   options: {
     presets: { type: "string", default: "olmoe-1b-7b,qwen1.5-moe-a2.7b" },
     types: { type: "string", default: "Q4_K,Q8_0" },
-    "prompt-tokens": { type: "string", default: "512" },
-    "gen-tokens": { type: "string", default: "128" },
+    prompts: { type: "string", default: "8,512,2048" },
+    "gen-tokens": { type: "string", default: "64" },
     threads: { type: "string", default: "2" },
-    rounds: { type: "string", default: "2" },
+    rounds: { type: "string", default: "3" },
+    samplers: { type: "string", default: "greedy,default" },
     dir: { type: "string", default: "/tmp/moira-bench" },
-    // f16 matches llama.cpp's default cache type (type_k = type_v = f16)
-    "kv-type": { type: "string", default: "f16" },
   },
 });
-const promptTokens = Number(a["prompt-tokens"]), genTokens = Number(a["gen-tokens"]);
-const threads = Number(a.threads), rounds = Number(a.rounds);
-const kvType = parseKvType(a["kv-type"]!);
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const genTokens = Number(a["gen-tokens"]), threads = Number(a.threads), rounds = Number(a.rounds);
+const samplers = a.samplers!.split(",") as Array<"greedy" | "default">;
+const TEMPERATURE = { greedy: 0, default: 0.8 } as const;
 
-interface Timing { prefillTps: number; decodeTps: number }
-
-function promptOf(vocab: number, n: number): number[] {
-  let x = 2024;
-  return Array.from({ length: n }, () => { x = (x * 1103515245 + 12345) >>> 0; return 300 + (x % (vocab - 300)); });
+/** One process's run, timed by this process from spawn() to each stdout chunk. */
+interface E2E {
+  ttftMs: number;
+  /** ms per decoded token between the first and the last streamed chunk */
+  decodeMsPerToken: number;
+  generated: number;
+  inProcess: { prefillMs: number | null; decodeMsPerToken: number | null; promptTokens: number };
 }
 
-function runMoira(path: string, prompt: number[]): Timing {
-  // weights are views of populated mappings of the file (like llama.cpp's mmap): no copy, and the
-  // page cache is shared with llama.cpp's run, so a 15 GB Q8_0 model fits next to it
-  const model = Model.open(path, { map: (p, offset, length) => MappedFile.open(p, { offset, length }, { populate: true }) });
-  const backend = NativeBackend.create({ threads });
-  try {
-    const s = new Session(model, { backend, contextLength: prompt.length + genTokens + 1, kvType });
-    // load weights outside the timed region (llama.cpp's load is not timed either)
-    s.forward(prompt.slice(0, 1));
-    s.reset();
+function runProcess(cmd: string, args: string[], parse: (stderr: string) => E2E["inProcess"] & { generated: number }): Promise<E2E> {
+  return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    let logits = s.prefill(prompt);
-    const t1 = performance.now();
-    for (let i = 0; i < genTokens; i++) logits = s.decodeStep(argmax(logits));
-    const t2 = performance.now();
-    return { prefillTps: prompt.length / ((t1 - t0) / 1000), decodeTps: genTokens / ((t2 - t1) / 1000) };
-  } finally {
-    backend.dispose();
-    model.close();
-  }
+    let first = -1, last = -1, err = "";
+    const child = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    child.stdout.on("data", () => { const t = performance.now(); if (first < 0) first = t; last = t; });
+    child.stderr.on("data", (d: Buffer) => { err += d.toString(); });
+    child.on("error", reject);
+    child.on("close", (code) => {
+      if (code !== 0) return reject(new Error(`${cmd} ${args.slice(0, 3).join(" ")} ... exited ${code}:\n${err}`));
+      const p = parse(err);
+      resolve({
+        ttftMs: first - t0, decodeMsPerToken: p.generated > 1 ? (last - first) / (p.generated - 1) : NaN,
+        generated: p.generated, inProcess: { prefillMs: p.prefillMs, decodeMsPerToken: p.decodeMsPerToken, promptTokens: p.promptTokens },
+      });
+    });
+  });
 }
 
-async function runLlama(path: string, prompt: number[]): Promise<Timing> {
-  const { getLlama, LlamaLogLevel } = await import("node-llama-cpp");
-  const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
-  const model = await llama.loadModel({ modelPath: path, gpuLayers: 0 });
-  const ctxSize = prompt.length + genTokens + 8;
-  const context = await model.createContext({ contextSize: ctxSize, batchSize: prompt.length, threads, sequences: 1 });
+function runMoira(path: string, text: string, sampler: "greedy" | "default"): Promise<E2E> {
+  const args = [join(ROOT, "bin", "moira.js"), "run", "-m", path, "-p", text, "-n", String(genTokens), "--threads", String(threads), "--seed", "1"];
+  if (sampler === "greedy") args.push("--temperature", "0");
+  return runProcess(process.execPath, args, (err) => {
+    const pre = /prefill: (\d+) tokens in ([\d.]+) ms/.exec(err), dec = /decode: (\d+) tokens in ([\d.]+) ms/.exec(err);
+    if (!pre || !dec) throw new Error(`moira run printed no timings:\n${err}`);
+    const generated = Number(dec[1]);
+    return { promptTokens: Number(pre[1]), prefillMs: Number(pre[2]), generated, decodeMsPerToken: generated > 1 ? Number(dec[2]) / (generated - 1) : null };
+  });
+}
+
+function runLlama(path: string, promptFile: string, sampler: "greedy" | "default"): Promise<E2E> {
+  const args = [join(ROOT, "bench", "llama-peer.mjs"), path, promptFile, String(genTokens), String(threads), String(TEMPERATURE[sampler])];
+  return runProcess(process.execPath, args, (err) => {
+    const line = err.trim().split("\n").pop()!;
+    const j = JSON.parse(line) as { buildType: string; promptTokens: number; generated: number; prefillMs: number; decodeMsPerToken: number | null };
+    if (j.buildType !== "prebuilt") throw new Error(`llama.cpp peer is a ${j.buildType} build`);
+    return { promptTokens: j.promptTokens, prefillMs: j.prefillMs, generated: j.generated, decodeMsPerToken: j.decodeMsPerToken };
+  });
+}
+
+/** Words until moira's tokenizer counts `n` tokens (llama.cpp's count is reported beside it). */
+function promptText(model: Model, n: number): string {
+  const tok = loadTokenizer(model.file);
+  const words = "the river ran past old stone houses while children counted boats and a quiet wind moved over green hills toward the sea".split(" ");
+  let text = "Once upon a time";
+  for (let i = 0; tok.encode(text, { addBos: tok.addBosDefault }).length < n; i++) text += " " + words[i % words.length];
+  return text;
+}
+
+/** Bytes one decoded token reads at KV position `pos`: non-expert weights (one embedding row), top-k of n experts, the f16 KV cache. */
+function decodeBytes(model: Model, pos: number): number {
+  const cfg = model.config;
+  const tied = outputHeadTensor(cfg, model.weights) === TOKEN_EMBEDDING;
+  let bytes = 0;
+  for (const [name, t] of model.weights.source.tensors) {
+    if (isExpertTensor(name)) bytes += (t.nbytes * cfg.nExpertUsed) / cfg.nExpert;
+    else if (name === TOKEN_EMBEDDING && !tied) bytes += t.nbytes / cfg.vocabSize;
+    else bytes += t.nbytes;
+  }
+  return bytes + KvCache.bytes(cfg, pos, "f16");
+}
+
+function ramBandwidth(): number {
+  const be = NativeBackend.create({ threads });
+  const addon = loadNativeAddon();
+  const buf = allocAligned(2 ** 30, 4096);
   try {
-    const seq = context.getSequence();
-    const t0 = performance.now();
-    await seq.evaluateWithoutGeneratingNewTokens(prompt as never);
-    const t1 = performance.now();
-    let n = 0;
-    // greedy decode: genTokens single-token evaluations. evaluate([]) yields nothing (it once made
-    // llama.cpp's decode look 1e5 tok/s), so feed one token; each yield costs one evaluation.
-    for await (const _ of seq.evaluate([prompt[prompt.length - 1]] as never, { temperature: 0 })) { if (++n >= genTokens) break; }
-    const t2 = performance.now();
-    return { prefillTps: prompt.length / ((t1 - t0) / 1000), decodeTps: genTokens / ((t2 - t1) / 1000) };
-  } finally {
-    await context.dispose();
-    await model.dispose();
-  }
+    const f = new Float32Array(buf.buffer);
+    f.fill(1);
+    addon.sumF32(f);
+    let best = 0;
+    for (let i = 0; i < 5; i++) { const t0 = performance.now(); addon.sumF32(f); best = Math.max(best, 2 ** 30 / ((performance.now() - t0) / 1000)); }
+    return best;
+  } finally { buf.dispose(); be.dispose(); }
 }
 
-const best = (xs: Timing[]): Timing => ({
-  prefillTps: Math.max(...xs.map((x) => x.prefillTps)),
-  decodeTps: Math.max(...xs.map((x) => x.decodeTps)),
-});
+const median = (xs: number[]) => { const s = [...xs].sort((p, q) => p - q); return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2; };
+const stat = (xs: number[]) => ({ best: Math.min(...xs), median: median(xs), runs: xs.map((x) => +x.toFixed(2)) });
 
 mkdirSync(a.dir!, { recursive: true });
+const bandwidth = ramBandwidth();
+process.stderr.write(`RAM read bandwidth (${threads} threads): ${(bandwidth / 1e9).toFixed(1)} GB/s\n`);
 const results = [];
 for (const preset of a.presets!.split(",")) {
   for (const type of a.types!.split(",")) {
@@ -102,23 +146,54 @@ for (const preset of a.presets!.split(",")) {
       process.stderr.write(`writing ${path}...\n`);
       await makeModel({ preset, type, seed: 1, out: path });
     }
-    const probe = Model.open(path);
-    const vocab = probe.config.vocabSize;
-    probe.close();
-    const prompt = promptOf(vocab, promptTokens);
-    const moira: Timing[] = [], llama: Timing[] = [];
-    for (let r = 0; r < rounds; r++) {
-      moira.push(runMoira(path, prompt));
-      (globalThis as { gc?: () => void }).gc?.();
-      llama.push(await runLlama(path, prompt));
-      process.stderr.write(`${preset} ${type} round ${r}: moira ${JSON.stringify(moira.at(-1))} llama.cpp ${JSON.stringify(llama.at(-1))}\n`);
+    for (const n of a.prompts!.split(",").map(Number)) {
+      const model = Model.open(path);
+      const text = promptText(model, n);
+      const boundMs = (decodeBytes(model, n + genTokens / 2) / bandwidth) * 1000;
+      model.close();
+      const promptFile = join(a.dir!, `prompt-${n}.txt`);
+      writeFileSync(promptFile, text);
+      const runs: Record<string, { moira: E2E[]; llama: E2E[] }> = {};
+      for (const s of samplers) runs[s] = { moira: [], llama: [] };
+      for (let r = 0; r < rounds; r++) {
+        for (const s of samplers) {
+          const order = r % 2 === 0 ? ["moira", "llama"] : ["llama", "moira"];
+          for (const e of order) {
+            const x = e === "moira" ? await runMoira(path, text, s) : await runLlama(path, promptFile, s);
+            runs[s]![e as "moira" | "llama"].push(x);
+            process.stderr.write(`${preset} ${type} prompt ${n} ${s} round ${r} ${e}: ttft ${x.ttftMs.toFixed(0)} ms, decode ${x.decodeMsPerToken.toFixed(2)} ms/token (${x.generated} tokens; in-process ${x.inProcess.decodeMsPerToken?.toFixed(2)})\n`);
+          }
+        }
+      }
+      const summary = (xs: E2E[]) => ({
+        promptTokens: xs[0]!.inProcess.promptTokens,
+        generated: Math.min(...xs.map((x) => x.generated)),
+        ttftMs: stat(xs.map((x) => x.ttftMs)),
+        decodeMsPerToken: stat(xs.map((x) => x.decodeMsPerToken)),
+        inProcess: {
+          prefillTokensPerS: stat(xs.map((x) => x.inProcess.promptTokens / ((x.inProcess.prefillMs ?? NaN) / 1000))),
+          decodeMsPerToken: stat(xs.map((x) => x.inProcess.decodeMsPerToken ?? NaN)),
+        },
+      });
+      const bySampler: Record<string, unknown> = {};
+      for (const s of samplers) {
+        const m = summary(runs[s]!.moira), l = summary(runs[s]!.llama);
+        bySampler[s] = {
+          moira: m, llamaCpp: l,
+          ratio: {
+            // > 1: moira is faster
+            ttft: { best: l.ttftMs.best / m.ttftMs.best, median: l.ttftMs.median / m.ttftMs.median },
+            decode: { best: l.decodeMsPerToken.best / m.decodeMsPerToken.best, median: l.decodeMsPerToken.median / m.decodeMsPerToken.median },
+            prefill: { best: m.inProcess.prefillTokensPerS.best / l.inProcess.prefillTokensPerS.best },
+          },
+          decodeShareOfBound: { moira: boundMs / m.decodeMsPerToken.best, llamaCpp: boundMs / l.decodeMsPerToken.best },
+        };
+      }
+      results.push({ preset, type, promptTokens: n, genTokens, threads, rounds, boundMsPerToken: +boundMs.toFixed(2), samplers: bySampler });
     }
-    const m = best(moira), l = best(llama);
-    results.push({
-      preset, type, threads, promptTokens, genTokens, rounds, kvType,
-      moira: m, llamaCpp: l,
-      ratio: { prefill: m.prefillTps / l.prefillTps, decode: m.decodeTps / l.decodeTps },
-    });
   }
 }
-process.stdout.write(JSON.stringify({ bench: "vs-llama", machine: { cpus: (await import("node:os")).cpus().length }, results }, null, 2) + "\n");
+process.stdout.write(JSON.stringify({
+  bench: "vs-llama", peer: "node-llama-cpp prebuilt CPU binary (bench/llama-peer.mjs)",
+  machine: { cpus: (await import("node:os")).cpus().length, ramReadGBs: +(bandwidth / 1e9).toFixed(2) }, results,
+}, null, 2) + "\n");

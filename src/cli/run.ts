@@ -35,9 +35,10 @@ export function registerRunCommands(program: Command): void {
         prompt = tok.encode(o.prompt, { addBos: o.bos && tok.addBosDefault });
       }
       if (prompt.length === 0) throw new InvalidArgumentError("the prompt encodes to no tokens");
+      // a run knows what it needs: the prompt and --max-tokens (--context, when given, is kept)
       const needed = Math.min(model.config.contextLength, prompt.length + o.maxTokens);
       const contextLength = fitContext(model, o, {
-        wanted: Math.min(model.config.contextLength, Math.max(4096, needed)), needed,
+        wanted: needed, needed,
         maxBatch: () => prompt.length, notify: (m) => process.stderr.write(m + "\n"),
       });
       // offload: an ExpertStore when --memory-budget is given (else all experts resident)
