@@ -40,6 +40,11 @@ export class OffloadStats {
   readonly prediction: PredictionStats;
   /** set by the store's start-up calibration */
   calibration: { readMs: number; layerMs: number; width: number; bandwidthBytesPerS: number } | null = null;
+  /**
+   * The store's expert arena: bytes it allocated (all of it, at start-up) and the most slots it
+   * ever held at once (peakBytes = peakSlotsUsed x slotBytes). Whole-run figures: reset() keeps them.
+   */
+  arena: { allocatedBytes: number; slotBytes: number; slots: number; peakSlotsUsed: number; peakBytes: number } | null = null;
   direct: boolean | undefined;
 
   constructor(readonly nLayer: number) {
@@ -83,6 +88,7 @@ export class OffloadStats {
       recall: this.prediction.recall(),
       direct: this.direct,
       calibration: this.calibration,
+      arena: this.arena,
       layers: this.layers.map((c, l) => ({
         layer: l, ...c, hitRate: this.hitRate(l),
         precision: this.prediction.precision(l), recall: this.prediction.recall(l),
@@ -100,6 +106,10 @@ export class OffloadStats {
       `prefetch: ${t.prefetchesIssued} issued, ${t.prefetchesCancelled} cancelled, ${t.prefetchesWasted} unused; prediction precision ${pct(this.prediction.precision())} recall ${pct(this.prediction.recall())}`,
       `read: ${mib(t.bytesRead)} (prefill ${mib(this.phases.prefill.bytesRead)}, decode ${mib(this.phases.decode.bytesRead)})${this.direct === undefined ? "" : this.direct ? ", O_DIRECT" : ", buffered"}; stall ${t.stallMs.toFixed(1)} ms (prefill ${this.phases.prefill.stallMs.toFixed(1)}, decode ${this.phases.decode.stallMs.toFixed(1)})`,
     ];
+    if (this.arena) {
+      const a = this.arena;
+      lines.push(`arena: ${mib(a.allocatedBytes)} allocated, peak ${mib(a.peakBytes)} in use (${a.peakSlotsUsed} of ${a.slots} slots)`);
+    }
     if (this.calibration) {
       const c = this.calibration;
       lines.push(`calibration: expert read ${c.readMs.toFixed(2)} ms (${(c.bandwidthBytesPerS / 1e9).toFixed(2)} GB/s), layer compute ${c.layerMs.toFixed(2)} ms → prefetch width ${c.width}`);

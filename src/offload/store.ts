@@ -213,6 +213,9 @@ export class ExpertStore implements ExpertProvider {
       this.chunks.push(this.reader.allocChunk(Math.min(this.slotsPerChunk, totalSlots - done) * plan.slotBytes));
     }
     for (let s = totalSlots - 1; s >= 0; s--) this.free.push(s);
+    this.stats.arena = {
+      allocatedBytes: this.chunks.reduce((n, c) => n + c.bytes.byteLength, 0), slotBytes: plan.slotBytes, slots: totalSlots, peakSlotsUsed: 0, peakBytes: 0,
+    };
     if (opts.lowbit) {
       this.lowReader = FileReader.open(opts.lowbit.source.path, { threads: 2, direct: opts.direct });
       for (const c of this.chunks) this.lowReader.adoptChunk(c);
@@ -537,6 +540,11 @@ export class ExpertStore implements ExpertProvider {
       if (cached) this.policy.remove(key);
       if (priority === "prefetch") return null;
       throw new Error(`ExpertStore: no free arena slot for layer ${layer} expert ${expert} (${this.full.size} experts held): a bug in slot accounting`);
+    }
+    const arena = this.stats.arena!;
+    if (arena.slots - this.free.length > arena.peakSlotsUsed) {
+      arena.peakSlotsUsed = arena.slots - this.free.length;
+      arena.peakBytes = arena.peakSlotsUsed * arena.slotBytes;
     }
     const tensors = low ? this.opts.lowbit!.source.tensors.get(layer)! : this.opts.plan.tensors.get(layer)!;
     const layout = (low ? this.lowSlot : this.fullSlot).get(layer)!;
