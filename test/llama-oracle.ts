@@ -9,6 +9,11 @@
  * - llama.cpp's own log lines are captured; the last ones are attached to load errors.
  */
 import type { Llama, LlamaContext, LlamaModel, Token } from "node-llama-cpp";
+import type { Model } from "../src/model/model.js";
+import type { Backend, WeightMatrix } from "../src/backend/backend.js";
+import type { KvType } from "../src/model/kv-cache.js";
+import { Session } from "../src/engine/session.js";
+import { argmax } from "../src/engine/sampler.js";
 
 let llamaPromise: Promise<Llama> | undefined;
 const recentLogs: string[] = [];
@@ -101,7 +106,10 @@ export async function withLlamaModel<T>(modelPath: string, fn: (m: OracleModel) 
         const seq = context.getSequence();
         const nVocab = model.fileInfo.metadata.tokenizer?.ggml?.tokens?.length ?? 0;
         const res = await seq.controlledEvaluate(
-          promptTokens.map((t) => [t as Token, { generateNext: { probabilities: true, options: { temperature: 1 } } }]),
+          // node-llama-cpp's sampler defaults are top-k 40 and top-p 0.95: the probabilities it
+          // returns would be renormalised over that cut. topK 0 means the whole vocabulary, topP 1
+          // and minP 0 add no cut, so these are the softmax of the raw logits over every token.
+          promptTokens.map((t) => [t as Token, { generateNext: { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } } }]),
         );
         return res.map((r, i) => {
           const probs = r?.next?.probabilities;
@@ -137,4 +145,248 @@ export function llamaTokenize(modelPath: string, text: string): Promise<number[]
 /** Log-softmax of llama.cpp's logits after each prompt position: [promptTokens.length][nVocab]. */
 export function llamaLogProbs(modelPath: string, promptTokens: readonly number[]): Promise<Float64Array[]> {
   return withLlamaModel(modelPath, (m) => m.logProbs(promptTokens), { contextSize: Math.max(64, promptTokens.length + 8) });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parity measures shared by test/llama-exactness.test.ts and bench/llama-parity.ts
+
+/** `count` fixed pseudo-random prompts (4, 6, 8, ... tokens) away from the special tokens at the start of the vocabulary. */
+export function parityPrompts(vocab: number, count = 3): number[][] {
+  const ps: number[][] = [];
+  let x = 12345;
+  for (let p = 0; p < count; p++) {
+    const toks: number[] = [];
+    for (let i = 0; i < 4 + 2 * p; i++) { x = (x * 1103515245 + 12345) >>> 0; toks.push(300 + (x % (vocab - 300))); }
+    ps.push(toks);
+  }
+  return ps;
+}
+
+/** moira's greedy continuation of `prompt`: n token ids and the logits each was chosen from. */
+export function moiraGreedy(model: Model, backend: Backend, prompt: readonly number[], n: number, opts: { kvType?: KvType } = {}): { ids: number[]; logits: Float32Array[] } {
+  const s = new Session(model, { backend, contextLength: prompt.length + n, kvType: opts.kvType });
+  let logits = s.prefill(prompt);
+  const ids: number[] = [], all: Float32Array[] = [];
+  for (let i = 0; i < n; i++) {
+    const t = argmax(logits);
+    ids.push(t);
+    all.push(logits);
+    if (i < n - 1) logits = s.decodeStep(t);
+  }
+  return { ids, logits: all };
+}
+
+/** moira's log-softmax after every prompt position (float64), the shape `OracleModel.logProbs` returns. */
+export function moiraLogProbs(model: Model, backend: Backend, prompt: readonly number[], opts: { kvType?: KvType } = {}): Float64Array[] {
+  const s = new Session(model, { backend, contextLength: prompt.length, kvType: opts.kvType });
+  const v = model.config.vocabSize;
+  const all = s.forward(prompt, { allLogits: true });
+  return prompt.map((_, i) => logSoftmax(all.subarray(i * v, (i + 1) * v)));
+}
+
+export function logSoftmax(logits: ArrayLike<number>): Float64Array {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) max = Math.max(max, logits[i]!);
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
+  const lse = max + Math.log(sum);
+  return Float64Array.from(logits, (l) => l - lse);
+}
+
+/**
+ * The prefill log-probability gap: max over prompt positions and tokens of |a - b|, over the
+ * tokens where both are finite (llama.cpp's float32 softmax underflows to 0 below ~1e-45).
+ */
+export function maxLogProbGap(a: readonly Float64Array[], b: readonly Float64Array[]): number {
+  if (a.length !== b.length) throw new Error(`log-prob rows: ${a.length} vs ${b.length}`);
+  let gap = 0;
+  for (let r = 0; r < a.length; r++) gap = Math.max(gap, rowGap(a[r]!, b[r]!));
+  return gap;
+}
+
+/** The top-2 margin of a logit row: its largest logit minus its second largest (>= 0). */
+export function topTwoMargin(logits: ArrayLike<number>): number {
+  let a = -Infinity, b = -Infinity;
+  for (let i = 0; i < logits.length; i++) {
+    const v = logits[i]!;
+    if (v > a) { b = a; a = v; } else if (v > b) b = v;
+  }
+  return a - b;
+}
+
+/**
+ * The first step where two greedy continuations differ, or -1 when they agree. llama.cpp stops
+ * at an end-of-generation token (so `theirs` may be shorter): moira must have produced one of
+ * `eos` right there too.
+ */
+export function firstDivergence(ours: readonly number[], theirs: readonly number[], eos: ReadonlySet<number> = new Set()): number {
+  return ours.findIndex((t, i) => (i < theirs.length ? t !== theirs[i] : i === theirs.length && !eos.has(t)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Router near-ties: moira's routing decisions, and counterfactual flips of them
+
+/** Router logits of one forward, per MoE layer: [nTokens * nExpert] (dense layers absent). */
+export type RouterLogits = Map<number, Float32Array>;
+
+/**
+ * `inner` with its matmul watched: every product with a router matrix (blk.L.ffn_gate_inp) is
+ * copied into `seen`, after `edit` (when given) has had the chance to change the router logits
+ * the model then reads. Everything else passes through.
+ */
+export function routerSpy(inner: Backend, model: Model, seen: RouterLogits, edit?: (layer: number, logits: Float32Array) => void): Backend {
+  const cfg = model.config;
+  const routers = new Map<WeightMatrix, number>();
+  for (let l = 0; l < cfg.nLayer; l++) {
+    const name = `blk.${l}.ffn_gate_inp.weight`;
+    if (model.weights.has(name)) routers.set(model.weights.matrix(name, cfg.nExpert, cfg.dModel), l);
+  }
+  return new Proxy(inner, {
+    get(target, prop) {
+      if (prop === "matmul") {
+        return (w: WeightMatrix, x: Float32Array, n: number, out: Float32Array): void => {
+          target.matmul(w, x, n, out);
+          const l = routers.get(w);
+          if (l === undefined) return;
+          edit?.(l, out);
+          seen.set(l, out.slice());
+        };
+      }
+      const v = Reflect.get(target, prop, target) as unknown;
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+}
+
+/**
+ * One routing decision: at (layer, token) moira takes the top k experts by router logit;
+ * `margin` is the k-th largest router logit minus the (k+1)-th, i.e. log(p_k / p_k+1) of the
+ * router softmax: how far the last chosen expert is from the first one left out.
+ */
+export interface RouterSite { layer: number; token: number; margin: number; kth: number; next: number }
+
+/** Every routing decision of a forward, smallest margin first. */
+export function routerSites(model: Model, router: RouterLogits): RouterSite[] {
+  const nE = model.config.nExpert, k = model.config.nExpertUsed;
+  const sites: RouterSite[] = [];
+  for (const [layer, logits] of router) {
+    for (let token = 0; token < logits.length / nE; token++) {
+      const row = logits.subarray(token * nE, (token + 1) * nE);
+      const order = [...row.keys()].sort((x, y) => row[y]! - row[x]! || x - y);
+      sites.push({ layer, token, margin: row[order[k - 1]!]! - row[order[k]!]!, kth: order[k - 1]!, next: order[k]! });
+    }
+  }
+  return sites.sort((x, y) => x.margin - y.margin);
+}
+
+/** moira's logits of every position of `tokens` (one batch), with its router logits; `flip` swaps one decision. */
+export function moiraForward(model: Model, backend: Backend, tokens: readonly number[], flip?: RouterSite): { logits: Float32Array[]; router: RouterLogits } {
+  const router: RouterLogits = new Map();
+  const nE = model.config.nExpert, v = model.config.vocabSize;
+  const spied = routerSpy(backend, model, router, flip && ((l, logits) => {
+    if (l !== flip.layer) return;
+    const row = logits.subarray(flip.token * nE, (flip.token + 1) * nE);
+    // the (k+1)-th expert just beats the k-th; everything else unchanged
+    row[flip.next] = row[flip.kth]! + Math.max(1e-4, Math.abs(row[flip.kth]!) * 1e-5);
+  }));
+  const s = new Session(model, { backend: spied, contextLength: tokens.length });
+  const all = s.forward(tokens, { allLogits: true });
+  return { logits: tokens.map((_, i) => all.subarray(i * v, (i + 1) * v)), router };
+}
+
+/**
+ * The routing decision, among those with margin <= maxMargin, whose flip alone makes `holds`
+ * true of moira's logits (smallest margin first); null when none does.
+ */
+export function explainingFlip(model: Model, backend: Backend, tokens: readonly number[], maxMargin: number, holds: (logits: Float32Array[]) => boolean): RouterSite | null {
+  const { router } = moiraForward(model, backend, tokens);
+  for (const site of routerSites(model, router)) {
+    if (site.margin > maxMargin) break;
+    if (holds(moiraForward(model, backend, tokens, site).logits)) return site;
+  }
+  return null;
+}
+
+/** max over tokens of |a - b| where both are finite. */
+export function rowGap(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let gap = 0;
+  for (let i = 0; i < Math.min(a.length, b.length); i++) {
+    if (Number.isFinite(a[i]!) && Number.isFinite(b[i]!)) gap = Math.max(gap, Math.abs(a[i]! - b[i]!));
+  }
+  return gap;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One parity run: greedy continuation and prefill log-probabilities, with their explanations
+
+export interface ParityRun {
+  prompt: number[];
+  /** moira's and llama.cpp's greedy continuations agree token for token */
+  identical: boolean;
+  divergence?: {
+    step: number;
+    /** moira's top-2 margin at that step: its best logit minus its second best */
+    margin: number;
+    moira: number[];
+    llama: number[];
+    /**
+     * A router near-tie that explains it when the output margin does not: flipping this one
+     * routing decision puts llama.cpp's token within `outMargin` of moira's best (null: none
+     * with margin <= routerMargin does; absent: not needed).
+     */
+    flip?: RouterSite | null;
+  };
+  /** max |log p_moira - log p_llama.cpp| over prompt positions and tokens */
+  prefillGap: number;
+  /**
+   * The same after explaining router near-ties: per position the smaller of its gap and its
+   * gap once one routing decision with margin <= routerMargin is flipped; the max of those.
+   */
+  residualGap: number;
+  /** the largest margin among the flips that at least halved some position's gap (0: none did) */
+  flipMargin: number;
+}
+
+/** Runs one prompt through moira and llama.cpp (see ParityRun). */
+export async function parityRun(
+  model: Model, backend: Backend, llama: OracleModel, prompt: readonly number[],
+  opts: { nGen: number; eos: ReadonlySet<number>; outMargin: number; routerMargin: number },
+): Promise<ParityRun> {
+  const ours = moiraGreedy(model, backend, prompt, opts.nGen);
+  const theirs = await llama.greedy(prompt, opts.nGen);
+  const at = firstDivergence(ours.ids, theirs, opts.eos);
+  const run: ParityRun = { prompt: [...prompt], identical: at < 0, prefillGap: 0, residualGap: 0, flipMargin: 0 };
+  if (at >= 0 && at < theirs.length) {
+    const margin = topTwoMargin(ours.logits[at]!);
+    run.divergence = { step: at, margin, moira: ours.ids, llama: theirs };
+    if (margin > opts.outMargin) {
+      const want = theirs[at]!;
+      run.divergence.flip = explainingFlip(model, backend, [...prompt, ...ours.ids.slice(0, at)], opts.routerMargin, (logits) => {
+        const last = logits.at(-1)!;
+        let max = -Infinity;
+        for (const x of last) max = Math.max(max, x);
+        return last[want]! >= max - opts.outMargin;
+      });
+    }
+  } else if (at >= 0) {
+    // llama.cpp stopped at an end-of-generation token and moira did not
+    run.divergence = { step: at, margin: Infinity, moira: ours.ids, llama: theirs, flip: null };
+  }
+
+  const lpLlama = await llama.logProbs(prompt);
+  const base = moiraForward(model, backend, prompt);
+  const gaps = base.logits.map((l, p) => rowGap(logSoftmax(l), lpLlama[p]!));
+  run.prefillGap = Math.max(...gaps);
+  const residual = gaps.slice();
+  for (const site of routerSites(model, base.router)) {
+    if (site.margin > opts.routerMargin) break;
+    const flipped = moiraForward(model, backend, prompt, site).logits;
+    flipped.forEach((l, p) => {
+      const g = rowGap(logSoftmax(l), lpLlama[p]!);
+      if (g < residual[p]!) residual[p] = g;
+      if (g < gaps[p]! / 2) run.flipMargin = Math.max(run.flipMargin, site.margin);
+    });
+  }
+  run.residualGap = Math.max(...residual);
+  return run;
 }
