@@ -352,3 +352,189 @@ export class BeladyPool implements ReplacementPool {
   ids(): IterableIterator<number> { return this.resident.values(); }
   reset(): void { this.resident.clear(); }
 }
+
+/**
+ * What the access stream says about the next use of each expert: per layer, how often expert e
+ * was used at the step after a step that used x (a transition table, learned online), blended with
+ * e's decayed share of the layer's steps (its popularity). A step is a run of consecutive accesses
+ * to one layer (one token's layer, or a prompt's batched layer).
+ */
+class NextUseModel {
+  private readonly trans: Float32Array; // [nLayer, nExpert, nExpert]: uses of e at the step after x
+  private readonly from: Float32Array; // [nLayer, nExpert]: steps with x that had a successor
+  private readonly pop: Float32Array; // [nLayer, nExpert]: decayed uses
+  private readonly steps: Float32Array; // [nLayer]: decayed steps
+  private readonly last: number[][]; // the layer's latest finished step
+  private cur: number[] = [];
+  private curLayer = -1;
+  constructor(private readonly nLayer: number, private readonly nExpert: number, private readonly topK: number, private readonly popDecay: number) {
+    this.trans = new Float32Array(nLayer * nExpert * nExpert);
+    this.from = new Float32Array(nLayer * nExpert);
+    this.pop = new Float32Array(nLayer * nExpert);
+    this.steps = new Float32Array(nLayer);
+    this.last = Array.from({ length: nLayer }, () => []);
+  }
+  /** Records an access of `id`; a change of layer ends the current step. */
+  access(id: number): void {
+    const layer = Math.floor(id / this.nExpert), e = id % this.nExpert;
+    if (this.cur.includes(e) && layer === this.curLayer) return;
+    if (layer !== this.curLayer || this.cur.length >= this.topK) this.endStep(layer);
+    this.cur.push(e);
+  }
+  /** Whether the step in progress has used `id`. */
+  inStep(id: number): boolean {
+    return Math.floor(id / this.nExpert) === this.curLayer && this.cur.includes(id % this.nExpert);
+  }
+  prime(id: number, weight: number): void {
+    const layer = Math.floor(id / this.nExpert);
+    if (layer < this.nLayer) this.pop[id] = this.pop[id]! + weight;
+  }
+  private endStep(next: number): void {
+    const l = this.curLayer, E = this.cur, nE = this.nExpert;
+    if (l >= 0 && l < this.nLayer && E.length > 0) {
+      for (const x of this.last[l]!) {
+        this.from[l * nE + x]!++;
+        for (const e of E) this.trans[(l * nE + x) * nE + e]!++;
+      }
+      const d = this.popDecay;
+      for (let e = 0; e < nE; e++) this.pop[l * nE + e] = this.pop[l * nE + e]! * d;
+      for (const e of E) this.pop[l * nE + e]!++;
+      this.steps[l] = this.steps[l]! * d + 1;
+      this.last[l] = E;
+    }
+    this.curLayer = next;
+    this.cur = [];
+  }
+  /**
+   * Chance that `id` is used at its layer's next step, divided by the square root of how many
+   * steps away that is (a slot held longer for the same chance is worth less).
+   */
+  value(id: number): number {
+    const nE = this.nExpert, layer = Math.floor(id / nE), e = id % nE;
+    if (layer >= this.nLayer) return 0;
+    const popShare = Math.min(1, (this.pop[id]! + 0.5) / (this.steps[layer]! + 4));
+    const given = layer === this.curLayer ? this.cur : this.last[layer]!;
+    let p = popShare;
+    if (given.length > 0) {
+      p = 0;
+      const prior = 2;
+      for (const x of given) p += (this.trans[(layer * nE + x) * nE + e]! + prior * popShare) / (this.from[layer * nE + x]! + prior);
+      p /= given.length;
+    }
+    const dist = this.curLayer < 0 ? this.nLayer : ((layer - this.curLayer - 1 + this.nLayer) % this.nLayer) + 1;
+    return p / Math.sqrt(dist);
+  }
+  reset(): void {
+    this.trans.fill(0); this.from.fill(0); this.pop.fill(0); this.steps.fill(0);
+    for (let l = 0; l < this.nLayer; l++) this.last[l] = [];
+    this.cur = []; this.curLayer = -1;
+  }
+}
+
+/**
+ * Fate's cache: one pool over all layers that follows whichever of three rules has lately been
+ * hitting most on this run's own accesses. Each rule runs in a shadow cache (ids only, no memory)
+ * fed the same accesses, and its hits are counted with a decay (a window of `windowAccesses`):
+ *   - next use: keep the experts most likely used at their layer's next step (`NextUseModel`:
+ *     transitions between consecutive steps of a layer, learned online, blended with popularity),
+ *     and do not admit a miss less likely to be used than the weakest resident;
+ *   - popularity: `FrequencyPool`'s decayed access counts with admission control;
+ *   - LRU, admitting every miss.
+ * The real pool evicts by the leading rule (a rule leads once it has more shadow hits than the
+ * current leader by more than 1 %). Where routing has structure (transitions, skew) one of the
+ * first two leads; where it has none, LRU does and the pool reads about what LRU reads.
+ */
+export class FatePool implements ReplacementPool {
+  private readonly resident = new Set<number>();
+  private readonly lastUse = new Map<number, number>();
+  private readonly model: NextUseModel;
+  private readonly shadowModel = new Set<number>();
+  private readonly shadowPop: FrequencyPool;
+  private readonly shadowLru = new Map<number, true>();
+  /** decayed shadow hits: next use, popularity, LRU */
+  private readonly score = [0, 0, 0];
+  private leader: 0 | 1 | 2 = 0;
+  private tick = 0;
+  private readonly keep: number;
+  constructor(readonly capacity: number, o: {
+    nLayer: number; nExpert: number; topK: number; windowAccesses: number;
+    /** the popularity rule: half-life and recent window (in accesses), recency bonus */
+    popHalfLife: number; popRecentWindow: number; popRecentBonus: number;
+  }) {
+    this.model = new NextUseModel(o.nLayer, o.nExpert, o.topK, Math.pow(0.5, 1 / 64));
+    this.shadowPop = new FrequencyPool(capacity, o.popHalfLife, o.popRecentWindow, o.popRecentBonus);
+    this.keep = 1 - 1 / Math.max(1, o.windowAccesses);
+  }
+  get size(): number { return this.resident.size; }
+  has(id: number): boolean { return this.resident.has(id); }
+  /** The rule the pool follows now. */
+  get rule(): "next-use" | "popularity" | "lru" { return (["next-use", "popularity", "lru"] as const)[this.leader]; }
+  private observe(id: number): void {
+    this.model.access(id);
+    this.tick++;
+    const s = this.score, k = this.keep;
+    for (let i = 0; i < 3; i++) s[i] = s[i]! * k;
+    if (this.shadowModel.has(id)) s[0]!++;
+    else if (this.capacity > 0) this.insertByValue(this.shadowModel, id, (x) => !this.model.inStep(x));
+    if (this.shadowPop.has(id)) { s[1]!++; this.shadowPop.hit(id, this.tick); }
+    else this.shadowPop.insert(id, this.tick, (x) => !this.model.inStep(x));
+    if (this.shadowLru.delete(id)) s[2]!++;
+    else if (this.capacity > 0 && this.shadowLru.size >= this.capacity) deleteFirst(this.shadowLru);
+    if (this.capacity > 0) this.shadowLru.set(id, true);
+    for (let i = 0 as 0 | 1 | 2; i < 3; i++) if (s[i]! > s[this.leader]! * 1.01 + 1e-9) this.leader = i;
+  }
+  private insertByValue(set: Set<number>, id: number, canEvict: (id: number) => boolean): number[] | null {
+    let vs = Infinity;
+    const mine = this.model.value(id);
+    return insertEvicting(set, this.capacity, id, () => {
+      let victim = -1;
+      vs = Infinity;
+      for (const k of set) {
+        if (k === id || !canEvict(k)) continue;
+        const v = this.model.value(k);
+        if (v < vs) { victim = k; vs = v; }
+      }
+      return victim;
+    }, () => mine < vs);
+  }
+  hit(id: number): void { this.observe(id); this.lastUse.set(id, this.tick); }
+  prime(id: number, weight: number): void {
+    if (weight <= 0) return;
+    this.model.prime(id, weight);
+    this.shadowPop.prime(id, weight, this.tick);
+  }
+  insert(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
+    this.observe(id);
+    this.lastUse.set(id, this.tick);
+    if (this.capacity <= 0) return null;
+    if (this.leader === 0) return this.insertByValue(this.resident, id, canEvict);
+    if (this.leader === 1) {
+      const now = this.tick, mine = this.shadowPop.valueOf(id, now);
+      let vs = Infinity;
+      return insertEvicting(this.resident, this.capacity, id, () => {
+        let victim = -1;
+        vs = Infinity;
+        for (const k of this.resident) {
+          if (k === id || !canEvict(k)) continue;
+          const v = this.shadowPop.valueOf(k, now);
+          if (v < vs) { victim = k; vs = v; }
+        }
+        return victim;
+      }, () => mine < vs);
+    }
+    return insertEvicting(this.resident, this.capacity, id, () => {
+      let victim = -1, vt = Infinity;
+      for (const k of this.resident) {
+        const t = this.lastUse.get(k) ?? -Infinity;
+        if (k !== id && canEvict(k) && t < vt) { victim = k; vt = t; }
+      }
+      return victim;
+    });
+  }
+  remove(id: number): boolean { return this.resident.delete(id); }
+  ids(): IterableIterator<number> { return this.resident.values(); }
+  reset(): void {
+    this.resident.clear(); this.lastUse.clear(); this.model.reset(); this.shadowModel.clear(); this.shadowPop.reset();
+    this.shadowLru.clear(); this.score.fill(0); this.leader = 0; this.tick = 0;
+  }
+}

@@ -13,7 +13,7 @@
 import { BudgetError, InvalidArgumentError } from "../errors.js";
 import { type ExpertKey, expertId, expertKeyOf } from "./expert-key.js";
 import {
-  ArcPool, BeladyPool, FrequencyPool, FutureIndex, LfuPool, LruPool, OracleFrequencyPool, type ReplacementPool,
+  ArcPool, BeladyPool, FatePool, FrequencyPool, FutureIndex, LfuPool, LruPool, OracleFrequencyPool, type ReplacementPool,
 } from "./policy-pools.js";
 
 export { FutureIndex } from "./policy-pools.js";
@@ -69,7 +69,7 @@ export interface CachePolicy {
   reset(): void;
 }
 
-export const POLICY_NAMES = ["none", "lru", "lfu", "arc", "fate", "fate-split", "belady", "freq-oracle"] as const;
+export const POLICY_NAMES = ["none", "lru", "lfu", "arc", "fate", "fate-pop", "fate-split", "belady", "freq-oracle"] as const;
 export type PolicyName = (typeof POLICY_NAMES)[number];
 /** Policies that need the whole future access sequence (trace replay only). */
 export const OFFLINE_POLICY_NAMES: readonly PolicyName[] = ["belady", "freq-oracle"];
@@ -196,9 +196,10 @@ export class PooledPolicy implements CachePolicy {
 
 /**
  * Builds a policy by name. `none` caches nothing (every access loads; only the experts a layer is
- * computing with are in memory, in the store's scratch). `fate` is one global `FrequencyPool` over
- * the layout's total slots (decayed popularity with admission control, primed by prompt token
- * counts); `fate-split` is the allocation of the design document (`fateAllocation`: shallow layers
+ * computing with are in memory, in the store's scratch). `fate` is one global `FatePool` over the
+ * layout's total slots (follows whichever of next-use / popularity / LRU rules its shadow caches
+ * show hitting most); `fate-pop` is the previous `fate`, one global `FrequencyPool` (decayed
+ * popularity with admission control, primed by prompt token counts); `fate-split` is the allocation of the design document (`fateAllocation`: shallow layers
  * resident, the rest split per layer, ARC in each), kept for comparison. `belady` and `freq-oracle`
  * (offline references) need `opts.future`.
  */
@@ -217,11 +218,19 @@ export function createPolicy(name: string, layout: CacheLayout, opts: CachePolic
     case "lfu": return new PooledPolicy("lfu", layout, nLayer, nExpert, (c) => new LfuPool(c));
     case "arc": return new PooledPolicy("arc", layout, nLayer, nExpert, (c) => new ArcPool(c));
     case "fate": {
+      const perToken = nLayer * (opts.topK ?? 2);
+      return new PooledPolicy("fate", { kind: "global", slots: totalSlots(layout) }, nLayer, nExpert,
+        (c) => new FatePool(c, {
+          nLayer, nExpert, topK: opts.topK ?? 2, windowAccesses: 32 * perToken,
+          popHalfLife: (opts.fateHalfLifeTokens ?? 32) * perToken, popRecentWindow: perToken, popRecentBonus: 2,
+        }));
+    }
+    case "fate-pop": {
       // the access clock advances about once per routed expert: nLayer * topK per token. Half-life
       // 32 tokens, +2 for use within the last token: replay on OLMoE-skewed routing, the Mixtral
       // traces and the trained tiny MoE (docs/replay.md) put these at or near the best of each
       const perToken = nLayer * (opts.topK ?? 2);
-      return new PooledPolicy("fate", { kind: "global", slots: totalSlots(layout) }, nLayer, nExpert,
+      return new PooledPolicy("fate-pop", { kind: "global", slots: totalSlots(layout) }, nLayer, nExpert,
         (c) => new FrequencyPool(c, (opts.fateHalfLifeTokens ?? 32) * perToken, perToken, 2));
     }
     case "fate-split": {

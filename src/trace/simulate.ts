@@ -166,7 +166,9 @@ export function simulate(trace: RoutingTrace, o: SimulateOptions): SimulationRes
           const k = keys[i]!;
           if (policy.touch(k, clock(i)) || staged[l]!.has(k.expert)) hits[l]!++;
           else { misses[l]!++; missing.push(i); }
-          policy.pin(k);
+          // Belady decides after the step, over residents and the step's experts together (they
+          // sit in working memory either way): a hit may make room for a miss needed sooner
+          if (!oracle) policy.pin(k);
           const id = expertId(l, k.expert, nExpert);
           if (pending.delete(id)) prefetchUsed++;
         }
@@ -178,6 +180,7 @@ export function simulate(trace: RoutingTrace, o: SimulateOptions): SimulationRes
           missing.sort((a, b) => { const x = key(a), y = key(b); return x[0] - y[0] || x[1] - y[1] || a - b; });
         }
         for (const i of missing) forget(policy.admit(keys[i]!, clock(i)).evicted);
+        if (oracle) for (const k of keys) policy.pin(k);
         staged[l]!.clear();
         const end = oracle ? step : now + keys.length - 1;
         step++;
