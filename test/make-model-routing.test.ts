@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { makeModel, planModel, resolveShape, routingTargets } from "../src/tools/make-model/index.js";
 import { Model } from "../src/model/model.js";
 import { Session } from "../src/engine/session.js";
-import { RefBackend } from "../src/backend/ref/ref-backend.js";
+import { nativeOrRef } from "./backends.js";
 import { routingStatistics, TraceObserver, type RoutingTrace } from "../src/trace/index.js";
 import { InvalidArgumentError } from "../src/errors.js";
 
@@ -21,12 +21,8 @@ process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
 // 2 layers of 8 experts top-2, small vocab: fast to write and to run
 const SHAPE = { preset: "tiny", layers: 2, vocab: 512, context: 64 } as const;
 
-async function backend() {
-  try {
-    const { NativeBackend } = await import("../src/backend/native/index.js");
-    return NativeBackend.create({ threads: 2 });
-  } catch { return new RefBackend(); }
-}
+/** native when built (required in CI), else ref */
+const backend = nativeOrRef;
 
 /** Routes 16 requests of 48 pseudo-random tokens (fixed LCG) through the model. */
 async function trace(path: string): Promise<RoutingTrace> {

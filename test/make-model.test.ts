@@ -15,7 +15,7 @@ import { dequantize } from "../src/formats/quant/dequantize.js";
 import { GGMLType, typeName } from "../src/formats/quant/types.js";
 import { InvalidArgumentError, UnsupportedError } from "../src/errors.js";
 import { withLlamaModel, disposeOracleLlama } from "./llama-oracle.js";
-import { shared, skipWithoutShared } from "./shared.js";
+import { shared, skipUnlessShared } from "./shared.js";
 
 after(() => disposeOracleLlama());
 
@@ -149,7 +149,7 @@ test("make-model: built-in vocabulary tokenizes English into word pieces in llam
   assert.equal(typeof md.get("tokenizer.chat_template")?.value, "string");
 });
 
-test("make-model --vocab-from copies a real vocabulary", { skip: skipWithoutShared }, async () => {
+test("make-model --vocab-from copies a real vocabulary", { skip: skipUnlessShared() }, async () => {
   const out = join(dir, "spm.gguf");
   const r = await makeModel({ preset: "tiny", vocabFrom: shared("fixtures", "gguf-vocab", "ggml-vocab-llama-spm.gguf"), out });
   assert.equal(r.shape.vocab, 32000);

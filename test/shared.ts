@@ -17,3 +17,31 @@ export function shared(...parts: string[]): string {
 
 /** The `skip` option for node:test: a message when ../shared is absent, false otherwise. */
 export const skipWithoutShared: string | false = HAVE_SHARED ? false : `../shared not found at ${SHARED}: test data absent`;
+
+/**
+ * The `skip` option for a test whose prerequisite (a file, a binary, a tool, the native addon) is
+ * missing: `reason` when it is absent, false when present. In CI (env CI set) an absent
+ * prerequisite is an error, not a skip: this throws, so the test file fails with `reason`.
+ */
+export function skipUnlessPresent(present: boolean, reason: string): string | false {
+  if (present) return false;
+  if (process.env.CI) throw new Error(`${reason} (required in CI, where a missing prerequisite fails instead of skipping)`);
+  return reason;
+}
+
+/** As skipWithoutShared, but in CI an absent ../shared throws (in the calling test file) instead of skipping. */
+export function skipUnlessShared(): string | false {
+  return skipUnlessPresent(HAVE_SHARED, `../shared not found at ${SHARED}: test data absent`);
+}
+
+/**
+ * Inside a test: skips it (t.skip) with `reason` and returns true when the prerequisite is
+ * absent, so the caller returns at once; in CI it fails the test instead. Use where presence is
+ * only known while the test runs (`if (skipIfAbsent(t, existsSync(p), "...")) return;`).
+ */
+export function skipIfAbsent(t: { skip(message?: string): void }, present: boolean, reason: string): boolean {
+  if (present) return false;
+  if (process.env.CI) throw new Error(`${reason} (required in CI, where a missing prerequisite fails instead of skipping)`);
+  t.skip(reason);
+  return true;
+}

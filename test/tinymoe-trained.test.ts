@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { shared, skipWithoutShared, HAVE_SHARED, REPO_ROOT } from "./shared.js";
+import { shared, skipUnlessShared, REPO_ROOT } from "./shared.js";
 import { withLlamaModel, disposeOracleLlama } from "./llama-oracle.js";
 
 after(() => disposeOracleLlama());
@@ -17,7 +17,6 @@ const N_GEN = 24;
 
 /** The first prose line of a few ../shared/text samples (headings and bullets skipped). */
 function prompts(): string[] {
-  if (!HAVE_SHARED) return [];
   return ["wikipedia_texts.txt", "c4_texts.txt", "arxiv_texts.txt"].map((f) => {
     const lines = readFileSync(shared("text", f), "utf8").split("\n").map((l) => l.trim());
     const line = lines.find((l) => l.length > 60 && /^[A-Za-z]/.test(l))!;
@@ -25,9 +24,11 @@ function prompts(): string[] {
   });
 }
 
-test("tinymoe-trained: moira run (greedy) prints exactly llama.cpp's greedy text", { skip: skipWithoutShared, timeout: 300_000 }, async () => {
+test("tinymoe-trained: moira run (greedy) prints exactly llama.cpp's greedy text", { skip: skipUnlessShared(), timeout: 300_000 }, async () => {
+  const list = prompts();
+  assert.equal(list.length, 3);
   await withLlamaModel(MODEL, async (llama) => {
-    for (const prompt of prompts()) {
+    for (const prompt of list) {
       const bos = 1;
       const tokens = [bos, ...llama.tokenize(prompt)];
       const ids = await llama.greedy(tokens, N_GEN);

@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { REPO_ROOT } from "./shared.js";
+import { REPO_ROOT, skipUnlessPresent } from "./shared.js";
 import { TraceRecorder } from "../src/trace/format.js";
 import { rng } from "../src/trace/synthetic.js";
 import type { ReplayOutput } from "../src/trace/report.js";
@@ -34,7 +34,7 @@ function writeRandomTrace(path: string, withPredictions: boolean): void {
 }
 
 test("replay --json --report: report opens in headless Chromium and shows the JSON numbers", {
-  skip: existsSync(CHROMIUM) ? false : `${CHROMIUM} not found: install it (apt-get install -y chromium) or set CHROMIUM=/path`,
+  skip: skipUnlessPresent(existsSync(CHROMIUM), `${CHROMIUM} not found: install it (apt-get install -y chromium) or set CHROMIUM=/path`),
   timeout: 120_000,
 }, () => {
   const dir = mkdtempSync(join(tmpdir(), "moira-report-"));
