@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { openGGUF } from "../../formats/gguf/reader.js";
-import { shared, skipWithoutShared } from "../../../test/shared.js";
+import { shared, skipUnlessPresent, skipWithoutShared } from "../../../test/shared.js";
 import { GGUFTokenizer, loadTokenizer, type Tokenizer } from "./index.js";
 
 const VOCAB_DIR = "fixtures/gguf-vocab";
@@ -174,7 +174,7 @@ test("invalid ids and a vocabulary-less model fail with typed errors", { skip: s
   assert.throws(() => loadTokenizer({ ...model, metadata: meta }), { name: "UnsupportedError" });
 });
 
-test("phi-3 special tokens strip the whitespace after them (llama.cpp rstrip)", { skip: skipWithoutShared || !existsSync(vocabPath("phi-3")) }, () => {
+test("phi-3 special tokens strip the whitespace after them (llama.cpp rstrip)", { skip: skipWithoutShared || skipUnlessPresent(existsSync(vocabPath("phi-3")), `${vocabPath("phi-3")} not found`) }, () => {
   const tok = vocab("phi-3");
   const end = tok.encode("<|end|>", { addBos: false, parseSpecial: true });
   assert.equal(end.length, 1);

@@ -10,7 +10,7 @@ import { GGUFValueType } from "../model-file.js";
 import { GGMLType } from "../quant/types.js";
 import { parseGGUF } from "./reader.js";
 import { serializeGGUF } from "./writer.js";
-import { shared } from "../../../test/shared.js";
+import { shared, skipIfAbsent } from "../../../test/shared.js";
 import { Rng } from "../../engine/sampler.js";
 
 function rng(seed: number): () => number {
@@ -98,9 +98,9 @@ test("fuzz: parseGGUF on corrupted small files succeeds or throws a MoiraError",
   assert.ok(outcome.ok > 0 && outcome.errors.get("ModelFormatError")! > 500, JSON.stringify([outcome.ok, [...outcome.errors]]));
 });
 
-test("fuzz: parseGGUF on corrupted llama.cpp vocab headers", () => {
+test("fuzz: parseGGUF on corrupted llama.cpp vocab headers", (t) => {
   const path = shared("fixtures", "gguf-vocab", "ggml-vocab-llama-spm.gguf");
-  if (!existsSync(path)) return; // the small-file fuzz above still runs without ../shared
+  if (skipIfAbsent(t, existsSync(path), `${path} not found (../shared absent)`)) return; // the small-file fuzz above still runs without ../shared
   const base = new Uint8Array(readFileSync(path));
   const outcome: Outcome = { ok: 0, errors: new Map() };
   fuzz(base, 300, 99, 4096, outcome);
