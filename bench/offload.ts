@@ -1,116 +1,120 @@
 /**
- * Offloading benchmark: real-shaped MoE models (make-model presets) under a memory cap
- * (../shared/tools/memcap: RAM + page cache), moira's policies/predictors side by side, llama.cpp
- * (node-llama-cpp, mmap) under the same cap, and the physical bound
- *   max(all-resident time, bytes Belady would read / measured O_DIRECT bandwidth).
- * Prints JSON (stdout) and a markdown table (stderr, or --markdown FILE).
+ * Offloading as a user runs it: `moira run` with the CLI's defaults (no --context, the default
+ * sampler; only --memory-budget and --policy given, plus --seed so that every row generates the
+ * same text and so routes alike), each run its own process under ../shared/tools/memcap (RAM and
+ * page cache capped at budget + min(160 MiB, 10 %), the model file evicted first), timed from the
+ * streamed tokens. Grid: routings (make-model's default, and `--routing-from` skew) x runs
+ * (short: a prompt under 16 tokens and 32 decoded; long: 256 + 128) x budgets (25 / 50 / 75 % of
+ * the file) x policies (none, lru, arc, fate, fate-split), beside the all-resident run and the
+ * physical bound:
  *
- *   npx tsc -p tsconfig.json && node --import tsx bench/offload.ts \
- *     [--presets olmoe-1b-7b,qwen1.5-moe-a2.7b] [--layers N] [--budgets 25,50,75] \
- *     [--prompt-tokens 256] [--gen-tokens 128] [--configs none,lru,eap,fate,fate-lowbit] [--no-llama] [--dir /tmp/moira-bench]
- *     [--llama-budgets 50] [--out bench/results/offload.json] [--markdown FILE]
- *     [--repeat N] [--resident-repeat N (default max(4, --repeat))] [--routing-from ../shared/traces/olmoe-routing-stats/olmoe__expert_counts__arxiv.json] [--decode-input text|greedy]
+ *   bound (decode) = max(all-resident decode time, bytes the true Belady cache reads for the run's
+ *                        own decode routing at the run's cache size / measured O_DIRECT bandwidth)
  *
- * Each run is a child process `node dist/...` (no tsx in the measured process) under memcap with
- * limit = budget + min(160 MiB, 10 % of the budget) (the Node runtime, outside the budget by design;
- * never more than the issue's budget + 10 %); the model file is
- * evicted from the page cache before each run. --layers trims a preset's depth (same per-layer
- * shape) so a reduced run fits the time available.
+ * The run's routing comes from its --trace; Belady is the step-granular optimum with bypass
+ * (src/trace/simulate.ts). Rounds alternate the policies (order rotated each round); each cell
+ * keeps the best and the median. JSON to stdout (and --out), a markdown table to stderr.
+ *
+ *   npx tsc -p tsconfig.json && node --import tsx bench/offload.ts [--preset olmoe-1b-7b] [--type Q4_K]
+ *     [--layers N] [--routings default,arxiv] [--runs short,long] [--budgets 25,50,75]
+ *     [--policies none,lru,arc,fate,fate-split] [--rounds 2] [--dir /tmp/moira-bench] [--out FILE]
  */
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { makeModel } from "../src/tools/make-model/index.js";
-import { writeLowbitSidecar } from "../src/offload/lowbit.js";
 import { Model } from "../src/model/model.js";
+import { loadTokenizer } from "../src/engine/tokenizer/index.js";
+import { planMemory } from "../src/offload/planner.js";
+import { readTrace } from "../src/trace/read.js";
+import { replayRun } from "../src/cli/bench.js";
+import type { LayerRouting, TokenRouting } from "../src/trace/format.js";
 
 const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const MEMCAP = resolve(ROOT, "..", "shared", "tools", "memcap");
+const ROUTING_FROM: Record<string, string> = {
+  arxiv: resolve(ROOT, "..", "shared", "traces", "olmoe-routing-stats", "olmoe__expert_counts__arxiv.json"),
+};
+const { values: a } = parseArgs({
+  options: {
+    preset: { type: "string", default: "olmoe-1b-7b" },
+    type: { type: "string", default: "Q4_K" },
+    /** trims the preset's depth (same per-layer shape), for a quicker grid */
+    layers: { type: "string" },
+    routings: { type: "string", default: "default,arxiv" },
+    runs: { type: "string", default: "short,long" },
+    budgets: { type: "string", default: "25,50,75" },
+    policies: { type: "string", default: "none,lru,arc,fate,fate-split" },
+    rounds: { type: "string", default: "2" },
+    threads: { type: "string", default: "2" },
+    dir: { type: "string", default: "/tmp/moira-bench" },
+    out: { type: "string" },
+  },
+});
+const rounds = Number(a.rounds);
+const policies = a.policies!.split(",");
 /** memcap's allowance above the budget for the Node runtime: 160 MiB, or 10 % of the budget when that is less */
 const runtimeAllowance = (budget: number) => Math.min(160 * 2 ** 20, Math.floor(budget / 10));
+const RUNS = { short: { promptTokens: 12, maxTokens: 32 }, long: { promptTokens: 256, maxTokens: 128 } } as const;
+mkdirSync(a.dir!, { recursive: true });
 
-function arg(name: string, def?: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : def;
-}
-const flag = (name: string) => process.argv.includes(`--${name}`);
-/** runs per configuration; the one with the best decode speed is kept (the machine is shared: noise) */
-const repeat = Math.max(1, Number(arg("repeat", "1")));
-/** runs of the all-resident row: the bound's compute term, where one slow run would lower the bound below what offloaded runs reach */
-const residentRepeat = Math.max(repeat, Number(arg("resident-repeat", "4")));
-function best(run: () => any, n = repeat): any {
-  let b: any = null;
-  for (let i = 0; i < n; i++) {
-    const r = run();
-    if (!b || b.error || (!r.error && r.decodeTokPerS > b.decodeTokPerS)) b = r;
-  }
-  return { ...b, runs: n };
+/** Real text (../shared/text, else a fixed paragraph) cut to about `n` tokens by the model's tokenizer. */
+function promptText(model: Model, n: number): string {
+  const tok = loadTokenizer(model.file);
+  const src = resolve(ROOT, "..", "shared", "text", "c4_texts.txt");
+  const words = (existsSync(src) ? readFileSync(src, "utf8").slice(0, 20000) : "The river ran past old stone houses while children counted boats on the water. ".repeat(200))
+    .split(/\s+/).filter((w) => w.length > 0);
+  let text = words[0]!;
+  for (let i = 1; i < words.length && tok.encode(text + " " + words[i], { addBos: tok.addBosDefault }).length <= n; i++) text += " " + words[i];
+  return text;
 }
 
-const presets = (arg("presets", "olmoe-1b-7b,qwen1.5-moe-a2.7b") ?? "").split(",");
-const layers = arg("layers") ? Number(arg("layers")) : undefined;
-const budgets = (arg("budgets", "25,50,75") ?? "").split(",").map(Number);
-const promptTokens = Number(arg("prompt-tokens", "256"));
-const genTokens = Number(arg("gen-tokens", "128"));
-const configs = (arg("configs", "none,lru,eap,fate,fate-lowbit") ?? "").split(",");
-const dir = arg("dir", "/tmp/moira-bench")!;
-/** weight type of the generated model (the targets are stated for Q4_K; llama.cpp's CPU repacking of Q4_K needs anonymous memory the cap does not allow, Q8_0 runs) */
-const weightType = arg("type", "Q4_K")!;
-/** per-layer expert popularity of the synthetic model (make-model --routing-from), e.g. OLMoE's measured counts */
-const routingFrom = arg("routing-from");
-/** decode input: text (the prompt's continuation; default) or greedy */
-const decodeInput = arg("decode-input", "text");
-mkdirSync(dir, { recursive: true });
-
-const CONFIGS: Record<string, { policy: string; predictor: string; lowbitMiss?: number }> = {
-  none: { policy: "none", predictor: "none" },
-  lru: { policy: "lru", predictor: "none" },
-  eap: { policy: "lru", predictor: "eap" },
-  fate: { policy: "fate", predictor: "fate" },
-  /** the design document's allocation (shallow layers resident, per-layer ARC) with Fate's predictor */
-  "fate-split": { policy: "fate-split", predictor: "fate" },
-  "lru-fate": { policy: "lru", predictor: "fate" },
-  "fate-lowbit": { policy: "fate", predictor: "fate", lowbitMiss: 0.1 },
-};
-
-interface Row { preset: string; budgetPct: number; config: string; prefillTokPerS?: number; decodeTokPerS?: number; peakRssMiB?: number; hitRate?: number; readMiB?: number; error?: string }
-
-function runChild(model: string, budget: number | null, flags: object, capBytes: number | null): any {
-  const opts = { model, backend: "native", promptTokens, genTokens, belady: true, decodeInput, ...flags, ...(budget ? { memoryBudget: budget } : {}) };
-  const js = `import(${JSON.stringify(join(ROOT, "dist/cli/bench.js"))}).then(m=>m.runBench(JSON.parse(process.argv[1]))).then(r=>{process.stdout.write(JSON.stringify(r.result)+"\\n");process.exit(0)},e=>{process.stderr.write(String(e&&e.message||e)+"\\n");process.exit(1)})`;
-  const cmd = ["node", "-e", js, JSON.stringify(opts)];
-  const full = capBytes && existsSync(MEMCAP) ? [MEMCAP, "--evict", model, String(capBytes), "--", ...cmd] : cmd;
-  const r = spawnSync(full[0]!, full.slice(1), { encoding: "utf8", maxBuffer: 1 << 26 });
-  if (r.status !== 0) return { error: (r.stderr || r.stdout || `exit ${r.status}`).trim().split("\n").slice(-3).join(" ") };
-  return JSON.parse(r.stdout.trim().split("\n").pop()!);
+interface Run {
+  ttftMs: number;
+  decodeMsPerToken: number;
+  generated: number;
+  promptTokens: number;
+  hitRate?: number;
+  decodeReadMiB?: number;
+  decodeStallMs?: number;
+  cacheSlots?: number;
+  kvMiB?: number;
+  error?: string;
 }
 
-function runLlama(model: string, capBytes: number): any {
-  const js = `
-const { getLlama } = await import("node-llama-cpp");
-const llama = await getLlama({ gpu: false });
-const model = await llama.loadModel({ modelPath: ${JSON.stringify(model)}, useMmap: true });
-const ctx = await model.createContext({ contextSize: ${promptTokens + genTokens + 8}, threads: 2 });
-const seq = ctx.getSequence();
-const toks = []; let s = 1;
-for (let i = 0; i < ${promptTokens}; i++) { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; toks.push(3 + (s % 31997)); }
-const t0 = performance.now(); let n = 0, t1 = 0;
-for await (const t of seq.evaluate(toks, { temperature: 0 })) { if (n === 0) t1 = performance.now(); if (++n >= ${genTokens}) break; }
-const t2 = performance.now();
-process.stdout.write(JSON.stringify({ prefillMs: t1 - t0, decodeMs: t2 - t1, prefillTokPerS: ${promptTokens} / ((t1 - t0) / 1000), decodeTokPerS: (n - 1) / ((t2 - t1) / 1000), peakRssBytes: process.resourceUsage().maxRSS * 1024 }) + "\\n");
-process.exit(0);`;
-  const cmd = ["node", "--input-type=module", "-e", js];
-  const full = existsSync(MEMCAP) ? [MEMCAP, "--evict", model, String(capBytes), "--", ...cmd] : cmd;
-  const r = spawnSync(full[0]!, full.slice(1), { encoding: "utf8", cwd: ROOT, maxBuffer: 1 << 26, timeout: 1800_000 });
-  if (r.status !== 0) return { error: (r.stderr || `exit ${r.status}`).trim().split("\n").slice(-2).join(" ") };
-  return JSON.parse(r.stdout.trim().split("\n").pop()!);
+/** One `moira run` process: times from spawn() to the first and the last stdout chunk; --stats parsed from stderr. */
+function runCli(args: string[], cap: number | null, evict: string): Promise<Run> {
+  const cmd = [process.execPath, join(ROOT, "bin", "moira.js"), ...args];
+  const full = cap !== null ? [MEMCAP, "--evict", evict, String(cap), "--", ...cmd] : cmd;
+  return new Promise((done) => {
+    const t0 = performance.now();
+    let first = -1, last = -1, err = "";
+    const child = spawn(full[0]!, full.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+    child.stdout.on("data", () => { const t = performance.now(); if (first < 0) first = t; last = t; });
+    child.stderr.on("data", (d: Buffer) => { err += d.toString(); });
+    child.on("close", (code) => {
+      const dec = /decode: (\d+) tokens/.exec(err), pre = /prefill: (\d+) tokens/.exec(err);
+      if (code !== 0 || !dec || !pre) {
+        done({ ttftMs: NaN, decodeMsPerToken: NaN, generated: 0, promptTokens: 0, error: `exit ${code}: ${err.trim().split("\n").slice(-2).join(" ")}` });
+        return;
+      }
+      const generated = Number(dec[1]);
+      const hit = /hit rate ([\d.]+)%/.exec(err), read = /decode ([\d.]+) MiB\)/.exec(err), stall = /stall [\d.]+ ms \(prefill [\d.]+, decode ([\d.]+)\)/.exec(err);
+      const slots = /\((\d+) cached \+ \d+ working/.exec(err), kv = /KV cache ([\d.]+) (MiB|KiB|GiB)/.exec(err);
+      const unit = { KiB: 1 / 1024, MiB: 1, GiB: 1024 } as const;
+      done({
+        ttftMs: first - t0, decodeMsPerToken: (last - first) / Math.max(1, generated - 1), generated, promptTokens: Number(pre[1]),
+        hitRate: hit ? Number(hit[1]) / 100 : undefined, decodeReadMiB: read ? Number(read[1]) : undefined,
+        decodeStallMs: stall ? Number(stall[1]) : undefined, cacheSlots: slots ? Number(slots[1]) : undefined,
+        kvMiB: kv ? Number(kv[1]) * unit[kv[2] as keyof typeof unit] : undefined,
+      });
+    });
+  });
 }
 
-/**
- * O_DIRECT read bandwidth of the file (the SSD) through moira's reader, with the store's read
- * shape: expert-slice-sized (~1.2 MiB) aligned reads at random offsets, 4 I/O threads, 12 queued.
- */
+/** O_DIRECT read bandwidth of the file with the store's read shape (expert-slice-sized reads, 4 threads, 12 queued). */
 function measureBandwidth(model: string): number {
   const js = `import(${JSON.stringify(join(ROOT, "dist/offload/store-io.js"))}).then(({FileReader})=>{
 const r = FileReader.open(${JSON.stringify(model)}, {threads: 4});
@@ -120,99 +124,97 @@ const t0 = performance.now(); const ts = [];
 for (let i = 0; i < n; i++) { s = (s * 1103515245 + 12345) % 2147483648; ts.push(r.submit((s % slots) * len, len, c, (i % q) * len)); if (ts.length >= q) r.wait(ts.shift()); }
 for (const t of ts) r.wait(t);
 const sec = (performance.now() - t0) / 1000; r.close(); process.stdout.write(String(n * len / sec) + "\\n"); process.exit(0); })`;
-  const full = existsSync(MEMCAP) ? [MEMCAP, "--evict", model, String(512 * 2 ** 20), "--", "node", "-e", js] : ["node", "-e", js];
-  const r = spawnSync(full[0]!, full.slice(1), { encoding: "utf8" });
-  return Number(r.stdout.trim()) || 1.4e9;
+  const r = spawnSync(MEMCAP, ["--evict", model, String(512 * 2 ** 20), "--", process.execPath, "-e", js], { encoding: "utf8" });
+  return Number(r.stdout.trim()) || 1.0e9;
 }
 
-const results: any[] = [];
-const rows: Row[] = [];
-for (const preset of presets) {
-  const routingTag = routingFrom ? `-${routingFrom.replace(/^.*__expert_counts__|\.json$/g, "")}` : "";
-  const path = join(dir, `${preset}${layers ? `-L${layers}` : ""}${routingTag}-${weightType}.gguf`);
+/** A run's trace as the engine accessed it: the prompt as one batched step (each expert once), then one step per decoded token. */
+function engineSteps(tracePath: string): TokenRouting[] {
+  const t = readTrace(tracePath);
+  const toks = t.requests.flatMap((r) => r.tokens);
+  const pre = toks.filter((x) => x.phase === "prefill"), dec = toks.filter((x) => x.phase === "decode");
+  const union: LayerRouting[] = Array.from({ length: t.nLayer }, (_, l) => {
+    const experts = [...new Set(pre.flatMap((x) => x.layers[l]!.experts))].sort((p, q) => p - q);
+    return { experts, weights: experts.map(() => 1 / experts.length) };
+  });
+  return [...(pre.length ? [{ token: 0, phase: "prefill" as const, layers: union }] : []), ...dec];
+}
+
+const median = (xs: number[]) => { const s = xs.filter((x) => !Number.isNaN(x)).sort((p, q) => p - q); return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2; };
+const bestOf = (xs: number[]) => Math.min(...xs.filter((x) => !Number.isNaN(x)));
+
+const results: object[] = [];
+const md = ["| routing | run | budget | policy | decode ms/token best / median | x LRU (time) | decode read MiB (x LRU) | hit rate | stall % | of bound | TTFT ms |", "|---|---|---|---|---|---|---|---|---|---|---|"];
+for (const routing of a.routings!.split(",")) {
+  const path = join(a.dir!, `${a.preset}${a.layers ? `-L${a.layers}` : ""}-${routing}-${a.type}.gguf`);
   if (!existsSync(path)) {
     process.stderr.write(`making ${path} ...\n`);
-    await makeModel({ out: path, preset, type: weightType, ...(layers ? { layers } : {}), ...(routingFrom ? { routing: { from: routingFrom } } : {}) });
-  }
-  const side = path.replace(/\.gguf$/, ".lowbit-Q2_K.gguf");
-  if (configs.includes("fate-lowbit") && !existsSync(side)) {
-    process.stderr.write(`quantize-experts ${side} ...\n`);
-    const m = Model.open(path);
-    try { writeLowbitSidecar(m, "Q2_K", side); } finally { m.close(); }
+    await makeModel({ out: path, preset: a.preset!, type: a.type!, seed: 1, ...(a.layers ? { layers: Number(a.layers) } : {}), ...(routing !== "default" ? { routing: { from: ROUTING_FROM[routing] ?? routing } } : {}) });
   }
   const fileBytes = statSync(path).size;
   const bandwidth = measureBandwidth(path);
-  process.stderr.write(`${preset}: ${(fileBytes / 2 ** 30).toFixed(2)} GiB, O_DIRECT bandwidth ${(bandwidth / 1e9).toFixed(2)} GB/s\n`);
-  // all resident, no cap: the compute bound
-  // all resident with a warm page cache (the file read once first): the compute bound
-  spawnSync("cat", [path], { stdio: ["ignore", "ignore", "inherit"] });
-  const resident = best(() => runChild(path, null, {}, null), residentRepeat);
-  results.push({ preset, config: "resident", ...resident });
-  rows.push({ preset, budgetPct: 100, config: "resident", prefillTokPerS: resident.prefillTokPerS, decodeTokPerS: resident.decodeTokPerS, peakRssMiB: resident.peakRssBytes / 2 ** 20, error: resident.error });
-  for (const pct of budgets) {
-    const budget = Math.floor((fileBytes * pct) / 100);
-    const cap = budget + runtimeAllowance(budget);
-    for (const c of configs) {
-      const cfg = CONFIGS[c];
-      if (!cfg) throw new Error(`unknown config ${c}: expected one of ${Object.keys(CONFIGS).join(", ")}`);
-      const flags: any = { policy: cfg.policy, predictor: cfg.predictor };
-      if (cfg.lowbitMiss !== undefined) { flags.lowbit = side; flags.lowbitMiss = cfg.lowbitMiss; }
-      const r = best(() => runChild(path, budget, flags, cap));
-      results.push({ preset, budgetPct: pct, config: c, ...r });
-      rows.push({
-        preset, budgetPct: pct, config: c, prefillTokPerS: r.prefillTokPerS, decodeTokPerS: r.decodeTokPerS,
-        peakRssMiB: r.peakRssBytes / 2 ** 20, hitRate: r.offload?.hitRate, readMiB: r.offload ? r.offload.total.bytesRead / 2 ** 20 : undefined, error: r.error,
-      });
-      process.stderr.write(`${preset} ${pct}% ${c}: ${r.error ?? `prefill ${r.prefillTokPerS.toFixed(1)} tok/s, decode ${r.decodeTokPerS.toFixed(2)} tok/s, hit ${(100 * (r.offload?.hitRate ?? 0)).toFixed(1)}%, RSS ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB`}\n`);
-    }
-    if (!flag("no-llama") && (arg("llama-budgets") ?? String(pct)).split(",").map(Number).includes(pct)) {
-      const r = runLlama(path, cap);
-      results.push({ preset, budgetPct: pct, config: "llama.cpp-mmap", ...r });
-      rows.push({ preset, budgetPct: pct, config: "llama.cpp-mmap", prefillTokPerS: r.prefillTokPerS, decodeTokPerS: r.decodeTokPerS, peakRssMiB: r.peakRssBytes / 2 ** 20, error: r.error });
-      process.stderr.write(`${preset} ${pct}% llama.cpp: ${r.error ?? `decode ${r.decodeTokPerS?.toFixed(2)} tok/s`}\n`);
-    }
-    // physical bound: max(all-resident time, bytes Belady's optimal cache would read for this
-    // run's own routing at the same cache size / measured O_DIRECT bandwidth), per phase
-    const bel = results.find((x) => x.preset === preset && x.budgetPct === pct && x.belady)?.belady;
-    if (bel) {
-      // the disk's rate: the measured one, or what a run achieved if more (that is a lower bound of the rate)
-      const achieved = Math.max(0, ...results.filter((x) => x.preset === preset && x.offload)
-        .map((x) => x.offload.phases.decode.bytesRead / (x.decodeMs / 1000)));
-      const rate = Math.max(bandwidth, achieved);
-      const preS = Math.max(resident.prefillMs / 1000, bel.prefillBytes / rate);
-      const decS = Math.max(resident.decodeMs / 1000, bel.decodeBytes / rate);
-      const bound = { prefillTokPerS: promptTokens / preS, decodeTokPerS: genTokens / decS };
-      results.push({ preset, budgetPct: pct, config: "physical-bound", ...bound, belady: bel, bandwidthBytesPerS: rate, measuredBandwidthBytesPerS: bandwidth, bestAchievedDecodeReadBytesPerS: achieved,
-        note: "max(all-resident time, Belady read bytes for this run's routing at the same cache slots / O_DIRECT bandwidth)" });
-      rows.push({ preset, budgetPct: pct, config: "physical-bound", ...bound, hitRate: bel.decodeHitRate, readMiB: (bel.prefillBytes + bel.decodeBytes) / 2 ** 20 });
+  const probe = Model.open(path);
+  const prompts = { short: promptText(probe, RUNS.short.promptTokens), long: promptText(probe, RUNS.long.promptTokens) };
+  const plan0 = planMemory(probe, { budget: 2 ** 50, contextLength: 512, maxBatch: 256, policy: "fate" });
+  const expertBytes = plan0.expertFileBytes / plan0.allExpertSlots;
+  const { nExpert, nExpertUsed } = probe.config;
+  probe.close();
+  process.stderr.write(`${path}: ${(fileBytes / 2 ** 30).toFixed(2)} GiB, O_DIRECT ${(bandwidth / 1e9).toFixed(2)} GB/s\n`);
+  for (const runName of a.runs!.split(",") as Array<keyof typeof RUNS>) {
+    const base = ["run", "-m", path, "-p", prompts[runName], "-n", String(RUNS[runName].maxTokens), "--threads", a.threads!, "--seed", "1"];
+    // all resident, page cache warm: the compute term of the bound
+    spawnSync("cat", [path], { stdio: ["ignore", "ignore", "inherit"] });
+    const resident: Run[] = [];
+    for (let r = 0; r < Math.max(3, rounds); r++) resident.push(await runCli(base, null, path));
+    const residentMs = bestOf(resident.map((x) => x.decodeMsPerToken));
+    process.stderr.write(`${routing} ${runName} resident: ${resident.map((x) => x.decodeMsPerToken.toFixed(1)).join(", ")} ms/token\n`);
+    results.push({ routing, run: runName, config: "resident", runs: resident, decodeMsPerToken: { best: residentMs, median: median(resident.map((x) => x.decodeMsPerToken)) } });
+    md.push(`| ${routing} | ${runName} | 100 % | all resident | ${residentMs.toFixed(1)} / ${median(resident.map((x) => x.decodeMsPerToken)).toFixed(1)} | | | | | | ${bestOf(resident.map((x) => x.ttftMs)).toFixed(0)} |`);
+    for (const pct of a.budgets!.split(",").map(Number)) {
+      const budget = Math.floor((fileBytes * pct) / 100), cap = budget + runtimeAllowance(budget);
+      const runs: Record<string, Run[]> = Object.fromEntries(policies.map((p) => [p, []]));
+      const trace = join(a.dir!, `trace-${routing}-${runName}-${pct}.jsonl`);
+      for (let r = 0; r < rounds; r++) {
+        const order = policies.map((_, i) => policies[(i + r) % policies.length]!);
+        for (const p of order) {
+          const extra = ["--memory-budget", String(budget), "--policy", p, "--stats"];
+          if (p === "fate" && r === 0) extra.push("--trace", trace);
+          const x = await runCli([...base, ...extra], cap, path);
+          runs[p]!.push(x);
+          process.stderr.write(`${routing} ${runName} ${pct}% ${p} round ${r}: ${x.error ?? `${x.decodeMsPerToken.toFixed(1)} ms/token, hit ${((x.hitRate ?? 0) * 100).toFixed(1)}%, decode read ${x.decodeReadMiB} MiB, stall ${x.decodeStallMs} ms, ${x.cacheSlots} slots, KV ${x.kvMiB?.toFixed(1)} MiB`}\n`);
+        }
+      }
+      // the bound from the fate run's own routing (every policy routes alike: offloading is exact)
+      const fateRun = runs.fate?.[0] ?? Object.values(runs)[0]![0]!;
+      let boundMs = residentMs, beladyDecodeMiB: number | null = null;
+      if (existsSync(trace) && fateRun.cacheSlots !== undefined) {
+        const steps = engineSteps(trace);
+        const nLayer = steps[0]!.layers.length;
+        const rep = replayRun("belady", steps, { tensors: { size: nLayer }, cacheSlots: fateRun.cacheSlots } as never, nExpert, nExpertUsed);
+        beladyDecodeMiB = (rep.decodeMisses * expertBytes) / 2 ** 20;
+        boundMs = Math.max(residentMs, (rep.decodeMisses * expertBytes / bandwidth) * 1000 / Math.max(1, fateRun.generated - 1));
+        rmSync(trace, { force: true });
+      }
+      const lru = runs.lru ?? [];
+      const lruBest = lru.length ? bestOf(lru.map((x) => x.decodeMsPerToken)) : NaN;
+      const lruRead = lru.length ? bestOf(lru.map((x) => x.decodeReadMiB ?? NaN)) : NaN;
+      for (const p of policies) {
+        const xs = runs[p]!;
+        const b = bestOf(xs.map((x) => x.decodeMsPerToken)), m = median(xs.map((x) => x.decodeMsPerToken));
+        const read = bestOf(xs.map((x) => x.decodeReadMiB ?? NaN));
+        const stall = median(xs.map((x) => (x.decodeStallMs ?? NaN) / (x.decodeMsPerToken * Math.max(1, x.generated - 1))));
+        results.push({
+          routing, run: runName, budgetPct: pct, config: p, runs: xs, decodeMsPerToken: { best: b, median: m },
+          vsLru: { time: lruBest / b, readBytes: read / lruRead }, ofBound: boundMs / b, stallShare: stall,
+        });
+        md.push(`| ${routing} | ${runName} | ${pct} % | ${p} | ${b.toFixed(1)} / ${m.toFixed(1)} | ${(lruBest / b).toFixed(2)}x | ${read.toFixed(0)} (${(read / lruRead).toFixed(2)}x) | ${(100 * median(xs.map((x) => x.hitRate ?? NaN))).toFixed(1)} % | ${(100 * stall).toFixed(0)} % | ${(100 * boundMs / b).toFixed(0)} % | ${bestOf(xs.map((x) => x.ttftMs)).toFixed(0)} |`);
+      }
+      results.push({ routing, run: runName, budgetPct: pct, config: "bound", decodeMsPerToken: boundMs, beladyDecodeMiB, bandwidthBytesPerS: bandwidth, residentMsPerToken: residentMs });
+      md.push(`| ${routing} | ${runName} | ${pct} % | bound | ${boundMs.toFixed(1)} | | ${beladyDecodeMiB?.toFixed(0) ?? ""} (Belady) | | | | |`);
     }
   }
 }
-
-// diagnostics per run: decode hit rate (hits + waits on a prefetch), bytes, stall, achieved read rate
-for (const r of results) {
-  const d = r.offload?.phases?.decode;
-  if (!d) continue;
-  r.decodeDiag = {
-    hitRate: d.accesses ? (d.hits + d.inflightHits) / d.accesses : null,
-    readMiB: d.bytesRead / 2 ** 20, stallMs: d.stallMs, stallShare: d.stallMs / r.decodeMs,
-    readGBps: d.bytesRead / 1e9 / (r.decodeMs / 1000),
-  };
-}
-
-const md = ["| model | budget | config | prefill tok/s | decode tok/s | decode hit rate | decode read MiB | decode stall % | decode read GB/s | of bound (decode) | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"];
-for (const r of rows) {
-  const f = (x: number | undefined | null, d = 2) => (x === undefined || x === null || Number.isNaN(x) ? "" : x.toFixed(d));
-  const full = results.find((x) => x.preset === r.preset && x.budgetPct === r.budgetPct && x.config === r.config);
-  const bound = results.find((x) => x.preset === r.preset && x.budgetPct === r.budgetPct && x.config === "physical-bound");
-  const dg = full?.decodeDiag;
-  const hit = dg ? dg.hitRate : r.config === "physical-bound" ? r.hitRate : undefined;
-  const ofBound = bound && r.decodeTokPerS && r.config !== "physical-bound" ? `${(100 * r.decodeTokPerS / bound.decodeTokPerS).toFixed(0)}%` : "";
-  const readMiB = dg?.readMiB ?? (r.config === "physical-bound" && bound ? bound.belady.decodeBytes / 2 ** 20 : undefined);
-  md.push(`| ${r.preset}${layers ? ` (${layers} layers)` : ""} | ${r.budgetPct}% | ${r.config} | ${f(r.prefillTokPerS, 1)} | ${f(r.decodeTokPerS)} | ${hit === undefined || hit === null ? "" : (100 * hit).toFixed(1) + "%"} | ${f(readMiB, 0)} | ${dg ? (100 * dg.stallShare).toFixed(0) + "%" : ""} | ${f(dg?.readGBps)} | ${ofBound} | ${f(r.peakRssMiB, 0)} |${r.error ? ` error: ${r.error}` : ""}`);
-}
-const outJson = JSON.stringify({ command: process.argv.slice(1).join(" "), promptTokens, genTokens, layers, results }, null, 1) + "\n";
-process.stdout.write(outJson);
-if (arg("out")) { mkdirSync(resolve(arg("out")!, ".."), { recursive: true }); writeFileSync(arg("out")!, outJson); }
+const json = JSON.stringify({ bench: "offload", command: process.argv.slice(1).join(" "), preset: a.preset, type: a.type, runs: RUNS, results }, null, 1) + "\n";
+if (a.out) writeFileSync(a.out, json);
+process.stdout.write(json);
 process.stderr.write(md.join("\n") + "\n");
-if (arg("markdown")) writeFileSync(arg("markdown")!, md.join("\n") + "\n");

@@ -26,6 +26,7 @@ import { GGMLType } from "../src/formats/quant/types.js";
 import { dequantize } from "../src/formats/quant/dequantize.js";
 import { quantizeQ2K } from "../src/offload/lowbit-quant.js";
 import type { LowbitSource } from "../src/offload/store.js";
+import { ModelFormatError } from "../src/errors.js";
 
 const dir = mkdtempSync(join(tmpdir(), "moira-lowbit-"));
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
@@ -145,7 +146,8 @@ test("quantize-experts Q2_K with an expert width of 320 (not whole 256-blocks): 
 });
 
 test("serving another model's low-bit experts fails the quantization-derived bound clearly", async () => {
-  // same shapes and file size, other seed: openLowbitSidecar cannot tell (it checks the source size)
+  // same shapes and file size, other seed: openLowbitSidecar refuses it (source fingerprint); served
+  // anyway (opened as the other model's), the logits show it
   const opts = { preset: "tiny-qwen2moe", type: "Q4_K", layers: 2, experts: 8, topK: 2, dFf: 320 } as const;
   const path = join(dir, "own.gguf"), otherPath = join(dir, "other.gguf");
   await makeModel({ ...opts, out: path, seed: 7 });
@@ -161,7 +163,8 @@ test("serving another model's low-bit experts fails the quantization-derived bou
     const ref = logitsOf(model, backend, prompt, steps);
     // the bound comes from the quantization error of the model's own experts
     const bound = LOGIT_GAIN * relativeWeightError(model, openLowbitSidecar(model, ownSide));
-    const wrong = openLowbitSidecar(model, otherSide);
+    assert.throws(() => openLowbitSidecar(model, otherSide), (e: unknown) => e instanceof ModelFormatError && /another model/.test((e as Error).message));
+    const wrong = openLowbitSidecar(other, otherSide);
     const dev = decodeDeviation(serveLowbit(model, path, wrong, backend, prompt, steps, 1).logits, ref);
     assert.ok(dev > 2 * bound, `another model's experts: relative RMS ${dev.toFixed(4)}, bound ${bound.toFixed(4)}`);
   } finally {

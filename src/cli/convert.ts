@@ -15,7 +15,8 @@ export function registerConvertCommand(program: Command): void {
       try { isDir = statSync(o.model).isDirectory(); } catch { /* reported below */ }
       if (!isDir) throw new InvalidArgumentError(`--model ${o.model} is not a directory: convert takes a Hugging Face checkpoint directory`);
       if (o.mlaLayout !== "kv_b" && o.mlaLayout !== "split") throw new InvalidArgumentError(`--mla-layout must be kv_b or split, got ${o.mlaLayout}`);
-      convertHFToGGUF(o.model, o.out, { mlaLayout: o.mlaLayout });
-      process.stderr.write(`wrote ${o.out}\n`);
+      const r = convertHFToGGUF(o.model, o.out, { mlaLayout: o.mlaLayout });
+      for (const note of r.notes) process.stderr.write(`${note}\n`);
+      process.stderr.write(`wrote ${o.out}${r.tokenizer ? ` (tokenizer: ${r.tokenizer})` : " (no tokenizer)"}\n`);
     });
 }

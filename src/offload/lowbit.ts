@@ -7,9 +7,10 @@
  * Types: Q4_0 / Q4_K / Q8_0 ... through src/formats/quant (Q2_K / Q3_K have no quantizer there;
  * Q2_K has one in lowbit-quant.ts).
  */
-import { statSync } from "node:fs";
+import { closeSync, openSync, readSync, statSync } from "node:fs";
+import { createHash } from "node:crypto";
 import type { Model } from "../model/model.js";
-import { describeExperts, expertTensorNames, type LayerExpertTensors } from "../model/experts.js";
+import { describeExperts, expertTensorNames, isMoeLayer, type LayerExpertTensors } from "../model/experts.js";
 import { readGGUF } from "../formats/gguf/reader.js";
 import { GGUFWeightSource } from "../formats/gguf/reader.js";
 import { ModelWeights } from "../model/weights.js";
@@ -23,7 +24,67 @@ import type { LowbitSource } from "./store.js";
 import { quantizeQ2K } from "./lowbit-quant.js";
 import { loadNativeAddon, type NativeAddon } from "../backend/native/addon.js";
 
-const SOURCE_KEY = "moira.lowbit.source_size";
+/** sha256 (hex) of pieces of the source model's routers and experts: see sourceFingerprint. */
+const FINGERPRINT_KEY = "moira.lowbit.source_fingerprint";
+/** Bytes hashed from the start of each router; from the start and the end of each expert tensor. */
+const ROUTER_PIECE = 64 << 10;
+const EXPERT_PIECE = 4 << 10;
+
+/**
+ * A fingerprint of the model a sidecar is made from: sha256 over its architecture and MoE shape,
+ * each MoE layer's tensor names, types and dims, the first 64 KiB of its router and the first
+ * and last 4 KiB of each stacked expert tensor (the first expert's and the last expert's bytes).
+ * Two models of the same shape (the same file size, even) differ there; a 60 GB model costs a
+ * few hundred small reads. (The architecture counts: make-model's presets of one shape share
+ * their weights byte for byte.)
+ */
+export function sourceFingerprint(model: Model): string {
+  const hash = createHash("sha256");
+  const source = model.file.weights;
+  const fds = new Map<string, number>();
+  const piece = (name: string, from: number, length: number): Uint8Array => {
+    const meta = source.tensors.get(name)!;
+    const start = Math.max(0, Math.min(from, meta.nbytes));
+    const n = Math.min(length, meta.nbytes - start);
+    if (meta.file) {
+      let fd = fds.get(meta.file.path);
+      if (fd === undefined) { fd = openSync(meta.file.path, "r"); fds.set(meta.file.path, fd); }
+      const buf = Buffer.alloc(n);
+      let got = 0;
+      while (got < n) {
+        const r = readSync(fd, buf, got, n - got, meta.file.offset + start + got);
+        if (r === 0) throw new ModelFormatError(`${model.file.path}: tensor ${name} runs past the end of the file`);
+        got += r;
+      }
+      return buf;
+    }
+    // converted on load (a Hugging Face directory): the whole tensor, then the piece
+    return source.load(name).data.subarray(start, start + n);
+  };
+  try {
+    const c = model.config;
+    const arch = model.file.metadata.get("general.architecture")?.value;
+    hash.update(`moira lowbit source v1: ${String(arch)}, ${c.nLayer} layers, d_model ${c.dModel}, ${c.nExpert} experts of d_ff ${c.expertFf}, top-${c.nExpertUsed}\n`);
+    for (let l = 0; l < model.config.nLayer; l++) {
+      if (!isMoeLayer(model.config, l)) continue;
+      const e = expertTensorNames(l);
+      const parts: Array<[string, number[]]> = [[`blk.${l}.ffn_gate_inp.weight`, [0, ROUTER_PIECE]]];
+      for (const name of [e.gate, e.up, e.down]) parts.push([name, [0, EXPERT_PIECE, Number.MAX_SAFE_INTEGER, EXPERT_PIECE]]);
+      for (const [name, ranges] of parts) {
+        const meta = source.tensors.get(name);
+        if (!meta) { hash.update(`${name} absent\n`); continue; }
+        hash.update(`${name} ${typeName(meta.type)} [${meta.dims.join(",")}] ${meta.nbytes}\n`);
+        for (let i = 0; i < ranges.length; i += 2) {
+          const from = ranges[i] === Number.MAX_SAFE_INTEGER ? meta.nbytes - ranges[i + 1]! : ranges[i]!;
+          hash.update(piece(name, from, ranges[i + 1]!));
+        }
+      }
+    }
+  } finally {
+    for (const fd of fds.values()) closeSync(fd);
+  }
+  return hash.digest("hex");
+}
 
 /** Types quantize-experts can write. */
 export const LOWBIT_TYPES: readonly GGMLType[] = [...QUANTIZE_TYPES.filter((t) => t !== GGMLType.F32), GGMLType.Q2_K];
@@ -123,20 +184,28 @@ export function writeLowbitSidecar(model: Model, type: string, out: string, onPr
   const metadata: Array<[string, GGUFMetadataValue]> = [
     ["general.architecture", { type: GGUFValueType.STRING, value: "moira-lowbit-experts" }],
     ["general.name", { type: GGUFValueType.STRING, value: `low-bit ${typeName(t)} experts of ${model.file.path}` }],
-    [SOURCE_KEY, { type: GGUFValueType.UINT64, value: BigInt(statSync(model.file.path).size) }],
+    [FINGERPRINT_KEY, { type: GGUFValueType.STRING, value: sourceFingerprint(model) }],
   ];
   const bytes = writeGGUF(out, { metadata, tensors, onTensor: onProgress });
   return { path: out, bytes, type: typeName(t), expertBytes };
 }
 
-/** Opens a sidecar and checks it matches the model (same layers, shapes). */
+/**
+ * Opens a sidecar and checks it was made from this model (its source fingerprint) and matches it
+ * (same layers, shapes). A sidecar without a fingerprint (written before moira recorded one) is
+ * refused too: nothing says whose experts it holds.
+ */
 export function openLowbitSidecar(model: Model, path: string): LowbitSource {
   try { statSync(path); } catch { throw new FileAccessError(`low-bit sidecar ${path} not found (write it with moira quantize-experts)`); }
   const file = readGGUF(path);
-  const md = file.metadata.get(SOURCE_KEY);
-  const modelSize = statSync(model.file.path).size;
-  if (md && md.type === GGUFValueType.UINT64 && Number(md.value) !== modelSize) {
-    throw new ModelFormatError(`low-bit sidecar ${path} was written for a model of ${md.value} bytes, ${model.file.path} has ${modelSize}: rewrite it with moira quantize-experts`);
+  const md = file.metadata.get(FINGERPRINT_KEY);
+  const redo = `re-run moira quantize-experts ${model.file.path} --out ${path}`;
+  if (!md || md.type !== GGUFValueType.STRING) {
+    throw new ModelFormatError(`low-bit sidecar ${path} has no ${FINGERPRINT_KEY}, so nothing says which model its experts come from: ${redo}`);
+  }
+  const own = sourceFingerprint(model);
+  if (md.value !== own) {
+    throw new ModelFormatError(`low-bit sidecar ${path} was written from another model (source fingerprint ${String(md.value).slice(0, 12)}…, ${model.file.path} has ${own.slice(0, 12)}…): ${redo}`);
   }
   const weights = new ModelWeights(new GGUFWeightSource(file));
   const cfg = model.config;

@@ -13,10 +13,12 @@ import { openSafetensorsDirectory, type SafetensorsArchive } from "../safetensor
 import { hfConfigToGGUFMetadata, readHFConfig, type HFModelConfig, type MLALayout } from "./config.js";
 import { materialize } from "./convert-tensor.js";
 import { planTensors, type SourceTensor, type TensorPlan } from "./tensor-names.js";
+import { convertHFTokenizer } from "./tokenizer.js";
 
 export { hfConfigToGGUFMetadata, parseHFConfig, readHFConfig, HF_MODEL_TYPES, type GGUFArch, type HFModelConfig, type MLAConfig, type MLALayout } from "./config.js";
 export { mapTensorName, planTensors, type TensorPlan, type TensorRecipe, type SourceTensor } from "./tensor-names.js";
 export { permuteQKRows } from "./convert-tensor.js";
+export { convertHFTokenizer, LLAMA_CPP_CHECK_TEXT, type HFTokenizerConversion } from "./tokenizer.js";
 
 /** llama.cpp's LlamaFileType for unquantized files: what general.file_type says. */
 const FILE_TYPE = { ALL_F32: 0, MOSTLY_F16: 1, MOSTLY_BF16: 32 } as const;
@@ -102,19 +104,43 @@ export function openHFDirectory(dir: string, options: { mlaLayout?: MLALayout } 
   }
 }
 
+export interface ConvertResult {
+  /** tokenizer.ggml.model written ("gpt2" / "llama"), or null when the file has no tokenizer keys. */
+  readonly tokenizer: string | null;
+  /** What the user should know: no tokenizer.json, a tokenizer moira cannot convert, a check that failed. */
+  readonly notes: string[];
+}
+
 /**
- * Writes a checkpoint directory as a GGUF file, as llama.cpp's converter would (without the
- * tokenizer metadata, which moira reads from tokenizer.json). Holds every tensor in memory at
- * once: meant for the small models of tests and tools.
+ * Writes a checkpoint directory as a GGUF file, as llama.cpp's converter would: the tokenizer
+ * keys come from tokenizer.json (+ tokenizer_config.json) when the directory has one (see
+ * ./tokenizer.ts); without one the file has none, which the notes say (llama.cpp refuses such a
+ * file; its converter refuses the directory). Holds every tensor in memory at once: meant for
+ * the small models of tests and tools.
  */
-export function convertHFToGGUF(dir: string, outPath: string, options: { mlaLayout?: MLALayout } = {}): void {
+export function convertHFToGGUF(dir: string, outPath: string, options: { mlaLayout?: MLALayout } = {}): ConvertResult {
   const model = openHFDirectory(dir, options);
   try {
+    const notes: string[] = [];
+    const metadata = new Map(model.metadata);
+    const tok = convertHFTokenizer(model.path, { vocabSize: model.config.vocabSize });
+    let tokenizer: string | null = null;
+    const noKeys = "the GGUF has no tokenizer.ggml.* keys: llama.cpp will not load it (key not found in model: tokenizer.ggml.model), and moira runs it from token ids only";
+    if (tok === null) {
+      notes.push(`note: ${join(model.path, "tokenizer.json")} not found, so ${noKeys}`);
+    } else if ("unsupported" in tok) {
+      notes.push(`note: cannot convert the tokenizer (${tok.unsupported}), so ${noKeys}`);
+    } else {
+      for (const [k, v] of tok.keys) metadata.set(k, v);
+      tokenizer = tok.model;
+      notes.push(...tok.notes);
+    }
     const tensors = [...model.weights.tensors.keys()].map((name) => {
       const t = model.weights.load(name);
       return { name: t.name, type: t.type, dims: t.dims, data: t.data };
     });
-    writeGGUF(outPath, { metadata: model.metadata, tensors });
+    writeGGUF(outPath, { metadata, tensors });
+    return { tokenizer, notes };
   } finally {
     model.weights.close();
   }
