@@ -164,6 +164,76 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// matmulMany(types: Int32Array, ws: Uint8Array[], rows: Int32Array, cols, x, nTokens, outs: Float32Array[]):
+// outs[i] = ws[i] x for several weights over one input (q, k and v): x quantized once per activation
+// kind, every matrix's row chunks in one pool run (one barrier). Each row is computed exactly as
+// matmul computes it, so the outputs are matmul's bits.
+ScratchBuffer gActMany[3];
+Napi::Value MatmulMany(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto types = typed<Napi::Int32Array>(info, 0, "types");
+  if (info.Length() < 2 || !info[1].IsArray()) fail(env, "matmulMany: weights: expected an array");
+  auto warr = info[1].As<Napi::Array>();
+  auto rowsArr = typed<Napi::Int32Array>(info, 2, "rows");
+  const int cols = intArg(info, 3, "cols");
+  auto x = typed<Napi::Float32Array>(info, 4, "x");
+  const int nTok = intArg(info, 5, "nTokens");
+  if (info.Length() < 7 || !info[6].IsArray()) fail(env, "matmulMany: outs: expected an array");
+  auto oarr = info[6].As<Napi::Array>();
+  const int nW = (int)types.ElementLength();
+  if (nW < 1 || warr.Length() != (uint32_t)nW || rowsArr.ElementLength() != (size_t)nW || oarr.Length() != (uint32_t)nW)
+    fail(env, "matmulMany: types, weights, rows and outs need one entry per matrix");
+  if (nTok < 0 || cols <= 0 || x.ElementLength() < (size_t)nTok * cols) fail(env, "matmulMany: x too small");
+  const KernelTable* K = gK;
+  ThreadPool& P = pool();
+  std::vector<MatmulArgs> mats(nW);
+  bool need[3] = {false, false, false};
+  for (int i = 0; i < nW; i++) {
+    const int type = types[i], rows = rowsArr[i], bs = blockSize(type);
+    if (bs == 0) fail(env, "matmulMany: unsupported weight type id " + std::to_string(type));
+    if (rows < 0 || cols % bs != 0) fail(env, "matmulMany: cols " + std::to_string(cols) + " is not a multiple of the block size");
+    size_t len = 0;
+    MatmulArgs& a = mats[i];
+    a.w = bytesOf(env, warr.Get(i), &len);
+    a.type = type; a.rowBytes = type_row_bytes(type, cols); a.rows = rows; a.cols = cols; a.nTok = nTok;
+    if (len < a.rowBytes * rows) fail(env, "matmulMany: weight " + std::to_string(i) + " buffer too small");
+    Napi::Value ov = oarr.Get(i);
+    if (!ov.IsTypedArray() || ov.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) fail(env, "matmulMany: outs must be Float32Arrays");
+    auto o = ov.As<Napi::Float32Array>();
+    if (o.ElementLength() < (size_t)nTok * rows) fail(env, "matmulMany: out " + std::to_string(i) + " too small");
+    a.out = o.Data();
+    need[K->act_kind(type)] = true;
+  }
+  if (nTok == 0) return env.Undefined();
+  const uint8_t* act[3] = {nullptr, nullptr, nullptr};
+  size_t stride[3] = {0, 0, 0};
+  const float* xs = x.Data();
+  for (int k = 0; k < 3; k++) {
+    if (!need[k]) continue;
+    if (k == ACT_F32) { act[k] = (const uint8_t*)xs; stride[k] = (size_t)cols * 4; continue; }
+    const ActLayout L = act_layout(k, cols);
+    uint8_t* q = gActMany[k].get(L.stride * nTok);
+    if (nTok < 4) for (int t = 0; t < nTok; t++) K->quantize_act(k, xs + (size_t)t * cols, cols, q + L.stride * t);
+    else P.run(nTok, [&](int t, int) { K->quantize_act(k, xs + (size_t)t * cols, cols, q + L.stride * t); });
+    act[k] = q; stride[k] = L.stride;
+  }
+  // the row chunks of matmul, per matrix
+  struct Chunk { int m, r0, r1; };
+  std::vector<Chunk> chunks;
+  for (int i = 0; i < nW; i++) {
+    MatmulArgs& a = mats[i];
+    const int kind = K->act_kind(a.type);
+    a.act = act[kind]; a.actStride = stride[kind];
+    const size_t rb = a.rowBytes;
+    int chunk;
+    if (nTok <= 4) chunk = (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(a.rows + P.size() * 8 - 1) / (P.size() * 8)));
+    else chunk = (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(a.rows + P.size() - 1) / P.size()));
+    for (int r = 0; r < a.rows; r += chunk) chunks.push_back({i, r, std::min(a.rows, r + chunk)});
+  }
+  P.run((int)chunks.size(), [&](int c, int) { K->matmul_rows(mats[chunks[c].m], chunks[c].r0, chunks[c].r1); });
+  return env.Undefined();
+}
+
 // rmsNorm(x, weight, eps, dim, out)
 Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   auto x = typed<Napi::Float32Array>(info, 0, "x");
@@ -442,6 +512,25 @@ Napi::Value FreeAligned(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// ---- discarding pages --------------------------------------------------------------------------------
+// discardPages(buffer, offset, length): gives the whole pages inside [offset, offset + length) of an
+// ArrayBuffer back to the kernel (MADV_DONTNEED: private anonymous pages read as zero afterwards and
+// cost nothing until written again). The partial pages at either end are kept. Returns the bytes
+// given back. Only for memory whose contents past that point are never read (KV positions past the
+// session's end, arena slots out of service).
+Napi::Value DiscardPages(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) fail(info.Env(), "discardPages: expected an ArrayBuffer");
+  auto ab = info[0].As<Napi::ArrayBuffer>();
+  const double offD = numArg(info, 1, "offset"), lenD = numArg(info, 2, "length");
+  if (offD < 0 || lenD < 0 || offD + lenD > (double)ab.ByteLength()) fail(info.Env(), "discardPages: range is outside the buffer");
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  const uintptr_t start = (uintptr_t)ab.Data() + (uintptr_t)offD, end = start + (uintptr_t)lenD;
+  const uintptr_t a = (start + page - 1) / page * page, b = end / page * page;
+  if (b <= a) return Napi::Number::New(info.Env(), 0);
+  if (madvise((void*)a, b - a, MADV_DONTNEED) != 0) fail(info.Env(), std::string("discardPages: madvise failed: ") + strerror(errno));
+  return Napi::Number::New(info.Env(), (double)(b - a));
+}
+
 // ---- file mappings ---------------------------------------------------------------------------------
 // mapFile(path, offset, length, populate) -> ArrayBuffer over a private mapping of that byte range
 // (writes stay in the process, never reach the file); unmapFile detaches and unmaps at once, else
@@ -455,6 +544,19 @@ void finalizeMapping(Napi::Env, void* data, Mapping* m) {
   std::lock_guard<std::mutex> lk(gAllocMu);
   if (!m->unmapped) { gMaps.erase(data); munmap(m->mem, m->len); m->unmapped = true; }
   delete m;
+}
+
+// Faults in every page of [mem, mem + len) now. MADV_POPULATE_READ maps the page cache's pages
+// (MAP_POPULATE on a writable private mapping would take write faults: a private copy of every page);
+// kernels before 5.14 lack it, then one read per page does the same.
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+void populateRange(uint8_t* mem, size_t len, size_t page) {
+  if (madvise(mem, len, MADV_POPULATE_READ) == 0) return;
+  volatile uint8_t sink = 0;
+  for (size_t o = 0; o < len; o += page) sink ^= mem[o];
+  (void)sink;
 }
 
 Napi::Value MapFile(const Napi::CallbackInfo& info) {
@@ -477,14 +579,20 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
   close(fd);
   if (mem == MAP_FAILED) fail(info.Env(), "cannot map " + path + ": " + strerror(err));
   if (populate) {
-    // MAP_POPULATE on a writable private mapping would take write faults: a private copy of every page
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#endif
-    if (madvise(mem, mlen, MADV_POPULATE_READ) != 0) {
-      volatile uint8_t sink = 0;
-      for (size_t o = 0; o < mlen; o += page) sink ^= ((const uint8_t*)mem)[o];
-      (void)sink;
+    // 2 MiB page-cache folios are then mapped whole (one PMD entry each, where the mapping's address
+    // and the file offset agree modulo 2 MiB, which the kernel arranges for large file mappings), and
+    // a cold read ahead comes in 2 MiB folios
+    madvise(mem, mlen, MADV_HUGEPAGE);
+    // a few threads on large ranges: a cold file keeps more reads in flight (~25 % faster from SSD)
+    const size_t chunk = 256u << 20, huge = 2u << 20;
+    const size_t parts = std::max<size_t>(1, std::min<size_t>(4, mlen / chunk));
+    if (parts == 1) {
+      populateRange((uint8_t*)mem, mlen, page);
+    } else {
+      const size_t step = (mlen / parts + huge - 1) / huge * huge;
+      std::vector<std::thread> ts;
+      for (size_t o = 0; o < mlen; o += step) ts.emplace_back(populateRange, (uint8_t*)mem + o, std::min(step, mlen - o), page);
+      for (auto& t : ts) t.join();
     }
   }
   uint8_t* data = (uint8_t*)mem + (off - base);
@@ -637,6 +745,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
   exports.Set("matmul", Napi::Function::New(env, Matmul));
+  exports.Set("matmulMany", Napi::Function::New(env, MatmulMany));
   exports.Set("rmsNorm", Napi::Function::New(env, RmsNorm));
   exports.Set("rope", Napi::Function::New(env, Rope));
   exports.Set("attention", Napi::Function::New(env, Attention));
@@ -651,6 +760,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sumF32", Napi::Function::New(env, SumF32));
   exports.Set("allocAligned", Napi::Function::New(env, AllocAligned));
   exports.Set("freeAligned", Napi::Function::New(env, FreeAligned));
+  exports.Set("discardPages", Napi::Function::New(env, DiscardPages));
   exports.Set("fileIdentity", Napi::Function::New(env, FileIdentity));
   exports.Set("mapFile", Napi::Function::New(env, MapFile));
   exports.Set("unmapFile", Napi::Function::New(env, UnmapFile));

@@ -1,6 +1,7 @@
-// See expert_ffn.h. Three pool passes per call: (1) gate and up rows of every expert over its
-// gathered tokens, silu-mul on the spot; (2) down rows over the quantized activations of each slot;
-// (3) the weighted sum per token. Activation quantization (cheap, per token) runs between them.
+// See expert_ffn.h. Three passes per call: (1) gate and up rows of every expert over its gathered
+// tokens, silu-mul on the spot; (2) down rows over the quantized activations of each slot; (3) the
+// weighted sum per token. Activation quantization (cheap, per token) runs between them. A decode
+// call (< 4 tokens) runs (1) and (2) as one pool run; (3) then runs on the calling thread.
 #include "expert_ffn.h"
 #include "scratch.h"
 
@@ -8,6 +9,8 @@
 #include <string.h>
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <new>
 #include <vector>
 
@@ -77,8 +80,8 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
     const int n = a.offsets[e + 1] - a.offsets[e];
     if (n > 0) chunk_rows(tasks, e, ff, target, type_row_bytes(a.types[3 * e], d), 2);
   }
-  P.run((int)tasks.size(), [&](int i, int) {
-    const Task& tk = tasks[i];
+  const int nGateUp = (int)tasks.size();
+  auto gateUp = [&](const Task& tk) {
     const int s0 = a.offsets[tk.e], n = a.offsets[tk.e + 1] - s0;
     for (int m = 0; m < 2; m++) {
       const int type = a.types[3 * tk.e + m], kind = K->act_kind(type);
@@ -92,7 +95,7 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
       float* g = G + (size_t)s * ff + tk.r0;
       K->silu_mul(g, U + (size_t)s * ff + tk.r0, g, (size_t)(tk.r1 - tk.r0));
     }
-  });
+  };
 
   // (2) quantize h per slot for its expert's down weight, then down rows
   std::vector<size_t> baseH(nE + 1, 0), strideH(nE, 0);
@@ -108,11 +111,8 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
     const int e = slotExpert[s];
     K->quantize_act(K->act_kind(a.types[3 * e + 2]), G + (size_t)s * ff, ff, H + baseH[e] + strideH[e] * (size_t)(s - a.offsets[e]));
   };
-  if (nSlot < 4 || a.nTok < 4) for (int s = 0; s < nSlot; s++) quant(s, 0);  // decode: a few short rows, no barrier
-  else P.run(nSlot, quant);
 
   float* Y = a.slotOut ? a.slotOut : (float*)gY.get((size_t)nSlot * d * 4);
-  tasks.clear();
   passBytes = 0;
   for (int e = 0; e < nE; e++) if (a.offsets[e + 1] > a.offsets[e]) passBytes += type_row_bytes(a.types[3 * e + 2], ff) * d;
   target = chunk_target(passBytes, maxN, P.size());
@@ -120,15 +120,45 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
     const int n = a.offsets[e + 1] - a.offsets[e];
     if (n > 0) chunk_rows(tasks, e, d, target, type_row_bytes(a.types[3 * e + 2], ff), 1);
   }
-  P.run((int)tasks.size(), [&](int i, int) {
-    const Task& tk = tasks[i];
+  auto down = [&](const Task& tk) {
     const int s0 = a.offsets[tk.e], n = a.offsets[tk.e + 1] - s0;
     MatmulArgs ma;
     ma.type = a.types[3 * tk.e + 2]; ma.w = a.w[3 * tk.e + 2]; ma.rowBytes = type_row_bytes(ma.type, ff);
     ma.rows = d; ma.cols = ff; ma.nTok = n; ma.act = H + baseH[tk.e]; ma.actStride = strideH[tk.e];
     ma.out = Y + (size_t)s0 * d;
     K->matmul_rows(ma, tk.r0, tk.r1);
-  });
+  };
+
+  // MOIRA_EXPERT_FFN_TWO_PASS=1 keeps decode on the two-run path (A/B of the fused run)
+  static const bool twoPass = getenv("MOIRA_EXPERT_FFN_TWO_PASS") != nullptr;
+  if (a.nTok < 4 && !twoPass) {
+    // Decode: one pool run for both passes. Tasks are claimed in index order, gate/up chunks first;
+    // whoever finishes an expert's last gate/up chunk quantizes its h and marks it ready, and a down
+    // chunk waits (spins) for its expert's mark, which by then is almost always set: one barrier
+    // per layer instead of two, and no thread idles at the end of the gate/up pass.
+    std::unique_ptr<std::atomic<int>[]> left(new std::atomic<int>[nE]);
+    for (int e = 0; e < nE; e++) left[e].store(0, std::memory_order_relaxed);
+    for (int i = 0; i < nGateUp; i++) left[tasks[i].e].fetch_add(1, std::memory_order_relaxed);
+    // ready when left[e] reaches -1: the last chunk's thread takes it from 1 to 0, quantizes, then -1
+    P.run((int)tasks.size(), [&](int i, int) {
+      const Task& tk = tasks[i];
+      if (i < nGateUp) {
+        gateUp(tk);
+        if (left[tk.e].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+          for (int s = a.offsets[tk.e]; s < a.offsets[tk.e + 1]; s++) quant(s, 0);
+          left[tk.e].store(-1, std::memory_order_release);
+        }
+      } else {
+        for (int spins = 0; left[tk.e].load(std::memory_order_acquire) != -1;) ThreadPool::backoff(spins);
+        down(tk);
+      }
+    });
+  } else {
+    P.run(nGateUp, [&](int i, int) { gateUp(tasks[i]); });
+    if (nSlot < 4) for (int s = 0; s < nSlot; s++) quant(s, 0);
+    else P.run(nSlot, quant);
+    P.run((int)tasks.size() - nGateUp, [&](int i, int) { down(tasks[nGateUp + i]); });
+  }
   if (a.slotOut) return;
 
   // (3) out[t] = sum of w * y over t's slots in slot order, each step rounded like the JavaScript

@@ -6,6 +6,7 @@
 // otherwise claim an index against g's stale counter, run the next run's function early, and count
 // it as done twice, so that run could return while a task still used its stack.
 // Idle workers spin ~200 us (ops arrive back to back during a forward pass), then sleep on a condvar.
+// A thread waiting for others (the caller at the end of a run) pauses, then also yields (backoff).
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -59,8 +60,17 @@ class ThreadPool {
     }
     cv_.notify_all();
     claim(g, 0);
-    while (done_.load(std::memory_order_acquire) < nTasks) MOIRA_PAUSE();
+    for (int spins = 0; done_.load(std::memory_order_acquire) < nTasks;) backoff(spins);
     fn_ = nullptr;
+  }
+
+ public:
+  // One step of a wait for another pool thread: pause, and after ~50 us of pausing also yield the
+  // core. On a quiet machine the wait ends long before; on an oversubscribed one the thread being
+  // waited for may be preempted, and spinning on would keep it off the core.
+  static void backoff(int& spins) {
+    MOIRA_PAUSE();
+    if (++spins >= 4096) std::this_thread::yield();
   }
 
  private:

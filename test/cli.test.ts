@@ -158,22 +158,28 @@ test("bad input: clear typed errors naming the problem, exit 1, no stack trace",
   assert.match(usage.stderr, /required option.*--model/);
 });
 
-test("run --memory-budget too small for the default context: shortened, with a note; same text as all-resident", async () => {
+test("run --memory-budget: the KV cache holds the prompt and --max-tokens, no more; same text as all-resident", async () => {
   const { Model } = await import("../src/model/model.js");
-  const { planMemory } = await import("../src/offload/planner.js");
+  const { planMemory, formatBytes } = await import("../src/offload/planner.js");
+  const { KvCache } = await import("../src/model/kv-cache.js");
+  const { loadTokenizer } = await import("../src/engine/tokenizer/index.js");
   const model = Model.open(tiny);
-  let budget: number, full: number;
+  let budget: number, full: number, kvBytes: number;
   try {
-    // below what the default context (the model's, at most 4096) needs even for a one-token prompt
+    const tok = loadTokenizer(model.file);
+    const needed = tok.encode("Once upon a time", { addBos: tok.addBosDefault }).length + 10;
+    kvBytes = KvCache.bytes(model.config, needed, "f32");
+    // below what a default-length context (the model's, at most 4096) needs even for a one-token prompt
     full = Math.min(model.config.contextLength, 4096);
     budget = planMemory(model, { budget: 2 ** 40, contextLength: full, maxBatch: 1 }).minimumBytes - 1;
   } finally {
     model.close();
   }
-  const args = ["run", "--model", tiny, "--prompt", "Once upon a time", "--max-tokens", "10", "--temperature", "0"];
+  const args = ["run", "--model", tiny, "--prompt", "Once upon a time", "--max-tokens", "10", "--temperature", "0", "--kv-type", "f32"];
   const r = moira(...args, "--memory-budget", String(budget), "--stats");
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stderr, /note: context shortened to \d+ positions to fit --memory-budget .*; give --context to choose/);
+  assert.doesNotMatch(r.stderr, /context shortened/);
+  assert.match(r.stderr, new RegExp(`KV cache ${formatBytes(kvBytes)} \\+`), r.stderr);
   assert.equal(r.stdout.split("\n")[0], moira(...args).stdout.split("\n")[0]);
   // an explicit --context is not second-guessed: refused with the minimum
   assertUserError(moira(...args, "--memory-budget", String(budget), "--context", String(full)), new RegExp(`below the minimum .* \\(${full} positions\\)`));
@@ -195,4 +201,41 @@ test("chat: answers each piped line, reuses the cache, /reset starts over", () =
   // greedy: the first turn after /reset repeats the very first reply
   assert.equal(replies.length, 3);
   assert.equal(replies[2], replies[0]);
+});
+
+test("the KV cache is f16 unless --kv-type says otherwise (run, bench); logits keeps f32 for exact logits", async () => {
+  const { Model } = await import("../src/model/model.js");
+  const { formatBytes } = await import("../src/offload/planner.js");
+  const { KvCache } = await import("../src/model/kv-cache.js");
+  const model = Model.open(tiny);
+  const config = model.config;
+  model.close();
+  // bench: its plan holds the KV cache of prompt + generated + 1 positions, at f16 unless told
+  const bench = (...extra: string[]) => {
+    const r = moira("bench", "--model", tiny, "--prompt-tokens", "5", "--gen-tokens", "3", "--memory-budget", "1GiB", "--json", ...extra);
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as { plan: { kvBytes: number }; tokens: number[]; decodeMs: number };
+  };
+  const b16 = bench(), b32 = bench("--kv-type", "f32");
+  assert.equal(b16.plan.kvBytes, KvCache.bytes(config, 9, "f16"));
+  assert.equal(b32.plan.kvBytes, KvCache.bytes(config, 9, "f32"));
+  assert.equal(b16.tokens.length, 3);
+  assert.ok(b16.decodeMs > 0);
+  // run: the memory plan on stderr shows the KV cache of prompt + --max-tokens positions, at f16 unless told
+  const { loadTokenizer } = await import("../src/engine/tokenizer/index.js");
+  const m2 = Model.open(tiny);
+  const tok = loadTokenizer(m2.file);
+  const needed = tok.encode("Once upon a time", { addBos: tok.addBosDefault }).length + 4;
+  m2.close();
+  const planKv = (...extra: string[]) => {
+    const r = moira("run", "--model", tiny, "--prompt", "Once upon a time", "--max-tokens", "4", "--temperature", "0", "--memory-budget", "1GiB", "--stats", ...extra);
+    assert.equal(r.code, 0, r.stderr);
+    return /KV cache (\S+ \S+) \+/.exec(r.stderr)?.[1];
+  };
+  assert.equal(planKv(), formatBytes(KvCache.bytes(config, needed, "f16")));
+  assert.equal(planKv("--kv-type", "f32"), formatBytes(KvCache.bytes(config, needed, "f32")));
+  // logits: the default is the f32 cache, bit for bit
+  const logits = (...extra: string[]) => JSON.parse(moira("logits", "--model", tiny, "--tokens", "5,6,7,8", "--json", ...extra).stdout).logits as number[][];
+  assert.deepEqual(logits(), logits("--kv-type", "f32"));
+  assert.notDeepEqual(logits(), logits("--kv-type", "f16"));
 });

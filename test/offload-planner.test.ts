@@ -1,7 +1,7 @@
 /** Planner: budget parsing and the split of a budget. */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { parseBudget, formatBytes, calibrateWidth } from "../src/offload/index.js";
+import { parseBudget, formatBytes, calibrateWidth, calibrateDistance, MAX_PREFETCH_DISTANCE } from "../src/offload/index.js";
 import { InvalidArgumentError } from "../src/errors.js";
 
 test("parseBudget: plain bytes, binary and decimal suffixes", () => {
@@ -78,4 +78,14 @@ test("planMemory counts the KV cache at its element type; fitContext shortens an
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("calibrateDistance: the layers one expert read spans, within [1, max]", () => {
+  assert.equal(calibrateDistance({ layerMs: 2.4, readMs: 1.0 }), 1, "a read fits in a layer: Fate's next layer");
+  assert.equal(calibrateDistance({ layerMs: 2.4, readMs: 2.4 }), 1);
+  assert.equal(calibrateDistance({ layerMs: 2.4, readMs: 4.4 }), 2, "Qwen1.5-MoE at 50 %");
+  assert.equal(calibrateDistance({ layerMs: 1, readMs: 2.5 }), 3);
+  assert.equal(calibrateDistance({ layerMs: 1, readMs: 100 }), MAX_PREFETCH_DISTANCE);
+  assert.equal(calibrateDistance({ layerMs: 1, readMs: 100, max: 2 }), 2, "a model with 3 MoE layers");
+  assert.equal(calibrateDistance({ layerMs: 0, readMs: 1, max: 3 }), 3);
 });

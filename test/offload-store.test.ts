@@ -1,8 +1,9 @@
 /**
- * ExpertStore exactness: with every policy and predictor, and a budget far below the experts'
- * size, logits are bit-identical to the all-resident run on the same backend (the store changes
- * where bytes live, never which bytes are used). Plus: budget errors, a model file truncated or
- * replaced during a run.
+ * ExpertStore exactness: with every policy and predictor, at prefetch distances 1 (Fate: the next
+ * layer) to 3 (lookahead), and a budget far below the experts' size, logits are bit-identical to
+ * the all-resident run on the same backend (the store changes where bytes live, never which bytes
+ * are used). Plus: the Session states requests and phases to the provider; budget errors, a model
+ * file truncated or replaced during a run.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -16,7 +17,7 @@ import type { Backend } from "../src/backend/backend.js";
 import { backendsUnderTest, nativeOrRef } from "./backends.js";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { ExpertStore } from "../src/offload/store.js";
-import { ResidentExperts, type AcquireHint, type DeferredExperts, type ExpertFfnWeights, type ExpertProvider } from "../src/model/experts.js";
+import { ResidentExperts, type AcquireHint, type DeferredExperts, type ExpertFfnWeights, type ExpertProvider, type ForwardInfo } from "../src/model/experts.js";
 import { addSlots } from "../src/model/steps.js";
 import { planMemory } from "../src/offload/planner.js";
 import { OffloadStats } from "../src/offload/stats.js";
@@ -71,7 +72,8 @@ function assertBitIdentical(a: Float32Array[], b: Float32Array[], what: string):
   }
 }
 
-async function exactness(path: string, prompt: number[], steps: number, cacheFraction: number): Promise<void> {
+/** Returns, per policy/predictor/distance, the prefetch loads issued two or more layers ahead. */
+async function exactness(path: string, prompt: number[], steps: number, cacheFraction: number): Promise<Record<string, number>> {
   const model = Model.open(path);
   const backend = await nativeOrRef();
   try {
@@ -79,24 +81,39 @@ async function exactness(path: string, prompt: number[], steps: number, cacheFra
     const ref = runLogits(model, backend, prompt, steps);
     const probe = planMemory(model, { budget: 2 ** 50, contextLength: ctx, maxBatch: prompt.length });
     const budget = probe.minimumBytes + Math.floor(probe.allExpertSlots * cacheFraction) * probe.slotBytes;
+    const farLoads: Record<string, number> = {};
     for (const policy of ["none", "lru", "lfu", "arc", "fate", "fate-split"]) {
       for (const predictor of ["none", "eap", "fate"]) {
-        const plan = planMemory(model, { budget, contextLength: ctx, maxBatch: prompt.length, policy });
-        const stats = new OffloadStats(model.config.nLayer);
-        const store = new ExpertStore(model.config, model.weights, path, { plan, policy, predictor, backend, stats, prefetchWidth: predictor === "none" ? undefined : 3 });
-        try {
-          // twice: the second request starts with a warm cache and EAP history
-          for (let r = 0; r < 2; r++) assertBitIdentical(ref, runLogits(model, backend, prompt, steps, store), `${policy}/${predictor} run ${r}`);
-          const t = stats.total();
-          assert.ok(t.accesses > 0);
-          assert.ok(t.bytesRead > 0, "experts were read from the file");
-          if (policy !== "none") assert.ok(t.hits > 0, `${policy}/${predictor}: some hits`);
-          if (predictor !== "none") assert.ok(t.prefetchesIssued > 0, `${policy}/${predictor}: prefetches issued`);
-        } finally {
-          store.dispose();
+        for (const distance of predictor === "none" ? [1] : [1, 2, 3]) {
+          const what = `${policy}/${predictor}/d=${distance}`;
+          const plan = planMemory(model, { budget, contextLength: ctx, maxBatch: prompt.length, policy });
+          const stats = new OffloadStats(model.config.nLayer);
+          const store = new ExpertStore(model.config, model.weights, path, {
+            plan, policy, predictor, backend, stats, prefetchWidth: predictor === "none" ? undefined : 3, prefetchDistance: distance,
+          });
+          try {
+            assert.equal(store.distance, distance);
+            // twice: the second request starts with a warm cache and EAP history
+            for (let r = 0; r < 2; r++) assertBitIdentical(ref, runLogits(model, backend, prompt, steps, store), `${what} run ${r}`);
+            const t = stats.total();
+            assert.ok(t.accesses > 0);
+            assert.ok(t.bytesRead > 0, "experts were read from the file");
+            if (policy !== "none") assert.ok(t.hits > 0, `${what}: some hits`);
+            if (predictor === "none") continue;
+            assert.ok(t.prefetchesIssued > 0, `${what}: prefetches issued`);
+            // decode predictions are scored at distances 1..3 whatever the distance loaded from
+            for (const d of [1, 2, 3].filter((d) => d < model.config.nLayer)) assert.ok(stats.prediction.at(d).predicted.some((n) => n > 0), `${what}: predictions scored at d=${d}`);
+            assert.ok(stats.loadsByDistance.length <= distance, `${what}: no load from farther than ${distance} layers`);
+            farLoads[what] = stats.loadsByDistance.slice(1).reduce((n, c) => n + c.issued, 0);
+          } finally {
+            store.dispose();
+          }
         }
       }
     }
+    // the lookahead loads: some layer's experts were read two or more layers ahead
+    for (const policy of ["lru", "fate"]) assert.ok(farLoads[`${policy}/fate/d=2`]! > 0 && farLoads[`${policy}/fate/d=3`]! > 0, JSON.stringify(farLoads));
+    return farLoads;
   } finally {
     backend.dispose();
     model.close();
@@ -239,6 +256,64 @@ test("experts computed as they arrive (in-memory ones first, the shared expert w
 test("offload exactness: tinymoe-trained.gguf", { skip: skipWithoutShared }, async () => {
   const prompt = [1, 450, 4996, 17354, 1701, 432, 17204, 975, 278, 17366, 11203, 29889, 512];
   await exactness(shared("models", "tinymoe-trained.gguf"), prompt, 8, 0.4);
+});
+
+/** Records what the Session tells its provider: request starts and each forward's phase. */
+class RecordingExperts implements ExpertProvider {
+  readonly log: string[] = [];
+  constructor(private readonly inner: ResidentExperts) {}
+  beginRequest(): void { this.log.push("request"); }
+  beginForward(info: ForwardInfo): void { this.log.push(`${info.phase} ${info.nTokens}`); }
+  acquire(layer: number, experts: readonly number[], hint: AcquireHint): ExpertFfnWeights[] { return this.inner.acquire(layer, experts, hint); }
+  release(layer: number, experts: readonly number[]): void { this.inner.release(layer, experts); }
+}
+
+test("the Session states request starts (first forward, reset, rewind) and each forward's phase", async () => {
+  const model = Model.open(await tinyModel());
+  const backend = new RefBackend();
+  try {
+    const rec = new RecordingExperts(new ResidentExperts(model.config, model.weights));
+    const s = new Session(model, { backend, experts: rec, contextLength: 16 });
+    s.prefill([5, 6, 7]);
+    s.decodeStep(8);
+    s.decodeStep(9);
+    s.forward([10, 11], { allLogits: true }); // more of a prompt: prefill, same request
+    s.rewind(2); // a chat turn after a shared prefix
+    s.prefill([12]); // a one-token prompt is a prompt
+    s.decodeStep(13);
+    s.reset();
+    s.decodeStep(14);
+    assert.deepEqual(rec.log, [
+      "request", "prefill 3", "decode 1", "decode 1", "prefill 2",
+      "request", "prefill 1", "decode 1",
+      "request", "decode 1",
+    ]);
+  } finally {
+    model.close();
+  }
+});
+
+test("the store takes the phase the Session states, not the batch size: a one-token prompt is prefill", async () => {
+  const path = await tinyModel();
+  const model = Model.open(path);
+  const backend = new RefBackend();
+  const plan = planMemory(model, { budget: 2 ** 40, contextLength: 16, policy: "lru" });
+  const stats = new OffloadStats(model.config.nLayer);
+  const store = new ExpertStore(model.config, model.weights, path, { plan, policy: "lru", predictor: "fate", backend, stats, prefetchWidth: 2, prefetchDistance: 2 });
+  try {
+    const s = new Session(model, { backend, experts: store, contextLength: 16 });
+    s.prefill([5]);
+    assert.ok(stats.phases.prefill.accesses > 0 && stats.phases.decode.accesses === 0, JSON.stringify(stats.phases));
+    s.decodeStep(6);
+    s.decodeStep(7);
+    assert.ok(stats.phases.decode.accesses > 0);
+    // a prompt looks one layer ahead; decode tokens are scored at d = 1..3 (4 layers)
+    assert.equal(stats.prediction.at(2).predicted.reduce((a, b) => a + b, 0), 2 * 2 * 2, "two decode tokens x layers 2, 3 x width 2");
+    assert.equal(stats.prediction.at(3).predicted.reduce((a, b) => a + b, 0), 2 * 1 * 2, "two decode tokens x layer 3 x width 2");
+  } finally {
+    store.dispose();
+    model.close();
+  }
 });
 
 test("budget below the minimum: BudgetError naming the minimum and its parts", async () => {

@@ -77,6 +77,22 @@ test("GET /metrics counts requests and tokens in Prometheus text", async () => {
   assert.ok(gen > 0);
 });
 
+test("GET /metrics: decode time is counted for every request, also one a stop string ends early", async () => {
+  const metric = async (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(await (await app.fetch(new Request("http://x/metrics"))).text())![1]);
+  const full = await (await post("/v1/completions", { prompt: "Once upon", max_tokens: 8, temperature: 0 })).json() as { choices: Array<{ text: string }> };
+  const text = full.choices[0].text;
+  // a stop string at the end of the text: the reader ends the stream at the last token
+  const stop = text.slice(-2);
+  const before = await metric("moira_decode_seconds_total");
+  const tokensBefore = await metric("moira_generated_tokens_total");
+  const r = await (await post("/v1/completions", { prompt: "Once upon", max_tokens: 8, temperature: 0, stop })).json() as { choices: Array<{ text: string; finish_reason: string }> };
+  assert.equal(r.choices[0].finish_reason, "stop");
+  assert.ok(r.choices[0].text.length >= 2, `stopped after some text: ${JSON.stringify(r.choices[0].text)}`);
+  assert.ok(await metric("moira_generated_tokens_total") > tokensBefore);
+  assert.ok(await metric("moira_decode_seconds_total") > before, "the stopped request's decode time is counted");
+  assert.ok(await metric("moira_decode_tokens_per_second") > 0);
+});
+
 test("moira serve: listens, answers a chat completion, exits on SIGTERM", async () => {
   const child = spawn(process.execPath, [join(REPO_ROOT, "bin", "moira.js"), "serve", "--model", path, "--port", "0"], { stdio: ["ignore", "ignore", "pipe"] });
   const port = await new Promise<number>((resolve, reject) => {

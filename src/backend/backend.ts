@@ -6,6 +6,7 @@
  * Conventions: a "row" is `dim` consecutive floats; a batch of `nTokens` rows is stored back to back.
  */
 import type { GGMLType } from "../formats/quant/types.js";
+import type { FileMapper } from "../formats/model-file.js";
 
 /**
  * A 2-D weight in GGUF layout: `rows` rows of `cols` elements (cols = GGUF ne0), each row a run of
@@ -38,6 +39,18 @@ export interface RopeParams {
 
 /** A KV cache row store: f32, or IEEE f16 bit patterns (see Backend.f32ToF16). */
 export type KvArray = Float32Array | Uint16Array;
+
+/** A KV array in memory whose untouched pages cost nothing, and whose pages can be given back. */
+export interface KvStorage {
+  readonly array: KvArray;
+  /**
+   * Gives back the whole pages inside elements [from, to) (they read as 0 afterwards); returns
+   * the bytes given back. Only for elements the cache will write before it reads them again.
+   */
+  discard(from: number, to: number): number;
+  /** Frees the memory now; `array` must not be used afterwards. */
+  dispose(): void;
+}
 
 export interface AttentionParams {
   /** new query tokens; query t sits at position nPast + t and sees cache rows [0, nPast + t] */
@@ -89,6 +102,12 @@ export interface Backend {
   readonly name: string;
   /** out[t, r] = sum_c W[r, c] * x[t, c].  x: [nTokens, w.cols], out: [nTokens, w.rows] */
   matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void;
+  /**
+   * Several matmuls over one input (q, k and v): outs[i] gets exactly what matmul(ws[i], x, nTokens,
+   * outs[i]) would write; a backend may run them as one op (input prepared once, one dispatch).
+   * Every ws[i] has x's cols.
+   */
+  matmulMany(ws: readonly WeightMatrix[], x: Float32Array, nTokens: number, outs: readonly Float32Array[]): void;
   /** out[i] = x[i] / rms(row) * weight[i % dim]; rows of `dim`, as many as x holds */
   rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void;
   /** rotary embedding, in place. x: [nTokens, nHead, headStride] */
@@ -113,6 +132,17 @@ export interface Backend {
   moeFfn(x: Float32Array, nTokens: number, batch: ExpertBatch, out: Float32Array): void;
   /** out[t, :] = dequantized row ids[t] of w.  out: [ids.length, w.cols] */
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void;
+  /**
+   * Optional: maps a byte range of a file into memory the kernels can read in place, every page
+   * present on return (no copy, no page faults later). Where absent, weights are read into copies.
+   */
+  readonly mapFile?: FileMapper;
+  /**
+   * Optional: a KV array of `elements` f32 values or f16 bit patterns in page-granular memory
+   * (untouched pages cost nothing; discarded ones are given back). Where absent, the cache uses
+   * plain typed arrays, which hold every page they have touched until collected.
+   */
+  readonly allocKv?: (type: "f32" | "f16", elements: number) => KvStorage;
   /** Frees native resources; the backend must not be used afterwards. */
   dispose(): void;
 }

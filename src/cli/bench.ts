@@ -1,13 +1,17 @@
 /**
  * `moira bench`: prefill and decode speed of one model under the offloading flags, with a
- * synthetic prompt (deterministic token ids, no tokenizer needed) and greedy decoding.
+ * synthetic prompt (deterministic token ids, no tokenizer needed) and greedy decoding unless
+ * sampling flags say otherwise. Times are whole steps, as `run` streams them: prefill until the
+ * first token is sampled; each decode step its forward and its sampling. (No detokenizing: it
+ * costs 1-3 µs a token, and loading a tokenizer would add to the memory a budget run measures.)
  * `--json` prints one object (the bench/offload.ts driver parses it).
  */
 import type { Command } from "commander";
 import { Model } from "../model/model.js";
 import { createBackend } from "../backend/index.js";
 import { Session } from "../engine/session.js";
-import { parseIntOption } from "./common.js";
+import { KV_TYPE_HELP, addSamplingOptions, parseIntOption } from "./common.js";
+import { Rng, sample, validateSamplerOptions, type SamplerOptions } from "../engine/sampler.js";
 import { parseKvType, type KvType } from "../model/kv-cache.js";
 import { addOffloadOptions, createExpertProvider, type OffloadFlags } from "./offload-options.js";
 import type { RoutingObserver } from "../model/steps.js";
@@ -107,9 +111,9 @@ export function syntheticPrompt(n: number, vocab: number, seed = 1): number[] {
   return out;
 }
 
-export async function runBench(o: OffloadFlags & {
+export async function runBench(o: OffloadFlags & SamplerOptions & {
   model: string; backend: string; threads?: number; promptTokens: number; genTokens: number; perLayer?: boolean;
-  /** KV cache element type (default f32) */
+  /** KV cache element type (default f16, as the CLI's) */
   kvType?: KvType;
   /** record the routing and replay it through Belady's cache at the plan's cache size */
   belady?: boolean;
@@ -120,27 +124,39 @@ export async function runBench(o: OffloadFlags & {
    */
   decodeInput?: "greedy" | "text";
 }): Promise<{ result: BenchResult; report: string }> {
+  // greedy unless asked: temperature 0 (the sampler's own default is 0.8)
+  const sampling: SamplerOptions = { ...o, temperature: o.temperature ?? 0 };
+  validateSamplerOptions(sampling);
+  const kvType = o.kvType ?? "f16";
   const model = Model.open(o.model);
   const backend = await createBackend(o.backend, { threads: o.threads });
   const ctx = o.promptTokens + o.genTokens + 1;
-  const handle = createExpertProvider(model, o, backend, { contextLength: ctx, maxBatch: o.promptTokens, kvType: o.kvType });
+  const handle = createExpertProvider(model, o, backend, { contextLength: ctx, maxBatch: o.promptTokens, kvType });
   try {
     const firstMoe = handle.plan ? Math.min(...handle.plan.tensors.keys()) : 0;
     const collector = o.belady && handle.plan ? new RoutingCollector(firstMoe, handle.observer) : null;
-    const session = new Session(model, { backend, experts: handle.provider, contextLength: ctx, kvType: o.kvType, observer: collector ?? handle.observer });
+    const session = new Session(model, { backend, experts: handle.provider, contextLength: ctx, kvType, observer: collector ?? handle.observer });
     const V = model.config.vocabSize;
-    const text = syntheticPrompt(o.promptTokens + o.genTokens, V);
+    // one token past the run: the input the last step samples but never feeds
+    const text = syntheticPrompt(o.promptTokens + o.genTokens + 1, V);
     const prompt = text.slice(0, o.promptTokens);
-    const argmax = (l: Float32Array) => { let b = 0; for (let v = 1; v < V; v++) if (l[v]! > l[b]!) b = v; return b; };
+    const rng = new Rng(o.seed ?? Date.now());
+    const history = [...prompt];
+    /** Samples the token after `logits` (its cost counts, even when the text is fed instead); returns the i-th decode input. */
+    const next = (logits: Float32Array, i: number): number => {
+      const sampled = sample(logits, sampling, rng, history);
+      const t = o.decodeInput === "text" ? text[o.promptTokens + i]! : sampled;
+      history.push(t);
+      return t;
+    };
     const t0 = performance.now();
-    let logits = session.prefill(prompt);
+    let t = next(session.prefill(prompt), 0);
     const prefillMs = performance.now() - t0;
     const tokens: number[] = [];
     const t1 = performance.now();
     for (let i = 0; i < o.genTokens; i++) {
-      const t = o.decodeInput === "text" ? text[o.promptTokens + i]! : argmax(logits);
       tokens.push(t);
-      logits = session.decodeStep(t);
+      t = next(session.decodeStep(t), i + 1);
     }
     const decodeMs = performance.now() - t1;
     const result: BenchResult = {
@@ -151,9 +167,9 @@ export async function runBench(o: OffloadFlags & {
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
       budget: handle.plan?.budget ?? null,
       policy: handle.store?.policy.name ?? null,
-      predictor: handle.store?.predictor.name ?? null,
+      predictor: handle.store?.predictorName ?? null,
       plan: handle.plan ? { ...handle.plan, tensors: undefined } : null,
-      offload: handle.stats ? { ...handle.stats.toJSON(), width: handle.store!.width, prefetchLoads: handle.store!.prefetchLoads } : null,
+      offload: handle.stats ? { ...handle.stats.toJSON(), width: handle.store!.width, distance: handle.store!.distance, prefetchLoads: handle.store!.prefetchLoads } : null,
       belady: collector && handle.plan && handle.plan.cacheSlots > 0
         ? beladyBound(collector.tokens, handle.plan, model.config.nExpert, model.config.nExpertUsed) : null,
       tokens,
@@ -170,20 +186,21 @@ export async function runBench(o: OffloadFlags & {
 }
 
 export function registerBenchCommand(program: Command): void {
-  addOffloadOptions(
+  addOffloadOptions(addSamplingOptions(
     program.command("bench")
-      .description("measure prefill and decode speed (synthetic prompt, greedy), optionally offloading experts")
+      .description("measure prefill and decode speed (synthetic prompt, greedy unless --temperature > 0; times include sampling), optionally offloading experts")
       .requiredOption("-m, --model <path>", "GGUF model file")
       .option("--backend <name>", "compute backend: native or ref", "native")
       .option("--threads <n>", "compute threads (default: all cores)", parseIntOption("--threads", 1))
-      .option("--kv-type <type>", "KV cache element type: f32 or f16", parseKvType, "f32")
+      .option("--kv-type <type>", KV_TYPE_HELP, parseKvType, "f16")
       .option("--prompt-tokens <n>", "prompt length", parseIntOption("--prompt-tokens", 1), 256)
       .option("--gen-tokens <n>", "tokens to decode", parseIntOption("--gen-tokens", 0), 128)
       .option("--per-layer", "per-layer statistics")
-      .option("--decode-input <how>", "decode steps are fed: greedy (argmax) or text (the synthetic prompt's continuation)", "greedy")
+      .option("--decode-input <how>", "decode steps are fed: greedy (the sampled token) or text (the synthetic prompt's continuation)", "greedy")
       .option("--belady", "record the routing and report what Belady's optimal cache would read at the same cache size")
       .option("--json", "print the result as JSON on stdout"),
-  ).action(async (o) => {
+    { temperature: 0, repeatPenalty: 1 },
+  )).action(async (o) => {
     const { result, report } = await runBench(o);
     if (o.json) process.stdout.write(JSON.stringify(result) + "\n");
     else process.stdout.write(report + "\n");

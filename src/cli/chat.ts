@@ -29,6 +29,13 @@ export function registerChatCommand(program: Command): void {
     const messages: Array<{ role: string; content: string }> = o.system ? [{ role: "system", content: o.system }] : [];
     let cached: number[] = [];
     const prompt = () => { if (process.stdin.isTTY) process.stdout.write("> "); };
+    /** The conversation rendered by the chat template, as token ids (BOS first where the model wants one). */
+    const encodeConversation = (): number[] => {
+      const rendered = applyChatTemplate(tok, messages, { addGenerationPrompt: true });
+      const ids = tok.encode(rendered, { addBos: false, parseSpecial: true });
+      if (tok.bosId !== null && tok.addBosDefault && ids[0] !== tok.bosId) ids.unshift(tok.bosId);
+      return ids;
+    };
     try {
       prompt();
       // the async iterator buffers lines typed (or piped) while a reply is being generated
@@ -38,15 +45,19 @@ export function registerChatCommand(program: Command): void {
         if (text === "/reset") { messages.splice(o.system ? 1 : 0); cached = []; session.reset(); prompt(); continue; }
         if (!text) { prompt(); continue; }
         messages.push({ role: "user", content: text });
-        const rendered = applyChatTemplate(tok, messages, { addGenerationPrompt: true });
-        const promptIds = tok.encode(rendered, { addBos: false, parseSpecial: true });
-        if (tok.bosId !== null && tok.addBosDefault && promptIds[0] !== tok.bosId) promptIds.unshift(tok.bosId);
+        let promptIds = encodeConversation();
         // reuse the cached prefix; prefill only what is new (at least one token, for fresh logits)
         let keep = 0;
         while (keep < cached.length && keep < promptIds.length - 1 && cached[keep] === promptIds[keep]) keep++;
         session.rewind(Math.min(keep, session.position));
         if (session.position + (promptIds.length - keep) + o.maxTokens > contextLength) {
-          process.stderr.write(`(context of ${contextLength} tokens is full: starting over; use --context to raise it)\n`);
+          // start over from the latest turns that fit with a whole reply (the system prompt stays)
+          const first = o.system ? 1 : 0;
+          while (messages.length - first > 1 && promptIds.length + o.maxTokens > contextLength) {
+            messages.splice(first, 2);
+            promptIds = encodeConversation();
+          }
+          process.stderr.write(`(context of ${contextLength} tokens is full: starting over from the latest message${messages.length - first > 1 ? "s" : ""}; use --context to raise it)\n`);
           session.reset();
           keep = 0;
         }
@@ -68,6 +79,9 @@ export function registerChatCommand(program: Command): void {
       }
     } finally {
       rl.close();
+      // the plan, and how the KV cache and the expert cache shared the budget over the conversation
+      if (o.stats && offload.store) process.stderr.write(`${offload.report()}\npeak RSS ${process.resourceUsage().maxRSS * 1024} bytes\n`);
+      session.dispose();
       offload.dispose();
       backend.dispose();
       model.close();

@@ -2,7 +2,7 @@
 import type { Command } from "commander";
 import { InvalidArgumentError } from "../errors.js";
 import type { SamplerOptions } from "../engine/sampler.js";
-import { parseKvType } from "../model/kv-cache.js";
+import { parseKvType, type KvType } from "../model/kv-cache.js";
 
 export function parseIntOption(name: string, min = 0): (v: string) => number {
   return (v: string) => {
@@ -42,14 +42,19 @@ export function parseBytes(v: string): number {
   return Math.round(n * Math.pow(binary ? 1024 : 1000, pow));
 }
 
-/** --backend, --threads, --context, --kv-type: where and how wide the model runs. */
-export function addBackendOptions(cmd: Command): Command {
+/**
+ * --backend, --threads, --context, --kv-type: where and how wide the model runs. The KV cache is f16
+ * unless a command asks otherwise (`logits`, whose job is exact logits, keeps f32).
+ */
+export function addBackendOptions(cmd: Command, defaults: { kvType: KvType } = { kvType: "f16" }): Command {
   return cmd
     .option("--backend <name>", "compute backend: native (C++ kernels) or ref (TypeScript oracle)", "native")
     .option("--threads <n>", "worker threads for the native backend (default: all cores)", parseIntOption("--threads", 1))
     .option("--context <n>", "KV cache length in tokens (default: the model's, at most 4096)", parseIntOption("--context", 1))
-    .option("--kv-type <type>", "KV cache element type: f32 (exact) or f16 (half the cache and its decode reads; llama.cpp's default)", parseKvType, "f32");
+    .option("--kv-type <type>", KV_TYPE_HELP, parseKvType, defaults.kvType);
 }
+
+export const KV_TYPE_HELP = "KV cache element type: f16 (llama.cpp's default: half the memory and decode reads of f32) or f32 (exact against transformers)";
 
 /** The sampling flags (llama.cpp's names and meanings); `defaults` differ between one-shot runs and chat. */
 export function addSamplingOptions(cmd: Command, defaults: { temperature: number; repeatPenalty: number }): Command {

@@ -5,6 +5,7 @@
  *   --memory-budget 3GiB   everything moira allocates (weights, KV cache, scratch, expert arena)
  *   --policy fate          none | lru | lfu | arc | fate
  *   --predictor fate       none | eap | fate
+ *   --prefetch-distance    auto | N: decode loads are issued N layers ahead (auto: from the start-up calibration)
  *   --lowbit SIDE.gguf     low-bit expert copies (moira quantize-experts)
  *   --lowbit-miss W        decode: a miss with routing probability < W is read low-bit
  *   --lowbit-prefill N     prefill: an expert wanted by <= N prompt tokens is read low-bit
@@ -16,7 +17,7 @@ import type { Backend } from "../backend/backend.js";
 import type { Model } from "../model/model.js";
 import type { ExpertProvider } from "../model/experts.js";
 import type { RoutingObserver } from "../model/steps.js";
-import { ExpertStore } from "../offload/store.js";
+import { ExpertStore, type KvSplitLog } from "../offload/store.js";
 import { OffloadStats } from "../offload/stats.js";
 import { formatBytes, formatPlan, parseBudget, planMemory, type MemoryPlan } from "../offload/planner.js";
 import { openLowbitSidecar } from "../offload/lowbit.js";
@@ -36,6 +37,8 @@ export interface OffloadFlags {
   lowbitMiss?: number;
   lowbitPrefill?: number;
   prefetchWidth?: number;
+  /** "auto" (or undefined): calibrated */
+  prefetchDistance?: number | "auto";
   ioThreads?: number;
   trace?: string;
   stats?: boolean;
@@ -56,12 +59,22 @@ function choice(name: string, names: readonly string[]): (v: string) => string {
   };
 }
 
+function distanceOption(v: string): number | "auto" {
+  if (v === "auto") return v;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`--prefetch-distance must be auto or a positive integer, got "${v}"`);
+  return n;
+}
+
 export function addOffloadOptions(cmd: Command): Command {
   return cmd
     .option("--memory-budget <size>", "offload experts: cap everything moira allocates (e.g. 3GiB, 512MiB, 3GB, bytes)")
     .option("--policy <name>", `expert cache policy: ${ONLINE_POLICY_NAMES.join(", ")}`, choice("--policy", ONLINE_POLICY_NAMES), "fate")
     .option("--predictor <name>", `expert predictor: ${PREDICTOR_NAMES.join(", ")}`, choice("--predictor", PREDICTOR_NAMES), "fate")
     .option("--prefetch-width <k>", "experts predicted per layer (default: calibrated at start-up)", numberOption("--prefetch-width", 0))
+    .option("--prefetch-distance <d>",
+      "decode prefetch distance: layer l predicts and loads the experts of layers l+1..l+d (its gate input through their routers). " +
+      "auto (default): 1 while one expert read fits in a layer's compute, else the layers a read spans (at most 4)", distanceOption, "auto")
     .option("--io-threads <n>", "I/O threads reading experts (default 4)", numberOption("--io-threads", 1, 64))
     .option("--lowbit <file>", "low-bit expert sidecar written by moira quantize-experts")
     .option("--lowbit-miss <w>", "decode: read a missing expert low-bit when its routing probability is below w", numberOption("--lowbit-miss", 0, 1))
@@ -90,7 +103,8 @@ function budgetBytes(memoryBudget: string | number): number {
 
 /** Builds the ExpertStore the flags describe (or nothing, without --memory-budget). */
 export function createExpertProvider(
-  model: Model, flags: OffloadFlags, backend: Backend, session: { contextLength: number; maxBatch?: number; kvType?: KvType },
+  model: Model, flags: OffloadFlags, backend: Backend,
+  session: { contextLength: number; maxBatch?: number; kvType?: KvType; kvGrowth?: { blockPositions?: number } },
 ): ExpertProviderHandle {
   let trace: TraceRecorder | null = null;
   let observer: RoutingObserver | undefined;
@@ -109,7 +123,9 @@ export function createExpertProvider(
   }
   const budget = budgetBytes(flags.memoryBudget);
   const policy = flags.policy ?? "fate";
-  const plan = planMemory(model, { budget, contextLength: session.contextLength, maxBatch: session.maxBatch, policy, kvType: session.kvType });
+  const plan = planMemory(model, {
+    budget, contextLength: session.contextLength, maxBatch: session.maxBatch, policy, kvType: session.kvType, kvGrowth: session.kvGrowth,
+  });
   if ((flags.lowbitMiss !== undefined || flags.lowbitPrefill !== undefined) && !flags.lowbit) {
     throw new InvalidArgumentError("--lowbit-miss / --lowbit-prefill need --lowbit SIDE.gguf (write it with moira quantize-experts)");
   }
@@ -117,6 +133,7 @@ export function createExpertProvider(
   const store = new ExpertStore(model.config, model.weights, model.file.path, {
     plan, policy, predictor: flags.predictor ?? "fate", backend, stats,
     prefetchWidth: flags.prefetchWidth, ioThreads: flags.ioThreads,
+    prefetchDistance: flags.prefetchDistance === "auto" ? undefined : flags.prefetchDistance,
     lowbit: flags.lowbit ? {
       source: openLowbitSidecar(model, flags.lowbit),
       missWeight: flags.lowbitMiss ?? 0,
@@ -125,9 +142,19 @@ export function createExpertProvider(
   });
   return {
     provider: store, store, stats, plan, observer,
-    report: (o = {}) => `${formatPlan(plan)}\npolicy ${store.policy.name}, predictor ${store.predictor.name}, prefetch width ${store.width} (at most ${store.prefetchLoads} loads per decode layer)\n${stats.format(o)}`,
+    report: (o = {}) => `${formatPlan(plan)}\n${formatKvSplit(store.kvSplit)}policy ${store.policy.name}, predictor ${store.predictorName}, prefetch width ${store.width} (at most ${store.prefetchLoads} loads per decode layer), distance ${store.distance}\n${stats.format(o)}`,
     dispose: () => { store.dispose(); closeTrace(); },
   };
+}
+
+/**
+ * How the KV cache took room from the expert cache and gave it back, one change per step
+ * ("committed positions: KV bytes / cache slots"); empty when it never changed.
+ */
+export function formatKvSplit(log: KvSplitLog): string {
+  if (log.changes.length === 0) return "";
+  const steps = log.changes.map((c) => `${c.positions}: ${formatBytes(c.kvBytes)} / ${c.cacheSlots}`);
+  return `KV cache / expert cache slots by committed positions${log.dropped > 0 ? ` (${log.dropped} earlier changes not shown)` : ""}: ${steps.join(" -> ")}\n`;
 }
 
 /** Context positions no front end is shortened below to fit a budget (unless it asked for fewer). */
@@ -173,7 +200,9 @@ export function fitContext(
 /**
  * The session of a long-lived front end (chat, serve): the model's context up to 4096 positions
  * (or --context; under a budget too small for that, the longest that fits, at least 256),
- * batches up to the whole context, experts offloaded as the flags say.
+ * batches up to the whole context, experts offloaded as the flags say. The context is an upper
+ * bound: under a budget the KV cache grows in blocks as the conversation uses positions, taking
+ * room from the expert cache (the store evicts its coldest experts), and gives it back on reset.
  */
 export function openInteractiveSession(
   model: Model, flags: OffloadFlags & { context?: number; kvType?: KvType }, backend: Backend,
@@ -181,7 +210,10 @@ export function openInteractiveSession(
 ): { contextLength: number; offload: ExpertProviderHandle; session: Session } {
   const wanted = Math.min(model.config.contextLength, 4096);
   const contextLength = fitContext(model, flags, { wanted, needed: Math.min(wanted, MIN_FITTED_CONTEXT), maxBatch: (c) => c, notify });
-  const offload = createExpertProvider(model, flags, backend, { contextLength, maxBatch: contextLength, kvType: flags.kvType });
-  const session = new Session(model, { backend, contextLength, kvType: flags.kvType, experts: offload.provider, observer: offload.observer });
+  const offload = createExpertProvider(model, flags, backend, { contextLength, maxBatch: contextLength, kvType: flags.kvType, kvGrowth: {} });
+  const session = new Session(model, {
+    backend, contextLength, kvType: flags.kvType, experts: offload.provider, observer: offload.observer,
+    kvRoom: offload.store ?? undefined, kvBlockPositions: offload.plan?.kvBlockPositions,
+  });
   return { contextLength, offload, session };
 }

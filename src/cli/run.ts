@@ -75,6 +75,7 @@ export function registerRunCommands(program: Command): void {
       .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
       .requiredOption("--tokens <ids>", "comma-separated token ids, e.g. 1,2,3", parseTokenList)
       .option("--json", "print {\"logits\": [[...], ...]} (one row of vocab-size floats per position)"),
+    { kvType: "f32" },
   ).action(async (o) => {
     const model = Model.open(o.model);
     const backend = await createBackend(o.backend, { threads: o.threads });

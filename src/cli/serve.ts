@@ -23,7 +23,7 @@ export function registerServeCommand(program: Command): void {
     const tokenizer = loadTokenizer(model.file);
     const { offload, session } = openInteractiveSession(model, o, backend);
     const modelId = o.modelId ?? basename(o.model).replace(/\.gguf$/, "");
-    const stats = offload.stats;
+    const stats = offload.stats, store = offload.store;
     const metricsExtra = stats ? () => {
       const t = stats.total();
       return [
@@ -32,6 +32,12 @@ export function registerServeCommand(program: Command): void {
         "# TYPE moira_expert_misses_total counter", `moira_expert_misses_total ${t.misses}`,
         "# TYPE moira_expert_bytes_read_total counter", `moira_expert_bytes_read_total ${t.bytesRead}`,
         "# TYPE moira_expert_stall_seconds_total counter", `moira_expert_stall_seconds_total ${t.stallMs / 1000}`,
+        ...(store ? [
+          "# HELP moira_kv_committed_bytes KV cache bytes committed now (taken from the expert cache).",
+          "# TYPE moira_kv_committed_bytes gauge", `moira_kv_committed_bytes ${session.kv.committedBytes}`,
+          "# HELP moira_expert_cache_slots Expert cache slots in service now (the budget less the committed KV cache).",
+          "# TYPE moira_expert_cache_slots gauge", `moira_expert_cache_slots ${store.cacheSlotsInService}`,
+        ] : []),
       ].join("\n") + "\n";
     } : undefined;
     const app = createApp({ modelId, session, tokenizer, metricsExtra });
@@ -41,6 +47,7 @@ export function registerServeCommand(program: Command): void {
       });
       const stop = () => {
         server.close();
+        if (o.stats && store) process.stderr.write(offload.report() + "\n");
         offload.dispose();
         backend.dispose();
         model.close();

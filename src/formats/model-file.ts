@@ -58,10 +58,23 @@ export interface TensorData extends TensorMeta {
  */
 export type FileMapper = (path: string, offset: number, length: number) => { readonly buffer: ArrayBuffer; dispose(): void };
 
+export interface LoadOptions {
+  /**
+   * Map the tensor's bytes with this mapper instead of reading a copy, where the tensor is stored
+   * verbatim in a file (sources that convert tensors ignore it).
+   */
+  readonly map?: FileMapper;
+}
+
 export interface WeightSource {
   readonly tensors: ReadonlyMap<string, TensorMeta>;
   /** Reads (or converts) a tensor's bytes. Throws MissingTensorError naming the tensor if absent. */
-  load(name: string): TensorData;
+  load(name: string, options?: LoadOptions): TensorData;
+  /**
+   * Loads many tensors at once (same result as `load` for each), where a source can do better
+   * than one by one: with `map`, a GGUF file's neighbouring tensors share one mapping.
+   */
+  loadMany?(names: Iterable<string>, options?: LoadOptions): Map<string, TensorData>;
   /**
    * Reads only some rows of a 2-D tensor stored verbatim (`rowBytes` each), packed in the order
    * given, without loading the rest; absent where tensors are converted rather than stored.

@@ -25,6 +25,16 @@ export interface AcquireHint {
   readonly group?: { readonly index: number; readonly count: number; readonly layerExperts: readonly number[]; readonly next: readonly number[] };
 }
 
+/** What a forward computes: (part of) a prompt, or the next token(s) of a generation. */
+export type ForwardPhase = "prefill" | "decode";
+
+/** What the Session tells the provider before each forward. */
+export interface ForwardInfo {
+  readonly phase: ForwardPhase;
+  /** tokens in this forward */
+  readonly nTokens: number;
+}
+
 /** Weights handed out before all of them are in memory (ExpertProvider.acquireDeferred). */
 export interface DeferredExperts {
   /** in acquire order; weights[i] may be read only once ready(i) */
@@ -51,6 +61,13 @@ export interface ExpertProvider {
   acquireDeferred?(layer: number, experts: readonly number[], hint: AcquireHint): DeferredExperts;
   /** Unpins what acquire pinned. */
   release(layer: number, experts: readonly number[]): void;
+  /**
+   * Optional: a new request starts (the Session's first forward after it was created, reset() or
+   * rewind()): a history-based predictor closes the last request's activation record.
+   */
+  beginRequest?(): void;
+  /** Optional: the Session states each forward's phase before its first layer runs. */
+  beginForward?(info: ForwardInfo): void;
 }
 
 /** Tensor names and geometry of one MoE layer's stacked expert tensors. */

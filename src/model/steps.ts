@@ -40,6 +40,34 @@ export interface Routing {
 
 const blk = (l: number, name: string) => `blk.${l}.${name}`;
 
+/**
+ * Activation buffers reused from one forward pass to the next (decode allocates nothing per layer
+ * for them): one per role, replaced when the size changes (prefill, then decode). Only for values
+ * that die inside the step that fills them (read before the same role is filled again, never handed
+ * to a caller or observer that may keep them). Owned by the KV cache's session; a backend with its
+ * own memory (GPU) would own these as device buffers instead.
+ */
+class Scratch {
+  private readonly f32s = new Map<string, Float32Array>();
+  private readonly f64s = new Map<string, Float64Array>();
+  f32(role: string, n: number): Float32Array {
+    let b = this.f32s.get(role);
+    if (b === undefined || b.length !== n) { b = new Float32Array(n); this.f32s.set(role, b); }
+    return b;
+  }
+  f64(role: string, n: number): Float64Array {
+    let b = this.f64s.get(role);
+    if (b === undefined || b.length !== n) { b = new Float64Array(n); this.f64s.set(role, b); }
+    return b;
+  }
+}
+const scratches = new WeakMap<KvCache, Scratch>();
+function scratchOf(ctx: ForwardContext): Scratch {
+  let s = scratches.get(ctx.kv);
+  if (s === undefined) { s = new Scratch(); scratches.set(ctx.kv, s); }
+  return s;
+}
+
 export function addInPlace(x: Float32Array, y: Float32Array): void {
   for (let i = 0; i < x.length; i++) x[i] += y[i];
 }
@@ -53,24 +81,31 @@ export function attentionBlock(
   attention: (ctx: ForwardContext, l: number, h: Float32Array) => Float32Array = selfAttention,
 ): Float32Array {
   const d = ctx.cfg.dModel;
-  const h = rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.attn_norm.weight`, d));
+  const scratch = scratchOf(ctx);
+  const h = rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.attn_norm.weight`, d), d, ctx.cfg.rmsEps, scratch.f32("attn_in", x.length));
   addInPlace(x, attention(ctx, l, h));
-  return rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.ffn_norm.weight`, d));
+  return rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.ffn_norm.weight`, d), d, ctx.cfg.rmsEps, scratch.f32("ffn_in", x.length));
 }
 
-export function rmsNorm(ctx: ForwardContext, x: Float32Array, weight: Float32Array, dim = ctx.cfg.dModel, eps = ctx.cfg.rmsEps): Float32Array {
-  const out = new Float32Array(x.length);
+/** `out` (default: a new array) = rmsNorm of x's rows of `dim`. */
+export function rmsNorm(
+  ctx: ForwardContext, x: Float32Array, weight: Float32Array, dim = ctx.cfg.dModel, eps = ctx.cfg.rmsEps,
+  out: Float32Array = new Float32Array(x.length),
+): Float32Array {
   ctx.backend.rmsNorm(x, weight, eps, dim, out);
   return out;
 }
 
-/** y = W x (+ b).  x: [nTokens, cols] → [nTokens, rows] */
-function linear(ctx: ForwardContext, name: string, rows: number, cols: number, x: Float32Array, bias?: string): Float32Array {
-  const w = ctx.weights.matrix(name, rows, cols);
-  const out = new Float32Array(ctx.nTokens * rows);
-  ctx.backend.matmul(w, x, ctx.nTokens, out);
+function addBias(ctx: ForwardContext, out: Float32Array, rows: number, bias?: string): void {
   const b = bias ? ctx.weights.optionalVector(bias, rows) : null;
   if (b) for (let t = 0; t < ctx.nTokens; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += b[r];
+}
+
+/** y = W x (+ b).  x: [nTokens, cols] → out [nTokens, rows] (default: a new array) */
+function linear(ctx: ForwardContext, name: string, rows: number, cols: number, x: Float32Array, bias?: string, out: Float32Array = new Float32Array(ctx.nTokens * rows)): Float32Array {
+  const w = ctx.weights.matrix(name, rows, cols);
+  ctx.backend.matmul(w, x, ctx.nTokens, out);
+  addBias(ctx, out, rows, bias);
   return out;
 }
 
@@ -92,28 +127,37 @@ function storeKv(ctx: ForwardContext, l: number, k: Float32Array, v: Float32Arra
  * RMS norms (per head: Qwen3-MoE; over the whole projection: OLMoE).  h: [nTokens, dModel]
  */
 export function selfAttention(ctx: ForwardContext, l: number, h: Float32Array): Float32Array {
-  const { cfg, backend, nTokens } = ctx;
+  const { cfg, backend, nTokens, weights: W } = ctx;
+  const scratch = scratchOf(ctx);
   const qDim = cfg.nHead * cfg.headDimK, kDim = cfg.nKvHead * cfg.headDimK, vDim = cfg.nKvHead * cfg.headDimV;
-  let q = linear(ctx, blk(l, "attn_q.weight"), qDim, cfg.dModel, h, blk(l, "attn_q.bias")); // [T, nHead*hd]
-  let k = linear(ctx, blk(l, "attn_k.weight"), kDim, cfg.dModel, h, blk(l, "attn_k.bias")); // [T, nKv*hd]
-  const v = linear(ctx, blk(l, "attn_v.weight"), vDim, cfg.dModel, h, blk(l, "attn_v.bias")); // [T, nKv*hdv]
+  // q, k and v in one op: h prepared once, one dispatch
+  let q = scratch.f32("q", nTokens * qDim); // [T, nHead*hd]
+  let k = scratch.f32("k", nTokens * kDim); // [T, nKv*hd]
+  const v = scratch.f32("v", nTokens * vDim); // [T, nKv*hdv]
+  backend.matmulMany([
+    W.matrix(blk(l, "attn_q.weight"), qDim, cfg.dModel), W.matrix(blk(l, "attn_k.weight"), kDim, cfg.dModel),
+    W.matrix(blk(l, "attn_v.weight"), vDim, cfg.dModel),
+  ], h, nTokens, [q, k, v]);
+  addBias(ctx, q, qDim, blk(l, "attn_q.bias"));
+  addBias(ctx, k, kDim, blk(l, "attn_k.bias"));
+  addBias(ctx, v, vDim, blk(l, "attn_v.bias"));
   if (cfg.qkNorm === "head") {
-    q = rmsNorm(ctx, q, ctx.weights.vector(blk(l, "attn_q_norm.weight"), cfg.headDimK), cfg.headDimK);
-    k = rmsNorm(ctx, k, ctx.weights.vector(blk(l, "attn_k_norm.weight"), cfg.headDimK), cfg.headDimK);
+    q = rmsNorm(ctx, q, W.vector(blk(l, "attn_q_norm.weight"), cfg.headDimK), cfg.headDimK, cfg.rmsEps, scratch.f32("q_normed", q.length));
+    k = rmsNorm(ctx, k, W.vector(blk(l, "attn_k_norm.weight"), cfg.headDimK), cfg.headDimK, cfg.rmsEps, scratch.f32("k_normed", k.length));
   } else if (cfg.qkNorm === "full") {
-    q = rmsNorm(ctx, q, ctx.weights.vector(blk(l, "attn_q_norm.weight"), qDim), qDim);
-    k = rmsNorm(ctx, k, ctx.weights.vector(blk(l, "attn_k_norm.weight"), kDim), kDim);
+    q = rmsNorm(ctx, q, W.vector(blk(l, "attn_q_norm.weight"), qDim), qDim, cfg.rmsEps, scratch.f32("q_normed", q.length));
+    k = rmsNorm(ctx, k, W.vector(blk(l, "attn_k_norm.weight"), kDim), kDim, cfg.rmsEps, scratch.f32("k_normed", k.length));
   }
   const rope = { nTokens, ropeOffset: 0, ropeDim: cfg.ropeDim, pos0: ctx.pos0, theta: cfg.ropeTheta, neox: cfg.ropeNeox, freqScale: cfg.ropeFreqScale };
   backend.rope(q, { ...rope, nHead: cfg.nHead, headStride: cfg.headDimK });
   backend.rope(k, { ...rope, nHead: cfg.nKvHead, headStride: cfg.headDimK });
   storeKv(ctx, l, k, v);
-  const att = new Float32Array(nTokens * cfg.nHead * cfg.headDimV);
+  const att = scratch.f32("att", nTokens * cfg.nHead * cfg.headDimV);
   backend.attention(q, ctx.kv.k[l], ctx.kv.v[l], {
     nTokens, nPast: ctx.pos0, nHead: cfg.nHead, nKvHead: cfg.nKvHead,
     headDimK: cfg.headDimK, headDimV: cfg.headDimV, scale: 1 / Math.sqrt(cfg.headDimK),
   }, att);
-  return linear(ctx, blk(l, "attn_output.weight"), cfg.dModel, cfg.nHead * cfg.headDimV, att);
+  return linear(ctx, blk(l, "attn_output.weight"), cfg.dModel, cfg.nHead * cfg.headDimV, att, undefined, scratch.f32("attn_out", nTokens * cfg.dModel));
 }
 
 /**
@@ -203,10 +247,11 @@ export interface RouteOptions {
 export function route(ctx: ForwardContext, l: number, h: Float32Array, opts: RouteOptions): Routing {
   const { cfg, nTokens } = ctx;
   const nE = cfg.nExpert, k = cfg.nExpertUsed;
-  const logits = linear(ctx, blk(l, "ffn_gate_inp.weight"), nE, cfg.dModel, h); // [T, nE]
+  const scratch = scratchOf(ctx);
+  const logits = linear(ctx, blk(l, "ffn_gate_inp.weight"), nE, cfg.dModel, h, undefined, scratch.f32("router_logits", nTokens * nE)); // [T, nE]
   const experts = new Int32Array(nTokens * k);
   const weights = new Float32Array(nTokens * k);
-  const probs = new Float64Array(nE);
+  const probs = scratch.f64("router_probs", nE);
   for (let t = 0; t < nTokens; t++) {
     const row = logits.subarray(t * nE, (t + 1) * nE);
     let max = -Infinity;

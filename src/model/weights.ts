@@ -1,13 +1,14 @@
 /**
  * ModelWeights: typed, shape-checked access to a model's tensors by canonical GGUF name.
  * Matrices stay in their GGUF type (the backend computes on the blocks); vectors (norms, biases)
- * are dequantized to f32. Every tensor is loaded once and cached.
+ * are dequantized to f32. Every tensor is loaded once and cached; `loadAll` loads them all up front
+ * (the all-resident path), mapped from the file where the backend can map.
  */
 import type { WeightMatrix } from "../backend/backend.js";
-import type { TensorMeta, WeightSource } from "../formats/model-file.js";
+import type { FileMapper, TensorData, TensorMeta, WeightSource } from "../formats/model-file.js";
 import { dequantize } from "../formats/quant/dequantize.js";
 import { COMPUTE_TYPES, GGMLType, rowBytes, typeName } from "../formats/quant/types.js";
-import { MissingTensorError, UnsupportedError, ModelFormatError } from "../errors.js";
+import { FileAccessError, MissingTensorError, UnsupportedError, ModelFormatError } from "../errors.js";
 
 /** A stacked `[n_expert, rows, cols]` tensor (GGUF dims [cols, rows, n_expert]). */
 export interface StackedMatrix {
@@ -28,13 +29,17 @@ export class ModelWeights {
   private readonly matrices = new Map<string, WeightMatrix>();
   private readonly vectors = new Map<string, Float32Array>();
   private readonly perRow = new Set<string>();
+  /** bytes of the tensors loadAll loaded, by name */
+  private readonly loaded = new Map<string, Uint8Array>();
+  /** tensors the model uses: every name checked through meta (Model.open checks each one) */
+  private readonly declared = new Set<string>();
 
   constructor(readonly source: WeightSource) {}
 
   /** Whether `name` can still be read a few rows at a time (a 2-D tensor stored verbatim in a file, not loaded whole yet). */
   canReadRows(name: string): boolean {
     const m = this.source.tensors.get(name);
-    return this.source.loadRows !== undefined && m !== undefined && m.file !== undefined && m.dims.length === 2 && !this.matrices.has(name);
+    return this.source.loadRows !== undefined && m !== undefined && m.file !== undefined && m.dims.length === 2 && !this.matrices.has(name) && !this.loaded.has(name);
   }
 
   /**
@@ -81,7 +86,39 @@ export class ModelWeights {
         `tensor ${name} has type ${typeName(m.type)}, which moira cannot compute with; supported: ${COMPUTE_TYPES.map(typeName).join(", ")} (re-quantize the model)`,
       );
     }
+    this.declared.add(name);
     return m;
+  }
+
+  /**
+   * Loads now, once, every tensor the model uses (those checked through meta), so that the first
+   * forward finds all weights in memory instead of reading them (or faulting them in page by page)
+   * as it goes. With `map` (the backend's file mapper) tensors stored verbatim in the file are
+   * mapped instead of copied: the native one maps the page cache privately and populates the
+   * mapping, in 2 MiB pages where the page cache has them, so there is no copy, no page fault in
+   * the forward, and the memory is shared with the page cache. A tensor that cannot be mapped is
+   * read. For the all-resident path only: under a memory budget experts come from the ExpertStore
+   * and must not be loaded whole.
+   */
+  loadAll(options: { map?: FileMapper } = {}): void {
+    const names = [...this.declared].filter((n) => !(this.loaded.has(n) || this.matrices.has(n) || this.vectors.has(n) || this.perRow.has(n)));
+    const load = (map: FileMapper | undefined) => {
+      if (this.source.loadMany) return this.source.loadMany(names, { map });
+      return new Map(names.map((n) => [n, this.source.load(n, { map })]));
+    };
+    let tensors: Map<string, TensorData>;
+    try {
+      tensors = load(options.map);
+    } catch (e) {
+      if (!options.map || !(e instanceof FileAccessError)) throw e;
+      tensors = load(undefined);
+    }
+    for (const [name, t] of tensors) this.loaded.set(name, t.data);
+  }
+
+  /** A tensor's bytes: loaded by loadAll, else read now. */
+  private bytes(name: string): Uint8Array {
+    return this.loaded.get(name) ?? this.source.load(name).data;
   }
 
   /** A `rows x cols` matrix (GGUF dims [cols, rows]). */
@@ -89,8 +126,7 @@ export class ModelWeights {
     let w = this.matrices.get(name);
     if (!w) {
       const m = this.meta(name, [cols, rows]);
-      const t = this.source.load(name);
-      w = { type: m.type, rows, cols, data: t.data };
+      w = { type: m.type, rows, cols, data: this.bytes(name) };
       this.matrices.set(name, w);
     }
     return w;
@@ -105,10 +141,10 @@ export class ModelWeights {
     let v = this.vectors.get(name);
     if (!v) {
       const m = this.meta(name, [n]);
-      const t = this.source.load(name);
+      const data = this.bytes(name);
       v = m.type === GGMLType.F32
-        ? new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + n * 4))
-        : dequantize(m.type, t.data, n);
+        ? new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + n * 4))
+        : dequantize(m.type, data, n);
       this.vectors.set(name, v);
     }
     return v;
@@ -129,8 +165,8 @@ export class ModelWeights {
   tensorF32(name: string, dims: readonly number[]): Float32Array {
     const m = this.meta(name, dims);
     const n = dims.reduce((a, b) => a * b, 1);
-    const t = this.source.load(name);
-    return m.type === GGMLType.F32 ? new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + n * 4)) : dequantize(m.type, t.data, n);
+    const data = this.bytes(name);
+    return m.type === GGMLType.F32 ? new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + n * 4)) : dequantize(m.type, data, n);
   }
 
   /** Describes a stacked expert tensor without loading it. */
@@ -141,6 +177,6 @@ export class ModelWeights {
 
   /** Loads a stacked tensor's bytes (all experts). */
   stackedData(name: string): Uint8Array {
-    return this.source.load(name).data;
+    return this.bytes(name);
   }
 }

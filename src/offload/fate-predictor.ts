@@ -2,7 +2,9 @@
  * Fate's cross-layer gate in the engine: layer l's gate input h (the post-attention norm output,
  * [nTokens, dModel]) pushed through layer l+1's router scores layer l+1's experts before layer
  * l+1 has even run its attention. Adjacent layers' gate inputs are close (the residual stream
- * changes little per layer), so these scores name most of l+1's experts.
+ * changes little per layer), so these scores name most of l+1's experts. Pushed through layer
+ * l+d's router (lookahead), h names l+d's experts less well as d grows, but d layers earlier:
+ * where one read outlasts a layer's compute, that is what hides it (calibrateDistance).
  *
  * Decode (one token): the top-k' experts by score. Prefill (many tokens): every token votes for
  * its top-k'; experts are ranked by votes (most wanted first), so the prefetcher loads first what
@@ -82,4 +84,20 @@ export class NextLayerRouter {
 export function calibrateWidth(o: { layerMs: number; readMs: number; topK: number; nExpert: number }): number {
   const fit = o.readMs > 0 ? Math.floor(o.layerMs / o.readMs) : o.nExpert;
   return Math.max(o.topK, Math.min(o.nExpert, fit));
+}
+
+/** Farthest a decode prefetch looks ahead (precision falls with distance; slots are held longer). */
+export const MAX_PREFETCH_DISTANCE = 4;
+
+/**
+ * Prefetch distance d (ExpertFlow's adaptive step, arXiv 2510.26730, chosen here from the
+ * start-up measurements): decode loads are issued d layers before their layer runs, so each has
+ * d layers' compute to arrive. d = the layers one expert read spans, ceil(readMs / layerMs): 1
+ * (Fate, next layer only) while a read fits in a layer's compute; 2 where a read takes up to two
+ * (Qwen1.5-MoE at a 50 % budget: 4.4 ms reads, 2.4 ms layers); at most `max`.
+ */
+export function calibrateDistance(o: { layerMs: number; readMs: number; max?: number }): number {
+  const max = Math.max(1, o.max ?? MAX_PREFETCH_DISTANCE);
+  if (!(o.layerMs > 0)) return max;
+  return Math.max(1, Math.min(max, Math.ceil(o.readMs / o.layerMs)));
 }

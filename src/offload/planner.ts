@@ -7,7 +7,13 @@
  *            groups of half of them while the next group loads)
  *          + cache slots (what the CachePolicy manages; none for policy `none`)
  *
- * and refuses, naming the minimum and its parts, when the model cannot run in the budget. The
+ * No idle reservations: where the KV cache grows (chat, serve: `kvGrowth`), the minimum holds it at
+ * the whole context (the budget must hold when the conversation reaches it), but the arena is sized
+ * with only its first block committed; each block the session commits later takes whole slots
+ * from the expert cache (`cacheSlotsWith`: the coldest experts are evicted), and a reset gives them
+ * back. `run` and `bench` know their context (prompt + tokens to generate) and commit it whole.
+ *
+ * The Planner refuses, naming the minimum and its parts, when the model cannot run in the budget. The
  * Node runtime itself (~50-80 MB RSS) is not in the budget: it does not grow with the model.
  */
 import type { Model } from "../model/model.js";
@@ -91,6 +97,11 @@ export interface PlanOptions {
   readonly policy?: string;
   /** KV cache element type (default f32) */
   readonly kvType?: KvType;
+  /**
+   * The KV cache grows in blocks of positions as they are used, taking room from the expert cache
+   * (`blockPositions` default: KvCache.blockPositionsFor). Absent: the whole cache from the start.
+   */
+  readonly kvGrowth?: { readonly blockPositions?: number };
 }
 
 export interface MemoryPlan {
@@ -99,15 +110,25 @@ export interface MemoryPlan {
   readonly nonExpertBytes: number;
   /** the token embeddings are read from the file one row per token, not held (embeddingRowsOnDemand) */
   readonly embeddingOnDemand: boolean;
+  /** KV cache positions (the upper bound where it grows) */
+  readonly contextLength: number;
+  readonly kvType: KvType;
+  /** KV cache bytes at the whole context: what the minimum counts */
   readonly kvBytes: number;
+  /** KV positions committed at a time (the whole context where it does not grow) */
+  readonly kvBlockPositions: number;
+  /** KV bytes committed when the arena was sized: the first block (all of kvBytes where it does not grow) */
+  readonly kvInitialBytes: number;
   readonly scratchBytes: number;
   /** bytes of one slot (the largest expert, gate + up + down, aligned) */
   readonly slotBytes: number;
   readonly slot: SlotLayout;
   /** working slots for the layer being computed (2 x top-k, at least 16 or every expert) */
   readonly transientSlots: number;
-  /** slots the CachePolicy manages (never more than all experts) */
+  /** slots the CachePolicy manages with kvInitialBytes committed (never more than all experts) */
   readonly cacheSlots: number;
+  /** cache slots left when the KV cache holds the whole context (cacheSlotsWith(plan, kvBytes)) */
+  readonly cacheSlotsAtFullContext: number;
   readonly arenaBytes: number;
   /** the smallest budget this model runs in */
   readonly minimumBytes: number;
@@ -159,17 +180,36 @@ export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
     );
   }
   const allExpertSlots = tensors.size * cfg.nExpert;
-  const cacheSlots = opts.policy === "none" ? 0
-    : Math.min(allExpertSlots, Math.floor((opts.budget - minimumBytes) / slot.bytes));
+  const kvType = opts.kvType ?? "f32";
+  const kvBlockPositions = !opts.kvGrowth ? opts.contextLength
+    : Math.min(opts.contextLength, opts.kvGrowth.blockPositions ?? KvCache.blockPositionsFor(cfg, opts.contextLength, { slotBytes: slot.bytes, type: kvType }));
+  const kvInitialBytes = KvCache.committedBytes(cfg, opts.contextLength, kvBlockPositions, kvType);
+  const slotsBeside = (kv: number): number => opts.policy === "none" ? 0
+    : Math.max(0, Math.min(allExpertSlots, Math.floor((opts.budget - nonExpertBytes - kv - scratch - transientSlots * slot.bytes) / slot.bytes)));
+  const cacheSlots = slotsBeside(kvInitialBytes);
   return {
-    budget: opts.budget, nonExpertBytes, embeddingOnDemand, kvBytes, scratchBytes: scratch, slotBytes: slot.bytes, slot,
-    transientSlots, cacheSlots, arenaBytes: (transientSlots + cacheSlots) * slot.bytes, minimumBytes,
-    allExpertSlots, expertFileBytes, tensors,
+    budget: opts.budget, nonExpertBytes, embeddingOnDemand, contextLength: opts.contextLength, kvType, kvBytes, kvBlockPositions, kvInitialBytes,
+    scratchBytes: scratch, slotBytes: slot.bytes, slot, transientSlots, cacheSlots, cacheSlotsAtFullContext: slotsBeside(kvBytes),
+    arenaBytes: (transientSlots + cacheSlots) * slot.bytes, minimumBytes, allExpertSlots, expertFileBytes, tensors,
   };
 }
 
+/**
+ * Cache slots the budget leaves beside `kvBytes` of committed KV cache (at most the arena's):
+ * non-expert weights + committed KV + scratch + (working + cache slots) x slot <= budget.
+ */
+export function cacheSlotsWith(plan: MemoryPlan, kvBytes: number): number {
+  const room = plan.budget - plan.nonExpertBytes - kvBytes - plan.scratchBytes - plan.transientSlots * plan.slotBytes;
+  return Math.max(0, Math.min(plan.cacheSlots, Math.floor(room / plan.slotBytes)));
+}
+
 export function formatPlan(p: MemoryPlan): string {
-  return `memory plan: budget ${formatBytes(p.budget)} = non-expert weights ${formatBytes(p.nonExpertBytes)}${p.embeddingOnDemand ? " (token embeddings read per token)" : ""} + KV cache ${formatBytes(p.kvBytes)} + ` +
-    `scratch ${formatBytes(p.scratchBytes)} + arena ${formatBytes(p.arenaBytes)} (${p.cacheSlots} cached + ${p.transientSlots} working experts of ${formatBytes(p.slotBytes)}; ` +
+  const grows = p.kvBlockPositions < p.contextLength;
+  const kv = grows
+    ? `KV cache ${formatBytes(p.kvInitialBytes)} growing to ${formatBytes(p.kvBytes)} (${p.contextLength} positions, in blocks of ${p.kvBlockPositions}, each taking room from the expert cache)`
+    : `KV cache ${formatBytes(p.kvBytes)}`;
+  const cached = grows ? `${p.cacheSlots} cached (${p.cacheSlotsAtFullContext} at the full context)` : `${p.cacheSlots} cached`;
+  return `memory plan: budget ${formatBytes(p.budget)} = non-expert weights ${formatBytes(p.nonExpertBytes)}${p.embeddingOnDemand ? " (token embeddings read per token)" : ""} + ${kv} + ` +
+    `scratch ${formatBytes(p.scratchBytes)} + arena ${formatBytes(p.arenaBytes)} (${cached} + ${p.transientSlots} working experts of ${formatBytes(p.slotBytes)}; ` +
     `${((100 * p.cacheSlots) / Math.max(1, p.allExpertSlots)).toFixed(1)}% of all ${p.allExpertSlots} experts cacheable)`;
 }

@@ -1,13 +1,20 @@
 /**
  * Replacement pools: the per-pool eviction logic behind `CachePolicy` (see policy.ts). A pool holds
- * numeric expert ids (`expertId`) up to a fixed capacity; a policy owns one pool per layer or one
- * global pool. Pools never evict an id for which `canEvict` says no (pinned experts).
+ * numeric expert ids (`expertId`) up to its capacity; a policy owns one pool per layer or one
+ * global pool. Pools never evict an id for which `canEvict` says no (pinned experts). The capacity
+ * changes only through `resize` (the KV cache taking room from the expert cache, and giving it back).
  */
 
-/** One fixed-capacity set of resident ids with its own replacement rule. */
+/** One set of resident ids, up to a capacity, with its own replacement rule. */
 export interface ReplacementPool {
   readonly capacity: number;
   readonly size: number;
+  /**
+   * Sets the capacity; a smaller one evicts by the pool's own rule (the ids it would evict to admit
+   * a newcomer, among those `canEvict` allows) until the pool fits. Returns the evicted ids: fewer
+   * than that only when the rest are pinned (the pool then stays over capacity until inserts evict).
+   */
+  resize(capacity: number, canEvict: (id: number) => boolean, now: number): number[];
   has(id: number): boolean;
   /** Records an access to a resident id. */
   hit(id: number, now: number): void;
@@ -26,7 +33,8 @@ export interface ReplacementPool {
 /** Least recently used. A Map iterates in insertion order, so re-inserting on a hit keeps it in LRU order. */
 export class LruPool implements ReplacementPool {
   private readonly order = new Map<number, true>();
-  constructor(readonly capacity: number) {}
+  constructor(private cap: number) {}
+  get capacity(): number { return this.cap; }
   get size(): number { return this.order.size; }
   has(id: number): boolean { return this.order.has(id); }
   hit(id: number): void { this.order.delete(id); this.order.set(id, true); }
@@ -34,13 +42,23 @@ export class LruPool implements ReplacementPool {
     if (this.capacity <= 0) return null;
     const evicted: number[] = [];
     while (this.order.size >= this.capacity) {
-      let victim: number | undefined;
-      for (const k of this.order.keys()) if (canEvict(k)) { victim = k; break; }
+      const victim = firstEvictable(this.order, canEvict);
       if (victim === undefined) return restore(this.order, evicted);
       this.order.delete(victim);
       evicted.push(victim);
     }
     this.order.set(id, true);
+    return evicted;
+  }
+  resize(capacity: number, canEvict: (id: number) => boolean): number[] {
+    this.cap = capacity;
+    const evicted: number[] = [];
+    while (this.order.size > capacity) {
+      const victim = firstEvictable(this.order, canEvict);
+      if (victim === undefined) break;
+      this.order.delete(victim);
+      evicted.push(victim);
+    }
     return evicted;
   }
   remove(id: number): boolean { return this.order.delete(id); }
@@ -65,6 +83,24 @@ function insertEvicting(resident: Set<number>, capacity: number, id: number, pic
   return evicted;
 }
 
+/** The least recently used id of an LRU-ordered map that may be evicted (undefined: none). */
+function firstEvictable(order: Map<number, true>, canEvict: (id: number) => boolean): number | undefined {
+  for (const k of order.keys()) if (canEvict(k)) return k;
+  return undefined;
+}
+
+/** Evicts `pick()`'s victims (-1: none evictable) until `resident` holds at most `capacity` ids. */
+function shrinkTo(resident: Set<number>, capacity: number, pick: () => number): number[] {
+  const evicted: number[] = [];
+  while (resident.size > capacity) {
+    const victim = pick();
+    if (victim < 0) break;
+    resident.delete(victim);
+    evicted.push(victim);
+  }
+  return evicted;
+}
+
 /** Puts back what a failed insert evicted (only possible with capacity shrinking under pins). */
 function restore(order: Map<number, true>, evicted: number[]): null {
   for (const v of evicted) order.set(v, true);
@@ -80,7 +116,8 @@ export class LfuPool implements ReplacementPool {
   private readonly resident = new Set<number>();
   private readonly count = new Map<number, number>();
   private readonly lastUse = new Map<number, number>();
-  constructor(readonly capacity: number) {}
+  constructor(private cap: number) {}
+  get capacity(): number { return this.cap; }
   get size(): number { return this.resident.size; }
   has(id: number): boolean { return this.resident.has(id); }
   private bump(id: number, now: number): void {
@@ -89,17 +126,23 @@ export class LfuPool implements ReplacementPool {
   }
   hit(id: number, now: number): void { this.bump(id, now); }
   insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
-    const evicted = this.capacity <= 0 ? null : insertEvicting(this.resident, this.capacity, id, () => {
-      let victim = -1, vc = Infinity, vt = Infinity;
-      for (const k of this.resident) {
-        if (!canEvict(k)) continue;
-        const c = this.count.get(k) ?? 0, t = this.lastUse.get(k) ?? -Infinity;
-        if (c < vc || (c === vc && t < vt)) { victim = k; vc = c; vt = t; }
-      }
-      return victim;
-    });
+    const evicted = this.capacity <= 0 ? null : insertEvicting(this.resident, this.capacity, id, () => this.leastUsed(canEvict));
     this.bump(id, now);
     return evicted;
+  }
+  /** The evictable resident with the fewest accesses, the least recently used of a tie (-1: none). */
+  private leastUsed(canEvict: (id: number) => boolean): number {
+    let victim = -1, vc = Infinity, vt = Infinity;
+    for (const k of this.resident) {
+      if (!canEvict(k)) continue;
+      const c = this.count.get(k) ?? 0, t = this.lastUse.get(k) ?? -Infinity;
+      if (c < vc || (c === vc && t < vt)) { victim = k; vc = c; vt = t; }
+    }
+    return victim;
+  }
+  resize(capacity: number, canEvict: (id: number) => boolean): number[] {
+    this.cap = capacity;
+    return shrinkTo(this.resident, capacity, () => this.leastUsed(canEvict));
   }
   remove(id: number): boolean { return this.resident.delete(id); }
   ids(): IterableIterator<number> { return this.resident.values(); }
@@ -126,7 +169,7 @@ export class FrequencyPool implements ReplacementPool {
   private readonly stamp = new Map<number, number>();
   private readonly rate: number;
   constructor(
-    readonly capacity: number,
+    private cap: number,
     halfLife = Infinity,
     private readonly recentWindow = 0,
     private readonly recentBonus = 0,
@@ -134,6 +177,7 @@ export class FrequencyPool implements ReplacementPool {
   ) {
     this.rate = Number.isFinite(halfLife) && halfLife > 0 ? Math.LN2 / halfLife : 0;
   }
+  get capacity(): number { return this.cap; }
   get size(): number { return this.resident.size; }
   has(id: number): boolean { return this.resident.has(id); }
   /** The decayed score of `id` at `now`. */
@@ -157,17 +201,21 @@ export class FrequencyPool implements ReplacementPool {
     this.add(id, 1, now);
     if (this.capacity <= 0) return null;
     const mine = this.valueOf(id, now);
-    let vs = Infinity;
-    return insertEvicting(this.resident, this.capacity, id, () => {
-      let victim = -1;
-      vs = Infinity;
-      for (const k of this.resident) {
-        if (!canEvict(k)) continue;
-        const v = this.valueOf(k, now);
-        if (v < vs || (v === vs && k < victim)) { victim = k; vs = v; }
-      }
-      return victim;
-    }, () => this.bypass && mine < vs);
+    return insertEvicting(this.resident, this.capacity, id, () => this.weakest(canEvict, now), (victim) => this.bypass && mine < this.valueOf(victim, now));
+  }
+  /** The evictable resident with the lowest score at `now`, the lowest id of a tie (-1: none). */
+  private weakest(canEvict: (id: number) => boolean, now: number): number {
+    let victim = -1, vs = Infinity;
+    for (const k of this.resident) {
+      if (!canEvict(k)) continue;
+      const v = this.valueOf(k, now);
+      if (v < vs || (v === vs && k < victim)) { victim = k; vs = v; }
+    }
+    return victim;
+  }
+  resize(capacity: number, canEvict: (id: number) => boolean, now: number): number[] {
+    this.cap = capacity;
+    return shrinkTo(this.resident, capacity, () => this.weakest(canEvict, now));
   }
   remove(id: number): boolean { return this.resident.delete(id); }
   ids(): IterableIterator<number> { return this.resident.values(); }
@@ -185,7 +233,8 @@ export class ArcPool implements ReplacementPool {
   private readonly b1 = new Map<number, true>();
   private readonly b2 = new Map<number, true>();
   private p = 0;
-  constructor(readonly capacity: number) {}
+  constructor(private cap: number) {}
+  get capacity(): number { return this.cap; }
   get size(): number { return this.t1.size + this.t2.size; }
   has(id: number): boolean { return this.t1.has(id) || this.t2.has(id); }
   hit(id: number): void {
@@ -252,9 +301,37 @@ export class ArcPool implements ReplacementPool {
     this.t1.set(id, true);
     return evicted;
   }
+  /**
+   * A smaller cache: REPLACE (T1's or T2's LRU end, as p says) until the residents fit, then the
+   * ghost lists are trimmed to ARC's bounds for the new size (|T1| + |B1| <= c, all four <= 2c).
+   */
+  resize(capacity: number, canEvict: (id: number) => boolean): number[] {
+    this.cap = capacity;
+    const evicted: number[] = [];
+    while (this.size > capacity) {
+      const v = this.replace(false, canEvict);
+      if (v === null) break;
+      evicted.push(v);
+    }
+    while (this.t1.size + this.b1.size > capacity && this.b1.size > 0) deleteFirst(this.b1);
+    while (this.t1.size + this.t2.size + this.b1.size + this.b2.size > 2 * capacity && this.b2.size > 0) deleteFirst(this.b2);
+    this.p = Math.min(this.p, capacity);
+    return evicted;
+  }
   remove(id: number): boolean { return this.t1.delete(id) || this.t2.delete(id); }
   *ids(): IterableIterator<number> { yield* this.t1.keys(); yield* this.t2.keys(); }
   reset(): void { this.t1.clear(); this.t2.clear(); this.b1.clear(); this.b2.clear(); this.p = 0; }
+}
+
+/** The id of `set` that `canEvict` allows with the lowest `value` (the first of a tie; -1: none). */
+function lowest(set: Set<number>, value: (id: number) => number, canEvict: (id: number) => boolean): number {
+  let victim = -1, vs = Infinity;
+  for (const k of set) {
+    if (!canEvict(k)) continue;
+    const v = value(k);
+    if (victim < 0 || v < vs) { victim = k; vs = v; }
+  }
+  return victim;
 }
 
 function deleteFirst(m: Map<number, true>): void {
@@ -294,24 +371,29 @@ export class FutureIndex {
  */
 export class OracleFrequencyPool implements ReplacementPool {
   private readonly resident = new Set<number>();
-  constructor(readonly capacity: number, private readonly uses: ReadonlyMap<number, number>) {}
+  constructor(private cap: number, private readonly uses: ReadonlyMap<number, number>) {}
+  get capacity(): number { return this.cap; }
   get size(): number { return this.resident.size; }
   has(id: number): boolean { return this.resident.has(id); }
   hit(): void {}
+  private count(id: number): number { return this.uses.get(id) ?? 0; }
   insert(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
     if (this.capacity <= 0) return null;
-    const count = (k: number) => this.uses.get(k) ?? 0;
-    let vc = Infinity;
-    return insertEvicting(this.resident, this.capacity, id, () => {
-      let victim = -1;
-      vc = Infinity;
-      for (const k of this.resident) {
-        if (!canEvict(k)) continue;
-        const c = count(k);
-        if (c < vc || (c === vc && k > victim)) { victim = k; vc = c; }
-      }
-      return victim;
-    }, () => count(id) <= vc);
+    return insertEvicting(this.resident, this.capacity, id, () => this.leastUsed(canEvict), (victim) => this.count(id) <= this.count(victim));
+  }
+  /** The evictable resident the whole run uses least, the highest id of a tie (-1: none). */
+  private leastUsed(canEvict: (id: number) => boolean): number {
+    let victim = -1, vc = Infinity;
+    for (const k of this.resident) {
+      if (!canEvict(k)) continue;
+      const c = this.count(k);
+      if (c < vc || (c === vc && k > victim)) { victim = k; vc = c; }
+    }
+    return victim;
+  }
+  resize(capacity: number, canEvict: (id: number) => boolean): number[] {
+    this.cap = capacity;
+    return shrinkTo(this.resident, capacity, () => this.leastUsed(canEvict));
   }
   remove(id: number): boolean { return this.resident.delete(id); }
   ids(): IterableIterator<number> { return this.resident.values(); }
@@ -321,7 +403,8 @@ export class OracleFrequencyPool implements ReplacementPool {
 /** Belady's MIN: evict the resident whose next use is furthest in the future, or bypass the newcomer when it is (offline; replay only). */
 export class BeladyPool implements ReplacementPool {
   private readonly resident = new Set<number>();
-  constructor(readonly capacity: number, private readonly future: FutureIndex) {}
+  constructor(private cap: number, private readonly future: FutureIndex) {}
+  get capacity(): number { return this.cap; }
   get size(): number { return this.resident.size; }
   has(id: number): boolean { return this.resident.has(id); }
   hit(): void {}
@@ -346,6 +429,19 @@ export class BeladyPool implements ReplacementPool {
       // (MIN with bypass, the optimum for a cache that may compute from a working slot)
       const mine = this.future.nextUse(id, now);
       return mine > far || (mine === far && mine !== Infinity && this.future.nextUse(id, mine) > after);
+    });
+  }
+  /** A smaller cache drops the residents next used furthest in the future. */
+  resize(capacity: number, canEvict: (id: number) => boolean, now: number): number[] {
+    this.cap = capacity;
+    return shrinkTo(this.resident, capacity, () => {
+      let victim = -1, far = -Infinity;
+      for (const k of this.resident) {
+        if (!canEvict(k)) continue;
+        const n = this.future.nextUse(k, now);
+        if (n > far || (n === far && k < victim)) { victim = k; far = n; }
+      }
+      return victim;
     });
   }
   remove(id: number): boolean { return this.resident.delete(id); }
@@ -456,15 +552,16 @@ export class FatePool implements ReplacementPool {
   private leader: 0 | 1 | 2 = 0;
   private tick = 0;
   private readonly keep: number;
-  constructor(readonly capacity: number, o: {
+  constructor(private cap: number, o: {
     nLayer: number; nExpert: number; topK: number; windowAccesses: number;
     /** the popularity rule: half-life and recent window (in accesses), recency bonus */
     popHalfLife: number; popRecentWindow: number; popRecentBonus: number;
   }) {
     this.model = new NextUseModel(o.nLayer, o.nExpert, o.topK, Math.pow(0.5, 1 / 64));
-    this.shadowPop = new FrequencyPool(capacity, o.popHalfLife, o.popRecentWindow, o.popRecentBonus);
+    this.shadowPop = new FrequencyPool(cap, o.popHalfLife, o.popRecentWindow, o.popRecentBonus);
     this.keep = 1 - 1 / Math.max(1, o.windowAccesses);
   }
+  get capacity(): number { return this.cap; }
   get size(): number { return this.resident.size; }
   has(id: number): boolean { return this.resident.has(id); }
   /** The rule the pool follows now. */
@@ -530,6 +627,23 @@ export class FatePool implements ReplacementPool {
       }
       return victim;
     });
+  }
+  /**
+   * A smaller cache evicts by the leading rule (the lowest next-use value, the lowest popularity,
+   * or the least recently used); the shadow caches shrink by their own rules, so that they go on
+   * judging the rules at the size the pool has.
+   */
+  resize(capacity: number, canEvict: (id: number) => boolean): number[] {
+    this.cap = capacity;
+    const any = (): boolean => true;
+    const nextUse = (k: number): number => this.model.value(k);
+    const popularity = (k: number): number => this.shadowPop.valueOf(k, this.tick);
+    const recency = (k: number): number => this.lastUse.get(k) ?? -Infinity;
+    shrinkTo(this.shadowModel, capacity, () => lowest(this.shadowModel, nextUse, any));
+    this.shadowPop.resize(capacity, any, this.tick);
+    while (this.shadowLru.size > capacity) deleteFirst(this.shadowLru);
+    const rank = [nextUse, popularity, recency][this.leader]!;
+    return shrinkTo(this.resident, capacity, () => lowest(this.resident, rank, canEvict));
   }
   remove(id: number): boolean { return this.resident.delete(id); }
   ids(): IterableIterator<number> { return this.resident.values(); }

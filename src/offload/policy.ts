@@ -6,7 +6,8 @@
  * A policy only decides *which* keys are resident; it never touches memory. A store calls:
  *   touch(key, now)  on every access of a resident key (a hit),
  *   admit(key, now)  after loading a missing key (it returns what to evict),
- *   pin/unpin        around the experts a layer is computing with (never evicted while pinned).
+ *   pin/unpin        around the experts a layer is computing with (never evicted while pinned),
+ *   resize(slots)    when the KV cache takes room from the expert cache or gives it back.
  * `now` is any non-decreasing access counter; Belady's policy needs it to be the index of the
  * access in the future sequence it was built with.
  */
@@ -40,10 +41,10 @@ export interface AdmitResult {
   readonly evicted: readonly ExpertKey[];
 }
 
-/** A replacement policy over a fixed number of expert slots. */
+/** A replacement policy over a number of expert slots (changed only by `resize`). */
 export interface CachePolicy {
   readonly name: string;
-  /** The layout actually used (Fate's allocation replaces the per-layer split it was given). */
+  /** The layout in use now (Fate's allocation replaces the per-layer split it was given; `resize` changes the sizes). */
   readonly layout: CacheLayout;
   /** Slots available to `layer` (the shared pool's size for a global layout). */
   capacityOf(layer: number): number;
@@ -65,6 +66,11 @@ export interface CachePolicy {
   /** Resident keys, of one layer or all. */
   residents(layer?: number): ExpertKey[];
   size(layer?: number): number;
+  /**
+   * Sets the total slots (a per-layer layout is split again as the policy splits it); a smaller
+   * cache evicts, by each pool's own rule, unpinned keys until it fits. Returns the evicted keys.
+   */
+  resize(slots: number, now: number): ExpertKey[];
   /** Empties the cache and forgets all history (pins included). */
   reset(): void;
 }
@@ -129,28 +135,54 @@ export function fateAllocation(total: number, o: {
   return slots;
 }
 
+/**
+ * A per-layer layout of `total` slots in the proportions of `layout` (largest remainders to the
+ * shallowest layers; an empty layout splits evenly).
+ */
+export function scaleLayout(layout: readonly number[], total: number): number[] {
+  const sum = layout.reduce((a, b) => a + b, 0);
+  const share = (l: number): number => sum > 0 ? (total * layout[l]!) / sum : total / layout.length;
+  const out = layout.map((_, l) => Math.floor(share(l)));
+  let rest = total - out.reduce((a, b) => a + b, 0);
+  const order = layout.map((_, l) => l).sort((a, b) => (share(b) - out[b]!) - (share(a) - out[a]!) || a - b);
+  for (const l of order) { if (rest <= 0) break; out[l]!++; rest--; }
+  return out;
+}
+
 /** A policy made of replacement pools: one per layer, or one global. */
 export class PooledPolicy implements CachePolicy {
   private readonly pools: ReplacementPool[];
   private readonly pins = new Map<number, number>();
   private readonly canEvict = (id: number): boolean => !this.pins.has(id);
+  private readonly global: boolean;
+  /** splits a new total over the layers (per-layer layouts); default: the first layout's proportions */
+  private readonly split: (total: number) => number[];
   constructor(
     readonly name: string,
-    readonly layout: CacheLayout,
+    layout: CacheLayout,
     private readonly nLayer: number,
     private readonly nExpert: number,
     makePool: (capacity: number) => ReplacementPool,
+    o: { split?: (total: number) => number[] } = {},
   ) {
-    if (layout.kind === "global") this.pools = [makePool(layout.slots)];
-    else {
+    this.global = layout.kind === "global";
+    if (layout.kind === "global") {
+      this.pools = [makePool(layout.slots)];
+      this.split = o.split ?? ((total) => [total]);
+    } else {
       if (layout.slots.length !== nLayer) {
         throw new InvalidArgumentError(`cache layout has ${layout.slots.length} layers, the model ${nLayer}`);
       }
       this.pools = layout.slots.map((s) => makePool(s));
+      const first = [...layout.slots];
+      this.split = o.split ?? ((total) => scaleLayout(first, total));
     }
   }
+  get layout(): CacheLayout {
+    return this.global ? { kind: "global", slots: this.pools[0]!.capacity } : { kind: "per-layer", slots: this.pools.map((p) => p.capacity) };
+  }
   private pool(layer: number): ReplacementPool {
-    const p = this.layout.kind === "global" ? this.pools[0] : this.pools[layer];
+    const p = this.global ? this.pools[0] : this.pools[layer];
     if (!p) throw new InvalidArgumentError(`layer ${layer} is out of range (model has ${this.nLayer} layers)`);
     return p;
   }
@@ -189,7 +221,16 @@ export class PooledPolicy implements CachePolicy {
   }
   size(layer?: number): number {
     if (layer === undefined) return this.pools.reduce((a, p) => a + p.size, 0);
-    return this.layout.kind === "global" ? this.residents(layer).length : this.pool(layer).size;
+    return this.global ? this.residents(layer).length : this.pool(layer).size;
+  }
+  resize(slots: number, now: number): ExpertKey[] {
+    if (!(Number.isInteger(slots) && slots >= 0)) throw new BudgetError(`cache slots must be a non-negative integer, got ${slots}`);
+    const sizes = this.split(slots);
+    const evicted: ExpertKey[] = [];
+    this.pools.forEach((p, i) => {
+      for (const id of p.resize(sizes[i]!, this.canEvict, now)) evicted.push(expertKeyOf(id, this.nExpert));
+    });
+    return evicted;
   }
   reset(): void { for (const p of this.pools) p.reset(); this.pins.clear(); }
 }
@@ -211,9 +252,12 @@ export function createPolicy(name: string, layout: CacheLayout, opts: CachePolic
   };
   if (layout.kind === "global") checkSlots(layout.slots); else layout.slots.forEach(checkSlots);
   switch (name as PolicyName) {
-    case "none":
+    case "none": {
+      // caches nothing at any size
+      const pools = layout.kind === "global" ? 1 : nLayer;
       return new PooledPolicy("none", layout.kind === "global" ? { kind: "global", slots: 0 } : uniformLayout(nLayer, 0),
-        nLayer, nExpert, (c) => new LruPool(c));
+        nLayer, nExpert, (c) => new LruPool(c), { split: () => new Array<number>(pools).fill(0) });
+    }
     case "lru": return new PooledPolicy("lru", layout, nLayer, nExpert, (c) => new LruPool(c));
     case "lfu": return new PooledPolicy("lfu", layout, nLayer, nExpert, (c) => new LfuPool(c));
     case "arc": return new PooledPolicy("arc", layout, nLayer, nExpert, (c) => new ArcPool(c));
@@ -234,10 +278,10 @@ export function createPolicy(name: string, layout: CacheLayout, opts: CachePolic
         (c) => new FrequencyPool(c, (opts.fateHalfLifeTokens ?? 32) * perToken, perToken, 2));
     }
     case "fate-split": {
-      const slots = fateAllocation(totalSlots(layout), {
+      const allocate = (total: number): number[] => fateAllocation(total, {
         nLayer, nExpert, minSlots: opts.fateMinSlots ?? opts.topK ?? 2, residentLayers: opts.fateResidentLayers,
       });
-      return new PooledPolicy("fate-split", { kind: "per-layer", slots }, nLayer, nExpert, (c) => new ArcPool(c));
+      return new PooledPolicy("fate-split", { kind: "per-layer", slots: allocate(totalSlots(layout)) }, nLayer, nExpert, (c) => new ArcPool(c), { split: allocate });
     }
     case "belady": {
       if (!opts.future) {

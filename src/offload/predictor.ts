@@ -1,6 +1,9 @@
 /**
- * Predictors name the experts layer l+1 will want while layer l computes, so their loads overlap
- * compute (prefetch). The engine and the replay simulator use the same classes.
+ * Predictors name the experts layer l+1 (or l+d: lookahead) will want while layer l computes, so
+ * their loads overlap compute (prefetch). The replay simulator uses these classes; the engine's
+ * ExpertStore uses EapPredictor for `eap`, and for `fate` pushes the gate input through the later
+ * layers' routers itself (NextLayerRouter in fate-predictor.ts: it needs the activations, which a
+ * trace does not hold).
  *
  * Protocol per request: beginRequest(); then for each token, for each layer l in order:
  * observe(l, experts of l) and predictNextLayer({layer: l, ...}); finally endRequest().
@@ -8,8 +11,10 @@
 import { InvalidArgumentError } from "../errors.js";
 
 export interface PredictContext {
-  /** Current layer l; the prediction is for layer l + 1. */
+  /** Current layer l; the prediction is for layer l + distance. */
   readonly layer: number;
+  /** How many layers ahead to predict (default 1: the next layer). */
+  readonly distance?: number;
   /** Token position within the request. */
   readonly token: number;
   /** Experts layer l selected for this token. */
@@ -23,7 +28,7 @@ export interface PredictContext {
 export interface Predictor {
   readonly name: string;
   beginRequest(): void;
-  /** Experts predicted for layer ctx.layer + 1, best first; [] when there is no next layer or no guess. */
+  /** Experts predicted for layer ctx.layer + (ctx.distance ?? 1), best first; [] when there is no such layer or no guess. */
   predictNextLayer(ctx: PredictContext): number[];
   /** The experts `layer` actually selected for the current token. */
   observe(layer: number, actualExperts: readonly number[]): void;
@@ -82,7 +87,7 @@ export class EapPredictor implements Predictor {
     }
   }
   predictNextLayer(ctx: PredictContext): number[] {
-    const next = ctx.layer + 1;
+    const next = ctx.layer + (ctx.distance ?? 1);
     if (next >= this.nLayer || ctx.width <= 0) return [];
     let source: Float64Array = this.cur;
     if (this.history.length > 0 && this.curNorm2 > 0) {
@@ -106,18 +111,16 @@ export class EapPredictor implements Predictor {
 }
 
 /**
- * Fate: layer l's gate input pushed through layer l+1's router scores layer l+1's experts. In the
- * engine, `scores(ctx)` returns those router logits; in replay the trace's recorded predictions
- * (`ctx.recorded`) are used. With neither, the prediction is empty.
+ * Fate in replay: the predictions the engine recorded in the trace (`ctx.recorded`: layer l's gate
+ * input through layer l+1's router), which name the next layer only. The engine computes them with
+ * NextLayerRouter (fate-predictor.ts), at any distance.
  */
 export class FatePredictor implements Predictor {
   readonly name = "fate";
-  constructor(private readonly scores?: (ctx: PredictContext) => ArrayLike<number> | undefined) {}
   beginRequest(): void {}
   observe(): void {}
   predictNextLayer(ctx: PredictContext): number[] {
-    const s = this.scores?.(ctx);
-    if (s) return topKIndices(s, ctx.width);
+    if ((ctx.distance ?? 1) !== 1) return [];
     return ctx.recorded ? ctx.recorded.slice(0, ctx.width) : [];
   }
   endRequest(): void {}
@@ -127,8 +130,6 @@ export class FatePredictor implements Predictor {
 export interface PredictorOptions {
   readonly nLayer: number;
   readonly nExpert: number;
-  /** fate in the engine: router_{l+1}(gate input of l). */
-  readonly fateScores?: (ctx: PredictContext) => ArrayLike<number> | undefined;
   readonly eapMaxHistory?: number;
 }
 
@@ -136,21 +137,46 @@ export function createPredictor(name: string, opts: PredictorOptions): Predictor
   switch (name as PredictorName) {
     case "none": return new NonePredictor();
     case "eap": return new EapPredictor(opts.nLayer, opts.nExpert, opts.eapMaxHistory);
-    case "fate": return new FatePredictor(opts.fateScores);
+    case "fate": return new FatePredictor();
     default:
       throw new InvalidArgumentError(`unknown predictor "${name}": expected one of ${PREDICTOR_NAMES.join(", ")}`);
   }
 }
 
-/** Per-layer prediction quality: precision = correct / predicted, recall = correct / actual. */
+/**
+ * Per-layer prediction quality: precision = correct / predicted, recall = correct / actual. The
+ * counters are those of predictions made one layer ahead; `at(d)` holds those made d layers ahead
+ * (lookahead), each a PredictionStats of its own.
+ */
 export class PredictionStats {
   readonly predicted: Float64Array;
   readonly correct: Float64Array;
   readonly actual: Float64Array;
+  /** distance d >= 2 -> its counters */
+  private readonly farther = new Map<number, PredictionStats>();
   constructor(readonly nLayer: number) {
     this.predicted = new Float64Array(nLayer);
     this.correct = new Float64Array(nLayer);
     this.actual = new Float64Array(nLayer);
+  }
+  /** The counters of predictions made `distance` layers ahead (1: this object). */
+  at(distance: number): PredictionStats {
+    if (!(Number.isInteger(distance) && distance >= 1)) throw new InvalidArgumentError(`prediction distance must be a positive integer, got ${distance}`);
+    if (distance === 1) return this;
+    let s = this.farther.get(distance);
+    if (!s) this.farther.set(distance, s = new PredictionStats(this.nLayer));
+    return s;
+  }
+  /** Distances with at least one prediction recorded, ascending (1 first when it has any). */
+  get distances(): number[] {
+    const out = this.predicted.some((x) => x > 0) ? [1] : [];
+    for (const [d, s] of [...this.farther].sort((a, b) => a[0] - b[0])) if (s.predicted.some((x) => x > 0)) out.push(d);
+    return out;
+  }
+  /** Zeroes every counter, at every distance. */
+  reset(): void {
+    for (const a of [this.predicted, this.correct, this.actual]) a.fill(0);
+    for (const s of this.farther.values()) s.reset();
   }
   /** One prediction for `layer` against what it then selected. */
   record(layer: number, predicted: readonly number[], actual: readonly number[]): void {
@@ -166,12 +192,14 @@ export class PredictionStats {
   private sum(a: Float64Array, layer?: number): number {
     return layer === undefined ? a.reduce((x, y) => x + y, 0) : a[layer]!;
   }
+  /** Adds other's counters, at every distance. */
   merge(other: PredictionStats): void {
     for (let l = 0; l < this.nLayer; l++) {
       this.predicted[l]! += other.predicted[l]!;
       this.correct[l]! += other.correct[l]!;
       this.actual[l]! += other.actual[l]!;
     }
+    for (const [d, s] of other.farther) this.at(d).merge(s);
   }
 }
 

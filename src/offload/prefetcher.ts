@@ -2,7 +2,8 @@
  * The Prefetcher: a priority queue of expert loads in front of the I/O threads.
  *
  * - Loads on the critical path (a layer is waiting for them: `demand`) go before every prefetch.
- * - Prefetches are ordered by how soon their layer runs, then by the predictor's rank.
+ * - Prefetches are ordered by `order` (the store's: how soon their layer runs, then the
+ *   predictor's rank), smallest first.
  * - A key is queued once (the store asks `has` before enqueueing: de-duplication).
  * - Demand loads go to the native queue at once, *urgent* (in front of every queued prefetch read).
  * - Prefetch reads are handed to the native queue up to `maxInFlight` reads at a time; a queued
@@ -25,16 +26,16 @@ export type LoadPriority = "demand" | "prefetch";
 /** One expert's load: its three reads (gate, up, down). */
 export class LoadJob {
   priority: LoadPriority;
-  /** prefetch order: smaller first (layer distance, then rank) */
-  rank: number;
+  /** prefetch order: smaller first (when its layer runs, then the predictor's rank) */
+  readonly order: number;
   tickets: number[] | null = null;
   /** all reads finished and checked */
   done = false;
   cancelled = false;
   readonly submittedAt = performance.now();
-  constructor(readonly id: number, readonly reads: readonly ReadRange[], priority: LoadPriority, rank = 0) {
-    this.priority = priority;
-    this.rank = rank;
+  constructor(readonly id: number, readonly reads: readonly ReadRange[], o: { priority: LoadPriority; order?: number }) {
+    this.priority = o.priority;
+    this.order = o.order ?? 0;
   }
   get bytes(): number {
     return this.reads.reduce((a, r) => a + r.length, 0);
@@ -68,7 +69,7 @@ export class Prefetcher {
     }
     {
       let i = this.prefetch.length;
-      while (i > 0 && this.prefetch[i - 1]!.rank > job.rank) i--;
+      while (i > 0 && this.prefetch[i - 1]!.order > job.order) i--;
       this.prefetch.splice(i, 0, job);
     }
     this.pump();
@@ -116,7 +117,7 @@ export class Prefetcher {
     }
     for (const i of gone) {
       const r = job.reads[i]!;
-      tickets[i] = this.reader.submit(r.fileOffset, r.length, r.chunk, r.destOffset, job.priority === "demand");
+      tickets[i] = this.reader.submit(r.fileOffset, r.length, r.chunk, r.destOffset, { urgent: job.priority === "demand" });
     }
     return false;
   }
@@ -132,7 +133,7 @@ export class Prefetcher {
 
   private dispatch(job: LoadJob): void {
     const urgent = job.priority === "demand";
-    job.tickets = job.reads.map((r) => this.reader.submit(r.fileOffset, r.length, r.chunk, r.destOffset, urgent));
+    job.tickets = job.reads.map((r) => this.reader.submit(r.fileOffset, r.length, r.chunk, r.destOffset, { urgent }));
     this.bytesSubmitted += job.bytes;
     this.running.add(job);
   }
@@ -142,7 +143,7 @@ export class Prefetcher {
     if (job.done) return true;
     if (!job.tickets) return false;
     for (const t of job.tickets) if (!this.reader.isSettled(t)) return false;
-    this.finish(job, false);
+    this.finish(job, "check");
     return true;
   }
 
@@ -155,17 +156,18 @@ export class Prefetcher {
       if (i >= 0) this.demand.splice(i, 1);
       this.dispatch(job);
     }
-    this.finish(job, true);
+    this.finish(job, "wait");
     this.pump();
   }
 
-  private finish(job: LoadJob, block: boolean): void {
+  /** Retires the job's tickets: `wait` blocks on each, `check` only reads their (settled) outcome. */
+  private finish(job: LoadJob, how: "wait" | "check"): void {
     this.running.delete(job);
     job.done = true;
     let err: unknown = null;
     for (const t of job.tickets!) {
       try {
-        if (block) this.reader.wait(t); else this.reader.check(t);
+        if (how === "wait") this.reader.wait(t); else this.reader.check(t);
       } catch (e) {
         err ??= e;
       }
@@ -197,7 +199,7 @@ export class Prefetcher {
   /** Waits for everything running (on shutdown), ignoring failures. */
   drain(): void {
     for (const job of [...this.running]) {
-      try { this.finish(job, true); } catch { /* shutting down */ }
+      try { this.finish(job, "wait"); } catch { /* shutting down */ }
     }
   }
 }

@@ -1,8 +1,10 @@
 /**
  * Offloading statistics: per layer hits, misses, prefetch outcomes, bytes read and stall time,
- * plus the predictor's precision / recall (PredictionStats). Printed by `moira run --stats` and
+ * plus the predictor's precision / recall (PredictionStats): one layer ahead (prompt and decode),
+ * and d layers ahead (`prediction.at(d)`, decode tokens only). Printed by `moira run --stats` and
  * returned by `moira bench --json`.
  */
+import type { ForwardPhase } from "../model/experts.js";
 import { PredictionStats } from "./predictor.js";
 
 export interface LayerCounters {
@@ -32,14 +34,34 @@ function emptyCounters(): LayerCounters {
   };
 }
 
-export type Phase = "prefill" | "decode";
+export type Phase = ForwardPhase;
+
+/** The store's start-up calibration and what it chose from it. */
+export interface Calibration {
+  /** one expert's read, with the I/O threads reading several in parallel (wall time / experts) */
+  readMs: number;
+  /** one decode layer's compute (attention projections and top-k experts for one token) */
+  layerMs: number;
+  /** prefetch width k' in use */
+  width: number;
+  /** prefetch distance in use: layers ahead that decode loads are issued for (auto: updated per decode token) */
+  distance: number;
+  /** auto distance: one decode layer's compute as measured while decoding (ms, decayed mean), once known */
+  decodeLayerMs?: number;
+  bandwidthBytesPerS: number;
+}
 
 export class OffloadStats {
   readonly layers: LayerCounters[];
   readonly phases: Record<Phase, LayerCounters> = { prefill: emptyCounters(), decode: emptyCounters() };
   readonly prediction: PredictionStats;
+  /**
+   * Prefetch loads by the distance of the prediction that issued them (index d - 1), scored when
+   * their layer runs: `used` ones held one of the experts it selected.
+   */
+  readonly loadsByDistance: Array<{ issued: number; used: number }> = [];
   /** set by the store's start-up calibration */
-  calibration: { readMs: number; layerMs: number; width: number; bandwidthBytesPerS: number } | null = null;
+  calibration: Calibration | null = null;
   /**
    * The store's expert arena: bytes it allocated (all of it, at start-up) and the most slots it
    * ever held at once (peakBytes = peakSlotsUsed x slotBytes). Whole-run figures: reset() keeps them.
@@ -55,6 +77,14 @@ export class OffloadStats {
   add(layer: number, phase: Phase, field: keyof LayerCounters, value = 1): void {
     this.layers[layer]![field] += value;
     this.phases[phase][field] += value;
+  }
+
+  /** A prefetch load issued d layers ahead, scored when its layer ran. */
+  addLoad(distance: number, used: boolean): void {
+    while (this.loadsByDistance.length < distance) this.loadsByDistance.push({ issued: 0, used: 0 });
+    const c = this.loadsByDistance[distance - 1]!;
+    c.issued++;
+    if (used) c.used++;
   }
 
   total(): LayerCounters {
@@ -73,9 +103,8 @@ export class OffloadStats {
     for (let l = 0; l < this.nLayer; l++) this.layers[l] = emptyCounters();
     this.phases.prefill = emptyCounters();
     this.phases.decode = emptyCounters();
-    this.prediction.predicted.fill(0);
-    this.prediction.correct.fill(0);
-    this.prediction.actual.fill(0);
+    this.prediction.reset();
+    this.loadsByDistance.length = 0;
   }
 
   toJSON(): object {
@@ -86,6 +115,10 @@ export class OffloadStats {
       phases: this.phases,
       precision: this.prediction.precision(),
       recall: this.prediction.recall(),
+      byDistance: this.prediction.distances.map((d) => ({
+        distance: d, precision: this.prediction.at(d).precision(), recall: this.prediction.at(d).recall(), predicted: sum(this.prediction.at(d).predicted),
+        loadsIssued: this.loadsByDistance[d - 1]?.issued ?? 0, loadsUsed: this.loadsByDistance[d - 1]?.used ?? 0,
+      })),
       direct: this.direct,
       calibration: this.calibration,
       arena: this.arena,
@@ -106,13 +139,22 @@ export class OffloadStats {
       `prefetch: ${t.prefetchesIssued} issued, ${t.prefetchesCancelled} cancelled, ${t.prefetchesWasted} unused; prediction precision ${pct(this.prediction.precision())} recall ${pct(this.prediction.recall())}`,
       `read: ${mib(t.bytesRead)} (prefill ${mib(this.phases.prefill.bytesRead)}, decode ${mib(this.phases.decode.bytesRead)})${this.direct === undefined ? "" : this.direct ? ", O_DIRECT" : ", buffered"}; stall ${t.stallMs.toFixed(1)} ms (prefill ${this.phases.prefill.stallMs.toFixed(1)}, decode ${this.phases.decode.stallMs.toFixed(1)})`,
     ];
+    const far = this.prediction.distances.filter((d) => d > 1);
+    if (far.length > 0) {
+      const at = (d: number) => `d=${d} ${pct(this.prediction.at(d).precision())} / ${pct(this.prediction.at(d).recall())}`;
+      lines.push(`prediction by distance (precision / recall; d>1: decode tokens): ${[1, ...far].map(at).join(", ")}`);
+    }
+    if (this.loadsByDistance.length > 1) {
+      lines.push(`prefetch loads by distance (used / issued): ${this.loadsByDistance.map((c, i) => `d=${i + 1} ${c.used}/${c.issued}`).join(", ")}`);
+    }
     if (this.arena) {
       const a = this.arena;
       lines.push(`arena: ${mib(a.allocatedBytes)} allocated, peak ${mib(a.peakBytes)} in use (${a.peakSlotsUsed} of ${a.slots} slots)`);
     }
     if (this.calibration) {
       const c = this.calibration;
-      lines.push(`calibration: expert read ${c.readMs.toFixed(2)} ms (${(c.bandwidthBytesPerS / 1e9).toFixed(2)} GB/s), layer compute ${c.layerMs.toFixed(2)} ms → prefetch width ${c.width}`);
+      lines.push(`calibration: expert read ${c.readMs.toFixed(2)} ms (${(c.bandwidthBytesPerS / 1e9).toFixed(2)} GB/s), layer compute ${c.layerMs.toFixed(2)} ms → prefetch width ${c.width}, distance ${c.distance}` +
+        (c.decodeLayerMs === undefined ? "" : ` (decode layers measured at ${c.decodeLayerMs.toFixed(2)} ms)`));
     }
     if (opts.perLayer) {
       lines.push("layer  acc   hit%   miss  inflt  pf  pf-unused  precision  recall  read MiB  stall ms");
@@ -123,4 +165,8 @@ export class OffloadStats {
     }
     return lines.join("\n");
   }
+}
+
+function sum(a: Float64Array): number {
+  return a.reduce((x, y) => x + y, 0);
 }

@@ -15,12 +15,17 @@
  */
 import { statSync } from "node:fs";
 import { FileAccessError, ModelFormatError } from "../errors.js";
-import { AlignedBuffer, DirectReader, ReadError } from "../backend/native/io.js";
+import { AlignedBuffer, DirectReader, ReadError, discardPages } from "../backend/native/io.js";
 
 /** Arena memory readable by the kernels and writable by the I/O threads. */
 export interface ArenaChunk {
   readonly id: number;
   readonly bytes: Uint8Array;
+}
+
+/** Gives back the pages of bytes [offset, offset + length) of a chunk (an arena slot out of service). */
+export function discardArena(chunk: ArenaChunk, offset: number, length: number): number {
+  return discardPages(chunk.bytes, offset, length);
 }
 
 /** A file's identity: a replaced or truncated model file changes it. */
@@ -107,10 +112,13 @@ export class FileReader {
     return this.info.size - this.finished.size;
   }
 
-  /** Queues a read of [fileOffset, fileOffset + length) into chunk.bytes at destOffset. */
-  submit(fileOffset: number, length: number, chunk: ArenaChunk, destOffset: number, urgent = false): number {
+  /**
+   * Queues a read of [fileOffset, fileOffset + length) into chunk.bytes at destOffset; `urgent`
+   * (a layer waits for it) queues it in front of every non-urgent read.
+   */
+  submit(fileOffset: number, length: number, chunk: ArenaChunk, destOffset: number, o: { urgent?: boolean } = {}): number {
     if (this.closed) throw new FileAccessError(`${this.path}: the expert reader is closed`);
-    const t = this.reader.read(fileOffset, length, chunk.bytes, destOffset, urgent);
+    const t = this.reader.read(fileOffset, length, chunk.bytes, destOffset, o.urgent ?? false);
     this.info.set(t, { fileOffset, length });
     return t;
   }

@@ -6,13 +6,19 @@
  *          4 KiB-aligned superset lands straight in its 4096-aligned slot region, and the
  *          WeightMatrix points at the slice inside it (no bounce copy).
  *
+ * The Session states each request's start (beginRequest) and each forward's phase (beginForward:
+ * a prompt's loads are admitted to the cache and predicted by votes over its tokens; a decode
+ * token's stay in working slots until used).
+ *
  * acquire(layer, experts) for a layer about to compute:
- *   1. drops last layer's wrong predictions for this layer (cancelled if not yet started);
+ *   1. drops the wrong predictions made for this layer (cancelled if not yet started);
  *   2. per expert: a hit (resident), a wait on an in-flight prefetch (promoted to the front), or a
  *      miss (a demand load, queued before every prefetch); optionally served low-bit;
- *   3. predicts layer l+1's experts (Fate: router_{l+1}(gate input of l); or EAP) and queues
- *      their loads, which the threads read while this layer's experts and the next layer's
- *      attention compute;
+ *   3. predicts the experts of layers l+1 .. l+d (Fate: router_{l+d}(gate input of l); or EAP)
+ *      and queues their loads, nearest layer first, which the threads read while this layer's
+ *      experts and the next layers compute. d, the prefetch distance, is 1 while one expert read
+ *      fits in a layer's compute, more where reads are slower (calibrateDistance); a prompt
+ *      always looks one layer ahead (its next layer's loads already keep the disk busy);
  *   4. waits for this layer's loads only (stall time is measured), pins and returns the weights.
  * acquireDeferred() skips step 4: the layer computes the experts in memory (and its shared
  * expert) while the rest are read, then waits for each of those as it needs it.
@@ -27,17 +33,18 @@
 import type { Backend } from "../backend/backend.js";
 import type { ModelConfig } from "../model/config.js";
 import type { ModelWeights } from "../model/weights.js";
-import type { AcquireHint, DeferredExperts, ExpertFfnWeights, ExpertProvider, LayerExpertTensors } from "../model/experts.js";
+import type { AcquireHint, DeferredExperts, ExpertFfnWeights, ExpertProvider, ForwardInfo, LayerExpertTensors } from "../model/experts.js";
 import { isMoeLayer } from "../model/experts.js";
 import { FileAccessError, InvalidArgumentError, ModelFormatError } from "../errors.js";
 import { topKIndices, createPredictor, type Predictor } from "./predictor.js";
 import { createPolicy, type CachePolicy } from "./policy.js";
 import type { ExpertKey } from "./expert-key.js";
-import { FileReader, IO_ALIGN, fileIdentity, sameIdentity, type ArenaChunk, type FileIdentity } from "./store-io.js";
+import { FileReader, IO_ALIGN, discardArena, fileIdentity, sameIdentity, type ArenaChunk, type FileIdentity } from "./store-io.js";
 import { LoadJob, Prefetcher, type LoadPriority, type ReadRange } from "./prefetcher.js";
 import { OffloadStats, type Phase } from "./stats.js";
-import { NextLayerRouter, calibrateWidth } from "./fate-predictor.js";
-import { slotLayoutOf, type MemoryPlan, type SlotLayout } from "./planner.js";
+import { NextLayerRouter, calibrateDistance, calibrateWidth, MAX_PREFETCH_DISTANCE } from "./fate-predictor.js";
+import { cacheSlotsWith, slotLayoutOf, type MemoryPlan, type SlotLayout } from "./planner.js";
+import type { KvRoom } from "../model/kv-cache.js";
 import { TOKEN_EMBEDDING } from "../model/steps.js";
 
 /** Low-bit copies of the experts (a sidecar GGUF written by `moira quantize-experts`). */
@@ -64,6 +71,8 @@ export interface ExpertStoreOptions {
   readonly backend: Backend;
   /** prefetch width k'; default: calibrated at start-up */
   readonly prefetchWidth?: number;
+  /** decode prefetch distance d (layers ahead, >= 1); default: calibrated at start-up */
+  readonly prefetchDistance?: number;
   readonly ioThreads?: number;
   /** O_DIRECT (default true) */
   readonly direct?: boolean;
@@ -92,12 +101,27 @@ interface Entry {
   readonly weights: ExpertFfnWeights;
 }
 
+/** What was predicted for a layer before it ran, and the loads issued for it. */
 interface Pending {
-  readonly predicted: number[];
-  readonly entries: Entry[];
-  /** rank of each entry in `predicted` */
-  readonly ranks: number[];
+  /** distance d -> the prediction made d layers earlier (best first) */
+  readonly forecasts: Map<number, number[]>;
+  /** loads issued for the layer, with the distance and rank of the prediction that issued each */
+  readonly loads: Array<{ readonly ent: Entry; readonly distance: number; readonly rank: number }>;
+  /** resident predicted experts already refreshed in the policy (once per layer run) */
+  readonly touched: Set<number>;
 }
+
+/** Why a load starts: what it may take (cache admission, working slots) and its place in the queue. */
+type LoadReason =
+  /** a computing layer needs it now; optionally its low-bit copy */
+  | { readonly kind: "demand"; readonly lowbit: boolean }
+  /** predicted for a later layer; `order` places it among the queued prefetches (smaller first) */
+  | { readonly kind: "prediction"; readonly order: number }
+  /** the next group of experts of the layer computing (certain: it may use a working slot) */
+  | { readonly kind: "next-group" };
+
+/** Lookahead distances whose precision is measured in decode even when loads look less far. */
+const MEASURED_DISTANCES = 3;
 
 /**
  * How often a decode prefetch load at each prediction rank was used, decayed: a load is issued
@@ -132,19 +156,40 @@ class RankPrecision {
  */
 const PRIME_PER_TOKEN = 0.5;
 
-export class ExpertStore implements ExpertProvider {
+/** One change of the budget's split between the committed KV cache and the expert cache. */
+export interface KvSplitChange {
+  /** KV positions committed (whole blocks) */
+  readonly positions: number;
+  readonly kvBytes: number;
+  /** cache slots in service beside it */
+  readonly cacheSlots: number;
+}
+
+/** The latest KV_SPLIT_LOG changes of the split (--stats), and how many older ones were dropped. */
+export interface KvSplitLog {
+  readonly changes: KvSplitChange[];
+  dropped: number;
+}
+
+const KV_SPLIT_LOG = 64;
+
+export class ExpertStore implements ExpertProvider, KvRoom {
   readonly stats: OffloadStats;
   readonly policy: CachePolicy;
-  readonly predictor: Predictor;
+  /** none | eap | fate */
+  readonly predictorName: string;
   /** prefetch width k' in use (experts predicted per layer) */
   width: number;
+  /** decode prefetch distance d in use: loads are issued for layers l+1 .. l+d */
+  distance: number;
   /**
    * Decode: most prefetch *loads* issued per layer (the top-ranked predictions not resident):
    * what the disk delivers during one layer's compute. More would compete with demand loads for
    * bandwidth, and the lower-ranked (less likely) predictions are the ones that miss.
    */
   prefetchLoads: number;
-  private readonly rankPrecision: RankPrecision;
+  /** per distance d (index d - 1) */
+  private readonly rankPrecision: RankPrecision[];
   private reprobe = 0;
   private readonly reader: FileReader;
   private readonly prefetcher: Prefetcher;
@@ -153,11 +198,27 @@ export class ExpertStore implements ExpertProvider {
   private readonly chunks: ArenaChunk[] = [];
   private readonly slotsPerChunk: number;
   private readonly free: number[] = [];
+  /** slots out of service, their pages discarded: the room the committed KV cache holds */
+  private readonly retired: number[] = [];
+  /** slots to take out of service as soon as the entries holding them let go */
+  private owedSlots = 0;
+  /** how the split between the committed KV cache and the expert cache changed (--stats) */
+  readonly kvSplit: KvSplitLog = { changes: [], dropped: 0 };
   private readonly full = new Map<number, Entry>();
   private readonly jobs = new Map<LoadJob, Entry>();
   private readonly pending = new Map<number, Pending>();
   private readonly active = new Map<number, Entry[]>();
   private readonly router: NextLayerRouter;
+  /** EAP's activation history (null for fate, which is the router, and none) */
+  private readonly history: Predictor | null;
+  /** forwards so far: with the layer, when a prefetched layer runs (the prefetch order) */
+  private forwardSeq = 0;
+  /** decode: when the last MoE layer began (ms), which, and the stall total then */
+  private lastLayer: { at: number; layer: number; stallMs: number; forward: number } | null = null;
+  /** every stall so far (ms) */
+  private stallTotal = 0;
+  /** decode compute per layer as measured between layers, less stalls (ms, decayed mean) */
+  private decodeLayerMs: number | null = null;
   private readonly identity: FileIdentity;
   private readonly moeLayers: number[];
   private readonly firstMoe: number;
@@ -202,7 +263,9 @@ export class ExpertStore implements ExpertProvider {
       nLayer: nMoe, nExpert: cfg.nExpert, topK: cfg.nExpertUsed,
     });
     this.router = new NextLayerRouter(cfg, weights, opts.backend);
-    this.predictor = createPredictor(opts.predictor, { nLayer: nMoe, nExpert: cfg.nExpert });
+    createPredictor(opts.predictor, { nLayer: nMoe, nExpert: cfg.nExpert }); // validates the name
+    this.predictorName = opts.predictor;
+    this.history = opts.predictor === "eap" ? createPredictor("eap", { nLayer: nMoe, nExpert: cfg.nExpert }) : null;
 
     this.reader = FileReader.open(path, { threads: opts.ioThreads ?? 4, direct: opts.direct });
     this.prefetcher = new Prefetcher(this.reader);
@@ -212,7 +275,7 @@ export class ExpertStore implements ExpertProvider {
     for (let done = 0; done < totalSlots; done += this.slotsPerChunk) {
       this.chunks.push(this.reader.allocChunk(Math.min(this.slotsPerChunk, totalSlots - done) * plan.slotBytes));
     }
-    for (let s = totalSlots - 1; s >= 0; s--) this.free.push(s);
+    for (let s = totalSlots - 1; s >= 0; s--) this.releaseSlot(s);
     this.stats.arena = {
       allocatedBytes: this.chunks.reduce((n, c) => n + c.bytes.byteLength, 0), slotBytes: plan.slotBytes, slots: totalSlots, peakSlotsUsed: 0, peakBytes: 0,
     };
@@ -221,11 +284,20 @@ export class ExpertStore implements ExpertProvider {
       for (const c of this.chunks) this.lowReader.adoptChunk(c);
       this.lowPrefetcher = new Prefetcher(this.lowReader);
     }
+    if (opts.prefetchDistance !== undefined && !(Number.isInteger(opts.prefetchDistance) && opts.prefetchDistance >= 1)) {
+      throw new InvalidArgumentError(`prefetch distance must be a positive integer, got ${opts.prefetchDistance}`);
+    }
     this.width = opts.prefetchWidth ?? cfg.nExpertUsed;
-    this.rankPrecision = new RankPrecision(cfg.nExpert);
+    this.distance = opts.prefetchDistance ?? 1;
+    this.rankPrecision = Array.from({ length: Math.max(MAX_PREFETCH_DISTANCE, this.distance) }, () => new RankPrecision(cfg.nExpert));
+    if (opts.predictor !== "none" && (opts.prefetchWidth === undefined || opts.prefetchDistance === undefined)) this.calibrate();
     // decode prefetch loads share the working slots with the next layer's own loads (top-k)
-    this.prefetchLoads = Math.max(1, Math.min(this.width, plan.transientSlots - cfg.nExpertUsed));
-    if (opts.prefetchWidth === undefined && opts.predictor !== "none") this.calibrate();
+    this.prefetchLoads = Math.max(1, Math.min(this.width, this.maxPrefetchesHeld));
+  }
+
+  /** Decode prefetches waiting for their layers, at most: the working slots less a layer's top-k. */
+  private get maxPrefetchesHeld(): number {
+    return this.opts.plan.transientSlots - this.cfg.nExpertUsed;
   }
 
   // ---- the ExpertProvider interface ----------------------------------------------------------
@@ -237,6 +309,55 @@ export class ExpertStore implements ExpertProvider {
   get maxExpertsPerAcquire(): number | undefined {
     const t = this.opts.plan.transientSlots;
     return t >= this.cfg.nExpert ? undefined : Math.max(this.cfg.nExpertUsed, Math.floor(t / 2));
+  }
+
+  /** A new request: EAP files the last one's activations as history and starts a new record. */
+  beginRequest(): void {
+    this.history?.endRequest();
+    this.history?.beginRequest();
+    this.token = 0;
+  }
+
+  /** The Session's next forward: its phase; the model file is checked once per forward. */
+  beginForward(info: ForwardInfo): void {
+    if (this.closed) throw new InvalidArgumentError("the expert store is closed");
+    this.checkFile();
+    // predictions a forward left unscored (it failed midway) are dropped
+    for (const pend of this.pending.values()) for (const { ent } of pend.loads) this.dropPrediction(ent);
+    this.pending.clear();
+    this.phase = info.phase;
+    this.forwardSeq++;
+    this.token += info.nTokens;
+    if (info.phase === "decode") this.adaptDistance();
+  }
+
+  /**
+   * Auto distance: from the start-up read time and the decode layers' compute as measured while
+   * decoding (the start-up kernel timing leaves out the rest of a layer's work: norms, attention,
+   * routing, the JavaScript between them).
+   */
+  private adaptDistance(): void {
+    const cal = this.stats.calibration;
+    if (this.opts.prefetchDistance !== undefined || !cal || this.decodeLayerMs === null) return;
+    this.distance = calibrateDistance({ readMs: cal.readMs, layerMs: this.decodeLayerMs, max: this.maxDistance });
+    cal.distance = this.distance;
+    cal.decodeLayerMs = this.decodeLayerMs;
+  }
+
+  /** Decode: times the compute between two MoE layers of one forward (stalls taken out). */
+  private timeLayer(layer: number): void {
+    const now = performance.now();
+    const last = this.lastLayer;
+    if (last && last.forward === this.forwardSeq && layer > last.layer) {
+      const ms = Math.max(0, now - last.at - (this.stallTotal - last.stallMs)) / (layer - last.layer);
+      this.decodeLayerMs = this.decodeLayerMs === null ? ms : 0.9 * this.decodeLayerMs + 0.1 * ms;
+    }
+    this.lastLayer = { at: now, layer, stallMs: this.stallTotal, forward: this.forwardSeq };
+  }
+
+  /** Farthest distance that still has a layer to look at. */
+  private get maxDistance(): number {
+    return Math.min(MAX_PREFETCH_DISTANCE, Math.max(1, this.moeLayers.length - 1));
   }
 
   acquire(layer: number, experts: readonly number[], hint: AcquireHint): ExpertFfnWeights[] {
@@ -270,7 +391,9 @@ export class ExpertStore implements ExpertProvider {
       try {
         this.blamingTheFile(() => this.prefetcherOf(ent).wait(ent.job!));
       } finally {
-        this.stats.add(layer, this.phase, "stallMs", performance.now() - t0);
+        const ms = performance.now() - t0;
+        this.stallTotal += ms;
+        this.stats.add(layer, this.phase, "stallMs", ms);
       }
     }
     if (ent.job) this.onLoaded(ent);
@@ -280,33 +403,30 @@ export class ExpertStore implements ExpertProvider {
   private begin(layer: number, experts: readonly number[], hint: AcquireHint): Entry[] {
     if (this.closed) throw new InvalidArgumentError("the expert store is closed");
     const moe = this.moeIndex(layer);
-    const phase: Phase = hint.nTokens > 1 ? "prefill" : "decode";
+    const phase = this.phase;
     // a layer computed in groups: the per-layer work (token count, prediction scoring, the next
     // layer's prefetch) happens at its first group, over all of the layer's experts
     const group = hint.group;
     const firstGroup = !group || group.index === 0;
     const layerExperts = group ? group.layerExperts : experts;
-    if (layer === this.firstMoe && firstGroup) {
-      this.checkFile();
-      if (phase === "prefill" || this.phase === "prefill") {
-        this.predictor.endRequest();
-        this.predictor.beginRequest();
-      }
-      this.phase = phase;
-      this.token++;
-    }
+    if (phase === "decode" && firstGroup) this.timeLayer(layer);
     this.reap();
 
-    // last layer's predictions for this layer: score them, drop the wrong ones
+    // the predictions made for this layer: score each distance's, drop the wrong loads
     const pend = firstGroup ? this.pending.get(layer) : undefined;
     if (pend) {
       const want = new Set(layerExperts);
       this.pending.delete(layer);
-      this.stats.prediction.record(layer, phase === "decode" ? pend.predicted : pend.predicted.slice(0, layerExperts.length), layerExperts);
-      if (phase === "decode") pend.entries.forEach((ent, i) => this.rankPrecision.record(pend.ranks[i]!, want.has(ent.expert)));
-      for (const ent of pend.entries) if (!want.has(ent.expert)) this.dropPrediction(ent);
+      for (const [d, predicted] of pend.forecasts) {
+        this.stats.prediction.at(d).record(layer, phase === "decode" ? predicted : predicted.slice(0, layerExperts.length), layerExperts);
+      }
+      for (const l of pend.loads) {
+        this.stats.addLoad(l.distance, want.has(l.ent.expert));
+        if (phase === "decode") this.rankPrecision[l.distance - 1]!.record(l.rank, want.has(l.ent.expert));
+      }
+      for (const { ent } of pend.loads) if (!want.has(ent.expert)) this.dropPrediction(ent);
     }
-    if (firstGroup) this.predictor.observe(moe, layerExperts);
+    if (firstGroup) this.history?.observe(moe, layerExperts);
     // a prompt accesses each expert once per layer, however many of its tokens chose it: tell the
     // policy how many did (popularity evidence for Fate's frequency cache)
     if (phase === "prefill" && hint.tokenCounts) {
@@ -333,7 +453,7 @@ export class ExpertStore implements ExpertProvider {
         const useLow = low?.has(e) ?? false;
         this.stats.add(layer, phase, "misses");
         if (useLow) this.stats.add(layer, phase, "lowbit");
-        ent = this.startLoad(layer, e, "demand", useLow, 0)!;
+        ent = this.startLoad(layer, e, { kind: "demand", lowbit: useLow })!;
       }
       ent.prefetched = false;
       ent.uses++;
@@ -342,11 +462,11 @@ export class ExpertStore implements ExpertProvider {
     }
     this.active.set(layer, out);
 
-    if (firstGroup) this.prefetchNext(layer, moe, layerExperts, hint, phase);
+    if (firstGroup) this.prefetchAhead(layer, moe, layerExperts, hint, phase);
     // the next group of this layer reads while this one computes (ahead of any prediction)
     if (group) {
       for (const e of group.next) {
-        if (!this.full.has(this.key(layer, e))) this.startLoad(layer, e, "prefetch", false, -1, true);
+        if (!this.full.has(this.key(layer, e))) this.startLoad(layer, e, { kind: "next-group" });
       }
     }
 
@@ -375,6 +495,56 @@ export class ExpertStore implements ExpertProvider {
   /** Whether the I/O threads use O_DIRECT (undefined before the first read). */
   get direct(): boolean | undefined {
     return this.reader.direct;
+  }
+
+  /** Cache slots in service: the plan's, less those the committed KV cache holds. */
+  get cacheSlotsInService(): number {
+    return this.opts.plan.cacheSlots - this.retired.length - this.owedSlots;
+  }
+
+  /**
+   * KvRoom: the session's KV cache now commits `bytes` (its first `positions` positions). The
+   * expert cache keeps the slots the budget leaves beside it (cacheSlotsWith). Fewer: the policy
+   * evicts by its own rule (the coldest experts) until it fits, and as many slots leave service,
+   * their pages discarded, before the KV cache writes its new positions. More (a reset gave KV
+   * back): slots return to service. Called between forwards; loads still in flight (prefetches)
+   * are waited for first, so no slot being read into is taken.
+   */
+  kvCommitted(bytes: number, positions: number): void {
+    if (this.closed) return;
+    if (this.active.size > 0) throw new InvalidArgumentError("the KV cache changed size while a layer was computing its experts");
+    const want = cacheSlotsWith(this.opts.plan, bytes);
+    const have = this.cacheSlotsInService;
+    if (want < have) {
+      this.settleLoads();
+      for (const key of this.policy.resize(want, this.now)) this.evict(key);
+      let owe = have - want;
+      while (owe > 0 && this.free.length > 0) { this.retireSlot(this.free.pop()!); owe--; }
+      // the rest are held by prefetched experts no layer has used yet: they go first
+      this.owedSlots += owe;
+      for (const ent of [...this.full.values()]) {
+        if (this.owedSlots === 0) break;
+        if (!ent.cached && ent.uses === 0 && !ent.job) this.freeEntry(ent);
+      }
+      if (this.owedSlots > 0) throw new Error(`ExpertStore: ${this.owedSlots} arena slots cannot leave service for the KV cache: a bug in slot accounting`);
+    } else if (want > have) {
+      for (let n = want - have; n > 0; n--) this.free.push(this.retired.pop()!);
+      this.policy.resize(want, this.now);
+    } else {
+      return;
+    }
+    const log = this.kvSplit;
+    log.changes.push({ positions, kvBytes: bytes, cacheSlots: want });
+    if (log.changes.length > KV_SPLIT_LOG) { log.changes.shift(); log.dropped++; }
+  }
+
+  /** Waits for every read in flight (prefetches), so that every slot is either free or settled. */
+  private settleLoads(): void {
+    for (const ent of [...this.jobs.values()]) {
+      if (!ent.job) continue;
+      try { this.blamingTheFile(() => this.prefetcherOf(ent).wait(ent.job!)); } catch (e) { if (!ent.orphan) throw e; }
+      this.onLoaded(ent);
+    }
   }
 
   /** Stops the I/O threads and frees the arena; the store must not be used afterwards. */
@@ -511,8 +681,10 @@ export class ExpertStore implements ExpertProvider {
   }
 
   /** Allocates a slot and queues the expert's three reads; null when a prefetch finds no room. */
-  private startLoad(layer: number, expert: number, priority: LoadPriority, low: boolean, rank: number, workingOk = false): Entry | null {
+  private startLoad(layer: number, expert: number, why: LoadReason): Entry | null {
     const key = this.pkey(layer, expert);
+    const priority: LoadPriority = why.kind === "demand" ? "demand" : "prefetch";
+    const low = why.kind === "demand" && why.lowbit;
     let cached = false;
     // decode prefetches stay outside the cache until used (admitOnUse); prefill's are admitted
     const admitNow = priority === "demand" || this.phase === "prefill";
@@ -525,26 +697,20 @@ export class ExpertStore implements ExpertProvider {
     }
     // not admitted (a full pool of pinned experts, or the policy's choice): a prediction is dropped;
     // a certain load (the next group of a layer) may still use a working slot
-    if (!cached && admitNow && priority === "prefetch" && this.policy.capacityOf(key.layer) > 0 && !workingOk) return null;
-    // a prefetch never takes the working slots a demand load may still need: in a prompt, the
-    // next group's half (unless this is that group's own load); in decode, prefetchLoads already
-    // leaves the next layer its top-k
-    const reserve = this.phase === "prefill" && !workingOk ? this.opts.plan.transientSlots / 2 : 0;
+    if (!cached && admitNow && why.kind === "prediction" && this.policy.capacityOf(key.layer) > 0) return null;
+    // a prediction never takes the working slots a demand load may still need: in a prompt, the
+    // next group's half; in decode, maxPrefetchesHeld already leaves the next layer its top-k
+    const reserve = this.phase === "prefill" && why.kind === "prediction" ? this.opts.plan.transientSlots / 2 : 0;
     if (priority === "prefetch" && !cached && this.free.length <= reserve) return null;
-    let slot = this.free.pop();
+    let slot = this.takeSlot();
     if (slot === undefined && priority === "demand") {
       this.settleOrphans();
-      slot = this.free.pop();
+      slot = this.takeSlot();
     }
     if (slot === undefined) {
       if (cached) this.policy.remove(key);
       if (priority === "prefetch") return null;
       throw new Error(`ExpertStore: no free arena slot for layer ${layer} expert ${expert} (${this.full.size} experts held): a bug in slot accounting`);
-    }
-    const arena = this.stats.arena!;
-    if (arena.slots - this.free.length > arena.peakSlotsUsed) {
-      arena.peakSlotsUsed = arena.slots - this.free.length;
-      arena.peakBytes = arena.peakSlotsUsed * arena.slotBytes;
     }
     const tensors = low ? this.opts.lowbit!.source.tensors.get(layer)! : this.opts.plan.tensors.get(layer)!;
     const layout = (low ? this.lowSlot : this.fullSlot).get(layer)!;
@@ -562,7 +728,9 @@ export class ExpertStore implements ExpertProvider {
       return { type: s.type, rows: s.rows, cols: s.cols, data: chunk.bytes.subarray(base + at + skew, base + at + skew + s.expertBytes) };
     };
     const weights: ExpertFfnWeights = { gate: part(tensors.gate, layout.gate), up: part(tensors.up, layout.up), down: part(tensors.down, layout.down) };
-    const job = new LoadJob(this.key(layer, expert), reads, priority, rank);
+    const job = new LoadJob(this.key(layer, expert), reads, {
+      priority, order: why.kind === "prediction" ? why.order : why.kind === "next-group" ? -1 : 0,
+    });
     const ent: Entry = { layer, expert, low, slot, cached, job, loadPinned: cached, prefetched: priority === "prefetch", uses: 0, orphan: false, weights };
     if (cached) this.policy.pin(key);
     if (!low) this.full.set(this.key(layer, expert), ent);
@@ -585,7 +753,38 @@ export class ExpertStore implements ExpertProvider {
 
   private freeEntry(ent: Entry): void {
     if (!ent.low && this.full.get(this.key(ent.layer, ent.expert)) === ent) this.full.delete(this.key(ent.layer, ent.expert));
-    this.free.push(ent.slot);
+    this.releaseSlot(ent.slot);
+  }
+
+  // ---- arena slots: every slot is free (in `free`) or held by exactly one Entry ---------------
+
+  /** A free slot (undefined when none), counted in the arena's peak. */
+  private takeSlot(): number | undefined {
+    const slot = this.free.pop();
+    const arena = this.stats.arena;
+    const used = arena ? arena.slots - this.free.length - this.retired.length : 0;
+    if (slot !== undefined && arena && used > arena.peakSlotsUsed) {
+      arena.peakSlotsUsed = used;
+      arena.peakBytes = arena.peakSlotsUsed * arena.slotBytes;
+    }
+    return slot;
+  }
+
+  /** A slot no entry holds any more (taken out of service when the KV cache is owed one). */
+  private releaseSlot(slot: number): void {
+    if (this.owedSlots > 0) {
+      this.owedSlots--;
+      this.retireSlot(slot);
+    } else {
+      this.free.push(slot);
+    }
+  }
+
+  /** Takes a free slot out of service: its pages go back to the kernel. */
+  private retireSlot(slot: number): void {
+    const chunk = this.chunks[Math.floor(slot / this.slotsPerChunk)];
+    if (chunk) discardArena(chunk, (slot % this.slotsPerChunk) * this.opts.plan.slotBytes, this.opts.plan.slotBytes);
+    this.retired.push(slot);
   }
 
   /** A prediction the layer did not use: cancel its read if not started; free it unless cached. */
@@ -618,50 +817,113 @@ export class ExpertStore implements ExpertProvider {
     // cached and (being) loaded: it stays, like any resident expert
   }
 
-  private prefetchNext(layer: number, moe: number, experts: readonly number[], hint: AcquireHint, phase: Phase): void {
-    const next = layer + 1;
-    if (this.opts.predictor === "none" || next >= this.cfg.nLayer || !this.opts.plan.tensors.has(next)) return;
-    let predicted: number[];
-    if (this.opts.predictor === "fate") {
-      predicted = this.router.predict(next, hint.gateInput, hint.nTokens, this.width).experts;
-      if (phase === "decode") predicted = predicted.slice(0, this.width);
-    } else {
-      predicted = this.predictor.predictNextLayer({ layer: moe, token: this.token, experts, width: phase === "decode" ? this.width : this.cfg.nExpert });
-    }
-    const entries: Entry[] = [];
-    const ranks: number[] = [];
-    let loads = phase === "decode" ? this.prefetchLoads : Infinity;
+  /**
+   * Step 3 of acquire: predicts layers l+1 .. l+m (m: the decode distance, or MEASURED_DISTANCES
+   * when larger, whose precision is recorded; a prompt's: 1) from layer l, and loads the experts
+   * of l+1 .. l+d not in memory, nearest layer first.
+   */
+  private prefetchAhead(layer: number, moe: number, experts: readonly number[], hint: AcquireHint, phase: Phase): void {
+    if (this.predictorName === "none") return;
+    const issueUpTo = phase === "decode" ? this.distance : 1;
+    const measureUpTo = phase === "decode" ? Math.max(this.distance, MEASURED_DISTANCES) : 1;
     // a rank whose loads stopped paying off is re-tried now and then (routing drifts)
     const probe = phase === "decode" && ++this.reprobe % 64 === 0;
+    for (let d = 1; d <= measureUpTo; d++) {
+      const target = layer + d;
+      if (target >= this.cfg.nLayer || !this.opts.plan.tensors.has(target)) break;
+      const predicted = this.forecast(layer, moe, d, experts, hint, phase);
+      let pend = this.pending.get(target);
+      if (!pend) this.pending.set(target, pend = { forecasts: new Map(), loads: [], touched: new Set() });
+      pend.forecasts.set(d, predicted);
+      if (d <= issueUpTo) this.prefetchFor(target, d, predicted, pend, phase, probe);
+    }
+  }
+
+  /** Layer (layer + d)'s experts, best first: top-k' (decode) or all that the tokens vote for. */
+  private forecast(layer: number, moe: number, d: number, experts: readonly number[], hint: AcquireHint, phase: Phase): number[] {
+    if (this.history) {
+      return this.history.predictNextLayer({
+        layer: moe, distance: d, token: this.token, experts, width: phase === "decode" ? this.width : this.cfg.nExpert,
+      });
+    }
+    const predicted = this.router.predict(layer + d, hint.gateInput, hint.nTokens, this.width).experts;
+    if (phase === "decode") return predicted.slice(0, this.width);
+    // --lowbit-prefill N: an expert the prompt's tokens are predicted to want at most N times is
+    // read from the low-bit copy when the layer asks for it, so it is not prefetched in full
+    const lowMax = this.opts.lowbit?.prefillMaxTokens ?? 0;
+    if (lowMax <= 0 || !this.opts.lowbit!.source.tensors.has(layer + d)) return predicted;
+    const topK = this.router.predict(layer + d, hint.gateInput, hint.nTokens, this.cfg.nExpertUsed);
+    const votes = new Map(topK.experts.map((e, i) => [e, topK.votes[i]!]));
+    return predicted.filter((e) => (votes.get(e) ?? 0) > lowMax);
+  }
+
+  /** Queues loads of `target`'s predicted experts (predicted d layers ahead) that are not in memory. */
+  private prefetchFor(target: number, d: number, predicted: readonly number[], pend: Pending, phase: Phase, probe: boolean): void {
+    const perLayer = phase === "decode" ? this.prefetchLoads : Infinity;
+    let loads = perLayer - pend.loads.length;
+    let held = phase === "decode" ? this.prefetchesHeld() : 0;
     predicted.forEach((e, rank) => {
-      const have = this.full.get(this.key(next, e));
+      const have = this.full.get(this.key(target, e));
       if (have) {
-        // the next layer will want it: refresh it so the loads issued meanwhile do not evict it
-        if (have.cached && !have.job) this.policy.touch(this.pkey(next, e), this.now++);
+        // the layer will want it: refresh it (once) so the loads issued meanwhile do not evict it
+        if (have.cached && !have.job && !pend.touched.has(e)) {
+          pend.touched.add(e);
+          this.policy.touch(this.pkey(target, e), this.now++);
+        }
         return;
       }
       if (loads <= 0) return;
-      if (phase === "decode" && this.rankPrecision.chance(rank) < 0.5 && !(probe && loads === this.prefetchLoads)) return;
+      if (phase === "decode") {
+        if (held >= this.maxPrefetchesHeld) return;
+        if (this.rankPrecision[d - 1]!.chance(rank) < 0.5 && !(probe && loads === perLayer)) return;
+      }
       loads--;
-      const ent = this.startLoad(next, e, "prefetch", false, rank);
-      if (ent) { entries.push(ent); ranks.push(rank); }
+      // queued by when the layer runs, then by rank
+      const order = ((this.forwardSeq * this.cfg.nLayer) + target) * (this.cfg.nExpert + 1) + rank;
+      const ent = this.startLoad(target, e, { kind: "prediction", order });
+      if (ent) {
+        pend.loads.push({ ent, distance: d, rank });
+        if (!ent.cached) held++;
+      }
     });
-    this.pending.set(next, { predicted, entries, ranks });
+  }
+
+  /** Decode prefetches in working slots whose layers have not run yet. */
+  private prefetchesHeld(): number {
+    let n = 0;
+    for (const pend of this.pending.values()) for (const { ent } of pend.loads) if (!ent.cached) n++;
+    return n;
   }
 
   /**
-   * Start-up calibration of k': reads a few experts (the I/O threads in parallel) and times one
-   * layer's decode compute (attention projections + top-k experts for one token).
+   * Start-up calibration of k' and d: reads a few experts (the I/O threads in parallel) and times
+   * one layer's decode compute (attention projections + top-k experts for one token). Each is the
+   * best of a few tries: other work on the machine only ever makes a try slower, and a distance
+   * chosen from one disturbed try would be off for the whole run.
    */
   private calibrate(): void {
     const layer = this.firstMoe;
     const n = Math.min(this.cfg.nExpert, 8, this.opts.plan.transientSlots);
-    const ents: Entry[] = [];
-    const t0 = performance.now();
-    for (let e = 0; e < n; e++) ents.push(this.startLoad(layer, e, "demand", false, 0)!);
-    let bytes = 0;
-    for (const ent of ents) { bytes += ent.job!.bytes; this.prefetcher.wait(ent.job!); this.onLoaded(ent); }
-    const readWall = performance.now() - t0;
+    const readBatch = (first: number): { ents: Entry[]; wallMs: number; bytes: number } => {
+      const ents: Entry[] = [];
+      const t0 = performance.now();
+      for (let i = 0; i < n; i++) ents.push(this.startLoad(layer, (first + i) % this.cfg.nExpert, { kind: "demand", lowbit: false })!);
+      let bytes = 0;
+      for (const ent of ents) { bytes += ent.job!.bytes; this.prefetcher.wait(ent.job!); this.onLoaded(ent); }
+      return { ents, wallMs: performance.now() - t0, bytes };
+    };
+    const dropBatch = (ents: Entry[]) => {
+      for (const ent of ents) {
+        if (ent.cached) this.policy.remove(this.pkey(layer, ent.expert));
+        this.freeEntry(ent);
+        ent.cached = false;
+      }
+    };
+    const first = readBatch(0);
+    dropBatch(first.ents);
+    const second = readBatch(n);
+    const { ents, bytes } = second;
+    const readWall = Math.min(first.wallMs, second.wallMs);
     const readMs = readWall / n;
     const { backend } = this.opts;
     const cfg = this.cfg;
@@ -682,18 +944,18 @@ export class ExpertStore implements ExpertProvider {
       }
     };
     run(); // warm-up
-    const t1 = performance.now();
-    const reps = 3;
-    for (let r = 0; r < reps; r++) run();
-    const layerMs = (performance.now() - t1) / reps;
-    for (const ent of ents) {
-      if (ent.cached) this.policy.remove(this.pkey(layer, ent.expert));
-      ent.cached = false;
-      this.freeEntry(ent);
+    let layerMs = Infinity;
+    for (let r = 0; r < 7; r++) {
+      const t1 = performance.now();
+      run();
+      layerMs = Math.min(layerMs, performance.now() - t1);
     }
+    dropBatch(ents);
     this.stats.reset();
-    this.width = calibrateWidth({ layerMs, readMs, topK: cfg.nExpertUsed, nExpert: cfg.nExpert });
-    this.stats.calibration = { readMs, layerMs, width: this.width, bandwidthBytesPerS: bytes / (readWall / 1000) };
+    this.width = this.opts.prefetchWidth ?? calibrateWidth({ layerMs, readMs, topK: cfg.nExpertUsed, nExpert: cfg.nExpert });
+    // never farther than the model has layers to look at
+    this.distance = this.opts.prefetchDistance ?? calibrateDistance({ layerMs, readMs, max: this.maxDistance });
+    this.stats.calibration = { readMs, layerMs, width: this.width, distance: this.distance, bandwidthBytesPerS: bytes / (readWall / 1000) };
     this.stats.direct = this.reader.direct;
   }
 }

@@ -146,7 +146,9 @@ export function createApp(ctx: ServerContext): Hono {
     counters.requests++;
     return exclusive(async () => {
       ctx.session.reset();
-      const it = generate(ctx.session, ctx.tokenizer, prompt, { maxTokens: p.maxTokens, ...p.sampler });
+      // counted however the generation ends (a stop string ends it early): whole steps, as streamed
+      let stats: GenerationStats | undefined;
+      const it = generate(ctx.session, ctx.tokenizer, prompt, { maxTokens: p.maxTokens, ...p.sampler, onStats: (s) => { stats = s; } });
       let text = "", sent = 0, finish: "stop" | "length" = "length", stopped = false;
       const holdBack = Math.max(0, ...p.stops.map((s) => s.length - 1));
       let r = await it.next();
@@ -162,16 +164,9 @@ export function createApp(ctx: ServerContext): Hono {
         if (stopped) { await it.return(undefined as never); break; }
         r = await it.next();
       }
-      let stats: GenerationStats | undefined;
-      if (r.done) {
-        stats = r.value;
-        if (stats.stopReason === "stop-token") finish = "stop";
-      } else {
-        finish = "stop";
-      }
+      if (stopped || stats?.stopReason === "stop-token") finish = "stop";
       if (!stopped && text.length > sent) await onText(text.slice(sent));
-      if (stopped) finish = "stop";
-      const completion = stats?.generatedTokens ?? ctx.session.position - prompt.length;
+      const completion = !stopped && stats ? stats.generatedTokens : ctx.session.position - prompt.length;
       counters.promptTokens += prompt.length;
       counters.generatedTokens += completion;
       if (stats) {

@@ -41,6 +41,8 @@ export interface NativeAddon {
   setThreads(n: number): void;
   getThreads(): number;
   matmul(type: number, w: Uint8Array, rows: number, cols: number, x: Float32Array, nTokens: number, out: Float32Array): void;
+  /** outs[i] = matmul of weight i (types[i], ws[i], rows[i] x cols) over one x, as one pool run */
+  matmulMany(types: Int32Array, ws: Uint8Array[], rows: Int32Array, cols: number, x: Float32Array, nTokens: number, outs: Float32Array[]): void;
   rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void;
   rope(x: Float32Array, nTokens: number, nHead: number, headStride: number, ropeOffset: number, ropeDim: number,
     pos0: number, theta: number, neox: boolean, freqScale: number): void;
@@ -60,6 +62,8 @@ export interface NativeAddon {
   sumF32(x: Float32Array): number;
   allocAligned(bytes: number, align: number): ArrayBuffer;
   freeAligned(buf: ArrayBuffer): void;
+  /** madvise(MADV_DONTNEED) on the whole pages inside [offset, offset + length); returns the bytes given back */
+  discardPages(buf: ArrayBuffer, offset: number, length: number): number;
   fileIdentity(path: string): NativeFileIdentity;
   mapFile(path: string, offset: number, length: number, populate: boolean): ArrayBuffer;
   unmapFile(buf: ArrayBuffer): void;

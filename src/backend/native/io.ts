@@ -20,6 +20,18 @@ export class AlignedBuffer {
   [Symbol.dispose](): void { this.dispose(); }
 }
 
+/**
+ * Gives the whole pages inside bytes [offset, offset + length) of `view` back to the kernel
+ * (madvise MADV_DONTNEED: they read as zero afterwards and cost nothing until written); the
+ * partial pages at either end are kept. Returns the bytes given back.
+ */
+export function discardPages(view: ArrayBufferView, offset: number, length: number): number {
+  if (offset < 0 || length < 0 || offset + length > view.byteLength) {
+    throw new InvalidArgumentError(`discardPages: bytes ${offset}..${offset + length} are outside a view of ${view.byteLength}`);
+  }
+  return loadNativeAddon().discardPages(view.buffer as ArrayBuffer, view.byteOffset + offset, length);
+}
+
 /** Shorthand for AlignedBuffer.alloc. */
 export function allocAligned(bytes: number, align = 64): AlignedBuffer {
   return AlignedBuffer.alloc(bytes, align);

@@ -2,10 +2,11 @@
  * The native backend: moira's C++ kernels (AVX-512 / AVX2 / scalar, chosen at load) on a persistent
  * thread pool. Ops are synchronous: they return when every pool thread has finished.
  */
-import type { AttentionParams, Backend, ExpertBatch, KvArray, RopeParams, WeightMatrix } from "../backend.js";
+import type { AttentionParams, Backend, ExpertBatch, KvArray, KvStorage, RopeParams, WeightMatrix } from "../backend.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { loadNativeAddon, type Isa, type NativeAddon } from "./addon.js";
+import { MappedFile } from "./io.js";
 
 export interface NativeBackendOptions {
   /** compute threads (the JS thread counts as one); default: every core */
@@ -30,6 +31,22 @@ export class NativeBackend implements Backend {
   /** Resizes the process-wide pool (threads are created here, never per op). */
   setThreads(n: number): void { this.addon.setThreads(n); }
 
+  /** A private mapping of the range, populated (see MappedFile): resident weights without copies. */
+  readonly mapFile = (path: string, offset: number, length: number): MappedFile =>
+    MappedFile.open(path, { offset, length }, { populate: true });
+
+  /** Page-aligned native memory (large sizes are fresh mappings: no page is resident before it is written). */
+  readonly allocKv = (type: "f32" | "f16", elements: number): KvStorage => {
+    const addon = this.live();
+    const size = type === "f16" ? 2 : 4;
+    const buf = addon.allocAligned(elements * size, 4096);
+    return {
+      array: type === "f16" ? new Uint16Array(buf) : new Float32Array(buf),
+      discard: (from, to) => to > from ? addon.discardPages(buf, from * size, (to - from) * size) : 0,
+      dispose: () => addon.freeAligned(buf),
+    };
+  };
+
   private live(): NativeAddon {
     if (this.disposed) throw new InvalidArgumentError("NativeBackend used after dispose()");
     return this.addon;
@@ -45,6 +62,20 @@ export class NativeBackend implements Backend {
   matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void {
     this.checkWeight(w);
     this.live().matmul(w.type, w.data, w.rows, w.cols, x, nTokens, out);
+  }
+
+  matmulMany(ws: readonly WeightMatrix[], x: Float32Array, nTokens: number, outs: readonly Float32Array[]): void {
+    const n = ws.length;
+    if (n === 0) return;
+    const cols = ws[0].cols;
+    const types = new Int32Array(n), rows = new Int32Array(n), data: Uint8Array[] = new Array(n);
+    for (let i = 0; i < n; i++) {
+      const w = ws[i];
+      this.checkWeight(w);
+      if (w.cols !== cols) throw new InvalidArgumentError(`matmulMany: weight ${i} has ${w.cols} cols, weight 0 has ${cols}`);
+      types[i] = w.type; rows[i] = w.rows; data[i] = w.data;
+    }
+    this.live().matmulMany(types, data, rows, cols, x, nTokens, outs as Float32Array[]);
   }
 
   rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void {

@@ -42,6 +42,10 @@ export class RefBackend implements Backend {
     }
   }
 
+  matmulMany(ws: readonly WeightMatrix[], x: Float32Array, nTokens: number, outs: readonly Float32Array[]): void {
+    ws.forEach((w, i) => this.matmul(w, x, nTokens, outs[i]));
+  }
+
   rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void {
     const n = x.length / dim;
     for (let t = 0; t < n; t++) {

@@ -13,7 +13,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { FileAccessError, MissingTensorError, ModelFormatError, UnsupportedError } from "../../errors.js";
-import { GGUFValueType, type GGUFMetadataValue, type Metadata, type FileMapper, type ModelFile, type TensorData, type TensorMeta, type WeightSource } from "../model-file.js";
+import { GGUFValueType, type GGUFMetadataValue, type Metadata, type FileMapper, type LoadOptions, type ModelFile, type TensorData, type TensorMeta, type WeightSource } from "../model-file.js";
 import { TYPE_INFO, typeName, type GGMLType } from "../quant/types.js";
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as little-endian u32
@@ -342,6 +342,14 @@ function openForRead(path: string): number {
 /** Largest single readSync; Node rejects lengths past 2 GiB. */
 const READ_CHUNK = 1 << 30;
 
+/**
+ * Longest mapping loadMany makes: Node 20 refuses external buffers of 4 GiB and more; 2 MiB under
+ * that keeps whole 2 MiB pages in reach.
+ */
+const MAX_SPAN = 2 ** 32 - 2 ** 21;
+/** A gap between wanted tensors longer than this (tensors nobody asked for) starts a new mapping. */
+const MAX_GAP = 2 ** 20;
+
 export interface GGUFOpenOptions {
   /** map each tensor's bytes instead of reading a copy (no copy, shared page cache) */
   readonly map?: FileMapper;
@@ -360,15 +368,17 @@ export class GGUFWeightSource implements WeightSource {
     this.tensors = file.tensors;
   }
 
-  load(name: string): TensorData {
+  /** `options.map` (else the mapper given at open, if any): map the bytes instead of reading a copy. */
+  load(name: string, options: LoadOptions = {}): TensorData {
     const t = this.tensors.get(name);
     if (!t) throw new MissingTensorError(`tensor ${name} not found in ${this.file.path}`);
     const base = t.file!.offset;
-    if (this.options.map) {
+    const map = options.map ?? this.options.map;
+    if (map) {
       if (base + t.nbytes > this.file.fileSize) {
         throw new ModelFormatError(`${this.file.path}: tensor ${name}: file ended after ${Math.max(0, this.file.fileSize - base)} of ${t.nbytes} bytes; the file is truncated`);
       }
-      const m = this.options.map(this.file.path, base, t.nbytes);
+      const m = map(this.file.path, base, t.nbytes);
       this.mappings.push(m);
       return { ...t, data: new Uint8Array(m.buffer) };
     }
@@ -381,6 +391,45 @@ export class GGUFWeightSource implements WeightSource {
       have += got;
     }
     return { ...t, data };
+  }
+
+  /**
+   * With a mapper: tensors that lie next to each other in the file share one mapping (split where
+   * it would pass MAX_SPAN or skip more than MAX_GAP bytes), each a view of it. Few large mappings
+   * rather than one per tensor: every external buffer counts against V8's external memory, and each
+   * step past its limit forces a full garbage collection (tens of them for a few GB in 100 MB
+   * pieces). Without one, `load` for each.
+   */
+  loadMany(names: Iterable<string>, options: LoadOptions = {}): Map<string, TensorData> {
+    const map = options.map ?? this.options.map;
+    const out = new Map<string, TensorData>();
+    const metas: TensorMeta[] = [];
+    for (const name of names) {
+      const t = this.tensors.get(name);
+      if (!t) throw new MissingTensorError(`tensor ${name} not found in ${this.file.path}`);
+      if (map) metas.push(t);
+      else out.set(name, this.load(name));
+    }
+    if (!map) return out;
+    metas.sort((x, y) => x.file!.offset - y.file!.offset);
+    for (let i = 0; i < metas.length;) {
+      const start = metas[i].file!.offset;
+      let end = start + metas[i].nbytes, j = i + 1;
+      for (; j < metas.length; j++) {
+        const t = metas[j], tEnd = Math.max(end, t.file!.offset + t.nbytes);
+        if (t.file!.offset - end > MAX_GAP || tEnd - start > MAX_SPAN) break;
+        end = tEnd;
+      }
+      if (end > this.file.fileSize) {
+        const t = metas.slice(i, j).find((m) => m.file!.offset + m.nbytes > this.file.fileSize)!;
+        throw new ModelFormatError(`${this.file.path}: tensor ${t.name}: file ended after ${Math.max(0, this.file.fileSize - t.file!.offset)} of ${t.nbytes} bytes; the file is truncated`);
+      }
+      const m = map(this.file.path, start, end - start);
+      this.mappings.push(m);
+      for (const t of metas.slice(i, j)) out.set(t.name, { ...t, data: new Uint8Array(m.buffer, t.file!.offset - start, t.nbytes) });
+      i = j;
+    }
+    return out;
   }
 
   loadRows(name: string, rowBytes: number, rows: readonly number[]): Uint8Array {

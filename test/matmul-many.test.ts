@@ -1,0 +1,65 @@
+/**
+ * Backend.matmulMany (q, k and v in one op) must give each output exactly the bits of a separate
+ * matmul: native for every ISA this CPU runs and 1 and 2 threads, with mixed weight types (one
+ * activation per kind), and the reference backend's composition.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { RefBackend } from "../src/backend/ref/ref-backend.js";
+import type { WeightMatrix } from "../src/backend/backend.js";
+import { GGMLType, rowBytes } from "../src/formats/quant/types.js";
+import { fp32ToFp16 } from "../src/formats/quant/dequantize.js";
+import { NativeBackend, loadNativeAddon } from "../src/backend/native/index.js";
+import { Rng } from "../src/engine/sampler.js";
+
+const addon = loadNativeAddon();
+const nat = NativeBackend.create();
+
+function weight(type: GGMLType, rows: number, cols: number, r: Rng): WeightMatrix {
+  const data = new Uint8Array(rows * rowBytes(type, cols));
+  const dv = new DataView(data.buffer);
+  if (type === GGMLType.F16) for (let i = 0; i < rows * cols; i++) dv.setUint16(2 * i, fp32ToFp16(r.next() * 2 - 1), true);
+  else {
+    for (let i = 0; i < data.length; i++) data[i] = Math.floor(r.next() * 256);
+    const [block, offs] = type === GGMLType.Q8_0 ? [34, [0]] : type === GGMLType.Q6_K ? [210, [208]] : [144, [0, 2]];
+    for (let b = 0; b < data.length; b += block) for (const o of offs) dv.setUint16(b + o, fp32ToFp16(0.01), true);
+  }
+  return { type, rows, cols, data };
+}
+
+test("matmulMany = separate matmuls, bit for bit (native: every ISA, 1 and 2 threads; ref)", () => {
+  const r = new Rng(77);
+  const cols = 512;
+  const ws = [weight(GGMLType.Q4_K, 67, cols, r), weight(GGMLType.Q6_K, 33, cols, r), weight(GGMLType.Q8_0, 5, cols, r), weight(GGMLType.F16, 17, cols, r)];
+  const startIsa = addon.isa(), startThreads = nat.threads;
+  try {
+    for (const nTok of [1, 3, 17]) {
+      const x = new Float32Array(nTok * cols).map(() => r.next() * 2 - 1);
+      for (const isa of addon.supportedIsas()) {
+        for (const th of [1, 2]) {
+          addon.setIsa(isa);
+          nat.setThreads(th);
+          const outs = ws.map((w) => new Float32Array(nTok * w.rows).fill(NaN));
+          nat.matmulMany(ws, x, nTok, outs);
+          ws.forEach((w, i) => {
+            const want = new Float32Array(nTok * w.rows);
+            nat.matmul(w, x, nTok, want);
+            assert.deepEqual(outs[i], want, `${isa}/${th}t T=${nTok} matrix ${i}`);
+          });
+        }
+      }
+      const ref = new RefBackend();
+      const outs = ws.map((w) => new Float32Array(nTok * w.rows));
+      ref.matmulMany(ws, x, nTok, outs);
+      ws.forEach((w, i) => {
+        const want = new Float32Array(nTok * w.rows);
+        ref.matmul(w, x, nTok, want);
+        assert.deepEqual(outs[i], want, `ref T=${nTok} matrix ${i}`);
+      });
+    }
+    assert.throws(() => nat.matmulMany([ws[0], weight(GGMLType.Q4_K, 3, 256, r)], new Float32Array(cols), 1, [new Float32Array(67), new Float32Array(3)]), /cols/);
+  } finally {
+    addon.setIsa(startIsa);
+    nat.setThreads(startThreads);
+  }
+});
