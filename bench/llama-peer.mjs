@@ -28,8 +28,12 @@ const loadedMs = performance.now();
 const tokenTimes = [];
 await completion.generateCompletion(text, {
   maxTokens, temperature, topK: 40, topP: 0.95, minP: 0.05, seed: 1,
-  onToken: (tokens) => { for (let i = 0; i < tokens.length; i++) tokenTimes.push(performance.now()); },
-  onTextChunk: (chunk) => { process.stdout.write(chunk); },
+  // each token streamed as its text, special tokens included (a random-weight model's greedy output
+  // may be tokens the text chunks leave out, which would leave nothing to time)
+  onToken: (tokens) => {
+    for (let i = 0; i < tokens.length; i++) tokenTimes.push(performance.now());
+    process.stdout.write(model.detokenize(tokens, true) || " ");
+  },
 });
 const n = tokenTimes.length;
 process.stderr.write(JSON.stringify({

@@ -133,7 +133,10 @@ function ramBandwidth(): number {
 }
 
 const median = (xs: number[]) => { const s = [...xs].sort((p, q) => p - q); return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2; };
+/** best = the lowest (times) */
 const stat = (xs: number[]) => ({ best: Math.min(...xs), median: median(xs), runs: xs.map((x) => +x.toFixed(2)) });
+/** best = the highest (rates) */
+const statRate = (xs: number[]) => ({ best: Math.max(...xs), median: median(xs), runs: xs.map((x) => +x.toFixed(2)) });
 
 mkdirSync(a.dir!, { recursive: true });
 const bandwidth = ramBandwidth();
@@ -171,7 +174,7 @@ for (const preset of a.presets!.split(",")) {
         ttftMs: stat(xs.map((x) => x.ttftMs)),
         decodeMsPerToken: stat(xs.map((x) => x.decodeMsPerToken)),
         inProcess: {
-          prefillTokensPerS: stat(xs.map((x) => x.inProcess.promptTokens / ((x.inProcess.prefillMs ?? NaN) / 1000))),
+          prefillTokensPerS: statRate(xs.map((x) => x.inProcess.promptTokens / ((x.inProcess.prefillMs ?? NaN) / 1000))),
           decodeMsPerToken: stat(xs.map((x) => x.inProcess.decodeMsPerToken ?? NaN)),
         },
       });
