@@ -40,21 +40,36 @@ export class NextLayerRouter {
 
   /** router_{layer}(h): layer's experts ranked by votes of the top-`width` per token. */
   predict(layer: number, h: Float32Array, nTokens: number, width: number): LayerPrediction {
-    const nE = this.cfg.nExpert;
-    const logits = this.logits(layer, h, nTokens);
+    return this.rank(this.logits(layer, h, nTokens), nTokens, width);
+  }
+
+  /** Experts ranked by votes of the top-`width` of each row of router logits [nTokens, nExpert]. */
+  rank(logits: Float32Array, nTokens: number, width: number): LayerPrediction {
     if (nTokens === 1) {
       const experts = topKIndices(logits, width);
       return { experts, votes: experts.map(() => 1) };
     }
+    const { votes, score } = this.tally(logits, nTokens, width);
+    const experts = [...Array(this.cfg.nExpert).keys()].filter((e) => votes[e]! > 0)
+      .sort((a, b) => votes[b]! - votes[a]! || score[b]! - score[a]! || a - b);
+    return { experts, votes: experts.map((e) => votes[e]!) };
+  }
+
+  /** Per expert, how many rows of router logits [nTokens, nExpert] hold it in their top `width`. */
+  votes(logits: Float32Array, nTokens: number, width: number): Float64Array {
+    return this.tally(logits, nTokens, width).votes;
+  }
+
+  /** Votes per expert, and summed logits where voted for (the rank's tie-break). */
+  private tally(logits: Float32Array, nTokens: number, width: number): { votes: Float64Array; score: Float64Array } {
+    const nE = this.cfg.nExpert;
     const votes = new Float64Array(nE);
-    const score = new Float64Array(nE); // tie-break: summed logits
+    const score = new Float64Array(nE);
     for (let t = 0; t < nTokens; t++) {
       const row = logits.subarray(t * nE, (t + 1) * nE);
       for (const e of topKIndices(row, width)) { votes[e]! += 1; score[e]! += row[e]!; }
     }
-    const experts = [...Array(nE).keys()].filter((e) => votes[e]! > 0)
-      .sort((a, b) => votes[b]! - votes[a]! || score[b]! - score[a]! || a - b);
-    return { experts, votes: experts.map((e) => votes[e]!) };
+    return { votes, score };
   }
 
   /**

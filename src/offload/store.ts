@@ -36,7 +36,7 @@ import type { ModelWeights } from "../model/weights.js";
 import type { AcquireHint, DeferredExperts, ExpertFfnWeights, ExpertProvider, ForwardInfo, LayerExpertTensors } from "../model/experts.js";
 import { isMoeLayer } from "../model/experts.js";
 import { FileAccessError, InvalidArgumentError, ModelFormatError } from "../errors.js";
-import { topKIndices, createPredictor, type Predictor } from "./predictor.js";
+import { createPredictor, type Predictor } from "./predictor.js";
 import { createPolicy, type CachePolicy } from "./policy.js";
 import type { ExpertKey } from "./expert-key.js";
 import { FileReader, IO_ALIGN, discardArena, fileIdentity, sameIdentity, type ArenaChunk, type FileIdentity } from "./store-io.js";
@@ -661,17 +661,12 @@ export class ExpertStore implements ExpertProvider, KvRoom {
   private lowbitChoice(layer: number, experts: readonly number[], hint: AcquireHint, phase: Phase): Set<number> | null {
     const lb = this.opts.lowbit;
     if (!lb || !lb.source.tensors.has(layer)) return null;
-    const nE = this.cfg.nExpert;
     const missing = experts.filter((e) => !this.full.has(this.key(layer, e)));
     if (missing.length === 0) return null;
     const out = new Set<number>();
     if (phase === "prefill" && (lb.prefillMaxTokens ?? 0) > 0) {
       // recompute the layer's routing to count how many tokens want each expert
-      const logits = this.router.logits(layer, hint.gateInput, hint.nTokens);
-      const votes = new Int32Array(nE);
-      for (let t = 0; t < hint.nTokens; t++) {
-        for (const e of topKIndices(logits.subarray(t * nE, (t + 1) * nE), this.cfg.nExpertUsed)) votes[e]!++;
-      }
+      const votes = this.router.votes(this.router.logits(layer, hint.gateInput, hint.nTokens), hint.nTokens, this.cfg.nExpertUsed);
       for (const e of missing) if (votes[e]! <= lb.prefillMaxTokens!) out.add(e);
     } else if (phase === "decode" && (lb.missWeight ?? 0) > 0) {
       const p = this.router.probabilities(layer, hint.gateInput, hint.nTokens);
@@ -846,15 +841,15 @@ export class ExpertStore implements ExpertProvider, KvRoom {
         layer: moe, distance: d, token: this.token, experts, width: phase === "decode" ? this.width : this.cfg.nExpert,
       });
     }
-    const predicted = this.router.predict(layer + d, hint.gateInput, hint.nTokens, this.width).experts;
+    const logits = this.router.logits(layer + d, hint.gateInput, hint.nTokens);
+    const predicted = this.router.rank(logits, hint.nTokens, this.width).experts;
     if (phase === "decode") return predicted.slice(0, this.width);
     // --lowbit-prefill N: an expert the prompt's tokens are predicted to want at most N times is
     // read from the low-bit copy when the layer asks for it, so it is not prefetched in full
     const lowMax = this.opts.lowbit?.prefillMaxTokens ?? 0;
     if (lowMax <= 0 || !this.opts.lowbit!.source.tensors.has(layer + d)) return predicted;
-    const topK = this.router.predict(layer + d, hint.gateInput, hint.nTokens, this.cfg.nExpertUsed);
-    const votes = new Map(topK.experts.map((e, i) => [e, topK.votes[i]!]));
-    return predicted.filter((e) => (votes.get(e) ?? 0) > lowMax);
+    const votes = this.router.votes(logits, hint.nTokens, this.cfg.nExpertUsed);
+    return predicted.filter((e) => votes[e]! > lowMax);
   }
 
   /** Queues loads of `target`'s predicted experts (predicted d layers ahead) that are not in memory. */
