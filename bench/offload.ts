@@ -20,7 +20,7 @@
  *     [--layers N] [--routings default,arxiv] [--runs short,long] [--budgets 25,50,75]
  *     [--policies none,lru,arc,fate,fate-split] [--rounds 2] [--dir /tmp/moira-bench] [--out FILE]
  */
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -32,6 +32,7 @@ import { planMemory } from "../src/offload/planner.js";
 import { readTrace } from "../src/trace/read.js";
 import { replayRun } from "../src/cli/bench.js";
 import type { LayerRouting, TokenRouting } from "../src/trace/format.js";
+import { median, spawnTimed } from "./measure.js";
 
 const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const MEMCAP = resolve(ROOT, "..", "shared", "tools", "memcap");
@@ -86,33 +87,24 @@ interface Run {
 }
 
 /** One `moira run` process: times from spawn() to the first and the last stdout chunk; --stats parsed from stderr. */
-function runCli(args: string[], cap: number | null, evict: string): Promise<Run> {
+async function runCli(args: string[], cap: number | null, evict: string): Promise<Run> {
   const cmd = [process.execPath, join(ROOT, "bin", "moira.js"), ...args];
-  const full = cap !== null ? [MEMCAP, "--evict", evict, String(cap), "--", ...cmd] : cmd;
-  return new Promise((done) => {
-    const t0 = performance.now();
-    let first = -1, last = -1, err = "";
-    const child = spawn(full[0]!, full.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
-    child.stdout.on("data", () => { const t = performance.now(); if (first < 0) first = t; last = t; });
-    child.stderr.on("data", (d: Buffer) => { err += d.toString(); });
-    child.on("close", (code) => {
-      const dec = /decode: (\d+) tokens/.exec(err), pre = /prefill: (\d+) tokens/.exec(err);
-      if (code !== 0 || !dec || !pre) {
-        done({ ttftMs: NaN, decodeMsPerToken: NaN, generated: 0, promptTokens: 0, error: `exit ${code}: ${err.trim().split("\n").slice(-2).join(" ")}` });
-        return;
-      }
-      const generated = Number(dec[1]);
-      const hit = /hit rate ([\d.]+)%/.exec(err), read = /decode ([\d.]+) MiB\)/.exec(err), stall = /stall [\d.]+ ms \(prefill [\d.]+, decode ([\d.]+)\)/.exec(err);
-      const slots = /\((\d+) cached \+ \d+ working/.exec(err), kv = /KV cache ([\d.]+) (MiB|KiB|GiB)/.exec(err);
-      const unit = { KiB: 1 / 1024, MiB: 1, GiB: 1024 } as const;
-      done({
-        ttftMs: first - t0, decodeMsPerToken: (last - first) / Math.max(1, generated - 1), generated, promptTokens: Number(pre[1]),
-        hitRate: hit ? Number(hit[1]) / 100 : undefined, decodeReadMiB: read ? Number(read[1]) : undefined,
-        decodeStallMs: stall ? Number(stall[1]) : undefined, cacheSlots: slots ? Number(slots[1]) : undefined,
-        kvMiB: kv ? Number(kv[1]) * unit[kv[2] as keyof typeof unit] : undefined,
-      });
-    });
-  });
+  const r = await spawnTimed(cap !== null ? [MEMCAP, "--evict", evict, String(cap), "--", ...cmd] : cmd);
+  const err = r.stderr;
+  const dec = /decode: (\d+) tokens/.exec(err), pre = /prefill: (\d+) tokens/.exec(err);
+  if (r.code !== 0 || !dec || !pre) {
+    return { ttftMs: NaN, decodeMsPerToken: NaN, generated: 0, promptTokens: 0, error: `exit ${r.code}: ${err.trim().split("\n").slice(-2).join(" ")}` };
+  }
+  const generated = Number(dec[1]);
+  const hit = /hit rate ([\d.]+)%/.exec(err), read = /decode ([\d.]+) MiB\)/.exec(err), stall = /stall [\d.]+ ms \(prefill [\d.]+, decode ([\d.]+)\)/.exec(err);
+  const slots = /\((\d+) cached \+ \d+ working/.exec(err), kv = /KV cache ([\d.]+) (MiB|KiB|GiB)/.exec(err);
+  const unit = { KiB: 1 / 1024, MiB: 1, GiB: 1024 } as const;
+  return {
+    ttftMs: r.firstMs, decodeMsPerToken: (r.lastMs - r.firstMs) / Math.max(1, generated - 1), generated, promptTokens: Number(pre[1]),
+    hitRate: hit ? Number(hit[1]) / 100 : undefined, decodeReadMiB: read ? Number(read[1]) : undefined,
+    decodeStallMs: stall ? Number(stall[1]) : undefined, cacheSlots: slots ? Number(slots[1]) : undefined,
+    kvMiB: kv ? Number(kv[1]) * unit[kv[2] as keyof typeof unit] : undefined,
+  };
 }
 
 /** O_DIRECT read bandwidth of the file with the store's read shape (expert-slice-sized reads, 4 threads, 12 queued). */
@@ -141,7 +133,6 @@ function engineSteps(tracePath: string): TokenRouting[] {
   return [...(pre.length ? [{ token: 0, phase: "prefill" as const, layers: union }] : []), ...dec];
 }
 
-const median = (xs: number[]) => { const s = xs.filter((x) => !Number.isNaN(x)).sort((p, q) => p - q); return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2; };
 const bestOf = (xs: number[]) => Math.min(...xs.filter((x) => !Number.isNaN(x)));
 
 const results: object[] = [];

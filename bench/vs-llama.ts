@@ -17,7 +17,6 @@
  *   node --import tsx bench/vs-llama.ts [--presets olmoe-1b-7b,qwen1.5-moe-a2.7b] [--types Q4_K,Q8_0]
  *     [--prompts 8,512,2048] [--gen-tokens 64] [--threads 2] [--rounds 3] [--dir /tmp/moira-bench]
  */
-import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -29,6 +28,7 @@ import { loadTokenizer } from "../src/engine/tokenizer/index.js";
 import { isExpertTensor } from "../src/offload/planner.js";
 import { TOKEN_EMBEDDING, outputHeadTensor } from "../src/model/steps.js";
 import { NativeBackend, allocAligned, loadNativeAddon } from "../src/backend/native/index.js";
+import { median, spawnTimed } from "./measure.js";
 
 const { values: a } = parseArgs({
   options: {
@@ -56,23 +56,14 @@ interface E2E {
   inProcess: { prefillMs: number | null; decodeMsPerToken: number | null; promptTokens: number };
 }
 
-function runProcess(cmd: string, args: string[], parse: (stderr: string) => E2E["inProcess"] & { generated: number }): Promise<E2E> {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    let first = -1, last = -1, err = "";
-    const child = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
-    child.stdout.on("data", () => { const t = performance.now(); if (first < 0) first = t; last = t; });
-    child.stderr.on("data", (d: Buffer) => { err += d.toString(); });
-    child.on("error", reject);
-    child.on("close", (code) => {
-      if (code !== 0) return reject(new Error(`${cmd} ${args.slice(0, 3).join(" ")} ... exited ${code}:\n${err}`));
-      const p = parse(err);
-      resolve({
-        ttftMs: first - t0, decodeMsPerToken: p.generated > 1 ? (last - first) / (p.generated - 1) : NaN,
-        generated: p.generated, inProcess: { prefillMs: p.prefillMs, decodeMsPerToken: p.decodeMsPerToken, promptTokens: p.promptTokens },
-      });
-    });
-  });
+async function runProcess(cmd: string, args: string[], parse: (stderr: string) => E2E["inProcess"] & { generated: number }): Promise<E2E> {
+  const r = await spawnTimed([cmd, ...args], ROOT);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.slice(0, 3).join(" ")} ... exited ${r.code}:\n${r.stderr}`);
+  const p = parse(r.stderr);
+  return {
+    ttftMs: r.firstMs, decodeMsPerToken: p.generated > 1 ? (r.lastMs - r.firstMs) / (p.generated - 1) : NaN,
+    generated: p.generated, inProcess: { prefillMs: p.prefillMs, decodeMsPerToken: p.decodeMsPerToken, promptTokens: p.promptTokens },
+  };
 }
 
 function runMoira(path: string, text: string, sampler: "greedy" | "default"): Promise<E2E> {
@@ -132,7 +123,6 @@ function ramBandwidth(): number {
   } finally { buf.dispose(); be.dispose(); }
 }
 
-const median = (xs: number[]) => { const s = [...xs].sort((p, q) => p - q); return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2; };
 /** best = the lowest (times) */
 const stat = (xs: number[]) => ({ best: Math.min(...xs), median: median(xs), runs: xs.map((x) => +x.toFixed(2)) });
 /** best = the highest (rates) */
