@@ -9,7 +9,8 @@
 import { randomFillSync } from "node:crypto";
 import { GGMLType, rowBytes, typeFromName, typeName } from "../src/formats/quant/types.js";
 import { fp32ToFp16 } from "../src/formats/quant/dequantize.js";
-import { NativeBackend, allocAligned, loadNativeAddon } from "../src/backend/native/index.js";
+import { NativeBackend, allocAligned } from "../src/backend/native/index.js";
+import { ramReadBytesPerS } from "./measure.js";
 
 const args = process.argv.slice(2);
 function opt(name: string): string | undefined {
@@ -20,7 +21,6 @@ const TYPES = (opt("types") ?? "Q4_K,Q6_K,Q8_0,Q4_0,Q5_K,F16,BF16,F32,Q2_K,Q3_K"
 const THREADS = (opt("threads") ?? "1,2").split(",").map(Number);
 const GiB = 1 << 30;
 
-const addon = loadNativeAddon();
 const be = NativeBackend.create();
 const now = () => Number(process.hrtime.bigint()) / 1e9;
 
@@ -49,21 +49,8 @@ function fillWeights(type: GGMLType, u8: Uint8Array): void {
   for (let b = 0; b + f.block <= u8.length; b += f.block) for (const o of f.offs) dv.setUint16(b + o, h, true);
 }
 
-function ramBandwidth(threads: number): number {
-  be.setThreads(threads);
-  const buf = allocAligned(GiB, 4096);
-  const f = new Float32Array(buf.buffer);
-  f.fill(1);
-  addon.sumF32(f);  // warm (page faults)
-  let best = 0;
-  for (let i = 0; i < 5; i++) {
-    const t0 = now();
-    addon.sumF32(f);
-    best = Math.max(best, GiB / (now() - t0) / 1e9);
-  }
-  buf.dispose();
-  return best;
-}
+/** GB/s */
+const ramBandwidth = (threads: number): number => ramReadBytesPerS(threads) / 1e9;
 
 const ram: Record<string, number> = {};
 for (const th of THREADS) ram[`${th}t`] = +ramBandwidth(th).toFixed(2);

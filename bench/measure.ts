@@ -1,8 +1,9 @@
 /**
- * What the end-to-end benches (vs-llama.ts, offload.ts) share: a child process timed from spawn()
- * by its streamed stdout, and the median of a set of runs.
+ * What the benches share: a child process timed from spawn() by its streamed stdout, the median
+ * of a set of runs, and the RAM read bandwidth a decode bound is measured against.
  */
 import { spawn } from "node:child_process";
+import { NativeBackend, allocAligned, loadNativeAddon } from "../src/backend/native/index.js";
 
 export interface TimedProcess {
   readonly code: number | null;
@@ -30,4 +31,22 @@ export function median(xs: readonly number[]): number {
   const s = xs.filter((x) => !Number.isNaN(x)).sort((p, q) => p - q);
   if (s.length === 0) return NaN;
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
+/**
+ * RAM read bandwidth (bytes/s) with `threads` threads: the addon's AVX-512 / AVX2 sum over a 1 GiB
+ * buffer, best of 5 after a warm-up pass (page faults). Leaves the pool at `threads`.
+ */
+export function ramReadBytesPerS(threads: number): number {
+  const be = NativeBackend.create({ threads });
+  const addon = loadNativeAddon();
+  const buf = allocAligned(2 ** 30, 4096);
+  try {
+    const f = new Float32Array(buf.buffer);
+    f.fill(1);
+    addon.sumF32(f);
+    let best = 0;
+    for (let i = 0; i < 5; i++) { const t0 = performance.now(); addon.sumF32(f); best = Math.max(best, 2 ** 30 / ((performance.now() - t0) / 1000)); }
+    return best;
+  } finally { buf.dispose(); be.dispose(); }
 }

@@ -27,8 +27,7 @@ import { KvCache } from "../src/model/kv-cache.js";
 import { loadTokenizer } from "../src/engine/tokenizer/index.js";
 import { isExpertTensor } from "../src/offload/planner.js";
 import { TOKEN_EMBEDDING, outputHeadTensor } from "../src/model/steps.js";
-import { NativeBackend, allocAligned, loadNativeAddon } from "../src/backend/native/index.js";
-import { median, spawnTimed } from "./measure.js";
+import { median, ramReadBytesPerS, spawnTimed } from "./measure.js";
 
 const { values: a } = parseArgs({
   options: {
@@ -109,27 +108,13 @@ function decodeBytes(model: Model, pos: number): number {
   return bytes + KvCache.bytes(cfg, pos, "f16");
 }
 
-function ramBandwidth(): number {
-  const be = NativeBackend.create({ threads });
-  const addon = loadNativeAddon();
-  const buf = allocAligned(2 ** 30, 4096);
-  try {
-    const f = new Float32Array(buf.buffer);
-    f.fill(1);
-    addon.sumF32(f);
-    let best = 0;
-    for (let i = 0; i < 5; i++) { const t0 = performance.now(); addon.sumF32(f); best = Math.max(best, 2 ** 30 / ((performance.now() - t0) / 1000)); }
-    return best;
-  } finally { buf.dispose(); be.dispose(); }
-}
-
 /** best = the lowest (times) */
 const stat = (xs: number[]) => ({ best: Math.min(...xs), median: median(xs), runs: xs.map((x) => +x.toFixed(2)) });
 /** best = the highest (rates) */
 const statRate = (xs: number[]) => ({ best: Math.max(...xs), median: median(xs), runs: xs.map((x) => +x.toFixed(2)) });
 
 mkdirSync(a.dir!, { recursive: true });
-const bandwidth = ramBandwidth();
+const bandwidth = ramReadBytesPerS(threads);
 process.stderr.write(`RAM read bandwidth (${threads} threads): ${(bandwidth / 1e9).toFixed(1)} GB/s\n`);
 const results = [];
 for (const preset of a.presets!.split(",")) {
