@@ -184,8 +184,8 @@ export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
   const kvBlockPositions = !opts.kvGrowth ? opts.contextLength
     : Math.min(opts.contextLength, opts.kvGrowth.blockPositions ?? KvCache.blockPositionsFor(cfg, opts.contextLength, { slotBytes: slot.bytes, type: kvType }));
   const kvInitialBytes = KvCache.committedBytes(cfg, opts.contextLength, kvBlockPositions, kvType);
-  const slotsBeside = (kv: number): number => opts.policy === "none" ? 0
-    : Math.max(0, Math.min(allExpertSlots, Math.floor((opts.budget - nonExpertBytes - kv - scratch - transientSlots * slot.bytes) / slot.bytes)));
+  const parts = { budget: opts.budget, nonExpertBytes, scratchBytes: scratch, transientSlots, slotBytes: slot.bytes };
+  const slotsBeside = (kv: number): number => opts.policy === "none" ? 0 : Math.max(0, Math.min(allExpertSlots, slotsLeft(parts, kv)));
   const cacheSlots = slotsBeside(kvInitialBytes);
   return {
     budget: opts.budget, nonExpertBytes, embeddingOnDemand, contextLength: opts.contextLength, kvType, kvBytes, kvBlockPositions, kvInitialBytes,
@@ -199,8 +199,14 @@ export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
  * non-expert weights + committed KV + scratch + (working + cache slots) x slot <= budget.
  */
 export function cacheSlotsWith(plan: MemoryPlan, kvBytes: number): number {
-  const room = plan.budget - plan.nonExpertBytes - kvBytes - plan.scratchBytes - plan.transientSlots * plan.slotBytes;
-  return Math.max(0, Math.min(plan.cacheSlots, Math.floor(room / plan.slotBytes)));
+  return Math.max(0, Math.min(plan.cacheSlots, slotsLeft(plan, kvBytes)));
+}
+
+/** Whole slots the budget leaves beside the fixed parts and `kvBytes` of KV cache (negative when it does not fit). */
+function slotsLeft(
+  p: Pick<MemoryPlan, "budget" | "nonExpertBytes" | "scratchBytes" | "transientSlots" | "slotBytes">, kvBytes: number,
+): number {
+  return Math.floor((p.budget - p.nonExpertBytes - kvBytes - p.scratchBytes - p.transientSlots * p.slotBytes) / p.slotBytes);
 }
 
 export function formatPlan(p: MemoryPlan): string {
