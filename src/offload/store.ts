@@ -516,7 +516,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     const want = cacheSlotsWith(this.opts.plan, bytes);
     const have = this.cacheSlotsInService;
     if (want < have) {
-      this.settleLoads();
+      this.settleLoads("all");
       for (const key of this.policy.resize(want, this.now)) this.evict(key);
       let owe = have - want;
       while (owe > 0 && this.free.length > 0) { this.retireSlot(this.free.pop()!); owe--; }
@@ -538,10 +538,13 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     if (log.changes.length > KV_SPLIT_LOG) { log.changes.shift(); log.dropped++; }
   }
 
-  /** Waits for every read in flight (prefetches), so that every slot is either free or settled. */
-  private settleLoads(): void {
+  /**
+   * Waits for the reads in flight (every one, or only wrong predictions'), so that their slots are
+   * free or settled; a wrong prediction's failed read is ignored (its bytes are not used).
+   */
+  private settleLoads(which: "all" | "orphans"): void {
     for (const ent of [...this.jobs.values()]) {
-      if (!ent.job) continue;
+      if (!ent.job || (which === "orphans" && !ent.orphan)) continue;
       try { this.blamingTheFile(() => this.prefetcherOf(ent).wait(ent.job!)); } catch (e) { if (!ent.orphan) throw e; }
       this.onLoaded(ent);
     }
@@ -648,15 +651,6 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     }
   }
 
-  /** Waits for wrong predictions still being read, so their slots come back. */
-  private settleOrphans(): void {
-    for (const ent of [...this.jobs.values()]) {
-      if (!ent.orphan || !ent.job) continue;
-      try { this.prefetcherOf(ent).wait(ent.job); } catch { /* a wrong prediction: its bytes are not used */ }
-      this.onLoaded(ent);
-    }
-  }
-
   /** Which of a layer's experts to read from the low-bit sidecar (null: none). */
   private lowbitChoice(layer: number, experts: readonly number[], hint: AcquireHint, phase: Phase): Set<number> | null {
     const lb = this.opts.lowbit;
@@ -699,7 +693,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     if (priority === "prefetch" && !cached && this.free.length <= reserve) return null;
     let slot = this.takeSlot();
     if (slot === undefined && priority === "demand") {
-      this.settleOrphans();
+      this.settleLoads("orphans");
       slot = this.takeSlot();
     }
     if (slot === undefined) {
