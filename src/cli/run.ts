@@ -8,7 +8,7 @@ import { loadTokenizer, applyChatTemplate } from "../engine/tokenizer/index.js";
 import { addBackendOptions, addSamplingOptions, parseIntOption, parseTokenList, samplerOptions } from "./common.js";
 import { InvalidArgumentError } from "../errors.js";
 // offload: expert offloading flags and provider (src/cli/offload-options.ts)
-import { addOffloadOptions, createExpertProvider, fitContext } from "./offload-options.js";
+import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
 
 export function registerRunCommands(program: Command): void {
   // offload: --memory-budget, --policy, --predictor, --lowbit*, --trace, --stats
@@ -35,12 +35,9 @@ export function registerRunCommands(program: Command): void {
         prompt = tok.encode(o.prompt, { addBos: o.bos && tok.addBosDefault });
       }
       if (prompt.length === 0) throw new InvalidArgumentError("the prompt encodes to no tokens");
-      // a run knows what it needs: the prompt and --max-tokens (--context, when given, is kept)
-      const needed = Math.min(model.config.contextLength, prompt.length + o.maxTokens);
-      const contextLength = fitContext(model, o, {
-        wanted: needed, needed,
-        maxBatch: () => prompt.length, notify: (m) => process.stderr.write(m + "\n"),
-      });
+      // a run knows what it needs: the prompt and --max-tokens (--context, when given, is kept); a
+      // budget too small for it is refused by the planner, naming the minimum
+      const contextLength = o.context ?? Math.min(model.config.contextLength, prompt.length + o.maxTokens);
       // offload: an ExpertStore when --memory-budget is given (else all experts resident)
       const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: prompt.length, kvType: o.kvType });
       try {
