@@ -17,7 +17,7 @@ function opt(name: string): string | undefined {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? args[i + 1] : undefined;
 }
-const TYPES = (opt("types") ?? "Q4_K,Q6_K,Q8_0,Q4_0,Q5_K,F16,BF16,F32,Q2_K,Q3_K").split(",").map(typeFromName);
+const TYPES = (opt("types") ?? "Q4_K,Q6_K,Q8_0,Q4_0,Q5_K,F16,BF16,F32,Q2_K,Q3_K,MXFP4").split(",").map(typeFromName);
 const THREADS = (opt("threads") ?? "1,2").split(",").map(Number);
 const GiB = 1 << 30;
 
@@ -43,6 +43,10 @@ function fillWeights(type: GGMLType, u8: Uint8Array): void {
     return;
   }
   for (let o = 0; o < u8.length; o += 1 << 26) randomFillSync(u8, o, Math.min(1 << 26, u8.length - o));
+  if (type === GGMLType.MXFP4) {  // E8M0 exponent byte: 2^-7 (element magnitudes up to 12 * 2^-7)
+    for (let b = 0; b + 17 <= u8.length; b += 17) u8[b] = 121;
+    return;
+  }
   const f = HALF_FIELDS[type]!;
   const dv = new DataView(u8.buffer, u8.byteOffset, u8.byteLength);
   const h = fp32ToFp16(0.01);

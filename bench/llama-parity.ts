@@ -17,6 +17,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { Model } from "../src/model/model.js";
+import { ARCHITECTURES } from "../src/model/registry.js";
 import { loadTokenizer } from "../src/engine/tokenizer/index.js";
 import { NativeBackend } from "../src/backend/native/index.js";
 import { RefBackend } from "../src/backend/ref/ref-backend.js";
@@ -24,8 +25,8 @@ import { withLlamaModel, disposeOracleLlama, parityPrompts, parityRun, moiraGree
 
 const { values: a } = parseArgs({
   options: {
-    presets: { type: "string", default: "tiny,tiny-qwen2moe,tiny-qwen3moe,tiny-olmoe,tiny-deepseek2,tiny-deepseek" },
-    types: { type: "string", default: "F32,F16,BF16,Q8_0,Q4_0,Q4_K,Q5_K,Q6_K" },
+    presets: { type: "string", default: ARCHITECTURES.map((x) => x.makeModel.defaultPreset).join(",") },
+    types: { type: "string", default: "F32,F16,BF16,Q8_0,Q4_0,Q4_K,Q5_K,Q6_K,MXFP4" },
     prompts: { type: "string", default: "3" },
     gen: { type: "string", default: "16" },
     seed: { type: "string", default: "7" },

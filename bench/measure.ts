@@ -3,6 +3,7 @@
  * of a set of runs, and the RAM read bandwidth a decode bound is measured against.
  */
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { NativeBackend, allocAligned, loadNativeAddon } from "../src/backend/native/index.js";
 
 export interface TimedProcess {
@@ -11,6 +12,25 @@ export interface TimedProcess {
   readonly firstMs: number;
   readonly lastMs: number;
   readonly stderr: string;
+  /** the child's peak resident set (VmHWM; file-backed mapped pages included) and its anonymous part, bytes */
+  readonly peakRssBytes: number;
+  readonly peakAnonBytes: number;
+  /** bytes the child caused to be read from storage (/proc/PID/io read_bytes, page-fault reads included) */
+  readonly readBytes: number;
+}
+
+/** Sampled every 50 ms while the child runs: /proc/PID/status and /proc/PID/io (Linux). */
+function sampleProc(pid: number, into: { peakRssBytes: number; peakAnonBytes: number; readBytes: number }): void {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? 0) * 1024;
+    into.peakRssBytes = Math.max(into.peakRssBytes, kb("VmHWM"));
+    into.peakAnonBytes = Math.max(into.peakAnonBytes, kb("RssAnon"));
+    const io = readFileSync(`/proc/${pid}/io`, "utf8");
+    into.readBytes = Math.max(into.readBytes, Number(/^read_bytes:\s+(\d+)/m.exec(io)?.[1] ?? 0));
+  } catch {
+    // the child has exited between two samples: keep the last values
+  }
 }
 
 /** Runs argv[0] with the rest as arguments; resolves when it exits (rejects only when it cannot start). */
@@ -19,10 +39,13 @@ export function spawnTimed(argv: readonly string[], cwd?: string): Promise<Timed
     const t0 = performance.now();
     let first = -1, last = -1, stderr = "";
     const child = spawn(argv[0]!, argv.slice(1), { cwd, stdio: ["ignore", "pipe", "pipe"] });
+    const proc = { peakRssBytes: 0, peakAnonBytes: 0, readBytes: 0 };
+    const sampler = setInterval(() => { if (child.pid !== undefined) sampleProc(child.pid, proc); }, 50);
     child.stdout.on("data", () => { const t = performance.now() - t0; if (first < 0) first = t; last = t; });
     child.stderr.on("data", (d: Buffer) => { stderr += d.toString(); });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, firstMs: first, lastMs: last, stderr }));
+    child.on("error", (e) => { clearInterval(sampler); reject(e); });
+    child.on("exit", () => clearInterval(sampler));
+    child.on("close", (code) => resolve({ code, firstMs: first, lastMs: last, stderr, ...proc }));
   });
 }
 

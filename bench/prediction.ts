@@ -53,9 +53,8 @@ class PredictionProbe implements ExpertProvider {
     }
     this.pending.delete(layer);
     if (layer + 1 < cfg.nLayer && layer + 1 >= cfg.leadingDense && hint.nTokens === 1) {
-      const logits = this.router.logits(layer + 1, hint.gateInput, 1);
-      const order = Array.from(logits.keys()).sort((x, y) => logits[y] - logits[x] || x - y);
-      this.pending.set(layer + 1, { k: order.slice(0, k), k2: order.slice(0, Math.min(2 * k, cfg.nExpert)) });
+      const order = this.router.predict(layer + 1, hint.gateInput, 1, Math.min(2 * k, cfg.nExpert)).experts;
+      this.pending.set(layer + 1, { k: order.slice(0, k), k2: order });
     }
     return this.inner.acquire(layer, experts);
   }

@@ -64,7 +64,7 @@ moira::ScratchBuffer gAct;
 int blockSize(int type) {
   switch (type) {
     case T_F32: case T_F16: case T_BF16: return 1;
-    case T_Q8_0: case T_Q4_0: return 32;
+    case T_Q8_0: case T_Q4_0: case T_MXFP4: return 32;
     case T_Q2_K: case T_Q3_K: case T_Q4_K: case T_Q5_K: case T_Q6_K: return 256;
     default: return 0;
   }

@@ -3,7 +3,7 @@
 // can be merged by the linker into the scalar build.
 //
 // Quantized matmul follows llama.cpp's vec_dot_q*_q8_*: each token row is quantized once to int8
-// (per 32 elements for Q8_0/Q4_0, per 256 for K-quants) and the inner loops are integer dot products
+// (per 32 elements for Q8_0/Q4_0/MXFP4, per 256 for K-quants) and the inner loops are integer dot products
 // (vpdpbusd on AVX-512 VNNI, vpmaddubsw + vpmaddwd on AVX2); block scales are applied once per block.
 #include "kernels.h"
 #include "half.h"
@@ -41,6 +41,20 @@ inline float bf2f(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(
 // Q6_K (210 B): u8 ql[128] | u8 qh[64] | int8 scales[16] | f16 d
 // Q2_K (84 B): u8 scales[16] (lo = sc, hi = m) | u8 qs[64] | f16 d | f16 dmin
 // Q3_K (110 B): u8 hmask[32] | u8 qs[64] | u8 scales[12] (16 x 6-bit) | f16 d
+// MXFP4 (17 B): u8 e (E8M0) | u8 qs[16] (lo nibble = 0..15, hi = 16..31)   x = kvalues_mxfp4[q] * 2^(e-128)
+
+// ggml's kvalues_mxfp4: the e2m1 (FP4) values doubled to integers; bit 3 of a code is its sign
+// (code 8 is -0). Their scale is halved to match: e8m0_half.
+const int8_t kKvaluesMxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// 2^(e-128), ggml's GGML_E8M0_TO_FP32_HALF: float exponent field e-1, or for e < 2 the subnormals
+// 2^-128 and 2^-127. Exact for every byte.
+inline float e8m0_half(uint8_t e) {
+  const uint32_t b = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+  float f;
+  memcpy(&f, &b, 4);
+  return f;
+}
 
 inline void scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
   if (j < 4) { *d = q[j] & 63; *m = q[j + 4] & 63; }
@@ -141,6 +155,11 @@ void deq_q3_k(const uint8_t* b, float* y) {
   }
 }
 
+void deq_mxfp4(const uint8_t* b, float* y) {
+  const float d = e8m0_half(b[0]);
+  for (int i = 0; i < 16; i++) { y[i] = kKvaluesMxfp4[b[1 + i] & 0xF] * d; y[i + 16] = kKvaluesMxfp4[b[1 + i] >> 4] * d; }
+}
+
 struct QInfo { int blockSize, typeSize; void (*deq)(const uint8_t*, float*); };
 inline QInfo qinfo(int type) {
   switch (type) {
@@ -151,6 +170,7 @@ inline QInfo qinfo(int type) {
     case T_Q6_K: return {256, 210, deq_q6_k};
     case T_Q2_K: return {256, 84, deq_q2_k};
     case T_Q3_K: return {256, 110, deq_q3_k};
+    case T_MXFP4: return {32, 17, deq_mxfp4};
     default: return {0, 0, nullptr};
   }
 }
@@ -158,7 +178,7 @@ inline QInfo qinfo(int type) {
 int act_kind_impl(int type) {
   switch (type) {
     case T_F32: case T_F16: case T_BF16: return ACT_F32;
-    case T_Q8_0: case T_Q4_0: return ACT_Q32;
+    case T_Q8_0: case T_Q4_0: case T_MXFP4: return ACT_Q32;
     default: return ACT_Q256;
   }
 }
@@ -333,6 +353,31 @@ MOIRA_KERNEL void dot_q4_0(const uint8_t* row, int cols, const uint8_t* const* a
       const __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
       // (q - 8).y = q.y - 8*sum(y): start each of the 8 lanes at -sum(y)
       const __m256i p = dpbusd(_mm256_set1_epi32(-sy[t][b]), w, y);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dy[t][b]), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]);
+}
+
+// MXFP4: vpshufb maps the 4-bit codes to kvalues_mxfp4 (int8, -12..12), then as Q8_0: |w| x (y signed
+// by w). The block scale is a power of two, so dw * dy is exact.
+template <int NT>
+MOIRA_KERNEL void dot_mxfp4(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m256 acc[NT];
+  const float* dy[NT];
+  for (int t = 0; t < NT; t++) { acc[t] = _mm256_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); }
+  const __m256i kv = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kKvaluesMxfp4));
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const int nb = cols / 32;
+  for (int b = 0; b < nb; b++) {
+    const uint8_t* blk = row + (size_t)b * 17;
+    const float dw = e8m0_half(blk[0]);
+    const __m128i x = _mm_loadu_si128((const __m128i*)(blk + 1));
+    const __m256i w = _mm256_shuffle_epi8(kv, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), m4));
+    const __m256i aw = _mm256_abs_epi8(w);
+    for (int t = 0; t < NT; t++) {
+      const __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
+      const __m256i p = dpbusd(_mm256_setzero_si256(), aw, _mm256_sign_epi8(y, w));
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dy[t][b]), acc[t]);
     }
   }
@@ -841,6 +886,71 @@ MOIRA_KERNEL void dot_q8_0_512(const uint8_t* row, int cols, const uint8_t* cons
     }
   }
 }
+
+// MXFP4, four blocks (128 elements, 68 bytes) per step, one 128-bit lane per block:
+// - codes: two loads (at +1 and +4, so that each block's 16 code bytes start on an even byte of one
+//   of them) and a word permute give [qs0 | qs1 | qs2 | qs3]; low nibbles are elements 0..15 of
+//   each block, high nibbles 16..31;
+// - exponents: e_k is byte k of lane k of the 64 bytes at the block start; vpshufb spreads it over
+//   the lane's four int32, which is where that block's four partial sums land;
+// - weights: vpshufb through |kvalues_mxfp4| gives |w|, bit 3 of the code its sign, applied to y
+//   (|w| x (y signed by w), as Q8_0); the activations of the four blocks are regrouped to match
+//   (low halves of the four blocks, then high halves);
+// - scale: dy * 2^(e-128) by vscalefps, exact like the product with the power of two.
+template <int NT>
+MOIRA_KERNEL void dot_mxfp4_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m512 acc[NT];
+  const float* dy[NT];
+  for (int t = 0; t < NT; t++) { acc[t] = _mm512_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); }
+  alignas(64) static const int8_t kAbs[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12};
+  const __m512i kv = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i*)kAbs));
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  // 16-bit word indices into A = the 64 bytes at +1 (0..31: qs0 is words 0..7, qs2 words 17..24) and
+  // B = the 64 bytes at +4 (32..63: qs1 is words 7..14, qs3 words 24..31)
+  const __m512i qidx = _mm512_setr_epi32(0x00010000, 0x00030002, 0x00050004, 0x00070006, 0x00280027, 0x002A0029, 0x002C002B, 0x002E002D,
+                                         0x00120011, 0x00140013, 0x00160015, 0x00180017, 0x00390038, 0x003B003A, 0x003D003C, 0x003F003E);
+  const __m512i eidx = _mm512_setr_epi32(0x80808000, 0x80808000, 0x80808000, 0x80808000, (int)0x80808001, (int)0x80808001, (int)0x80808001, (int)0x80808001,
+                                         (int)0x80808002, (int)0x80808002, (int)0x80808002, (int)0x80808002, (int)0x80808003, (int)0x80808003, (int)0x80808003, (int)0x80808003);
+  const __m512i didx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i bias = _mm512_set1_epi32(128);
+  const int nb = cols / 32;
+  int b = 0;
+  for (; b + 4 <= nb; b += 4) {
+    const uint8_t* blk = row + (size_t)b * 17;
+    const __m512i q = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void*)(blk + 1)), qidx, _mm512_loadu_si512((const void*)(blk + 4)));
+    const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+    const __m512i alo = _mm512_shuffle_epi8(kv, lo), ahi = _mm512_shuffle_epi8(kv, hi);
+    const __mmask64 nlo = _mm512_test_epi8_mask(q, _mm512_set1_epi8(0x08)), nhi = _mm512_test_epi8_mask(q, _mm512_set1_epi8((char)0x80));
+    const __m512i e = _mm512_shuffle_epi8(_mm512_loadu_si512((const void*)blk), eidx);
+    const __m512 ef = _mm512_cvtepi32_ps(_mm512_sub_epi32(e, bias));
+    for (int t = 0; t < NT; t++) {
+      const uint8_t* y = act[t] + 32 * (size_t)b;
+      const __m512i y0 = _mm512_load_si512((const void*)y), y1 = _mm512_load_si512((const void*)(y + 64));
+      __m512i ylo = _mm512_shuffle_i64x2(y0, y1, _MM_SHUFFLE(2, 0, 2, 0)), yhi = _mm512_shuffle_i64x2(y0, y1, _MM_SHUFFLE(3, 1, 3, 1));
+      ylo = _mm512_mask_sub_epi8(ylo, nlo, _mm512_setzero_si512(), ylo);
+      yhi = _mm512_mask_sub_epi8(yhi, nhi, _mm512_setzero_si512(), yhi);
+      const __m512i p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), alo, ylo), ahi, yhi);
+      const __m512 sc = _mm512_scalef_ps(_mm512_permutexvar_ps(didx, _mm512_castps128_ps512(_mm_loadu_ps(dy[t] + b))), ef);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
+  if (b < nb) {  // the last 1..3 blocks at 256 bits
+    const __m256i kv256 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kKvaluesMxfp4));
+    for (; b < nb; b++) {
+      const uint8_t* blk = row + (size_t)b * 17;
+      const float dw = e8m0_half(blk[0]);
+      const __m128i x = _mm_loadu_si128((const __m128i*)(blk + 1));
+      const __m256i w = _mm256_shuffle_epi8(kv256, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(0x0F)));
+      const __m256i aw = _mm256_abs_epi8(w);
+      for (int t = 0; t < NT; t++) {
+        const __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
+        const __m256i p = dpbusd(_mm256_setzero_si256(), aw, _mm256_sign_epi8(y, w));
+        res[t] += hsum8(_mm256_cvtepi32_ps(p)) * (dw * dy[t][b]);
+      }
+    }
+  }
+}
 #endif  // AVX-512
 #endif  // __AVX2__
 
@@ -856,6 +966,7 @@ void dot_row(int type, const uint8_t* row, int cols, const uint8_t* const* act, 
     case T_Q6_K: dot_q6_k_512<NT>(row, cols, act, L, res); return;
     case T_Q2_K: dot_q2_k_512<NT>(row, cols, act, L, res); return;
     case T_Q3_K: dot_q3_k_512<NT>(row, cols, act, L, res); return;
+    case T_MXFP4: dot_mxfp4_512<NT>(row, cols, act, L, res); return;
 #else
     case T_Q8_0: dot_q8_0<NT>(row, cols, act, L, res); return;
     case T_Q4_K: dot_q45_k<NT, false>(row, cols, act, L, res); return;
@@ -863,6 +974,7 @@ void dot_row(int type, const uint8_t* row, int cols, const uint8_t* const* act, 
     case T_Q6_K: dot_q6_k<NT>(row, cols, act, L, res); return;
     case T_Q2_K: dot_q2_k<NT>(row, cols, act, L, res); return;
     case T_Q3_K: dot_q3_k<NT>(row, cols, act, L, res); return;
+    case T_MXFP4: dot_mxfp4<NT>(row, cols, act, L, res); return;
 #endif
     case T_Q4_0: dot_q4_0<NT>(row, cols, act, L, res); return;
     default: dot_generic<NT>(type, row, cols, act, L, res); return;

@@ -9,7 +9,7 @@ namespace moira {
 
 enum GgmlType : int {
   T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q8_0 = 8, T_Q2_K = 10, T_Q3_K = 11,
-  T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30,
+  T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30, T_MXFP4 = 39,
 };
 
 // Bytes of one row of `cols` elements (0 for an unknown type). static: each translation unit
@@ -25,11 +25,12 @@ static inline size_t type_row_bytes(int type, int cols) {
     case T_Q4_K: return (size_t)cols / 256 * 144;
     case T_Q5_K: return (size_t)cols / 256 * 176;
     case T_Q6_K: return (size_t)cols / 256 * 210;
+    case T_MXFP4: return (size_t)cols / 32 * 17;
     default: return 0;
   }
 }
 
-// Activations quantized per token, like llama.cpp's q8_0 / q8_K:
+// Activations quantized per token, like llama.cpp's q8_0 / q8_K (ACT_Q32 for Q8_0, Q4_0, MXFP4):
 //   ACT_F32  : the f32 row itself (float weights)
 //   ACT_Q32  : int8 q[cols], float d[cols/32], int32 s[cols/32] (s = sum of q in the block)
 //   ACT_Q256 : int8 q[cols], float d[cols/256], int32 s[cols/16] (sums per 16), int32 s32[cols/32]

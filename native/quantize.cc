@@ -210,6 +210,7 @@ size_t quant_src_bytes(int type, size_t n) {
     case T_Q4_K: bs = 256; ts = 144; break;
     case T_Q5_K: bs = 256; ts = 176; break;
     case T_Q6_K: bs = 256; ts = 210; break;
+    case T_MXFP4: bs = 32; ts = 17; break;
     default: return 0;
   }
   if (n % bs != 0) return 0;

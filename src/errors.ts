@@ -40,3 +40,8 @@ export class BudgetError extends MoiraError {
 
 /** A tensor the architecture needs is absent, or has the wrong shape. */
 export class MissingTensorError extends ModelFormatError {}
+
+/** Too many requests are waiting for the engine already (a bounded queue, `--queue-size`). */
+export class QueueFullError extends MoiraError {
+  constructor(message: string) { super("QUEUE_FULL", message); }
+}

@@ -37,6 +37,7 @@ function randF32(n: number, r: () => number, scale = 1): Float32Array {
 
 // Quant blocks filled with random bytes (every bit pattern of quants and packed scales), with the
 // f16 super-scales overwritten by small finite values: offsets per ggml-common.h block layouts.
+// MXFP4 has no f16 field: its E8M0 exponent byte is set instead (MXFP4_EXPONENTS).
 const HALF_FIELDS: Partial<Record<GGMLType, { block: number; offs: number[] }>> = {
   [GGMLType.Q8_0]: { block: 34, offs: [0] },
   [GGMLType.Q4_0]: { block: 18, offs: [0] },
@@ -46,6 +47,8 @@ const HALF_FIELDS: Partial<Record<GGMLType, { block: number; offs: number[] }>> 
   [GGMLType.Q2_K]: { block: 84, offs: [80, 82] },
   [GGMLType.Q3_K]: { block: 110, offs: [108] },
 };
+/** MXFP4 block exponents 2^-10 .. 2^-4 (e - 128): elements up to 12 * 2^-4 = 0.75 */
+const MXFP4_EXPONENTS = { min: 118, max: 124 };
 function randomWeight(type: GGMLType, rows: number, cols: number, r: () => number): WeightMatrix {
   const n = rows * rowBytes(type, cols);
   const data = new Uint8Array(n);
@@ -55,6 +58,10 @@ function randomWeight(type: GGMLType, rows: number, cols: number, r: () => numbe
   } else if (type === GGMLType.F16 || type === GGMLType.BF16) {
     const conv = type === GGMLType.F16 ? fp32ToFp16 : fp32ToBf16;
     for (let i = 0; i < rows * cols; i++) dv.setUint16(2 * i, conv(r() * 2 - 1), true);
+  } else if (type === GGMLType.MXFP4) {
+    for (let i = 0; i < n; i++) data[i] = Math.floor(r() * 256);
+    const { min, max } = MXFP4_EXPONENTS;
+    for (let b = 0; b < n; b += 17) data[b] = min + Math.floor(r() * (max - min + 1));
   } else {
     for (let i = 0; i < n; i++) data[i] = Math.floor(r() * 256);
     const f = HALF_FIELDS[type]!;
@@ -64,7 +71,7 @@ function randomWeight(type: GGMLType, rows: number, cols: number, r: () => numbe
 }
 
 const FLOAT_TYPES = [GGMLType.F32, GGMLType.F16, GGMLType.BF16];
-const Q32_TYPES = [GGMLType.Q8_0, GGMLType.Q4_0];
+const Q32_TYPES = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.MXFP4];
 const K_TYPES = [GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.Q2_K, GGMLType.Q3_K];
 const ALL_TYPES = [...FLOAT_TYPES, ...Q32_TYPES, ...K_TYPES];
 function colsFor(type: GGMLType): number[] {
@@ -175,7 +182,7 @@ describe("native moeFfn", () => {
   // The fused op must compute exactly what the separate native ops compute (same quantized
   // activations, same kernels, same f32 accumulation order), and agree with ref's composition.
   const MIXES: Array<[GGMLType, GGMLType, GGMLType]> = [
-    [GGMLType.Q4_K, GGMLType.Q4_K, GGMLType.Q6_K], [GGMLType.Q8_0, GGMLType.Q8_0, GGMLType.Q8_0],
+    [GGMLType.Q4_K, GGMLType.Q4_K, GGMLType.Q6_K], [GGMLType.MXFP4, GGMLType.Q8_0, GGMLType.MXFP4],
     [GGMLType.F16, GGMLType.Q5_K, GGMLType.Q4_0], [GGMLType.Q3_K, GGMLType.F32, GGMLType.Q2_K],
   ];
   function composite(x: Float32Array, nTokens: number, d: number, b: ExpertBatch): Float32Array {

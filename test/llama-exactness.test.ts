@@ -1,6 +1,6 @@
 /**
  * Parity with llama.cpp (node-llama-cpp's prebuilt CPU build), per weight type: for every
- * architecture make-model writes (6 tiny presets) and 3 prompts, moira's greedy continuation
+ * architecture make-model writes (each one's default tiny preset: 6) and 3 prompts, moira's greedy continuation
  * (16 tokens) against llama.cpp's, and moira's prefill log-probabilities against llama.cpp's.
  *
  * Float weights (F32, F16): every continuation identical, log-probabilities within ~0.01.
@@ -30,13 +30,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { Model } from "../src/model/model.js";
+import { ARCHITECTURES } from "../src/model/registry.js";
 import { loadTokenizer } from "../src/engine/tokenizer/index.js";
 import { withLlamaModel, disposeOracleLlama, getOracleLlama, parityPrompts, parityRun, type ParityRun } from "./llama-oracle.js";
 import { nativeOrRef } from "./backends.js";
 
 after(() => disposeOracleLlama());
 
-const PRESETS = ["tiny", "tiny-qwen2moe", "tiny-qwen3moe", "tiny-olmoe", "tiny-deepseek2", "tiny-deepseek"];
+const PRESETS = ARCHITECTURES.map((a) => a.makeModel.defaultPreset);
 const N_PROMPTS = 3;
 const N_GEN = 16;
 /** router decisions this close (in router logits) may go either way between the engines */
@@ -61,6 +62,8 @@ const BOUNDS: Record<string, TypeBounds> = {
   Q4_K: { identicalFloor: 11, outMargin: 0.25, gap: 0.65 }, //  13 / 0.192 / 0.533 (raw 2.472)
   Q5_K: { identicalFloor: 8, outMargin: 0.25, gap: 0.7 }, //    10 / 0.200 / 0.565
   Q6_K: { identicalFloor: 8, outMargin: 0.15, gap: 0.6 }, //    10 / 0.102 / 0.481
+  // llama.cpp's MXFP4_MOE file type: experts MXFP4, the other matrices Q8_0
+  MXFP4: { identicalFloor: 12, outMargin: 0.1, gap: 0.5 }, //   14 / 0.013 / 0.392 (raw 0.931)
 };
 
 async function llamaAvailable(): Promise<string | null> {

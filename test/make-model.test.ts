@@ -88,7 +88,7 @@ test("make-model is deterministic: same flags and seed give the same bytes; anot
 });
 
 test("make-model: generated quantized blocks dequantize to zero-mean weights of the planned std", async () => {
-  for (const type of ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "BF16"]) {
+  for (const type of ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "BF16", "MXFP4"]) {
     const out = join(dir, `stats-${type}.gguf`);
     await makeModel({ preset: "tiny", type, out });
     const f = openGGUF(out);
@@ -124,6 +124,20 @@ test("make-model: shape flags override a preset; sizes follow", () => {
   const qwen = planModel({ preset: "qwen1.5-moe-a2.7b", type: "Q4_K" });
   assert.equal(qwen.tensors.find((t) => t.name === "blk.0.ffn_down_exps.weight")!.type, GGMLType.Q4_0);
   assert.equal(qwen.tensors.find((t) => t.name === "blk.0.ffn_up_exps.weight")!.type, GGMLType.Q4_K);
+});
+
+test("make-model --type MXFP4 is llama.cpp's MXFP4_MOE: expert stacks MXFP4, every other matrix Q8_0, norms and routers F32", () => {
+  for (const preset of ["tiny-qwen2moe", "tiny-deepseek2"]) {
+    const p = planModel({ preset, type: "MXFP4" });
+    assert.equal(new Map(p.metadata).get("general.file_type")?.value, 38);
+    for (const t of p.tensors) {
+      // (rows that are not whole blocks of 32 fall back to F16, as for Q8_0 files)
+      const want = t.role === "f32" ? GGMLType.F32 : t.dims[0]! % 32 !== 0 ? GGMLType.F16
+        : /_exps\.weight$/.test(t.name) ? GGMLType.MXFP4 : GGMLType.Q8_0;
+      assert.equal(typeName(t.type), typeName(want), `${preset} ${t.name}`);
+    }
+    assert.ok(p.tensors.some((t) => /_shexp\.weight$/.test(t.name) && t.type === GGMLType.Q8_0), `${preset}: shared experts stay Q8_0`);
+  }
 });
 
 test("make-model: bad arguments are typed errors", async () => {

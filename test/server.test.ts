@@ -11,6 +11,7 @@ import { Session } from "../src/engine/session.js";
 import { loadTokenizer } from "../src/engine/tokenizer/index.js";
 import { RefBackend } from "../src/backend/ref/ref-backend.js";
 import { createApp } from "../src/server/app.js";
+import { Scheduler } from "../src/engine/scheduler.js";
 import { REPO_ROOT } from "./shared.js";
 
 const dir = mkdtempSync(join(tmpdir(), "moira-server-"));
@@ -18,7 +19,8 @@ const path = join(dir, "tiny.gguf");
 await makeModel({ preset: "tiny", out: path });
 const model = Model.open(path);
 const tokenizer = loadTokenizer(model.file);
-const app = createApp({ modelId: "tiny", session: new Session(model, { backend: new RefBackend(), contextLength: 256 }), tokenizer });
+const scheduler = new Scheduler([new Session(model, { backend: new RefBackend(), contextLength: 256 })], { maxQueue: 4 });
+const app = createApp({ modelId: "tiny", scheduler, tokenizer });
 
 const post = (route: string, body: unknown) =>
   app.fetch(new Request(`http://x${route}`, { method: "POST", headers: { "content-type": "application/json" }, body: typeof body === "string" ? body : JSON.stringify(body) }));

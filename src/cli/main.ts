@@ -13,6 +13,7 @@ import { registerConvertCommand } from "./convert.js";
 import { registerServeCommand } from "./serve.js";
 import { registerChatCommand } from "./chat.js";
 import { registerQuantizeExpertsCommand } from "./quantize-experts.js";
+import { registerTokenizeCommand } from "./tokenize.js";
 
 export function buildProgram(): Command {
   const program = new Command("moira")
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   registerServeCommand(program);
   registerChatCommand(program);
   registerQuantizeExpertsCommand(program);
+  registerTokenizeCommand(program);
   return program;
 }
 

@@ -5,9 +5,20 @@ import { serve } from "@hono/node-server";
 import { Model } from "../model/model.js";
 import { createBackend } from "../backend/index.js";
 import { loadTokenizer } from "../engine/tokenizer/index.js";
-import { createApp } from "../server/app.js";
-import { addBackendOptions, parseIntOption } from "./common.js";
+import { createApp, DEFAULT_REQUEST_TIMEOUT_S } from "../server/app.js";
+import { Scheduler } from "../engine/scheduler.js";
+import { addBackendOptions, parseFloatOption, parseIntOption } from "./common.js";
+import { InvalidArgumentError } from "../errors.js";
 import { addOffloadOptions, openInteractiveSession } from "./offload-options.js";
+
+/** Requests that may wait for the engine by default (beyond the one running). */
+const DEFAULT_QUEUE_SIZE = 16;
+
+function positiveSeconds(v: string): number {
+  const n = parseFloatOption("--request-timeout")(v);
+  if (!(n > 0)) throw new InvalidArgumentError(`--request-timeout must be a positive number of seconds, got "${v}"`);
+  return n;
+}
 
 export function registerServeCommand(program: Command): void {
   addOffloadOptions(addBackendOptions(
@@ -16,7 +27,10 @@ export function registerServeCommand(program: Command): void {
       .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
       .option("--host <host>", "address to listen on", "127.0.0.1")
       .option("--port <port>", "port to listen on", parseIntOption("--port", 0), 8080)
-      .option("--model-id <id>", "model name reported by /v1/models (default: the file name)"),
+      .option("--model-id <id>", "model name reported by /v1/models (default: the file name)")
+      .option("--queue-size <n>", "most requests that may wait for the engine; more are answered 429 with Retry-After", parseIntOption("--queue-size", 0), DEFAULT_QUEUE_SIZE)
+      .option("--request-timeout <seconds>", "longest a request may take from its arrival, queue wait included; then its generation stops and it gets an error (504, or an error event in a stream)",
+        positiveSeconds, DEFAULT_REQUEST_TIMEOUT_S),
   )).action(async (o) => {
     const model = Model.open(o.model);
     const backend = await createBackend(o.backend, { threads: o.threads });
@@ -40,14 +54,19 @@ export function registerServeCommand(program: Command): void {
         ] : []),
       ].join("\n") + "\n";
     } : undefined;
-    const app = createApp({ modelId, session, tokenizer, metricsExtra });
+    // one slot: generations run one at a time (continuous batching would add slots)
+    const scheduler = new Scheduler([session], { maxQueue: o.queueSize });
+    const app = createApp({ modelId, scheduler, tokenizer, requestTimeoutMs: o.requestTimeout * 1000, metricsExtra });
     await new Promise<void>((resolve) => {
       const server = serve({ fetch: app.fetch, hostname: o.host, port: o.port }, (info) => {
         process.stderr.write(`moira: serving ${modelId} on http://${o.host}:${info.port} (backend ${backend.name})\n`);
       });
-      const stop = () => {
+      const stop = async () => {
         server.close();
+        // queued requests are refused, running generations end within a step and answer 503
+        await scheduler.close("shutdown");
         if (o.stats && store) process.stderr.write(offload.report() + "\n");
+        session.dispose();
         offload.dispose();
         backend.dispose();
         model.close();

@@ -72,3 +72,59 @@ test("a stop token ends the stream; a slow reader that stops early gets stats at
   assert.equal(seen[0].stopReason, "stopped");
   assert.ok(seen[0].decodeMs >= 2 * 8, `decode ${seen[0].decodeMs} ms`);
 });
+
+test("an aborted signal ends the generation within one step, without an error", async () => {
+  const ctl = new AbortController();
+  let steps = 0;
+  const session = { prefill: () => pointAt(1), decodeStep: (t: number) => { steps++; return pointAt((t + 1) % V); } };
+  const it = generate(session, fakeTokenizer(0), [0], { maxTokens: 1000, temperature: 0, signal: ctl.signal });
+  await it.next();
+  await it.next();
+  ctl.abort();
+  const stepsAtAbort = steps;
+  const { stats } = await drain(it);
+  assert.equal(stats.stopReason, "aborted");
+  assert.ok(steps - stepsAtAbort <= 1, `${steps - stepsAtAbort} decode steps after the abort`);
+  assert.ok(stats.generatedTokens <= 3);
+
+  let prefilled = false;
+  const before = await drain(generate({ prefill: () => { prefilled = true; return pointAt(1); }, decodeStep: () => pointAt(1) }, null, [0], {
+    maxTokens: 5, temperature: 0, signal: AbortSignal.abort(),
+  }));
+  assert.equal(prefilled, false, "aborted before the prefill: nothing runs");
+  assert.equal(before.stats.stopReason, "aborted");
+  assert.equal(before.stats.generatedTokens, 0);
+});
+
+test("logprobs: the raw distribution's log softmax, top alternatives in rank order", async () => {
+  const logits = Float32Array.from([0, 2, 1, 2, -1, 0, 0, 0]);
+  const session = { prefill: () => logits, decodeStep: () => logits };
+  const it = generate(session, fakeTokenizer(0), [0], { maxTokens: 2, temperature: 0, repeatPenalty: 1.5, logprobs: { top: 3 } });
+  const r = await it.next();
+  assert.ok(!r.done);
+  const z = Math.log(Array.from(logits).reduce((a, l) => a + Math.exp(l), 0));
+  const lp = r.value.logprobs!;
+  assert.equal(r.value.token, 1, "greedy: the lower id of the tied best");
+  assert.ok(Math.abs(lp.logprob - (2 - z)) < 1e-9);
+  assert.deepEqual(lp.top.map((t) => t.token), [1, 3, 2]);
+  assert.ok(Math.abs(lp.top[2].logprob - (1 - z)) < 1e-9);
+  // the second token is sampled from penalized logits (token 1 repeated), but reported under the raw ones
+  const second = await it.next();
+  assert.ok(!second.done);
+  assert.equal(second.value.token, 3);
+  assert.ok(Math.abs(second.value.logprobs!.logprob - (2 - z)) < 1e-9);
+});
+
+test("cachedTokens: only the rest of the prompt is prefilled; the whole prompt is the penalty's history", async () => {
+  const seen: number[][] = [];
+  const logits = Float32Array.from([0, 3, 2.9, 0, 0, 0, 0, 0]);
+  const session = { prefill: (t: readonly number[]) => { seen.push([...t]); return logits; }, decodeStep: () => logits };
+  const { stats } = await drain(generate(session, fakeTokenizer(0), [1, 5, 6], { maxTokens: 1, temperature: 0, repeatPenalty: 2, cachedTokens: 2 }));
+  assert.deepEqual(seen, [[6]]);
+  assert.equal(stats.promptTokens, 3);
+  assert.equal(stats.cachedTokens, 2);
+  // token 1 is in the cached part of the prompt: still penalized, so token 2 wins
+  const { text } = await drain(generate(session, fakeTokenizer(0), [1, 5, 6], { maxTokens: 1, temperature: 0, repeatPenalty: 2, cachedTokens: 2 }));
+  assert.equal(text, "<2>");
+  await assert.rejects(generate(session, null, [1, 2], { maxTokens: 1, cachedTokens: 2 }).next(), /cachedTokens/);
+});

@@ -87,6 +87,31 @@ export function sample(logits: Float32Array, o: SamplerOptions, rng: Rng | null,
 
 let penalized = new Float32Array(0);
 
+/** A token and its log probability. */
+export interface TokenLogprob {
+  readonly token: number;
+  readonly logprob: number;
+}
+
+/**
+ * The log probability of `token` under the model's distribution, log softmax(logits) (the raw
+ * logits: no repetition penalty, no temperature, no truncation, as vLLM reports by default), and
+ * the `top` most likely tokens with theirs, in rank order (higher logit first, ties to the lower
+ * id, as the sampler ranks them).
+ */
+export function tokenLogprobs(logits: Float32Array, token: number, top: number): { logprob: number; top: TokenLogprob[] } {
+  const max = logits[argmax(logits)];
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  const logZ = max + Math.log(sum);
+  const n = Math.min(Math.max(0, Math.floor(top)), logits.length);
+  const best = n > 0 ? bestSorted(logits, n) : new Int32Array(0);
+  return {
+    logprob: logits[token] - logZ,
+    top: Array.from(best, (id) => ({ token: id, logprob: logits[id] - logZ })),
+  };
+}
+
 /** At most this many candidates are sorted and walked one by one. */
 const EXACT_MAX = 1024;
 /** Blocks this small are sorted and walked in the partitioned search. */

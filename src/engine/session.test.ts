@@ -51,3 +51,43 @@ test("kvType f16: close to f32, same on ref and native, token by token == one ba
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("reusePrefix: a prompt that extends the cached tokens prefills only the rest, and generates what a fresh session does", { timeout: 120_000 }, async () => {
+  const { generate } = await import("./generate.js");
+  const dir = mkdtempSync(join(tmpdir(), "moira-reuse-"));
+  try {
+    const path = join(dir, "m.gguf");
+    await makeModel({ preset: "tiny", seed: 5, out: path });
+    const model = Model.open(path);
+    const first = [1, 301, 777, 1234, 42, 999];
+    const second = [...first, 500, 17, 2000, 300, 123];
+    const greedy = async (session: Session, prompt: number[], cachedTokens: number) => {
+      const out: number[] = [];
+      for await (const t of generate(session, null, prompt, { maxTokens: 12, temperature: 0, repeatPenalty: 1.3, cachedTokens, stopTokens: [] })) out.push(t.token);
+      return out;
+    };
+    for (const backend of await backendsUnderTest()) {
+      for (const kvType of ["f32", "f16"] as const) {
+        const cold = new Session(model, { backend, contextLength: 64, kvType });
+        const want = await greedy(cold, second, 0);
+        const warm = new Session(model, { backend, contextLength: 64, kvType });
+        await greedy(warm, first, 0);
+        // the cache holds the first prompt and most of its reply: the common prefix is the first prompt
+        assert.deepEqual(warm.tokens.slice(0, first.length), first);
+        const kept = warm.reusePrefix(second);
+        assert.equal(kept, first.length);
+        assert.equal(warm.position, first.length);
+        assert.deepEqual(await greedy(warm, second, kept), want, `${backend.name} ${kvType}`);
+        // the whole prompt cached: its last token is run again, for fresh logits
+        assert.equal(warm.reusePrefix(second), second.length - 1);
+        assert.deepEqual(await greedy(warm, second, second.length - 1), want, `${backend.name} ${kvType}, all cached`);
+        // a prompt that parts from the cache early keeps only the shared tokens
+        assert.equal(warm.reusePrefix([1, 301, 5]), 2);
+        assert.deepEqual(warm.tokens, [1, 301]);
+      }
+    }
+    model.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,7 +1,8 @@
 /**
- * Session: one conversation's state (KV cache, position) over a Model. `prefill` and `decodeStep`
- * run the architecture's recipe on the backend; experts come from the ExpertProvider (all
- * resident by default, or the offloading ExpertStore).
+ * Session: one conversation's state (KV cache, the tokens in it) over a Model. `prefill` and
+ * `decodeStep` run the architecture's recipe on the backend; experts come from the ExpertProvider
+ * (all resident by default, or the offloading ExpertStore). Request boundaries are stated, never
+ * guessed: `reset()`, `rewind(n)` and `reusePrefix(prompt)` each start a request.
  */
 import type { Backend } from "../backend/backend.js";
 import type { Model } from "../model/model.js";
@@ -35,7 +36,8 @@ export interface SessionOptions {
 export class Session {
   readonly kv: KvCache;
   readonly contextLength: number;
-  private pos = 0;
+  /** the token ids in the KV cache, in order */
+  private readonly cached: number[] = [];
   private readonly experts: ExpertProvider;
   /** the next forward starts a request (told to the ExpertProvider) */
   private requestStarts = true;
@@ -55,14 +57,17 @@ export class Session {
 
   /** Tokens already in the KV cache. */
   get position(): number {
-    return this.pos;
+    return this.cached.length;
+  }
+
+  /** The token ids in the KV cache, in the order they were run. */
+  get tokens(): readonly number[] {
+    return this.cached;
   }
 
   /** Forgets every cached token; the next forward starts a new request. */
   reset(): void {
-    this.pos = 0;
-    this.trimKv(0);
-    this.requestStarts = true;
+    this.rewind(0);
   }
 
   /**
@@ -70,12 +75,28 @@ export class Session {
    * prefix); the next forward starts a new request (a chat turn).
    */
   rewind(n: number): void {
-    if (!(Number.isInteger(n) && n >= 0 && n <= this.pos)) {
-      throw new InvalidArgumentError(`cannot rewind to ${n}: the session holds ${this.pos} tokens`);
+    if (!(Number.isInteger(n) && n >= 0 && n <= this.cached.length)) {
+      throw new InvalidArgumentError(`cannot rewind to ${n}: the session holds ${this.cached.length} tokens`);
     }
-    this.pos = n;
+    this.cached.length = n;
     this.trimKv(n);
     this.requestStarts = true;
+  }
+
+  /**
+   * Starts a request for `prompt` that keeps what the cache already holds of it (a conversation
+   * sent again with a new turn): rewinds to the longest common prefix of the cached tokens and the
+   * prompt, at most prompt.length - 1 tokens, since the last prompt token is always run again for
+   * the logits the first new token is sampled from. Returns how many prompt tokens are kept; the
+   * caller prefills prompt.slice(kept). The kept positions hold exactly what a prefill of them
+   * would write, so the generation is the one a fresh session would give.
+   */
+  reusePrefix(prompt: readonly number[]): number {
+    const limit = Math.min(this.cached.length, prompt.length - 1);
+    let kept = 0;
+    while (kept < limit && this.cached[kept] === prompt[kept]) kept++;
+    this.rewind(kept);
+    return kept;
   }
 
   /** Frees the KV cache's memory now; the session must not be used afterwards. */
@@ -97,9 +118,10 @@ export class Session {
   forward(tokens: readonly number[], opts: { allLogits?: boolean; phase?: ForwardPhase } = {}): Float32Array {
     const { config: cfg, weights, arch } = this.model;
     if (tokens.length === 0) throw new InvalidArgumentError("forward() needs at least one token");
-    if (this.pos + tokens.length > this.contextLength) {
+    const pos0 = this.cached.length;
+    if (pos0 + tokens.length > this.contextLength) {
       throw new InvalidArgumentError(
-        `context full: ${this.pos} cached + ${tokens.length} new tokens exceed the context length ${this.contextLength} (raise --context, at most ${cfg.contextLength} for this model)`,
+        `context full: ${pos0} cached + ${tokens.length} new tokens exceed the context length ${this.contextLength} (raise --context, at most ${cfg.contextLength} for this model)`,
       );
     }
     for (const t of tokens) {
@@ -109,11 +131,11 @@ export class Session {
     }
     const ctx: ForwardContext = {
       backend: this.opts.backend, cfg, weights, experts: this.experts, kv: this.kv,
-      nTokens: tokens.length, pos0: this.pos, observer: this.opts.observer,
+      nTokens: tokens.length, pos0, observer: this.opts.observer,
     };
     // the room for new KV blocks is made (experts evicted) before the provider starts this
     // forward's loads and before the new positions are written
-    if (this.kv.commit(this.pos + tokens.length)) this.opts.kvRoom?.kvCommitted(this.kv.committedBytes, this.kv.committedPositions);
+    if (this.kv.commit(pos0 + tokens.length)) this.opts.kvRoom?.kvCommitted(this.kv.committedBytes, this.kv.committedPositions);
     if (this.requestStarts) {
       this.experts.beginRequest?.();
       this.requestStarts = false;
@@ -121,7 +143,7 @@ export class Session {
     this.experts.beginForward?.({ phase: opts.phase ?? "prefill", nTokens: tokens.length });
     const x = embed(ctx, tokens); // [T, dModel] residual stream
     for (let l = 0; l < cfg.nLayer; l++) arch.layer(ctx, l, x);
-    this.pos += tokens.length;
+    for (const t of tokens) this.cached.push(t);
     const rows = opts.allLogits ? tokens.map((_, i) => i) : [tokens.length - 1];
     return outputLogits(ctx, x, rows);
   }

@@ -2,7 +2,7 @@
  * ModelConfig: everything an architecture recipe needs to know about shapes and numerics, read
  * from GGUF metadata (HF configs are converted to the same keys by formats/hf). Frozen after load.
  */
-import { ModelFormatError } from "../errors.js";
+import { ModelFormatError, UnsupportedError } from "../errors.js";
 import { GGUFValueType, type Metadata } from "../formats/model-file.js";
 
 export interface MlaConfig {
@@ -12,6 +12,26 @@ export interface MlaConfig {
   readonly qkNopeDim: number;
   readonly qkRopeDim: number;
   readonly vHeadDim: number;
+}
+
+/**
+ * How router logits become expert scores (llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_*): a softmax
+ * over all experts (Mixtral, Qwen, OLMoE, DeepSeek-V2), a sigmoid per expert (DeepSeek-V3, Kimi-K2,
+ * GLM-4.5), or the logits themselves, the chosen experts' weights being the softmax of their
+ * logits (GPT-OSS). model/routing.ts computes them.
+ */
+export type ExpertGating = "softmax" | "sigmoid" | "softmax-weight";
+
+/** GGUF `{arch}.expert_gating_func` values; 0 (none) is how DeepSeek-V2 files without the key read it. */
+const EXPERT_GATING_CODES: ReadonlyMap<number, ExpertGating> = new Map([[0, "softmax"], [1, "softmax"], [2, "sigmoid"], [3, "softmax-weight"]]);
+
+/** The gating of a GGUF `{arch}.expert_gating_func` value. */
+export function expertGatingOf(arch: string, code: number): ExpertGating {
+  const g = EXPERT_GATING_CODES.get(code);
+  if (g === undefined) {
+    throw new UnsupportedError(`${arch}.expert_gating_func = ${code} is not supported (1 softmax, 2 sigmoid, 3 softmax over the chosen experts)`);
+  }
+  return g;
 }
 
 export interface ModelConfig {
@@ -46,6 +66,12 @@ export interface ModelConfig {
   readonly normTopK: boolean;
   /** multiply routing weights by this (DeepSeek routed_scaling_factor) */
   readonly routedScale: number;
+  /** how router logits become expert scores */
+  readonly expertGating: ExpertGating;
+  /** experts form this many equal groups, in id order (DeepSeek-V3: 8); 1: no groups */
+  readonly expertGroups: number;
+  /** a token chooses its experts in its best this many groups only (DeepSeek-V3: 4) */
+  readonly expertGroupsUsed: number;
   /** q/k RMS norm: per head (Qwen3), over the whole projection (OLMoE), or none */
   readonly qkNorm: "none" | "head" | "full";
   readonly mla: MlaConfig | null;
@@ -111,6 +137,15 @@ export function validateConfig(c: ModelConfig): ModelConfig {
   }
   if (c.nExpertUsed > c.nExpert) {
     throw new ModelFormatError(`${c.arch}: expert_used_count ${c.nExpertUsed} exceeds expert_count ${c.nExpert}`);
+  }
+  const perGroup = c.nExpert / c.expertGroups;
+  if (!Number.isInteger(c.expertGroups) || c.expertGroups < 1 || !Number.isInteger(perGroup) || (c.expertGroups > 1 && perGroup < 2)) {
+    throw new ModelFormatError(`${c.arch}.expert_group_count ${c.expertGroups} must divide expert_count ${c.nExpert} into groups of at least 2 experts`);
+  }
+  if (!Number.isInteger(c.expertGroupsUsed) || c.expertGroupsUsed < 1 || c.expertGroupsUsed > c.expertGroups || c.expertGroupsUsed * perGroup < c.nExpertUsed) {
+    throw new ModelFormatError(
+      `${c.arch}.expert_group_used_count ${c.expertGroupsUsed} must be 1 to expert_group_count ${c.expertGroups} and its groups hold expert_used_count ${c.nExpertUsed} experts`,
+    );
   }
   if (c.ropeDim % 2 !== 0 || c.ropeDim > c.headDimK) {
     throw new ModelFormatError(`${c.arch}: rope dimension ${c.ropeDim} must be even and at most the head size ${c.headDimK}`);

@@ -5,71 +5,24 @@
 import type { ModelFile } from "../formats/model-file.js";
 import { openModel } from "../formats/open.js";
 import { GGUFValueType, type FileMapper } from "../formats/model-file.js";
-import type { Architecture } from "./architecture.js";
+import type { Architecture, ExpectedTensor } from "./architecture.js";
 import type { ModelConfig } from "./config.js";
 import { ModelWeights } from "./weights.js";
 import { architectureFor } from "./registry.js";
-import { expertTensorNames, isMoeLayer } from "./experts.js";
-import { ModelFormatError } from "../errors.js";
+import { MissingTensorError, ModelFormatError } from "../errors.js";
 
-export interface ExpectedTensor {
-  readonly name: string;
-  /** GGUF-order dims */
-  readonly dims: readonly number[];
-  readonly optional?: boolean;
-}
-
-/** Every tensor the recipes will read, with its shape, derived from the config. */
-export function expectedTensors(c: ModelConfig): ExpectedTensor[] {
-  const t: ExpectedTensor[] = [
-    { name: "token_embd.weight", dims: [c.dModel, c.vocabSize] },
-    { name: "output_norm.weight", dims: [c.dModel] },
-  ];
-  if (!c.tiedEmbeddings) t.push({ name: "output.weight", dims: [c.dModel, c.vocabSize] });
-  for (let l = 0; l < c.nLayer; l++) {
-    const b = (n: string) => `blk.${l}.${n}`;
-    t.push({ name: b("attn_norm.weight"), dims: [c.dModel] }, { name: b("ffn_norm.weight"), dims: [c.dModel] });
-    if (c.mla) {
-      const m = c.mla, dK = m.qkNopeDim + m.qkRopeDim;
-      if (m.qLoraRank > 0) {
-        t.push({ name: b("attn_q_a.weight"), dims: [c.dModel, m.qLoraRank] },
-          { name: b("attn_q_a_norm.weight"), dims: [m.qLoraRank] },
-          { name: b("attn_q_b.weight"), dims: [m.qLoraRank, c.nHead * dK] });
-      } else {
-        t.push({ name: b("attn_q.weight"), dims: [c.dModel, c.nHead * dK] });
-      }
-      t.push({ name: b("attn_kv_a_mqa.weight"), dims: [c.dModel, m.kvLoraRank + m.qkRopeDim] },
-        { name: b("attn_kv_a_norm.weight"), dims: [m.kvLoraRank] },
-        { name: b("attn_kv_b.weight"), dims: [m.kvLoraRank, c.nHead * (m.qkNopeDim + m.vHeadDim)], optional: true },
-        // newer llama.cpp files split attn_kv_b per head instead (k part transposed)
-        { name: b("attn_k_b.weight"), dims: [m.qkNopeDim, m.kvLoraRank, c.nHead], optional: true },
-        { name: b("attn_v_b.weight"), dims: [m.kvLoraRank, m.vHeadDim, c.nHead], optional: true },
-        { name: b("attn_output.weight"), dims: [c.nHead * m.vHeadDim, c.dModel] });
-    } else {
-      const q = c.nHead * c.headDimK, k = c.nKvHead * c.headDimK, v = c.nKvHead * c.headDimV;
-      t.push({ name: b("attn_q.weight"), dims: [c.dModel, q] }, { name: b("attn_k.weight"), dims: [c.dModel, k] },
-        { name: b("attn_v.weight"), dims: [c.dModel, v] }, { name: b("attn_output.weight"), dims: [c.nHead * c.headDimV, c.dModel] },
-        { name: b("attn_q.bias"), dims: [q], optional: true }, { name: b("attn_k.bias"), dims: [k], optional: true },
-        { name: b("attn_v.bias"), dims: [v], optional: true });
-      if (c.qkNorm === "head") t.push({ name: b("attn_q_norm.weight"), dims: [c.headDimK] }, { name: b("attn_k_norm.weight"), dims: [c.headDimK] });
-      if (c.qkNorm === "full") t.push({ name: b("attn_q_norm.weight"), dims: [q] }, { name: b("attn_k_norm.weight"), dims: [k] });
-    }
-    if (!isMoeLayer(c, l)) {
-      t.push({ name: b("ffn_gate.weight"), dims: [c.dModel, c.denseFf] }, { name: b("ffn_up.weight"), dims: [c.dModel, c.denseFf] },
-        { name: b("ffn_down.weight"), dims: [c.denseFf, c.dModel] });
-      continue;
-    }
-    const e = expertTensorNames(l);
-    t.push({ name: b("ffn_gate_inp.weight"), dims: [c.dModel, c.nExpert] },
-      { name: e.gate, dims: [c.dModel, c.expertFf, c.nExpert] }, { name: e.up, dims: [c.dModel, c.expertFf, c.nExpert] },
-      { name: e.down, dims: [c.expertFf, c.dModel, c.nExpert] });
-    if (c.sharedFf > 0) {
-      t.push({ name: b("ffn_gate_shexp.weight"), dims: [c.dModel, c.sharedFf] }, { name: b("ffn_up_shexp.weight"), dims: [c.dModel, c.sharedFf] },
-        { name: b("ffn_down_shexp.weight"), dims: [c.sharedFf, c.dModel] });
-      if (c.arch === "qwen2moe") t.push({ name: b("ffn_gate_inp_shexp.weight"), dims: [c.dModel] });
-    }
+/** Checks a tensor's presence (unless optional, or replaced by its orElse set) and shape. */
+function checkTensor(weights: ModelWeights, t: ExpectedTensor): void {
+  if (weights.has(t.name) || (!t.optional && !t.orElse)) {
+    weights.meta(t.name, t.dims);
+    return;
   }
-  return t;
+  if (!t.orElse) return;
+  const missing = t.orElse.filter((x) => !weights.has(x.name)).map((x) => x.name);
+  if (missing.length > 0) {
+    throw new MissingTensorError(`tensor ${t.name} is missing from the model; ${t.orElse.map((x) => x.name).join(" + ")} could replace it, but ${missing.join(" and ")} ${missing.length > 1 ? "are" : "is"} missing too`);
+  }
+  for (const x of t.orElse) weights.meta(x.name, x.dims);
 }
 
 export class Model {
@@ -94,17 +47,7 @@ export class Model {
       const arch = architectureFor(archValue.value);
       const config = arch.config(file.metadata, file.weights.tensors);
       const weights = new ModelWeights(file.weights);
-      for (const t of expectedTensors(config)) {
-        if (t.optional && !weights.has(t.name)) continue;
-        weights.meta(t.name, t.dims);
-      }
-      if (config.mla) {
-        for (let l = 0; l < config.nLayer; l++) {
-          if (!weights.has(`blk.${l}.attn_kv_b.weight`) && !(weights.has(`blk.${l}.attn_k_b.weight`) && weights.has(`blk.${l}.attn_v_b.weight`))) {
-            throw new ModelFormatError(`layer ${l}: MLA needs blk.${l}.attn_kv_b.weight or both blk.${l}.attn_k_b.weight and blk.${l}.attn_v_b.weight`);
-          }
-        }
-      }
+      for (const t of arch.tensors(config)) checkTensor(weights, t);
       return new Model(file, arch, config, weights);
     } catch (e) {
       file.weights.close();

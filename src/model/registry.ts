@@ -1,4 +1,8 @@
-/** The architecture registry: GGUF general.architecture (or HF model_type) → Architecture. */
+/**
+ * The architecture registry, the one list of architectures: GGUF general.architecture →
+ * Architecture. What else lists them derives from it (formats/hf's HF_MODEL_TYPES, make-model's
+ * MAKE_MODEL_ARCHS and PRESETS); a new architecture is its file plus its line here.
+ */
 import type { Architecture } from "./architecture.js";
 import { mixtral } from "./arch/mixtral.js";
 import { qwen2moe } from "./arch/qwen2moe.js";

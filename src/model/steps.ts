@@ -10,6 +10,7 @@ import { GGMLType } from "../formats/quant/types.js";
 import type { ModelConfig } from "./config.js";
 import type { DeferredExperts, ExpertProvider } from "./experts.js";
 import type { KvCache } from "./kv-cache.js";
+import { ExpertRouter, routerLogits, selectionBias } from "./routing.js";
 import type { ModelWeights } from "./weights.js";
 
 /** Receives each MoE layer's routing decisions (tracing, statistics). */
@@ -41,24 +42,23 @@ export interface Routing {
 const blk = (l: number, name: string) => `blk.${l}.${name}`;
 
 /**
- * Activation buffers reused from one forward pass to the next (decode allocates nothing per layer
- * for them): one per role, replaced when the size changes (prefill, then decode). Only for values
- * that die inside the step that fills them (read before the same role is filled again, never handed
- * to a caller or observer that may keep them). Owned by the KV cache's session; a backend with its
+ * Activation buffers (and the router's per-token scratch) reused from one forward pass to the next
+ * (decode allocates nothing per layer for them): one per role, replaced when the size changes
+ * (prefill, then decode). Only for values that die inside the step that fills them (read before
+ * the same role is filled again, never handed to a caller or observer that may keep them). Owned by the KV cache's session; a backend with its
  * own memory (GPU) would own these as device buffers instead.
  */
 class Scratch {
   private readonly f32s = new Map<string, Float32Array>();
-  private readonly f64s = new Map<string, Float64Array>();
+  private expertRouter: ExpertRouter | null = null;
   f32(role: string, n: number): Float32Array {
     let b = this.f32s.get(role);
     if (b === undefined || b.length !== n) { b = new Float32Array(n); this.f32s.set(role, b); }
     return b;
   }
-  f64(role: string, n: number): Float64Array {
-    let b = this.f64s.get(role);
-    if (b === undefined || b.length !== n) { b = new Float64Array(n); this.f64s.set(role, b); }
-    return b;
+  /** The routing primitive with its per-token scratch (one config per session). */
+  router(cfg: ModelConfig): ExpertRouter {
+    return (this.expertRouter ??= new ExpertRouter(cfg));
   }
 }
 const scratches = new WeakMap<KvCache, Scratch>();
@@ -236,53 +236,20 @@ function kvBMatrix(ctx: ForwardContext, l: number): WeightMatrix {
   });
 }
 
-export interface RouteOptions {
-  /** renormalise the selected weights to sum to 1 */
-  readonly normTopK: boolean;
-  /** multiply the weights by this */
-  readonly scale: number;
-}
-
-/** Softmax router, top-k per token (ties go to the lower expert id).  h: [nTokens, dModel] */
-export function route(ctx: ForwardContext, l: number, h: Float32Array, opts: RouteOptions): Routing {
+/**
+ * The layer's router: logits of h [nTokens, dModel], then each token's experts and weights as
+ * model/routing.ts chooses them (gating, selection bias, expert groups, normalisation, scale).
+ */
+export function route(ctx: ForwardContext, l: number, h: Float32Array): Routing {
   const { cfg, nTokens } = ctx;
-  const nE = cfg.nExpert, k = cfg.nExpertUsed;
+  const k = cfg.nExpertUsed;
   const scratch = scratchOf(ctx);
-  const logits = linear(ctx, blk(l, "ffn_gate_inp.weight"), nE, cfg.dModel, h, undefined, scratch.f32("router_logits", nTokens * nE)); // [T, nE]
+  const logits = routerLogits(ctx.backend, ctx.weights, cfg, l, h, nTokens, scratch.f32("router_logits", nTokens * cfg.nExpert)); // [T, nE]
   const experts = new Int32Array(nTokens * k);
   const weights = new Float32Array(nTokens * k);
-  const probs = scratch.f64("router_probs", nE);
-  for (let t = 0; t < nTokens; t++) {
-    const row = logits.subarray(t * nE, (t + 1) * nE);
-    let max = -Infinity;
-    for (let e = 0; e < nE; e++) max = Math.max(max, row[e]);
-    let sum = 0;
-    for (let e = 0; e < nE; e++) { probs[e] = Math.exp(row[e] - max); sum += probs[e]; }
-    for (let e = 0; e < nE; e++) probs[e] /= sum;
-    const order = topK(probs, k);
-    let wsum = 0;
-    for (let j = 0; j < k; j++) wsum += probs[order[j]];
-    for (let j = 0; j < k; j++) {
-      experts[t * k + j] = order[j];
-      weights[t * k + j] = (opts.normTopK ? probs[order[j]] / wsum : probs[order[j]]) * opts.scale;
-    }
-  }
+  scratch.router(cfg).route(logits, nTokens, selectionBias(ctx.weights, cfg, l), experts, weights);
   ctx.observer?.onRouting(l, experts, weights, nTokens, k);
   return { experts, weights, k };
-}
-
-/** Indices of the k largest values, largest first; ties to the lower index. */
-export function topK(values: ArrayLike<number>, k: number): number[] {
-  const idx: number[] = [];
-  for (let i = 0; i < values.length; i++) {
-    let j = idx.length;
-    if (j === k && values[i] <= values[idx[k - 1]]) continue;
-    if (j === k) idx.pop();
-    j = idx.length;
-    while (j > 0 && values[idx[j - 1]] < values[i]) j--;
-    idx.splice(j, 0, i);
-  }
-  return idx;
 }
 
 /**
@@ -439,13 +406,13 @@ export function sharedExpert(ctx: ForwardContext, l: number, h: Float32Array, op
 }
 
 /**
- * A MoE layer's FFN: softmax router → top-k (renormalised when cfg.normTopK, scaled by
- * cfg.routedScale) → routed experts, plus the shared expert when the model has one (Qwen2-MoE
- * gates it per token with a sigmoid; DeepSeek's is ungated).  g: the gate input [nTokens, dModel]
+ * A MoE layer's FFN: router → top-k experts and their weights (route) → routed experts, plus the
+ * shared expert when the model has one (Qwen2-MoE gates it per token with a sigmoid; DeepSeek's
+ * is ungated).  g: the gate input [nTokens, dModel]
  */
 export function mixtureOfExperts(ctx: ForwardContext, l: number, g: Float32Array, opts: { gatedShared?: boolean } = {}): Float32Array {
   const { cfg } = ctx;
-  const r = route(ctx, l, g, { normTopK: cfg.normTopK, scale: cfg.routedScale });
+  const r = route(ctx, l, g);
   // the shared expert computes while routed experts are still being read from disk
   let shared: Float32Array | null = null;
   const y = moeExperts(ctx, l, g, r, cfg.sharedFf > 0 ? () => { shared = sharedExpert(ctx, l, g, { gated: opts.gatedShared ?? false }); } : undefined);

@@ -6,14 +6,14 @@
  * l+d's router (lookahead), h names l+d's experts less well as d grows, but d layers earlier:
  * where one read outlasts a layer's compute, that is what hides it (calibrateDistance).
  *
- * Decode (one token): the top-k' experts by score. Prefill (many tokens): every token votes for
+ * Decode (one token): the top-k' experts as the model's routing ranks them. Prefill (many tokens): every token votes for
  * its top-k'; experts are ranked by votes (most wanted first), so the prefetcher loads first what
  * most tokens need.
  */
 import type { Backend } from "../backend/backend.js";
 import type { ModelConfig } from "../model/config.js";
+import { ExpertRouter, routerLogits, selectionBias } from "../model/routing.js";
 import type { ModelWeights } from "../model/weights.js";
-import { topKIndices } from "./predictor.js";
 
 export interface LayerPrediction {
   /** experts, most wanted first */
@@ -22,69 +22,79 @@ export interface LayerPrediction {
   readonly votes: number[];
 }
 
+/**
+ * A later layer's router applied to the gate input at hand. Experts are ranked by the model's own
+ * routing (model/routing.ts: gating, selection bias, expert groups), so a prediction of width k
+ * names the experts the model would choose from the same gate input.
+ */
 export class NextLayerRouter {
+  private readonly router: ExpertRouter;
+  /** [nExpert] one row's ranked experts and their selection scores */
+  private readonly ranked: Int32Array;
+  private readonly rankedScores: Float64Array;
+
   constructor(
     private readonly cfg: ModelConfig,
     private readonly weights: ModelWeights,
     private readonly backend: Backend,
-  ) {}
+  ) {
+    this.router = new ExpertRouter(cfg);
+    this.ranked = new Int32Array(cfg.nExpert);
+    this.rankedScores = new Float64Array(cfg.nExpert);
+  }
 
   /** Router logits of `layer` for the rows of h: [nTokens, nExpert]. */
   logits(layer: number, h: Float32Array, nTokens: number): Float32Array {
-    const { nExpert, dModel } = this.cfg;
-    const w = this.weights.matrix(`blk.${layer}.ffn_gate_inp.weight`, nExpert, dModel); // [nExpert, dModel]
-    const out = new Float32Array(nTokens * nExpert);
-    this.backend.matmul(w, h, nTokens, out);
-    return out;
+    return routerLogits(this.backend, this.weights, this.cfg, layer, h, nTokens);
   }
 
   /** router_{layer}(h): layer's experts ranked by votes of the top-`width` per token. */
   predict(layer: number, h: Float32Array, nTokens: number, width: number): LayerPrediction {
-    return this.rank(this.logits(layer, h, nTokens), nTokens, width);
+    return this.rank(layer, this.logits(layer, h, nTokens), nTokens, width);
   }
 
-  /** Experts ranked by votes of the top-`width` of each row of router logits [nTokens, nExpert]. */
-  rank(logits: Float32Array, nTokens: number, width: number): LayerPrediction {
+  /** `layer`'s experts ranked by votes of the top-`width` of each row of its router logits [nTokens, nExpert]. */
+  rank(layer: number, logits: Float32Array, nTokens: number, width: number): LayerPrediction {
     if (nTokens === 1) {
-      const experts = topKIndices(logits, width);
+      const n = this.router.rank(logits, selectionBias(this.weights, this.cfg, layer), width, this.ranked);
+      const experts = Array.from(this.ranked.subarray(0, n));
       return { experts, votes: experts.map(() => 1) };
     }
-    const { votes, score } = this.tally(logits, nTokens, width);
+    const { votes, score } = this.tally(layer, logits, nTokens, width);
     const experts = [...Array(this.cfg.nExpert).keys()].filter((e) => votes[e]! > 0)
       .sort((a, b) => votes[b]! - votes[a]! || score[b]! - score[a]! || a - b);
     return { experts, votes: experts.map((e) => votes[e]!) };
   }
 
-  /** Per expert, how many rows of router logits [nTokens, nExpert] hold it in their top `width`. */
-  votes(logits: Float32Array, nTokens: number, width: number): Float64Array {
-    return this.tally(logits, nTokens, width).votes;
+  /** Per expert, how many rows of `layer`'s router logits [nTokens, nExpert] hold it in their top `width`. */
+  votes(layer: number, logits: Float32Array, nTokens: number, width: number): Float64Array {
+    return this.tally(layer, logits, nTokens, width).votes;
   }
 
-  /** Votes per expert, and summed logits where voted for (the rank's tie-break). */
-  private tally(logits: Float32Array, nTokens: number, width: number): { votes: Float64Array; score: Float64Array } {
+  /** Votes per expert, and summed selection scores where voted for (the rank's tie-break). */
+  private tally(layer: number, logits: Float32Array, nTokens: number, width: number): { votes: Float64Array; score: Float64Array } {
     const nE = this.cfg.nExpert;
+    const bias = selectionBias(this.weights, this.cfg, layer);
     const votes = new Float64Array(nE);
     const score = new Float64Array(nE);
     for (let t = 0; t < nTokens; t++) {
-      const row = logits.subarray(t * nE, (t + 1) * nE);
-      for (const e of topKIndices(row, width)) { votes[e]! += 1; score[e]! += row[e]!; }
+      const n = this.router.rank(logits.subarray(t * nE, (t + 1) * nE), bias, width, this.ranked, this.rankedScores);
+      for (let j = 0; j < n; j++) { votes[this.ranked[j]!]! += 1; score[this.ranked[j]!]! += this.rankedScores[j]!; }
     }
     return { votes, score };
   }
 
   /**
-   * Softmax probabilities of `layer`'s router for each row: the routing weight an expert gets
-   * before top-k renormalisation (used by --lowbit-miss).  → [nTokens, nExpert]
+   * Each expert's routing probability under `layer`'s router for each row, before the chosen
+   * experts' weights are normalised (ExpertRouter.probabilities; used by --lowbit-miss).
+   * → [nTokens, nExpert]
    */
   probabilities(layer: number, h: Float32Array, nTokens: number): Float32Array {
     const nE = this.cfg.nExpert;
     const p = this.logits(layer, h, nTokens);
     for (let t = 0; t < nTokens; t++) {
       const row = p.subarray(t * nE, (t + 1) * nE);
-      let max = -Infinity, sum = 0;
-      for (let e = 0; e < nE; e++) max = Math.max(max, row[e]!);
-      for (let e = 0; e < nE; e++) { row[e] = Math.exp(row[e]! - max); sum += row[e]!; }
-      for (let e = 0; e < nE; e++) row[e]! /= sum;
+      this.router.probabilities(row, row);
     }
     return p;
   }

@@ -96,7 +96,7 @@ function lowbitQuantize(type: GGMLType, x: Float32Array): Uint8Array {
 /** Source types the addon's fused dequantize + Q2_K quantize reads (kernels' dequant_row). */
 const NATIVE_DEQUANT_TYPES: ReadonlySet<GGMLType> = new Set([
   GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0,
-  GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+  GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.MXFP4,
 ]);
 
 /** The native addon when it is built (MOIRA_NO_NATIVE_QUANT=1 forces the TypeScript path). */

@@ -463,12 +463,26 @@ class NextUseModel {
   private readonly last: number[][]; // the layer's latest finished step
   private cur: number[] = [];
   private curLayer = -1;
+  /**
+   * Per layer, the chance of each expert's use at the layer's next step (`chance`), valid while
+   * `cachedAt[layer] === changes[layer]`: a layer's chances change only when its counts or the step
+   * they are conditioned on change, and eviction asks for them hundreds of times in between.
+   */
+  private readonly chance: Float64Array;
+  private readonly changes: Uint32Array;
+  private readonly cachedAt: Uint32Array;
   constructor(private readonly nLayer: number, private readonly nExpert: number, private readonly topK: number, private readonly popDecay: number) {
     this.trans = new Float32Array(nLayer * nExpert * nExpert);
     this.from = new Float32Array(nLayer * nExpert);
     this.pop = new Float32Array(nLayer * nExpert);
     this.steps = new Float32Array(nLayer);
     this.last = Array.from({ length: nLayer }, () => []);
+    this.chance = new Float64Array(nLayer * nExpert);
+    this.changes = new Uint32Array(nLayer).fill(1);
+    this.cachedAt = new Uint32Array(nLayer);
+  }
+  private changed(layer: number): void {
+    if (layer >= 0 && layer < this.nLayer) this.changes[layer] = this.changes[layer]! + 1;
   }
   /** Records an access of `id`; a change of layer ends the current step. */
   access(id: number): void {
@@ -476,6 +490,7 @@ class NextUseModel {
     if (this.cur.includes(e) && layer === this.curLayer) return;
     if (layer !== this.curLayer || this.cur.length >= this.topK) this.endStep(layer);
     this.cur.push(e);
+    this.changed(layer);
   }
   /** Whether the step in progress has used `id`. */
   inStep(id: number): boolean {
@@ -483,7 +498,7 @@ class NextUseModel {
   }
   prime(id: number, weight: number): void {
     const layer = Math.floor(id / this.nExpert);
-    if (layer < this.nLayer) this.pop[id] = this.pop[id]! + weight;
+    if (layer < this.nLayer) { this.pop[id] = this.pop[id]! + weight; this.changed(layer); }
   }
   private endStep(next: number): void {
     const l = this.curLayer, E = this.cur, nE = this.nExpert;
@@ -498,31 +513,43 @@ class NextUseModel {
       this.steps[l] = this.steps[l]! * d + 1;
       this.last[l] = E;
     }
+    // the step a layer's chances are conditioned on moves: `l`'s to its finished step, `next`'s to the new (empty) one
+    this.changed(l);
+    this.changed(next);
     this.curLayer = next;
     this.cur = [];
+  }
+  /** Recomputes a layer's chances: each expert's chance of use at the layer's next step. */
+  private refresh(layer: number): void {
+    const nE = this.nExpert, given = layer === this.curLayer ? this.cur : this.last[layer]!;
+    for (let e = 0; e < nE; e++) {
+      const id = layer * nE + e;
+      const popShare = Math.min(1, (this.pop[id]! + 0.5) / (this.steps[layer]! + 4));
+      let p = popShare;
+      if (given.length > 0) {
+        p = 0;
+        const prior = 2;
+        for (const x of given) p += (this.trans[(layer * nE + x) * nE + e]! + prior * popShare) / (this.from[layer * nE + x]! + prior);
+        p /= given.length;
+      }
+      this.chance[id] = p;
+    }
+    this.cachedAt[layer] = this.changes[layer]!;
   }
   /**
    * Chance that `id` is used at its layer's next step, divided by the square root of how many
    * steps away that is (a slot held longer for the same chance is worth less).
    */
   value(id: number): number {
-    const nE = this.nExpert, layer = Math.floor(id / nE), e = id % nE;
+    const nE = this.nExpert, layer = Math.floor(id / nE);
     if (layer >= this.nLayer) return 0;
-    const popShare = Math.min(1, (this.pop[id]! + 0.5) / (this.steps[layer]! + 4));
-    const given = layer === this.curLayer ? this.cur : this.last[layer]!;
-    let p = popShare;
-    if (given.length > 0) {
-      p = 0;
-      const prior = 2;
-      for (const x of given) p += (this.trans[(layer * nE + x) * nE + e]! + prior * popShare) / (this.from[layer * nE + x]! + prior);
-      p /= given.length;
-    }
+    if (this.cachedAt[layer] !== this.changes[layer]) this.refresh(layer);
     const dist = this.curLayer < 0 ? this.nLayer : ((layer - this.curLayer - 1 + this.nLayer) % this.nLayer) + 1;
-    return p / Math.sqrt(dist);
+    return this.chance[id]! / Math.sqrt(dist);
   }
   reset(): void {
     this.trans.fill(0); this.from.fill(0); this.pop.fill(0); this.steps.fill(0);
-    for (let l = 0; l < this.nLayer; l++) this.last[l] = [];
+    for (let l = 0; l < this.nLayer; l++) { this.last[l] = []; this.changed(l); }
     this.cur = []; this.curLayer = -1;
   }
 }

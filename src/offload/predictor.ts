@@ -39,11 +39,11 @@ export interface Predictor {
 export const PREDICTOR_NAMES = ["none", "eap", "fate"] as const;
 export type PredictorName = (typeof PREDICTOR_NAMES)[number];
 
-/** Indices of the `k` largest scores (ties: lower index first), skipping scores <= `floor`. */
-export function topKIndices(scores: ArrayLike<number>, k: number, floor = -Infinity): number[] {
+/** Indices of the `k` largest counts above 0 (ties: lower index first). */
+function mostActivated(counts: Float64Array, k: number): number[] {
   const idx: number[] = [];
-  for (let i = 0; i < scores.length; i++) if (scores[i]! > floor) idx.push(i);
-  idx.sort((a, b) => scores[b]! - scores[a]! || a - b);
+  for (let i = 0; i < counts.length; i++) if (counts[i]! > 0) idx.push(i);
+  idx.sort((a, b) => counts[b]! - counts[a]! || a - b);
   return idx.slice(0, Math.max(0, k));
 }
 
@@ -99,7 +99,7 @@ export class EapPredictor implements Predictor {
       if (best >= 0) source = this.history[best]!.counts;
     }
     const row = source.subarray(next * this.nExpert, (next + 1) * this.nExpert);
-    return topKIndices(row, ctx.width, 0);
+    return mostActivated(row, ctx.width);
   }
   endRequest(): void {
     if (this.curNorm2 === 0) return;

@@ -660,7 +660,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     const out = new Set<number>();
     if (phase === "prefill" && (lb.prefillMaxTokens ?? 0) > 0) {
       // recompute the layer's routing to count how many tokens want each expert
-      const votes = this.router.votes(this.router.logits(layer, hint.gateInput, hint.nTokens), hint.nTokens, this.cfg.nExpertUsed);
+      const votes = this.router.votes(layer, this.router.logits(layer, hint.gateInput, hint.nTokens), hint.nTokens, this.cfg.nExpertUsed);
       for (const e of missing) if (votes[e]! <= lb.prefillMaxTokens!) out.add(e);
     } else if (phase === "decode" && (lb.missWeight ?? 0) > 0) {
       const p = this.router.probabilities(layer, hint.gateInput, hint.nTokens);
@@ -836,13 +836,13 @@ export class ExpertStore implements ExpertProvider, KvRoom {
       });
     }
     const logits = this.router.logits(layer + d, hint.gateInput, hint.nTokens);
-    const predicted = this.router.rank(logits, hint.nTokens, this.width).experts;
+    const predicted = this.router.rank(layer + d, logits, hint.nTokens, this.width).experts;
     if (phase === "decode") return predicted.slice(0, this.width);
     // --lowbit-prefill N: an expert the prompt's tokens are predicted to want at most N times is
     // read from the low-bit copy when the layer asks for it, so it is not prefetched in full
     const lowMax = this.opts.lowbit?.prefillMaxTokens ?? 0;
     if (lowMax <= 0 || !this.opts.lowbit!.source.tensors.has(layer + d)) return predicted;
-    const votes = this.router.votes(logits, hint.nTokens, this.cfg.nExpertUsed);
+    const votes = this.router.votes(layer + d, logits, hint.nTokens, this.cfg.nExpertUsed);
     return predicted.filter((e) => votes[e]! > lowMax);
   }
 

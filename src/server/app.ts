@@ -1,86 +1,86 @@
 /**
  * OpenAI-compatible HTTP API over one loaded model: /v1/chat/completions, /v1/completions (both
- * with SSE streaming), /v1/models, /health and /metrics (Prometheus text). Requests are validated
- * with zod and answered with OpenAI-style error objects; generations run one at a time on the
- * model's session (a queue), as a single CPU box cannot run two faster than one.
+ * with SSE streaming, usage, logprobs), /v1/models, /health and /metrics (Prometheus text).
+ *
+ * Requests wait in the Scheduler's bounded queue for a slot (429 with Retry-After when it is
+ * full); each runs under its own signal, aborted when the client goes away, when it outlives
+ * `requestTimeoutMs` (counted from its arrival, queue wait included) or when the server shuts
+ * down, and the generation stops within one decode step. A slot keeps its KV cache between
+ * requests: a prompt that begins with what the slot last ran (a conversation sent again with a
+ * new turn) prefills only the rest, and reports the rest as `prompt_tokens_details.cached_tokens`.
  */
-import { Hono } from "hono";
+import { Hono, type Context } from "hono";
 import { streamSSE } from "hono/streaming";
-import { z } from "zod";
-import type { Session } from "../engine/session.js";
+import type { Scheduler, Lease } from "../engine/scheduler.js";
 import type { Tokenizer } from "../engine/tokenizer/index.js";
 import { applyChatTemplate } from "../engine/tokenizer/index.js";
-import { generate, type GenerationStats } from "../engine/generate.js";
-import { MoiraError } from "../errors.js";
+import { MoiraError, QueueFullError } from "../errors.js";
+import { ApiError } from "./api-error.js";
+import { ChatRequest, CompletionRequest, parseRequest } from "./schema.js";
+import { runCompletion, type CompletionOutcome, type CompletionPlan, type Piece, type TokenLogprobs } from "./completion.js";
+import { ServerMetrics } from "./metrics.js";
 
 export interface ServerContext {
   readonly modelId: string;
-  readonly session: Session;
+  /** the slots requests run on, and the queue in front of them */
+  readonly scheduler: Scheduler;
   readonly tokenizer: Tokenizer;
+  /** longest a request may take from its arrival, queue wait included (default 600 s) */
+  readonly requestTimeoutMs?: number;
   /** extra Prometheus lines (e.g. offload statistics) */
   readonly metricsExtra?: () => string;
 }
 
-const common = {
-  model: z.string().optional(),
-  max_tokens: z.number().int().min(0).max(1 << 20).optional(),
-  max_completion_tokens: z.number().int().min(0).max(1 << 20).optional(),
-  temperature: z.number().min(0).max(10).optional(),
-  top_p: z.number().gt(0).max(1).optional(),
-  top_k: z.number().int().min(0).optional(),
-  min_p: z.number().min(0).max(1).optional(),
-  repeat_penalty: z.number().gt(0).optional(),
-  seed: z.number().int().optional(),
-  stop: z.union([z.string(), z.array(z.string()).max(8)]).optional(),
-  stream: z.boolean().optional(),
-  n: z.literal(1).optional(),
-};
+export const DEFAULT_REQUEST_TIMEOUT_S = 600;
+/** Generated tokens when a request gives no max_tokens (always capped by the context left). */
+const DEFAULT_MAX_TOKENS = 256;
 
-const ChatRequest = z.object({
-  ...common,
-  messages: z.array(z.object({
-    role: z.enum(["system", "user", "assistant", "tool"]),
-    content: z.union([z.string(), z.array(z.object({ type: z.literal("text"), text: z.string() }))]),
-  })).min(1),
-});
+/** Why a request ended before its generation did: its client left, its time was up, or the server is shutting down. */
+export type EndCause = "client" | "timeout" | "shutdown";
 
-const CompletionRequest = z.object({
-  ...common,
-  prompt: z.union([z.string(), z.array(z.string()).length(1)]),
-});
+/**
+ * A request's own signal: aborted when its client disconnects or its time is up. Dispose it when
+ * the request ends (clears the timer).
+ */
+class RequestSignal {
+  private readonly controller = new AbortController();
+  private readonly timer: ReturnType<typeof setTimeout>;
+  private readonly onClientGone = () => this.controller.abort("client" satisfies EndCause);
 
-class ApiError extends Error {
-  constructor(readonly status: 400 | 404 | 413 | 500, message: string, readonly type = "invalid_request_error", readonly param: string | null = null) {
-    super(message);
+  constructor(private readonly client: AbortSignal, timeoutMs: number) {
+    client.addEventListener("abort", this.onClientGone, { once: true });
+    this.timer = setTimeout(() => this.controller.abort("timeout" satisfies EndCause), timeoutMs);
+    if (client.aborted) this.onClientGone();
   }
-}
 
-interface Counters {
-  requests: number;
-  errors: number;
-  promptTokens: number;
-  generatedTokens: number;
-  prefillSeconds: number;
-  decodeSeconds: number;
-  lastDecodeTps: number;
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  /** Why the request was ended: its own cause, or else the scheduler's (shutdown). */
+  cause(): EndCause {
+    return this.controller.signal.aborted ? this.controller.signal.reason as EndCause : "shutdown";
+  }
+
+  dispose(): void {
+    clearTimeout(this.timer);
+    this.client.removeEventListener("abort", this.onClientGone);
+  }
 }
 
 export function createApp(ctx: ServerContext): Hono {
   const app = new Hono();
+  const { scheduler, tokenizer } = ctx;
   const created = Math.floor(Date.now() / 1000);
-  const counters: Counters = { requests: 0, errors: 0, promptTokens: 0, generatedTokens: 0, prefillSeconds: 0, decodeSeconds: 0, lastDecodeTps: 0 };
-  let queue: Promise<unknown> = Promise.resolve();
-  /** Runs generations one after another. */
-  const exclusive = <T>(fn: () => Promise<T>): Promise<T> => {
-    const run = queue.then(fn, fn);
-    queue = run.catch(() => undefined);
-    return run;
-  };
+  const timeoutMs = ctx.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_S * 1000;
+  const contextLength = scheduler.slots[0].session.contextLength;
+  const metrics = new ServerMetrics();
 
   app.onError((err, c) => {
-    counters.errors++;
+    metrics.errors++;
     if (err instanceof ApiError) {
-      return c.json({ error: { message: err.message, type: err.type, param: err.param, code: null } }, err.status);
+      if (err.details.retryAfterSeconds !== undefined) c.header("Retry-After", String(err.details.retryAfterSeconds));
+      return c.json(err.body, err.status);
     }
     if (err instanceof MoiraError) {
       return c.json({ error: { message: err.message, type: "invalid_request_error", param: null, code: err.code } }, 400);
@@ -91,137 +91,207 @@ export function createApp(ctx: ServerContext): Hono {
 
   app.get("/health", (c) => c.json({ status: "ok", model: ctx.modelId }));
 
-  app.get("/v1/models", (c) => c.json({ object: "list", data: [{ id: ctx.modelId, object: "model", created, owned_by: "moira" }] }));
+  app.get("/v1/models", (c) => c.json({
+    object: "list",
+    data: [{ id: ctx.modelId, object: "model", created, owned_by: "moira", context_length: contextLength, max_model_len: contextLength }],
+  }));
 
-  app.get("/metrics", (c) => {
-    const lines = [
-      "# HELP moira_requests_total Completion requests received.", "# TYPE moira_requests_total counter", `moira_requests_total ${counters.requests}`,
-      "# HELP moira_request_errors_total Requests answered with an error.", "# TYPE moira_request_errors_total counter", `moira_request_errors_total ${counters.errors}`,
-      "# HELP moira_prompt_tokens_total Prompt tokens processed.", "# TYPE moira_prompt_tokens_total counter", `moira_prompt_tokens_total ${counters.promptTokens}`,
-      "# HELP moira_generated_tokens_total Tokens generated.", "# TYPE moira_generated_tokens_total counter", `moira_generated_tokens_total ${counters.generatedTokens}`,
-      "# HELP moira_prefill_seconds_total Time spent in prefill.", "# TYPE moira_prefill_seconds_total counter", `moira_prefill_seconds_total ${counters.prefillSeconds}`,
-      "# HELP moira_decode_seconds_total Time spent decoding.", "# TYPE moira_decode_seconds_total counter", `moira_decode_seconds_total ${counters.decodeSeconds}`,
-      "# HELP moira_decode_tokens_per_second Decode speed of the last request.", "# TYPE moira_decode_tokens_per_second gauge", `moira_decode_tokens_per_second ${counters.lastDecodeTps}`,
-    ];
-    const extra = ctx.metricsExtra?.() ?? "";
-    return c.text(lines.join("\n") + "\n" + extra, 200, { "content-type": "text/plain; version=0.0.4" });
-  });
+  app.get("/metrics", (c) => c.text(metrics.format(scheduler) + (ctx.metricsExtra?.() ?? ""), 200, { "content-type": "text/plain; version=0.0.4" }));
 
-  async function parse<T extends z.ZodTypeAny>(schema: T, raw: () => Promise<unknown>): Promise<z.infer<T>> {
-    let body: unknown;
+  const readJson = async (c: Context): Promise<unknown> => {
     try {
-      body = await raw();
+      return await c.req.json();
     } catch {
-      throw new ApiError(400, "request body is not valid JSON");
+      throw new ApiError(400, "the request body is not valid JSON");
     }
-    const r = schema.safeParse(body);
-    if (!r.success) {
-      const issue = r.error.issues[0];
-      throw new ApiError(400, `${issue.path.join(".") || "body"}: ${issue.message}`, "invalid_request_error", issue.path.join(".") || null);
-    }
-    return r.data;
-  }
+  };
 
-  type Req = z.infer<typeof CompletionRequest> | z.infer<typeof ChatRequest>;
+  type Sampling = Pick<ChatRequest, "max_tokens" | "temperature" | "top_p" | "top_k" | "min_p" | "repeat_penalty" | "seed" | "stop" | "ignore_eos">;
 
-  function plan(req: Req, prompt: number[]) {
-    const maxTokens = req.max_completion_tokens ?? req.max_tokens ?? 256;
-    const room = ctx.session.contextLength - prompt.length;
+  function plan(req: Sampling & { max_completion_tokens?: number }, prompt: number[], param: string, top: number | undefined): CompletionPlan {
+    const room = contextLength - prompt.length;
     if (room <= 0) {
-      throw new ApiError(400, `the prompt has ${prompt.length} tokens; the context holds ${ctx.session.contextLength}`, "invalid_request_error", "messages");
+      throw new ApiError(400, `the prompt has ${prompt.length} tokens; the context holds ${contextLength}`, { param, code: "context_length_exceeded" });
+    }
+    for (const t of prompt) {
+      if (t >= tokenizer.vocabSize) throw new ApiError(400, `token id ${t} is outside the vocabulary (0..${tokenizer.vocabSize - 1})`, { param });
     }
     return {
-      maxTokens: Math.min(maxTokens, room),
+      prompt,
+      maxTokens: Math.min(req.max_completion_tokens ?? req.max_tokens ?? DEFAULT_MAX_TOKENS, room),
       stops: req.stop === undefined ? [] : Array.isArray(req.stop) ? req.stop : [req.stop],
       sampler: { temperature: req.temperature ?? 1, topP: req.top_p ?? 1, topK: req.top_k ?? 0, minP: req.min_p ?? 0, repeatPenalty: req.repeat_penalty ?? 1, seed: req.seed },
+      logprobs: top === undefined ? undefined : { top },
+      stopTokens: req.ignore_eos ? [] : undefined,
     };
   }
 
+  /** A request in the queue: its own signal, and the slot it waits for. */
+  interface Admitted {
+    readonly request: RequestSignal;
+    readonly waiting: Promise<Lease>;
+    readonly arrived: number;
+  }
+
+  /** Queues the request, or throws the 429 (with Retry-After) when the queue is full. */
+  function admit(c: Context, p: CompletionPlan): Admitted {
+    metrics.requests++;
+    const request = new RequestSignal(c.req.raw.signal, timeoutMs);
+    try {
+      return { request, waiting: scheduler.acquire({ prompt: p.prompt, signal: request.signal }), arrived: performance.now() };
+    } catch (e) {
+      request.dispose();
+      if (!(e instanceof QueueFullError)) throw e;
+      metrics.rejected++;
+      throw new ApiError(429, `the server is busy: ${e.message}`, { type: "rate_limit_error", code: "queue_full", retryAfterSeconds: metrics.retryAfterSeconds(scheduler) });
+    }
+  }
+
   /**
-   * Runs one generation, calling `onText` with each new piece of text (stop strings held back and
-   * cut). Resolves with the full text, finish reason and stats.
+   * Waits for the slot, runs the completion and frees the slot. Resolves with the outcome, and
+   * the cause that ended it early (the client gone, its time up, shutdown) or null; the outcome
+   * is null when it ended while still queued.
    */
-  async function run(req: Req, prompt: number[], onText: (t: string) => Promise<void> | void) {
-    const p = plan(req, prompt);
-    counters.requests++;
-    return exclusive(async () => {
-      ctx.session.reset();
-      // counted however the generation ends (a stop string ends it early): whole steps, as streamed
-      let stats: GenerationStats | undefined;
-      const it = generate(ctx.session, ctx.tokenizer, prompt, { maxTokens: p.maxTokens, ...p.sampler, onStats: (s) => { stats = s; } });
-      let text = "", sent = 0, finish: "stop" | "length" = "length", stopped = false;
-      const holdBack = Math.max(0, ...p.stops.map((s) => s.length - 1));
-      let r = await it.next();
-      while (!r.done) {
-        text += r.value.text;
-        const hit = p.stops.map((s) => text.indexOf(s, Math.max(0, sent - s.length))).filter((i) => i >= 0);
-        if (hit.length > 0) {
-          text = text.slice(0, Math.min(...hit));
-          stopped = true;
-        }
-        const safe = stopped ? text.length : Math.max(sent, text.length - holdBack);
-        if (safe > sent) { await onText(text.slice(sent, safe)); sent = safe; }
-        if (stopped) { await it.return(undefined as never); break; }
-        r = await it.next();
+  async function complete(
+    a: Admitted, p: CompletionPlan, handlers: { onStart?: () => Promise<void>; onPiece?: (piece: Piece) => Promise<void> } = {},
+  ): Promise<{ outcome: CompletionOutcome | null; cause: EndCause | null }> {
+    try {
+      let lease: Lease;
+      try {
+        lease = await a.waiting;
+      } catch {
+        return { outcome: null, cause: metrics.ended(a.request.cause()) };
       }
-      if (stopped || stats?.stopReason === "stop-token") finish = "stop";
-      if (!stopped && text.length > sent) await onText(text.slice(sent));
-      const completion = !stopped && stats ? stats.generatedTokens : ctx.session.position - prompt.length;
-      counters.promptTokens += prompt.length;
-      counters.generatedTokens += completion;
-      if (stats) {
-        counters.prefillSeconds += stats.prefillMs / 1000;
-        counters.decodeSeconds += stats.decodeMs / 1000;
-        counters.lastDecodeTps = stats.decodeTokensPerSecond;
+      try {
+        await handlers.onStart?.();
+        const outcome = await runCompletion(lease, tokenizer, p, handlers.onPiece ?? (() => undefined));
+        metrics.count(outcome.stats);
+        return { outcome, cause: outcome.finishReason === null ? metrics.ended(a.request.cause()) : null };
+      } finally {
+        lease.release();
+        metrics.took((performance.now() - a.arrived) / 1000);
       }
-      return { text, finish, usage: { prompt_tokens: prompt.length, completion_tokens: completion, total_tokens: prompt.length + completion } };
+    } finally {
+      a.request.dispose();
+    }
+  }
+
+  /** The error a request ended before its end gets (the client gone hears nothing, but gets one). */
+  const endedError = (cause: EndCause, outcome: CompletionOutcome | null): ApiError => {
+    const generated = outcome ? `, after ${outcome.stats.generatedTokens} generated tokens` : " while queued";
+    if (cause === "timeout") {
+      return new ApiError(504, `the request timed out after ${timeoutMs / 1000} s (--request-timeout)${generated}`, { type: "server_error", code: "request_timeout" });
+    }
+    if (cause === "shutdown") return new ApiError(503, `the server is shutting down${generated}`, { type: "server_error", code: "shutting_down" });
+    return new ApiError(400, `the client closed the connection${generated}`, { code: "client_closed_request" });
+  };
+
+  const usageOf = (o: CompletionOutcome) => ({
+    prompt_tokens: o.stats.promptTokens,
+    completion_tokens: o.stats.generatedTokens,
+    total_tokens: o.stats.promptTokens + o.stats.generatedTokens,
+    prompt_tokens_details: { cached_tokens: o.stats.cachedTokens },
+  });
+
+  /**
+   * Streams a queued completion as server-sent events: `chunk` wraps a choice (and the usage
+   * field, null on every chunk when usage was asked for) in an event body; `choiceOf` makes the
+   * choice of a piece, or of the final event with the finish reason. A usage event with empty
+   * choices follows when asked for; an error event ends a stream that timed out or was shut down
+   * (nothing is sent to a client that left); then [DONE].
+   */
+  function streamCompletion(
+    c: Context, a: Admitted, p: CompletionPlan, includeUsage: boolean,
+    chunk: (choice: object | null, usage: object | null | undefined) => object,
+    choiceOf: (piece: Piece | null, finishReason: string | null) => object,
+    opening: object | null,
+  ) {
+    const usageField = includeUsage ? null : undefined;
+    return streamSSE(c, async (s) => {
+      const send = (body: object) => s.writeSSE({ data: JSON.stringify(body) });
+      const { outcome, cause } = await complete(a, p, {
+        onStart: async () => { if (opening) await send(chunk(opening, usageField)); },
+        onPiece: (piece) => send(chunk(choiceOf(piece, null), usageField)),
+      });
+      if (cause === "client") return;
+      if (cause !== null || outcome === null) {
+        await send(endedError(cause ?? "shutdown", outcome).body);
+      } else {
+        await send(chunk(choiceOf(null, outcome.finishReason), usageField));
+        if (includeUsage) await send(chunk(null, usageOf(outcome)));
+      }
+      await s.writeSSE({ data: "[DONE]" });
     });
   }
 
   const id = (prefix: string) => `${prefix}-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
 
+  const chatLogprob = (t: TokenLogprobs) => ({
+    token: t.token, logprob: t.logprob, bytes: t.bytes,
+    top_logprobs: t.top.map((a) => ({ token: a.token, logprob: a.logprob, bytes: a.bytes })),
+  });
+
   app.post("/v1/chat/completions", async (c) => {
-    const req = await parse(ChatRequest, () => c.req.json());
-    const messages = req.messages.map((m) => ({ role: m.role, content: typeof m.content === "string" ? m.content : m.content.map((p) => p.text).join("") }));
-    const text = applyChatTemplate(ctx.tokenizer, messages, { addGenerationPrompt: true });
-    const prompt = ctx.tokenizer.encode(text, { addBos: false, parseSpecial: true });
-    if (ctx.tokenizer.bosId !== null && ctx.tokenizer.addBosDefault && prompt[0] !== ctx.tokenizer.bosId) prompt.unshift(ctx.tokenizer.bosId);
+    const req = parseRequest(ChatRequest, await readJson(c));
+    const messages = req.messages.map((m) => ({
+      role: m.role === "developer" ? "system" : m.role,
+      content: m.content === null ? "" : typeof m.content === "string" ? m.content : m.content.map((part) => part.text).join(""),
+    }));
+    const rendered = applyChatTemplate(tokenizer, messages, { addGenerationPrompt: true });
+    const prompt = tokenizer.encode(rendered, { addBos: false, parseSpecial: true });
+    if (tokenizer.bosId !== null && tokenizer.addBosDefault && prompt[0] !== tokenizer.bosId) prompt.unshift(tokenizer.bosId);
+    const p = plan(req, prompt, "messages", req.logprobs ? req.top_logprobs ?? 0 : undefined);
     const cid = id("chatcmpl"), t = Math.floor(Date.now() / 1000);
+    const logprobsOf = (tokens: readonly TokenLogprobs[]) => (p.logprobs ? { content: tokens.map(chatLogprob), refusal: null } : null);
     if (req.stream) {
-      plan(req, prompt); // validate before the stream starts
-      return streamSSE(c, async (s) => {
-        const chunk = (delta: object, finish: string | null) => s.writeSSE({ data: JSON.stringify({ id: cid, object: "chat.completion.chunk", created: t, model: ctx.modelId, choices: [{ index: 0, delta, finish_reason: finish }] }) });
-        await chunk({ role: "assistant", content: "" }, null);
-        const res = await run(req, prompt, (piece) => chunk({ content: piece }, null));
-        await chunk({}, res.finish);
-        await s.writeSSE({ data: "[DONE]" });
+      const chunk = (choice: object | null, usage: object | null | undefined) => ({
+        id: cid, object: "chat.completion.chunk", created: t, model: ctx.modelId, choices: choice ? [choice] : [], ...(usage !== undefined ? { usage } : {}),
       });
+      const choiceOf = (piece: Piece | null, finish: string | null) => piece
+        ? { index: 0, delta: { content: piece.text }, logprobs: logprobsOf(piece.tokens), finish_reason: null }
+        : { index: 0, delta: {}, logprobs: null, finish_reason: finish };
+      const opening = { index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null };
+      return streamCompletion(c, admit(c, p), p, req.stream_options?.include_usage === true, chunk, choiceOf, opening);
     }
-    const res = await run(req, prompt, () => undefined);
+    const { outcome, cause } = await complete(admit(c, p), p);
+    if (cause !== null || outcome === null) throw endedError(cause ?? "shutdown", outcome);
     return c.json({
       id: cid, object: "chat.completion", created: t, model: ctx.modelId,
-      choices: [{ index: 0, message: { role: "assistant", content: res.text }, finish_reason: res.finish }],
-      usage: res.usage,
+      choices: [{ index: 0, message: { role: "assistant", content: outcome.text, refusal: null }, logprobs: logprobsOf(outcome.tokens), finish_reason: outcome.finishReason }],
+      usage: usageOf(outcome),
     });
   });
 
   app.post("/v1/completions", async (c) => {
-    const req = await parse(CompletionRequest, () => c.req.json());
-    const text = Array.isArray(req.prompt) ? req.prompt[0] : req.prompt;
-    const prompt = ctx.tokenizer.encode(text, { addBos: ctx.tokenizer.addBosDefault });
-    if (prompt.length === 0) throw new ApiError(400, "prompt encodes to no tokens", "invalid_request_error", "prompt");
+    const req = parseRequest(CompletionRequest, await readJson(c));
+    const given = Array.isArray(req.prompt) && req.prompt.length === 1 && typeof req.prompt[0] !== "number" ? req.prompt[0] : req.prompt;
+    const prompt = typeof given === "string" ? tokenizer.encode(given, { addBos: tokenizer.addBosDefault }) : [...given as number[]];
+    if (prompt.length === 0) throw new ApiError(400, "prompt: encodes to no tokens", { param: "prompt" });
+    const p = plan(req, prompt, "prompt", req.logprobs);
     const cid = id("cmpl"), t = Math.floor(Date.now() / 1000);
+    // the legacy logprobs: parallel lists, each top_logprobs entry a map that also holds the chosen token
+    const logprobsOf = (tokens: readonly TokenLogprobs[]) => (p.logprobs ? {
+      tokens: tokens.map((x) => x.token),
+      token_logprobs: tokens.map((x) => x.logprob),
+      top_logprobs: tokens.map((x) => Object.fromEntries([...x.top.map((a) => [a.token, a.logprob]), [x.token, x.logprob]])),
+      text_offset: tokens.map((x) => x.offset),
+    } : null);
     if (req.stream) {
-      plan(req, prompt);
-      return streamSSE(c, async (s) => {
-        const chunk = (piece: string, finish: string | null) => s.writeSSE({ data: JSON.stringify({ id: cid, object: "text_completion", created: t, model: ctx.modelId, choices: [{ index: 0, text: piece, finish_reason: finish }] }) });
-        const res = await run(req, prompt, (piece) => chunk(piece, null));
-        await chunk("", res.finish);
-        await s.writeSSE({ data: "[DONE]" });
+      const chunk = (choice: object | null, usage: object | null | undefined) => ({
+        id: cid, object: "text_completion", created: t, model: ctx.modelId, choices: choice ? [choice] : [], ...(usage !== undefined ? { usage } : {}),
       });
+      const choiceOf = (piece: Piece | null, finish: string | null) => piece
+        ? { index: 0, text: piece.text, logprobs: logprobsOf(piece.tokens), finish_reason: null }
+        : { index: 0, text: "", logprobs: null, finish_reason: finish };
+      return streamCompletion(c, admit(c, p), p, req.stream_options?.include_usage === true, chunk, choiceOf, null);
     }
-    const res = await run(req, prompt, () => undefined);
-    return c.json({ id: cid, object: "text_completion", created: t, model: ctx.modelId, choices: [{ index: 0, text: res.text, finish_reason: res.finish }], usage: res.usage });
+    const { outcome, cause } = await complete(admit(c, p), p);
+    if (cause !== null || outcome === null) throw endedError(cause ?? "shutdown", outcome);
+    return c.json({
+      id: cid, object: "text_completion", created: t, model: ctx.modelId,
+      choices: [{ index: 0, text: outcome.text, logprobs: logprobsOf(outcome.tokens), finish_reason: outcome.finishReason }],
+      usage: usageOf(outcome),
+    });
   });
 
   return app;

@@ -53,7 +53,7 @@ export interface NativeAddon {
   moeFfn(x: Float32Array, nTokens: number, d: number, ff: number, types: Int32Array, weights: Uint8Array[],
     offsets: Int32Array, tokens: Int32Array, slotWeights: Float32Array, out: Float32Array, accumulate?: boolean, slotOut?: Float32Array): void;
   getRows(type: number, w: Uint8Array, rows: number, cols: number, ids: Int32Array, out: Float32Array): void;
-  /** n elements of `type` (F32/F16/BF16/Q8_0/Q4_0/Q2_K..Q6_K, whole blocks) into out[0, n) */
+  /** n elements of `type` (F32/F16/BF16/Q8_0/Q4_0/Q2_K..Q6_K/MXFP4, whole blocks) into out[0, n) */
   dequantize(type: number, bytes: Uint8Array, n: number, out: Float32Array): void;
   /** Q2_K of src[0, n) (n a multiple of 256), bit-identical to src/offload/lowbit-quant.ts quantizeQ2K */
   quantizeQ2K(src: Float32Array, n?: number): Uint8Array;

@@ -180,3 +180,16 @@ test("phi-3 special tokens strip the whitespace after them (llama.cpp rstrip)", 
   assert.equal(end.length, 1);
   assert.deepEqual(tok.encode("<|end|>\nHi", { addBos: false, parseSpecial: true }), [end[0]!, ...tok.encode("Hi", { addBos: false })]);
 });
+
+test("tokenBytes: a text's tokens' bytes concatenate to its bytes (SPM byte fallback, BPE byte-level)", { skip: skipWithoutShared }, () => {
+  const text = "Hello wörld 😀 naïve\n\tend";
+  for (const name of ["llama-spm", "deepseek-llm"]) {
+    const tok = vocab(name);
+    const ids = tok.encode(text, { addBos: false });
+    const bytes = Buffer.concat(ids.map((id) => tok.tokenBytes(id)));
+    // SentencePiece puts a space before the text (decode() removes it again)
+    const want = Buffer.from((tok as GGUFTokenizer).kind === "spm" ? " " + text : text);
+    assert.deepEqual(bytes, want, name);
+  }
+  assert.throws(() => vocab("llama-spm").tokenBytes(-1), { name: "InvalidArgumentError" });
+});

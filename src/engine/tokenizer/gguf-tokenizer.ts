@@ -164,6 +164,11 @@ export class GGUFTokenizer implements Tokenizer {
     return this.vocab.tokens[id]!;
   }
 
+  tokenBytes(id: number): Uint8Array {
+    this.checkId(id);
+    return this.pieceBytes(id).slice();
+  }
+
   encode(text: string, opts: EncodeOptions = {}): number[] {
     const addBos = opts.addBos ?? this.addBosDefault;
     const addEos = opts.addEos ?? this.addEosDefault;

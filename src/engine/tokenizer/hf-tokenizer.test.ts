@@ -97,3 +97,12 @@ test("chat templates: ChatML (model's own and fallback) and Llama-2", () => {
   assert.throws(() => applyChatTemplate(llamaLike, [{ role: "assistant", content: "x" }]), { name: "InvalidArgumentError" });
   assert.throws(() => applyChatTemplate(llamaLike, messages, { template: "{% for %}" }), { name: "InvalidArgumentError" });
 });
+
+test("tokenBytes (byte-level BPE): a text's tokens' bytes concatenate to its bytes; added tokens give their text", () => {
+  const tok = qwen();
+  const text = "Hello wörld 😀 naïve\n\tend";
+  const ids = tok.encode(text);
+  assert.deepEqual(Buffer.concat(ids.map((id) => tok.tokenBytes(id))), Buffer.from(text));
+  const imEnd = tok.encode("<|im_end|>", { parseSpecial: true })[0]!;
+  assert.equal(Buffer.from(tok.tokenBytes(imEnd)).toString(), "<|im_end|>");
+});

@@ -7,9 +7,17 @@ import { dirname, join } from "node:path";
 import { Tokenizer as HFTokenizerImpl } from "@huggingface/tokenizers";
 import { FileAccessError, InvalidArgumentError, ModelFormatError } from "../../errors.js";
 import type { DecodeOptions, EncodeOptions, StreamDecoder, Tokenizer } from "./types.js";
+import { byteDecode } from "./unicode.js";
 
 interface AddedTokenJson { id: number; content: string; special?: boolean }
-interface TokenizerJson { added_tokens?: AddedTokenJson[]; model?: { vocab?: Record<string, number> | unknown[] } }
+interface DecoderJson { type?: string; decoders?: DecoderJson[] }
+interface TokenizerJson { added_tokens?: AddedTokenJson[]; model?: { vocab?: Record<string, number> | unknown[] }; decoder?: DecoderJson | null }
+
+const utf8 = new TextEncoder();
+
+/** Whether the decoder (or one in its sequence) maps GPT-2's byte stand-in characters back to bytes. */
+const isByteLevel = (d: DecoderJson | null | undefined): boolean =>
+  d?.type === "ByteLevel" || (d?.decoders ?? []).some(isByteLevel);
 type ConfigToken = string | { content?: string } | null | undefined;
 interface TokenizerConfigJson {
   add_bos_token?: boolean;
@@ -45,6 +53,9 @@ export class HFTokenizer implements Tokenizer {
   /** Special added tokens, longest first, for parseSpecial = false. */
   private readonly specials: string[];
   private readonly eosId: number | null;
+  /** added tokens' texts by id */
+  private readonly addedTexts: ReadonlyMap<number, string>;
+  private readonly byteLevel: boolean;
 
   /** From the parsed JSON objects; see `fromFiles` for paths. */
   constructor(tokenizerJson: object, config: object = {}) {
@@ -65,6 +76,8 @@ export class HFTokenizer implements Tokenizer {
     this.addBosDefault = cfg.add_bos_token === true && this.bosId !== null;
     this.addEosDefault = cfg.add_eos_token === true && this.eosId !== null;
     const added = tj.added_tokens ?? [];
+    this.addedTexts = new Map(added.map((t) => [t.id, t.content]));
+    this.byteLevel = isByteLevel(tj.decoder);
     this.specials = added.filter((t) => t.special).map((t) => t.content).sort((a, b) => b.length - a.length);
     const eos = new Set<number>();
     if (this.eosId !== null) eos.add(this.eosId);
@@ -124,6 +137,28 @@ export class HFTokenizer implements Tokenizer {
   tokenText(id: number): string {
     this.checkId(id);
     return this.impl.id_to_token(id) ?? "";
+  }
+
+  /**
+   * Added tokens: their text. Byte-fallback pieces (`<0x0A>`): their byte. Byte-level BPE (GPT-2's
+   * stand-in characters): the bytes they stand for. Other decoders (Metaspace, WordPiece): the
+   * text the token adds after a copy of itself, so that a leading space a decoder strips at the
+   * start of a text is kept.
+   */
+  tokenBytes(id: number): Uint8Array {
+    this.checkId(id);
+    const added = this.addedTexts.get(id);
+    if (added !== undefined) return utf8.encode(added);
+    const piece = this.impl.id_to_token(id) ?? "";
+    const byte = /^<0x([0-9A-Fa-f]{2})>$/.exec(piece);
+    if (byte) return Uint8Array.of(parseInt(byte[1]!, 16));
+    if (this.byteLevel) {
+      const out: number[] = [];
+      byteDecode(piece, out);
+      return Uint8Array.from(out);
+    }
+    const once = this.decode([id]);
+    return utf8.encode(this.decode([id, id]).slice(once.length));
   }
 
   /**

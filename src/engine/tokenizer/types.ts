@@ -44,6 +44,12 @@ export interface Tokenizer {
   decode(ids: readonly number[], opts?: DecodeOptions): string;
   /** The token's raw vocabulary entry (`▁the`, `Ġthe`, `<0x0A>`, `<|im_end|>`). */
   tokenText(id: number): string;
+  /**
+   * The UTF-8 bytes the token adds to a text it is in the middle of (`▁the` → " the", `<0x0A>` →
+   * [10], a control token → its text): a byte-fallback token's byte is there even when it is only
+   * part of a character, so the bytes of consecutive tokens concatenate to their text's bytes.
+   */
+  tokenBytes(id: number): Uint8Array;
   /** A streaming decoder: the concatenation of its outputs equals decode() of all its ids. */
   createStreamDecoder(opts?: DecodeOptions): StreamDecoder;
   /** The model's Jinja chat template (tokenizer.chat_template), or null when it has none. */

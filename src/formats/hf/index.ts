@@ -15,7 +15,7 @@ import { materialize } from "./convert-tensor.js";
 import { planTensors, type SourceTensor, type TensorPlan } from "./tensor-names.js";
 import { convertHFTokenizer } from "./tokenizer.js";
 
-export { hfConfigToGGUFMetadata, parseHFConfig, readHFConfig, HF_MODEL_TYPES, type GGUFArch, type HFModelConfig, type MLAConfig, type MLALayout } from "./config.js";
+export { hfConfigToGGUFMetadata, parseHFConfig, readHFConfig, HF_MODEL_TYPES, type HFModelConfig, type MLAConfig, type MLALayout } from "./config.js";
 export { mapTensorName, planTensors, type TensorPlan, type TensorRecipe, type SourceTensor } from "./tensor-names.js";
 export { permuteQKRows } from "./convert-tensor.js";
 export { convertHFTokenizer, LLAMA_CPP_CHECK_TEXT, type HFTokenizerConversion } from "./tokenizer.js";

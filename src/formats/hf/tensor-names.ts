@@ -1,5 +1,6 @@
 /**
- * The one place where Hugging Face tensor names become GGUF names.
+ * The one place where Hugging Face tensor names become GGUF names (each architecture converts
+ * the tensors that are its own, such as DeepSeek-V2's kv_b_proj, in its file: `hf.planTensor`).
  *
  * `planTensors` turns a checkpoint's tensor list into the tensor list llama.cpp's converter would
  * write: each GGUF tensor with its dims, type and a recipe (which HF tensors, which
@@ -10,6 +11,7 @@
  * [n_expert, rows, cols] are GGUF [cols, rows, n_expert].
  */
 import { ModelFormatError } from "../../errors.js";
+import { architectureFor } from "../../model/registry.js";
 import { GGMLType } from "../quant/types.js";
 import type { SafetensorsDType } from "../safetensors/reader.js";
 import type { HFModelConfig, MLALayout } from "./config.js";
@@ -58,6 +60,14 @@ export interface TensorPlan {
   readonly recipe: TensorRecipe;
 }
 
+/** What an architecture's `hf.planTensor` plans its tensors with. */
+export interface HFTensorPlanner {
+  /** Plans GGUF tensor `name`, of torch shape `torchShape`, made from `sources` by `recipe`. */
+  add(name: string, torchShape: readonly number[], sources: SourceTensor[], recipe: TensorRecipe): void;
+  /** Throws ModelFormatError naming `t` when its torch shape is not `expected` (`why`: the config fields that say so). */
+  requireShape(t: SourceTensor, expected: readonly number[], why: string): void;
+}
+
 const COPY: TensorRecipe = { kind: "copy" };
 
 /** Top-level names. */
@@ -80,7 +90,7 @@ const LAYER_NAMES: ReadonlyMap<string, string> = new Map([
   // routers
   ["block_sparse_moe.gate", "ffn_gate_inp"],
   ["mlp.gate", "ffn_gate_inp"],
-  ["mlp.gate.e_score_correction", "ffn_exp_probs_b"],
+  ["mlp.gate.e_score_correction", "exp_probs_b"],
   // shared experts: Qwen2-MoE (one, with a sigmoid gate) and DeepSeek (n_shared_experts fused)
   ["mlp.shared_expert.gate_proj", "ffn_gate_shexp"],
   ["mlp.shared_expert.up_proj", "ffn_up_shexp"],
@@ -120,7 +130,7 @@ export function mapTensorName(hfName: string): string | null {
   if (!m) {
     // DeepSeek-V3's router bias has no .weight/.bias suffix in HF
     const e = /^model\.layers\.(\d+)\.mlp\.gate\.e_score_correction_bias$/.exec(hfName);
-    return e ? `blk.${e[1]}.ffn_exp_probs_b.bias` : null;
+    return e ? `blk.${e[1]}.exp_probs_b.bias` : null;
   }
   const base = LAYER_NAMES.get(m[2]);
   return base ? `blk.${m[1]}.${base}.${m[3]}` : null;
@@ -169,6 +179,8 @@ export function planTensors(sources: ReadonlyMap<string, SourceTensor>, cfg: HFM
     plans.set(name, { name, type, dims, nbytes, sources: srcs.map((s) => s.name), sourceDtype: dtype, recipe });
   };
 
+  const planner: HFTensorPlanner = { add, requireShape };
+  const { hf } = architectureFor(cfg.arch);
   const H = cfg.hiddenSize;
   // experts[layer][part][expert]
   const perExpert = new Map<number, Record<"gate" | "up" | "down", Map<number, SourceTensor>>>();
@@ -179,14 +191,13 @@ export function planTensors(sources: ReadonlyMap<string, SourceTensor>, cfg: HFM
     if (name.endsWith("rotary_emb.inv_freq")) continue; // recomputed from rope.freq_base
     const layerMatch = /^model\.layers\.(\d+)\.(.+)$/.exec(name);
     const layer = layerMatch ? Number(layerMatch[1]) : -1;
+    const rest = layerMatch ? layerMatch[2] : "";
+    if (hf.planTensor?.(t, { layer, rest }, cfg, planner, options) !== undefined) continue; // "planned" or "dropped" by the architecture
     if (layerMatch && layer >= cfg.nLayer) {
-      // DeepSeek multi-token-prediction layers sit after the last block; llama.cpp drops them.
-      if (cfg.arch === "deepseek2" || cfg.arch === "deepseek") continue;
       throw new ModelFormatError(`tensor ${name}: layer ${layer} but config.json says num_hidden_layers ${cfg.nLayer}`);
     }
     if (name === "lm_head.weight" && cfg.tieWordEmbeddings) continue; // tied: the architecture reuses token_embd
 
-    const rest = layerMatch ? layerMatch[2] : "";
     const expert = /^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$/.exec(rest);
     if (expert) {
       const e = Number(expert[1]);
@@ -203,19 +214,6 @@ export function planTensors(sources: ReadonlyMap<string, SourceTensor>, cfg: HFM
       if (pk[1] === "gate_up_proj") p.gateUp = t; else p.down = t;
       continue;
     }
-    if (/^self_attn\.kv_b_proj\.weight$/.test(rest) && cfg.mla) {
-      const { qkNopeHeadDim: nope, vHeadDim: v, kvLoraRank } = cfg.mla;
-      const nHead = cfg.nHead;
-      requireShape(t, [nHead * (nope + v), kvLoraRank], "num_attention_heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank");
-      if ((options.mlaLayout ?? "kv_b") === "kv_b") {
-        add(`blk.${layer}.attn_kv_b.weight`, t.shape, [t], COPY);
-        continue;
-      }
-      add(`blk.${layer}.attn_k_b.weight`, [nHead, kvLoraRank, nope], [t], { kind: "kv-b-k", nHead, nope, v });
-      add(`blk.${layer}.attn_v_b.weight`, [nHead, v, kvLoraRank], [t], { kind: "kv-b-v", nHead, nope, v });
-      continue;
-    }
-
     const gguf = mapTensorName(name);
     if (gguf === null) throw new ModelFormatError(`tensor ${name}: no GGUF name for it in a ${cfg.modelType} checkpoint (llama.cpp's converter would refuse it too)`);
     checkShape(t, gguf, cfg);
@@ -283,7 +281,6 @@ function checkShape(t: SourceTensor, gguf: string, cfg: HFModelConfig): void {
     case "ffn_gate_inp_shexp.weight":
       return requireShape(t, [1, H], "1, hidden_size");
   }
-  if (cfg.mla) return;
   const qRows = cfg.nHead * cfg.headDim;
   const kvRows = cfg.nHeadKv * cfg.headDim;
   switch (base) {

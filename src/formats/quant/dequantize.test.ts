@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { GGMLType, rowBytes } from "./types.js";
-import { bf16ToFp32, dequantize, fp16ToFp32, fp32ToBf16, fp32ToFp16, roundHalfEven } from "./dequantize.js";
+import { bf16ToFp32, dequantize, e8m0Half, fp16ToFp32, fp32ToBf16, fp32ToFp16, KVALUES_MXFP4, roundHalfEven } from "./dequantize.js";
 import { InvalidArgumentError, UnsupportedError } from "../../errors.js";
 
 /** Writes f16 `v` (must be exactly representable) at b[o..o+2). */
@@ -214,9 +214,42 @@ test("Q3_K block: 6-bit scales - 32, 2 low bits + inverted high bit", () => {
   for (let i = 0; i < 256; i++) assert.equal(y[i], 0.125 * (sc[i >> 4]! - 32) * q[i]!, `Q3_K element ${i}`);
 });
 
+test("MXFP4 block: E8M0 exponent byte, then e2m1 codes (low nibbles 0-15, high 16-31) doubled, scale halved", () => {
+  // the e2m1 values 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives; code 8 is -0
+  const e2m1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, 0, -0.5, -1, -1.5, -2, -3, -4, -6];
+  for (let c = 0; c < 16; c++) assert.equal(KVALUES_MXFP4[c], 2 * e2m1[c]!);
+  const b = new Uint8Array(17 * 2);
+  b[0] = 127; // 2^0: the codes' own values
+  b[17] = 120; // 2^-7
+  for (let j = 0; j < 16; j++) { b[1 + j] = j | ((15 - j) << 4); b[18 + j] = ((j * 5) & 0xf) | ((j * 3 + 1) & 0xf) << 4; }
+  const y = dequantize(GGMLType.MXFP4, b, 64);
+  for (let j = 0; j < 16; j++) {
+    assert.equal(y[j], e2m1[j]);
+    assert.equal(y[16 + j], e2m1[15 - j]);
+    assert.equal(y[32 + j], e2m1[(j * 5) & 0xf]! * 2 ** -7);
+    assert.equal(y[48 + j], e2m1[(j * 3 + 1) & 0xf]! * 2 ** -7);
+  }
+  assert.ok(Object.is(y[8], 0), "code 8 (-0) decodes to +0, as ggml's int8 table gives");
+});
+
+test("MXFP4 exponent byte: every e is 2^(e-128) exactly, the subnormals and the top one included", () => {
+  const b = new Uint8Array(17 * 256);
+  for (let e = 0; e < 256; e++) { b[17 * e] = e; b[17 * e + 1] = 0x71; } // element 0: code 1 (1), element 16: code 7 (12)
+  const y = dequantize(GGMLType.MXFP4, b, 32 * 256);
+  for (let e = 0; e < 256; e++) {
+    assert.equal(e8m0Half(e), 2 ** (e - 128));
+    assert.equal(y[32 * e], Math.fround(2 ** (e - 128)), `e=${e}`);
+    assert.equal(y[32 * e + 16], Math.fround(12 * 2 ** (e - 128)), `e=${e}`); // Infinity past float32's range, as ggml's float product
+    assert.equal(y[32 * e + 1], 0);
+  }
+  assert.equal(y[32 * 0], 2 ** -128); // subnormal, exact
+  assert.equal(y[32 * 255 + 16], Infinity);
+});
+
 test("dequantize checks sizes and types", () => {
   assert.throws(() => dequantize(GGMLType.Q4_K, new Uint8Array(143), 256), InvalidArgumentError);
   assert.throws(() => dequantize(GGMLType.Q8_0, new Uint8Array(34), 31), UnsupportedError);
+  assert.throws(() => dequantize(GGMLType.MXFP4, new Uint8Array(16), 32), InvalidArgumentError);
   assert.throws(() => dequantize(GGMLType.Q8_K, new Uint8Array(292), 256), UnsupportedError);
   assert.throws(() => dequantize(GGMLType.F32, new Uint8Array(8), 2, new Float32Array(1)), InvalidArgumentError);
   const out = new Float32Array(40);

@@ -75,13 +75,27 @@ export function fp32ToBf16(value: number): number {
   return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
+/**
+ * ggml's kvalues_mxfp4: the 16 e2m1 (FP4) codes, doubled so they are integers. Bit 3 is the sign
+ * (code 8 is -0); the block scale is halved to match (e8m0Half).
+ */
+export const KVALUES_MXFP4: Int8Array = Int8Array.of(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+
+/**
+ * ggml's GGML_E8M0_TO_FP32_HALF: half the value 2^(e-127) of an E8M0 exponent byte, i.e. 2^(e-128),
+ * exact in float32 for every e (e = 0 and 1 are the subnormals 2^-128 and 2^-127).
+ */
+export function e8m0Half(e: number): number {
+  return 2 ** ((e & 0xff) - 128);
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /** Types `dequantize` handles. */
 export const DEQUANTIZE_TYPES: readonly GGMLType[] = [
   GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1,
   GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,
-  GGMLType.Q6_K,
+  GGMLType.Q6_K, GGMLType.MXFP4,
 ];
 
 const F16 = FP16_TABLE;
@@ -130,6 +144,7 @@ export function dequantize(type: GGMLType, src: Uint8Array, n: number, out?: Flo
     case GGMLType.Q4_K: dequantQ4_K(src, n, y); break;
     case GGMLType.Q5_K: dequantQ5_K(src, n, y); break;
     case GGMLType.Q6_K: dequantQ6_K(src, n, y); break;
+    case GGMLType.MXFP4: dequantMXFP4(src, n, y); break;
     default:
       throw new UnsupportedError(`dequantize: tensor type ${typeName(type)} is not supported (supported: ${DEQUANTIZE_TYPES.map(typeName).join(", ")})`);
   }
@@ -158,6 +173,20 @@ function dequantQ4_0(b: Uint8Array, n: number, y: Float32Array): void {
       const q = b[o + 2 + j]!;
       y[k + j] = ((q & 0xf) - 8) * d;
       y[k + j + 16] = ((q >> 4) - 8) * d;
+    }
+  }
+}
+
+// block_mxfp4 (17 B): e u8 (E8M0 exponent) | qs[16]: element j in the low nibble of qs[j], j+16 in
+// the high one.  y = kvalues_mxfp4[q] * 2^(e-128)  (a power of two times a small integer: exact)
+function dequantMXFP4(b: Uint8Array, n: number, y: Float32Array): void {
+  const kv = KVALUES_MXFP4;
+  for (let o = 0, k = 0; k < n; o += 17, k += 32) {
+    const d = e8m0Half(b[o]!);
+    for (let j = 0; j < 16; j++) {
+      const q = b[o + 1 + j]!;
+      y[k + j] = kv[q & 0xf]! * d;
+      y[k + j + 16] = kv[q >> 4]! * d;
     }
   }
 }

@@ -7,7 +7,7 @@
  */
 import { InvalidArgumentError, UnsupportedError } from "../../errors.js";
 import { GGMLType, rowBytes, typeInfo, typeName } from "./types.js";
-import { fp32ToBf16, fp32ToFp16, FP16_TABLE, scaleMinK4 } from "./dequantize.js";
+import { e8m0Half, fp32ToBf16, fp32ToFp16, FP16_TABLE, KVALUES_MXFP4, scaleMinK4 } from "./dequantize.js";
 
 const f = Math.fround;
 const QK_K = 256;
@@ -17,7 +17,7 @@ const GROUP_MAX_EPS = 1e-15;
 /** Types `quantize` can produce. */
 export const QUANTIZE_TYPES: readonly GGMLType[] = [
   GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0,
-  GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+  GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.MXFP4,
 ];
 
 /**
@@ -53,6 +53,7 @@ export function quantize(type: GGMLType, src: Float32Array): Uint8Array {
     case GGMLType.Q4_K: quantQ4_K(src, out); break;
     case GGMLType.Q5_K: quantQ5_K(src, out); break;
     case GGMLType.Q6_K: quantQ6_K(src, out); break;
+    case GGMLType.MXFP4: quantMXFP4(src, out); break;
   }
   return out;
 }
@@ -121,6 +122,45 @@ function quantQ4_0(x: Float32Array, out: Uint8Array): void {
       const q1 = Math.min(15, Math.trunc(f(x1 + 8.5)));
       out[o + 2 + j] = q0 | (q1 << 4);
     }
+  }
+}
+
+/**
+ * The E8M0 exponent quantize_row_mxfp4_ref gives a block of largest magnitude amax > 0:
+ * (uint8_t)(floorf(log2f(amax)) - 2 + 127), so that 12 * 2^(e-128) = 1.5 * 2^floor(log2 amax) spans
+ * the block. log2f is rounded to float32 before the floor (amax just below 2^k takes k). Blocks
+ * with amax < 2^-125 give a negative value, which the float-to-uint8 conversion of the x86-64
+ * build (cvttss2si, low byte kept) wraps to 255 and below; infinity gives 0 there.
+ */
+function mxfp4Exponent(amax: number): number {
+  const v = Math.floor(f(Math.log2(amax))) + 125;
+  return Number.isFinite(v) ? v & 0xff : 0;
+}
+
+/** ggml's best_index_mxfp4: the first code of least |kv * d - x|, differences rounded to float32. */
+function bestIndexMXFP4(x: number, d: number): number {
+  let best = 0;
+  let bestErr = Math.abs(f(f(KVALUES_MXFP4[0]! * d) - x));
+  for (let i = 1; i < 16; i++) {
+    const err = Math.abs(f(f(KVALUES_MXFP4[i]! * d) - x));
+    if (err < bestErr) { best = i; bestErr = err; }
+  }
+  return best;
+}
+
+// quantize_row_mxfp4_ref: the exponent from the block's largest magnitude (mxfp4Exponent), then
+// each element to its nearest code (bestIndexMXFP4). Layout: see dequantMXFP4.
+function quantMXFP4(x: Float32Array, out: Uint8Array): void {
+  for (let k = 0, o = 0; k < x.length; k += 32, o += 17) {
+    let amax = 0;
+    for (let j = 0; j < 32; j++) {
+      const a = Math.abs(x[k + j]!);
+      if (amax < a) amax = a; // NaN never compares: skipped, as in ggml
+    }
+    const e = amax > 0 ? mxfp4Exponent(amax) : 0;
+    const d = e8m0Half(e);
+    out[o] = e;
+    for (let j = 0; j < 16; j++) out[o + 1 + j] = bestIndexMXFP4(x[k + j]!, d) | (bestIndexMXFP4(x[k + 16 + j]!, d) << 4);
   }
 }
 

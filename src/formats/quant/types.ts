@@ -26,6 +26,7 @@ export enum GGMLType {
   I64 = 27,
   F64 = 28,
   BF16 = 30,
+  MXFP4 = 39,
 }
 
 export interface TypeInfo {
@@ -58,12 +59,13 @@ export const TYPE_INFO: ReadonlyMap<GGMLType, TypeInfo> = new Map<GGMLType, Type
   [GGMLType.I64, { name: "I64", blockSize: 1, typeSize: 8 }],
   [GGMLType.F64, { name: "F64", blockSize: 1, typeSize: 8 }],
   [GGMLType.BF16, { name: "BF16", blockSize: 1, typeSize: 2 }],
+  [GGMLType.MXFP4, { name: "MXFP4", blockSize: 32, typeSize: 17 }],
 ]);
 
 /** Types moira can compute with (dequantize); Q2_K / Q3_K are dequantize-only (no quantize). */
 export const COMPUTE_TYPES: readonly GGMLType[] = [
   GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0,
-  GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.Q2_K, GGMLType.Q3_K,
+  GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.MXFP4,
 ];
 
 export function typeInfo(type: GGMLType): TypeInfo {

@@ -3,15 +3,22 @@
  * `leading_dense_block_count` layers dense, the rest MoE with shared experts; routing weights
  * optionally renormalised (norm_topk_prob) and scaled by routed_scaling_factor.
  */
-import type { Architecture } from "../architecture.js";
-import { commonConfig } from "../architecture.js";
-import { validateConfig } from "../config.js";
+import type { Architecture, ExpectedTensor } from "../architecture.js";
+import { blockNormTensors, commonConfig, ffnTensors, modelTensors } from "../architecture.js";
+import { validateConfig, type ModelConfig } from "../config.js";
 import { addInPlace, attentionBlock, denseFfn, mixtureOfExperts, mlaAttention } from "../steps.js";
-import { ModelFormatError, UnsupportedError } from "../../errors.js";
+import { deepseekFfn, dropMtpLayers } from "./deepseek.js";
+import { InvalidArgumentError, ModelFormatError, UnsupportedError } from "../../errors.js";
+import { bool, f32, u32, type ArchKeys } from "../../formats/metadata-value.js";
+import type { Fields, HFModelConfig, MetadataOptions } from "../../formats/hf/config.js";
+import { ffnLayout, NORM, normLayout, proj, type TensorSink } from "../../tools/make-model/layout.js";
+import { TINY_SHAPE, type ModelShape } from "../../tools/make-model/shape.js";
+
+/** llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE ids (softmax: DeepSeek-V2, sigmoid: V3). */
+const EXPERT_GATING_FUNC = { softmax: 1, sigmoid: 2 } as const;
 
 export const deepseek2: Architecture = {
   name: "deepseek2",
-  hfModelTypes: ["deepseek_v2"],
   description: "DeepSeek-V2 (MLA)",
   config(md, tensors) {
     const { m, ...c } = commonConfig("deepseek2", md, tensors);
@@ -36,8 +43,184 @@ export const deepseek2: Architecture = {
       mla: { qLoraRank: m.num("attention.q_lora_rank", 0), kvLoraRank, qkNopeDim: headDimK - ropeDim, qkRopeDim: ropeDim, vHeadDim: headDimV },
     });
   },
+  tensors(c) {
+    return modelTensors(c, (l) => [...blockNormTensors(c, l), ...mlaTensors(c, l), ...ffnTensors(c, l)]);
+  },
   layer(ctx, l, x) {
     const g = attentionBlock(ctx, l, x, mlaAttention); // gate input
     addInPlace(x, l < ctx.cfg.leadingDense ? denseFfn(ctx, l, g) : mixtureOfExperts(ctx, l, g));
   },
+  hf: {
+    modelTypes: ["deepseek_v2"],
+    defaults: { ropeTheta: 10000, rmsEps: 1e-6 },
+    permuteQK: false,
+    parse(f, base) {
+      const ffn = deepseekFfn(f, base);
+      return {
+        ...ffn,
+        mla: {
+          qLoraRank: f.optionalInt("q_lora_rank"),
+          kvLoraRank: f.positiveInt("kv_lora_rank"),
+          qkNopeHeadDim: f.positiveInt("qk_nope_head_dim"),
+          qkRopeHeadDim: f.positiveInt("qk_rope_head_dim"),
+          vHeadDim: f.positiveInt("v_head_dim"),
+        },
+      };
+    },
+    metadata: hfMetadata,
+    yarnMetadata: (rs) => typeof rs.mscale_all_dim === "number" ? [["rope.scaling.yarn_log_multiplier", f32(0.1 * rs.mscale_all_dim)]] : [],
+    planTensor(t, at, cfg, planner, options) {
+      if (dropMtpLayers(at, cfg)) return "dropped";
+      const { qkNopeHeadDim: nope, vHeadDim: v, kvLoraRank } = cfg.mla!;
+      const nHead = cfg.nHead;
+      if (at.rest === "self_attn.kv_b_proj.weight") {
+        planner.requireShape(t, [nHead * (nope + v), kvLoraRank], "num_attention_heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank");
+        if ((options.mlaLayout ?? "kv_b") === "kv_b") {
+          planner.add(`blk.${at.layer}.attn_kv_b.weight`, t.shape, [t], { kind: "copy" });
+        } else {
+          planner.add(`blk.${at.layer}.attn_k_b.weight`, [nHead, kvLoraRank, nope], [t], { kind: "kv-b-k", nHead, nope, v });
+          planner.add(`blk.${at.layer}.attn_v_b.weight`, [nHead, v, kvLoraRank], [t], { kind: "kv-b-v", nHead, nope, v });
+        }
+        return "planned";
+      }
+      // MLA's q and output projections are not plain attention's shapes, which the generic
+      // mapping checks: copied as they are (Model.open checks them against the GGUF config)
+      const qo = /^self_attn\.(q_proj|o_proj)\.(weight|bias)$/.exec(at.rest);
+      if (qo) {
+        planner.add(`blk.${at.layer}.${qo[1] === "q_proj" ? "attn_q" : "attn_output"}.${qo[2]}`, t.shape, [t], { kind: "copy" });
+        return "planned";
+      }
+      return undefined;
+    },
+  },
+  makeModel: {
+    presets: {
+      "tiny-deepseek2": {
+        ...TINY_SHAPE, arch: "deepseek2", layers: 3, kvHeads: 4, leadingDense: 1, denseDFf: 512, sharedDFf: 256, normEps: 1e-6,
+        mla: { qLoraRank: 0, kvLoraRank: 256, qkNopeHeadDim: 64, qkRopeHeadDim: 32, vHeadDim: 64 },
+      },
+      "deepseek-v2-lite": {
+        arch: "deepseek2", layers: 27, dModel: 2048, heads: 16, kvHeads: 16, headDim: 128, experts: 64, topK: 6, dFf: 1408,
+        sharedDFf: 2816, leadingDense: 1, denseDFf: 10944, vocab: 102400, context: 32768, ropeTheta: 10000, normEps: 1e-6,
+        tiedEmbeddings: false, mla: { qLoraRank: 0, kvLoraRank: 512, qkNopeHeadDim: 128, qkRopeHeadDim: 64, vHeadDim: 128 },
+      },
+    },
+    defaultPreset: "tiny-deepseek2",
+    // MLA sizes are in `mla`, not d_model / heads; no kv heads of its own; shared experts are
+    // whole experts, so they follow --d-ff
+    resolveShape: (shape, { base, flags }) => ({
+      ...shape,
+      headDim: base.headDim,
+      kvHeads: flags.kvHeads ?? shape.heads,
+      sharedDFf: flags.sharedDFf ?? (flags.dFf !== undefined ? (base.sharedDFf / base.dFf) * flags.dFf : base.sharedDFf),
+    }),
+    validateShape(s) {
+      const bad = (msg: string): never => { throw new InvalidArgumentError(`make-model: ${msg}`); };
+      if (s.sharedDFf % s.dFf !== 0) bad(`deepseek2 shared experts are whole experts: --shared-d-ff ${s.sharedDFf} must be a multiple of --d-ff ${s.dFf}`);
+      if (s.leadingDense >= s.layers) bad(`deepseek2 needs at least one MoE layer after ${s.leadingDense} dense one(s): raise --layers`);
+    },
+    block(s, l, add) {
+      const b = `blk.${l}.`;
+      normLayout(s, `${b}attn_norm.weight`, add);
+      mlaLayout(s, b, add);
+      normLayout(s, `${b}ffn_norm.weight`, add);
+      ffnLayout(s, l, b, add);
+    },
+    metadata: (s) => {
+      const m = s.mla!;
+      // MLA runs as MQA over the compressed cache: one kv head of width kv_lora + rope (k) and
+      // kv_lora (v); the per-head sizes of the decompressed view are the *_mla keys.
+      return [
+        ["feed_forward_length", u32(s.denseDFf)],
+        ["leading_dense_block_count", u32(s.leadingDense)],
+        ["expert_feed_forward_length", u32(s.dFf)],
+        ["expert_shared_count", u32(s.sharedDFf / s.dFf)],
+        ["expert_weights_scale", f32(1)],
+        ["expert_weights_norm", bool(false)],
+        ["expert_gating_func", u32(EXPERT_GATING_FUNC.softmax)],
+        ["attention.head_count_kv", u32(1)],
+        ["attention.q_lora_rank", u32(m.qLoraRank)],
+        ["attention.kv_lora_rank", u32(m.kvLoraRank)],
+        ["attention.key_length", u32(m.kvLoraRank + m.qkRopeHeadDim)],
+        ["attention.value_length", u32(m.kvLoraRank)],
+        ["attention.key_length_mla", u32(m.qkNopeHeadDim + m.qkRopeHeadDim)],
+        ["attention.value_length_mla", u32(m.vHeadDim)],
+        ["rope.dimension_count", u32(m.qkRopeHeadDim)],
+      ];
+    },
+  },
 };
+
+/** MLA's tensors; the latent → per-head k/v projection is attn_kv_b or, in newer llama.cpp files, split per head. */
+function mlaTensors(c: ModelConfig, l: number): ExpectedTensor[] {
+  const b = (n: string) => `blk.${l}.${n}`;
+  const m = c.mla!, dK = m.qkNopeDim + m.qkRopeDim;
+  const t: ExpectedTensor[] = m.qLoraRank > 0
+    ? [{ name: b("attn_q_a.weight"), dims: [c.dModel, m.qLoraRank] }, { name: b("attn_q_a_norm.weight"), dims: [m.qLoraRank] },
+      { name: b("attn_q_b.weight"), dims: [m.qLoraRank, c.nHead * dK] }]
+    : [{ name: b("attn_q.weight"), dims: [c.dModel, c.nHead * dK] }];
+  t.push({ name: b("attn_kv_a_mqa.weight"), dims: [c.dModel, m.kvLoraRank + m.qkRopeDim] },
+    { name: b("attn_kv_a_norm.weight"), dims: [m.kvLoraRank] },
+    {
+      name: b("attn_kv_b.weight"), dims: [m.kvLoraRank, c.nHead * (m.qkNopeDim + m.vHeadDim)],
+      // newer llama.cpp files split attn_kv_b per head instead (k part transposed)
+      orElse: [{ name: b("attn_k_b.weight"), dims: [m.qkNopeDim, m.kvLoraRank, c.nHead] }, { name: b("attn_v_b.weight"), dims: [m.kvLoraRank, m.vHeadDim, c.nHead] }],
+    },
+    { name: b("attn_output.weight"), dims: [c.nHead * m.vHeadDim, c.dModel] });
+  return t;
+}
+
+/** DeepseekV2Model's keys (llama.cpp's converter), in `options.mlaLayout`'s form. */
+function hfMetadata(cfg: HFModelConfig, f: Fields, options: MetadataOptions): ArchKeys {
+  const mla = cfg.mla!;
+  const keys: ArchKeys = [["leading_dense_block_count", u32(cfg.firstDenseLayers)], ["vocab_size", u32(cfg.vocabSize)]];
+  if (mla.qLoraRank !== null) keys.push(["attention.q_lora_rank", u32(mla.qLoraRank)]);
+  keys.push(["attention.kv_lora_rank", u32(mla.kvLoraRank)]);
+  if ((options.mlaLayout ?? "kv_b") === "split") {
+    // current llama.cpp (absorbed MLA): one KV head whose "key" is the compressed latent plus
+    // the rope part and whose "value" is the latent; per-head sizes go to *_mla.
+    keys.push(["attention.head_count_kv", u32(1)],
+      ["attention.key_length", u32(mla.kvLoraRank + mla.qkRopeHeadDim)],
+      ["attention.value_length", u32(mla.kvLoraRank)],
+      ["attention.key_length_mla", u32(mla.qkNopeHeadDim + mla.qkRopeHeadDim)],
+      ["attention.value_length_mla", u32(mla.vHeadDim)]);
+  } else {
+    // llama.cpp's converter before the MLA-absorption change (still loaded by llama.cpp): MLA
+    // decompressed to MHA through attn_kv_b, per-head key/value sizes.
+    keys.push(["attention.key_length", u32(mla.qkNopeHeadDim + mla.qkRopeHeadDim)],
+      ["attention.value_length", u32(mla.vHeadDim)]);
+  }
+  keys.push(["expert_feed_forward_length", u32(cfg.expertFfnSize)],
+    ["expert_shared_count", u32(f.int("n_shared_experts", 0))],
+    ["expert_weights_scale", f32(f.num("routed_scaling_factor", 1.0))],
+    // transformers' DeepseekV2 port multiplies the top-k weights by routed_scaling_factor and
+    // never renormalises them, whatever norm_topk_prob says; match what HF computes.
+    ["expert_weights_norm", bool(false)]);
+  const scoring = f.str("scoring_func") ?? "softmax";
+  if (scoring !== "softmax" && scoring !== "sigmoid") throw new UnsupportedError(`config.json: scoring_func "${scoring}" is not supported (softmax, sigmoid)`);
+  keys.push(["expert_gating_func", u32(EXPERT_GATING_FUNC[scoring])], ["rope.dimension_count", u32(mla.qkRopeHeadDim)]);
+  return keys;
+}
+
+/**
+ * MLA in the layout current llama.cpp converters write (and this llama.cpp requires when
+ * `attention.key_length_mla` is present): k/v up-projections split per head into attn_k_b
+ * [nope, kv_lora, n_head] and attn_v_b [kv_lora, v_dim, n_head] (no attn_kv_b).
+ */
+function mlaLayout(s: ModelShape, b: string, add: TensorSink): void {
+  const m = s.mla!;
+  const d = s.dModel;
+  const qkHead = m.qkNopeHeadDim + m.qkRopeHeadDim;
+  if (m.qLoraRank > 0) {
+    add(`${b}attn_q_a_norm.weight`, [m.qLoraRank], "f32", NORM);
+    add(`${b}attn_q_a.weight`, [d, m.qLoraRank], "matrix", proj(d)); // [q_lora, d_model]
+    add(`${b}attn_q_b.weight`, [m.qLoraRank, s.heads * qkHead], "matrix", proj(m.qLoraRank)); // [n_head*(nope+rope), q_lora]
+  } else {
+    add(`${b}attn_q.weight`, [d, s.heads * qkHead], "matrix", proj(d)); // [n_head*(nope+rope), d_model]
+  }
+  add(`${b}attn_kv_a_norm.weight`, [m.kvLoraRank], "f32", NORM);
+  add(`${b}attn_kv_a_mqa.weight`, [d, m.kvLoraRank + m.qkRopeHeadDim], "matrix", proj(d)); // [kv_lora+rope, d_model]
+  add(`${b}attn_k_b.weight`, [m.qkNopeHeadDim, m.kvLoraRank, s.heads], "matrix", proj(m.kvLoraRank)); // [n_head, kv_lora, nope]
+  add(`${b}attn_v_b.weight`, [m.kvLoraRank, m.vHeadDim, s.heads], "matrix", proj(m.kvLoraRank)); // [n_head, v_dim, kv_lora]
+  add(`${b}attn_output.weight`, [s.heads * m.vHeadDim, d], "matrix", proj(s.heads * m.vHeadDim)); // [d_model, n_head*v_dim]
+}

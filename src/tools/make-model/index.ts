@@ -1,6 +1,7 @@
 /**
  * make-model: deterministic random Mixture-of-Experts GGUF files at chosen shapes, in the exact
- * layout llama.cpp loads (llama/Mixtral, qwen2moe, qwen3moe, olmoe, deepseek2).
+ * layout llama.cpp loads, for every architecture in the registry (each one's presets, block
+ * layout and keys are in its file, src/model/arch/, `makeModel`).
  *
  * The same options and seed always give a byte-identical file: every tensor is drawn from its own
  * PRNG stream seeded by (seed, tensor name), and the header holds nothing time- or host-dependent.
@@ -8,7 +9,8 @@
  * Types: matrices (attention, experts, shared experts, embeddings, output) take `type`; norms,
  * routers (ffn_gate_inp*) and biases stay F32 as llama.cpp keeps them. A matrix whose rows are not
  * whole blocks of `type` falls back the way llama.cpp's quantizer does (Q4_K → Q4_0, Q5_K / Q6_K →
- * Q8_0; then F16). Default type: F16 for tiny presets (close to exact, for comparisons), Q8_0
+ * Q8_0; then F16). MXFP4 is llama.cpp's MXFP4_MOE file type: expert stacks in MXFP4, every other
+ * matrix Q8_0. Default type: F16 for tiny presets (close to exact, for comparisons), Q8_0
  * otherwise.
  */
 import { statSync } from "node:fs";
@@ -17,7 +19,8 @@ import { readGGUF } from "../../formats/gguf/reader.js";
 import { GGMLType, typeFromName, typeInfo, typeName } from "../../formats/quant/types.js";
 import { FileAccessError, InvalidArgumentError, UnsupportedError } from "../../errors.js";
 import { archMetadata, tensorLayout, type TensorPlan } from "./layout.js";
-import { resolveShape, shapeParams, type ModelShape, type ShapeOverrides } from "./presets.js";
+import { makeModelArchitecture, resolveShape, shapeParams } from "./presets.js";
+import type { ModelShape, ShapeOverrides } from "./shape.js";
 import { encodeFloats, MAKE_MODEL_TYPES, randomFloats, randomTensorBytes, streamSeed, Xoshiro128 } from "./random-weights.js";
 import {
   biasedRouter, embeddingWithSharedComponent, projectOutRows, readsNormOf, routingDescription, routingEnabled, routingTargets,
@@ -27,7 +30,8 @@ import { quantizeRows } from "../../formats/quant/quantize.js";
 import { builtinVocabMetadata, vocabFromMetadata } from "./vocab.js";
 import { writeGGUF } from "../../formats/gguf/writer.js";
 
-export { PRESETS, MAKE_MODEL_ARCHS, resolveShape, type ModelShape, type MakeModelArch, type ShapeOverrides } from "./presets.js";
+export { PRESETS, MAKE_MODEL_ARCHS, resolveShape } from "./presets.js";
+export type { ModelShape, ShapeOverrides } from "./shape.js";
 export { tensorLayout, archMetadata, type TensorPlan } from "./layout.js";
 export { builtinVocabTokens, BUILTIN_CHAT_TEMPLATE } from "./vocab.js";
 export { routingTargets, type RoutingOptions } from "./routing.js";
@@ -39,7 +43,7 @@ export interface MakeModelOptions extends ShapeOverrides {
   preset?: string;
   /** GGUF architecture; without a preset, its tiny preset is the base shape. */
   arch?: string;
-  /** Type of the matrices: F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K (default: F16 for tiny presets, else Q8_0). */
+  /** Type of the matrices: F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K, or MXFP4 (experts; the rest Q8_0). Default: F16 for tiny presets, else Q8_0. */
   type?: string;
   /** PRNG seed (default 0). */
   seed?: number;
@@ -68,7 +72,20 @@ export interface MakeModelResult {
 const FILE_TYPE: Partial<Record<GGMLType, number>> = {
   [GGMLType.F32]: 0, [GGMLType.F16]: 1, [GGMLType.Q4_0]: 2, [GGMLType.Q8_0]: 7,
   [GGMLType.Q4_K]: 15, [GGMLType.Q5_K]: 17, [GGMLType.Q6_K]: 18, [GGMLType.BF16]: 32,
+  [GGMLType.MXFP4]: 38, // LLAMA_FTYPE_MOSTLY_MXFP4_MOE
 };
+
+/**
+ * The type matrix `name` takes in a file of type `type`. MXFP4 follows llama.cpp's MXFP4_MOE
+ * (llama-quant.cpp, "MoE tensors -> MXFP4, other tensors -> Q8_0"): the expert stacks ffn_*_exps in
+ * MXFP4, every other matrix (attention, shared experts, embeddings, output) in Q8_0. llama.cpp
+ * tells expert stacks by a third dimension above 1, which also takes deepseek2's per-head
+ * attn_k_b / attn_v_b (it later exempts such MLA tensors for one architecture); here they stay Q8_0.
+ */
+function matrixType(type: GGMLType, name: string): GGMLType {
+  if (type !== GGMLType.MXFP4) return type;
+  return /_exps\.weight$/.test(name) ? GGMLType.MXFP4 : GGMLType.Q8_0;
+}
 
 /** What a matrix of `type` is stored as when its rows are not whole blocks (as llama.cpp falls back). */
 function storageType(type: GGMLType, ncols: number): GGMLType {
@@ -115,7 +132,8 @@ export function planModel(opts: Omit<MakeModelOptions, "out" | "onProgress">): {
   }
   shape = { ...shape, vocab: vocab.size };
 
-  const tensors = tensorLayout(shape).map((t) => ({ ...t, type: t.role === "f32" ? GGMLType.F32 : storageType(type, t.dims[0]!) }));
+  const { makeModel: arch } = makeModelArchitecture(shape.arch);
+  const tensors = tensorLayout(shape, arch).map((t) => ({ ...t, type: t.role === "f32" ? GGMLType.F32 : storageType(matrixType(type, t.name), t.dims[0]!) }));
   const str = (value: string): GGUFMetadataValue => ({ type: GGUFValueType.STRING, value });
   const metadata: Array<[string, GGUFMetadataValue]> = [
     ["general.architecture", str(shape.arch)],
@@ -123,7 +141,7 @@ export function planModel(opts: Omit<MakeModelOptions, "out" | "onProgress">): {
     ["general.name", str(`moira make-model ${opts.preset ?? shape.arch} ${typeName(type)} seed ${seed}`)],
     ["general.file_type", { type: GGUFValueType.UINT32, value: FILE_TYPE[type] ?? 0 }],
     ["general.quantization_version", { type: GGUFValueType.UINT32, value: 2 }],
-    ...archMetadata(shape),
+    ...archMetadata(shape, arch),
     ...vocab.metadata,
   ];
   if (routingEnabled(opts.routing)) {

@@ -132,7 +132,7 @@ export function encodeFloats(type: GGMLType, values: Float32Array): Uint8Array {
 /** Types make-model writes matrices in. */
 export const MAKE_MODEL_TYPES: readonly GGMLType[] = [
   GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0,
-  GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+  GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.MXFP4,
 ];
 
 /**
@@ -191,6 +191,16 @@ export function randomTensorBytes(type: GGMLType, dims: readonly number[], spec:
         }
         packScaleMinK4(out, off + 4, sc, mn);
       }
+      break;
+    }
+    case GGMLType.MXFP4: {
+      // block: e (E8M0), qs 16 bytes of nibbles; value = kvalues_mxfp4[q] * 2^(e-128), RMS over the
+      // 16 codes sqrt(34.25) ≈ 5.852, mean 0. The scale is a power of two: each block takes 2^a or
+      // 2^(a+1) (a = floor(log2 t), t = std / 5.852) with the odds that make the mean square t².
+      const t = std / Math.sqrt(34.25);
+      const a = Math.floor(Math.log2(t));
+      const pLow = (4 - (t / 2 ** a) ** 2) / 3;
+      for (let off = 0; off < nbytes; off += 17) out[off] = 128 + a + (rng.float() < pLow ? 0 : 1);
       break;
     }
     case GGMLType.Q6_K: {

@@ -39,7 +39,7 @@
  */
 import { readFileSync } from "node:fs";
 import { FileAccessError, InvalidArgumentError, ModelFormatError } from "../../errors.js";
-import type { ModelShape } from "./presets.js";
+import type { ModelShape } from "./shape.js";
 import { randomFloats, streamSeed, Xoshiro128, type ValueSpec } from "./random-weights.js";
 
 export interface RoutingOptions {

@@ -1,0 +1,105 @@
+/**
+ * One completion on a slot: reuses the slot's KV cache for the prompt's cached prefix, generates,
+ * cuts at stop strings (held back while they may still be forming), and hands out the text in
+ * pieces, each with the log probabilities of the tokens whose text starts in it.
+ */
+import { generate, type GenerationStats } from "../engine/generate.js";
+import type { SamplerOptions } from "../engine/sampler.js";
+import type { Lease } from "../engine/scheduler.js";
+import type { Tokenizer } from "../engine/tokenizer/index.js";
+
+export interface CompletionPlan {
+  readonly prompt: readonly number[];
+  readonly maxTokens: number;
+  readonly stops: readonly string[];
+  readonly sampler: SamplerOptions;
+  /** report log probabilities, with this many alternatives per token; absent: none */
+  readonly logprobs?: { readonly top: number };
+  /** token ids that end the generation; absent: the tokenizer's end-of-generation ids */
+  readonly stopTokens?: readonly number[];
+}
+
+/** A token as the logprobs of the API show it: its text (U+FFFD for part of a character) and bytes. */
+export interface TokenText {
+  readonly token: string;
+  readonly bytes: number[];
+  readonly logprob: number;
+}
+
+export interface TokenLogprobs extends TokenText {
+  /** where the token's text starts in the completion text */
+  readonly offset: number;
+  readonly top: readonly TokenText[];
+}
+
+export interface Piece {
+  readonly text: string;
+  /** the tokens whose text starts in this piece (with logprobs only) */
+  readonly tokens: readonly TokenLogprobs[];
+}
+
+export interface CompletionOutcome {
+  readonly text: string;
+  /** null when the generation was aborted (client gone, timeout, shutdown) */
+  readonly finishReason: "stop" | "length" | null;
+  readonly tokens: readonly TokenLogprobs[];
+  readonly stats: GenerationStats;
+}
+
+/** OpenAI's stand-in for a log probability of minus infinity (JSON has no -Infinity). */
+const LOGPROB_FLOOR = -9999;
+
+/**
+ * Runs `plan` on the lease's slot, calling `onPiece` as text becomes final. The slot states its
+ * phase (prefill, then decode from the first token); the lease's signal stops the generation.
+ */
+export async function runCompletion(
+  lease: Lease, tokenizer: Tokenizer, plan: CompletionPlan, onPiece: (piece: Piece) => Promise<void> | void,
+): Promise<CompletionOutcome> {
+  const { slot } = lease;
+  const utf8 = new TextDecoder();
+  const tokenText = (id: number, logprob: number): TokenText => {
+    const bytes = tokenizer.tokenBytes(id);
+    return { token: utf8.decode(bytes), bytes: Array.from(bytes), logprob: Math.max(LOGPROB_FLOOR, logprob) };
+  };
+  const cachedTokens = slot.session.reusePrefix(plan.prompt);
+  slot.enter("prefill");
+  let stats: GenerationStats | undefined;
+  const it = generate(slot.session, tokenizer, plan.prompt, {
+    maxTokens: plan.maxTokens, ...plan.sampler, signal: lease.signal, logprobs: plan.logprobs, stopTokens: plan.stopTokens, cachedTokens,
+    onStats: (s) => { stats = s; },
+  });
+  const holdBack = Math.max(0, ...plan.stops.map((s) => s.length - 1));
+  const tokens: TokenLogprobs[] = [];
+  let text = "", sent = 0, handedOut = 0, stopped = false;
+  /** Hands out text[sent, end) with the tokens starting before `end` (all of them with `all`). */
+  const emit = async (end: number, which: "starting-before-end" | "all") => {
+    const first = handedOut;
+    while (handedOut < tokens.length && (which === "all" || tokens[handedOut].offset < end)) handedOut++;
+    const piece = { text: text.slice(sent, end), tokens: tokens.slice(first, handedOut) };
+    sent = end;
+    if (piece.text.length > 0 || piece.tokens.length > 0) await onPiece(piece);
+  };
+  for (let r = await it.next(); !r.done; r = await it.next()) {
+    slot.enter("decode");
+    const { token, logprobs } = r.value;
+    if (logprobs) {
+      tokens.push({ ...tokenText(token, logprobs.logprob), offset: text.length, top: logprobs.top.map((t) => tokenText(t.token, t.logprob)) });
+    }
+    text += r.value.text;
+    const hits = plan.stops.map((s) => text.indexOf(s, Math.max(0, sent - s.length))).filter((i) => i >= 0);
+    if (hits.length > 0) {
+      text = text.slice(0, Math.min(...hits));
+      stopped = true;
+      await emit(text.length, "starting-before-end");
+      await it.return(undefined as never);
+      break;
+    }
+    const safe = Math.max(sent, text.length - holdBack);
+    if (safe > sent) await emit(safe, "starting-before-end");
+  }
+  if (!stopped) await emit(text.length, "all");
+  const s = stats!;
+  const finishReason = stopped || s.stopReason === "stop-token" ? "stop" : s.stopReason === "aborted" ? null : "length";
+  return { text, finishReason, tokens: tokens.slice(0, handedOut), stats: s };
+}
