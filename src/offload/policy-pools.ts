@@ -71,7 +71,7 @@ export class LruPool implements ReplacementPool {
  * none evictable) and `decline(victim)` may refuse the newcomer instead; a refusal puts back what
  * was evicted. Returns the evicted ids, or null when `id` was not inserted.
  */
-function insertEvicting(resident: Set<number>, capacity: number, id: number, pick: () => number, decline: (victim: number) => boolean = () => false): number[] | null {
+function insertEvicting(resident: IdCollection, capacity: number, id: number, pick: () => number, decline: (victim: number) => boolean = () => false): number[] | null {
   const evicted: number[] = [];
   while (resident.size >= capacity) {
     const victim = pick();
@@ -83,6 +83,72 @@ function insertEvicting(resident: Set<number>, capacity: number, id: number, pic
   return evicted;
 }
 
+/** What the eviction loops need of a resident set: a `Set<number>` or a `DenseIdSet`. */
+interface IdCollection {
+  readonly size: number;
+  add(id: number): unknown;
+  delete(id: number): boolean;
+}
+
+/**
+ * A set of ids below a bound as dense arrays: O(1) add and delete, scans over a typed array (the
+ * eviction scans of `FatePool` run over every resident on every miss), and each id's insertion
+ * stamp, so that a scan breaks ties the way iterating a `Set` (insertion order) would.
+ */
+class DenseIdSet implements IdCollection {
+  /** the members, in no particular order: the first `size` entries */
+  readonly items: Int32Array;
+  /** when each id was last added (a counter; larger = later) */
+  readonly stamp: Float64Array;
+  private readonly pos: Int32Array;
+  private clock = 0;
+  size = 0;
+  constructor(bound: number) {
+    this.items = new Int32Array(bound);
+    this.stamp = new Float64Array(bound);
+    this.pos = new Int32Array(bound).fill(-1);
+  }
+  has(id: number): boolean { return id >= 0 && id < this.pos.length && this.pos[id]! >= 0; }
+  add(id: number): void {
+    if (id < 0 || id >= this.pos.length) throw new RangeError(`expert id ${id} is outside 0..${this.pos.length - 1}`);
+    if (this.pos[id]! >= 0) return;
+    this.pos[id] = this.size;
+    this.items[this.size++] = id;
+    this.stamp[id] = ++this.clock;
+  }
+  delete(id: number): boolean {
+    if (!this.has(id)) return false;
+    const p = this.pos[id]!, last = this.items[--this.size]!;
+    this.items[p] = last;
+    this.pos[last] = p;
+    this.pos[id] = -1;
+    return true;
+  }
+  clear(): void {
+    for (let i = 0; i < this.size; i++) this.pos[this.items[i]!] = -1;
+    this.size = 0;
+  }
+  /** The members in insertion order (as a `Set` iterates). */
+  values(): IterableIterator<number> {
+    return Array.from(this.items.subarray(0, this.size)).sort((a, b) => this.stamp[a]! - this.stamp[b]!).values();
+  }
+  /**
+   * The member other than `exclude` that `canEvict` allows with the lowest `value`, the earliest
+   * added of a tie (-1: none).
+   */
+  lowest(value: (id: number) => number, canEvict: (id: number) => boolean, exclude = -1): number {
+    let victim = -1, vs = Infinity, vt = Infinity;
+    const items = this.items, stamp = this.stamp;
+    for (let i = 0; i < this.size; i++) {
+      const k = items[i]!;
+      if (k === exclude || !canEvict(k)) continue;
+      const v = value(k);
+      if (victim < 0 || v < vs || (v === vs && stamp[k]! < vt)) { victim = k; vs = v; vt = stamp[k]!; }
+    }
+    return victim;
+  }
+}
+
 /** The least recently used id of an LRU-ordered map that may be evicted (undefined: none). */
 function firstEvictable(order: Map<number, true>, canEvict: (id: number) => boolean): number | undefined {
   for (const k of order.keys()) if (canEvict(k)) return k;
@@ -90,7 +156,7 @@ function firstEvictable(order: Map<number, true>, canEvict: (id: number) => bool
 }
 
 /** Evicts `pick()`'s victims (-1: none evictable) until `resident` holds at most `capacity` ids. */
-function shrinkTo(resident: Set<number>, capacity: number, pick: () => number): number[] {
+function shrinkTo(resident: IdCollection, capacity: number, pick: () => number): number[] {
   const evicted: number[] = [];
   while (resident.size > capacity) {
     const victim = pick();
@@ -323,17 +389,6 @@ export class ArcPool implements ReplacementPool {
   reset(): void { this.t1.clear(); this.t2.clear(); this.b1.clear(); this.b2.clear(); this.p = 0; }
 }
 
-/** The id of `set` that `canEvict` allows with the lowest `value` (the first of a tie; -1: none). */
-function lowest(set: Set<number>, value: (id: number) => number, canEvict: (id: number) => boolean): number {
-  let victim = -1, vs = Infinity;
-  for (const k of set) {
-    if (!canEvict(k)) continue;
-    const v = value(k);
-    if (victim < 0 || v < vs) { victim = k; vs = v; }
-  }
-  return victim;
-}
-
 function deleteFirst(m: Map<number, true>): void {
   for (const k of m.keys()) { m.delete(k); return; }
 }
@@ -471,6 +526,8 @@ class NextUseModel {
   private readonly chance: Float64Array;
   private readonly changes: Uint32Array;
   private readonly cachedAt: Uint32Array;
+  /** √(steps until each layer's next step), as of the last `prepare()` */
+  private readonly distRoot: Float64Array;
   constructor(private readonly nLayer: number, private readonly nExpert: number, private readonly topK: number, private readonly popDecay: number) {
     this.trans = new Float32Array(nLayer * nExpert * nExpert);
     this.from = new Float32Array(nLayer * nExpert);
@@ -480,6 +537,7 @@ class NextUseModel {
     this.chance = new Float64Array(nLayer * nExpert);
     this.changes = new Uint32Array(nLayer).fill(1);
     this.cachedAt = new Uint32Array(nLayer);
+    this.distRoot = new Float64Array(nLayer);
   }
   private changed(layer: number): void {
     if (layer >= 0 && layer < this.nLayer) this.changes[layer] = this.changes[layer]! + 1;
@@ -536,6 +594,9 @@ class NextUseModel {
     }
     this.cachedAt[layer] = this.changes[layer]!;
   }
+  private distance(layer: number): number {
+    return this.curLayer < 0 ? this.nLayer : ((layer - this.curLayer - 1 + this.nLayer) % this.nLayer) + 1;
+  }
   /**
    * Chance that `id` is used at its layer's next step, divided by the square root of how many
    * steps away that is (a slot held longer for the same chance is worth less).
@@ -544,9 +605,17 @@ class NextUseModel {
     const nE = this.nExpert, layer = Math.floor(id / nE);
     if (layer >= this.nLayer) return 0;
     if (this.cachedAt[layer] !== this.changes[layer]) this.refresh(layer);
-    const dist = this.curLayer < 0 ? this.nLayer : ((layer - this.curLayer - 1 + this.nLayer) % this.nLayer) + 1;
-    return this.chance[id]! / Math.sqrt(dist);
+    return this.chance[id]! / Math.sqrt(this.distance(layer));
   }
+  /** Brings every layer's chances and distance up to date, for a scan of `preparedValue`. */
+  prepare(): void {
+    for (let l = 0; l < this.nLayer; l++) {
+      if (this.cachedAt[l] !== this.changes[l]) this.refresh(l);
+      this.distRoot[l] = Math.sqrt(this.distance(l));
+    }
+  }
+  /** `value(id)` for an id below nLayer · nExpert, valid until the next access or prime after `prepare()`. */
+  readonly preparedValue = (id: number): number => this.chance[id]! / this.distRoot[(id / this.nExpert) | 0]!;
   reset(): void {
     this.trans.fill(0); this.from.fill(0); this.pop.fill(0); this.steps.fill(0);
     for (let l = 0; l < this.nLayer; l++) { this.last[l] = []; this.changed(l); }
@@ -568,10 +637,11 @@ class NextUseModel {
  * first two leads; where it has none, LRU does and the pool reads about what LRU reads.
  */
 export class FatePool implements ReplacementPool {
-  private readonly resident = new Set<number>();
-  private readonly lastUse = new Map<number, number>();
+  private readonly resident: DenseIdSet;
+  /** the access clock at each id's latest access (-Infinity: never) */
+  private readonly lastUse: Float64Array;
   private readonly model: NextUseModel;
-  private readonly shadowModel = new Set<number>();
+  private readonly shadowModel: DenseIdSet;
   private readonly shadowPop: FrequencyPool;
   private readonly shadowLru = new Map<number, true>();
   /** decayed shadow hits: next use, popularity, LRU */
@@ -584,6 +654,10 @@ export class FatePool implements ReplacementPool {
     /** the popularity rule: half-life and recent window (in accesses), recency bonus */
     popHalfLife: number; popRecentWindow: number; popRecentBonus: number;
   }) {
+    const ids = o.nLayer * o.nExpert;
+    this.resident = new DenseIdSet(ids);
+    this.shadowModel = new DenseIdSet(ids);
+    this.lastUse = new Float64Array(ids).fill(-Infinity);
     this.model = new NextUseModel(o.nLayer, o.nExpert, o.topK, Math.pow(0.5, 1 / 64));
     this.shadowPop = new FrequencyPool(cap, o.popHalfLife, o.popRecentWindow, o.popRecentBonus);
     this.keep = 1 - 1 / Math.max(1, o.windowAccesses);
@@ -607,21 +681,13 @@ export class FatePool implements ReplacementPool {
     if (this.capacity > 0) this.shadowLru.set(id, true);
     for (let i = 0 as 0 | 1 | 2; i < 3; i++) if (s[i]! > s[this.leader]! * 1.01 + 1e-9) this.leader = i;
   }
-  private insertByValue(set: Set<number>, id: number, canEvict: (id: number) => boolean): number[] | null {
-    let vs = Infinity;
+  private insertByValue(set: DenseIdSet, id: number, canEvict: (id: number) => boolean): number[] | null {
     const mine = this.model.value(id);
-    return insertEvicting(set, this.capacity, id, () => {
-      let victim = -1;
-      vs = Infinity;
-      for (const k of set) {
-        if (k === id || !canEvict(k)) continue;
-        const v = this.model.value(k);
-        if (v < vs) { victim = k; vs = v; }
-      }
-      return victim;
-    }, () => mine < vs);
+    this.model.prepare();
+    const value = this.model.preparedValue;
+    return insertEvicting(set, this.capacity, id, () => set.lowest(value, canEvict, id), (victim) => mine < value(victim));
   }
-  hit(id: number): void { this.observe(id); this.lastUse.set(id, this.tick); }
+  hit(id: number): void { this.observe(id); this.lastUse[id] = this.tick; }
   prime(id: number, weight: number): void {
     if (weight <= 0) return;
     this.model.prime(id, weight);
@@ -629,31 +695,16 @@ export class FatePool implements ReplacementPool {
   }
   insert(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
     this.observe(id);
-    this.lastUse.set(id, this.tick);
+    this.lastUse[id] = this.tick;
     if (this.capacity <= 0) return null;
     if (this.leader === 0) return this.insertByValue(this.resident, id, canEvict);
     if (this.leader === 1) {
       const now = this.tick, mine = this.shadowPop.valueOf(id, now);
-      let vs = Infinity;
-      return insertEvicting(this.resident, this.capacity, id, () => {
-        let victim = -1;
-        vs = Infinity;
-        for (const k of this.resident) {
-          if (k === id || !canEvict(k)) continue;
-          const v = this.shadowPop.valueOf(k, now);
-          if (v < vs) { victim = k; vs = v; }
-        }
-        return victim;
-      }, () => mine < vs);
+      const popularity = (k: number): number => this.shadowPop.valueOf(k, now);
+      return insertEvicting(this.resident, this.capacity, id, () => this.resident.lowest(popularity, canEvict, id), (victim) => mine < popularity(victim));
     }
-    return insertEvicting(this.resident, this.capacity, id, () => {
-      let victim = -1, vt = Infinity;
-      for (const k of this.resident) {
-        const t = this.lastUse.get(k) ?? -Infinity;
-        if (k !== id && canEvict(k) && t < vt) { victim = k; vt = t; }
-      }
-      return victim;
-    });
+    const recency = (k: number): number => this.lastUse[k]!;
+    return insertEvicting(this.resident, this.capacity, id, () => this.resident.lowest(recency, canEvict, id));
   }
   /**
    * A smaller cache evicts by the leading rule (the lowest next-use value, the lowest popularity,
@@ -665,17 +716,17 @@ export class FatePool implements ReplacementPool {
     const any = (): boolean => true;
     const nextUse = (k: number): number => this.model.value(k);
     const popularity = (k: number): number => this.shadowPop.valueOf(k, this.tick);
-    const recency = (k: number): number => this.lastUse.get(k) ?? -Infinity;
-    shrinkTo(this.shadowModel, capacity, () => lowest(this.shadowModel, nextUse, any));
+    const recency = (k: number): number => this.lastUse[k]!;
+    shrinkTo(this.shadowModel, capacity, () => this.shadowModel.lowest(nextUse, any));
     this.shadowPop.resize(capacity, any, this.tick);
     while (this.shadowLru.size > capacity) deleteFirst(this.shadowLru);
     const rank = [nextUse, popularity, recency][this.leader]!;
-    return shrinkTo(this.resident, capacity, () => lowest(this.resident, rank, canEvict));
+    return shrinkTo(this.resident, capacity, () => this.resident.lowest(rank, canEvict));
   }
   remove(id: number): boolean { return this.resident.delete(id); }
   ids(): IterableIterator<number> { return this.resident.values(); }
   reset(): void {
-    this.resident.clear(); this.lastUse.clear(); this.model.reset(); this.shadowModel.clear(); this.shadowPop.reset();
+    this.resident.clear(); this.lastUse.fill(-Infinity); this.model.reset(); this.shadowModel.clear(); this.shadowPop.reset();
     this.shadowLru.clear(); this.score.fill(0); this.leader = 0; this.tick = 0;
   }
 }
