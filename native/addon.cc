@@ -253,7 +253,8 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// rope(x, nTokens, nHead, headStride, ropeOffset, ropeDim, pos0, theta, neox, freqScale)
+// rope(x, nTokens, nHead, headStride, ropeOffset, ropeDim, pos0, theta, neox, freqScale[, yarnLow, yarnHigh, yarnMscale])
+// with the yarn arguments: YaRN as llama.cpp's rope_yarn (ext_factor 1), see RopeYarn in backend.ts
 Napi::Value Rope(const Napi::CallbackInfo& info) {
   auto x = typed<Napi::Float32Array>(info, 0, "x");
   const int nTok = intArg(info, 1, "nTokens"), nHead = intArg(info, 2, "nHead"), stride = intArg(info, 3, "headStride");
@@ -261,6 +262,9 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   const double pos0 = numArg(info, 6, "pos0"), theta = numArg(info, 7, "theta");
   const bool neox = info[8].ToBoolean();
   const double fs = numArg(info, 9, "freqScale");
+  const bool yarn = info.Length() > 10 && !info[10].IsUndefined();
+  const double yLow = yarn ? numArg(info, 10, "yarnLow") : 0, yHigh = yarn ? numArg(info, 11, "yarnHigh") : 0;
+  const double yMscale = yarn ? numArg(info, 12, "yarnMscale") : 1;
   if (rd % 2 != 0 || off + rd > stride || x.ElementLength() < (size_t)nTok * nHead * stride) fail(info.Env(), "rope: bad sizes");
   float* xs = x.Data();
   const int half = rd / 2;
@@ -269,6 +273,13 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
     std::vector<float> cs(half), sn(half);
     const double pos = (pos0 + t) * fs;
     for (int i = 0; i < half; i++) {
+      if (yarn) {
+        const double extrap = (pos0 + t) * std::pow(theta, (-2.0 * i) / rd);
+        const double ramp = 1 - std::min(1.0, std::max(0.0, (i - yLow) / std::max(0.001, yHigh - yLow)));
+        const double ang = fs * extrap * (1 - ramp) + extrap * ramp;
+        cs[i] = (float)(std::cos(ang) * yMscale); sn[i] = (float)(std::sin(ang) * yMscale);
+        continue;
+      }
       const double ang = pos * std::pow(theta, (-2.0 * i) / rd);
       cs[i] = (float)std::cos(ang); sn[i] = (float)std::sin(ang);
     }
@@ -287,8 +298,9 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// attention(q, k, v, nTokens, nPast, nHead, nKvHead, headDimK, headDimV, scale, out); k and v are
-// both Float32Array or both Uint16Array (f16 cache)
+// attention(q, k, v, nTokens, nPast, nHead, nKvHead, headDimK, headDimV, scale, out, window?, sinks?);
+// k and v are both Float32Array or both Uint16Array (f16 cache); window 0 or absent: none; sinks:
+// Float32Array [nHead] or absent
 std::vector<float> gAttnScratch;
 Napi::Value Attention(const Napi::CallbackInfo& info) {
   AttnArgs a;
@@ -299,12 +311,18 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   a.nKvHead = intArg(info, 6, "nKvHead"); a.dk = intArg(info, 7, "headDimK"); a.dv = intArg(info, 8, "headDimV");
   a.scale = (float)numArg(info, 9, "scale");
   auto out = typed<Napi::Float32Array>(info, 10, "out");
+  if (info.Length() > 11 && !info[11].IsUndefined()) a.window = intArg(info, 11, "window");
+  if (info.Length() > 12 && !info[12].IsUndefined()) {
+    auto sk = typed<Napi::Float32Array>(info, 12, "sinks");
+    if (sk.ElementLength() < (size_t)std::max(0, a.nHead)) fail(info.Env(), "attention: sinks shorter than nHead");
+    a.sinks = sk.Data();
+  }
   const auto kt = k.TypedArrayType();
   if (kt != v.TypedArrayType() || (kt != napi_float32_array && kt != napi_uint16_array))
     fail(info.Env(), "attention: k and v must both be Float32Array or both Uint16Array (f16)");
   a.f16 = kt == napi_uint16_array;
   const size_t nCtx = (size_t)a.nPast + a.nTok;
-  if (a.nKvHead <= 0 || a.nHead % a.nKvHead != 0 || a.nTok < 0 || a.nPast < 0 || a.dk <= 0 || a.dv <= 0 ||
+  if (a.nKvHead <= 0 || a.nHead % a.nKvHead != 0 || a.nTok < 0 || a.nPast < 0 || a.dk <= 0 || a.dv <= 0 || a.window < 0 ||
       q.ElementLength() < (size_t)a.nTok * a.nHead * a.dk ||
       k.ElementLength() < nCtx * a.nKvHead * a.dk || v.ElementLength() < nCtx * a.nKvHead * a.dv ||
       out.ElementLength() < (size_t)a.nTok * a.nHead * a.dv)
@@ -316,7 +334,17 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   const KernelTable* K = gK;
   ThreadPool& P = pool();
   const int part = attn_part(a.dv), maxChunks = (int)((nCtx + ATTN_CHUNK - 1) / ATTN_CHUNK);
-  auto chunksOf = [&](int t) { return (a.nPast + t + ATTN_CHUNK) / ATTN_CHUNK; };  // ceil((nPast + t + 1) / C)
+  // token t sees rows [lo(t), hi(t)); chunks stay at multiples of ATTN_CHUNK whatever the window, so
+  // a token gives the same bits in any batch; its chunks are c0(t) .. c0(t) + chunksOf(t) - 1
+  auto hi = [&](int t) { return a.nPast + t + 1; };
+  auto lo = [&](int t) { return a.window > 0 ? std::max(0, hi(t) - a.window) : 0; };
+  auto c0 = [&](int t) { return lo(t) / ATTN_CHUNK; };
+  auto chunksOf = [&](int t) { return (hi(t) + ATTN_CHUNK - 1) / ATTN_CHUNK - c0(t); };
+  auto range = [&](int t, int c, int* j0, int* j1) {
+    *j0 = std::max(lo(t), c * ATTN_CHUNK);
+    *j1 = std::min(hi(t), (c + 1) * ATTN_CHUNK);
+  };
+  auto sinkOf = [&](int h) { return a.sinks ? a.sinks[h] : -INFINITY; };
   if (a.nTok <= 4) {
     // few tokens (decode): one task per (token, chunk) over every head, streaming the cache in
     // address order; then one combine per (token, head)
@@ -330,12 +358,14 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     P.run(first[a.nTok], [&](int i, int tid) {
       int t = 0;
       while (first[t + 1] <= i) t++;
-      const int c = i - first[t], j0 = c * ATTN_CHUNK, j1 = std::min(a.nPast + t + 1, j0 + ATTN_CHUNK);
+      const int c = i - first[t];
+      int j0, j1;
+      range(t, c0(t) + c, &j0, &j1);
       K->attention_chunk(a, t, j0, j1, 0, a.nHead, sc + scr * tid, parts + perTok * t + (size_t)c * a.nHead * part);
     });
     for (int t = 0; t < a.nTok; t++)
       for (int h = 0; h < a.nHead; h++)
-        K->attention_combine(parts + perTok * t + (size_t)h * part, chunksOf(t), (size_t)a.nHead * part, a.dv,
+        K->attention_combine(parts + perTok * t + (size_t)h * part, chunksOf(t), (size_t)a.nHead * part, a.dv, sinkOf(h),
                              a.out + ((size_t)t * a.nHead + h) * a.dv);
     return info.Env().Undefined();
   }
@@ -346,9 +376,12 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     const int t = i / a.nHead, h = i % a.nHead, nc = chunksOf(t);
     float* sc = gAttnScratch.data() + perThread * tid;
     float* parts = sc + ATTN_CHUNK;
-    for (int c = 0; c < nc; c++)
-      K->attention_chunk(a, t, c * ATTN_CHUNK, std::min(a.nPast + t + 1, (c + 1) * ATTN_CHUNK), h, h + 1, sc, parts + (size_t)c * part);
-    K->attention_combine(parts, nc, part, a.dv, a.out + ((size_t)t * a.nHead + h) * a.dv);
+    for (int c = 0; c < nc; c++) {
+      int j0, j1;
+      range(t, c0(t) + c, &j0, &j1);
+      K->attention_chunk(a, t, j0, j1, h, h + 1, sc, parts + (size_t)c * part);
+    }
+    K->attention_combine(parts, nc, part, a.dv, sinkOf(h), a.out + ((size_t)t * a.nHead + h) * a.dv);
   });
   return info.Env().Undefined();
 }
@@ -381,7 +414,8 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
 
 // moeFfn(x, nTokens, d, ff, types: Int32Array [nE*3], weights: Uint8Array[] [nE*3] (gate, up, down
 // per expert), offsets: Int32Array [nE+1], tokens: Int32Array, slotWeights: Float32Array, out,
-// accumulate?: boolean, slotOut?: Float32Array [nSlot*d]: per-slot outputs instead of out)
+// accumulate?: boolean, slotOut?: Float32Array [nSlot*d]: per-slot outputs instead of out,
+// activation?: 0 | 1, alpha?, limit?, biases?: (Float32Array | null)[] [nE*3])
 Napi::Value MoeFfn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto x = typed<Napi::Float32Array>(info, 0, "x");
@@ -421,6 +455,29 @@ Napi::Value MoeFfn(const Napi::CallbackInfo& info) {
     auto so = typed<Napi::Float32Array>(info, 11, "slotOut");
     if (so.ElementLength() < nSlot * (size_t)a.d) fail(env, "moeFfn: slotOut smaller than nSlot x d");
     a.slotOut = so.Data();
+  }
+  // activation: 0 silu(g) * u, 1 GPT-OSS's clamped SwiGLU with alpha and limit
+  if (info.Length() > 12 && !info[12].IsUndefined()) {
+    const int glu = intArg(info, 12, "activation");
+    if (glu != GLU_SWIGLU && glu != GLU_SWIGLU_OAI) fail(env, "moeFfn: unknown activation " + std::to_string(glu));
+    a.glu = (GluKind)glu;
+    if (a.glu == GLU_SWIGLU_OAI) { a.alpha = (float)numArg(info, 13, "alpha"); a.limit = (float)numArg(info, 14, "limit"); }
+  }
+  // biases: [nE * 3] gate [ff], up [ff], down [d] per expert, each a Float32Array or null (none)
+  std::vector<const float*> bias;
+  if (info.Length() > 15 && !info[15].IsUndefined() && !info[15].IsNull()) {
+    if (!info[15].IsArray() || info[15].As<Napi::Array>().Length() != (uint32_t)nE * 3) fail(env, "moeFfn: biases need 3 entries per expert");
+    auto barr = info[15].As<Napi::Array>();
+    bias.resize(nE * 3, nullptr);
+    for (int i = 0; i < nE * 3; i++) {
+      Napi::Value bv = barr.Get(i);
+      if (bv.IsNull() || bv.IsUndefined()) continue;
+      if (!bv.IsTypedArray() || bv.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) fail(env, "moeFfn: bias " + std::to_string(i) + ": expected a Float32Array");
+      auto b = bv.As<Napi::Float32Array>();
+      if (b.ElementLength() < (size_t)(i % 3 == 2 ? a.d : a.ff)) fail(env, "moeFfn: bias " + std::to_string(i) + " too short");
+      bias[i] = b.Data();
+    }
+    a.bias = bias.data();
   }
   expert_ffn(gK, pool(), a);
   return env.Undefined();

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <memory>
 #include <new>
@@ -31,6 +32,14 @@ void chunk_rows(std::vector<Task>& tasks, int e, int rows, size_t target, size_t
   const int nch = (rows + maxRows - 1) / maxRows;
   const int chunk = (rows + nch - 1) / nch;
   for (int r = 0; r < rows; r += chunk) tasks.push_back({e, r, std::min(rows, r + chunk)});
+}
+
+// GPT-OSS's clamped SwiGLU, as ggml's swiglu_oai computes it in f32
+void swiglu_oai(const float* g, const float* u, float alpha, float limit, float* out, int n) {
+  for (int i = 0; i < n; i++) {
+    const float x = std::min(g[i], limit), y = std::min(std::max(u[i], -limit), limit);
+    out[i] = x / (1.f + expf(alpha * (-x))) * (y + 1.f);
+  }
 }
 
 // Chunk bytes for one pass over `passBytes` of weights when no expert has more than `maxTokens`
@@ -91,9 +100,16 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
       ma.out = (m == 0 ? G : U) + (size_t)s0 * ff;
       K->matmul_rows(ma, tk.r0, tk.r1);
     }
+    const float* gb = a.bias ? a.bias[3 * tk.e] : nullptr;
+    const float* ub = a.bias ? a.bias[3 * tk.e + 1] : nullptr;
     for (int s = s0; s < s0 + n; s++) {
       float* g = G + (size_t)s * ff + tk.r0;
-      K->silu_mul(g, U + (size_t)s * ff + tk.r0, g, (size_t)(tk.r1 - tk.r0));
+      float* u = U + (size_t)s * ff + tk.r0;
+      const int nr = tk.r1 - tk.r0;
+      if (gb) for (int r = 0; r < nr; r++) g[r] += gb[tk.r0 + r];
+      if (ub) for (int r = 0; r < nr; r++) u[r] += ub[tk.r0 + r];
+      if (a.glu == GLU_SWIGLU) K->silu_mul(g, u, g, (size_t)nr);
+      else swiglu_oai(g, u, a.alpha, a.limit, g, nr);
     }
   };
 
@@ -127,6 +143,12 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
     ma.rows = d; ma.cols = ff; ma.nTok = n; ma.act = H + baseH[tk.e]; ma.actStride = strideH[tk.e];
     ma.out = Y + (size_t)s0 * d;
     K->matmul_rows(ma, tk.r0, tk.r1);
+    if (const float* db = a.bias ? a.bias[3 * tk.e + 2] : nullptr) {
+      for (int s = 0; s < n; s++) {
+        float* y = Y + (size_t)(s0 + s) * d;
+        for (int r = tk.r0; r < tk.r1; r++) y[r] += db[r];
+      }
+    }
   };
 
   // MOIRA_EXPERT_FFN_TWO_PASS=1 keeps decode on the two-run path (A/B of the fused run)

@@ -11,6 +11,10 @@
 
 namespace moira {
 
+// How gate g and up u combine: silu(g) * u, or GPT-OSS's clamped form
+// min(g, limit) * sigmoid(alpha * min(g, limit)) * (clamp(u, -limit, limit) + 1)
+enum GluKind { GLU_SWIGLU = 0, GLU_SWIGLU_OAI = 1 };
+
 struct ExpertFfnArgs {
   int d, ff;                 // model width (gate/up cols, down rows), expert width (gate/up rows, down cols)
   int nTok;
@@ -27,6 +31,10 @@ struct ExpertFfnArgs {
   bool accumulate = false;
   // when set ([nSlot, d]): each slot's unweighted output lands here and out is not touched
   float* slotOut = nullptr;
+  GluKind glu = GLU_SWIGLU;
+  float alpha = 0, limit = 0;  // GLU_SWIGLU_OAI's
+  // when set ([nExpert, 3]): gate [ff], up [ff], down [d] biases per expert, null where it has none
+  const float* const* bias = nullptr;
 };
 
 void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a);

@@ -1138,8 +1138,8 @@ void attention_chunk_impl(const AttnArgs& a, int t, int j0, int j1, int h0, int 
   else attention_chunk_t<false>(a, t, j0, j1, h0, h1, sc, part);
 }
 
-void attention_combine_impl(const float* parts, int nChunks, size_t stride, int dv, float* out) {
-  float M = -INFINITY, L = 0;
+void attention_combine_impl(const float* parts, int nChunks, size_t stride, int dv, float sink, float* out) {
+  float M = sink, L = 0;
   for (int c = 0; c < nChunks; c++) M = parts[c * stride] > M ? parts[c * stride] : M;
   for (int i = 0; i < dv; i++) out[i] = 0;
   for (int c = 0; c < nChunks; c++) {
@@ -1148,6 +1148,8 @@ void attention_combine_impl(const float* parts, int nChunks, size_t stride, int 
     L += w * pc[1];
     axpy_kv<false>(out, w, pc + 2, dv);
   }
+  // no sink: expf(-inf) adds exactly 0
+  L += expf(sink - M);
   const float il = 1.0f / L;
   for (int i = 0; i < dv; i++) out[i] *= il;
 }

@@ -74,6 +74,10 @@ struct AttnArgs {
   int nTok, nPast, nHead, nKvHead, dk, dv;
   float scale;
   bool f16;
+  // query t (position nPast + t) sees rows (nPast + t - window, nPast + t]; 0: rows [0, nPast + t]
+  int window = 0;
+  // [nHead] per-head sink logits joining each softmax's denominator (GPT-OSS); null: none
+  const float* sinks = nullptr;
 };
 
 // Attention is computed in chunks of ATTN_CHUNK cache rows: per (token, head, chunk) a partial
@@ -97,8 +101,9 @@ struct KernelTable {
   // token t over cache rows [j0, j1) (one chunk), heads [h0, h1): partials into
   // part[(h - h0) * attn_part(dv)]; scratch >= (h1 - h0) * ATTN_CHUNK floats
   void (*attention_chunk)(const AttnArgs& a, int t, int j0, int j1, int h0, int h1, float* scratch, float* part);
-  // combines nChunks partials (stride floats apart) into out[dv]
-  void (*attention_combine)(const float* parts, int nChunks, size_t stride, int dv, float* out);
+  // combines nChunks partials (stride floats apart) into out[dv]; `sink` (-INFINITY: none) is one
+  // more logit in the denominator
+  void (*attention_combine)(const float* parts, int nChunks, size_t stride, int dv, float sink, float* out);
   // IEEE f16 bit patterns of n floats, round to nearest even (the f16 KV cache)
   void (*f32_to_f16)(const float* x, uint16_t* out, size_t n);
   // sum of n floats (bandwidth probe)

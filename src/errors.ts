@@ -45,3 +45,13 @@ export class MissingTensorError extends ModelFormatError {}
 export class QueueFullError extends MoiraError {
   constructor(message: string) { super("QUEUE_FULL", message); }
 }
+
+/** A prompt (a chat message with the conversation it needs) leaves no room in the context for a reply. */
+export class ContextFullError extends MoiraError {
+  constructor(message: string) { super("CONTEXT_FULL", message); }
+}
+
+/** No WebGPU adapter (no GPU driver, no Vulkan / Metal / D3D12 device), or the binding cannot load. */
+export class GpuUnavailableError extends MoiraError {
+  constructor(message: string) { super("GPU_UNAVAILABLE", message); }
+}

@@ -15,6 +15,7 @@ import { fp32ToFp16, fp32ToBf16 } from "../src/formats/quant/dequantize.js";
 import { NativeBackend, loadNativeAddon, DirectReader, MappedFile, ReadError, allocAligned, fileIdentity, sameFile } from "../src/backend/native/index.js";
 import { REPO_ROOT } from "./shared.js";
 import { Rng } from "../src/engine/sampler.js";
+import { addSlots } from "../src/model/steps.js";
 
 const addon = loadNativeAddon();
 const ref = new RefBackend();
@@ -233,6 +234,62 @@ describe("native moeFfn", () => {
     }
     assert.throws(() => nat.moeFfn(new Float32Array(d), 1, { experts: experts.slice(0, 1), offsets: Int32Array.of(0, 1), tokens: Int32Array.of(1), weights: Float32Array.of(1) }, new Float32Array(d)), /outside/);
   });
+
+  test("expert biases and GPT-OSS's clamped SwiGLU: close to ref; groups and per-slot outputs give the one call's bits", () => {
+    const r = rng(4343);
+    const d = 256, ff = 256, nE = 4;
+    const act = { kind: "swiglu-oai", alpha: 1.702, limit: 7 } as const;
+    const experts: SwigluWeights[] = [];
+    for (let e = 0; e < nE; e++) {
+      const [tg, tu, td] = MIXES[e % MIXES.length];
+      // biases on all but the last expert (an expert without them adds nothing)
+      const biases = e < nE - 1 ? { gate: randF32(ff, r, 2), up: randF32(ff, r, 2), down: randF32(d, r, 0.5) } : undefined;
+      experts.push({ gate: randomWeight(tg, ff, d, r), up: randomWeight(tu, ff, d, r), down: randomWeight(td, d, ff, r), ...(biases ? { biases } : {}) });
+    }
+    for (const nTokens of [1, 2, 9]) {
+      // inputs large enough that gate and up pass the clamps at +-7 (each side) in many places
+      const x = randF32(nTokens * d, r, 3);
+      const per: number[][] = Array.from({ length: nE }, () => []);
+      for (let t = 0; t < nTokens; t++) for (let e = 0; e < nE; e++) if (e === t % nE || r() < 0.5) per[e].push(t);
+      const offsets = new Int32Array(nE + 1);
+      for (let e = 0; e < nE; e++) offsets[e + 1] = offsets[e] + per[e].length;
+      const tokens = Int32Array.from(per.flat());
+      const weights = Float32Array.from(tokens, () => Math.fround(r()));
+      const batch: ExpertBatch = { experts, offsets, tokens, weights, activation: act };
+      const want = new Float32Array(nTokens * d);
+      ref.moeFfn(x, nTokens, batch, want);
+      // the clamps are reached, and the variant differs from plain SwiGLU without biases
+      const g = new Float32Array(nTokens * ff);
+      ref.matmul(experts[0].gate, x, nTokens, g);
+      assert.ok(g.some((v) => v > 7) && g.some((v) => v < -7), "gate values pass the clamp");
+      const plain = new Float32Array(nTokens * d);
+      ref.moeFfn(x, nTokens, { experts: experts.map(({ gate, up, down }) => ({ gate, up, down })), offsets, tokens, weights }, plain);
+      assert.notDeepEqual(plain, want);
+      eachConfig((cfg) => {
+        const got = new Float32Array(nTokens * d).fill(NaN);
+        nat.moeFfn(x, nTokens, batch, got);
+        let scale = 0;
+        for (const v of want) scale = Math.max(scale, Math.abs(v));
+        assertClose(got, want, () => 0.05 * scale + 1e-6, `${cfg} T=${nTokens} vs ref`);
+        // the experts in two groups (accumulate), and per-slot outputs summed by addSlots: same bits
+        const grouped = new Float32Array(nTokens * d);
+        const split = (i0: number, i1: number): ExpertBatch => ({
+          experts: experts.slice(i0, i1), offsets: offsets.slice(i0, i1 + 1).map((o) => o - offsets[i0]),
+          tokens: tokens.subarray(offsets[i0], offsets[i1]), weights: weights.subarray(offsets[i0], offsets[i1]), activation: act,
+        });
+        nat.moeFfn(x, nTokens, split(0, 2), grouped);
+        nat.moeFfn(x, nTokens, { ...split(2, nE), accumulate: true }, grouped);
+        assert.deepEqual(grouped, got, `${cfg} T=${nTokens}: two groups != one call`);
+        const slotY = new Float32Array(tokens.length * d);
+        nat.moeFfn(x, nTokens, { ...batch, slotOut: slotY }, new Float32Array(nTokens * d));
+        const summed = new Float32Array(nTokens * d);
+        addSlots(summed, slotY, tokens, weights, d, false);
+        assert.deepEqual(summed, got, `${cfg} T=${nTokens}: per-slot outputs summed != one call`);
+      });
+    }
+    const short = { ...experts[0], biases: { gate: new Float32Array(ff), up: new Float32Array(ff - 1), down: new Float32Array(d) } };
+    assert.throws(() => nat.moeFfn(new Float32Array(d), 1, { experts: [short], offsets: Int32Array.of(0, 1), tokens: Int32Array.of(0), weights: Float32Array.of(1) }, new Float32Array(d)), /biases/);
+  });
 });
 
 describe("native elementwise and attention ops vs ref", () => {
@@ -253,13 +310,14 @@ describe("native elementwise and attention ops vs ref", () => {
     }
   });
 
-  test("rope (normal and neox, offsets, freqScale)", () => {
+  test("rope (normal and neox, offsets, freqScale, YaRN)", () => {
     const r = rng(8);
-    for (const neox of [false, true]) {
+    // YaRN: a ramp inside the rotated pairs, one that covers none of them, and one of zero width
+    for (const yarn of [undefined, { low: 2, high: 11, mscale: 1.37 }, { low: 0, high: 1, mscale: 1 }, { low: 3, high: 3, mscale: 0.9 }]) for (const neox of [false, true]) {
       for (const [nTok, nHead, headStride, ropeOffset, ropeDim, pos0, freqScale] of [
         [1, 1, 2, 0, 2, 0, 1], [5, 3, 64, 0, 64, 7, 1], [17, 2, 96, 32, 64, 1000, 0.25], [4, 4, 40, 8, 16, 30000, 1],
       ] as const) {
-        const p = { nTokens: nTok, nHead, headStride, ropeOffset, ropeDim, pos0, theta: 10000, neox, freqScale };
+        const p = { nTokens: nTok, nHead, headStride, ropeOffset, ropeDim, pos0, theta: 10000, neox, freqScale, ...(yarn ? { yarn } : {}) };
         const x = randF32(nTok * nHead * headStride, r);
         const want = x.slice();
         ref.rope(want, p);
@@ -321,6 +379,42 @@ describe("native elementwise and attention ops vs ref", () => {
     }
     assert.throws(() => nat.attention(new Float32Array(8), new Uint16Array(8), new Float32Array(8),
       { nTokens: 1, nPast: 0, nHead: 1, nKvHead: 1, headDimK: 8, headDimV: 8, scale: 1 }, new Float32Array(8)), /both/);
+  });
+
+  test("attention with a sliding window and sinks (GPT-OSS); token by token gives the batch's bits", () => {
+    const r = rng(21);
+    // windows inside one chunk of 32 rows, across chunk boundaries, of one row, and wider than the
+    // context; sinks around the scores, dominating them, and none
+    for (const [nTokens, nPast, nHead, nKvHead, headDimK, window, sinkScale] of [
+      [1, 0, 2, 1, 8, 16, 1], [6, 10, 4, 2, 64, 16, 1], [5, 100, 4, 1, 64, 40, 3], [3, 70, 2, 2, 16, 1, 1],
+      [7, 200, 8, 4, 64, 128, 0.5], [2, 5, 2, 1, 8, 1000, 20], [6, 40, 4, 2, 32, 33, 0],
+    ] as const) {
+      const nCtx = nPast + nTokens;
+      const q = randF32(nTokens * nHead * headDimK, r, 2), k = randF32(nCtx * nKvHead * headDimK, r, 2);
+      const v = randF32(nCtx * nKvHead * headDimK, r);
+      const sinks = sinkScale > 0 ? randF32(nHead, r, sinkScale) : undefined;
+      const p = { nTokens, nPast, nHead, nKvHead, headDimK, headDimV: headDimK, scale: 1 / Math.sqrt(headDimK), window, sinks };
+      const want = new Float32Array(nTokens * nHead * headDimK);
+      ref.attention(q, k, v, p, want);
+      // the window really drops rows: without it the result moves
+      const full = new Float32Array(want.length);
+      ref.attention(q, k, v, { ...p, window: 0 }, full);
+      if (window < nCtx - 1) assert.notDeepEqual(full, want, `window ${window} changes nothing`);
+      eachConfig((cfg) => {
+        const got = new Float32Array(want.length);
+        nat.attention(q, k, v, p, got);
+        // sinks only add a term to each denominator: outputs stay convex combinations (<= 1) of v
+        assertClose(got, want, () => 2e-5, `attention ${cfg} window ${window} sinks ${sinkScale} ${JSON.stringify({ nTokens, nPast, nHead })}`);
+        const qd = headDimK * nHead;
+        for (let t = 0; t < nTokens; t++) {
+          const one = new Float32Array(qd);
+          nat.attention(q.subarray(t * qd, (t + 1) * qd), k, v, { ...p, nTokens: 1, nPast: nPast + t }, one);
+          assert.deepEqual(one, got.subarray(t * qd, (t + 1) * qd), `attention ${cfg} window ${window} token ${t} alone`);
+        }
+      });
+    }
+    assert.throws(() => nat.attention(new Float32Array(8), new Float32Array(8), new Float32Array(8),
+      { nTokens: 1, nPast: 0, nHead: 2, nKvHead: 1, headDimK: 4, headDimV: 4, scale: 1, sinks: new Float32Array(1) }, new Float32Array(8)), /sinks/);
   });
 
   test("f32ToF16 rounds like fp32ToFp16 (ties to even, subnormals, overflow)", () => {

@@ -14,6 +14,8 @@ import type { Backend, WeightMatrix } from "../src/backend/backend.js";
 import type { KvType } from "../src/model/kv-cache.js";
 import { Session } from "../src/engine/session.js";
 import { argmax } from "../src/engine/sampler.js";
+import { ExpertRouter, selectionBias } from "../src/model/routing.js";
+import type { ExpertGating } from "../src/model/config.js";
 
 let llamaPromise: Promise<Llama> | undefined;
 const recentLogs: string[] = [];
@@ -231,25 +233,34 @@ export type RouterLogits = Map<number, Float32Array>;
 
 /**
  * `inner` with its matmul watched: every product with a router matrix (blk.L.ffn_gate_inp) is
- * copied into `seen`, after `edit` (when given) has had the chance to change the router logits
- * the model then reads. Everything else passes through.
+ * copied into `seen` as the router logits (plus the router's bias where it has one, GPT-OSS),
+ * after `edit` (when given) has had the chance to change them; the model then reads the edited
+ * logits (a changed biased logit goes back as itself less the bias). Everything else passes through.
  */
 export function routerSpy(inner: Backend, model: Model, seen: RouterLogits, edit?: (layer: number, logits: Float32Array) => void): Backend {
   const cfg = model.config;
-  const routers = new Map<WeightMatrix, number>();
+  const routers = new Map<WeightMatrix, { layer: number; bias: Float32Array | null }>();
   for (let l = 0; l < cfg.nLayer; l++) {
     const name = `blk.${l}.ffn_gate_inp.weight`;
-    if (model.weights.has(name)) routers.set(model.weights.matrix(name, cfg.nExpert, cfg.dModel), l);
+    if (model.weights.has(name)) {
+      routers.set(model.weights.matrix(name, cfg.nExpert, cfg.dModel), { layer: l, bias: model.weights.optionalVector(`blk.${l}.ffn_gate_inp.bias`, cfg.nExpert) });
+    }
   }
   return new Proxy(inner, {
     get(target, prop) {
       if (prop === "matmul") {
         return (w: WeightMatrix, x: Float32Array, n: number, out: Float32Array): void => {
           target.matmul(w, x, n, out);
-          const l = routers.get(w);
-          if (l === undefined) return;
-          edit?.(l, out);
-          seen.set(l, out.slice());
+          const r = routers.get(w);
+          if (r === undefined) return;
+          const logits = out.slice();
+          if (r.bias) for (let i = 0; i < logits.length; i++) logits[i] += r.bias[i % cfg.nExpert]!;
+          if (edit) {
+            const before = logits.slice();
+            edit(r.layer, logits);
+            for (let i = 0; i < logits.length; i++) if (logits[i] !== before[i]) out[i] = logits[i]! - (r.bias ? r.bias[i % cfg.nExpert]! : 0);
+          }
+          seen.set(r.layer, logits);
         };
       }
       const v = Reflect.get(target, prop, target) as unknown;
@@ -259,24 +270,99 @@ export function routerSpy(inner: Backend, model: Model, seen: RouterLogits, edit
 }
 
 /**
- * One routing decision: at (layer, token) moira takes the top k experts by router logit;
- * `margin` is the k-th largest router logit minus the (k+1)-th, i.e. log(p_k / p_k+1) of the
- * router softmax: how far the last chosen expert is from the first one left out.
+ * One routing decision: at (layer, token) moira takes the k experts with the best selection
+ * scores (model/routing.ts: the router logits' gating plus the layer's selection bias); `kth` is
+ * the last one taken, `next` the first one left out. `tie` is the smaller change of one router
+ * logit that makes them tie: `expert` (next, raised, or kth, lowered) to the logit `to`;
+ * `margin` is its size: how far the decision is from going the other way, in router logits.
+ * Without a selection bias that is the k-th largest router logit minus the (k+1)-th (for softmax
+ * gating log(p_k / p_k+1)). With expert groups see groupedSite.
  */
-export interface RouterSite { layer: number; token: number; margin: number; kth: number; next: number }
+export interface RouterSite { layer: number; token: number; margin: number; kth: number; next: number; tie: { expert: number; to: number } }
 
 /** Every routing decision of a forward, smallest margin first. */
 export function routerSites(model: Model, router: RouterLogits): RouterSite[] {
-  const nE = model.config.nExpert, k = model.config.nExpertUsed;
+  const cfg = model.config, nE = cfg.nExpert, k = cfg.nExpertUsed;
+  const ranker = new ExpertRouter(cfg);
+  const ranked = new Int32Array(k + 1);
   const sites: RouterSite[] = [];
   for (const [layer, logits] of router) {
+    const bias = selectionBias(model.weights, cfg, layer);
     for (let token = 0; token < logits.length / nE; token++) {
       const row = logits.subarray(token * nE, (token + 1) * nE);
-      const order = [...row.keys()].sort((x, y) => row[y]! - row[x]! || x - y);
-      sites.push({ layer, token, margin: row[order[k - 1]!]! - row[order[k]!]!, kth: order[k - 1]!, next: order[k]! });
+      if (cfg.expertGroups > 1) {
+        sites.push(groupedSite(ranker, k, row, bias, layer, token));
+        continue;
+      }
+      ranker.rank(row, bias, k + 1, ranked);
+      const kth = ranked[k - 1]!, next = ranked[k]!;
+      const tie = smallestTie(cfg.expertGating, row, bias, kth, next);
+      sites.push({ layer, token, margin: tie.expert === next ? tie.to - row[next]! : row[kth]! - tie.to, kth, next, tie });
     }
   }
   return sites.sort((x, y) => x.margin - y.margin);
+}
+
+/**
+ * A routing decision under expert groups, which can also go the other way at the group level (the
+ * token's expert_group_used_count-th best group against the next one, which swaps several experts
+ * at once): the one-logit change of least size that changes the chosen experts, raising a left-out
+ * expert's router logit or lowering a chosen one's, whichever level it acts at. Found per expert
+ * by bisection through the routing itself (the choice, once changed, stays changed as the logit
+ * moves on) to ~1e-9; `next` is an expert that then comes in, `kth` one that goes out; a change
+ * above 1e3 counts as none (a sigmoid score saturating short of the bar).
+ */
+function groupedSite(ranker: ExpertRouter, k: number, row: Float32Array, bias: Float32Array | null, layer: number, token: number): RouterSite {
+  const chosen = new Int32Array(k);
+  const choice = (): Set<number> => {
+    ranker.rank(row, bias, k, chosen);
+    return new Set(chosen);
+  };
+  const before = choice();
+  const changedAt = (e: number, to: number): Set<number> | null => {
+    const x0 = row[e]!;
+    row[e] = to;
+    const after = choice();
+    row[e] = x0;
+    return [...before].some((x) => !after.has(x)) ? after : null;
+  };
+  let site: RouterSite = { layer, token, margin: Infinity, kth: -1, next: -1, tie: { expert: -1, to: NaN } };
+  for (let e = 0; e < row.length; e++) {
+    const x0 = row[e]!;
+    const dir = before.has(e) ? -1 : 1; // a chosen expert goes down, a left-out one up
+    // no change beyond the best site's so far (nor 1e3) is worth finding
+    const limit = Math.min(site.margin, 1e3);
+    let hi = Math.min(1, limit);
+    while (!changedAt(e, x0 + dir * hi) && hi < limit) hi = Math.min(2 * hi, limit);
+    if (!changedAt(e, x0 + dir * hi)) continue;
+    let lo = 0;
+    while (hi - lo > 1e-9 * Math.max(1, Math.abs(x0))) {
+      const mid = (lo + hi) / 2;
+      if (changedAt(e, x0 + dir * mid)) hi = mid; else lo = mid;
+    }
+    if (hi >= site.margin) continue;
+    const after = changedAt(e, x0 + dir * hi)!;
+    site = {
+      layer, token, margin: hi, kth: [...before].find((x) => !after.has(x))!, next: [...after].find((x) => !before.has(x))!,
+      tie: { expert: e, to: x0 + dir * hi },
+    };
+  }
+  return site;
+}
+
+/** The smaller one-logit change (row: the router logits) that gives `next` the selection score of `kth`. */
+function smallestTie(gating: ExpertGating, row: Float32Array, bias: Float32Array | null, kth: number, next: number): RouterSite["tie"] {
+  if (gating === "sigmoid") {
+    // sigmoid(x_next) + b_next = sigmoid(x_kth) + b_kth, moving x_next up or x_kth down
+    const b = (e: number) => (bias ? bias[e]! : 0);
+    const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
+    const logit = (p: number) => (p <= 0 ? -Infinity : p >= 1 ? Infinity : Math.log(p / (1 - p)));
+    const up = logit(sigmoid(row[kth]!) + b(kth) - b(next)), down = logit(sigmoid(row[next]!) + b(next) - b(kth));
+    return up - row[next]! <= row[kth]! - down ? { expert: next, to: up } : { expert: kth, to: down };
+  }
+  // softmax and softmax-weight rank by the logit itself
+  if (bias) throw new Error(`router near-ties under ${gating} gating with a selection bias are not modelled`);
+  return { expert: next, to: row[kth]! };
 }
 
 /** moira's logits of every position of `tokens` (one batch), with its router logits; `flip` swaps one decision. */
@@ -286,8 +372,10 @@ export function moiraForward(model: Model, backend: Backend, tokens: readonly nu
   const spied = routerSpy(backend, model, router, flip && ((l, logits) => {
     if (l !== flip.layer) return;
     const row = logits.subarray(flip.token * nE, (flip.token + 1) * nE);
-    // the (k+1)-th expert just beats the k-th; everything else unchanged
-    row[flip.next] = row[flip.kth]! + Math.max(1e-4, Math.abs(row[flip.kth]!) * 1e-5);
+    // the (k+1)-th expert just beats the k-th (under groups: the change just swaps them); everything else unchanged
+    const { expert, to } = flip.tie;
+    const step = Math.max(1e-4, Math.abs(to) * 1e-5);
+    row[expert] = expert === flip.next || to > row[expert]! ? to + step : to - step;
   }));
   const s = new Session(model, { backend: spied, contextLength: tokens.length });
   const all = s.forward(tokens, { allLogits: true });

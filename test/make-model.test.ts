@@ -22,7 +22,7 @@ after(() => disposeOracleLlama());
 const dir = mkdtempSync(join(tmpdir(), "moira-make-model-"));
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
 
-const TINY = ["tiny", "tiny-qwen2moe", "tiny-qwen3moe", "tiny-olmoe", "tiny-deepseek2"];
+const TINY = ["tiny", "tiny-qwen2moe", "tiny-qwen3moe", "tiny-olmoe", "tiny-deepseek2", "tiny-glm4moe"];
 const TYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"];
 
 for (const preset of TINY) {

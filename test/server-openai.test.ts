@@ -111,9 +111,8 @@ test("chat logprobs: one entry per token, bytes that make the text, top_logprobs
   const content = j.choices[0].logprobs!.content!;
   const generated = j.usage!.completion_tokens - (j.choices[0].finish_reason === "stop" ? 1 : 0);
   assert.equal(content.length, generated);
-  // the bytes make the text (but for the space SentencePiece puts before a first word, which the
-  // text leaves out, as decode() does)
-  assert.equal(Buffer.from(content.flatMap((e) => e.bytes!)).toString().replace(/^ /, ""), j.choices[0].message.content!.replace(/^ /, ""));
+  // the bytes make the text (a first word's SentencePiece space included, as llama.cpp streams it)
+  assert.equal(Buffer.from(content.flatMap((e) => e.bytes!)).toString(), j.choices[0].message.content!);
   for (const e of content) {
     assert.ok(e.logprob <= 0);
     assert.equal(e.top_logprobs.length, 3);
@@ -136,14 +135,13 @@ test("completions logprobs (legacy form): tokens, token_logprobs, top_logprobs m
   const j = await main.client.completions.create({ model: "tiny", prompt: "The history of", max_tokens: 8, temperature: 0.8, seed: 3, logprobs: 2 });
   const lp = j.choices[0].logprobs!;
   assert.equal(lp.tokens!.length, 8);
-  // the tokens make the text (but for the space SentencePiece puts before a first word, which the
-  // text leaves out, as decode() does: the offsets count from the text's start)
-  const lead = lp.tokens!.join("").length - j.choices[0].text.length;
-  assert.equal(lp.tokens!.join("").slice(lead), j.choices[0].text);
+  // the tokens make the text, a first word's SentencePiece space included; the offsets count from
+  // the text's start
+  assert.equal(lp.tokens!.join(""), j.choices[0].text);
   let offset = 0;
   lp.tokens!.forEach((t, i) => {
     assert.equal(lp.text_offset![i], offset);
-    offset += t.length - (i === 0 ? lead : 0);
+    offset += t.length;
     const top = lp.top_logprobs![i];
     // the two most likely tokens, and the chosen one (sampled: it may be a third)
     assert.ok(Object.keys(top).length >= 2 && Object.keys(top).length <= 3);
@@ -232,6 +230,18 @@ test("a client that aborts a stream frees the engine within a step: the next req
   // the server stopped that generation: it holds at most a few tokens more than the client read
   assert.ok(await srv.metric("moira_generated_tokens_total") < 3 + 1 + received + 10);
   assert.equal(await srv.metric('moira_requests_ended_early_total{cause="client"}'), 1);
+
+  // a JSON request whose client leaves: its generation stops too
+  const gone = new AbortController();
+  const pending = srv.client.completions.create({ model: "tiny", prompt: "Once upon a time", max_tokens: 4000, temperature: 0, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming, { signal: gone.signal });
+  while (await srv.metric('moira_slot_state{slot="0",state="decode"}') === 0) await new Promise((r) => setTimeout(r, 2));
+  const t2 = performance.now();
+  gone.abort();
+  await assert.rejects(pending, (e: unknown) => e instanceof OpenAI.APIUserAbortError);
+  await srv.client.completions.create(quick);
+  const waited2 = performance.now() - t2;
+  assert.ok(waited2 < alone + 10 * step + 100, `the next request took ${waited2.toFixed(1)} ms after a JSON request's client left`);
+  assert.equal(await srv.metric('moira_requests_ended_early_total{cause="client"}'), 2);
 });
 
 test("a full queue answers 429 with Retry-After and an OpenAI-style error; /metrics shows the queue", async () => {

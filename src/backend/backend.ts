@@ -35,6 +35,23 @@ export interface RopeParams {
   neox: boolean;
   /** linear position scaling: the angle uses pos * freqScale (1 = none) */
   freqScale: number;
+  /** YaRN scaling (absent: none); see RopeYarn */
+  yarn?: RopeYarn;
+}
+
+/**
+ * YaRN rope scaling as llama.cpp's ggml_rope_ext computes it (rope_yarn, ext_factor 1): dim pair i
+ * turns by theta_interp (1 - r) + theta_extrap r, theta_extrap = pos theta^(-2i/ropeDim) and
+ * theta_interp = freqScale theta_extrap, where the ramp r = 1 - clamp((i - low) / max(0.001, high - low), 0, 1)
+ * keeps the fast pairs (i <= low) unscaled and fully interpolates the slow ones (i >= high);
+ * cos and sin are multiplied by mscale.
+ */
+export interface RopeYarn {
+  /** llama.cpp's corr_dims: the ramp's ends, in dim pairs */
+  low: number;
+  high: number;
+  /** the magnitude cos and sin are multiplied by */
+  mscale: number;
 }
 
 /** A KV cache row store: f32, or IEEE f16 bit patterns (see Backend.f32ToF16). */
@@ -62,6 +79,23 @@ export interface AttentionParams {
   headDimV: number;
   /** softmax scale, usually 1/sqrt(headDimK) */
   scale: number;
+  /**
+   * Sliding window (llama.cpp's LLAMA_SWA_TYPE_STANDARD): the query at position p sees only the
+   * cache rows j with p - j < window. Absent or 0: every row up to p.
+   */
+  window?: number;
+  /**
+   * Attention sinks [nHead] (GPT-OSS): one more logit per head in the softmax denominator, unscaled,
+   * that weights no value (the head may attend to nothing).
+   */
+  sinks?: Float32Array;
+}
+
+/** One expert's biases, added to each projection's output (GPT-OSS): gate/up [ff], down [d]. */
+export interface SwigluBiases {
+  readonly gate: Float32Array;
+  readonly up: Float32Array;
+  readonly down: Float32Array;
 }
 
 /** One expert's SwiGLU weights: gate/up [ff, d], down [d, ff] (types may differ per matrix). */
@@ -69,7 +103,21 @@ export interface SwigluWeights {
   readonly gate: WeightMatrix;
   readonly up: WeightMatrix;
   readonly down: WeightMatrix;
+  readonly biases?: SwigluBiases;
 }
+
+/**
+ * How an expert's gate and up outputs g, u combine into its hidden activation:
+ * - "swiglu": silu(g) * u;
+ * - "swiglu-oai" (GPT-OSS, llama.cpp's ggml_swiglu_oai): with g' = min(g, limit) and
+ *   u' = clamp(u, -limit, limit), g' * sigmoid(alpha * g') * (u' + 1).
+ */
+export type ExpertActivation =
+  | { readonly kind: "swiglu" }
+  | { readonly kind: "swiglu-oai"; readonly alpha: number; readonly limit: number };
+
+/** The plain SwiGLU activation (every architecture but GPT-OSS). */
+export const SWIGLU: ExpertActivation = { kind: "swiglu" };
 
 /**
  * Tokens gathered per expert, in "slots": expert i owns slots offsets[i] .. offsets[i+1]; slot s
@@ -96,6 +144,8 @@ export interface ExpertBatch {
    * with `addSlots`, which rounds exactly as `out` would have.
    */
   readonly slotOut?: Float32Array;
+  /** How gate and up combine (default SWIGLU), after each expert's biases (SwigluWeights.biases) are added. */
+  readonly activation?: ExpertActivation;
 }
 
 export interface Backend {
@@ -126,7 +176,8 @@ export interface Backend {
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
   /**
    * The MoE expert layer: out[t] = Σ over t's slots, in slot order, of
-   * weight · down(silu(gate x_t) ⊙ up x_t); each step rounds like f32 `out += w * y`.
+   * weight · (down(act(gate x_t + b_gate, up x_t + b_up)) + b_down), act the batch's activation
+   * (default silu(g) ⊙ u), the biases each expert's own (none: 0); each step rounds like f32 `out += w * y`.
    * x: [nTokens, d]; out: [nTokens, d] (overwritten; rows without slots become 0).
    */
   moeFfn(x: Float32Array, nTokens: number, batch: ExpertBatch, out: Float32Array): void;

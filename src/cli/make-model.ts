@@ -41,6 +41,7 @@ export function registerMakeModelCommand(program: Command): void {
     .option("--shared-d-ff <n>", "hidden size of the shared expert(s), all together (0: none)", parseIntOption("--shared-d-ff", 0))
     .option("--vocab <n>", "vocabulary size of the built-in vocabulary (padded with unused tokens)", parseIntOption("--vocab", 1))
     .option("--context <n>", "training context length", parseIntOption("--context", 1))
+    .option("--nextn-layers <n>", "multi-token-prediction blocks after the --layers ones, stored and never run (glm4moe)", parseIntOption("--nextn-layers", 0))
     .option("--routing-skew <s>", "skewed per-layer expert popularity: Zipf exponent s in (0, 4] (default: off, random routers)", parseFloat)
     .option("--routing-from <file>", "per-layer expert popularity from measured counts (e.g. ../shared/traces/olmoe-routing-stats/olmoe__expert_counts__arxiv.json)")
     .option("--quiet", "no progress bar")

@@ -13,7 +13,8 @@ export interface GenerateOptions extends SamplerOptions {
   stopTokens?: readonly number[];
   /**
    * Ends the generation once aborted (stopReason "aborted", no error): looked at before the
-   * prefill and after every decode step, so an abort stops it within one step.
+   * prefill and before and after every decode step (after it, the event loop has run, and an
+   * abort has landed), so an abort stops it within one step.
    */
   signal?: AbortSignal;
   /**
@@ -77,7 +78,7 @@ export async function* generate(
   }
   const rng = new Rng(opts.seed ?? Date.now());
   const stops = new Set(opts.stopTokens ?? tokenizer?.eosIds ?? []);
-  const decoder = tokenizer?.createStreamDecoder();
+  const decoder = tokenizer?.createStreamDecoder({ after: prompt });
   const history = [...prompt];
 
   const t0 = performance.now();

@@ -15,8 +15,8 @@
  *    (`planTensor`, mlx-lm's `sanitize`: split or dropped tensors);
  *  - `makeModel`: make-model's presets (a tiny one for tests, the default, and real models'
  *    shapes), its shape rules, a block's tensors in llama.cpp's order, and its `{arch}.*` keys.
- * Optional members (hf.yarnMetadata, hf.planTensor, makeModel.resolveShape / validateShape) are
- * for architectures that differ there. An architecture file imports values only from modules
+ * Optional members (hf.yarnMetadata, hf.planTensor, makeModel.resolveShape / validateShape /
+ * chat) are for architectures that differ there. An architecture file imports values only from modules
  * that do not import the registry (here, config.ts, steps.ts, experts.ts, formats/metadata-value.ts,
  * tools/make-model/layout.ts and shape.ts, other architecture files), so that no import cycle
  * runs through it; formats/hf, which asks the registry, hands its helpers over as arguments
@@ -28,7 +28,7 @@ import type { Fields, HFArchConfig, HFBaseConfig, HFModelConfig, MetadataOptions
 import type { HFTensorPlanner, SourceTensor } from "../formats/hf/tensor-names.js";
 import type { TensorSink } from "../tools/make-model/layout.js";
 import type { ModelShape, ShapeOverrides } from "../tools/make-model/shape.js";
-import { MetadataReader, expertGatingOf, type ModelConfig } from "./config.js";
+import { MetadataReader, expertGatingOf, type ModelConfig, type YarnConfig } from "./config.js";
 import type { ForwardContext } from "./steps.js";
 import { expertTensorNames, isMoeLayer } from "./experts.js";
 import { ModelFormatError, UnsupportedError } from "../errors.js";
@@ -57,6 +57,8 @@ export interface ExpectedTensor {
   readonly optional?: boolean;
   /** the file may lack it when it has all of these instead (the recipe reads whichever is there) */
   readonly orElse?: readonly ExpectedTensor[];
+  /** in the file (shape checked) but never read, so never loaded: llama.cpp's TENSOR_SKIP (multi-token-prediction blocks) */
+  readonly unused?: boolean;
 }
 
 /** A Hugging Face checkpoint of this architecture, seen by formats/hf (config.ts, tensor-names.ts). */
@@ -101,10 +103,19 @@ export interface MakeModelArchitecture {
   resolveShape?(shape: ModelShape, from: { readonly base: ModelShape; readonly flags: ShapeOverrides }): ModelShape;
   /** Refuses (InvalidArgumentError) shapes this architecture cannot have, after the generic checks. */
   validateShape?(s: ModelShape): void;
-  /** Block l's tensors, attn_norm to the FFN, in the order llama.cpp's converter writes them. */
+  /**
+   * Block l's tensors, attn_norm to the FFN, in the order llama.cpp's converter writes them (from
+   * l = s.layers on, the multi-token-prediction blocks of s.nextnLayers).
+   */
   block(s: ModelShape, l: number, add: TensorSink): void;
   /** The `{arch}.*` keys after the ones every file has, in the order they are written. */
   metadata(s: ModelShape): ArchKeys;
+  /**
+   * The architecture's own chat format for the built-in vocabulary: its Jinja template (instead
+   * of the built-in one) and the control tokens it writes, added to the vocabulary (GPT-OSS's
+   * harmony). Absent: the built-in template.
+   */
+  readonly chat?: { readonly template: string; readonly controlTokens: readonly string[] };
 }
 
 /**
@@ -114,6 +125,14 @@ export interface MakeModelArchitecture {
  */
 export function commonConfig(arch: string, md: Metadata, tensors: ReadonlyMap<string, TensorMeta>) {
   const m = new MetadataReader(md, arch);
+  // multi-token-prediction blocks follow the ones the forward runs and are counted in
+  // block_count; llama.cpp requires their tensors only where the first one's nextn.eh_proj is there
+  const blockCount = m.num("block_count");
+  const nextn = m.num("nextn_predict_layers", 0);
+  if (nextn >= blockCount) {
+    throw new ModelFormatError(`${arch}.nextn_predict_layers ${nextn} leaves no block to run of block_count ${blockCount}`);
+  }
+  const nLayer = blockCount - nextn;
   const dModel = m.num("embedding_length");
   const nHead = m.num("attention.head_count");
   const headDimK = m.num("attention.key_length", Math.floor(dModel / nHead));
@@ -127,28 +146,31 @@ export function commonConfig(arch: string, md: Metadata, tensors: ReadonlyMap<st
   const scaleLinear = m.num("rope.scale_linear", 0);
   if (scaleLinear > 0) freqScale = 1 / scaleLinear;
   const scalingType = md.get(`${arch}.rope.scaling.type`);
-  if (scalingType && scalingType.value !== "none" && scalingType.value !== "linear") {
-    throw new UnsupportedError(`${arch}.rope.scaling.type = ${String(scalingType.value)} is not supported yet (only linear scaling)`);
+  if (scalingType && scalingType.value !== "none" && scalingType.value !== "linear" && scalingType.value !== "yarn") {
+    throw new UnsupportedError(`${arch}.rope.scaling.type = ${String(scalingType.value)} is not supported yet (linear and yarn scaling are)`);
   }
-  if (scalingType?.value === "linear") {
+  if (scalingType?.value === "linear" || scalingType?.value === "yarn") {
     const f = m.num("rope.scaling.factor", 1);
     if (f > 0) freqScale = 1 / f;
   }
+  const contextLength = m.num("context_length", 4096);
   return {
     arch,
     m,
-    nLayer: m.num("block_count"),
+    nLayer,
+    nextnLayers: tensors.has(`blk.${nLayer}.nextn.eh_proj.weight`) ? nextn : 0,
     dModel,
     nHead,
     nKvHead: m.num("attention.head_count_kv", nHead),
     headDimK,
     headDimV: m.num("attention.value_length", headDimK),
     vocabSize: embd.dims[1],
-    contextLength: m.num("context_length", 4096),
+    contextLength,
     rmsEps: m.num("attention.layer_norm_rms_epsilon", 1e-5),
     ropeTheta: m.num("rope.freq_base", 10000),
     ropeDim: m.num("rope.dimension_count", headDimK),
     ropeFreqScale: freqScale,
+    ropeYarn: scalingType?.value === "yarn" ? yarnConfig(m, freqScale, contextLength) : null,
     nExpert,
     nExpertUsed: m.num("expert_used_count"),
     // llama and olmoe files give the expert width as feed_forward_length
@@ -168,8 +190,28 @@ export function commonConfig(arch: string, md: Metadata, tensors: ReadonlyMap<st
 }
 
 /**
+ * YaRN's hyperparameters as llama.cpp sets them for every architecture (llama-model.cpp,
+ * llama-context.cpp): the original context (default: the training context), beta_fast 32 and
+ * beta_slow 1, and the magnitude of cos and sin, rope.scaling.attn_factor times YaRN's own
+ * 1 + 0.1 ln(factor) (1 when factor <= 1). The file's rope.scaling.yarn_beta_fast / _slow, which
+ * current converters copy from config.json, are read as transformers reads config.json's (llama.cpp
+ * reads them for a few architectures only; it runs Kimi-K2's beta_fast 1 as 32). Architectures
+ * that scale attention their own way change `mscale` (deepseek2).
+ */
+function yarnConfig(m: MetadataReader, freqScale: number, contextLength: number): YarnConfig {
+  const factor = 1 / freqScale;
+  return {
+    origContext: m.num("rope.scaling.original_context_length", contextLength),
+    betaFast: m.num("rope.scaling.yarn_beta_fast", 32),
+    betaSlow: m.num("rope.scaling.yarn_beta_slow", 1),
+    mscale: m.num("rope.scaling.attn_factor", 1) * (factor > 1 ? 1 + 0.1 * Math.log(factor) : 1),
+  };
+}
+
+/**
  * Every tensor of a model: token embeddings, `block(l)` for each block, the output norm and the
- * output projection (absent when tied to the embeddings).
+ * output projection (absent when tied to the embeddings); then the multi-token-prediction blocks
+ * (nextnTensors), unused.
  */
 export function modelTensors(c: ModelConfig, block: (l: number) => ExpectedTensor[]): ExpectedTensor[] {
   const t: ExpectedTensor[] = [
@@ -178,7 +220,26 @@ export function modelTensors(c: ModelConfig, block: (l: number) => ExpectedTenso
   ];
   if (!c.tiedEmbeddings) t.push({ name: "output.weight", dims: [c.dModel, c.vocabSize] });
   for (let l = 0; l < c.nLayer; l++) t.push(...block(l));
+  for (let l = c.nLayer; l < c.nLayer + c.nextnLayers; l++) t.push(...nextnTensors(c, l, block));
   return t;
+}
+
+/**
+ * Multi-token-prediction block l (after the nLayer blocks the forward runs), as llama.cpp's
+ * loaders (GLM-4.5, DeepSeek-V3) list it: an ordinary block's tensors, `block(l)`, plus the
+ * projection of [embedding, hidden state] and its two norms; its own embeddings, head and head
+ * norm optional. All unused: checked, never loaded.
+ */
+export function nextnTensors(c: ModelConfig, l: number, block: (l: number) => ExpectedTensor[]): ExpectedTensor[] {
+  const b = (n: string) => `blk.${l}.nextn.${n}`;
+  return [
+    ...block(l),
+    { name: b("eh_proj.weight"), dims: [2 * c.dModel, c.dModel] }, { name: b("enorm.weight"), dims: [c.dModel] },
+    { name: b("hnorm.weight"), dims: [c.dModel] },
+    { name: b("embed_tokens.weight"), dims: [c.dModel, c.vocabSize], optional: true },
+    { name: b("shared_head_head.weight"), dims: [c.dModel, c.vocabSize], optional: true },
+    { name: b("shared_head_norm.weight"), dims: [c.dModel], optional: true },
+  ].map((t) => ({ ...t, unused: true }));
 }
 
 /** A pre-norm block's two RMS norms: before attention and before the FFN. */

@@ -12,6 +12,26 @@ export interface MlaConfig {
   readonly qkNopeDim: number;
   readonly qkRopeDim: number;
   readonly vHeadDim: number;
+  /**
+   * The attention logits' scale: 1/sqrt(qkNopeDim + qkRopeDim), times YaRN's mscale^2 under YaRN
+   * scaling (DeepSeek's softmax_scale, llama.cpp's kq_scale).
+   */
+  readonly kqScale: number;
+}
+
+/**
+ * YaRN rope scaling (GGUF rope.scaling.type = yarn), llama.cpp's hyperparameters of it; the angle
+ * scale is ModelConfig.ropeFreqScale (1 / rope.scaling.factor). steps.ts turns it into the
+ * backend's RopeYarn for a rope width.
+ */
+export interface YarnConfig {
+  /** rope.scaling.original_context_length: the context the rope was trained at before scaling */
+  readonly origContext: number;
+  /** the ramp between extrapolated and interpolated dims, in rotations over origContext (32 and 1) */
+  readonly betaFast: number;
+  readonly betaSlow: number;
+  /** cos and sin are multiplied by this (llama.cpp's attn_factor times YaRN's 1 + 0.1 ln(factor)) */
+  readonly mscale: number;
 }
 
 /**
@@ -37,7 +57,15 @@ export function expertGatingOf(arch: string, code: number): ExpertGating {
 export interface ModelConfig {
   /** GGUF general.architecture */
   readonly arch: string;
+  /** blocks the forward runs (block_count less the nextnLayers after them) */
   readonly nLayer: number;
+  /**
+   * Multi-token-prediction blocks the file stores after the nLayer ones (GGUF nextn_predict_layers,
+   * which block_count counts; GLM-4.5, DeepSeek-V3): llama.cpp never runs them in the forward, nor
+   * does moira; their tensors are checked, not loaded. 0 where the file declares them but holds
+   * none of their tensors (llama.cpp's trunk-only files).
+   */
+  readonly nextnLayers: number;
   readonly dModel: number;
   readonly nHead: number;
   readonly nKvHead: number;
@@ -52,6 +80,14 @@ export interface ModelConfig {
   /** NeoX rotation (i, i+d/2) vs normal (2i, 2i+1) */
   readonly ropeNeox: boolean;
   readonly ropeFreqScale: number;
+  /** YaRN scaling, or null (none, or linear scaling: ropeFreqScale alone) */
+  readonly ropeYarn: YarnConfig | null;
+  /**
+   * Sliding-window attention on some layers (GPT-OSS; llama.cpp's LLAMA_SWA_TYPE_STANDARD with
+   * set_swa_pattern(period)): layer l sees only its last `size` positions when
+   * l % period < period - 1 (period 2: the even layers), every position otherwise. Absent: none.
+   */
+  readonly slidingWindow?: { readonly size: number; readonly period: number };
   readonly nExpert: number;
   readonly nExpertUsed: number;
   /** routed expert hidden width */
@@ -150,5 +186,5 @@ export function validateConfig(c: ModelConfig): ModelConfig {
   if (c.ropeDim % 2 !== 0 || c.ropeDim > c.headDimK) {
     throw new ModelFormatError(`${c.arch}: rope dimension ${c.ropeDim} must be even and at most the head size ${c.headDimK}`);
   }
-  return Object.freeze({ ...c, mla: c.mla ? Object.freeze({ ...c.mla }) : null });
+  return Object.freeze({ ...c, mla: c.mla ? Object.freeze({ ...c.mla }) : null, ropeYarn: c.ropeYarn ? Object.freeze({ ...c.ropeYarn }) : null });
 }

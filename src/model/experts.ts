@@ -2,14 +2,18 @@
  * Where expert weights come from. A model recipe asks an ExpertProvider for the experts a layer
  * needs and never learns whether they were resident, cached in an arena or read from disk.
  */
-import type { WeightMatrix } from "../backend/backend.js";
+import type { SwigluBiases, WeightMatrix } from "../backend/backend.js";
 import type { ModelConfig } from "./config.js";
 import type { ModelWeights, StackedMatrix } from "./weights.js";
+import { GGMLType, typeName } from "../formats/quant/types.js";
+import { ModelFormatError } from "../errors.js";
 
 export interface ExpertFfnWeights {
   readonly gate: WeightMatrix; // [expertFf, dModel]
   readonly up: WeightMatrix; //   [expertFf, dModel]
   readonly down: WeightMatrix; // [dModel, expertFf]
+  /** the expert's own biases (GPT-OSS): gate/up [expertFf], down [dModel]; absent: none */
+  readonly biases?: SwigluBiases;
 }
 
 export interface AcquireHint {
@@ -75,6 +79,11 @@ export interface LayerExpertTensors {
   readonly gate: StackedMatrix;
   readonly up: StackedMatrix;
   readonly down: StackedMatrix;
+  /**
+   * Per-expert biases (GPT-OSS), F32 [n_expert, width] seen as [n_expert, 1, width]: each
+   * expert's slice is read with its weights (ResidentExperts, the ExpertStore). Absent: none.
+   */
+  readonly biases?: { readonly gate: StackedMatrix; readonly up: StackedMatrix; readonly down: StackedMatrix };
 }
 
 export function expertTensorNames(layer: number): { gate: string; up: string; down: string } {
@@ -83,6 +92,29 @@ export function expertTensorNames(layer: number): { gate: string; up: string; do
     up: `blk.${layer}.ffn_up_exps.weight`,
     down: `blk.${layer}.ffn_down_exps.weight`,
   };
+}
+
+/** The stacked per-expert bias tensors of a MoE layer (GGUF [width, n_expert], F32). */
+export function expertBiasNames(layer: number): { gate: string; up: string; down: string } {
+  return {
+    gate: `blk.${layer}.ffn_gate_exps.bias`,
+    up: `blk.${layer}.ffn_up_exps.bias`,
+    down: `blk.${layer}.ffn_down_exps.bias`,
+  };
+}
+
+/** A stacked bias [n_expert, width] as a StackedMatrix of one row per expert; F32 only (as llama.cpp writes them). */
+function stackedBias(weights: ModelWeights, name: string, nExpert: number, width: number): StackedMatrix {
+  const meta = weights.meta(name, [width, nExpert]);
+  if (meta.type !== GGMLType.F32) throw new ModelFormatError(`tensor ${name}: expert biases must be F32, found ${typeName(meta.type)}`);
+  return { type: meta.type, nExpert, rows: 1, cols: width, expertBytes: width * 4, meta };
+}
+
+/** The floats of one expert's bias slice: a view where the bytes are 4-aligned, else a copy. */
+function biasFloats(bytes: Uint8Array): Float32Array {
+  return bytes.byteOffset % 4 === 0
+    ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
+    : new Float32Array(bytes.slice().buffer);
 }
 
 export function isMoeLayer(cfg: ModelConfig, layer: number): boolean {
@@ -94,11 +126,22 @@ export function describeExperts(cfg: ModelConfig, weights: ModelWeights): Map<nu
   const out = new Map<number, LayerExpertTensors>();
   for (let l = 0; l < cfg.nLayer; l++) {
     if (!isMoeLayer(cfg, l)) continue;
-    const n = expertTensorNames(l);
+    const n = expertTensorNames(l), b = expertBiasNames(l);
+    const present = [b.gate, b.up, b.down].filter((x) => weights.has(x));
+    if (present.length > 0 && present.length < 3) {
+      throw new ModelFormatError(`layer ${l} has expert biases ${present.join(", ")} but not all three of ${[b.gate, b.up, b.down].join(", ")}`);
+    }
     out.set(l, {
       gate: weights.stacked(n.gate, cfg.nExpert, cfg.expertFf, cfg.dModel),
       up: weights.stacked(n.up, cfg.nExpert, cfg.expertFf, cfg.dModel),
       down: weights.stacked(n.down, cfg.nExpert, cfg.dModel, cfg.expertFf),
+      ...(present.length === 3 ? {
+        biases: {
+          gate: stackedBias(weights, b.gate, cfg.nExpert, cfg.expertFf),
+          up: stackedBias(weights, b.up, cfg.nExpert, cfg.expertFf),
+          down: stackedBias(weights, b.down, cfg.nExpert, cfg.dModel),
+        },
+      } : {}),
     });
   }
   return out;
@@ -106,6 +149,10 @@ export function describeExperts(cfg: ModelConfig, weights: ModelWeights): Map<nu
 
 function slice(s: StackedMatrix, data: Uint8Array, e: number): WeightMatrix {
   return { type: s.type, rows: s.rows, cols: s.cols, data: data.subarray(e * s.expertBytes, (e + 1) * s.expertBytes) };
+}
+
+function biasSlice(s: StackedMatrix, data: Uint8Array, e: number): Float32Array {
+  return biasFloats(data.subarray(e * s.expertBytes, (e + 1) * s.expertBytes));
 }
 
 /** All experts resident in memory: the whole stacked tensors are loaded once. */
@@ -124,9 +171,14 @@ export class ResidentExperts implements ExpertProvider {
       if (!t) throw new Error(`layer ${l} has no experts`);
       const n = expertTensorNames(l);
       const g = this.weights.stackedData(n.gate), u = this.weights.stackedData(n.up), d = this.weights.stackedData(n.down);
+      const bn = expertBiasNames(l);
+      const bias = t.biases && { gate: this.weights.stackedData(bn.gate), up: this.weights.stackedData(bn.up), down: this.weights.stackedData(bn.down) };
       ws = [];
       for (let e = 0; e < this.cfg.nExpert; e++) {
-        ws.push({ gate: slice(t.gate, g, e), up: slice(t.up, u, e), down: slice(t.down, d, e) });
+        ws.push({
+          gate: slice(t.gate, g, e), up: slice(t.up, u, e), down: slice(t.down, d, e),
+          ...(t.biases && bias ? { biases: { gate: biasSlice(t.biases.gate, bias.gate, e), up: biasSlice(t.biases.up, bias.up, e), down: biasSlice(t.biases.down, bias.down, e) } } : {}),
+        });
       }
       this.layers.set(l, ws);
     }

@@ -11,10 +11,14 @@ import { ModelWeights } from "./weights.js";
 import { architectureFor } from "./registry.js";
 import { MissingTensorError, ModelFormatError } from "../errors.js";
 
-/** Checks a tensor's presence (unless optional, or replaced by its orElse set) and shape. */
+/**
+ * Checks a tensor's presence (unless optional, or replaced by its orElse set) and shape; an unused
+ * one is checked without being declared as used (never loaded, any type).
+ */
 function checkTensor(weights: ModelWeights, t: ExpectedTensor): void {
+  const check = (x: ExpectedTensor) => (t.unused ? weights.checkShape(x.name, x.dims) : weights.meta(x.name, x.dims));
   if (weights.has(t.name) || (!t.optional && !t.orElse)) {
-    weights.meta(t.name, t.dims);
+    check(t);
     return;
   }
   if (!t.orElse) return;
@@ -22,7 +26,7 @@ function checkTensor(weights: ModelWeights, t: ExpectedTensor): void {
   if (missing.length > 0) {
     throw new MissingTensorError(`tensor ${t.name} is missing from the model; ${t.orElse.map((x) => x.name).join(" + ")} could replace it, but ${missing.join(" and ")} ${missing.length > 1 ? "are" : "is"} missing too`);
   }
-  for (const x of t.orElse) weights.meta(x.name, x.dims);
+  for (const x of t.orElse) check(x);
 }
 
 export class Model {

@@ -10,9 +10,11 @@ import { qwen3moe } from "./arch/qwen3moe.js";
 import { olmoe } from "./arch/olmoe.js";
 import { deepseek2 } from "./arch/deepseek2.js";
 import { deepseek } from "./arch/deepseek.js";
+import { glm4moe } from "./arch/glm4moe.js";
+import { gptOss } from "./arch/gpt-oss.js";
 import { UnsupportedError } from "../errors.js";
 
-export const ARCHITECTURES: readonly Architecture[] = [mixtral, qwen2moe, qwen3moe, olmoe, deepseek2, deepseek];
+export const ARCHITECTURES: readonly Architecture[] = [mixtral, qwen2moe, qwen3moe, olmoe, deepseek2, deepseek, glm4moe, gptOss];
 
 export function architectureFor(ggufArch: string): Architecture {
   const a = ARCHITECTURES.find((x) => x.name === ggufArch);

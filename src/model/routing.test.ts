@@ -184,7 +184,7 @@ test("probabilities: softmax, or sigmoid, per expert", () => {
 
 function modelConfig(over: Partial<ModelConfig>): ModelConfig {
   return validateConfig({
-    arch: "test", nLayer: 2, dModel: 8, nHead: 2, nKvHead: 2, headDimK: 4, headDimV: 4, vocabSize: 10, contextLength: 16,
+    arch: "test", nLayer: 2, nextnLayers: 0, dModel: 8, nHead: 2, nKvHead: 2, headDimK: 4, headDimV: 4, vocabSize: 10, contextLength: 16,
     rmsEps: 1e-5, ropeTheta: 10000, ropeDim: 4, ropeNeox: true, ropeFreqScale: 1, nExpert: 16, nExpertUsed: 4, expertFf: 4,
     denseFf: 0, sharedFf: 0, leadingDense: 0, normTopK: true, routedScale: 1, expertGating: "softmax", expertGroups: 1,
     expertGroupsUsed: 1, qkNorm: "none", mla: null, tiedEmbeddings: true, ...over,

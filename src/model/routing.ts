@@ -29,7 +29,8 @@ const MIN_WEIGHT_SUM = 6.103515625e-5;
 
 /**
  * Router logits of `layer` for the rows of h [nTokens, dModel] → out [nTokens, nExpert] (default:
- * a new array).
+ * a new array): the router's matmul, plus its bias (blk.N.ffn_gate_inp.bias, GPT-OSS) where it
+ * has one, added as llama.cpp adds it (f32, before the gating).
  */
 export function routerLogits(
   backend: Backend, weights: ModelWeights, cfg: Pick<ModelConfig, "nExpert" | "dModel">, layer: number, h: Float32Array, nTokens: number,
@@ -37,6 +38,8 @@ export function routerLogits(
 ): Float32Array {
   const w = weights.matrix(`blk.${layer}.ffn_gate_inp.weight`, cfg.nExpert, cfg.dModel); // [nExpert, dModel]
   backend.matmul(w, h, nTokens, out);
+  const b = weights.optionalVector(`blk.${layer}.ffn_gate_inp.bias`, cfg.nExpert); // [nExpert]
+  if (b) for (let t = 0; t < nTokens; t++) for (let e = 0; e < cfg.nExpert; e++) out[t * cfg.nExpert + e] += b[e];
   return out;
 }
 

@@ -5,7 +5,7 @@
  *
  * Activations are row-major Float32Arrays: x is [nTokens, dModel].
  */
-import type { Backend, ExpertBatch, WeightMatrix } from "../backend/backend.js";
+import type { Backend, ExpertActivation, ExpertBatch, RopeParams, WeightMatrix } from "../backend/backend.js";
 import { GGMLType } from "../formats/quant/types.js";
 import type { ModelConfig } from "./config.js";
 import type { DeferredExperts, ExpertProvider } from "./experts.js";
@@ -74,17 +74,19 @@ export function addInPlace(x: Float32Array, y: Float32Array): void {
 
 /**
  * The pre-norm attention half of a block: x += attention(attn_norm(x)). Returns ffn_norm(x), the
- * FFN input, which for a MoE layer is the router's gate input.
+ * FFN input, which for a MoE layer is the router's gate input. `ffnNorm`: that norm's name in the
+ * block (GLM-4.5's files call it post_attention_norm).
  */
 export function attentionBlock(
   ctx: ForwardContext, l: number, x: Float32Array,
   attention: (ctx: ForwardContext, l: number, h: Float32Array) => Float32Array = selfAttention,
+  ffnNorm = "ffn_norm",
 ): Float32Array {
   const d = ctx.cfg.dModel;
   const scratch = scratchOf(ctx);
   const h = rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.attn_norm.weight`, d), d, ctx.cfg.rmsEps, scratch.f32("attn_in", x.length));
   addInPlace(x, attention(ctx, l, h));
-  return rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.ffn_norm.weight`, d), d, ctx.cfg.rmsEps, scratch.f32("ffn_in", x.length));
+  return rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.${ffnNorm}.weight`, d), d, ctx.cfg.rmsEps, scratch.f32("ffn_in", x.length));
 }
 
 /** `out` (default: a new array) = rmsNorm of x's rows of `dim`. */
@@ -109,6 +111,22 @@ function linear(ctx: ForwardContext, name: string, rows: number, cols: number, x
   return out;
 }
 
+/**
+ * The model's rope over `ropeDim` dims of a head: base, rotation style, linear scale and, under
+ * YaRN, the ramp's ends (llama.cpp's ggml_rope_yarn_corr_dims: the dim pairs that turn beta_fast
+ * and beta_slow times over the original context) and the magnitude.
+ */
+function ropeOf(cfg: ModelConfig, ropeDim: number): Pick<RopeParams, "ropeDim" | "theta" | "neox" | "freqScale" | "yarn"> {
+  const rope = { ropeDim, theta: cfg.ropeTheta, neox: cfg.ropeNeox, freqScale: cfg.ropeFreqScale };
+  const y = cfg.ropeYarn;
+  if (!y) return rope;
+  const corrDim = (rotations: number) => (ropeDim * Math.log(y.origContext / (rotations * 2 * Math.PI))) / (2 * Math.log(cfg.ropeTheta));
+  return {
+    ...rope,
+    yarn: { low: Math.max(0, Math.floor(corrDim(y.betaFast))), high: Math.min(ropeDim - 1, Math.ceil(corrDim(y.betaSlow))), mscale: y.mscale },
+  };
+}
+
 /** Copies this batch's keys/values into the cache at positions pos0.. */
 function storeKv(ctx: ForwardContext, l: number, k: Float32Array, v: Float32Array): void {
   const { kv, pos0 } = ctx;
@@ -122,11 +140,20 @@ function storeKv(ctx: ForwardContext, l: number, k: Float32Array, v: Float32Arra
   }
 }
 
+/** What a layer's attention may add to the standard one (GPT-OSS); see AttentionParams. */
+export interface AttentionOptions {
+  /** sliding window, in positions (0 or absent: every earlier position) */
+  readonly window?: number;
+  /** per-head sink logits [nHead] */
+  readonly sinks?: Float32Array;
+}
+
 /**
- * Standard multi-head attention with GQA, optional q/k/v biases (Qwen2-MoE) and optional q/k
- * RMS norms (per head: Qwen3-MoE; over the whole projection: OLMoE).  h: [nTokens, dModel]
+ * Standard multi-head attention with GQA, optional q/k/v/output biases (Qwen2-MoE, GPT-OSS),
+ * optional q/k RMS norms (per head: Qwen3-MoE; over the whole projection: OLMoE), and the
+ * options' sliding window and sinks.  h: [nTokens, dModel]
  */
-export function selfAttention(ctx: ForwardContext, l: number, h: Float32Array): Float32Array {
+export function selfAttention(ctx: ForwardContext, l: number, h: Float32Array, opts: AttentionOptions = {}): Float32Array {
   const { cfg, backend, nTokens, weights: W } = ctx;
   const scratch = scratchOf(ctx);
   const qDim = cfg.nHead * cfg.headDimK, kDim = cfg.nKvHead * cfg.headDimK, vDim = cfg.nKvHead * cfg.headDimV;
@@ -148,16 +175,16 @@ export function selfAttention(ctx: ForwardContext, l: number, h: Float32Array): 
     q = rmsNorm(ctx, q, W.vector(blk(l, "attn_q_norm.weight"), qDim), qDim, cfg.rmsEps, scratch.f32("q_normed", q.length));
     k = rmsNorm(ctx, k, W.vector(blk(l, "attn_k_norm.weight"), kDim), kDim, cfg.rmsEps, scratch.f32("k_normed", k.length));
   }
-  const rope = { nTokens, ropeOffset: 0, ropeDim: cfg.ropeDim, pos0: ctx.pos0, theta: cfg.ropeTheta, neox: cfg.ropeNeox, freqScale: cfg.ropeFreqScale };
+  const rope = { nTokens, ropeOffset: 0, pos0: ctx.pos0, ...ropeOf(cfg, cfg.ropeDim) };
   backend.rope(q, { ...rope, nHead: cfg.nHead, headStride: cfg.headDimK });
   backend.rope(k, { ...rope, nHead: cfg.nKvHead, headStride: cfg.headDimK });
   storeKv(ctx, l, k, v);
   const att = scratch.f32("att", nTokens * cfg.nHead * cfg.headDimV);
   backend.attention(q, ctx.kv.k[l], ctx.kv.v[l], {
     nTokens, nPast: ctx.pos0, nHead: cfg.nHead, nKvHead: cfg.nKvHead,
-    headDimK: cfg.headDimK, headDimV: cfg.headDimV, scale: 1 / Math.sqrt(cfg.headDimK),
+    headDimK: cfg.headDimK, headDimV: cfg.headDimV, scale: 1 / Math.sqrt(cfg.headDimK), window: opts.window, sinks: opts.sinks,
   }, att);
-  return linear(ctx, blk(l, "attn_output.weight"), cfg.dModel, cfg.nHead * cfg.headDimV, att, undefined, scratch.f32("attn_out", nTokens * cfg.dModel));
+  return linear(ctx, blk(l, "attn_output.weight"), cfg.dModel, cfg.nHead * cfg.headDimV, att, blk(l, "attn_output.bias"), scratch.f32("attn_out", nTokens * cfg.dModel));
 }
 
 /**
@@ -189,7 +216,7 @@ export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): F
   const kvB = new Float32Array(nTokens * nH * (mla.qkNopeDim + dV)); // [T, nH, nope + v]
   backend.matmul(kvBMatrix(ctx, l), latentN, nTokens, kvB);
 
-  const rope = { nTokens, ropeDim: mla.qkRopeDim, pos0: ctx.pos0, theta: cfg.ropeTheta, neox: cfg.ropeNeox, freqScale: cfg.ropeFreqScale };
+  const rope = { nTokens, pos0: ctx.pos0, ...ropeOf(cfg, mla.qkRopeDim) };
   backend.rope(q, { ...rope, nHead: nH, headStride: dK, ropeOffset: mla.qkNopeDim });
   backend.rope(kvA, { ...rope, nHead: 1, headStride: lora + mla.qkRopeDim, ropeOffset: lora });
 
@@ -207,7 +234,7 @@ export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): F
   storeKv(ctx, l, k, v);
   const att = new Float32Array(nTokens * nH * dV);
   backend.attention(q, ctx.kv.k[l], ctx.kv.v[l], {
-    nTokens, nPast: ctx.pos0, nHead: nH, nKvHead: nH, headDimK: dK, headDimV: dV, scale: 1 / Math.sqrt(dK),
+    nTokens, nPast: ctx.pos0, nHead: nH, nKvHead: nH, headDimK: dK, headDimV: dV, scale: mla.kqScale,
   }, att);
   return linear(ctx, blk(l, "attn_output.weight"), cfg.dModel, nH * dV, att);
 }
@@ -261,7 +288,11 @@ export function route(ctx: ForwardContext, l: number, h: Float32Array): Routing 
  * `whileLoading` runs exactly once, whether or not anything had to be waited for.
  * h: [nTokens, dModel]
  */
-export function moeExperts(ctx: ForwardContext, l: number, h: Float32Array, r: Routing, whileLoading?: () => void): Float32Array {
+export function moeExperts(
+  ctx: ForwardContext, l: number, h: Float32Array, r: Routing,
+  opts: { readonly whileLoading?: () => void; readonly activation?: ExpertActivation } = {},
+): Float32Array {
+  let whileLoading = opts.whileLoading;
   const { cfg, nTokens } = ctx;
   // counting sort of the (token, j) slots by expert; within an expert, token order
   const count = new Int32Array(cfg.nExpert);
@@ -295,7 +326,7 @@ export function moeExperts(ctx: ForwardContext, l: number, h: Float32Array, r: R
     const experts = deferred ? deferred.weights : ctx.experts.acquire(l, group, hint);
     const batch = {
       experts, offsets: offsets.slice(i0, i1 + 1).map((o) => o - s0), tokens: tokens.subarray(s0, s1),
-      weights: weights.subarray(s0, s1), accumulate: g > 0,
+      weights: weights.subarray(s0, s1), accumulate: g > 0, activation: opts.activation,
     };
     try {
       const waiting = deferred ? group.map((_, i) => i).filter((i) => !deferred.ready(i)) : [];
@@ -331,7 +362,7 @@ function computeAsTheyArrive(
     const tokens = new Int32Array(nSlot), weights = new Float32Array(nSlot);
     idx.forEach((i, j) => tokens.set(batch.tokens.subarray(batch.offsets[i], batch.offsets[i + 1]), offsets[j]));
     const y = new Float32Array(nSlot * d);
-    ctx.backend.moeFfn(h, ctx.nTokens, { experts: idx.map((i) => batch.experts[i]), offsets, tokens, weights, slotOut: y }, out);
+    ctx.backend.moeFfn(h, ctx.nTokens, { experts: idx.map((i) => batch.experts[i]), offsets, tokens, weights, slotOut: y, activation: batch.activation }, out);
     idx.forEach((i, j) => slotY.set(y.subarray(offsets[j] * d, offsets[j + 1] * d), batch.offsets[i] * d));
   };
   const pending = new Set(waiting);
@@ -408,14 +439,20 @@ export function sharedExpert(ctx: ForwardContext, l: number, h: Float32Array, op
 /**
  * A MoE layer's FFN: router → top-k experts and their weights (route) → routed experts, plus the
  * shared expert when the model has one (Qwen2-MoE gates it per token with a sigmoid; DeepSeek's
- * is ungated).  g: the gate input [nTokens, dModel]
+ * is ungated); `activation`: the routed experts' (default SwiGLU; GPT-OSS's clamped one).
+ * g: the gate input [nTokens, dModel]
  */
-export function mixtureOfExperts(ctx: ForwardContext, l: number, g: Float32Array, opts: { gatedShared?: boolean } = {}): Float32Array {
+export function mixtureOfExperts(
+  ctx: ForwardContext, l: number, g: Float32Array, opts: { gatedShared?: boolean; activation?: ExpertActivation } = {},
+): Float32Array {
   const { cfg } = ctx;
   const r = route(ctx, l, g);
   // the shared expert computes while routed experts are still being read from disk
   let shared: Float32Array | null = null;
-  const y = moeExperts(ctx, l, g, r, cfg.sharedFf > 0 ? () => { shared = sharedExpert(ctx, l, g, { gated: opts.gatedShared ?? false }); } : undefined);
+  const y = moeExperts(ctx, l, g, r, {
+    whileLoading: cfg.sharedFf > 0 ? () => { shared = sharedExpert(ctx, l, g, { gated: opts.gatedShared ?? false }); } : undefined,
+    activation: opts.activation,
+  });
   if (shared) addInPlace(y, shared);
   return y;
 }

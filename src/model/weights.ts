@@ -70,8 +70,20 @@ export class ModelWeights {
     return this.source.tensors.has(name);
   }
 
-  /** The tensor's description, checked against the expected GGUF-order dims. */
+  /** The tensor's description, checked against the expected GGUF-order dims and a type moira computes with; the model uses it (loadAll loads it). */
   meta(name: string, dims: readonly number[]): TensorMeta {
+    const m = this.checkShape(name, dims);
+    if (!COMPUTE_TYPES.includes(m.type)) {
+      throw new UnsupportedError(
+        `tensor ${name} has type ${typeName(m.type)}, which moira cannot compute with; supported: ${COMPUTE_TYPES.map(typeName).join(", ")} (re-quantize the model)`,
+      );
+    }
+    this.declared.add(name);
+    return m;
+  }
+
+  /** The tensor's description, checked against the expected GGUF-order dims only: for tensors the model never reads. */
+  checkShape(name: string, dims: readonly number[]): TensorMeta {
     const m = this.source.tensors.get(name);
     if (!m) throw new MissingTensorError(`tensor ${name} is missing from the model (expected ${dimsText(dims)})`);
     const same = m.dims.length === dims.length && m.dims.every((d, i) => d === dims[i]);
@@ -81,12 +93,6 @@ export class ModelWeights {
     if (!same && !(sq.length === se.length && sq.every((d, i) => d === se[i]))) {
       throw new ModelFormatError(`tensor ${name}: expected shape ${dimsText(dims)}, found ${dimsText(m.dims)}`);
     }
-    if (!COMPUTE_TYPES.includes(m.type)) {
-      throw new UnsupportedError(
-        `tensor ${name} has type ${typeName(m.type)}, which moira cannot compute with; supported: ${COMPUTE_TYPES.map(typeName).join(", ")} (re-quantize the model)`,
-      );
-    }
-    this.declared.add(name);
     return m;
   }
 

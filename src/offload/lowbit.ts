@@ -10,7 +10,7 @@
 import { closeSync, openSync, readSync, statSync } from "node:fs";
 import { createHash } from "node:crypto";
 import type { Model } from "../model/model.js";
-import { describeExperts, expertTensorNames, isMoeLayer, type LayerExpertTensors } from "../model/experts.js";
+import { describeExperts, expertBiasNames, expertTensorNames, isMoeLayer, type LayerExpertTensors } from "../model/experts.js";
 import { readGGUF } from "../formats/gguf/reader.js";
 import { GGUFWeightSource } from "../formats/gguf/reader.js";
 import { ModelWeights } from "../model/weights.js";
@@ -178,6 +178,15 @@ export function writeLowbitSidecar(model: Model, type: string, out: string, onPr
           return requantizeStacked(s.type, pt, src, s.nExpert, s.expertBytes, s.rows * s.cols);
         },
       });
+    }
+    if (lt.biases) {
+      // the experts' biases (GPT-OSS) travel with them: copied as they are (F32)
+      const bn = expertBiasNames(l);
+      for (const part of ["gate", "up", "down"] as const) {
+        const s = lt.biases[part];
+        eb += s.expertBytes;
+        tensors.push({ name: bn[part], type: s.type, dims: [s.cols, s.nExpert], data: () => model.weights.stackedData(bn[part]).subarray(0, s.nExpert * s.expertBytes) });
+      }
     }
     expertBytes = Math.max(expertBytes, eb);
   }

@@ -49,15 +49,17 @@ export function formatBytes(b: number): string {
   return `${b} B`;
 }
 
+/** The stacked expert tensors, with their per-expert biases (which travel with the experts). */
 export function isExpertTensor(name: string): boolean {
-  return /\.ffn_(gate|up|down)_exps\.weight$/.test(name);
+  return /\.ffn_(gate|up|down)_exps\.(weight|bias)$/.test(name);
 }
 
-/** Where one expert's three slices sit inside a slot. */
+/** Where one expert's three slices (and its three bias slices, where it has them) sit inside a slot. */
 export interface SlotLayout {
   readonly gate: number;
   readonly up: number;
   readonly down: number;
+  readonly biases?: { readonly gate: number; readonly up: number; readonly down: number };
   readonly bytes: number;
 }
 
@@ -70,11 +72,15 @@ export function sliceRegionBytes(expertBytes: number): number {
   return alignUp(expertBytes, SLOT_ALIGN) + SLOT_ALIGN;
 }
 
-export function slotLayoutOf(t: { gate: { expertBytes: number }; up: { expertBytes: number }; down: { expertBytes: number } }): SlotLayout {
+export function slotLayoutOf(t: Pick<LayerExpertTensors, "gate" | "up" | "down" | "biases">): SlotLayout {
   const gate = 0;
   const up = gate + sliceRegionBytes(t.gate.expertBytes);
   const down = up + sliceRegionBytes(t.up.expertBytes);
-  return { gate, up, down, bytes: down + sliceRegionBytes(t.down.expertBytes) };
+  const end = down + sliceRegionBytes(t.down.expertBytes);
+  if (!t.biases) return { gate, up, down, bytes: end };
+  const bUp = end + sliceRegionBytes(t.biases.gate.expertBytes);
+  const bDown = bUp + sliceRegionBytes(t.biases.up.expertBytes);
+  return { gate, up, down, biases: { gate: end, up: bUp, down: bDown }, bytes: bDown + sliceRegionBytes(t.biases.down.expertBytes) };
 }
 
 /** Activation memory of one forward of `batch` tokens (generous: JS allocates per step). */

@@ -246,7 +246,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
       throw new InvalidArgumentError(`the memory plan reads ${TOKEN_EMBEDDING} per token, but it is already loaded: plan before the model runs`);
     }
     for (const [l, t] of plan.tensors) {
-      for (const s of [t.gate, t.up, t.down]) {
+      for (const s of [t.gate, t.up, t.down, ...(t.biases ? [t.biases.gate, t.biases.up, t.biases.down] : [])]) {
         if (!s.meta.file) throw new InvalidArgumentError(`tensor ${s.meta.name} is not stored verbatim in a file: offloading needs a GGUF model`);
       }
       this.fullSlot.set(l, slotLayoutOf(t));
@@ -255,6 +255,9 @@ export class ExpertStore implements ExpertProvider, KvRoom {
       for (const [l, t] of opts.lowbit.source.tensors) {
         const s = slotLayoutOf(t);
         if (s.bytes > plan.slotBytes) throw new InvalidArgumentError(`low-bit sidecar ${opts.lowbit.source.path}: layer ${l}'s experts are larger than the model's`);
+        if (!t.biases !== !plan.tensors.get(l)?.biases) {
+          throw new InvalidArgumentError(`low-bit sidecar ${opts.lowbit.source.path}: layer ${l}'s experts ${t.biases ? "have" : "lack"} the biases the model's ${t.biases ? "lack" : "have"} (re-run moira quantize-experts)`);
+        }
         this.lowSlot.set(l, s);
       }
     }
@@ -707,16 +710,28 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     const base = (slot % this.slotsPerChunk) * this.opts.plan.slotBytes;
     const reads: ReadRange[] = [];
     const fileSize = (low ? this.lowReader! : this.reader).fileSize;
-    const part = (s: LayerExpertTensors["gate"], at: number) => {
+    const slice = (s: LayerExpertTensors["gate"], at: number): Uint8Array => {
       // the 4 KiB-aligned superset of the slice, read straight into the (aligned) slot region
       const off = s.meta.file!.offset + expert * s.expertBytes;
       const skew = off % IO_ALIGN;
       const a0 = off - skew;
       const len = Math.min(Math.ceil((skew + s.expertBytes) / IO_ALIGN) * IO_ALIGN, Math.max(skew + s.expertBytes, fileSize - a0));
       reads.push({ fileOffset: a0, length: len, chunk, destOffset: base + at });
-      return { type: s.type, rows: s.rows, cols: s.cols, data: chunk.bytes.subarray(base + at + skew, base + at + skew + s.expertBytes) };
+      return chunk.bytes.subarray(base + at + skew, base + at + skew + s.expertBytes);
     };
-    const weights: ExpertFfnWeights = { gate: part(tensors.gate, layout.gate), up: part(tensors.up, layout.up), down: part(tensors.down, layout.down) };
+    const part = (s: LayerExpertTensors["gate"], at: number) => ({ type: s.type, rows: s.rows, cols: s.cols, data: slice(s, at) });
+    // the expert's biases (GPT-OSS) are read into the same slot with its weights: views of bytes
+    // still being read (GGUF data is 32-byte aligned, so a slice is 4-byte aligned in its region)
+    const bias = (s: LayerExpertTensors["gate"], at: number): Float32Array => {
+      const v = slice(s, at);
+      if (v.byteOffset % 4 !== 0) throw new ModelFormatError(`tensor ${s.meta.name} is not 4-byte aligned in its file`);
+      return new Float32Array(v.buffer, v.byteOffset, s.cols);
+    };
+    const b = tensors.biases, bAt = layout.biases;
+    const weights: ExpertFfnWeights = {
+      gate: part(tensors.gate, layout.gate), up: part(tensors.up, layout.up), down: part(tensors.down, layout.down),
+      ...(b && bAt ? { biases: { gate: bias(b.gate, bAt.gate), up: bias(b.up, bAt.up), down: bias(b.down, bAt.down) } } : {}),
+    };
     const job = new LoadJob(this.key(layer, expert), reads, {
       priority, order: why.kind === "prediction" ? why.order : why.kind === "next-group" ? -1 : 0,
     });

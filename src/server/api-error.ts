@@ -1,6 +1,6 @@
 /** Errors the HTTP API answers with, as OpenAI shapes them: `{"error": {message, type, param, code}}`. */
 
-export type ApiErrorStatus = 400 | 404 | 413 | 429 | 500 | 503 | 504;
+export type ApiErrorStatus = 400 | 429 | 503 | 504;
 
 export class ApiError extends Error {
   constructor(

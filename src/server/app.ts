@@ -13,7 +13,7 @@ import { Hono, type Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import type { Scheduler, Lease } from "../engine/scheduler.js";
 import type { Tokenizer } from "../engine/tokenizer/index.js";
-import { applyChatTemplate } from "../engine/tokenizer/index.js";
+import { encodeChat } from "../engine/tokenizer/index.js";
 import { MoiraError, QueueFullError } from "../errors.js";
 import { ApiError } from "./api-error.js";
 import { ChatRequest, CompletionRequest, parseRequest } from "./schema.js";
@@ -73,7 +73,8 @@ export function createApp(ctx: ServerContext): Hono {
   const { scheduler, tokenizer } = ctx;
   const created = Math.floor(Date.now() / 1000);
   const timeoutMs = ctx.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_S * 1000;
-  const contextLength = scheduler.slots[0].session.contextLength;
+  const { contextLength, model } = scheduler.slots[0].session;
+  const vocabSize = model.config.vocabSize;
   const metrics = new ServerMetrics();
 
   app.onError((err, c) => {
@@ -114,7 +115,7 @@ export function createApp(ctx: ServerContext): Hono {
       throw new ApiError(400, `the prompt has ${prompt.length} tokens; the context holds ${contextLength}`, { param, code: "context_length_exceeded" });
     }
     for (const t of prompt) {
-      if (t >= tokenizer.vocabSize) throw new ApiError(400, `token id ${t} is outside the vocabulary (0..${tokenizer.vocabSize - 1})`, { param });
+      if (t >= vocabSize) throw new ApiError(400, `token id ${t} is outside the vocabulary (0..${vocabSize - 1})`, { param });
     }
     return {
       prompt,
@@ -209,10 +210,20 @@ export function createApp(ctx: ServerContext): Hono {
     const usageField = includeUsage ? null : undefined;
     return streamSSE(c, async (s) => {
       const send = (body: object) => s.writeSSE({ data: JSON.stringify(body) });
-      const { outcome, cause } = await complete(a, p, {
-        onStart: async () => { if (opening) await send(chunk(opening, usageField)); },
-        onPiece: (piece) => send(chunk(choiceOf(piece, null), usageField)),
-      });
+      let ended: Awaited<ReturnType<typeof complete>>;
+      try {
+        ended = await complete(a, p, {
+          onStart: async () => { if (opening) await send(chunk(opening, usageField)); },
+          onPiece: (piece) => send(chunk(choiceOf(piece, null), usageField)),
+        });
+      } catch (e) {
+        // the headers are sent: a failure is told in the stream, as a JSON answer's would be
+        metrics.errors++;
+        await send({ error: { message: `internal error: ${(e as Error).message}`, type: "server_error", param: null, code: e instanceof MoiraError ? e.code : null } });
+        await s.writeSSE({ data: "[DONE]" });
+        return;
+      }
+      const { outcome, cause } = ended;
       if (cause === "client") return;
       if (cause !== null || outcome === null) {
         await send(endedError(cause ?? "shutdown", outcome).body);
@@ -237,9 +248,7 @@ export function createApp(ctx: ServerContext): Hono {
       role: m.role === "developer" ? "system" : m.role,
       content: m.content === null ? "" : typeof m.content === "string" ? m.content : m.content.map((part) => part.text).join(""),
     }));
-    const rendered = applyChatTemplate(tokenizer, messages, { addGenerationPrompt: true });
-    const prompt = tokenizer.encode(rendered, { addBos: false, parseSpecial: true });
-    if (tokenizer.bosId !== null && tokenizer.addBosDefault && prompt[0] !== tokenizer.bosId) prompt.unshift(tokenizer.bosId);
+    const prompt = encodeChat(tokenizer, messages);
     const p = plan(req, prompt, "messages", req.logprobs ? req.top_logprobs ?? 0 : undefined);
     const cid = id("chatcmpl"), t = Math.floor(Date.now() / 1000);
     const logprobsOf = (tokens: readonly TokenLogprobs[]) => (p.logprobs ? { content: tokens.map(chatLogprob), refusal: null } : null);

@@ -8,7 +8,7 @@ import { z } from "zod";
 import { ApiError } from "./api-error.js";
 
 /** Largest `top_logprobs` (chat) and `logprobs` (completions): OpenAI's and vLLM's default bound. */
-export const MAX_TOP_LOGPROBS = 20;
+const MAX_TOP_LOGPROBS = 20;
 
 /** An optional field; null as absent. */
 const opt = <T extends z.ZodTypeAny>(t: T) => t.nullish().transform((v): z.output<T> | undefined => v ?? undefined);

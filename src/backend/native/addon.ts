@@ -45,13 +45,19 @@ export interface NativeAddon {
   matmulMany(types: Int32Array, ws: Uint8Array[], rows: Int32Array, cols: number, x: Float32Array, nTokens: number, outs: Float32Array[]): void;
   rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void;
   rope(x: Float32Array, nTokens: number, nHead: number, headStride: number, ropeOffset: number, ropeDim: number,
-    pos0: number, theta: number, neox: boolean, freqScale: number): void;
+    pos0: number, theta: number, neox: boolean, freqScale: number, yarnLow?: number, yarnHigh?: number, yarnMscale?: number): void;
+  /** window 0 or undefined: none; sinks [nHead] or undefined: none */
   attention(q: Float32Array, k: Float32Array | Uint16Array, v: Float32Array | Uint16Array, nTokens: number, nPast: number, nHead: number,
-    nKvHead: number, headDimK: number, headDimV: number, scale: number, out: Float32Array): void;
+    nKvHead: number, headDimK: number, headDimV: number, scale: number, out: Float32Array, window?: number, sinks?: Float32Array): void;
   f32ToF16(x: Float32Array, out: Uint16Array): void;
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  /**
+   * activation: 0 silu(g) * u, 1 GPT-OSS's clamped SwiGLU (alpha, limit); biases: [nE*3] gate, up,
+   * down per expert (null: none), or undefined when no expert has any
+   */
   moeFfn(x: Float32Array, nTokens: number, d: number, ff: number, types: Int32Array, weights: Uint8Array[],
-    offsets: Int32Array, tokens: Int32Array, slotWeights: Float32Array, out: Float32Array, accumulate?: boolean, slotOut?: Float32Array): void;
+    offsets: Int32Array, tokens: Int32Array, slotWeights: Float32Array, out: Float32Array, accumulate?: boolean, slotOut?: Float32Array,
+    activation?: 0 | 1, alpha?: number, limit?: number, biases?: Array<Float32Array | null>): void;
   getRows(type: number, w: Uint8Array, rows: number, cols: number, ids: Int32Array, out: Float32Array): void;
   /** n elements of `type` (F32/F16/BF16/Q8_0/Q4_0/Q2_K..Q6_K/MXFP4, whole blocks) into out[0, n) */
   dequantize(type: number, bytes: Uint8Array, n: number, out: Float32Array): void;

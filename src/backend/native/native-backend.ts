@@ -2,7 +2,7 @@
  * The native backend: moira's C++ kernels (AVX-512 / AVX2 / scalar, chosen at load) on a persistent
  * thread pool. Ops are synchronous: they return when every pool thread has finished.
  */
-import type { AttentionParams, Backend, ExpertBatch, KvArray, KvStorage, RopeParams, WeightMatrix } from "../backend.js";
+import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvArray, type KvStorage, type RopeParams, type WeightMatrix } from "../backend.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { loadNativeAddon, type Isa, type NativeAddon } from "./addon.js";
@@ -83,11 +83,14 @@ export class NativeBackend implements Backend {
   }
 
   rope(x: Float32Array, p: RopeParams): void {
-    this.live().rope(x, p.nTokens, p.nHead, p.headStride, p.ropeOffset, p.ropeDim, p.pos0, p.theta, p.neox, p.freqScale);
+    const y = p.yarn;
+    if (y) this.live().rope(x, p.nTokens, p.nHead, p.headStride, p.ropeOffset, p.ropeDim, p.pos0, p.theta, p.neox, p.freqScale, y.low, y.high, y.mscale);
+    else this.live().rope(x, p.nTokens, p.nHead, p.headStride, p.ropeOffset, p.ropeDim, p.pos0, p.theta, p.neox, p.freqScale);
   }
 
   attention(q: Float32Array, k: KvArray, v: KvArray, p: AttentionParams, out: Float32Array): void {
-    this.live().attention(q, k, v, p.nTokens, p.nPast, p.nHead, p.nKvHead, p.headDimK, p.headDimV, p.scale, out);
+    if (p.sinks && p.sinks.length < p.nHead) throw new InvalidArgumentError(`attention: ${p.sinks.length} sinks for ${p.nHead} heads`);
+    this.live().attention(q, k, v, p.nTokens, p.nPast, p.nHead, p.nKvHead, p.headDimK, p.headDimV, p.scale, out, p.window ?? 0, p.sinks);
   }
 
   f32ToF16(x: Float32Array, out: Uint16Array): void {
@@ -104,17 +107,28 @@ export class NativeBackend implements Backend {
     const types = new Int32Array(n * 3);
     const data: Uint8Array[] = new Array(n * 3);
     const d = n > 0 ? b.experts[0].gate.cols : 0, ff = n > 0 ? b.experts[0].gate.rows : 0;
+    let biases: Array<Float32Array | null> | undefined;
     for (let i = 0; i < n; i++) {
-      const { gate, up, down } = b.experts[i];
+      const { gate, up, down, biases: eb } = b.experts[i];
       if (gate.cols !== d || up.cols !== d || down.rows !== d || gate.rows !== ff || up.rows !== ff || down.cols !== ff) {
         throw new InvalidArgumentError(`moeFfn: expert ${i} has gate ${gate.rows}x${gate.cols}, up ${up.rows}x${up.cols}, down ${down.rows}x${down.cols}; expected ${ff}x${d}, ${ff}x${d}, ${d}x${ff}`);
       }
       types[3 * i] = gate.type; types[3 * i + 1] = up.type; types[3 * i + 2] = down.type;
       data[3 * i] = gate.data; data[3 * i + 1] = up.data; data[3 * i + 2] = down.data;
+      if (eb) {
+        if (eb.gate.length < ff || eb.up.length < ff || eb.down.length < d) {
+          throw new InvalidArgumentError(`moeFfn: expert ${i}'s biases hold gate ${eb.gate.length}, up ${eb.up.length}, down ${eb.down.length}; expected ${ff}, ${ff}, ${d}`);
+        }
+        biases ??= new Array<Float32Array | null>(3 * n).fill(null);
+        biases[3 * i] = eb.gate; biases[3 * i + 1] = eb.up; biases[3 * i + 2] = eb.down;
+      }
     }
     if (n === 0) { if (!b.accumulate && !b.slotOut) out.fill(0); return; }
     if (b.slotOut && b.slotOut.length < b.offsets[n]! * d) throw new InvalidArgumentError(`moeFfn: slotOut holds ${b.slotOut.length} floats, the slots need ${b.offsets[n]! * d}`);
-    this.live().moeFfn(x, nTokens, d, ff, types, data, b.offsets, b.tokens, b.weights, out, b.accumulate === true, b.slotOut);
+    const act = b.activation ?? SWIGLU;
+    const oai = act.kind === "swiglu-oai" ? act : null;
+    this.live().moeFfn(x, nTokens, d, ff, types, data, b.offsets, b.tokens, b.weights, out, b.accumulate === true, b.slotOut,
+      oai ? 1 : 0, oai?.alpha ?? 0, oai?.limit ?? 0, biases);
   }
 
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {

@@ -3,7 +3,7 @@
  * other backend is tested against op by op, so clarity beats speed. Dequantized weights are cached
  * per weight buffer (tests run it on small models; it is not meant for multi-GB ones).
  */
-import type { AttentionParams, Backend, ExpertBatch, KvArray, RopeParams, WeightMatrix } from "../backend.js";
+import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvArray, type RopeParams, type WeightMatrix } from "../backend.js";
 import { dequantize, fp16ToFp32, fp32ToFp16 } from "../../formats/quant/dequantize.js";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
@@ -59,13 +59,22 @@ export class RefBackend implements Backend {
 
   rope(x: Float32Array, p: RopeParams): void {
     const half = p.ropeDim / 2;
+    const y = p.yarn;
     for (let t = 0; t < p.nTokens; t++) {
       const pos = (p.pos0 + t) * p.freqScale;
       for (let h = 0; h < p.nHead; h++) {
         const base = (t * p.nHead + h) * p.headStride + p.ropeOffset;
         for (let i = 0; i < half; i++) {
-          const angle = pos * Math.pow(p.theta, (-2 * i) / p.ropeDim);
-          const c = Math.cos(angle), s = Math.sin(angle);
+          let angle: number, mscale = 1;
+          if (y) {
+            const extrap = (p.pos0 + t) * Math.pow(p.theta, (-2 * i) / p.ropeDim);
+            const ramp = 1 - Math.min(1, Math.max(0, (i - y.low) / Math.max(0.001, y.high - y.low)));
+            angle = p.freqScale * extrap * (1 - ramp) + extrap * ramp;
+            mscale = y.mscale;
+          } else {
+            angle = pos * Math.pow(p.theta, (-2 * i) / p.ropeDim);
+          }
+          const c = Math.cos(angle) * mscale, s = Math.sin(angle) * mscale;
           const i0 = p.neox ? base + i : base + 2 * i;
           const i1 = p.neox ? base + i + half : base + 2 * i + 1;
           const a = x[i0], b = x[i1];
@@ -78,6 +87,7 @@ export class RefBackend implements Backend {
 
   attention(q: Float32Array, kc: KvArray, vc: KvArray, p: AttentionParams, out: Float32Array): void {
     const { nTokens, nPast, nHead, nKvHead, headDimK, headDimV, scale } = p;
+    const window = p.window ?? 0;
     // an f16 cache reads as its exact f32 values
     const nCtxAll = nPast + nTokens;
     const widen = (c: KvArray, n: number): Float32Array => c instanceof Float32Array ? c : Float32Array.from(c.subarray(0, n), fp16ToFp32);
@@ -85,12 +95,15 @@ export class RefBackend implements Backend {
     const group = nHead / nKvHead;
     const scores = new Float64Array(nPast + nTokens);
     for (let t = 0; t < nTokens; t++) {
+      // rows [j0, nCtx): causal, and within the window when there is one
       const nCtx = nPast + t + 1;
+      const j0 = window > 0 ? Math.max(0, nCtx - window) : 0;
       for (let h = 0; h < nHead; h++) {
         const kvh = Math.floor(h / group);
         const qo = (t * nHead + h) * headDimK;
-        let max = -Infinity;
-        for (let j = 0; j < nCtx; j++) {
+        const sink = p.sinks ? p.sinks[h] : -Infinity;
+        let max = sink;
+        for (let j = j0; j < nCtx; j++) {
           const ko = (j * nKvHead + kvh) * headDimK;
           let s = 0;
           for (let d = 0; d < headDimK; d++) s += q[qo + d] * k[ko + d];
@@ -98,12 +111,12 @@ export class RefBackend implements Backend {
           scores[j] = s;
           if (s > max) max = s;
         }
-        let sum = 0;
-        for (let j = 0; j < nCtx; j++) { scores[j] = Math.exp(scores[j] - max); sum += scores[j]; }
+        let sum = Math.exp(sink - max);
+        for (let j = j0; j < nCtx; j++) { scores[j] = Math.exp(scores[j] - max); sum += scores[j]; }
         const oo = (t * nHead + h) * headDimV;
         for (let d = 0; d < headDimV; d++) {
           let acc = 0;
-          for (let j = 0; j < nCtx; j++) acc += scores[j] * v[(j * nKvHead + kvh) * headDimV + d];
+          for (let j = j0; j < nCtx; j++) acc += scores[j] * v[(j * nKvHead + kvh) * headDimV + d];
           out[oo + d] = acc / sum;
         }
       }
@@ -132,8 +145,12 @@ export class RefBackend implements Backend {
       const g = new Float32Array(n * ff), u = new Float32Array(n * ff), y = new Float32Array(n * d);
       this.matmul(w.gate, xg, n, g);
       this.matmul(w.up, xg, n, u);
-      this.siluMul(g, u, g);
+      if (w.biases) { addRowBias(g, w.biases.gate); addRowBias(u, w.biases.up); }
+      const act = b.activation ?? SWIGLU;
+      if (act.kind === "swiglu") this.siluMul(g, u, g);
+      else swigluOai(g, u, act.alpha, act.limit, g);
       this.matmul(w.down, g, n, y);
+      if (w.biases) addRowBias(y, w.biases.down);
       if (b.slotOut) { b.slotOut.set(y, s0 * d); return; }
       for (let j = 0; j < n; j++) {
         const t = b.tokens[s0 + j], wt = b.weights[s0 + j];
@@ -153,4 +170,17 @@ export class RefBackend implements Backend {
   }
 
   dispose(): void {}
+}
+
+/** x's rows (of bias.length) += bias, each sum rounded to f32 as ggml's f32 add. */
+function addRowBias(x: Float32Array, bias: Float32Array): void {
+  for (let i = 0; i < x.length; i++) x[i] += bias[i % bias.length];
+}
+
+/** out = GPT-OSS's clamped SwiGLU of gate and up (see ExpertActivation). */
+function swigluOai(gate: Float32Array, up: Float32Array, alpha: number, limit: number, out: Float32Array): void {
+  for (let i = 0; i < out.length; i++) {
+    const g = Math.min(gate[i], limit), u = Math.min(Math.max(up[i], -limit), limit);
+    out[i] = (g / (1 + Math.exp(-alpha * g))) * (u + 1);
+  }
 }

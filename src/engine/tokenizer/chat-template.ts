@@ -49,3 +49,14 @@ export function applyChatTemplate(tok: Tokenizer, messages: ChatMessage[], opts:
     throw new InvalidArgumentError(`chat template failed on these messages: ${(e as Error).message}`);
   }
 }
+
+/**
+ * A conversation as the prompt of its next reply: rendered by the chat template with the
+ * assistant's turn opened, encoded with the template's control tokens read as tokens, BOS first
+ * where the model wants one and the template did not write it.
+ */
+export function encodeChat(tok: Tokenizer, messages: ChatMessage[]): number[] {
+  const ids = tok.encode(applyChatTemplate(tok, messages, { addGenerationPrompt: true }), { addBos: false, parseSpecial: true });
+  if (tok.bosId !== null && tok.addBosDefault && ids[0] !== tok.bosId) ids.unshift(tok.bosId);
+  return ids;
+}

@@ -147,6 +147,13 @@ function checkStreamDecoder(tok: Tokenizer, label: string): void {
         }
         streamed += dec.flush();
         assert.equal(streamed, tok.decode(ids, { skipSpecial }), `${label}: ${JSON.stringify(text)}`);
+        // a stream that continues a prompt: its text is what the whole decode adds to the prompt's
+        const cut = 1 + Math.floor(rand() * Math.max(1, ids.length - 1));
+        const prompt = ids.slice(0, cut), promptText = tok.decode(prompt, { skipSpecial });
+        if (cut >= ids.length || promptText.endsWith("\uFFFD")) continue;
+        const cont = tok.createStreamDecoder({ skipSpecial, after: prompt });
+        const rest = ids.slice(cut).map((id) => cont.push(id)).join("") + cont.flush();
+        assert.equal(promptText + rest, tok.decode(ids, { skipSpecial }), `${label} after ${cut} tokens: ${JSON.stringify(text)}`);
       }
     }
   }

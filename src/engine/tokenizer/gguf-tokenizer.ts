@@ -12,7 +12,7 @@
 import { InvalidArgumentError, UnsupportedError } from "../../errors.js";
 import { TokenType, type GGUFVocab } from "./gguf-vocab.js";
 import { mergeSymbols } from "./merge-queue.js";
-import type { EncodeOptions, DecodeOptions, StreamDecoder, Tokenizer } from "./types.js";
+import type { EncodeOptions, DecodeOptions, StreamDecoder, StreamDecoderOptions, Tokenizer } from "./types.js";
 import { byteDecode, byteEncode, codePoints, compileSplitRegexes, GPT2_REGEX, LLAMA3_REGEX, regexSplit } from "./unicode.js";
 
 const SPM_SPACE = "\u2581"; // ▁
@@ -200,10 +200,13 @@ export class GGUFTokenizer implements Tokenizer {
     return new TextDecoder().decode(Uint8Array.from(bytes));
   }
 
-  createStreamDecoder(opts: DecodeOptions = {}): StreamDecoder {
+  createStreamDecoder(opts: StreamDecoderOptions = {}): StreamDecoder {
     const dec = new TextDecoder();
     const state = { stripSpace: this.stripsLeadingSpace() };
     const skip = opts.skipSpecial ?? false;
+    // whether the first piece loses its space depends only on the token before it
+    const before = opts.after?.at(-1);
+    if (before !== undefined) this.appendPiece(before, skip, state, []);
     return {
       push: (id: number): string => {
         const bytes: number[] = [];

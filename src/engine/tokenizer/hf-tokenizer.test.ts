@@ -63,6 +63,14 @@ test("Qwen stream decoder: concatenated pushes + flush == decode", () => {
       }
       out += dec.flush();
       assert.equal(out, tok.decode(ids, { skipSpecial }));
+      // continuing a prompt: the stream adds what the whole decode adds to the prompt's text
+      for (let cut = 1; cut < ids.length; cut++) {
+        const promptText = tok.decode(ids.slice(0, cut), { skipSpecial });
+        if (promptText.endsWith("\uFFFD")) continue;
+        const cont = tok.createStreamDecoder({ skipSpecial, after: ids.slice(0, cut) });
+        const rest = ids.slice(cut).map((id) => cont.push(id)).join("") + cont.flush();
+        assert.equal(promptText + rest, tok.decode(ids, { skipSpecial }), `after ${cut} tokens of ${JSON.stringify(text)}`);
+      }
     }
   }
 });

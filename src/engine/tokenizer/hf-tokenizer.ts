@@ -6,7 +6,10 @@ import { readFileSync, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { Tokenizer as HFTokenizerImpl } from "@huggingface/tokenizers";
 import { FileAccessError, InvalidArgumentError, ModelFormatError } from "../../errors.js";
-import type { DecodeOptions, EncodeOptions, StreamDecoder, Tokenizer } from "./types.js";
+import type { DecodeOptions, EncodeOptions, StreamDecoder, StreamDecoderOptions, Tokenizer } from "./types.js";
+
+/** Tokens of a stream's `after` kept as decoding context: enough for a UTF-8 character split over byte tokens. */
+const STREAM_CONTEXT_TOKENS = 6;
 import { byteDecode } from "./unicode.js";
 
 interface AddedTokenJson { id: number; content: string; special?: boolean }
@@ -165,10 +168,13 @@ export class HFTokenizer implements Tokenizer {
    * Windowed incremental decode (as text-generation-inference does): decode the tokens since the
    * last emitted boundary, emit the new suffix unless it ends in an incomplete character (U+FFFD).
    */
-  createStreamDecoder(opts: DecodeOptions = {}): StreamDecoder {
-    const ids: number[] = [];
+  createStreamDecoder(opts: StreamDecoderOptions = {}): StreamDecoder {
+    // the window starts with the last few tokens of `after`, already "emitted": the first new
+    // token's text is then decoded in context (a Metaspace decoder strips a window's first space)
+    const ids: number[] = opts.after ? opts.after.slice(-STREAM_CONTEXT_TOKENS) : [];
+    for (const id of ids) this.checkId(id);
     let prefix = 0; // start of the window
-    let read = 0; // end of what has been emitted
+    let read = ids.length; // end of what has been emitted
     const step = (final: boolean): string => {
       const before = this.decode(ids.slice(prefix, read), opts);
       const now = this.decode(ids.slice(prefix), opts);

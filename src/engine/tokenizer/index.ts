@@ -12,8 +12,8 @@ import { GGUFTokenizer } from "./gguf-tokenizer.js";
 import { HFTokenizer } from "./hf-tokenizer.js";
 import type { Tokenizer } from "./types.js";
 
-export type { Tokenizer, EncodeOptions, DecodeOptions, StreamDecoder } from "./types.js";
-export { applyChatTemplate, CHATML_TEMPLATE, type ChatMessage, type ChatTemplateOptions } from "./chat-template.js";
+export type { Tokenizer, EncodeOptions, DecodeOptions, StreamDecoder, StreamDecoderOptions } from "./types.js";
+export { applyChatTemplate, encodeChat, CHATML_TEMPLATE, type ChatMessage, type ChatTemplateOptions } from "./chat-template.js";
 export { GGUFTokenizer } from "./gguf-tokenizer.js";
 export { HFTokenizer } from "./hf-tokenizer.js";
 export { readGGUFVocab, type GGUFVocab } from "./gguf-vocab.js";

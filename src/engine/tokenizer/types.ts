@@ -18,6 +18,17 @@ export interface DecodeOptions {
   skipSpecial?: boolean;
 }
 
+/** Options of a streaming decoder. */
+export interface StreamDecoderOptions extends DecodeOptions {
+  /**
+   * The tokens the streamed text follows (a generation's prompt): the first streamed token is
+   * decoded as it reads after them, so a SentencePiece word-start space is kept (" there" after
+   * "Once upon a time"), as llama.cpp streams it. Without them the stream decodes a text from its
+   * start, as decode() does.
+   */
+  after?: readonly number[];
+}
+
 /** Incremental detokenizer for streaming generation. */
 export interface StreamDecoder {
   /**
@@ -50,8 +61,11 @@ export interface Tokenizer {
    * part of a character, so the bytes of consecutive tokens concatenate to their text's bytes.
    */
   tokenBytes(id: number): Uint8Array;
-  /** A streaming decoder: the concatenation of its outputs equals decode() of all its ids. */
-  createStreamDecoder(opts?: DecodeOptions): StreamDecoder;
+  /**
+   * A streaming decoder: the concatenation of its outputs equals decode() of all its ids, or with
+   * `after`, decode(after + ids) less decode(after).
+   */
+  createStreamDecoder(opts?: StreamDecoderOptions): StreamDecoder;
   /** The model's Jinja chat template (tokenizer.chat_template), or null when it has none. */
   readonly chatTemplate: string | null;
 }

@@ -51,6 +51,11 @@ export interface HFModelConfig {
   readonly sharedFfnSize: number;
   /** Leading layers with a dense FFN instead of experts (DeepSeek first_k_dense_replace). */
   readonly firstDenseLayers: number;
+  /**
+   * Multi-token-prediction layers stored after the nLayer ones (model.layers.{nLayer}...; GLM-4.5's
+   * num_nextn_predict_layers), converted as llama.cpp's converter does; 0 when none (or dropped).
+   */
+  readonly nextnLayers: number;
   readonly tieWordEmbeddings: boolean;
   /** Q/K rows get llama.cpp's LlamaModel.permute (GGUF "normal" rope over HF's rotate_half). */
   readonly permuteQK: boolean;
@@ -63,7 +68,7 @@ export interface HFModelConfig {
 export type HFBaseConfig = Pick<HFModelConfig, "modelType" | "hiddenSize" | "nLayer" | "nHead" | "nHeadKv" | "headDim" | "vocabSize">;
 
 /** What an architecture reads from config.json itself: FFN and expert sizes, MLA geometry. */
-export type HFArchConfig = Pick<HFModelConfig, "ffnSize" | "nExpert" | "expertFfnSize"> & Partial<Pick<HFModelConfig, "sharedFfnSize" | "firstDenseLayers" | "mla">>;
+export type HFArchConfig = Pick<HFModelConfig, "ffnSize" | "nExpert" | "expertFfnSize"> & Partial<Pick<HFModelConfig, "sharedFfnSize" | "firstDenseLayers" | "nextnLayers" | "mla">>;
 
 type Raw = Record<string, unknown>;
 
@@ -167,13 +172,13 @@ export function parseHFConfig(json: unknown, source = "config.json"): HFModelCon
   const headDim = f.positiveInt("head_dim", Math.floor(hiddenSize / nHead));
   const tieWordEmbeddings = f.bool("tie_word_embeddings", false);
 
-  const { ffnSize, nExpert, expertFfnSize, sharedFfnSize = 0, firstDenseLayers = 0, mla } = hf.parse(f, { modelType, hiddenSize, nLayer, nHead, nHeadKv, headDim, vocabSize });
+  const { ffnSize, nExpert, expertFfnSize, sharedFfnSize = 0, firstDenseLayers = 0, nextnLayers = 0, mla } = hf.parse(f, { modelType, hiddenSize, nLayer, nHead, nHeadKv, headDim, vocabSize });
   const nExpertUsed = f.positiveInt("num_experts_per_tok");
   if (nExpertUsed > nExpert) throw new ModelFormatError(`${source}: num_experts_per_tok ${nExpertUsed} exceeds the expert count ${nExpert}`);
 
   return Object.freeze({
     modelType, arch: archName, hiddenSize, nLayer, nHead, nHeadKv, headDim, vocabSize, ffnSize, nExpert, nExpertUsed,
-    expertFfnSize, sharedFfnSize, firstDenseLayers, tieWordEmbeddings,
+    expertFfnSize, sharedFfnSize, firstDenseLayers, nextnLayers, tieWordEmbeddings,
     permuteQK: hf.permuteQK,
     mla, raw,
   });
@@ -250,6 +255,8 @@ function addRopeScaling(md: Map<string, GGUFMetadataValue>, cfg: HFModelConfig, 
     md.set(`${a}.rope.scaling.factor`, f32(factor));
     const orig = rs.original_max_position_embeddings;
     if (typeof orig === "number") md.set(`${a}.rope.scaling.original_context_length`, u32(orig));
+    if (typeof rs.beta_fast === "number") md.set(`${a}.rope.scaling.yarn_beta_fast`, f32(rs.beta_fast));
+    if (typeof rs.beta_slow === "number") md.set(`${a}.rope.scaling.yarn_beta_slow`, f32(rs.beta_slow));
     for (const [k, v] of hf.yarnMetadata?.(rs) ?? []) md.set(`${a}.${k}`, v);
   } else {
     throw new UnsupportedError(`config.json: rope_scaling type "${type}" is not supported (linear, yarn)`);

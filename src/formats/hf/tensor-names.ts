@@ -109,6 +109,13 @@ const LAYER_NAMES: ReadonlyMap<string, string> = new Map([
   ["self_attn.q_b_proj", "attn_q_b"],
   ["self_attn.kv_a_proj_with_mqa", "attn_kv_a_mqa"],
   ["self_attn.kv_a_layernorm", "attn_kv_a_norm"],
+  // multi-token-prediction layers (GLM-4.5, DeepSeek-V3): [embedding, hidden state] projection, norms, own head
+  ["eh_proj", "nextn.eh_proj"],
+  ["enorm", "nextn.enorm"],
+  ["hnorm", "nextn.hnorm"],
+  ["embed_tokens", "nextn.embed_tokens"],
+  ["shared_head.head", "nextn.shared_head_head"],
+  ["shared_head.norm", "nextn.shared_head_norm"],
 ]);
 
 /** Per-expert projection names → which stacked GGUF tensor. Mixtral: w1 gate, w3 up, w2 down. */
@@ -193,8 +200,9 @@ export function planTensors(sources: ReadonlyMap<string, SourceTensor>, cfg: HFM
     const layer = layerMatch ? Number(layerMatch[1]) : -1;
     const rest = layerMatch ? layerMatch[2] : "";
     if (hf.planTensor?.(t, { layer, rest }, cfg, planner, options) !== undefined) continue; // "planned" or "dropped" by the architecture
-    if (layerMatch && layer >= cfg.nLayer) {
-      throw new ModelFormatError(`tensor ${name}: layer ${layer} but config.json says num_hidden_layers ${cfg.nLayer}`);
+    if (layerMatch && layer >= cfg.nLayer + cfg.nextnLayers) {
+      const mtp = cfg.nextnLayers > 0 ? ` and ${cfg.nextnLayers} multi-token-prediction layer(s) after them` : "";
+      throw new ModelFormatError(`tensor ${name}: layer ${layer} but config.json says num_hidden_layers ${cfg.nLayer}${mtp}`);
     }
     if (name === "lm_head.weight" && cfg.tieWordEmbeddings) continue; // tied: the architecture reuses token_embd
 

@@ -128,7 +128,7 @@ export function planModel(opts: Omit<MakeModelOptions, "out" | "onProgress">): {
     }
     vocab = vocabFromMetadata(opts.vocabFrom, readGGUF(opts.vocabFrom).metadata);
   } else {
-    vocab = builtinVocabMetadata(shape.vocab);
+    vocab = builtinVocabMetadata(shape.vocab, makeModelArchitecture(shape.arch).makeModel.chat);
   }
   shape = { ...shape, vocab: vocab.size };
 
@@ -168,7 +168,8 @@ export async function makeModel(opts: MakeModelOptions): Promise<MakeModelResult
         ? encodeFloats(t.type, v) : quantizeRows(t.type, v, t.dims[1]!, t.dims[0]!);
     }
     const normOf = (normName: string): Float32Array => {
-      const norm = tensors.find((x) => x.name === normName)!;
+      // the pre-FFN norm is post_attention_norm in the architectures that call it so (GLM-4.5)
+      const norm = tensors.find((x) => x.name === normName) ?? tensors.find((x) => x.name === normName.replace(/ffn_norm\.weight$/, "post_attention_norm.weight"))!;
       return randomFloats(new Xoshiro128(streamSeed(seed, normName)), norm.dims[0]!, norm.values);
     };
     const reads = targets ? readsNormOf(t.name) : null;
@@ -180,7 +181,8 @@ export async function makeModel(opts: MakeModelOptions): Promise<MakeModelResult
         ? encodeFloats(t.type, v) : quantizeRows(t.type, v, rows, t.dims[0]!);
     }
     const m = targets ? /^blk\.(\d+)\.ffn_gate_inp\.weight$/.exec(t.name) : null;
-    if (targets && m) {
+    // (multi-token-prediction blocks, after the `layers` ones, keep random routers)
+    if (targets && m && Number(m[1]) < shape.layers) {
       const layer = Number(m[1]);
       const normWeight = normOf(`blk.${layer}.ffn_norm.weight`);
       const v = biasedRouter({

@@ -11,7 +11,7 @@
  * std ≈ 1.5 — peaked enough to matter, spread enough that every expert is picked; the output
  * projection is scaled up (std 4/sqrt(d_model)) so that greedy argmax has clear margins.
  */
-import { f32, u32, type ArchKeys } from "../../formats/metadata-value.js";
+import { f32, str, u32, type ArchKeys } from "../../formats/metadata-value.js";
 import type { GGUFMetadataValue } from "../../formats/model-file.js";
 import type { MakeModelArchitecture } from "../../model/architecture.js";
 import type { ModelShape } from "./shape.js";
@@ -44,7 +44,7 @@ export function tensorLayout(s: ModelShape, arch: MakeModelArchitecture): Tensor
   };
   const d = s.dModel;
   add("token_embd.weight", [d, s.vocab], "matrix", { kind: "noise", std: 1 }); // [vocab, d_model]
-  for (let l = 0; l < s.layers; l++) arch.block(s, l, add);
+  for (let l = 0; l < s.layers + (s.nextnLayers ?? 0); l++) arch.block(s, l, add);
   add("output_norm.weight", [d], "f32", NORM);
   if (!s.tiedEmbeddings) add("output.weight", [d, s.vocab], "matrix", { kind: "noise", std: 4 / Math.sqrt(d) }); // [vocab, d_model]
   return out;
@@ -124,13 +124,25 @@ export function archMetadata(s: ModelShape, arch: MakeModelArchitecture): Array<
     ["vocab_size", u32(s.vocab)],
     ["context_length", u32(s.context)],
     ["embedding_length", u32(s.dModel)],
-    ["block_count", u32(s.layers)],
+    ["block_count", u32(s.layers + (s.nextnLayers ?? 0))],
     ["attention.head_count", u32(s.heads)],
     ["attention.layer_norm_rms_epsilon", f32(s.normEps)],
     ["rope.freq_base", f32(s.ropeTheta)],
+    ...(s.ropeYarn ? yarnKeys(s.ropeYarn) : []),
     ["expert_count", u32(s.experts)],
     ["expert_used_count", u32(s.topK)],
     ...arch.metadata(s),
   ];
   return keys.map(([k, v]) => [`${s.arch}.${k}`, v]);
+}
+
+/** YaRN's `rope.scaling.*` keys as llama.cpp's converter writes them (the architecture adds its own). */
+function yarnKeys(y: NonNullable<ModelShape["ropeYarn"]>): ArchKeys {
+  return [
+    ["rope.scaling.type", str("yarn")],
+    ["rope.scaling.factor", f32(y.factor)],
+    ["rope.scaling.original_context_length", u32(y.origContext)],
+    ["rope.scaling.yarn_beta_fast", f32(y.betaFast)],
+    ["rope.scaling.yarn_beta_slow", f32(y.betaSlow)],
+  ];
 }

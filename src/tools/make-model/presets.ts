@@ -71,7 +71,11 @@ export function resolveShape(opts: { preset?: string; arch?: string } & ShapeOve
     sharedDFf: opts.sharedDFf ?? base.sharedDFf,
     vocab: opts.vocab ?? base.vocab,
     context: opts.context ?? base.context,
+    ...(opts.nextnLayers !== undefined ? { nextnLayers: opts.nextnLayers } : {}),
   };
+  if (opts.nextnLayers !== undefined && base.nextnLayers === undefined) {
+    throw new InvalidArgumentError(`make-model: --nextn-layers: ${base.arch} has no multi-token-prediction layers`);
+  }
   const shape = rules.resolveShape ? rules.resolveShape(generic, { base, flags: opts }) : generic;
   validateShape(shape);
   rules.validateShape?.(shape);
@@ -85,6 +89,7 @@ function validateShape(s: ModelShape): void {
     ["--experts", s.experts], ["--top-k", s.topK], ["--d-ff", s.dFf], ["--context", s.context],
   ];
   for (const [flag, v] of positive) if (!Number.isInteger(v) || v <= 0) bad(`${flag} must be a positive integer, got ${v}`);
+  if (s.nextnLayers !== undefined && (!Number.isInteger(s.nextnLayers) || s.nextnLayers < 0)) bad(`--nextn-layers must be a non-negative integer, got ${s.nextnLayers}`);
   if (!Number.isInteger(s.sharedDFf) || s.sharedDFf < 0) bad(`--shared-d-ff must be a non-negative integer, got ${s.sharedDFf}`);
   if (!Number.isInteger(s.vocab) || s.vocab < 0) bad(`--vocab must be a non-negative integer, got ${s.vocab}`);
   if (s.topK > s.experts) bad(`--top-k ${s.topK} exceeds --experts ${s.experts}`);

@@ -40,6 +40,46 @@ export interface ModelShape {
   /** No output.weight: logits use token_embd. */
   readonly tiedEmbeddings: boolean;
   readonly mla?: MlaShape;
+  /**
+   * Multi-token-prediction blocks written after the `layers` ones (GGUF nextn_predict_layers,
+   * counted in block_count, never run). Set (0 or more) only in the presets of architectures that
+   * have them (GLM-4.5).
+   */
+  readonly nextnLayers?: number;
+  /** Per-head q/k RMS norms where the architecture makes them optional (GLM-4.5's use_qk_norm). */
+  readonly qkNorm?: boolean;
+  /** Factor on the routed experts' weights (routed_scaling_factor) where the architecture writes one; 1 otherwise. */
+  readonly routedScale?: number;
+  /** How the router scores and weighs experts where the architecture routes either way (deepseek2); absent: its default. */
+  readonly routing?: RoutingShape;
+  /** YaRN rope scaling; absent: none. */
+  readonly ropeYarn?: YarnShape;
+  /** Sliding-window attention's window, in positions, where the architecture has one (GPT-OSS); absent: none. */
+  readonly slidingWindow?: number;
+}
+
+/** DeepSeek-V3-style routing choices (see model/routing.ts). */
+export interface RoutingShape {
+  /** expert scores: a softmax over all experts, or a sigmoid per expert (GGUF expert_gating_func 1 / 2) */
+  readonly gating: "softmax" | "sigmoid";
+  /** a random selection bias per expert and MoE layer, blk.N.exp_probs_b.bias (DeepSeek-V3's e_score_correction_bias) */
+  readonly selectionBias: boolean;
+  /** experts in `groups` equal groups, a token choosing from its best `groupsUsed` (1 and 1: no groups) */
+  readonly groups: number;
+  readonly groupsUsed: number;
+  /** the chosen experts' weights renormalised to sum to 1 (before routedScale) */
+  readonly normTopK: boolean;
+}
+
+/** YaRN rope scaling, as config.json's rope_scaling of type yarn gives it. */
+export interface YarnShape {
+  readonly factor: number;
+  /** original_max_position_embeddings */
+  readonly origContext: number;
+  readonly betaFast: number;
+  readonly betaSlow: number;
+  /** DeepSeek's mscale_all_dim (GGUF rope.scaling.yarn_log_multiplier = 0.1 times it); absent: none */
+  readonly mscaleAllDim?: number;
 }
 
 /** Shape flags that override a preset (all optional). */
@@ -54,6 +94,7 @@ export interface ShapeOverrides {
   sharedDFf?: number;
   vocab?: number;
   context?: number;
+  nextnLayers?: number;
 }
 
 /**

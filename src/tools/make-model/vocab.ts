@@ -87,16 +87,21 @@ export const MIN_BUILTIN_VOCAB = 3 + 256 + 1 + 94 * 2;
 
 /**
  * tokenizer.* metadata of the built-in vocabulary with exactly `size` tokens (0 = its natural
- * size): longer lists are padded with unused `<unused_N>` tokens, shorter ones truncated.
+ * size): longer lists are padded with unused `<unused_N>` tokens, shorter ones truncated. With
+ * `chat` (an architecture's own chat format) its control tokens follow the built-in ones and its
+ * template replaces the built-in one.
  */
-export function builtinVocabMetadata(size: number): { size: number; metadata: Array<[string, GGUFMetadataValue]> } {
+export function builtinVocabMetadata(
+  size: number, chat?: { readonly template: string; readonly controlTokens: readonly string[] },
+): { size: number; metadata: Array<[string, GGUFMetadataValue]> } {
   let tokens = builtinVocabTokens();
+  if (chat) tokens.push(...chat.controlTokens.map((piece) => ({ piece, score: 0, type: TokenType.CONTROL })));
   if (size === 0) size = tokens.length;
   if (size < MIN_BUILTIN_VOCAB) {
     throw new InvalidArgumentError(`make-model: --vocab ${size} is below the built-in vocabulary's minimum of ${MIN_BUILTIN_VOCAB} (specials, 256 bytes, characters)`);
   }
   if (size < tokens.length) tokens = tokens.slice(0, size);
-  const lowest = tokens[tokens.length - 1]!.score;
+  const lowest = tokens.reduce((m, t) => Math.min(m, t.score), 0);
   for (let i = tokens.length; i < size; i++) tokens.push({ piece: `<unused_${i}>`, score: lowest - 1, type: TokenType.UNUSED });
   const arr = (itemType: GGUFValueType, value: ArrayLike<unknown>): GGUFMetadataValue => ({ type: GGUFValueType.ARRAY, itemType, value });
   return {
@@ -111,7 +116,7 @@ export function builtinVocabMetadata(size: number): { size: number; metadata: Ar
       ["tokenizer.ggml.unknown_token_id", { type: GGUFValueType.UINT32, value: 0 }],
       ["tokenizer.ggml.add_bos_token", { type: GGUFValueType.BOOL, value: true }],
       ["tokenizer.ggml.add_eos_token", { type: GGUFValueType.BOOL, value: false }],
-      ["tokenizer.chat_template", { type: GGUFValueType.STRING, value: BUILTIN_CHAT_TEMPLATE }],
+      ["tokenizer.chat_template", { type: GGUFValueType.STRING, value: chat?.template ?? BUILTIN_CHAT_TEMPLATE }],
     ],
   };
 }
