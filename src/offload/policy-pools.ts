@@ -230,36 +230,44 @@ export class LfuPool implements ReplacementPool {
  * (LRU 65 / 98.5 %); Mixtral traces at 4 / 6 of 8 slots per layer 61.4 / 83.1 % (LRU 61.3 / 81.5 %).
  */
 export class FrequencyPool implements ReplacementPool {
-  private readonly resident = new Set<number>();
-  private readonly score = new Map<number, number>();
-  private readonly stamp = new Map<number, number>();
+  private readonly resident: DenseIdSet;
+  /** per id (below `ids`): its score as of `stamp`, whether it has one */
+  private readonly score: Float64Array;
+  private readonly stamp: Float64Array;
+  private readonly scored: Uint8Array;
   private readonly rate: number;
   constructor(
     private cap: number,
+    /** ids are below this (nLayer · nExpert) */
+    ids: number,
     halfLife = Infinity,
     private readonly recentWindow = 0,
     private readonly recentBonus = 0,
     private readonly bypass = true,
   ) {
     this.rate = Number.isFinite(halfLife) && halfLife > 0 ? Math.LN2 / halfLife : 0;
+    this.resident = new DenseIdSet(ids);
+    this.score = new Float64Array(ids);
+    this.stamp = new Float64Array(ids);
+    this.scored = new Uint8Array(ids);
   }
   get capacity(): number { return this.cap; }
   get size(): number { return this.resident.size; }
   has(id: number): boolean { return this.resident.has(id); }
   /** The decayed score of `id` at `now`. */
   valueOf(id: number, now: number): number {
-    const s = this.score.get(id);
-    if (s === undefined) return 0;
-    const age = Math.max(0, now - this.stamp.get(id)!);
-    return this.decayed(s, age) + (age < this.recentWindow ? this.recentBonus : 0);
+    if (this.scored[id] !== 1) return 0;
+    const age = Math.max(0, now - this.stamp[id]!);
+    return this.decayed(this.score[id]!, age) + (age < this.recentWindow ? this.recentBonus : 0);
   }
   private decayed(s: number, age: number): number {
     return this.rate === 0 ? s : s * Math.exp(-this.rate * age);
   }
   private add(id: number, w: number, now: number): void {
-    const s = this.score.get(id);
-    this.score.set(id, (s === undefined ? 0 : this.decayed(s, Math.max(0, now - this.stamp.get(id)!))) + w);
-    this.stamp.set(id, now);
+    if (id < 0 || id >= this.score.length) throw new RangeError(`expert id ${id} is outside 0..${this.score.length - 1}`);
+    this.score[id] = (this.scored[id] !== 1 ? 0 : this.decayed(this.score[id]!, Math.max(0, now - this.stamp[id]!))) + w;
+    this.scored[id] = 1;
+    this.stamp[id] = now;
   }
   hit(id: number, now: number): void { this.add(id, 1, now); }
   prime(id: number, weight: number, now: number): void { if (weight > 0) this.add(id, weight, now); }
@@ -272,7 +280,9 @@ export class FrequencyPool implements ReplacementPool {
   /** The evictable resident with the lowest score at `now`, the lowest id of a tie (-1: none). */
   private weakest(canEvict: (id: number) => boolean, now: number): number {
     let victim = -1, vs = Infinity;
-    for (const k of this.resident) {
+    const items = this.resident.items;
+    for (let i = 0; i < this.resident.size; i++) {
+      const k = items[i]!;
       if (!canEvict(k)) continue;
       const v = this.valueOf(k, now);
       if (v < vs || (v === vs && k < victim)) { victim = k; vs = v; }
@@ -285,7 +295,7 @@ export class FrequencyPool implements ReplacementPool {
   }
   remove(id: number): boolean { return this.resident.delete(id); }
   ids(): IterableIterator<number> { return this.resident.values(); }
-  reset(): void { this.resident.clear(); this.score.clear(); this.stamp.clear(); }
+  reset(): void { this.resident.clear(); this.score.fill(0); this.stamp.fill(0); this.scored.fill(0); }
 }
 
 /**
@@ -659,7 +669,7 @@ export class FatePool implements ReplacementPool {
     this.shadowModel = new DenseIdSet(ids);
     this.lastUse = new Float64Array(ids).fill(-Infinity);
     this.model = new NextUseModel(o.nLayer, o.nExpert, o.topK, Math.pow(0.5, 1 / 64));
-    this.shadowPop = new FrequencyPool(cap, o.popHalfLife, o.popRecentWindow, o.popRecentBonus);
+    this.shadowPop = new FrequencyPool(cap, o.nLayer * o.nExpert, o.popHalfLife, o.popRecentWindow, o.popRecentBonus);
     this.keep = 1 - 1 / Math.max(1, o.windowAccesses);
   }
   get capacity(): number { return this.cap; }

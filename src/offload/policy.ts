@@ -275,7 +275,7 @@ export function createPolicy(name: string, layout: CacheLayout, opts: CachePolic
       // traces and the trained tiny MoE (docs/replay.md) put these at or near the best of each
       const perToken = nLayer * (opts.topK ?? 2);
       return new PooledPolicy("fate-pop", { kind: "global", slots: totalSlots(layout) }, nLayer, nExpert,
-        (c) => new FrequencyPool(c, (opts.fateHalfLifeTokens ?? 32) * perToken, perToken, 2));
+        (c) => new FrequencyPool(c, nLayer * nExpert, (opts.fateHalfLifeTokens ?? 32) * perToken, perToken, 2));
     }
     case "fate-split": {
       const allocate = (total: number): number[] => fateAllocation(total, {
