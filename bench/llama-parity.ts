@@ -25,7 +25,7 @@ import { withLlamaModel, disposeOracleLlama, parityPrompts, parityRun, moiraGree
 
 const { values: a } = parseArgs({
   options: {
-    presets: { type: "string", default: ARCHITECTURES.map((x) => x.makeModel.defaultPreset).join(",") },
+    presets: { type: "string", default: ARCHITECTURES.flatMap((x) => Object.keys(x.makeModel.presets).filter((p) => p.startsWith("tiny"))).join(",") },
     types: { type: "string", default: "F32,F16,BF16,Q8_0,Q4_0,Q4_K,Q5_K,Q6_K,MXFP4" },
     prompts: { type: "string", default: "3" },
     gen: { type: "string", default: "16" },

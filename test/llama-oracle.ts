@@ -365,21 +365,24 @@ function smallestTie(gating: ExpertGating, row: Float32Array, bias: Float32Array
   return { expert: next, to: row[kth]! };
 }
 
-/** moira's logits of every position of `tokens` (one batch), with its router logits; `flip` swaps one decision. */
-export function moiraForward(model: Model, backend: Backend, tokens: readonly number[], flip?: RouterSite): { logits: Float32Array[]; router: RouterLogits } {
+/** moira's logits of every position of `tokens` (one batch), with its router logits; each of `flips` swaps one decision. */
+export function moiraForward(model: Model, backend: Backend, tokens: readonly number[], ...flips: RouterSite[]): { logits: Float32Array[]; router: RouterLogits } {
   const router: RouterLogits = new Map();
   const nE = model.config.nExpert, v = model.config.vocabSize;
-  const spied = routerSpy(backend, model, router, flip && ((l, logits) => {
-    if (l !== flip.layer) return;
-    const row = logits.subarray(flip.token * nE, (flip.token + 1) * nE);
-    // the (k+1)-th expert just beats the k-th (under groups: the change just swaps them); everything else unchanged
-    const { expert, to } = flip.tie;
-    const step = Math.max(1e-4, Math.abs(to) * 1e-5);
-    row[expert] = expert === flip.next || to > row[expert]! ? to + step : to - step;
-  }));
+  const spied = routerSpy(backend, model, router, flips.length === 0 ? undefined : (l, logits) => {
+    for (const flip of flips) if (flip.layer === l) swapDecision(logits.subarray(flip.token * nE, (flip.token + 1) * nE), flip);
+  });
   const s = new Session(model, { backend: spied, contextLength: tokens.length });
   const all = s.forward(tokens, { allLogits: true });
   return { logits: tokens.map((_, i) => all.subarray(i * v, (i + 1) * v)), router };
+}
+
+/** Moves one router logit of `row` (one token's) so that the decision `flip` goes the other way. */
+function swapDecision(row: Float32Array, flip: RouterSite): void {
+  // the (k+1)-th expert just beats the k-th (under groups: the change just swaps them); everything else unchanged
+  const { expert, to } = flip.tie;
+  const step = Math.max(1e-4, Math.abs(to) * 1e-5);
+  row[expert] = expert === flip.next || to > row[expert]! ? to + step : to - step;
 }
 
 /**
@@ -427,8 +430,10 @@ export interface ParityRun {
   /** max |log p_moira - log p_llama.cpp| over prompt positions and tokens */
   prefillGap: number;
   /**
-   * The same after explaining router near-ties: per position the smaller of its gap and its
-   * gap once one routing decision with margin <= routerMargin is flipped; the max of those.
+   * The same after explaining router near-ties: per position the smallest of its gap and its
+   * gaps once one routing decision with margin <= routerMargin is flipped, or two in a chain (the
+   * second such a near-tie, at a later layer or token, of the routing the first flip gives: a
+   * flipped expert moves the hidden state enough to make new near-ties); the max of those.
    */
   residualGap: number;
   /** the largest margin among the flips that at least halved some position's gap (0: none did) */
@@ -466,14 +471,21 @@ export async function parityRun(
   const gaps = base.logits.map((l, p) => rowGap(logSoftmax(l), lpLlama[p]!));
   run.prefillGap = Math.max(...gaps);
   const residual = gaps.slice();
+  const account = (logits: Float32Array[], margin: number) => logits.forEach((l, p) => {
+    const g = rowGap(logSoftmax(l), lpLlama[p]!);
+    if (g < residual[p]!) residual[p] = g;
+    if (g < gaps[p]! / 2) run.flipMargin = Math.max(run.flipMargin, margin);
+  });
   for (const site of routerSites(model, base.router)) {
     if (site.margin > opts.routerMargin) break;
-    const flipped = moiraForward(model, backend, prompt, site).logits;
-    flipped.forEach((l, p) => {
-      const g = rowGap(logSoftmax(l), lpLlama[p]!);
-      if (g < residual[p]!) residual[p] = g;
-      if (g < gaps[p]! / 2) run.flipMargin = Math.max(run.flipMargin, site.margin);
-    });
+    const flipped = moiraForward(model, backend, prompt, site);
+    account(flipped.logits, site.margin);
+    for (const then of routerSites(model, flipped.router)) {
+      if (then.margin > opts.routerMargin) break;
+      if (then.token > site.token || (then.token === site.token && then.layer > site.layer)) {
+        account(moiraForward(model, backend, prompt, site, then).logits, Math.max(site.margin, then.margin));
+      }
+    }
   }
   run.residualGap = Math.max(...residual);
   return run;

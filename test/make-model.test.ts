@@ -22,7 +22,7 @@ after(() => disposeOracleLlama());
 const dir = mkdtempSync(join(tmpdir(), "moira-make-model-"));
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
 
-const TINY = ["tiny", "tiny-qwen2moe", "tiny-qwen3moe", "tiny-olmoe", "tiny-deepseek2", "tiny-glm4moe"];
+const TINY = ["tiny", "tiny-qwen2moe", "tiny-qwen3moe", "tiny-olmoe", "tiny-deepseek2", "tiny-glm4moe", "tiny-gpt-oss"];
 const TYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"];
 
 for (const preset of TINY) {
@@ -120,6 +120,11 @@ test("make-model: shape flags override a preset; sizes follow", () => {
   const olmoe = planModel({ preset: "olmoe-1b-7b", type: "Q4_K" });
   const params = olmoe.tensors.reduce((a, t) => a + t.dims.reduce((x, y) => x * y, 1), 0);
   assert.ok(params > 6.5e9 && params < 7.2e9, `olmoe-1b-7b has ${params} params`);
+  // GPT-OSS at its real shapes: 20.9 B and 116.8 B parameters (OpenAI's model card: 21 B and 117 B)
+  for (const [preset, lo, hi] of [["gpt-oss-20b", 20.8e9, 21.0e9], ["gpt-oss-120b", 116.7e9, 116.9e9]] as const) {
+    const n = planModel({ preset, type: "MXFP4" }).tensors.reduce((a, t) => a + t.dims.reduce((x, y) => x * y, 1), 0);
+    assert.ok(n > lo && n < hi, `${preset} has ${n} params`);
+  }
   // rows that are not whole K-blocks fall back (qwen1.5-moe expert d_ff 1408 = 5.5 × 256)
   const qwen = planModel({ preset: "qwen1.5-moe-a2.7b", type: "Q4_K" });
   assert.equal(qwen.tensors.find((t) => t.name === "blk.0.ffn_down_exps.weight")!.type, GGMLType.Q4_0);

@@ -99,6 +99,13 @@ async function exactness(path: string, prompt: number[], steps: number, cacheFra
             assert.ok(t.accesses > 0);
             assert.ok(t.bytesRead > 0, "experts were read from the file");
             if (policy !== "none") assert.ok(t.hits > 0, `${what}: some hits`);
+            // the per-(layer, expert) counters (/metrics, the server's page) add up to each layer's
+            const { accesses, hits } = stats.perExpert!;
+            stats.layers.forEach((c, l) => {
+              const row = (counts: typeof accesses) => Array.from({ length: model.config.nExpert }, (_, e) => counts.get(l, e)).reduce((a, b) => a + b, 0);
+              assert.deepEqual([row(accesses), row(hits)], [c.accesses, c.hits], `${what}: layer ${l}'s experts`);
+            });
+            assert.equal(store.residentExperts().length, store.policy.size(), `${what}: residents`);
             if (predictor === "none") continue;
             assert.ok(t.prefetchesIssued > 0, `${what}: prefetches issued`);
             // decode predictions are scored at distances 1..3 whatever the distance loaded from

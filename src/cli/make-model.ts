@@ -70,7 +70,7 @@ export function registerMakeModelCommand(program: Command): void {
         bar?.stop();
         const s = r.shape;
         process.stdout.write(
-          `${r.path}: ${s.arch} ${s.layers} layers, d_model ${s.dModel}, ${s.heads}/${s.kvHeads} heads, ` +
+          `${r.path}: ${s.arch} ${s.layers} layers${s.nextnLayers ? ` (+${s.nextnLayers} multi-token-prediction)` : ""}, d_model ${s.dModel}, ${s.heads}/${s.kvHeads} heads, ` +
           `${s.experts} experts top-${s.topK}, d_ff ${s.dFf}${s.sharedDFf ? `, shared d_ff ${s.sharedDFf}` : ""}, vocab ${s.vocab}; ` +
           `${r.type}, ${(r.params / 1e9).toFixed(3)}B params, ${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${((Date.now() - started) / 1000).toFixed(1)} s\n`,
         );

@@ -24,7 +24,7 @@ import { openLowbitSidecar } from "../offload/lowbit.js";
 import { ONLINE_POLICY_NAMES } from "../offload/policy.js";
 import { PREDICTOR_NAMES } from "../offload/predictor.js";
 import { TraceRecorder } from "../trace/format.js";
-import { TraceObserver } from "../trace/observer.js";
+import { TraceObserver, observeAll } from "../trace/observer.js";
 import { InvalidArgumentError } from "../errors.js";
 import { Session } from "../engine/session.js";
 import type { KvType } from "../model/kv-cache.js";
@@ -203,16 +203,18 @@ export function fitContext(
  * batches up to the whole context, experts offloaded as the flags say. The context is an upper
  * bound: under a budget the KV cache grows in blocks as the conversation uses positions, taking
  * room from the expert cache (the store evicts its coldest experts), and gives it back on reset.
+ * `observer` is told each MoE layer's routing, beside the --trace recorder.
  */
 export function openInteractiveSession(
   model: Model, flags: OffloadFlags & { context?: number; kvType?: KvType }, backend: Backend,
   notify: (message: string) => void = (m) => process.stderr.write(m + "\n"),
+  observer?: RoutingObserver,
 ): { contextLength: number; offload: ExpertProviderHandle; session: Session } {
   const wanted = Math.min(model.config.contextLength, 4096);
   const contextLength = fitContext(model, flags, { wanted, needed: Math.min(wanted, MIN_FITTED_CONTEXT), maxBatch: (c) => c, notify });
   const offload = createExpertProvider(model, flags, backend, { contextLength, maxBatch: contextLength, kvType: flags.kvType, kvGrowth: {} });
   const session = new Session(model, {
-    backend, contextLength, kvType: flags.kvType, experts: offload.provider, observer: offload.observer,
+    backend, contextLength, kvType: flags.kvType, experts: offload.provider, observer: observeAll([offload.observer, observer]),
     kvRoom: offload.store ?? undefined, kvBlockPositions: offload.plan?.kvBlockPositions,
   });
   return { contextLength, offload, session };

@@ -10,6 +10,8 @@ import { Scheduler } from "../engine/scheduler.js";
 import { addBackendOptions, parseFloatOption, parseIntOption } from "./common.js";
 import { InvalidArgumentError } from "../errors.js";
 import { addOffloadOptions, openInteractiveSession } from "./offload-options.js";
+import { RoutingCounter } from "../trace/observer.js";
+import { ExpertCacheView } from "../server/expert-cache.js";
 
 /** Requests that may wait for the engine by default (beyond the one running). */
 const DEFAULT_QUEUE_SIZE = 16;
@@ -23,7 +25,7 @@ function positiveSeconds(v: string): number {
 export function registerServeCommand(program: Command): void {
   addOffloadOptions(addBackendOptions(
     program.command("serve")
-      .description("serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics)")
+      .description("serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics, /v1/cache) and a chat and expert-cache page at /")
       .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
       .option("--host <host>", "address to listen on", "127.0.0.1")
       .option("--port <port>", "port to listen on", parseIntOption("--port", 0), 8080)
@@ -35,28 +37,16 @@ export function registerServeCommand(program: Command): void {
     const model = Model.open(o.model);
     const backend = await createBackend(o.backend, { threads: o.threads });
     const tokenizer = loadTokenizer(model.file);
-    const { offload, session } = openInteractiveSession(model, o, backend);
+    const routing = new RoutingCounter(model.config.nLayer, model.config.nExpert);
+    const { offload, session } = openInteractiveSession(model, o, backend, undefined, routing);
     const modelId = o.modelId ?? basename(o.model).replace(/\.gguf$/, "");
-    const stats = offload.stats, store = offload.store;
-    const metricsExtra = stats ? () => {
-      const t = stats.total();
-      return [
-        "# TYPE moira_expert_accesses_total counter", `moira_expert_accesses_total ${t.accesses}`,
-        "# TYPE moira_expert_hits_total counter", `moira_expert_hits_total ${t.hits}`,
-        "# TYPE moira_expert_misses_total counter", `moira_expert_misses_total ${t.misses}`,
-        "# TYPE moira_expert_bytes_read_total counter", `moira_expert_bytes_read_total ${t.bytesRead}`,
-        "# TYPE moira_expert_stall_seconds_total counter", `moira_expert_stall_seconds_total ${t.stallMs / 1000}`,
-        ...(store ? [
-          "# HELP moira_kv_committed_bytes KV cache bytes committed now (taken from the expert cache).",
-          "# TYPE moira_kv_committed_bytes gauge", `moira_kv_committed_bytes ${session.kv.committedBytes}`,
-          "# HELP moira_expert_cache_slots Expert cache slots in service now (the budget less the committed KV cache).",
-          "# TYPE moira_expert_cache_slots gauge", `moira_expert_cache_slots ${store.cacheSlotsInService}`,
-        ] : []),
-      ].join("\n") + "\n";
-    } : undefined;
+    const store = offload.store;
+    const experts = new ExpertCacheView({
+      config: model.config, routing, offload: store ? { store, kvCommittedBytes: () => session.kv.committedBytes } : null,
+    });
     // one slot: generations run one at a time (continuous batching would add slots)
     const scheduler = new Scheduler([session], { maxQueue: o.queueSize });
-    const app = createApp({ modelId, scheduler, tokenizer, requestTimeoutMs: o.requestTimeout * 1000, metricsExtra });
+    const app = createApp({ modelId, scheduler, tokenizer, requestTimeoutMs: o.requestTimeout * 1000, experts });
     await new Promise<void>((resolve) => {
       const server = serve({ fetch: app.fetch, hostname: o.host, port: o.port }, (info) => {
         process.stderr.write(`moira: serving ${modelId} on http://${o.host}:${info.port} (backend ${backend.name})\n`);

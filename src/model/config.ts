@@ -114,6 +114,12 @@ export interface ModelConfig {
   readonly tiedEmbeddings: boolean;
 }
 
+/** Whether tensor `name` is in a multi-token-prediction block (after the nLayer ones): stored, never run. */
+export function inNextnBlock(cfg: Pick<ModelConfig, "nLayer">, name: string): boolean {
+  const block = /^blk\.(\d+)\./.exec(name);
+  return block !== null && Number(block[1]) >= cfg.nLayer;
+}
+
 /** Typed accessors over GGUF metadata that name the key when it is missing or mistyped. */
 export class MetadataReader {
   constructor(private readonly md: Metadata, private readonly prefix: string) {}

@@ -116,7 +116,7 @@ function linear(ctx: ForwardContext, name: string, rows: number, cols: number, x
  * YaRN, the ramp's ends (llama.cpp's ggml_rope_yarn_corr_dims: the dim pairs that turn beta_fast
  * and beta_slow times over the original context) and the magnitude.
  */
-function ropeOf(cfg: ModelConfig, ropeDim: number): Pick<RopeParams, "ropeDim" | "theta" | "neox" | "freqScale" | "yarn"> {
+export function ropeOf(cfg: ModelConfig, ropeDim: number): Pick<RopeParams, "ropeDim" | "theta" | "neox" | "freqScale" | "yarn"> {
   const rope = { ropeDim, theta: cfg.ropeTheta, neox: cfg.ropeNeox, freqScale: cfg.ropeFreqScale };
   const y = cfg.ropeYarn;
   if (!y) return rope;

@@ -32,3 +32,28 @@ export function formatExpertKey(key: ExpertKey): string {
 export function sameExpertKey(a: ExpertKey, b: ExpertKey): boolean {
   return a.layer === b.layer && a.expert === b.expert;
 }
+
+/**
+ * A count per (layer, expert) of a model's layers, at `layer * nExpert + expert`: a typed array,
+ * so counting on the hot path allocates nothing. Float64: exact to 2^53, a server's lifetime.
+ */
+export class ExpertCounts {
+  readonly counts: Float64Array;
+
+  constructor(readonly nLayer: number, readonly nExpert: number) {
+    this.counts = new Float64Array(nLayer * nExpert);
+  }
+
+  add(layer: number, expert: number): void {
+    const i = layer * this.nExpert + expert;
+    this.counts[i] = this.counts[i]! + 1;
+  }
+
+  get(layer: number, expert: number): number {
+    return this.counts[layer * this.nExpert + expert]!;
+  }
+
+  reset(): void {
+    this.counts.fill(0);
+  }
+}

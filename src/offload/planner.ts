@@ -17,7 +17,7 @@
  * Node runtime itself (~50-80 MB RSS) is not in the budget: it does not grow with the model.
  */
 import type { Model } from "../model/model.js";
-import type { ModelConfig } from "../model/config.js";
+import { inNextnBlock, type ModelConfig } from "../model/config.js";
 import { describeExperts, type LayerExpertTensors } from "../model/experts.js";
 import { TOKEN_EMBEDDING, outputHeadTensor } from "../model/steps.js";
 import { KvCache, type KvType } from "../model/kv-cache.js";
@@ -140,7 +140,7 @@ export interface MemoryPlan {
   readonly minimumBytes: number;
   /** every expert of every layer, in slots: cacheSlots == this means fully resident */
   readonly allExpertSlots: number;
-  /** bytes of all expert tensors in the file */
+  /** bytes of the expert tensors in the file the model runs (all but the multi-token-prediction blocks') */
   readonly expertFileBytes: number;
   readonly tensors: Map<number, LayerExpertTensors>;
 }
@@ -160,6 +160,7 @@ export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
   const embeddingOnDemand = embeddingRowsOnDemand(model);
   let nonExpertBytes = 0, expertFileBytes = 0;
   for (const [name, t] of model.weights.source.tensors) {
+    if (inNextnBlock(cfg, name)) continue; // never loaded
     if (isExpertTensor(name)) expertFileBytes += t.nbytes;
     else if (!(embeddingOnDemand && name === TOKEN_EMBEDDING)) nonExpertBytes += t.nbytes;
   }

@@ -6,6 +6,7 @@
  */
 import type { ForwardPhase } from "../model/experts.js";
 import { PredictionStats } from "./predictor.js";
+import type { ExpertCounts } from "./expert-key.js";
 
 export interface LayerCounters {
   /** experts a layer asked for */
@@ -35,6 +36,12 @@ function emptyCounters(): LayerCounters {
 }
 
 export type Phase = ForwardPhase;
+
+/** Accesses and hits of each (layer, expert), counted as the layer counters count them. */
+export interface ExpertTally {
+  readonly accesses: ExpertCounts;
+  readonly hits: ExpertCounts;
+}
 
 /** The store's start-up calibration and what it chose from it. */
 export interface Calibration {
@@ -68,6 +75,8 @@ export class OffloadStats {
    */
   arena: { allocatedBytes: number; slotBytes: number; slots: number; peakSlotsUsed: number; peakBytes: number } | null = null;
   direct: boolean | undefined;
+  /** per (layer, expert): set by the store, which knows the experts per layer (served at /metrics) */
+  perExpert: ExpertTally | null = null;
 
   constructor(readonly nLayer: number) {
     this.layers = Array.from({ length: nLayer }, emptyCounters);
@@ -105,6 +114,8 @@ export class OffloadStats {
     this.phases.decode = emptyCounters();
     this.prediction.reset();
     this.loadsByDistance.length = 0;
+    this.perExpert?.accesses.reset();
+    this.perExpert?.hits.reset();
   }
 
   toJSON(): object {

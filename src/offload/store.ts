@@ -38,10 +38,10 @@ import { isMoeLayer } from "../model/experts.js";
 import { FileAccessError, InvalidArgumentError, ModelFormatError } from "../errors.js";
 import { createPredictor, type Predictor } from "./predictor.js";
 import { createPolicy, type CachePolicy } from "./policy.js";
-import type { ExpertKey } from "./expert-key.js";
+import { ExpertCounts, type ExpertKey } from "./expert-key.js";
 import { FileReader, IO_ALIGN, discardArena, fileIdentity, sameIdentity, type ArenaChunk, type FileIdentity } from "./store-io.js";
 import { LoadJob, Prefetcher, type LoadPriority, type ReadRange } from "./prefetcher.js";
-import { OffloadStats, type Phase } from "./stats.js";
+import { OffloadStats, type ExpertTally, type Phase } from "./stats.js";
 import { NextLayerRouter, calibrateDistance, calibrateWidth, MAX_PREFETCH_DISTANCE } from "./fate-predictor.js";
 import { cacheSlotsWith, slotLayoutOf, type MemoryPlan, type SlotLayout } from "./planner.js";
 import type { KvRoom } from "../model/kv-cache.js";
@@ -228,6 +228,8 @@ export class ExpertStore implements ExpertProvider, KvRoom {
   private token = 0;
   private phase: Phase = "decode";
   private closed = false;
+  /** the stats' per-(layer, expert) counters */
+  private readonly tally: ExpertTally;
 
   constructor(
     private readonly cfg: ModelConfig,
@@ -237,6 +239,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
   ) {
     const { plan } = opts;
     this.stats = opts.stats ?? new OffloadStats(cfg.nLayer);
+    this.tally = this.stats.perExpert ??= { accesses: new ExpertCounts(cfg.nLayer, cfg.nExpert), hits: new ExpertCounts(cfg.nLayer, cfg.nExpert) };
     this.moeLayers = [...plan.tensors.keys()].sort((a, b) => a - b);
     if (this.moeLayers.length === 0) throw new InvalidArgumentError("this model has no MoE layers: nothing to offload");
     this.firstMoe = this.moeLayers[0]!;
@@ -440,6 +443,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     const out: Entry[] = [];
     for (const e of experts) {
       this.stats.add(layer, phase, "accesses");
+      this.tally.accesses.add(layer, e);
       let ent = this.full.get(this.key(layer, e));
       if (ent) {
         ent.orphan = false;
@@ -449,6 +453,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
           this.prefetcherOf(ent).promote(ent.job);
         } else {
           this.stats.add(layer, phase, "hits");
+          this.tally.hits.add(layer, e);
         }
         if (ent.job?.done) this.onLoaded(ent);
         if (ent.cached) this.policy.touch(this.pkey(layer, e), this.now++);
@@ -503,6 +508,11 @@ export class ExpertStore implements ExpertProvider, KvRoom {
   /** Cache slots in service: the plan's, less those the committed KV cache holds. */
   get cacheSlotsInService(): number {
     return this.opts.plan.cacheSlots - this.retired.length - this.owedSlots;
+  }
+
+  /** The experts the cache policy holds now (in memory, or being read into their slots), by model layer. */
+  residentExperts(): ExpertKey[] {
+    return this.policy.residents().map((k) => ({ layer: k.layer + this.firstMoe, expert: k.expert }));
   }
 
   /**

@@ -1,6 +1,8 @@
 /**
  * OpenAI-compatible HTTP API over one loaded model: /v1/chat/completions, /v1/completions (both
- * with SSE streaming, usage, logprobs), /v1/models, /health and /metrics (Prometheus text).
+ * with SSE streaming, usage, logprobs), /v1/models, /health and /metrics (Prometheus text); the
+ * expert cache as JSON at /v1/cache (what /metrics reports of it), and at / a page that chats
+ * with the model and draws the expert cache live.
  *
  * Requests wait in the Scheduler's bounded queue for a slot (429 with Retry-After when it is
  * full); each runs under its own signal, aborted when the client goes away, when it outlives
@@ -19,6 +21,8 @@ import { ApiError } from "./api-error.js";
 import { ChatRequest, CompletionRequest, parseRequest } from "./schema.js";
 import { runCompletion, type CompletionOutcome, type CompletionPlan, type Piece, type TokenLogprobs } from "./completion.js";
 import { ServerMetrics } from "./metrics.js";
+import { formatExpertMetrics, type ExpertCacheView } from "./expert-cache.js";
+import { PAGE_HTML } from "./page.js";
 
 export interface ServerContext {
   readonly modelId: string;
@@ -27,8 +31,8 @@ export interface ServerContext {
   readonly tokenizer: Tokenizer;
   /** longest a request may take from its arrival, queue wait included (default 600 s) */
   readonly requestTimeoutMs?: number;
-  /** extra Prometheus lines (e.g. offload statistics) */
-  readonly metricsExtra?: () => string;
+  /** the experts' routing counts and cache state, for /v1/cache and /metrics (absent: not recorded) */
+  readonly experts?: ExpertCacheView;
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_S = 600;
@@ -70,7 +74,7 @@ class RequestSignal {
 
 export function createApp(ctx: ServerContext): Hono {
   const app = new Hono();
-  const { scheduler, tokenizer } = ctx;
+  const { scheduler, tokenizer, experts } = ctx;
   const created = Math.floor(Date.now() / 1000);
   const timeoutMs = ctx.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_S * 1000;
   const { contextLength, model } = scheduler.slots[0].session;
@@ -97,7 +101,14 @@ export function createApp(ctx: ServerContext): Hono {
     data: [{ id: ctx.modelId, object: "model", created, owned_by: "moira", context_length: contextLength, max_model_len: contextLength }],
   }));
 
-  app.get("/metrics", (c) => c.text(metrics.format(scheduler) + (ctx.metricsExtra?.() ?? ""), 200, { "content-type": "text/plain; version=0.0.4" }));
+  app.get("/", (c) => c.html(PAGE_HTML));
+
+  app.get("/metrics", (c) => c.text(
+    metrics.format(scheduler) + (experts ? formatExpertMetrics(experts.snapshot()) : ""), 200, { "content-type": "text/plain; version=0.0.4" },
+  ));
+
+  // without it the route is not there (404): the page says so and stops asking
+  if (experts) app.get("/v1/cache", (c) => c.json(experts.snapshot()));
 
   const readJson = async (c: Context): Promise<unknown> => {
     try {

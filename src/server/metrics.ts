@@ -5,6 +5,11 @@ import type { EndCause } from "./app.js";
 
 const PHASES: readonly SlotPhase[] = ["idle", "prefill", "decode"];
 
+/** A metric family as Prometheus text lines: HELP, TYPE, then one line per (labels, value). */
+export function metricLines(name: string, type: "counter" | "gauge", help: string, values: ReadonlyArray<readonly [string, number]>): string[] {
+  return [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...values.map(([labels, v]) => `${name}${labels} ${v}`)];
+}
+
 export class ServerMetrics {
   requests = 0;
   errors = 0;
@@ -47,28 +52,26 @@ export class ServerMetrics {
   }
 
   format(scheduler: Scheduler): string {
-    const metric = (name: string, type: "counter" | "gauge", help: string, values: ReadonlyArray<readonly [string, number]>) =>
-      [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...values.map(([labels, v]) => `${name}${labels} ${v}`)];
     const one = (v: number): ReadonlyArray<readonly [string, number]> => [["", v]];
     return [
-      ...metric("moira_requests_total", "counter", "Completion requests received.", one(this.requests)),
-      ...metric("moira_request_errors_total", "counter", "Requests answered with an error.", one(this.errors)),
-      ...metric("moira_requests_rejected_total", "counter", "Requests answered 429 because the queue was full.", one(this.rejected)),
-      ...metric("moira_requests_ended_early_total", "counter", "Requests ended before their generation did, by cause.",
+      ...metricLines("moira_requests_total", "counter", "Completion requests received.", one(this.requests)),
+      ...metricLines("moira_request_errors_total", "counter", "Requests answered with an error.", one(this.errors)),
+      ...metricLines("moira_requests_rejected_total", "counter", "Requests answered 429 because the queue was full.", one(this.rejected)),
+      ...metricLines("moira_requests_ended_early_total", "counter", "Requests ended before their generation did, by cause.",
         Object.entries(this.endedEarly).map(([cause, v]) => [`{cause="${cause}"}`, v] as const)),
-      ...metric("moira_queue_depth", "gauge", "Requests waiting for a slot.", one(scheduler.queued)),
-      ...metric("moira_queue_capacity", "gauge", "Most requests that may wait (--queue-size).", one(scheduler.maxQueue)),
-      ...metric("moira_requests_in_flight", "gauge", "Requests holding a slot.", one(scheduler.inFlight)),
-      ...metric("moira_slot_state", "gauge", "1 for the phase each slot is in.",
+      ...metricLines("moira_queue_depth", "gauge", "Requests waiting for a slot.", one(scheduler.queued)),
+      ...metricLines("moira_queue_capacity", "gauge", "Most requests that may wait (--queue-size).", one(scheduler.maxQueue)),
+      ...metricLines("moira_requests_in_flight", "gauge", "Requests holding a slot.", one(scheduler.inFlight)),
+      ...metricLines("moira_slot_state", "gauge", "1 for the phase each slot is in.",
         scheduler.slots.flatMap((s) => PHASES.map((ph) => [`{slot="${s.id}",state="${ph}"}`, s.phase === ph ? 1 : 0] as const))),
-      ...metric("moira_slot_cached_tokens", "gauge", "Tokens in each slot's KV cache.",
+      ...metricLines("moira_slot_cached_tokens", "gauge", "Tokens in each slot's KV cache.",
         scheduler.slots.map((s) => [`{slot="${s.id}"}`, s.session.position] as const)),
-      ...metric("moira_prompt_tokens_total", "counter", "Prompt tokens of requests run.", one(this.promptTokens)),
-      ...metric("moira_prompt_cached_tokens_total", "counter", "Prompt tokens found in a slot's KV cache (not prefilled).", one(this.cachedTokens)),
-      ...metric("moira_generated_tokens_total", "counter", "Tokens generated.", one(this.generatedTokens)),
-      ...metric("moira_prefill_seconds_total", "counter", "Time spent in prefill.", one(this.prefillSeconds)),
-      ...metric("moira_decode_seconds_total", "counter", "Time spent decoding.", one(this.decodeSeconds)),
-      ...metric("moira_decode_tokens_per_second", "gauge", "Decode speed of the last request that decoded.", one(this.lastDecodeTps)),
+      ...metricLines("moira_prompt_tokens_total", "counter", "Prompt tokens of requests run.", one(this.promptTokens)),
+      ...metricLines("moira_prompt_cached_tokens_total", "counter", "Prompt tokens found in a slot's KV cache (not prefilled).", one(this.cachedTokens)),
+      ...metricLines("moira_generated_tokens_total", "counter", "Tokens generated.", one(this.generatedTokens)),
+      ...metricLines("moira_prefill_seconds_total", "counter", "Time spent in prefill.", one(this.prefillSeconds)),
+      ...metricLines("moira_decode_seconds_total", "counter", "Time spent decoding.", one(this.decodeSeconds)),
+      ...metricLines("moira_decode_tokens_per_second", "gauge", "Decode speed of the last request that decoded.", one(this.lastDecodeTps)),
     ].join("\n") + "\n";
   }
 }

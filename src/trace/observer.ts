@@ -7,10 +7,12 @@
  * index then advances by the *previous* pass's token count (a prefill of n tokens is tokens
  * i..i+n-1, the next decode step is token i+n). `beginRequest` restarts the count at 0 (a new
  * conversation, `Session.reset()`). Records go to a `TraceRecorder` (JSONL file), to memory
- * (`toTrace()`), or both.
+ * (`toTrace()`), or both. `RoutingCounter` only counts the choices per (layer, expert) (the
+ * server's /metrics), and `observeAll` lets a session have both.
  */
 import type { RoutingObserver } from "../model/steps.js";
 import { groupCells, type RawCell, type RoutingTrace, type TraceRecorder } from "./format.js";
+import { ExpertCounts } from "../offload/expert-key.js";
 
 export interface TraceObserverOptions {
   /** Write every record to this recorder (our JSONL format). */
@@ -75,4 +77,29 @@ export class TraceObserver implements RoutingObserver {
       notes: dense ? [`MoE layers ${layers.join(",")} renumbered 0..${layers.length - 1}`] : [],
     });
   }
+}
+
+/**
+ * Counts how often each (layer, expert) was chosen: once per token and layer that routed to it,
+ * prompt tokens included. Typed counters, nothing allocated per token.
+ */
+export class RoutingCounter implements RoutingObserver {
+  readonly chosen: ExpertCounts;
+
+  constructor(nLayer: number, nExpert: number) {
+    this.chosen = new ExpertCounts(nLayer, nExpert);
+  }
+
+  onRouting(layer: number, experts: Int32Array, _weights: Float32Array, nTokens: number, k: number): void {
+    for (let i = 0; i < nTokens * k; i++) this.chosen.add(layer, experts[i]!);
+  }
+}
+
+/** One observer that tells each of `observers` in turn (the absent ones skipped); undefined when none is left. */
+export function observeAll(observers: ReadonlyArray<RoutingObserver | undefined>): RoutingObserver | undefined {
+  const present = observers.filter((o): o is RoutingObserver => o !== undefined);
+  if (present.length <= 1) return present[0];
+  return {
+    onRouting: (layer, experts, weights, nTokens, k) => { for (const o of present) o.onRouting(layer, experts, weights, nTokens, k); },
+  };
 }

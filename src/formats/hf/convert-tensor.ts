@@ -1,8 +1,8 @@
 /**
  * Executes a TensorPlan recipe: reads the HF source tensors and produces the GGUF tensor's bytes.
- * All rearrangements move whole elements (2 or 4 bytes) and never touch values, so a converted
- * tensor is bit-identical to what llama.cpp's converter writes; the only arithmetic is the exact
- * F16/BF16 → F32 widening of norms, biases and routers.
+ * All rearrangements move whole elements (2 or 4 bytes; MXFP4's 4-bit codes and exponent bytes)
+ * and never touch values, so a converted tensor is bit-identical to what llama.cpp's converter
+ * writes; the only arithmetic is the exact F16/BF16 → F32 widening of norms, biases and routers.
  */
 import { ModelFormatError } from "../../errors.js";
 import { GGMLType } from "../quant/types.js";
@@ -12,6 +12,7 @@ import type { TensorPlan } from "./tensor-names.js";
 type Elements = Uint16Array | Uint32Array;
 
 function view(bytes: Uint8Array, dtype: SafetensorsDType): Elements {
+  if (dtypeBytes(dtype) === 1) throw new ModelFormatError(`${dtype} tensors convert only as MXFP4 blocks and scales`);
   const n = bytes.byteLength / dtypeBytes(dtype);
   // Fresh reads start at offset 0 of their own buffer, so the view is aligned; copy otherwise.
   const b = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
@@ -65,6 +66,44 @@ function sliceRowsBatched(src: Elements, batch: number, rows: number, cols: numb
     dst.set(src.subarray(from, from + nRows * cols), b * nRows * cols);
   }
   return dst;
+}
+
+/**
+ * GPT-OSS's interleaved gate/up: the elements of parity `half` along the last dim of each of
+ * `batch * rows` rows of `2 * n` ([batch, rows, 2n] → [batch, rows, n]), or with `transposed`
+ * each matrix transposed as well (→ [batch, n, rows]).
+ */
+function interleavedHalf(src: Elements, batch: number, rows: number, n: number, half: 0 | 1, transposed: boolean): Elements {
+  const dst = alloc(src, batch * rows * n);
+  for (let b = 0; b < batch; b++) {
+    for (let r = 0; r < rows; r++) {
+      const s = (b * rows + r) * 2 * n + half;
+      for (let j = 0; j < n; j++) dst[transposed ? (b * n + j) * rows + r : (b * rows + r) * n + j] = src[s + 2 * j];
+    }
+  }
+  return dst;
+}
+
+/**
+ * MXFP4 blocks and scales in transformers' layout (GPT-OSS: blocks [..., rows, nb, 16] of two
+ * 4-bit codes per byte, element 2i in the low nibble and 2i+1 in the high; scales [..., rows, nb]
+ * of E8M0 exponents) → GGUF MXFP4 rows of 17-byte blocks (the exponent, then byte j holding element
+ * j low and element j + 16 high), as llama.cpp's GptOssModel.repack_mxfp4. With `rowParity` only
+ * the rows of that parity (the interleaved gate/up), else all.
+ */
+function repackMxfp4(blocks: Uint8Array, scales: Uint8Array, rows: number, nb: number, rowParity: 0 | 1 | undefined): Uint8Array {
+  const outRows = rowParity === undefined ? rows : rows / 2;
+  const out = new Uint8Array(outRows * nb * 17);
+  const code = (b: number, k: number): number => (k & 1 ? blocks[b + (k >> 1)] >> 4 : blocks[b + (k >> 1)] & 0x0f);
+  for (let r = 0; r < outRows; r++) {
+    const src = rowParity === undefined ? r : 2 * r + rowParity;
+    for (let q = 0; q < nb; q++) {
+      const o = (r * nb + q) * 17, b = (src * nb + q) * 16;
+      out[o] = scales[src * nb + q];
+      for (let j = 0; j < 16; j++) out[o + 1 + j] = code(b, j) | (code(b, j + 16) << 4);
+    }
+  }
+  return out;
 }
 
 function halfToFloat(h: number): number {
@@ -135,6 +174,28 @@ export function materialize(plan: TensorPlan, read: (hfName: string) => Uint8Arr
       const src = view(read(plan.sources[0]), dtype);
       out = r.transposed ? transposeBatched(src, E, a, b, 0, b) : src; // [E, ff, H] → [E, H, ff]
       break;
+    }
+    case "interleaved-gate-up": {
+      // [E, 2ff] biases, or [E, hidden, 2ff] weights taken transposed → [E, ff] / [E, ff, hidden]
+      const shape = shapeOf(plan.sources[0]);
+      const E = shape[0], rows = shape.length === 3 ? shape[1] : 1, n = shape[shape.length - 1] / 2;
+      out = interleavedHalf(view(read(plan.sources[0]), dtype), E, rows, n, r.half, r.transposed);
+      break;
+    }
+    case "mxfp4": {
+      const [E, rows, nb] = shapeOf(plan.sources[0]);
+      const blocks = read(plan.sources[0]), scales = read(plan.sources[1]);
+      const scaleShape = shapeOf(plan.sources[1]);
+      if (scaleShape.length !== 3 || scaleShape[0] !== E || scaleShape[1] !== rows || scaleShape[2] !== nb) {
+        throw new ModelFormatError(`tensor ${plan.sources[1]}: expected torch shape [${E}, ${rows}, ${nb}] (the scales of ${plan.sources[0]}), found [${scaleShape.join(", ")}]`);
+      }
+      const per = (r.rowParity === undefined ? rows : rows / 2) * nb * 17;
+      const bytes = new Uint8Array(E * per);
+      for (let e = 0; e < E; e++) {
+        bytes.set(repackMxfp4(blocks.subarray(e * rows * nb * 16, (e + 1) * rows * nb * 16), scales.subarray(e * rows * nb, (e + 1) * rows * nb), rows, nb, r.rowParity), e * per);
+      }
+      if (bytes.byteLength !== plan.nbytes) throw new ModelFormatError(`tensor ${plan.name}: produced ${bytes.byteLength} bytes, expected ${plan.nbytes}`);
+      return bytes;
     }
     case "kv-b-k":
     case "kv-b-v": {

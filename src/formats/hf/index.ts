@@ -20,8 +20,8 @@ export { mapTensorName, planTensors, type TensorPlan, type TensorRecipe, type So
 export { permuteQKRows } from "./convert-tensor.js";
 export { convertHFTokenizer, LLAMA_CPP_CHECK_TEXT, type HFTokenizerConversion } from "./tokenizer.js";
 
-/** llama.cpp's LlamaFileType for unquantized files: what general.file_type says. */
-const FILE_TYPE = { ALL_F32: 0, MOSTLY_F16: 1, MOSTLY_BF16: 32 } as const;
+/** llama.cpp's LlamaFileType for unquantized files (and MXFP4 experts): what general.file_type says. */
+const FILE_TYPE = { ALL_F32: 0, MOSTLY_F16: 1, MOSTLY_BF16: 32, MOSTLY_MXFP4_MOE: 38 } as const;
 /** gguf-py writes GGML_QUANT_VERSION into every file. */
 const GGML_QUANT_VERSION = 2;
 
@@ -36,7 +36,12 @@ export class HFWeightSource implements WeightSource {
   load(name: string): TensorData {
     const plan = this.plans.get(name);
     if (!plan) throw new MissingTensorError(`tensor ${name} is not in this checkpoint (after HF → GGUF name mapping)`);
-    const data = materialize(plan, (n) => this.archive.read(n), (n) => this.archive.tensors.get(n)!.shape);
+    const shapeOf = (n: string): readonly number[] => {
+      const t = this.archive.tensors.get(n);
+      if (!t) throw new MissingTensorError(`tensor ${n}, which ${name} is made from, is not in the checkpoint`);
+      return t.shape;
+    };
+    const data = materialize(plan, (n) => this.archive.read(n), shapeOf);
     return { name: plan.name, type: plan.type, dims: plan.dims, nbytes: plan.nbytes, data };
   }
 
@@ -61,6 +66,7 @@ function fileType(plans: Iterable<TensorPlan>): number {
   let f16 = 0, bf16 = 0;
   for (const p of plans) {
     if (p.dims.length < 2) continue;
+    if (p.type === GGMLType.MXFP4) return FILE_TYPE.MOSTLY_MXFP4_MOE;
     if (p.type === GGMLType.F16) f16++;
     else if (p.type === GGMLType.BF16) bf16++;
   }

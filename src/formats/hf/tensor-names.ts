@@ -45,7 +45,17 @@ export type TensorRecipe =
   /** DeepSeek-V2 kv_b_proj [n_head*(nope+v), kv_lora] (split layout) → k_b [n_head, kv_lora, nope] (transposed) */
   | { readonly kind: "kv-b-k"; readonly nHead: number; readonly nope: number; readonly v: number }
   /** DeepSeek-V2 kv_b_proj [n_head*(nope+v), kv_lora] → v_b [n_head, v, kv_lora] */
-  | { readonly kind: "kv-b-v"; readonly nHead: number; readonly nope: number; readonly v: number };
+  | { readonly kind: "kv-b-v"; readonly nHead: number; readonly nope: number; readonly v: number }
+  /**
+   * GPT-OSS's interleaved gate/up (gate at even, up at odd positions of the last dim): biases
+   * [E, 2*ff] → [E, ff]; weights [E, hidden, 2*ff] with `transposed` → [E, ff, hidden]
+   */
+  | { readonly kind: "interleaved-gate-up"; readonly half: 0 | 1; readonly transposed: boolean }
+  /**
+   * GPT-OSS's MXFP4 experts: sources [blocks [E, rows, nb, 16], scales [E, rows, nb]] (U8) → GGUF
+   * MXFP4 [E, rows, nb*32]; with `rowParity` only the even (gate) or odd (up) rows
+   */
+  | { readonly kind: "mxfp4"; readonly rowParity?: 0 | 1 };
 
 /** One GGUF tensor of a converted checkpoint. */
 export interface TensorPlan {
@@ -143,10 +153,13 @@ export function mapTensorName(hfName: string): string | null {
   return base ? `blk.${m[1]}.${base}.${m[3]}` : null;
 }
 
-/** GGUF type for a tensor: the checkpoint's, widened to F32 where llama.cpp's converter does. */
+/**
+ * GGUF type for a tensor: the checkpoint's, widened to F32 where llama.cpp's converter does (1-D
+ * tensors, norms, routers, and every bias: GPT-OSS's expert biases are 2-D).
+ */
 export function ggufTypeFor(name: string, dtype: SafetensorsDType, nDims: number): GGMLType {
   if (dtype === "F32") return GGMLType.F32;
-  if (nDims <= 1 || name.endsWith("_norm.weight") || ALWAYS_F32.test(name)) return GGMLType.F32;
+  if (nDims <= 1 || name.endsWith("_norm.weight") || !name.endsWith(".weight") || ALWAYS_F32.test(name)) return GGMLType.F32;
   return dtype === "F16" ? GGMLType.F16 : GGMLType.BF16;
 }
 
@@ -181,8 +194,10 @@ export function planTensors(sources: ReadonlyMap<string, SourceTensor>, cfg: HFM
       if (s.dtype !== dtype) throw new ModelFormatError(`tensor ${s.name} is ${s.dtype} but ${srcs[0].name}, stacked with it into ${name}, is ${dtype}`);
     }
     const dims = [...torchShape].reverse();
-    const type = ggufTypeFor(name, dtype, dims.length);
-    const nbytes = dims.reduce((a, b) => a * b, 1) * elementBytes(type);
+    if (dtype === "U8" && recipe.kind !== "mxfp4") throw new ModelFormatError(`tensor ${srcs[0].name} is U8: only MXFP4 blocks and scales convert from bytes`);
+    const type = recipe.kind === "mxfp4" ? GGMLType.MXFP4 : ggufTypeFor(name, dtype, dims.length);
+    const n = dims.reduce((a, b) => a * b, 1);
+    const nbytes = type === GGMLType.MXFP4 ? (n / 32) * 17 : n * elementBytes(type);
     plans.set(name, { name, type, dims, nbytes, sources: srcs.map((s) => s.name), sourceDtype: dtype, recipe });
   };
 

@@ -11,10 +11,10 @@ import { closeSync, existsSync, fstatSync, openSync, readdirSync, readFileSync, 
 import { dirname, join, resolve } from "node:path";
 import { FileAccessError, MissingTensorError, ModelFormatError, UnsupportedError } from "../../errors.js";
 
-/** Element types moira reads from safetensors. */
-export type SafetensorsDType = "F32" | "F16" | "BF16";
+/** Element types moira reads from safetensors (U8: bytes, as GPT-OSS's MXFP4 blocks and scales). */
+export type SafetensorsDType = "F32" | "F16" | "BF16" | "U8";
 
-const DTYPE_BYTES: Readonly<Record<SafetensorsDType, number>> = { F32: 4, F16: 2, BF16: 2 };
+const DTYPE_BYTES: Readonly<Record<SafetensorsDType, number>> = { F32: 4, F16: 2, BF16: 2, U8: 1 };
 
 /** Bytes per element of a supported dtype. */
 export function dtypeBytes(dtype: SafetensorsDType): number {
@@ -101,7 +101,7 @@ function parseHeader(fd: number, path: string): ParsedFile {
     const { dtype, shape, data_offsets: offsets } = entry;
     if (typeof dtype !== "string") throw new ModelFormatError(`${path}: tensor ${name}: missing dtype`);
     if (!(dtype in DTYPE_BYTES)) {
-      throw new UnsupportedError(`${path}: tensor ${name} has dtype ${dtype}; moira reads F32, F16 and BF16 safetensors`);
+      throw new UnsupportedError(`${path}: tensor ${name} has dtype ${dtype}; moira reads F32, F16, BF16 and U8 safetensors`);
     }
     if (!Array.isArray(shape) || !shape.every(isNonNegInt)) {
       throw new ModelFormatError(`${path}: tensor ${name}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
