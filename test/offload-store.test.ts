@@ -101,8 +101,9 @@ async function exactness(path: string, prompt: number[], steps: number, cacheFra
             if (policy !== "none") assert.ok(t.hits > 0, `${what}: some hits`);
             // the per-(layer, expert) counters (/metrics, the server's page) add up to each layer's
             const { accesses, hits } = stats.perExpert!;
+            const nExpert = model.config.nExpert;
             stats.layers.forEach((c, l) => {
-              const row = (counts: typeof accesses) => Array.from({ length: model.config.nExpert }, (_, e) => counts.get(l, e)).reduce((a, b) => a + b, 0);
+              const row = (x: typeof accesses) => x.counts.subarray(l * nExpert, (l + 1) * nExpert).reduce((a, b) => a + b, 0);
               assert.deepEqual([row(accesses), row(hits)], [c.accesses, c.hits], `${what}: layer ${l}'s experts`);
             });
             assert.equal(store.residentExperts().length, store.policy.size(), `${what}: residents`);

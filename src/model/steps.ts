@@ -194,8 +194,9 @@ export function selfAttention(ctx: ForwardContext, l: number, h: Float32Array, o
 const MLA_LORA_NORM_EPS = 1e-6;
 
 /**
- * DeepSeek-V2 multi-head latent attention, computed the direct way: the compressed KV latent is
- * expanded to per-head keys and values, which are cached.  h: [nTokens, dModel]
+ * DeepSeek-V2 / V3 multi-head latent attention, computed the direct way: the compressed KV latent
+ * is expanded to per-head keys and values, which are cached; the logits are scaled by mla.kqScale
+ * (YaRN's mscale^2 in V3).  h: [nTokens, dModel]
  */
 export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): Float32Array {
   const { cfg, backend, nTokens, weights } = ctx;

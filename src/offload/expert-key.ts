@@ -49,10 +49,6 @@ export class ExpertCounts {
     this.counts[i] = this.counts[i]! + 1;
   }
 
-  get(layer: number, expert: number): number {
-    return this.counts[layer * this.nExpert + expert]!;
-  }
-
   reset(): void {
     this.counts.fill(0);
   }

@@ -33,7 +33,7 @@ const SELECTION_BIAS = { kind: "noise", std: 0.1 } as const;
 
 export const deepseek2: Architecture = {
   name: "deepseek2",
-  description: "DeepSeek-V2 (MLA)",
+  description: "DeepSeek-V2, V3 and Kimi-K2 (MLA)",
   config(md, tensors) {
     const { m, ...c } = commonConfig("deepseek2", md, tensors);
     const ropeDim = m.num("rope.dimension_count");
