@@ -16,7 +16,7 @@
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, statSync, writeFileSync } from "node:fs";
-import { totalmem } from "node:os";
+import { loadavg, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
@@ -47,6 +47,8 @@ interface Run {
   peakRssGiB: number;
   peakAnonGiB: number;
   readGB: number;
+  /** the machine's 1-minute load average when the run ended (other work competes for the 2 cores) */
+  load1: number;
 }
 
 /** Both engines start cold (needs root: a non-root run fails here rather than timing a warm cache). */
@@ -63,6 +65,7 @@ function summarize(r: TimedProcess, generated: number): Run {
     peakRssGiB: r.peakRssBytes / 2 ** 30,
     peakAnonGiB: r.peakAnonBytes / 2 ** 30,
     readGB: r.readBytes / 1e9,
+    load1: loadavg()[0]!,
   };
 }
 
@@ -97,7 +100,7 @@ for (let round = 0; round < rounds; round++) {
     dropPageCache();
     const r = e === "llama.cpp" ? await runLlama(promptFile) : await runMoira(e.slice("moira ".length));
     runs[e]!.push(r);
-    process.stderr.write(`round ${round + 1} ${e}: TTFT ${(r.ttftMs / 1000).toFixed(1)} s, decode ${r.decodeMsPerToken.toFixed(0)} ms/token (${r.generated} tokens), peak RSS ${r.peakRssGiB.toFixed(2)} GiB (anon ${r.peakAnonGiB.toFixed(2)}), read ${r.readGB.toFixed(1)} GB\n`);
+    process.stderr.write(`round ${round + 1} ${e}: TTFT ${(r.ttftMs / 1000).toFixed(1)} s, decode ${r.decodeMsPerToken.toFixed(0)} ms/token (${r.generated} tokens), peak RSS ${r.peakRssGiB.toFixed(2)} GiB (anon ${r.peakAnonGiB.toFixed(2)}), read ${r.readGB.toFixed(1)} GB, load ${r.load1.toFixed(1)}\n`);
   }
 }
 
@@ -112,6 +115,7 @@ const table = engines.map((e) => {
     peakRssGiB: pick((r) => r.peakRssGiB),
     peakAnonGiB: pick((r) => r.peakAnonGiB),
     readGB: pick((r) => r.readGB),
+    load1: pick((r) => r.load1),
   };
 });
 const llama = table.find((t) => t.engine === "llama.cpp")!;

@@ -14,6 +14,7 @@ import { registerServeCommand } from "./serve.js";
 import { registerChatCommand } from "./chat.js";
 import { registerQuantizeExpertsCommand } from "./quantize-experts.js";
 import { registerTokenizeCommand } from "./tokenize.js";
+import { registerGpuInfoCommand } from "./gpu-info.js";
 
 export function buildProgram(): Command {
   const program = new Command("moira")
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   registerChatCommand(program);
   registerQuantizeExpertsCommand(program);
   registerTokenizeCommand(program);
+  registerGpuInfoCommand(program);
   return program;
 }
 
