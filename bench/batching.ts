@@ -73,27 +73,38 @@ async function run(sessions: Session[]): Promise<number> {
 }
 
 type Mode = "resident" | "budget-50%";
-const results: Array<{ mode: Mode; parallel: number; tokensPerSecond: number; rounds: number[]; speedup?: number; budgetBytes?: number }> = [];
-for (const mode of ["resident", "budget-50%"] as Mode[]) {
+const results: Array<{
+  mode: Mode; parallel: number; tokensPerSecond: number; rounds: number[]; speedup?: number;
+  /** offloaded: expert bytes read from the file per generated token, and the hit rate (timed rounds) */
+  budgetBytes?: number; mibReadPerToken?: number; hitRate?: number;
+}> = [];
+const modes = (process.env.BATCHING_MODES ?? "resident,budget-50%").split(",") as Mode[];
+for (const mode of modes) {
   for (const p of parallels) {
     let store: ExpertStore | null = null;
+    let stats: OffloadStats | null = null;
     let budgetBytes: number | undefined;
     const sessions: Session[] = [];
     if (mode === "budget-50%") {
       const probe = planMemory(model, { budget: 2 ** 50, contextLength: CONTEXT, maxBatch: CONTEXT, kvType: "f16", kvCaches: p, kvGrowth: {} });
       budgetBytes = probe.minimumBytes + Math.floor(probe.allExpertSlots / 2) * probe.slotBytes;
       const plan = planMemory(model, { budget: budgetBytes, contextLength: CONTEXT, maxBatch: CONTEXT, kvType: "f16", kvCaches: p, kvGrowth: {}, policy: "fate" });
-      store = new ExpertStore(model.config, model.weights, path, { plan, policy: "fate", predictor: "fate", backend, stats: new OffloadStats(model.config.nLayer) });
+      store = new ExpertStore(model.config, model.weights, path, { plan, policy: "fate", predictor: "fate", backend, stats: stats = new OffloadStats(model.config.nLayer) });
       const room = new SharedKvRoom(store);
       for (let i = 0; i < p; i++) sessions.push(new Session(model, { backend, contextLength: CONTEXT, kvType: "f16", experts: store, kvRoom: room.share(), kvBlockPositions: plan.kvBlockPositions }));
     } else {
       for (let i = 0; i < p; i++) sessions.push(new Session(model, { backend, contextLength: CONTEXT, kvType: "f16", experts: sessions[0]?.experts }));
     }
     await run(sessions.slice(0, 1)); // warm-up (weights mapped in, caches filled)
+    const before = stats?.total();
     const each: number[] = [];
     for (let r = 0; r < rounds; r++) each.push(await run(sessions));
     const best = Math.max(...each);
-    results.push({ mode, parallel: p, tokensPerSecond: Number(best.toFixed(2)), rounds: each.map((x) => Number(x.toFixed(2))), ...(budgetBytes ? { budgetBytes } : {}) });
+    const read = stats && before ? (() => {
+      const t = stats.total();
+      return { mibReadPerToken: Number(((t.bytesRead - before.bytesRead) / 2 ** 20 / (rounds * p * tokens)).toFixed(1)), hitRate: Number(((t.hits - before.hits) / Math.max(1, t.accesses - before.accesses)).toFixed(3)) };
+    })() : {};
+    results.push({ mode, parallel: p, tokensPerSecond: Number(best.toFixed(2)), rounds: each.map((x) => Number(x.toFixed(2))), ...(budgetBytes ? { budgetBytes } : {}), ...read });
     process.stderr.write(`${mode} parallel ${p}: ${best.toFixed(2)} tok/s (rounds ${each.map((x) => x.toFixed(2)).join(", ")})\n`);
     for (const s of sessions) s.dispose();
     store?.dispose();
