@@ -16,7 +16,7 @@ import type { SamplerOptions } from "../engine/sampler.js";
 import { Scheduler } from "../engine/scheduler.js";
 import type { Session } from "../engine/session.js";
 import { loadTokenizer, type Tokenizer } from "../engine/tokenizer/index.js";
-import { openInteractiveSession, type ExpertProviderHandle } from "../cli/offload-options.js";
+import { openInteractiveSessions, type ExpertProviderHandle } from "../cli/offload-options.js";
 import { ContextFullError, InvalidArgumentError } from "../errors.js";
 import { ChatSession, type ChatOptions } from "./chat.js";
 
@@ -75,10 +75,10 @@ export async function openModel(path: string, options: OpenModelOptions = {}): P
   try {
     backend = await createBackend(options.backend ?? "native", { threads: options.threads });
     const tokenizer = loadTokenizer(model.file);
-    const { offload, session } = openInteractiveSession(model, {
+    const { offload, sessions: [session] } = openInteractiveSessions(model, {
       memoryBudget: options.memoryBudget, policy: options.policy, predictor: options.predictor,
       prefetchDistance: options.prefetchDistance, context: options.contextLength, kvType: options.kvType ?? "f16",
-    }, backend, options.onNotice ?? (() => undefined));
+    }, backend, { notify: options.onNotice ?? (() => undefined) });
     return new MoiraModel(path, model, backend, tokenizer, session, offload);
   } catch (e) {
     backend?.dispose();

@@ -12,7 +12,7 @@ import { Scheduler } from "../engine/scheduler.js";
 import { ChatSession } from "../api/chat.js";
 import { ContextFullError } from "../errors.js";
 import { addBackendOptions, addSamplingOptions, parseIntOption, samplerOptions } from "./common.js";
-import { addOffloadOptions, openInteractiveSession } from "./offload-options.js";
+import { addOffloadOptions, openInteractiveSessions } from "./offload-options.js";
 
 export function registerChatCommand(program: Command): void {
   addOffloadOptions(addBackendOptions(addSamplingOptions(
@@ -26,7 +26,7 @@ export function registerChatCommand(program: Command): void {
     const model = Model.open(o.model);
     const backend = await createBackend(o.backend, { threads: o.threads });
     const tok = loadTokenizer(model.file);
-    const { contextLength, offload, session } = openInteractiveSession(model, o, backend);
+    const { contextLength, offload, sessions: [session] } = openInteractiveSessions(model, o, backend);
     const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
     const chat = new ChatSession({ scheduler: new Scheduler([session], { maxQueue: Infinity }), tokenizer: tok }, {
       system: o.system,

@@ -27,7 +27,7 @@ import { TraceRecorder } from "../trace/format.js";
 import { TraceObserver, observeAll } from "../trace/observer.js";
 import { InvalidArgumentError } from "../errors.js";
 import { Session } from "../engine/session.js";
-import type { KvType } from "../model/kv-cache.js";
+import { SharedKvRoom, type KvType } from "../model/kv-cache.js";
 
 export interface OffloadFlags {
   memoryBudget?: string | number;
@@ -104,7 +104,7 @@ function budgetBytes(memoryBudget: string | number): number {
 /** Builds the ExpertStore the flags describe (or nothing, without --memory-budget). */
 export function createExpertProvider(
   model: Model, flags: OffloadFlags, backend: Backend,
-  session: { contextLength: number; maxBatch?: number; kvType?: KvType; kvGrowth?: { blockPositions?: number } },
+  session: { contextLength: number; maxBatch?: number; kvType?: KvType; kvCaches?: number; kvGrowth?: { blockPositions?: number } },
 ): ExpertProviderHandle {
   let trace: TraceRecorder | null = null;
   let observer: RoutingObserver | undefined;
@@ -124,7 +124,7 @@ export function createExpertProvider(
   const budget = budgetBytes(flags.memoryBudget);
   const policy = flags.policy ?? "fate";
   const plan = planMemory(model, {
-    budget, contextLength: session.contextLength, maxBatch: session.maxBatch, policy, kvType: session.kvType, kvGrowth: session.kvGrowth,
+    budget, contextLength: session.contextLength, maxBatch: session.maxBatch, policy, kvType: session.kvType, kvCaches: session.kvCaches, kvGrowth: session.kvGrowth,
   });
   if ((flags.lowbitMiss !== undefined || flags.lowbitPrefill !== undefined) && !flags.lowbit) {
     throw new InvalidArgumentError("--lowbit-miss / --lowbit-prefill need --lowbit SIDE.gguf (write it with moira quantize-experts)");
@@ -167,17 +167,18 @@ export const MIN_FITTED_CONTEXT = 256;
  * to the longest whose KV cache and scratch take at most half of the room left beyond the weights
  * and working slots (the expert cache keeps the other half), but never below `needed` (a budget
  * too small for that is refused as for `needed` positions), with `notify` told why. `maxBatch`
- * (the largest forward) is capped by the context, as the session caps it.
+ * (the largest forward) is capped by the context, as the session caps it; `kvCaches`: KV caches
+ * of that context (serve's slots, default 1).
  */
 export function fitContext(
   model: Model, flags: OffloadFlags & { context?: number; kvType?: KvType },
-  o: { wanted: number; needed: number; maxBatch?: (contextLength: number) => number; notify?: (message: string) => void },
+  o: { wanted: number; needed: number; maxBatch?: (contextLength: number) => number; kvCaches?: number; notify?: (message: string) => void },
 ): number {
   if (flags.context !== undefined) return flags.context;
   if (flags.memoryBudget === undefined) return o.wanted;
   const budget = budgetBytes(flags.memoryBudget);
   const plan = (contextLength: number, b = budget) => planMemory(model, {
-    budget: b, contextLength, maxBatch: o.maxBatch?.(contextLength), policy: flags.policy ?? "fate", kvType: flags.kvType,
+    budget: b, contextLength, maxBatch: o.maxBatch?.(contextLength), policy: flags.policy ?? "fate", kvType: flags.kvType, kvCaches: o.kvCaches,
   });
   const minimum = (contextLength: number): number => plan(contextLength, Number.MAX_SAFE_INTEGER).minimumBytes;
   const wantedMinimum = minimum(o.wanted);
@@ -198,24 +199,33 @@ export function fitContext(
 }
 
 /**
- * The session of a long-lived front end (chat, serve): the model's context up to 4096 positions
- * (or --context; under a budget too small for that, the longest that fits, at least 256),
- * batches up to the whole context, experts offloaded as the flags say. The context is an upper
- * bound: under a budget the KV cache grows in blocks as the conversation uses positions, taking
- * room from the expert cache (the store evicts its coldest experts), and gives it back on reset.
- * `observer` is told each MoE layer's routing, beside the --trace recorder.
+ * The sessions of a long-lived front end (chat: one; serve: one per slot, --parallel): the
+ * model's context up to 4096 positions (or --context; under a budget too small for that, the
+ * longest at which every slot's KV cache fits, at least 256), batches up to the whole context,
+ * experts offloaded as the flags say. The sessions share one ExpertProvider (a batched decode
+ * step reads each expert once for all of them). The context is an upper bound: under a budget
+ * each KV cache grows in blocks as its conversation uses positions, taking room from the expert
+ * cache (the store evicts its coldest experts; all caches together, SharedKvRoom), and gives it
+ * back on reset. `observer` is told each MoE layer's routing, beside the --trace recorder.
  */
-export function openInteractiveSession(
+export function openInteractiveSessions(
   model: Model, flags: OffloadFlags & { context?: number; kvType?: KvType }, backend: Backend,
-  notify: (message: string) => void = (m) => process.stderr.write(m + "\n"),
-  observer?: RoutingObserver,
-): { contextLength: number; offload: ExpertProviderHandle; session: Session } {
+  o: { readonly slots?: number; readonly notify?: (message: string) => void; readonly observer?: RoutingObserver } = {},
+): { contextLength: number; offload: ExpertProviderHandle; sessions: Session[] } {
+  const slots = o.slots ?? 1;
+  if (!(Number.isInteger(slots) && slots >= 1)) throw new InvalidArgumentError(`--parallel must be a positive integer, got ${o.slots}`);
+  const notify = o.notify ?? ((m: string) => process.stderr.write(m + "\n"));
   const wanted = Math.min(model.config.contextLength, 4096);
-  const contextLength = fitContext(model, flags, { wanted, needed: Math.min(wanted, MIN_FITTED_CONTEXT), maxBatch: (c) => c, notify });
-  const offload = createExpertProvider(model, flags, backend, { contextLength, maxBatch: contextLength, kvType: flags.kvType, kvGrowth: {} });
-  const session = new Session(model, {
-    backend, contextLength, kvType: flags.kvType, experts: offload.provider, observer: observeAll([offload.observer, observer]),
-    kvRoom: offload.store ?? undefined, kvBlockPositions: offload.plan?.kvBlockPositions,
-  });
-  return { contextLength, offload, session };
+  const contextLength = fitContext(model, flags, { wanted, needed: Math.min(wanted, MIN_FITTED_CONTEXT), maxBatch: (c) => c, kvCaches: slots, notify });
+  const offload = createExpertProvider(model, flags, backend, { contextLength, maxBatch: contextLength, kvType: flags.kvType, kvCaches: slots, kvGrowth: {} });
+  const room = offload.store ? new SharedKvRoom(offload.store) : null;
+  const observer = observeAll([offload.observer, o.observer]);
+  const sessions: Session[] = [];
+  for (let i = 0; i < slots; i++) {
+    sessions.push(new Session(model, {
+      backend, contextLength, kvType: flags.kvType, experts: offload.provider ?? sessions[0]?.experts, observer,
+      kvRoom: room?.share(), kvBlockPositions: offload.plan?.kvBlockPositions,
+    }));
+  }
+  return { contextLength, offload, sessions };
 }

@@ -9,12 +9,14 @@ import { createApp, DEFAULT_REQUEST_TIMEOUT_S } from "../server/app.js";
 import { Scheduler } from "../engine/scheduler.js";
 import { addBackendOptions, parseFloatOption, parseIntOption } from "./common.js";
 import { InvalidArgumentError } from "../errors.js";
-import { addOffloadOptions, openInteractiveSession } from "./offload-options.js";
+import { addOffloadOptions, openInteractiveSessions } from "./offload-options.js";
 import { RoutingCounter } from "../trace/observer.js";
 import { ExpertCacheView } from "../server/expert-cache.js";
 
-/** Requests that may wait for the engine by default (beyond the one running). */
+/** Requests that may wait for a slot by default (beyond those running). */
 const DEFAULT_QUEUE_SIZE = 16;
+/** Slots (generations decoded together) by default. */
+const DEFAULT_PARALLEL = 4;
 
 function positiveSeconds(v: string): number {
   const n = parseFloatOption("--request-timeout")(v);
@@ -30,7 +32,9 @@ export function registerServeCommand(program: Command): void {
       .option("--host <host>", "address to listen on", "127.0.0.1")
       .option("--port <port>", "port to listen on", parseIntOption("--port", 0), 8080)
       .option("--model-id <id>", "model name reported by /v1/models (default: the file name)")
-      .option("--queue-size <n>", "most requests that may wait for the engine; more are answered 429 with Retry-After", parseIntOption("--queue-size", 0), DEFAULT_QUEUE_SIZE)
+      .option("--parallel <n>", "slots: requests generated at once, each with its own KV cache, decoded together (one forward per step for all of them; under --memory-budget their KV caches share the budget with the experts)",
+        parseIntOption("--parallel", 1), DEFAULT_PARALLEL)
+      .option("--queue-size <n>", "most requests that may wait for a slot; more are answered 429 with Retry-After", parseIntOption("--queue-size", 0), DEFAULT_QUEUE_SIZE)
       .option("--request-timeout <seconds>", "longest a request may take from its arrival, queue wait included; then its generation stops and it gets an error (504, or an error event in a stream)",
         positiveSeconds, DEFAULT_REQUEST_TIMEOUT_S),
   )).action(async (o) => {
@@ -38,25 +42,25 @@ export function registerServeCommand(program: Command): void {
     const backend = await createBackend(o.backend, { threads: o.threads });
     const tokenizer = loadTokenizer(model.file);
     const routing = new RoutingCounter(model.config.nLayer, model.config.nExpert);
-    const { offload, session } = openInteractiveSession(model, o, backend, undefined, routing);
+    const { offload, sessions } = openInteractiveSessions(model, o, backend, { slots: o.parallel, observer: routing });
     const modelId = o.modelId ?? basename(o.model).replace(/\.gguf$/, "");
     const store = offload.store;
     const experts = new ExpertCacheView({
-      config: model.config, routing, offload: store ? { store, kvCommittedBytes: () => session.kv.committedBytes } : null,
+      config: model.config, routing, offload: store ? { store, kvCommittedBytes: () => sessions.reduce((n, s) => n + s.kv.committedBytes, 0) } : null,
     });
-    // one slot: generations run one at a time (continuous batching would add slots)
-    const scheduler = new Scheduler([session], { maxQueue: o.queueSize });
+    // a slot per session; the app's Batcher decodes the busy ones together
+    const scheduler = new Scheduler(sessions, { maxQueue: o.queueSize });
     const app = createApp({ modelId, scheduler, tokenizer, requestTimeoutMs: o.requestTimeout * 1000, experts });
     await new Promise<void>((resolve) => {
       const server = serve({ fetch: app.fetch, hostname: o.host, port: o.port }, (info) => {
-        process.stderr.write(`moira: serving ${modelId} on http://${o.host}:${info.port} (backend ${backend.name})\n`);
+        process.stderr.write(`moira: serving ${modelId} on http://${o.host}:${info.port} (backend ${backend.name}, ${sessions.length} slot${sessions.length > 1 ? "s" : ""})\n`);
       });
       const stop = async () => {
         server.close();
         // queued requests are refused, running generations end within a step and answer 503
         await scheduler.close("shutdown");
         if (o.stats && store) process.stderr.write(offload.report() + "\n");
-        session.dispose();
+        for (const s of sessions) s.dispose();
         offload.dispose();
         backend.dispose();
         model.close();

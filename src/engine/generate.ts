@@ -2,7 +2,6 @@
  * generate(): prompt tokens in, an async iterable of generated tokens (with their text) out, and
  * per-phase timings at the end.
  */
-import type { Session } from "./session.js";
 import type { Tokenizer } from "./tokenizer/index.js";
 import { Rng, sample, tokenLogprobs, validateSamplerOptions, type SamplerOptions, type TokenLogprob } from "./sampler.js";
 import { InvalidArgumentError } from "../errors.js";
@@ -64,8 +63,17 @@ export interface GenerationStats {
   stopReason: "stop-token" | "max-tokens" | "stopped" | "aborted";
 }
 
+/**
+ * What generate() runs on: a Session (its forwards return at once), or a stream of a Batcher
+ * (each forward resolves when the batched step that ran it is done).
+ */
+export interface GenerationTarget {
+  prefill(tokens: readonly number[]): Float32Array | Promise<Float32Array>;
+  decodeStep(token: number): Float32Array | Promise<Float32Array>;
+}
+
 export async function* generate(
-  session: Pick<Session, "prefill" | "decodeStep">,
+  session: GenerationTarget,
   tokenizer: Pick<Tokenizer, "eosIds" | "createStreamDecoder"> | null,
   prompt: readonly number[],
   opts: GenerateOptions,
@@ -100,7 +108,7 @@ export async function* generate(
   let ended = false, failed = false;
   const aborted = () => opts.signal?.aborted === true;
   try {
-    let logits = aborted() ? null : session.prefill(cachedTokens > 0 ? prompt.slice(cachedTokens) : prompt);
+    let logits = aborted() ? null : await session.prefill(cachedTokens > 0 ? prompt.slice(cachedTokens) : prompt);
     while (logits && generated < opts.maxTokens) {
       const token = sample(logits, opts, rng, history);
       history.push(token);
@@ -111,7 +119,7 @@ export async function* generate(
       stamp();
       yield logprobs ? { token, text, logprobs } : { token, text };
       if (generated >= opts.maxTokens || aborted()) break;
-      logits = session.decodeStep(token);
+      logits = await session.decodeStep(token);
       // let the event loop breathe between tokens (streaming, signals: an abort lands here)
       await new Promise<void>((r) => setImmediate(r));
       if (aborted()) break;

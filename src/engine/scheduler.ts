@@ -5,9 +5,8 @@
  * one whose cache shares the longest prefix with its prompt (llama.cpp's slot choice), so a
  * conversation sent again finds its KV cache.
  *
- * Today the engine runs one generation at a time: one slot. Continuous batching will give each
- * slot its own session and decode every busy slot in one forward; the queue, the leases and the
- * slot phases stay as they are.
+ * `moira serve --parallel N` has N slots, each its own session; the Batcher decodes the busy
+ * slots together, one forward per step. chat and the library have one slot.
  */
 import type { Session } from "./session.js";
 import { InvalidArgumentError, QueueFullError } from "../errors.js";

@@ -3,12 +3,14 @@
  * `decodeStep` run the architecture's recipe on the backend; experts come from the ExpertProvider
  * (all resident by default, or the offloading ExpertStore). Request boundaries are stated, never
  * guessed: `reset()`, `rewind(n)` and `reusePrefix(prompt)` each start a request.
+ * `Session.decodeBatch` decodes a token of each of several sessions in one forward (continuous
+ * batching: every weight and expert read once for all of them).
  */
 import type { Backend } from "../backend/backend.js";
 import type { Model } from "../model/model.js";
 import { ResidentExperts, type ExpertProvider, type ForwardPhase } from "../model/experts.js";
 import { KvCache, type KvRoom, type KvType } from "../model/kv-cache.js";
-import { embed, outputLogits, type ForwardContext, type RoutingObserver } from "../model/steps.js";
+import { embed, outputLogits, type ForwardContext, type RoutingObserver, type SequenceRows } from "../model/steps.js";
 import { InvalidArgumentError } from "../errors.js";
 
 export interface SessionOptions {
@@ -38,7 +40,8 @@ export class Session {
   readonly contextLength: number;
   /** the token ids in the KV cache, in order */
   private readonly cached: number[] = [];
-  private readonly experts: ExpertProvider;
+  /** where this session's experts come from (sessions decoded in one batch share it) */
+  readonly experts: ExpertProvider;
   /** the next forward starts a request (told to the ExpertProvider) */
   private requestStarts = true;
 
@@ -111,12 +114,12 @@ export class Session {
   }
 
   /**
-   * Runs `tokens` at the current position. Returns logits [rows, vocab]: the last token's row, or
-   * every token's with `allLogits`. `phase` (default prefill: tokens given, as a prompt's) is told
-   * to the ExpertProvider, which prefetches and caches differently for a prompt and a generation.
+   * Checks that `tokens` fit in the context and the vocabulary and commits their KV blocks (the
+   * room is made, experts evicted, before the provider starts a forward's loads and before the new
+   * positions are written); returns this session's rows of the forward.
    */
-  forward(tokens: readonly number[], opts: { allLogits?: boolean; phase?: ForwardPhase } = {}): Float32Array {
-    const { config: cfg, weights, arch } = this.model;
+  private admit(tokens: readonly number[]): SequenceRows {
+    const cfg = this.model.config;
     if (tokens.length === 0) throw new InvalidArgumentError("forward() needs at least one token");
     const pos0 = this.cached.length;
     if (pos0 + tokens.length > this.contextLength) {
@@ -129,23 +132,73 @@ export class Session {
         throw new InvalidArgumentError(`token id ${t} is outside the vocabulary (0..${cfg.vocabSize - 1})`);
       }
     }
-    const ctx: ForwardContext = {
-      backend: this.opts.backend, cfg, weights, experts: this.experts, kv: this.kv,
-      nTokens: tokens.length, pos0, observer: this.opts.observer,
-    };
-    // the room for new KV blocks is made (experts evicted) before the provider starts this
-    // forward's loads and before the new positions are written
     if (this.kv.commit(pos0 + tokens.length)) this.opts.kvRoom?.kvCommitted(this.kv.committedBytes, this.kv.committedPositions);
-    if (this.requestStarts) {
-      this.experts.beginRequest?.();
-      this.requestStarts = false;
-    }
+    return { kv: this.kv, pos0, nTokens: tokens.length };
+  }
+
+  /** Tells the provider a request starts when this is the request's first forward. */
+  private startRequestIfDue(): void {
+    if (!this.requestStarts) return;
+    this.experts.beginRequest?.();
+    this.requestStarts = false;
+  }
+
+  /** The architecture's layers over the forward's rows x [nTokens, dModel] (the residual stream, in place). */
+  private layers(ctx: ForwardContext, x: Float32Array): void {
+    for (let l = 0; l < this.model.config.nLayer; l++) this.model.arch.layer(ctx, l, x);
+  }
+
+  /**
+   * Runs `tokens` at the current position. Returns logits [rows, vocab]: the last token's row, or
+   * every token's with `allLogits`. `phase` (default prefill: tokens given, as a prompt's) is told
+   * to the ExpertProvider, which prefetches and caches differently for a prompt and a generation.
+   */
+  forward(tokens: readonly number[], opts: { allLogits?: boolean; phase?: ForwardPhase } = {}): Float32Array {
+    const { config: cfg, weights } = this.model;
+    const seq = this.admit(tokens);
+    const ctx: ForwardContext = {
+      backend: this.opts.backend, cfg, weights, experts: this.experts, nTokens: tokens.length, sequences: [seq], observer: this.opts.observer,
+    };
+    this.startRequestIfDue();
     this.experts.beginForward?.({ phase: opts.phase ?? "prefill", nTokens: tokens.length });
     const x = embed(ctx, tokens); // [T, dModel] residual stream
-    for (let l = 0; l < cfg.nLayer; l++) arch.layer(ctx, l, x);
+    this.layers(ctx, x);
     for (const t of tokens) this.cached.push(t);
     const rows = opts.allLogits ? tokens.map((_, i) => i) : [tokens.length - 1];
     return outputLogits(ctx, x, rows);
+  }
+
+  /**
+   * One decode step of several sessions in one forward: session i appends tokens[i]. The rows of
+   * all of them are stacked [n, dModel]; every matmul, norm and expert FFN runs once over the
+   * batch (each expert read once for every row routed to it) and attention runs per session, over
+   * its own cache and length. Returns logits [n, vocab], row i session i's: the same as each
+   * session's decodeStep alone. The sessions must be distinct and share the model, the backend,
+   * the ExpertProvider and the routing observer.
+   */
+  static decodeBatch(steps: ReadonlyArray<{ readonly session: Session; readonly token: number }>): Float32Array {
+    if (steps.length === 0) throw new InvalidArgumentError("decodeBatch() needs at least one session");
+    const lead = steps[0].session;
+    const seen = new Set<Session>();
+    for (const { session: s } of steps) {
+      if (seen.has(s)) throw new InvalidArgumentError("decodeBatch(): a session appears twice in one batch (one token per session and step)");
+      seen.add(s);
+      if (s.model !== lead.model || s.opts.backend !== lead.opts.backend || s.experts !== lead.experts || s.opts.observer !== lead.opts.observer) {
+        throw new InvalidArgumentError("decodeBatch(): the sessions of a batch must share the model, the backend, the expert provider and the routing observer");
+      }
+    }
+    const tokens = steps.map((st) => st.token);
+    const sequences = steps.map((st) => st.session.admit([st.token]));
+    const { config: cfg, weights } = lead.model;
+    const ctx: ForwardContext = {
+      backend: lead.opts.backend, cfg, weights, experts: lead.experts, nTokens: steps.length, sequences, observer: lead.opts.observer,
+    };
+    for (const { session: s } of steps) s.startRequestIfDue();
+    lead.experts.beginForward?.({ phase: "decode", nTokens: steps.length });
+    const x = embed(ctx, tokens); // [n, dModel] residual stream, a row per session
+    lead.layers(ctx, x);
+    for (const { session: s, token } of steps) s.cached.push(token);
+    return outputLogits(ctx, x, tokens.map((_, i) => i));
   }
 
   /** Processes the prompt; returns the logits of its last token. */

@@ -36,6 +36,30 @@ export interface KvRoom {
   kvCommitted(bytes: number, positions: number): void;
 }
 
+/**
+ * One KvRoom shared by several KV caches (the slots of `moira serve --parallel`): each cache gets
+ * its own share (`share()`), and the room is told the sum of all their committed bytes (and
+ * positions) whenever one of them changes.
+ */
+export class SharedKvRoom {
+  private readonly bytes: number[] = [];
+  private readonly positions: number[] = [];
+  constructor(private readonly room: KvRoom) {}
+
+  /** The room of one more cache. */
+  share(): KvRoom {
+    const i = this.bytes.push(0) - 1;
+    this.positions.push(0);
+    return {
+      kvCommitted: (bytes, positions) => {
+        this.bytes[i] = bytes;
+        this.positions[i] = positions;
+        this.room.kvCommitted(this.bytes.reduce((a, b) => a + b, 0), this.positions.reduce((a, b) => a + b, 0));
+      },
+    };
+  }
+}
+
 export interface KvCacheOptions {
   readonly type?: KvType;
   /** allocates each array (Backend.allocKv); default: plain typed arrays (never given back) */

@@ -226,7 +226,7 @@ test("the model's route step and the Fate predictor choose the same experts (bia
   });
   const backend = new RefBackend();
   const h = Float32Array.from({ length: nTokens * d }, () => rand() * 2);
-  const ctx: ForwardContext = { backend, cfg, weights, experts: {} as ExpertProvider, kv: {} as KvCache, nTokens, pos0: 0 };
+  const ctx: ForwardContext = { backend, cfg, weights, experts: {} as ExpertProvider, nTokens, sequences: [{ kv: {} as KvCache, pos0: 0, nTokens }] };
   const routed = route(ctx, 1, h);
   const predictor = new NextLayerRouter(cfg, weights, backend);
   const logits = predictor.logits(1, h, nTokens);

@@ -3,7 +3,9 @@
  * DeepSeek's MLA), routing, the expert FFN (grouped: tokens gathered per expert, one matmul per
  * expert), shared experts and dense FFNs. Steps know shapes and numerics, never memory placement.
  *
- * Activations are row-major Float32Arrays: x is [nTokens, dModel].
+ * Activations are row-major Float32Arrays: x is [nTokens, dModel]. The rows may belong to several
+ * sequences (a batched decode step): every matmul, norm and expert FFN runs over all of them, and
+ * attention runs per sequence, over that sequence's own KV cache.
  */
 import type { Backend, ExpertActivation, ExpertBatch, RopeParams, WeightMatrix } from "../backend/backend.js";
 import { GGMLType } from "../formats/quant/types.js";
@@ -19,15 +21,26 @@ export interface RoutingObserver {
   onRouting(layer: number, experts: Int32Array, weights: Float32Array, nTokens: number, k: number): void;
 }
 
+/** One sequence's rows of a forward: its KV cache, where its rows start in it, how many rows. */
+export interface SequenceRows {
+  readonly kv: KvCache;
+  /** position of the sequence's first row (= tokens already in its cache) */
+  readonly pos0: number;
+  readonly nTokens: number;
+}
+
 export interface ForwardContext {
   readonly backend: Backend;
   readonly cfg: ModelConfig;
   readonly weights: ModelWeights;
   readonly experts: ExpertProvider;
-  readonly kv: KvCache;
+  /** rows in this forward, all sequences together */
   readonly nTokens: number;
-  /** position of the first token of this batch (= tokens already in the cache) */
-  readonly pos0: number;
+  /**
+   * The sequences the rows belong to, in row order (their nTokens sum to nTokens): one for a
+   * prompt, one per stream (a row each) in a batched decode step.
+   */
+  readonly sequences: readonly SequenceRows[];
   readonly observer?: RoutingObserver;
 }
 
@@ -45,8 +58,9 @@ const blk = (l: number, name: string) => `blk.${l}.${name}`;
  * Activation buffers (and the router's per-token scratch) reused from one forward pass to the next
  * (decode allocates nothing per layer for them): one per role, replaced when the size changes
  * (prefill, then decode). Only for values that die inside the step that fills them (read before
- * the same role is filled again, never handed to a caller or observer that may keep them). Owned by the KV cache's session; a backend with its
- * own memory (GPU) would own these as device buffers instead.
+ * the same role is filled again, never handed to a caller or observer that may keep them). Owned by the KV cache of the
+ * forward's first sequence (forwards run one at a time); a backend with its own memory (GPU) would
+ * own these as device buffers instead.
  */
 class Scratch {
   private readonly f32s = new Map<string, Float32Array>();
@@ -63,8 +77,9 @@ class Scratch {
 }
 const scratches = new WeakMap<KvCache, Scratch>();
 function scratchOf(ctx: ForwardContext): Scratch {
-  let s = scratches.get(ctx.kv);
-  if (s === undefined) { s = new Scratch(); scratches.set(ctx.kv, s); }
+  const owner = ctx.sequences[0].kv;
+  let s = scratches.get(owner);
+  if (s === undefined) { s = new Scratch(); scratches.set(owner, s); }
   return s;
 }
 
@@ -127,9 +142,22 @@ export function ropeOf(cfg: ModelConfig, ropeDim: number): Pick<RopeParams, "rop
   };
 }
 
-/** Copies this batch's keys/values into the cache at positions pos0.. */
-function storeKv(ctx: ForwardContext, l: number, k: Float32Array, v: Float32Array): void {
-  const { kv, pos0 } = ctx;
+/**
+ * Calls `f` for each sequence of the forward with `rows(x, width)`: the view of x (rows of `width`)
+ * that holds the sequence's rows.
+ */
+function perSequence(ctx: ForwardContext, f: (s: SequenceRows, rows: (x: Float32Array, width: number) => Float32Array) => void): void {
+  let r0 = 0;
+  for (const s of ctx.sequences) {
+    const first = r0;
+    f(s, (x, width) => x.subarray(first * width, (first + s.nTokens) * width));
+    r0 += s.nTokens;
+  }
+}
+
+/** Copies a sequence's keys/values into its cache at positions pos0.. */
+function storeKv(ctx: ForwardContext, s: SequenceRows, l: number, k: Float32Array, v: Float32Array): void {
+  const { kv, pos0 } = s;
   const kc = kv.k[l], vc = kv.v[l];
   if (kc instanceof Float32Array && vc instanceof Float32Array) {
     kc.set(k, pos0 * kv.kRow);
@@ -175,15 +203,21 @@ export function selfAttention(ctx: ForwardContext, l: number, h: Float32Array, o
     q = rmsNorm(ctx, q, W.vector(blk(l, "attn_q_norm.weight"), qDim), qDim, cfg.rmsEps, scratch.f32("q_normed", q.length));
     k = rmsNorm(ctx, k, W.vector(blk(l, "attn_k_norm.weight"), kDim), kDim, cfg.rmsEps, scratch.f32("k_normed", k.length));
   }
-  const rope = { nTokens, ropeOffset: 0, pos0: ctx.pos0, ...ropeOf(cfg, cfg.ropeDim) };
-  backend.rope(q, { ...rope, nHead: cfg.nHead, headStride: cfg.headDimK });
-  backend.rope(k, { ...rope, nHead: cfg.nKvHead, headStride: cfg.headDimK });
-  storeKv(ctx, l, k, v);
-  const att = scratch.f32("att", nTokens * cfg.nHead * cfg.headDimV);
-  backend.attention(q, ctx.kv.k[l], ctx.kv.v[l], {
-    nTokens, nPast: ctx.pos0, nHead: cfg.nHead, nKvHead: cfg.nKvHead,
-    headDimK: cfg.headDimK, headDimV: cfg.headDimV, scale: 1 / Math.sqrt(cfg.headDimK), window: opts.window, sinks: opts.sinks,
-  }, att);
+  const rope = ropeOf(cfg, cfg.ropeDim);
+  const attDim = cfg.nHead * cfg.headDimV;
+  const att = scratch.f32("att", nTokens * attDim);
+  // each sequence at its own positions, over its own cache
+  perSequence(ctx, (s, rows) => {
+    const sq = rows(q, qDim), sk = rows(k, kDim);
+    const at = { nTokens: s.nTokens, ropeOffset: 0, pos0: s.pos0, ...rope };
+    backend.rope(sq, { ...at, nHead: cfg.nHead, headStride: cfg.headDimK });
+    backend.rope(sk, { ...at, nHead: cfg.nKvHead, headStride: cfg.headDimK });
+    storeKv(ctx, s, l, sk, rows(v, vDim));
+    backend.attention(sq, s.kv.k[l], s.kv.v[l], {
+      nTokens: s.nTokens, nPast: s.pos0, nHead: cfg.nHead, nKvHead: cfg.nKvHead,
+      headDimK: cfg.headDimK, headDimV: cfg.headDimV, scale: 1 / Math.sqrt(cfg.headDimK), window: opts.window, sinks: opts.sinks,
+    }, rows(att, attDim));
+  });
   return linear(ctx, blk(l, "attn_output.weight"), cfg.dModel, cfg.nHead * cfg.headDimV, att, blk(l, "attn_output.bias"), scratch.f32("attn_out", nTokens * cfg.dModel));
 }
 
@@ -217,9 +251,12 @@ export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): F
   const kvB = new Float32Array(nTokens * nH * (mla.qkNopeDim + dV)); // [T, nH, nope + v]
   backend.matmul(kvBMatrix(ctx, l), latentN, nTokens, kvB);
 
-  const rope = { nTokens, pos0: ctx.pos0, ...ropeOf(cfg, mla.qkRopeDim) };
-  backend.rope(q, { ...rope, nHead: nH, headStride: dK, ropeOffset: mla.qkNopeDim });
-  backend.rope(kvA, { ...rope, nHead: 1, headStride: lora + mla.qkRopeDim, ropeOffset: lora });
+  const rope = ropeOf(cfg, mla.qkRopeDim);
+  perSequence(ctx, (s, rows) => {
+    const at = { nTokens: s.nTokens, pos0: s.pos0, ...rope };
+    backend.rope(rows(q, nH * dK), { ...at, nHead: nH, headStride: dK, ropeOffset: mla.qkNopeDim });
+    backend.rope(rows(kvA, lora + mla.qkRopeDim), { ...at, nHead: 1, headStride: lora + mla.qkRopeDim, ropeOffset: lora });
+  });
 
   const k = new Float32Array(nTokens * nH * dK);
   const v = new Float32Array(nTokens * nH * dV);
@@ -232,11 +269,13 @@ export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): F
       v.set(kvB.subarray(src + mla.qkNopeDim, src + mla.qkNopeDim + dV), (t * nH + hh) * dV);
     }
   }
-  storeKv(ctx, l, k, v);
   const att = new Float32Array(nTokens * nH * dV);
-  backend.attention(q, ctx.kv.k[l], ctx.kv.v[l], {
-    nTokens, nPast: ctx.pos0, nHead: nH, nKvHead: nH, headDimK: dK, headDimV: dV, scale: mla.kqScale,
-  }, att);
+  perSequence(ctx, (s, rows) => {
+    storeKv(ctx, s, l, rows(k, nH * dK), rows(v, nH * dV));
+    backend.attention(rows(q, nH * dK), s.kv.k[l], s.kv.v[l], {
+      nTokens: s.nTokens, nPast: s.pos0, nHead: nH, nKvHead: nH, headDimK: dK, headDimV: dV, scale: mla.kqScale,
+    }, rows(att, nH * dV));
+  });
   return linear(ctx, blk(l, "attn_output.weight"), cfg.dModel, nH * dV, att);
 }
 

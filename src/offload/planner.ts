@@ -103,6 +103,8 @@ export interface PlanOptions {
   readonly policy?: string;
   /** KV cache element type (default f32) */
   readonly kvType?: KvType;
+  /** KV caches of `contextLength` positions each (`moira serve --parallel`: one per slot); default 1 */
+  readonly kvCaches?: number;
   /**
    * The KV cache grows in blocks of positions as they are used, taking room from the expert cache
    * (`blockPositions` default: KvCache.blockPositionsFor). Absent: the whole cache from the start.
@@ -119,11 +121,16 @@ export interface MemoryPlan {
   /** KV cache positions (the upper bound where it grows) */
   readonly contextLength: number;
   readonly kvType: KvType;
-  /** KV cache bytes at the whole context: what the minimum counts */
+  /** KV caches (slots), each of contextLength positions */
+  readonly kvCaches: number;
+  /** bytes of every KV cache at the whole context: what the minimum counts */
   readonly kvBytes: number;
   /** KV positions committed at a time (the whole context where it does not grow) */
   readonly kvBlockPositions: number;
-  /** KV bytes committed when the arena was sized: the first block (all of kvBytes where it does not grow) */
+  /**
+   * KV bytes committed when the arena was sized: one cache's first block (all of kvBytes where it
+   * does not grow); the other caches take their room from the expert cache as they commit blocks
+   */
   readonly kvInitialBytes: number;
   readonly scratchBytes: number;
   /** bytes of one slot (the largest expert, gate + up + down, aligned) */
@@ -170,7 +177,9 @@ export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
     const s = slotLayoutOf(t);
     if (s.bytes > slot.bytes) slot = s;
   }
-  const kvBytes = KvCache.bytes(cfg, opts.contextLength, opts.kvType);
+  const kvCaches = opts.kvCaches ?? 1;
+  if (!(Number.isInteger(kvCaches) && kvCaches >= 1)) throw new InvalidArgumentError(`the number of KV caches must be a positive integer, got ${opts.kvCaches}`);
+  const kvBytes = kvCaches * KvCache.bytes(cfg, opts.contextLength, opts.kvType);
   const batch = Math.max(1, Math.min(opts.maxBatch ?? 512, opts.contextLength));
   const scratch = scratchBytes(cfg, batch, opts.contextLength);
   // working slots: a decode layer's top-k plus as many prefetches; a prompt's layer (which can use
@@ -181,9 +190,9 @@ export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
   if (opts.budget < minimumBytes) {
     throw new BudgetError(
       `budget ${formatBytes(opts.budget)} is below the minimum ${formatBytes(minimumBytes)} for this model: ` +
-      `non-expert weights ${formatBytes(nonExpertBytes)} + KV cache ${formatBytes(kvBytes)} (${opts.contextLength} positions) + ` +
+      `non-expert weights ${formatBytes(nonExpertBytes)} + KV cache ${formatBytes(kvBytes)} (${kvCaches > 1 ? `${kvCaches} slots x ` : ""}${opts.contextLength} positions) + ` +
       `scratch ${formatBytes(scratch)} + ${transientSlots} working expert slots ${formatBytes(transientSlots * slot.bytes)}` +
-      ` (raise --memory-budget, or lower --context)`,
+      ` (raise --memory-budget, or lower --context${kvCaches > 1 ? " or --parallel" : ""})`,
     );
   }
   const allExpertSlots = tensors.size * cfg.nExpert;
@@ -195,7 +204,7 @@ export function planMemory(model: Model, opts: PlanOptions): MemoryPlan {
   const slotsBeside = (kv: number): number => opts.policy === "none" ? 0 : Math.max(0, Math.min(allExpertSlots, slotsLeft(parts, kv)));
   const cacheSlots = slotsBeside(kvInitialBytes);
   return {
-    budget: opts.budget, nonExpertBytes, embeddingOnDemand, contextLength: opts.contextLength, kvType, kvBytes, kvBlockPositions, kvInitialBytes,
+    budget: opts.budget, nonExpertBytes, embeddingOnDemand, contextLength: opts.contextLength, kvType, kvCaches, kvBytes, kvBlockPositions, kvInitialBytes,
     scratchBytes: scratch, slotBytes: slot.bytes, slot, transientSlots, cacheSlots, cacheSlotsAtFullContext: slotsBeside(kvBytes),
     arenaBytes: (transientSlots + cacheSlots) * slot.bytes, minimumBytes, allExpertSlots, expertFileBytes, tensors,
   };
@@ -218,9 +227,10 @@ function slotsLeft(
 
 export function formatPlan(p: MemoryPlan): string {
   const grows = p.kvBlockPositions < p.contextLength;
+  const caches = p.kvCaches > 1 ? `${p.kvCaches} slots x ` : "";
   const kv = grows
-    ? `KV cache ${formatBytes(p.kvInitialBytes)} growing to ${formatBytes(p.kvBytes)} (${p.contextLength} positions, in blocks of ${p.kvBlockPositions}, each taking room from the expert cache)`
-    : `KV cache ${formatBytes(p.kvBytes)}`;
+    ? `KV cache ${formatBytes(p.kvInitialBytes)} growing to ${formatBytes(p.kvBytes)} (${caches}${p.contextLength} positions, in blocks of ${p.kvBlockPositions}, each taking room from the expert cache)`
+    : `KV cache ${formatBytes(p.kvBytes)}${p.kvCaches > 1 ? ` (${caches}${p.contextLength} positions)` : ""}`;
   const cached = grows ? `${p.cacheSlots} cached (${p.cacheSlotsAtFullContext} at the full context)` : `${p.cacheSlots} cached`;
   return `memory plan: budget ${formatBytes(p.budget)} = non-expert weights ${formatBytes(p.nonExpertBytes)}${p.embeddingOnDemand ? " (token embeddings read per token)" : ""} + ${kv} + ` +
     `scratch ${formatBytes(p.scratchBytes)} + arena ${formatBytes(p.arenaBytes)} (${cached} + ${p.transientSlots} working experts of ${formatBytes(p.slotBytes)}; ` +

@@ -676,8 +676,14 @@ export class ExpertStore implements ExpertProvider, KvRoom {
       const votes = this.router.votes(layer, this.router.logits(layer, hint.gateInput, hint.nTokens), hint.nTokens, this.cfg.nExpertUsed);
       for (const e of missing) if (votes[e]! <= lb.prefillMaxTokens!) out.add(e);
     } else if (phase === "decode" && (lb.missWeight ?? 0) > 0) {
+      // a batched decode step: low-bit only when every row gives the expert less than the weight
       const p = this.router.probabilities(layer, hint.gateInput, hint.nTokens);
-      for (const e of missing) if (p[e]! < lb.missWeight!) out.add(e);
+      const nE = this.cfg.nExpert;
+      for (const e of missing) {
+        let most = 0;
+        for (let t = 0; t < hint.nTokens; t++) most = Math.max(most, p[t * nE + e]!);
+        if (most < lb.missWeight!) out.add(e);
+      }
     }
     return out.size > 0 ? out : null;
   }
@@ -853,7 +859,11 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     }
   }
 
-  /** Layer (layer + d)'s experts, best first: top-k' (decode) or all that the tokens vote for. */
+  /**
+   * Layer (layer + d)'s experts, best first: those in some row's top-k', ranked by how many rows
+   * voted for them: a decode token's top-k', the union of a batched decode step's rows' (the
+   * per-layer load limit still applies), all that a prompt's tokens vote for.
+   */
   private forecast(layer: number, moe: number, d: number, experts: readonly number[], hint: AcquireHint, phase: Phase): number[] {
     if (this.history) {
       return this.history.predictNextLayer({
@@ -862,7 +872,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     }
     const logits = this.router.logits(layer + d, hint.gateInput, hint.nTokens);
     const predicted = this.router.rank(layer + d, logits, hint.nTokens, this.width).experts;
-    if (phase === "decode") return predicted.slice(0, this.width);
+    if (phase === "decode") return predicted;
     // --lowbit-prefill N: an expert the prompt's tokens are predicted to want at most N times is
     // read from the low-bit copy when the layer asks for it, so it is not prefetched in full
     const lowMax = this.opts.lowbit?.prefillMaxTokens ?? 0;

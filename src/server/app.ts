@@ -5,7 +5,8 @@
  * with the model and draws the expert cache live.
  *
  * Requests wait in the Scheduler's bounded queue for a slot (429 with Retry-After when it is
- * full); each runs under its own signal, aborted when the client goes away, when it outlives
+ * full); the busy slots decode together, one forward per step (the Batcher: a newcomer's prompt
+ * is prefilled a chunk per step between the running streams' steps); each runs under its own signal, aborted when the client goes away, when it outlives
  * `requestTimeoutMs` (counted from its arrival, queue wait included) or when the server shuts
  * down, and the generation stops within one decode step. A slot keeps its KV cache between
  * requests: a prompt that begins with what the slot last ran (a conversation sent again with a
@@ -14,6 +15,7 @@
 import { Hono, type Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import type { Scheduler, Lease } from "../engine/scheduler.js";
+import { Batcher } from "../engine/batcher.js";
 import type { Tokenizer } from "../engine/tokenizer/index.js";
 import { encodeChat } from "../engine/tokenizer/index.js";
 import { MoiraError, QueueFullError } from "../errors.js";
@@ -33,6 +35,8 @@ export interface ServerContext {
   readonly requestTimeoutMs?: number;
   /** the experts' routing counts and cache state, for /v1/cache and /metrics (absent: not recorded) */
   readonly experts?: ExpertCacheView;
+  /** runs the slots' generations, decoded together (default: a Batcher with the default prefill chunk) */
+  readonly batcher?: Batcher;
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_S = 600;
@@ -80,6 +84,7 @@ export function createApp(ctx: ServerContext): Hono {
   const { contextLength, model } = scheduler.slots[0].session;
   const vocabSize = model.config.vocabSize;
   const metrics = new ServerMetrics();
+  const batcher = ctx.batcher ?? new Batcher();
 
   app.onError((err, c) => {
     metrics.errors++;
@@ -104,7 +109,7 @@ export function createApp(ctx: ServerContext): Hono {
   app.get("/", (c) => c.html(PAGE_HTML));
 
   app.get("/metrics", (c) => c.text(
-    metrics.format(scheduler) + (experts ? formatExpertMetrics(experts.snapshot()) : ""), 200, { "content-type": "text/plain; version=0.0.4" },
+    metrics.format(scheduler, batcher) + (experts ? formatExpertMetrics(experts.snapshot()) : ""), 200, { "content-type": "text/plain; version=0.0.4" },
   ));
 
   // without it the route is not there (404): the page says so and stops asking
@@ -176,7 +181,7 @@ export function createApp(ctx: ServerContext): Hono {
       }
       try {
         await handlers.onStart?.();
-        const outcome = await runCompletion(lease, tokenizer, p, handlers.onPiece ?? (() => undefined));
+        const outcome = await runCompletion(lease, batcher, tokenizer, p, handlers.onPiece ?? (() => undefined));
         metrics.count(outcome.stats);
         return { outcome, cause: outcome.finishReason === null ? metrics.ended(a.request.cause()) : null };
       } finally {

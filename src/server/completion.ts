@@ -1,11 +1,13 @@
 /**
- * One completion on a slot: reuses the slot's KV cache for the prompt's cached prefix, generates,
+ * One completion on a slot: reuses the slot's KV cache for the prompt's cached prefix, generates
+ * on a stream of the Batcher (its decode steps batched with the other slots'),
  * cuts at stop strings (held back while they may still be forming), and hands out the text in
  * pieces, each with the log probabilities of the tokens whose text starts in it.
  */
 import { generate, type GenerationStats } from "../engine/generate.js";
 import type { SamplerOptions } from "../engine/sampler.js";
 import type { Lease } from "../engine/scheduler.js";
+import type { Batcher } from "../engine/batcher.js";
 import type { Tokenizer } from "../engine/tokenizer/index.js";
 
 export interface CompletionPlan {
@@ -50,11 +52,12 @@ export interface CompletionOutcome {
 const LOGPROB_FLOOR = -9999;
 
 /**
- * Runs `plan` on the lease's slot, calling `onPiece` as text becomes final. The slot states its
- * phase (prefill, then decode from the first token); the lease's signal stops the generation.
+ * Runs `plan` on the lease's slot, its forwards batched by `batcher`, calling `onPiece` as text
+ * becomes final. The slot states its phase (prefill, then decode from the first token); the
+ * lease's signal stops the generation, and the slot's stream leaves the batch when it ends.
  */
 export async function runCompletion(
-  lease: Lease, tokenizer: Tokenizer, plan: CompletionPlan, onPiece: (piece: Piece) => Promise<void> | void,
+  lease: Lease, batcher: Batcher, tokenizer: Tokenizer, plan: CompletionPlan, onPiece: (piece: Piece) => Promise<void> | void,
 ): Promise<CompletionOutcome> {
   const { slot } = lease;
   const utf8 = new TextDecoder();
@@ -64,42 +67,47 @@ export async function runCompletion(
   };
   const cachedTokens = slot.session.reusePrefix(plan.prompt);
   slot.enter("prefill");
-  let stats: GenerationStats | undefined;
-  const it = generate(slot.session, tokenizer, plan.prompt, {
-    maxTokens: plan.maxTokens, ...plan.sampler, signal: lease.signal, logprobs: plan.logprobs, stopTokens: plan.stopTokens, cachedTokens,
-    onStats: (s) => { stats = s; },
-  });
-  const holdBack = Math.max(0, ...plan.stops.map((s) => s.length - 1));
-  const tokens: TokenLogprobs[] = [];
-  let text = "", sent = 0, handedOut = 0, stopped = false;
-  /** Hands out text[sent, end) with the tokens starting before `end` (all of them with `all`). */
-  const emit = async (end: number, which: "starting-before-end" | "all") => {
-    const first = handedOut;
-    while (handedOut < tokens.length && (which === "all" || tokens[handedOut].offset < end)) handedOut++;
-    const piece = { text: text.slice(sent, end), tokens: tokens.slice(first, handedOut) };
-    sent = end;
-    if (piece.text.length > 0 || piece.tokens.length > 0) await onPiece(piece);
-  };
-  for (let r = await it.next(); !r.done; r = await it.next()) {
-    slot.enter("decode");
-    const { token, logprobs } = r.value;
-    if (logprobs) {
-      tokens.push({ ...tokenText(token, logprobs.logprob), offset: text.length, top: logprobs.top.map((t) => tokenText(t.token, t.logprob)) });
+  const stream = batcher.join(slot.session);
+  try {
+    let stats: GenerationStats | undefined;
+    const it = generate(stream, tokenizer, plan.prompt, {
+      maxTokens: plan.maxTokens, ...plan.sampler, signal: lease.signal, logprobs: plan.logprobs, stopTokens: plan.stopTokens, cachedTokens,
+      onStats: (s) => { stats = s; },
+    });
+    const holdBack = Math.max(0, ...plan.stops.map((s) => s.length - 1));
+    const tokens: TokenLogprobs[] = [];
+    let text = "", sent = 0, handedOut = 0, stopped = false;
+    /** Hands out text[sent, end) with the tokens starting before `end` (all of them with `all`). */
+    const emit = async (end: number, which: "starting-before-end" | "all") => {
+      const first = handedOut;
+      while (handedOut < tokens.length && (which === "all" || tokens[handedOut].offset < end)) handedOut++;
+      const piece = { text: text.slice(sent, end), tokens: tokens.slice(first, handedOut) };
+      sent = end;
+      if (piece.text.length > 0 || piece.tokens.length > 0) await onPiece(piece);
+    };
+    for (let r = await it.next(); !r.done; r = await it.next()) {
+      slot.enter("decode");
+      const { token, logprobs } = r.value;
+      if (logprobs) {
+        tokens.push({ ...tokenText(token, logprobs.logprob), offset: text.length, top: logprobs.top.map((t) => tokenText(t.token, t.logprob)) });
+      }
+      text += r.value.text;
+      const hits = plan.stops.map((s) => text.indexOf(s, Math.max(0, sent - s.length))).filter((i) => i >= 0);
+      if (hits.length > 0) {
+        text = text.slice(0, Math.min(...hits));
+        stopped = true;
+        await emit(text.length, "starting-before-end");
+        await it.return(undefined as never);
+        break;
+      }
+      const safe = Math.max(sent, text.length - holdBack);
+      if (safe > sent) await emit(safe, "starting-before-end");
     }
-    text += r.value.text;
-    const hits = plan.stops.map((s) => text.indexOf(s, Math.max(0, sent - s.length))).filter((i) => i >= 0);
-    if (hits.length > 0) {
-      text = text.slice(0, Math.min(...hits));
-      stopped = true;
-      await emit(text.length, "starting-before-end");
-      await it.return(undefined as never);
-      break;
-    }
-    const safe = Math.max(sent, text.length - holdBack);
-    if (safe > sent) await emit(safe, "starting-before-end");
+    if (!stopped) await emit(text.length, "all");
+    const s = stats!;
+    const finishReason = stopped || s.stopReason === "stop-token" ? "stop" : s.stopReason === "aborted" ? null : "length";
+    return { text, finishReason, tokens: tokens.slice(0, handedOut), stats: s };
+  } finally {
+    stream.leave();
   }
-  if (!stopped) await emit(text.length, "all");
-  const s = stats!;
-  const finishReason = stopped || s.stopReason === "stop-token" ? "stop" : s.stopReason === "aborted" ? null : "length";
-  return { text, finishReason, tokens: tokens.slice(0, handedOut), stats: s };
 }

@@ -1,12 +1,13 @@
 /** The server's counters and gauges, as Prometheus text for /metrics. */
 import type { GenerationStats } from "../engine/generate.js";
 import type { Scheduler, SlotPhase } from "../engine/scheduler.js";
+import { BATCH_SIZE_BUCKETS, type Batcher } from "../engine/batcher.js";
 import type { EndCause } from "./app.js";
 
 const PHASES: readonly SlotPhase[] = ["idle", "prefill", "decode"];
 
 /** A metric family as Prometheus text lines: HELP, TYPE, then one line per (labels, value). */
-export function metricLines(name: string, type: "counter" | "gauge", help: string, values: ReadonlyArray<readonly [string, number]>): string[] {
+export function metricLines(name: string, type: "counter" | "gauge" | "histogram", help: string, values: ReadonlyArray<readonly [string, number]>): string[] {
   return [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...values.map(([labels, v]) => `${name}${labels} ${v}`)];
 }
 
@@ -51,8 +52,9 @@ export class ServerMetrics {
     return Math.max(1, Math.ceil(this.meanRequestSeconds / scheduler.slots.length));
   }
 
-  format(scheduler: Scheduler): string {
+  format(scheduler: Scheduler, batcher: Batcher): string {
     const one = (v: number): ReadonlyArray<readonly [string, number]> => [["", v]];
+    const batch = batcher.batchSize();
     return [
       ...metricLines("moira_requests_total", "counter", "Completion requests received.", one(this.requests)),
       ...metricLines("moira_request_errors_total", "counter", "Requests answered with an error.", one(this.errors)),
@@ -66,6 +68,11 @@ export class ServerMetrics {
         scheduler.slots.flatMap((s) => PHASES.map((ph) => [`{slot="${s.id}",state="${ph}"}`, s.phase === ph ? 1 : 0] as const))),
       ...metricLines("moira_slot_cached_tokens", "gauge", "Tokens in each slot's KV cache.",
         scheduler.slots.map((s) => [`{slot="${s.id}"}`, s.session.position] as const)),
+      ...metricLines("moira_batch_size", "gauge", "Streams in the decode batch now (decoded together, one forward per step).", one(batch.current)),
+      ...metricLines("moira_batch_decode_rows", "histogram", "Sequences decoded per decode step (the batch size of each step).", [
+        ...BATCH_SIZE_BUCKETS.map((le, i) => [`_bucket{le="${le}"}`, batch.buckets[i]] as const),
+        ['_bucket{le="+Inf"}', batch.steps], ["_sum", batch.rows], ["_count", batch.steps],
+      ]),
       ...metricLines("moira_prompt_tokens_total", "counter", "Prompt tokens of requests run.", one(this.promptTokens)),
       ...metricLines("moira_prompt_cached_tokens_total", "counter", "Prompt tokens found in a slot's KV cache (not prefilled).", one(this.cachedTokens)),
       ...metricLines("moira_generated_tokens_total", "counter", "Tokens generated.", one(this.generatedTokens)),
