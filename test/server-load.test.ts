@@ -18,7 +18,7 @@ import { REPO_ROOT, skipUnlessPresent } from "./shared.js";
 
 const REQUESTS = 64;
 const QUEUE_SIZE = 40;
-/** `moira serve` runs one generation at a time */
+/** `--parallel 1`: one slot, so that which request runs next, and so the exact overflow, are known */
 const SLOTS = 1;
 /** the streams aborted mid-way: the first (it holds the slot while the others arrive) and the next two in the queue */
 const ABORTED = 3;
@@ -40,7 +40,7 @@ await makeModel({ preset: "tiny", out: modelPath });
 const child = spawn(process.execPath, [
   "--gc-global", "--max-semi-space-size=1",
   join(REPO_ROOT, "bin", "moira.js"), "serve", "--model", modelPath, "--port", "0", "--threads", "1",
-  "--queue-size", String(QUEUE_SIZE), "--context", String(CONTEXT),
+  "--queue-size", String(QUEUE_SIZE), "--parallel", String(SLOTS), "--context", String(CONTEXT),
 ], { stdio: ["ignore", "ignore", "pipe"] });
 const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
 after(async () => {
