@@ -16,7 +16,13 @@ import { ExpertCacheView } from "../server/expert-cache.js";
 /** Requests that may wait for a slot by default (beyond those running). */
 const DEFAULT_QUEUE_SIZE = 16;
 /** Slots (generations decoded together) by default. */
-const DEFAULT_PARALLEL = 4;
+/**
+ * Slots when --parallel is not given: 4 with every expert resident (a batch reads each weight once
+ * for all its rows: 1.7-2.1x the aggregate decode of one stream at 4-8, bench/batching.ts); 1 under
+ * --memory-budget, where a batch's rows want more distinct experts than a step's reads and the
+ * cache can serve (make-model routing, cache of half the experts: 0.65-0.96x of one stream at 2-8).
+ */
+const DEFAULT_PARALLEL = { resident: 4, offloaded: 1 } as const;
 
 function positiveSeconds(v: string): number {
   const n = parseFloatOption("--request-timeout")(v);
@@ -32,8 +38,8 @@ export function registerServeCommand(program: Command): void {
       .option("--host <host>", "address to listen on", "127.0.0.1")
       .option("--port <port>", "port to listen on", parseIntOption("--port", 0), 8080)
       .option("--model-id <id>", "model name reported by /v1/models (default: the file name)")
-      .option("--parallel <n>", "slots: requests generated at once, each with its own KV cache, decoded together (one forward per step for all of them; under --memory-budget their KV caches share the budget with the experts)",
-        parseIntOption("--parallel", 1), DEFAULT_PARALLEL)
+      .option("--parallel <n>", `slots: requests generated at once, each with its own KV cache, decoded together (one forward per step for all of them; under --memory-budget their KV caches share the budget with the experts) (default: ${DEFAULT_PARALLEL.resident}, or ${DEFAULT_PARALLEL.offloaded} with --memory-budget)`,
+        parseIntOption("--parallel", 1))
       .option("--queue-size <n>", "most requests that may wait for a slot; more are answered 429 with Retry-After", parseIntOption("--queue-size", 0), DEFAULT_QUEUE_SIZE)
       .option("--request-timeout <seconds>", "longest a request may take from its arrival, queue wait included; then its generation stops and it gets an error (504, or an error event in a stream)",
         positiveSeconds, DEFAULT_REQUEST_TIMEOUT_S),
@@ -42,7 +48,8 @@ export function registerServeCommand(program: Command): void {
     const backend = await createBackend(o.backend, { threads: o.threads });
     const tokenizer = loadTokenizer(model.file);
     const routing = new RoutingCounter(model.config.nLayer, model.config.nExpert);
-    const { offload, sessions } = openInteractiveSessions(model, o, backend, { slots: o.parallel, observer: routing });
+    const slots: number = o.parallel ?? (o.memoryBudget === undefined ? DEFAULT_PARALLEL.resident : DEFAULT_PARALLEL.offloaded);
+    const { offload, sessions } = openInteractiveSessions(model, o, backend, { slots, observer: routing });
     const modelId = o.modelId ?? basename(o.model).replace(/\.gguf$/, "");
     const store = offload.store;
     const experts = new ExpertCacheView({
