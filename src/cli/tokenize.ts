@@ -137,11 +137,13 @@ function printDecoded(tok: Tokenizer, ids: number[], o: TokenizeOptions): void {
 
 /**
  * What each token stands for on its own, as llama.cpp's token_to_piece (what llama-tokenize
- * shows): `▁the` is " the". decode() drops the space SentencePiece puts before the first word, so a
- * token's piece is what it adds after a copy of itself. A token that is only part of a UTF-8
+ * shows): `▁the` is " the", the tokenizer's `tokenBytes`. A token that is only part of a UTF-8
  * character (a byte-fallback `<0xE2>`, a byte-level BPE fragment) has no text of its own: its
  * vocabulary entry stands in, marked `partial`.
  */
+/** invalid UTF-8 (part of a character) decodes to U+FFFD */
+const UTF8 = new TextDecoder();
+
 class PieceTable {
   private readonly cache = new Map<number, { text: string; partial: boolean }>();
 
@@ -150,7 +152,7 @@ class PieceTable {
   get(id: number): { text: string; partial: boolean } {
     let p = this.cache.get(id);
     if (p === undefined) {
-      const text = this.tok.decode([id, id]).slice(this.tok.decode([id]).length);
+      const text = UTF8.decode(this.tok.tokenBytes(id));
       const entry = this.tok.tokenText(id);
       p = text.includes("\uFFFD") && !entry.includes("\uFFFD") ? { text: entry, partial: true } : { text, partial: false };
       this.cache.set(id, p);
