@@ -91,25 +91,28 @@ const promptFile = join("/tmp", "moira-big-model-prompt.txt");
 writeFileSync(promptFile, PROMPT);
 const budgets = a.budgets!.split(",");
 for (const b of budgets) parseBytes(b); // refuse a malformed budget before the first hour of runs
-const engines = [...budgets.map((b) => `moira ${b}`), "llama.cpp"];
-const runs: Record<string, Run[]> = Object.fromEntries(engines.map((e) => [e, []]));
+/** each engine with how to run it once and its runs so far */
+const engines = [
+  ...budgets.map((b) => ({ name: `moira ${b}`, run: () => runMoira(b), runs: [] as Run[] })),
+  { name: "llama.cpp", run: () => runLlama(promptFile), runs: [] as Run[] },
+];
 process.stderr.write(`${a.model}: ${(fileBytes / 1e9).toFixed(1)} GB, RAM ${(totalmem() / 2 ** 30).toFixed(1)} GiB\n`);
 for (let round = 0; round < rounds; round++) {
   const order = round % 2 === 0 ? engines : [...engines].reverse();
   for (const e of order) {
     dropPageCache();
-    const r = e === "llama.cpp" ? await runLlama(promptFile) : await runMoira(e.slice("moira ".length));
-    runs[e]!.push(r);
-    process.stderr.write(`round ${round + 1} ${e}: TTFT ${(r.ttftMs / 1000).toFixed(1)} s, decode ${r.decodeMsPerToken.toFixed(0)} ms/token (${r.generated} tokens), peak RSS ${r.peakRssGiB.toFixed(2)} GiB (anon ${r.peakAnonGiB.toFixed(2)}), read ${r.readGB.toFixed(1)} GB, load ${r.load1.toFixed(1)}\n`);
+    const r = await e.run();
+    e.runs.push(r);
+    process.stderr.write(`round ${round + 1} ${e.name}: TTFT ${(r.ttftMs / 1000).toFixed(1)} s, decode ${r.decodeMsPerToken.toFixed(0)} ms/token (${r.generated} tokens), peak RSS ${r.peakRssGiB.toFixed(2)} GiB (anon ${r.peakAnonGiB.toFixed(2)}), read ${r.readGB.toFixed(1)} GB, load ${r.load1.toFixed(1)}\n`);
   }
 }
 
 const best = (xs: number[]) => Math.min(...xs);
 const table = engines.map((e) => {
-  const rs = runs[e]!;
+  const rs = e.runs;
   const pick = (f: (r: Run) => number) => ({ best: best(rs.map(f)), median: median(rs.map(f)), runs: rs.map((r) => +f(r).toFixed(3)) });
   return {
-    engine: e,
+    engine: e.name,
     ttftS: pick((r) => r.ttftMs / 1000),
     decodeMsPerToken: pick((r) => r.decodeMsPerToken),
     peakRssGiB: pick((r) => r.peakRssGiB),

@@ -1,6 +1,7 @@
 /** The backends a cross-cutting test runs on: ref always; native when the addon is built (always in CI). */
 import { RefBackend } from "../src/backend/ref/ref-backend.js";
 import type { Backend } from "../src/backend/backend.js";
+import type { NativeAddon } from "../src/backend/native/addon.js";
 
 export async function backendsUnderTest(): Promise<Backend[]> {
   const list: Backend[] = [new RefBackend()];
@@ -21,5 +22,18 @@ export async function nativeOrRef(): Promise<Backend> {
   } catch (e) {
     if (process.env.CI) throw e;
     return new RefBackend();
+  }
+}
+
+/** Runs `f` under every ISA the addon supports here (the process-wide kernel table), then restores the one it had. */
+export function eachIsa(addon: NativeAddon, f: (isa: string) => void): void {
+  const isa0 = addon.isa();
+  try {
+    for (const isa of addon.supportedIsas()) {
+      addon.setIsa(isa);
+      f(isa);
+    }
+  } finally {
+    addon.setIsa(isa0);
   }
 }

@@ -36,7 +36,7 @@ import type { ExpertProvider } from "../src/model/experts.js";
 import { SWIGLU_OAI } from "../src/model/arch/gpt-oss.js";
 import { writeSafetensors, type SafetensorsTensorInput } from "../src/formats/safetensors/writer.js";
 import { openHFDirectory } from "../src/formats/hf/index.js";
-import { disposeOracleLlama, getOracleLlama, maxLogProbGap, moiraLogProbs, parityRun, withLlamaModel } from "./llama-oracle.js";
+import { disposeOracleLlama, llamaMissing, maxLogProbGap, moiraLogProbs, parityRun, withLlamaModel } from "./llama-oracle.js";
 import { nativeOrRef } from "./backends.js";
 
 const dir = mkdtempSync(join(tmpdir(), "moira-gpt-oss-"));
@@ -52,16 +52,6 @@ after(async () => {
   await disposeOracleLlama();
   rmSync(dir, { recursive: true, force: true });
 });
-
-async function llamaMissing(): Promise<string | null> {
-  try {
-    await getOracleLlama();
-    return null;
-  } catch (e) {
-    if (process.env.CI) throw e;
-    return `node-llama-cpp is not available: ${(e as Error).message}`;
-  }
-}
 
 /** `count` pseudo-random token ids away from the vocabulary's specials and its control tokens at the end. */
 function promptOf(count: number, vocab: number, seed: number): number[] {

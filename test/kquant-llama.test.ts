@@ -23,6 +23,7 @@ import { dequantize } from "../src/formats/quant/dequantize.js";
 import { GGMLType } from "../src/formats/quant/types.js";
 import { loadNativeAddon, type NativeAddon } from "../src/backend/native/addon.js";
 import { skipUnlessPresent } from "./shared.js";
+import { eachIsa } from "./backends.js";
 
 let native: NativeAddon | undefined;
 try { native = loadNativeAddon(); } catch { /* skipUnlessPresent decides */ }
@@ -107,18 +108,6 @@ function dotErrors(addon: NativeAddon, type: GGMLType, qx: Uint8Array, qx3: Uint
 function assertDot(type: "Q2_K" | "Q3_K", isa: string, e: { llama: number; kernel: number[] }): void {
   assert.ok(e.llama < MAX_DOT_ERROR[type], `${type} on ${isa}: dot product error ${e.llama} >= ${MAX_DOT_ERROR[type]}`);
   e.kernel.forEach((k, i) => assert.ok(k < MAX_KERNEL_DOT_ERROR, `${type} on ${isa}, 2 x 2 product ${i}: ${k} from the dequantized rows' dot`));
-}
-
-function eachIsa(addon: NativeAddon, f: (isa: string) => void): void {
-  const isa0 = addon.isa();
-  try {
-    for (const isa of addon.supportedIsas()) {
-      addon.setIsa(isa);
-      f(isa);
-    }
-  } finally {
-    addon.setIsa(isa0);
-  }
 }
 
 test("golden: llama.cpp's signal is the generate_data signal", () => {

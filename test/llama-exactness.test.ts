@@ -34,7 +34,7 @@ import { makeModel, PRESETS as SHAPES } from "../src/tools/make-model/index.js";
 import { Model } from "../src/model/model.js";
 import { ARCHITECTURES } from "../src/model/registry.js";
 import { loadTokenizer } from "../src/engine/tokenizer/index.js";
-import { withLlamaModel, disposeOracleLlama, getOracleLlama, parityPrompts, parityRun, type ParityRun } from "./llama-oracle.js";
+import { withLlamaModel, disposeOracleLlama, llamaMissing, parityPrompts, parityRun, type ParityRun } from "./llama-oracle.js";
 import { nativeOrRef } from "./backends.js";
 
 after(() => disposeOracleLlama());
@@ -113,16 +113,6 @@ const FAMILIES = [
   { name: "DeepSeek-V3's routing", presets: V3_PRESETS, bounds: V3_BOUNDS, routerMargin: V3_ROUTER_MARGIN },
 ];
 
-async function llamaAvailable(): Promise<string | null> {
-  try {
-    await getOracleLlama();
-    return null;
-  } catch (e) {
-    if (process.env.CI) throw e; // node-llama-cpp and its prebuilt binary must be there in CI
-    return `node-llama-cpp is not available: ${(e as Error).message}`;
-  }
-}
-
 const r3 = (x: number) => x.toFixed(3);
 
 function describe(preset: string, r: ParityRun): string {
@@ -135,7 +125,7 @@ function describe(preset: string, r: ParityRun): string {
 
 for (const { name, presets, bounds: familyBounds, routerMargin } of FAMILIES) for (const [type, bounds] of Object.entries(familyBounds)) {
   test(`llama.cpp parity, ${type}: greedy continuations and prefill log-probs of ${name}`, { timeout: 300_000 }, async (t) => {
-    const missing = await llamaAvailable();
+    const missing = await llamaMissing();
     if (missing) return t.skip(missing);
     const backend = await nativeOrRef();
     if (backend.name !== "native") {

@@ -38,6 +38,20 @@ export function getOracleLlama(): Promise<Llama> {
 }
 
 /**
+ * Why llama.cpp cannot be asked here (a skip reason), or null when it can. In CI a missing
+ * node-llama-cpp or prebuilt binary is an error: the tests that need it must run there.
+ */
+export async function llamaMissing(): Promise<string | null> {
+  try {
+    await getOracleLlama();
+    return null;
+  } catch (e) {
+    if (process.env.CI) throw e;
+    return `node-llama-cpp is not available: ${(e as Error).message}`;
+  }
+}
+
+/**
  * Disposes the shared Llama instance (test files call it from `after`), so llama.cpp's native
  * state is torn down in order before the process exits instead of by exit-time destructors.
  */

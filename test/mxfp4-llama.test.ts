@@ -18,6 +18,7 @@ import { dequantize } from "../src/formats/quant/dequantize.js";
 import { GGMLType } from "../src/formats/quant/types.js";
 import { loadNativeAddon, type NativeAddon } from "../src/backend/native/addon.js";
 import { skipUnlessPresent } from "./shared.js";
+import { eachIsa } from "./backends.js";
 
 let native: NativeAddon | undefined;
 try { native = loadNativeAddon(); } catch { /* skipUnlessPresent decides */ }
@@ -122,18 +123,6 @@ test("MXFP4: test-quantize-fns.cpp's total error bound, with llama.cpp's value",
   assert.ok(Math.abs(err - golden.signal_total_error) <= 1e-9, `total error ${err} vs llama.cpp's ${golden.signal_total_error}`);
   assert.ok(err < MAX_TOTAL_ERROR_FP4, `total error ${err} >= ${MAX_TOTAL_ERROR_FP4}`);
 });
-
-function eachIsa(addon: NativeAddon, f: (isa: string) => void): void {
-  const isa0 = addon.isa();
-  try {
-    for (const isa of addon.supportedIsas()) {
-      addon.setIsa(isa);
-      f(isa);
-    }
-  } finally {
-    addon.setIsa(isa0);
-  }
-}
 
 test("MXFP4: the addon's dequantize is bit-identical to llama.cpp's (every ISA)", { skip: skipNative }, () => {
   const blocks = everyExponent(golden.dequantize.seed);

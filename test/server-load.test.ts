@@ -16,7 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI, { RateLimitError } from "openai";
 import { makeModel } from "../src/tools/make-model/index.js";
-import { REPO_ROOT, skipUnlessPresent } from "./shared.js";
+import { REPO_ROOT, skipUnlessPresent, servePort } from "./shared.js";
 
 const REQUESTS = 64;
 const QUEUE_SIZE = 40;
@@ -64,15 +64,7 @@ class Server {
       join(REPO_ROOT, "bin", "moira.js"), "serve", "--model", modelPath, "--port", "0", "--threads", "1",
       "--queue-size", String(QUEUE_SIZE), "--parallel", String(slots), "--context", String(CONTEXT),
     ], { stdio: ["ignore", "ignore", "pipe"] });
-    const port = await new Promise<number>((resolve, reject) => {
-      let err = "";
-      child.stderr.on("data", (d) => {
-        err += d;
-        const m = /http:\/\/127\.0\.0\.1:(\d+)/.exec(err);
-        if (m) resolve(Number(m[1]));
-      });
-      child.on("exit", (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-    });
+    const port = await servePort(child);
     return new Server(child, `http://127.0.0.1:${port}`);
   }
 

@@ -22,7 +22,7 @@ import { createApp } from "../src/server/app.js";
 import { ExpertCacheView, type ExpertCacheSnapshot } from "../src/server/expert-cache.js";
 import { PAGE_HTML } from "../src/server/page.js";
 import { RoutingCounter } from "../src/trace/observer.js";
-import { REPO_ROOT, skipUnlessPresent } from "./shared.js";
+import { REPO_ROOT, skipUnlessPresent, servePort } from "./shared.js";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const dir = mkdtempSync(join(tmpdir(), "moira-page-"));
@@ -194,15 +194,7 @@ class Browser {
 async function startServe(args: string[]): Promise<string> {
   const child = spawn(process.execPath, [join(REPO_ROOT, "bin", "moira.js"), "serve", "--model", path, "--port", "0", ...args], { stdio: ["ignore", "ignore", "pipe"] });
   children.push(child);
-  const port = await new Promise<number>((resolve, reject) => {
-    let err = "";
-    child.stderr!.on("data", (d) => {
-      err += d;
-      const m = /http:\/\/127\.0\.0\.1:(\d+)/.exec(err);
-      if (m) resolve(Number(m[1]));
-    });
-    child.on("exit", (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-  });
+  const port = await servePort(child);
   return `http://127.0.0.1:${port}`;
 }
 

@@ -12,7 +12,7 @@ import { loadTokenizer } from "../src/engine/tokenizer/index.js";
 import { RefBackend } from "../src/backend/ref/ref-backend.js";
 import { createApp } from "../src/server/app.js";
 import { Scheduler } from "../src/engine/scheduler.js";
-import { REPO_ROOT } from "./shared.js";
+import { REPO_ROOT, servePort } from "./shared.js";
 
 const dir = mkdtempSync(join(tmpdir(), "moira-server-"));
 const path = join(dir, "tiny.gguf");
@@ -97,15 +97,7 @@ test("GET /metrics: decode time is counted for every request, also one a stop st
 
 test("moira serve: listens, answers a chat completion, exits on SIGTERM", async () => {
   const child = spawn(process.execPath, [join(REPO_ROOT, "bin", "moira.js"), "serve", "--model", path, "--port", "0"], { stdio: ["ignore", "ignore", "pipe"] });
-  const port = await new Promise<number>((resolve, reject) => {
-    let err = "";
-    child.stderr.on("data", (d) => {
-      err += d;
-      const m = /http:\/\/127\.0\.0\.1:(\d+)/.exec(err);
-      if (m) resolve(Number(m[1]));
-    });
-    child.on("exit", (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-  });
+  const port = await servePort(child);
   const r = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
     method: "POST", headers: { "content-type": "application/json" },
     body: JSON.stringify({ messages: [{ role: "user", content: "Hi" }], max_tokens: 4, temperature: 0 }),

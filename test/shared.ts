@@ -2,6 +2,7 @@
  * Locating ../shared (read-only test data beside the repository). Tests that need it skip with a
  * clear message only when it is absent; in CI it is present, so they run.
  */
+import type { ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { resolve } from "node:path";
@@ -47,4 +48,17 @@ export function skipIfAbsent(t: { skip(message?: string): void }, present: boole
   if (process.env.CI) throw new Error(`${reason} (required in CI, where a missing prerequisite fails instead of skipping)`);
   t.skip(reason);
   return true;
+}
+
+/** The port a `moira serve --port 0` child listens on, read from the address it prints on stderr. */
+export function servePort(child: ChildProcess): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    let err = "";
+    child.stderr!.on("data", (d) => {
+      err += d;
+      const m = /http:\/\/127\.0\.0\.1:(\d+)/.exec(err);
+      if (m) resolve(Number(m[1]));
+    });
+    child.on("exit", (code) => reject(new Error(`serve exited ${code}: ${err}`)));
+  });
 }

@@ -25,7 +25,7 @@ import { architectureFor } from "../registry.js";
 import { f32, str, u32 } from "../../formats/metadata-value.js";
 import { InvalidArgumentError, ModelFormatError } from "../../errors.js";
 import {
-  disposeOracleLlama, getOracleLlama, logSoftmax, maxLogProbGap, moiraForward, moiraGreedy, parityPrompts, routerSites, rowGap, withLlamaModel,
+  disposeOracleLlama, llamaMissing, logSoftmax, maxLogProbGap, moiraForward, moiraGreedy, parityPrompts, routerSites, rowGap, withLlamaModel,
 } from "../../../test/llama-oracle.js";
 import { nativeOrRef } from "../../../test/backends.js";
 
@@ -33,16 +33,6 @@ after(() => disposeOracleLlama());
 
 const dir = mkdtempSync(join(tmpdir(), "moira-deepseek3-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-async function llamaMissing(): Promise<string | null> {
-  try {
-    await getOracleLlama();
-    return null;
-  } catch (e) {
-    if (process.env.CI) throw e;
-    return `node-llama-cpp is not available: ${(e as Error).message}`;
-  }
-}
 
 let tinyPath: string | null = null;
 /** tiny-deepseek3 in F32, written once. */

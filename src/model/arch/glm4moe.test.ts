@@ -25,7 +25,7 @@ import { Model } from "../model.js";
 import { ExpertRouter, selectionBias } from "../routing.js";
 import { nativeOrRef } from "../../../test/backends.js";
 import {
-  disposeOracleLlama, getOracleLlama, logSoftmax, moiraForward, moiraGreedy, parityPrompts, routerSites, rowGap, withLlamaModel,
+  disposeOracleLlama, llamaMissing, logSoftmax, moiraForward, moiraGreedy, parityPrompts, routerSites, rowGap, withLlamaModel,
 } from "../../../test/llama-oracle.js";
 
 const dir = mkdtempSync(join(tmpdir(), "moira-glm4moe-"));
@@ -33,17 +33,6 @@ after(async () => {
   await disposeOracleLlama();
   rmSync(dir, { recursive: true, force: true });
 });
-
-/** Why llama.cpp cannot be asked here, or null when it can. */
-async function llamaMissing(): Promise<string | null> {
-  try {
-    await getOracleLlama();
-    return null;
-  } catch (e) {
-    if (process.env.CI) throw e;
-    return `node-llama-cpp is not available: ${(e as Error).message}`;
-  }
-}
 
 /** `src` written again as `out`, its metadata changed by `edit`, without the tensors `drop`. */
 function rewriteGGUF(src: string, out: string, o: { edit?: (md: Map<string, GGUFMetadataValue>) => void; drop?: readonly string[] }): void {
