@@ -64,8 +64,9 @@ test("a stop token ends the stream; a slow reader that stops early gets stats at
 
   const seen: GenerationStats[] = [];
   const it = generate(fakeSession(0), fakeTokenizer(0), [0], { maxTokens: 10, temperature: 0, onStats: (s) => seen.push(s) });
-  // a reader that takes 8 ms over each token: the stream runs at its pace, and so does the count
-  for (let i = 0; i < 3; i++) { await it.next(); await new Promise((r) => setTimeout(r, 8)); }
+  // a reader that takes 8 ms over each token (measured on generate()'s clock: a timer may fire a
+  // fraction of a millisecond early): the stream runs at its pace, and so does the count
+  for (let i = 0; i < 3; i++) { await it.next(); await new Promise((r) => setTimeout(r, 1)); busy(8); }
   await it.return(undefined as never);
   assert.equal(seen.length, 1);
   assert.equal(seen[0].generatedTokens, 3);
