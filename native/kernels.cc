@@ -887,6 +887,50 @@ MOIRA_KERNEL void dot_q8_0_512(const uint8_t* row, int cols, const uint8_t* cons
   }
 }
 
+// Q4_0, two blocks (64 elements, 36 bytes) per zmm: the 128-bit lanes are [lo0 | hi0 | lo1 | hi1]
+// (block b's low nibbles are its elements 0..15, its high nibbles 16..31), matching the 64 activation
+// bytes of the two blocks. (q - 8).y = q.y - 8 sum(y): each of a block's 8 int32 lanes drops sum(y).
+template <int NT>
+MOIRA_KERNEL void dot_q4_0_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m512 acc[NT];
+  const float* dy[NT];
+  const int32_t* sy[NT];
+  for (int t = 0; t < NT; t++) {
+    acc[t] = _mm512_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
+  }
+  const __m512i pick = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi32(1), 1);  // lanes [0 x8, 1 x8]
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  const int nb = cols / 32;
+  int b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const uint8_t* blk = row + (size_t)b * 18;
+    const __m256i x = _mm256_set_m128i(_mm_loadu_si128((const __m128i*)(blk + 20)), _mm_loadu_si128((const __m128i*)(blk + 2)));
+    const __m512i xx = _mm512_inserti64x4(_mm512_castsi256_si512(x), _mm256_srli_epi16(x, 4), 1);  // [x0 | x1 | x0>>4 | x1>>4]
+    const __m512i w = _mm512_and_si512(_mm512_shuffle_i64x2(xx, xx, 0xD8), m4);                   // [x0 | x0>>4 | x1 | x1>>4]
+    const __m128 dw2 = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(rd16(blk)), rd16(blk + 18), 1));
+    const __m512 dwv = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(dw2));
+    for (int t = 0; t < NT; t++) {
+      const __m512i y = _mm512_load_si512((const void*)(act[t] + 32 * (size_t)b));
+      const __m512i s = _mm512_permutexvar_epi32(pick, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i*)(sy[t] + b))));
+      const __m512i p = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, y), s);
+      const __m512 dyv = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(dy[t] + b)))));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dwv, dyv), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
+  if (b < nb) {  // odd block count: last block at 256 bits
+    const uint8_t* blk = row + (size_t)b * 18;
+    const float dw = h2f(rd16(blk));
+    const __m128i x = _mm_loadu_si128((const __m128i*)(blk + 2));
+    const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(0x0F));
+    for (int t = 0; t < NT; t++) {
+      const __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
+      const __m256i p = dpbusd(_mm256_set1_epi32(-sy[t][b]), w, y);
+      res[t] += hsum8(_mm256_cvtepi32_ps(p)) * (dw * dy[t][b]);
+    }
+  }
+}
+
 // MXFP4, four blocks (128 elements, 68 bytes) per step, one 128-bit lane per block:
 // - codes: two loads (at +1 and +4, so that each block's 16 code bytes start on an even byte of one
 //   of them) and a word permute give [qs0 | qs1 | qs2 | qs3]; low nibbles are elements 0..15 of
@@ -967,6 +1011,7 @@ void dot_row(int type, const uint8_t* row, int cols, const uint8_t* const* act, 
     case T_Q2_K: dot_q2_k_512<NT>(row, cols, act, L, res); return;
     case T_Q3_K: dot_q3_k_512<NT>(row, cols, act, L, res); return;
     case T_MXFP4: dot_mxfp4_512<NT>(row, cols, act, L, res); return;
+    case T_Q4_0: dot_q4_0_512<NT>(row, cols, act, L, res); return;
 #else
     case T_Q8_0: dot_q8_0<NT>(row, cols, act, L, res); return;
     case T_Q4_K: dot_q45_k<NT, false>(row, cols, act, L, res); return;
@@ -975,8 +1020,8 @@ void dot_row(int type, const uint8_t* row, int cols, const uint8_t* const* act, 
     case T_Q2_K: dot_q2_k<NT>(row, cols, act, L, res); return;
     case T_Q3_K: dot_q3_k<NT>(row, cols, act, L, res); return;
     case T_MXFP4: dot_mxfp4<NT>(row, cols, act, L, res); return;
-#endif
     case T_Q4_0: dot_q4_0<NT>(row, cols, act, L, res); return;
+#endif
     default: dot_generic<NT>(type, row, cols, act, L, res); return;
   }
 #else
