@@ -256,15 +256,16 @@ describe("webgpu elementwise and attention ops vs ref", { skip }, () => {
     }
   });
 
-  test("rope (normal and neox, offsets, freqScale)", async () => {
+  test("rope (normal and neox, offsets, freqScale, YaRN)", async () => {
     const r = rng(8);
     const k = new RopeKernels(dev!);
     try {
       for (const neox of [false, true]) {
-        for (const [nTok, nHead, headStride, ropeOffset, ropeDim, pos0, freqScale] of [
+        for (const [nTok, nHead, headStride, ropeOffset, ropeDim, pos0, freqScale, yarn] of [
           [1, 1, 2, 0, 2, 0, 1], [5, 3, 64, 0, 64, 7, 1], [17, 2, 96, 32, 64, 1000, 0.25], [4, 4, 40, 8, 16, 30000, 1],
+          [6, 2, 64, 0, 64, 500, 0.025, { low: 9.5, high: 21.3, mscale: 1.37 }],
         ] as const) {
-          const p = { nTokens: nTok, nHead, headStride, ropeOffset, ropeDim, pos0, theta: 10000, neox, freqScale };
+          const p = { nTokens: nTok, nHead, headStride, ropeOffset, ropeDim, pos0, theta: 10000, neox, freqScale, yarn };
           const x = randF32(nTok * nHead * headStride, r);
           const want = x.slice();
           ref.rope(want, p);

@@ -1,9 +1,9 @@
-/** Backend selection: `native` (the C++ addon, default) or `ref` (the TypeScript oracle). */
+/** Backend selection: `native` (the C++ addon, default), `ref` (the TypeScript oracle) or `webgpu` (WGSL kernels on a WebGPU device). */
 import type { Backend } from "./backend.js";
 import { RefBackend } from "./ref/ref-backend.js";
 import { InvalidArgumentError } from "../errors.js";
 
-export type BackendName = "native" | "ref";
+export type BackendName = "native" | "ref" | "webgpu";
 
 export interface BackendOptions {
   /** worker threads for the native backend (default: all cores) */
@@ -16,5 +16,9 @@ export async function createBackend(name: string, opts: BackendOptions = {}): Pr
     const { NativeBackend } = await import("./native/index.js");
     return NativeBackend.create({ threads: opts.threads });
   }
-  throw new InvalidArgumentError(`unknown backend "${name}"; choose native or ref`);
+  if (name === "webgpu") {
+    const { WebGpuBackend } = await import("./webgpu/webgpu-backend.js");
+    return await WebGpuBackend.create();
+  }
+  throw new InvalidArgumentError(`unknown backend "${name}"; choose native, ref or webgpu`);
 }

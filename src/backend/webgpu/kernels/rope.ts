@@ -43,9 +43,13 @@ export class RopeKernels extends KernelFamily {
     this.tables.clear();
   }
 
-  /** The table of (cos, sin) [position][pair] for p's theta, ropeDim and freqScale, covering `positions`. */
+  /**
+   * The table of (cos, sin) [position][pair] for p's theta, ropeDim, freqScale and YaRN ramp (as
+   * the ref backend computes them, cos and sin times YaRN's mscale), covering `positions`.
+   */
   private table(batch: GpuBatch, p: RopeParams, positions: number): RopeTable {
-    const key = `${p.theta}/${p.ropeDim}/${p.freqScale}`;
+    const y = p.yarn;
+    const key = `${p.theta}/${p.ropeDim}/${p.freqScale}/${y ? `${y.low}/${y.high}/${y.mscale}` : "-"}`;
     const old = this.tables.get(key);
     if (old && old.positions >= positions) return old;
     const n = Math.max(positions, 2 * (old?.positions ?? 0), 1024);
@@ -53,11 +57,18 @@ export class RopeKernels extends KernelFamily {
     const cs = new Float32Array(n * half * 2);
     const inv = Array.from({ length: half }, (_, i) => Math.pow(p.theta, (-2 * i) / p.ropeDim));
     for (let pos = 0; pos < n; pos++) {
-      const scaled = pos * p.freqScale;
       for (let i = 0; i < half; i++) {
-        const angle = scaled * inv[i]!;
-        cs[2 * (pos * half + i)] = Math.cos(angle);
-        cs[2 * (pos * half + i) + 1] = Math.sin(angle);
+        let angle: number, mscale = 1;
+        if (y) {
+          const extrap = pos * inv[i]!;
+          const ramp = 1 - Math.min(1, Math.max(0, (i - y.low) / Math.max(0.001, y.high - y.low)));
+          angle = p.freqScale * extrap * (1 - ramp) + extrap * ramp;
+          mscale = y.mscale;
+        } else {
+          angle = pos * p.freqScale * inv[i]!;
+        }
+        cs[2 * (pos * half + i)] = Math.cos(angle) * mscale;
+        cs[2 * (pos * half + i) + 1] = Math.sin(angle) * mscale;
       }
     }
     if (old) batch.retire(old.buffer);

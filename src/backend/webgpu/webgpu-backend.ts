@@ -1,0 +1,318 @@
+/**
+ * The webgpu Backend: the Backend ops on a WebGPU device (Dawn), through the WGSL kernels of
+ * ./kernels. Weights are uploaded once, on first use, and stay on the device; activations and the
+ * KV rows an op reads cross to the device and back for every op, because the Backend interface is
+ * still synchronous over host arrays (issue 14's re-pour into device-resident tensors and an
+ * asynchronous forward removes those crossings; the kernels and the weight residency stay).
+ *
+ * The device lives on a GPU thread (worker.ts): Dawn settles its work through the event loop,
+ * which a synchronous op cannot give back to, so each op posts a request and waits on a shared
+ * control word (Atomics.wait) while the GPU thread runs the kernels and writes the results into
+ * the shared arena.
+ *
+ * Not offered here (typed errors say so): GPT-OSS's attention sinks, sliding windows and clamped
+ * SwiGLU, expert biases; the file mapping and page-granular KV memory of the native backend.
+ * Weights are recognised by where their bytes are (buffer and offset), so a weight's bytes must
+ * not change under it: expert offloading, which reuses slots, is refused by the callers.
+ */
+import { Worker } from "node:worker_threads";
+import type { AttentionParams, Backend, ExpertBatch, KvArray, RopeParams, WeightMatrix } from "../backend.js";
+import { SWIGLU } from "../backend.js";
+import { RefBackend } from "../ref/ref-backend.js";
+import { rowBytes } from "../../formats/quant/types.js";
+import {
+  BudgetError, ContextFullError, FileAccessError, GpuUnavailableError, InvalidArgumentError, ModelFormatError, MoiraError, UnsupportedError,
+} from "../../errors.js";
+import type { GpuAdapterReport, GpuDeviceOptions } from "./device.js";
+import {
+  type ArenaF32, type ExpertSlots, type GpuRequest, CTRL_ERROR_BYTES, CTRL_STATE, CTRL_WORDS, ERROR_BYTES, STATE_BUSY, STATE_DONE,
+} from "./protocol.js";
+
+/** How long one op may take before the backend gives up on the GPU thread. */
+const OP_TIMEOUT_MS = 10 * 60_000;
+const REPORT_BYTES = 16384;
+
+const TYPED_ERRORS: Record<string, (m: string) => Error> = {
+  GPU_UNAVAILABLE: (m) => new GpuUnavailableError(m),
+  UNSUPPORTED: (m) => new UnsupportedError(m),
+  INVALID_ARGUMENT: (m) => new InvalidArgumentError(m),
+  MODEL_FORMAT: (m) => new ModelFormatError(m),
+  FILE_ACCESS: (m) => new FileAccessError(m),
+  BUDGET: (m) => new BudgetError(m),
+  CONTEXT_FULL: (m) => new ContextFullError(m),
+};
+
+/** Atomics.waitAsync (Node >= 16; in TypeScript's lib from es2024). */
+const waitAsync = (Atomics as unknown as {
+  waitAsync(a: Int32Array, index: number, value: number, timeoutMs: number): { async: boolean; value: Promise<string> | string };
+}).waitAsync;
+
+/**
+ * The GPU thread. Run from the TypeScript sources (tests, benches under tsx), its module is .ts
+ * and the thread registers tsx's loader before importing it (a worker's entry module does not get
+ * the hooks `--import tsx` gave this thread); the published package runs dist/*.js directly.
+ */
+function startGpuThread(ctrl: SharedArrayBuffer, error: SharedArrayBuffer): Worker {
+  const workerData = { ctrl, error };
+  if (!import.meta.url.endsWith(".ts")) return new Worker(new URL("./worker.js", import.meta.url), { workerData });
+  const entry = new URL("./worker.ts", import.meta.url).href;
+  const boot = `import("tsx/esm/api").then((tsx) => { tsx.register(); return import(${JSON.stringify(entry)}); })`;
+  return new Worker(boot, { eval: true, workerData });
+}
+
+/** Inputs of one request, packed into the arena in order (each at a multiple of 16 bytes). */
+class Packer {
+  private bytes = 0;
+  private readonly parts: { off: number; src: ArrayBufferView }[] = [];
+  /** Reserves room for `src` (copied in by `write`). */
+  put(src: ArrayBufferView): number {
+    const off = this.bytes;
+    this.parts.push({ off, src });
+    this.bytes += Math.ceil(src.byteLength / 16) * 16;
+    return off;
+  }
+  f32(src: Float32Array): ArenaF32 { return { off: this.put(src), n: src.length }; }
+  /** Reserves n floats of output. */
+  out(n: number): ArenaF32 {
+    const off = this.bytes;
+    this.bytes += Math.ceil((n * 4) / 16) * 16;
+    return { off, n };
+  }
+  get size(): number { return this.bytes; }
+  write(arena: SharedArrayBuffer): void {
+    for (const p of this.parts) new Uint8Array(arena, p.off, p.src.byteLength).set(new Uint8Array(p.src.buffer, p.src.byteOffset, p.src.byteLength));
+  }
+}
+
+export interface WebGpuBackendOptions extends GpuDeviceOptions {}
+
+export class WebGpuBackend implements Backend {
+  readonly name = "webgpu";
+  /** The adapter in use. */
+  readonly adapter: GpuAdapterReport;
+  private readonly worker: Worker;
+  private readonly ctrl: Int32Array;
+  private readonly errorBytes: Uint8Array;
+  private arena = new SharedArrayBuffer(0);
+  /** weights already on the device: by the buffer their bytes are in, then by offset and shape */
+  private readonly weightIds = new WeakMap<ArrayBufferLike, Map<string, number>>();
+  private nextWeight = 0;
+  private readonly host = new RefBackend();
+  private disposed = false;
+
+  private constructor(worker: Worker, ctrl: SharedArrayBuffer, error: SharedArrayBuffer) {
+    this.worker = worker;
+    this.ctrl = new Int32Array(ctrl);
+    this.errorBytes = new Uint8Array(error);
+    this.adapter = undefined as unknown as GpuAdapterReport;  // set by create()
+  }
+
+  /**
+   * Opens the device on a new GPU thread (throws GpuUnavailableError, saying what to install, when
+   * there is none). Asynchronous so that the thread loads its modules and Dawn while this thread's
+   * event loop runs (a module loader hook, as tsx's, may need it); every op afterwards is synchronous.
+   */
+  static async create(options: WebGpuBackendOptions = {}): Promise<WebGpuBackend> {
+    const ctrl = new SharedArrayBuffer(CTRL_WORDS * 4), error = new SharedArrayBuffer(ERROR_BYTES);
+    const worker = startGpuThread(ctrl, error);
+    // the thread's failure to start (a module that does not load) ends the wait below
+    const died = new Promise<never>((_, reject) => {
+      worker.once("error", (e) => reject(new GpuUnavailableError(`the GPU thread failed: ${e.message}`)));
+      worker.once("exit", (code) => reject(new GpuUnavailableError(`the GPU thread exited (code ${code}) before opening a device`)));
+    });
+    died.catch(() => {});
+    const be = new WebGpuBackend(worker, ctrl, error);
+    try {
+      be.arena = new SharedArrayBuffer(1 << 20);
+      be.post({ op: "open", options, arena: be.arena, report: { off: 0, max: REPORT_BYTES } });
+      while (Atomics.load(be.ctrl, CTRL_STATE) === STATE_BUSY) {
+        const w = waitAsync(be.ctrl, CTRL_STATE, STATE_BUSY, OP_TIMEOUT_MS);
+        if ((w.async ? await Promise.race([w.value, died]) : w.value) === "timed-out") {
+          throw new GpuUnavailableError(`the GPU thread did not open a device in ${OP_TIMEOUT_MS / 1000} s`);
+        }
+      }
+      be.settle("open");
+      worker.unref();  // the process may exit without dispose() (Dawn's device is destroyed with it)
+      const n = new DataView(be.arena).getUint32(REPORT_BYTES, true);
+      (be as { adapter: GpuAdapterReport }).adapter = JSON.parse(new TextDecoder().decode(new Uint8Array(be.arena, 0, n).slice())) as GpuAdapterReport;
+      return be;
+    } catch (e) {
+      be.disposed = true;
+      void worker.terminate();
+      throw e;
+    }
+  }
+
+  matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void {
+    this.matmulMany([w], x, nTokens, [out]);
+  }
+
+  matmulMany(ws: readonly WeightMatrix[], x: Float32Array, nTokens: number, outs: readonly Float32Array[]): void {
+    ws.forEach((w, i) => {
+      if (x.length < nTokens * w.cols || outs[i].length < nTokens * w.rows) {
+        throw new InvalidArgumentError(`matmul: ${nTokens} tokens of a ${w.rows}x${w.cols} weight need x of ${nTokens * w.cols} and out of ${nTokens * w.rows} floats`);
+      }
+    });
+    const ids = ws.map((w) => this.weightId(w));
+    const p = new Packer();
+    const xa = p.f32(x.subarray(0, nTokens * ws[0].cols));
+    const oa = ws.map((w) => p.out(nTokens * w.rows));
+    this.request(p, { op: "matmul", ws: ids, x: xa, nTokens, outs: oa });
+    oa.forEach((o, i) => outs[i].set(this.read(o)));
+  }
+
+  rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void {
+    const p = new Packer();
+    const xa = p.f32(x), wa = p.f32(weight.subarray(0, dim)), oa = p.out(x.length);
+    this.request(p, { op: "rmsNorm", x: xa, weight: wa, eps, dim, out: oa });
+    out.set(this.read(oa));
+  }
+
+  rope(x: Float32Array, rp: RopeParams): void {
+    const p = new Packer();
+    const xa = p.f32(x.subarray(0, rp.nTokens * rp.nHead * rp.headStride));
+    this.request(p, { op: "rope", x: xa, p: { ...rp } });
+    x.set(this.read(xa));
+  }
+
+  attention(q: Float32Array, k: KvArray, v: KvArray, ap: AttentionParams, out: Float32Array): void {
+    if (ap.sinks) throw new UnsupportedError("the webgpu backend has no attention sinks yet (GPT-OSS); use --backend native");
+    if (ap.window) throw new UnsupportedError("the webgpu backend has no sliding-window attention yet (GPT-OSS); use --backend native");
+    const ctx = ap.nPast + ap.nTokens;
+    const p = new Packer();
+    const qa = p.f32(q.subarray(0, ap.nTokens * ap.nHead * ap.headDimK));
+    // only the rows the queries see; an f16 cache crosses as its bit patterns
+    const kn = ctx * ap.nKvHead * ap.headDimK, vn = ctx * ap.nKvHead * ap.headDimV;
+    const ka = { off: p.put(k.subarray(0, kn)), n: k instanceof Float32Array ? kn : Math.ceil(kn / 2) };
+    const va = { off: p.put(v.subarray(0, vn)), n: v instanceof Float32Array ? vn : Math.ceil(vn / 2) };
+    const oa = p.out(ap.nTokens * ap.nHead * ap.headDimV);
+    const { sinks: _s, ...rest } = ap;
+    this.request(p, { op: "attention", q: qa, k: ka, v: va, kv: k instanceof Float32Array ? "f32" : "f16", p: rest, out: oa });
+    out.set(this.read(oa));
+  }
+
+  /** On the host, as ref does it: the KV cache is host memory until the re-pour moves it. */
+  f32ToF16(x: Float32Array, out: Uint16Array): void {
+    this.host.f32ToF16(x, out);
+  }
+
+  siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void {
+    const p = new Packer();
+    const ga = p.f32(gate.subarray(0, out.length)), ua = p.f32(up.subarray(0, out.length)), oa = p.out(out.length);
+    this.request(p, { op: "siluMul", gate: ga, up: ua, out: oa });
+    out.set(this.read(oa));
+  }
+
+  /**
+   * Each expert's FFN on the device (gate, up, silu-mul, down over its gathered tokens, one batch
+   * for the layer); the weighted sum over each token's slots on the host in slot order, rounded
+   * as the ref backend rounds it.
+   */
+  moeFfn(x: Float32Array, nTokens: number, b: ExpertBatch, out: Float32Array): void {
+    if ((b.activation ?? SWIGLU).kind !== "swiglu") throw new UnsupportedError("the webgpu backend has no clamped SwiGLU yet (GPT-OSS); use --backend native");
+    if (b.experts.some((e) => e.biases)) throw new UnsupportedError("the webgpu backend has no expert biases yet (GPT-OSS); use --backend native");
+    const d = b.experts.length > 0 ? b.experts[0].gate.cols : 0;
+    if (!b.accumulate && !b.slotOut) out.fill(0, 0, nTokens * d);
+    const experts: ExpertSlots[] = [];
+    let nSlot = 0;
+    b.experts.forEach((w, i) => {
+      const s0 = b.offsets[i], n = b.offsets[i + 1] - s0;
+      if (n === 0) return;
+      experts.push({ gate: this.weightId(w.gate), up: this.weightId(w.up), down: this.weightId(w.down), tokens: Array.from(b.tokens.subarray(s0, s0 + n)) });
+      nSlot += n;
+    });
+    if (nSlot === 0) return;
+    const p = new Packer();
+    const xa = p.f32(x.subarray(0, nTokens * d));
+    const ya = p.out(nSlot * d);
+    this.request(p, { op: "experts", x: xa, d, experts, y: ya });
+    const y = this.read(ya);
+    // y holds the non-empty experts' slots back to back, in expert order = slot order
+    let j = 0;
+    b.experts.forEach((_, i) => {
+      for (let s = b.offsets[i]; s < b.offsets[i + 1]; s++, j++) {
+        const row = y.subarray(j * d, (j + 1) * d);
+        if (b.slotOut) { b.slotOut.set(row, s * d); continue; }
+        const t = b.tokens[s], wt = b.weights[s];
+        for (let c = 0; c < d; c++) out[t * d + c] += wt * row[c];
+      }
+    });
+  }
+
+  getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {
+    const id = this.weightId(w);
+    const p = new Packer();
+    const oa = p.out(ids.length * w.cols);
+    this.request(p, { op: "getRows", w: id, ids: Array.from(ids), out: oa });
+    out.set(this.read(oa));
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    try { this.call({ op: "dispose" }); } finally { void this.worker.terminate(); }
+  }
+
+  /** The id of `w` on the device, uploading it on first use. */
+  private weightId(w: WeightMatrix): number {
+    let byBuffer = this.weightIds.get(w.data.buffer);
+    if (!byBuffer) { byBuffer = new Map(); this.weightIds.set(w.data.buffer, byBuffer); }
+    const key = `${w.data.byteOffset}/${w.type}/${w.rows}/${w.cols}`;
+    let id = byBuffer.get(key);
+    if (id === undefined) {
+      const bytes = w.rows * rowBytes(w.type, w.cols);
+      if (w.data.byteLength < bytes) throw new InvalidArgumentError(`a ${w.rows}x${w.cols} weight needs ${bytes} bytes, has ${w.data.byteLength}`);
+      const p = new Packer();
+      const off = p.put(w.data.subarray(0, bytes));
+      id = this.nextWeight++;
+      this.request(p, { op: "weight", id, type: w.type, rows: w.rows, cols: w.cols, off });
+      byBuffer.set(key, id);
+    }
+    return id;
+  }
+
+  private read(a: ArenaF32): Float32Array {
+    return new Float32Array(this.arena, a.off, a.n);
+  }
+
+  private ensureArena(bytes: number): void {
+    if (this.arena.byteLength >= bytes) return;
+    this.arena = new SharedArrayBuffer(Math.max(bytes, 2 * this.arena.byteLength, 1 << 20));
+    this.call({ op: "arena", arena: this.arena });
+  }
+
+  /** Writes the packed inputs into the arena and runs the request. */
+  private request(p: Packer, r: GpuRequest): void {
+    this.ensureArena(p.size);
+    p.write(this.arena);
+    this.call(r);
+  }
+
+  /** Posts `r` to the GPU thread and blocks until it is done; its failure is rethrown here, typed. */
+  private call(r: GpuRequest): void {
+    if (this.disposed && r.op !== "dispose") throw new Error("the webgpu backend was used after dispose()");
+    this.post(r);
+    const deadline = Date.now() + OP_TIMEOUT_MS;
+    while (Atomics.load(this.ctrl, CTRL_STATE) === STATE_BUSY) {
+      if (Date.now() > deadline) throw new GpuUnavailableError(`the GPU thread did not finish a ${r.op} in ${OP_TIMEOUT_MS / 1000} s`);
+      Atomics.wait(this.ctrl, CTRL_STATE, STATE_BUSY, 1000);
+    }
+    this.settle(r.op);
+  }
+
+  private post(r: GpuRequest): void {
+    Atomics.store(this.ctrl, CTRL_STATE, STATE_BUSY);
+    this.worker.postMessage(r);
+  }
+
+  /** After a request: returns if it succeeded, else throws its error, typed as the GPU thread threw it. */
+  private settle(op: string): void {
+    if (Atomics.load(this.ctrl, CTRL_STATE) === STATE_DONE) return;
+    const text = new TextDecoder().decode(this.errorBytes.slice(0, Atomics.load(this.ctrl, CTRL_ERROR_BYTES)));
+    let e: { code?: string; message: string };
+    try { e = JSON.parse(text) as { code?: string; message: string }; } catch { e = { message: text }; }
+    const typed = e.code ? TYPED_ERRORS[e.code] : undefined;
+    if (typed) throw typed(e.message);
+    throw new MoiraError("GPU", `webgpu ${op}: ${e.message}`);
+  }
+}
