@@ -17,8 +17,9 @@ import { GGMLType } from "../src/formats/quant/types.js";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { GpuUnavailableError, InvalidArgumentError, UnsupportedError } from "../src/errors.js";
 import type { WebGpuBackend } from "../src/backend/webgpu/webgpu-backend.js";
+import { spawnSync } from "node:child_process";
 import { hfFixtures, maxAbsDiff } from "./hf-fixtures.js";
-import { skipUnlessPresent } from "./shared.js";
+import { REPO_ROOT, skipUnlessPresent } from "./shared.js";
 
 let gpu: WebGpuBackend | undefined;
 let absent = "";
@@ -110,5 +111,30 @@ describe("webgpu forwards", { skip }, () => {
     const out = new Float32Array(4);
     gpu!.matmul(w, new Float32Array(8).fill(1), 1, out);
     assert.deepEqual(Array.from(out), [0, 0, 0, 0]);
+  });
+
+  test("the CLI (the built package, its GPU thread in dist/): run and logits with --backend webgpu as with ref; --memory-budget refused", async () => {
+    const path = join(dir, "cli-tiny.gguf");
+    await makeModel({ preset: "tiny", type: "F32", seed: 9, out: path });
+    const moira = (...args: string[]) => spawnSync(process.execPath, [join(REPO_ROOT, "bin/moira.js"), ...args], { encoding: "utf8", timeout: 120_000 });
+    const text = (backend: string) => {
+      const r = moira("run", "-m", path, "--backend", backend, "-n", "8", "--temperature", "0", "-p", "Hello world");
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, new RegExp(`backend: ${backend}`));
+      return r.stdout;
+    };
+    assert.equal(text("webgpu"), text("ref"));
+    const logits = (backend: string) => {
+      const r = moira("logits", "-m", path, "--backend", backend, "--tokens", "1,5,9,200,7", "--json");
+      assert.equal(r.status, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { logits: number[][] }).logits;
+    };
+    const g = logits("webgpu"), w = logits("ref");
+    assert.equal(g.length, 5);
+    const diff = maxAbsDiff(Float32Array.from(g.flat()), Float32Array.from(w.flat()));
+    assert.ok(diff < 1e-4, `logits differ by ${diff}`);
+    const r = moira("run", "-m", path, "--backend", "webgpu", "--memory-budget", "1MiB", "-p", "hi");
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /--memory-budget does not work with --backend webgpu yet/);
   });
 });
