@@ -1,7 +1,8 @@
 /**
  * The Backend interface: the ops a model recipe needs, over activations held in Float32Arrays
  * (host memory, row-major) and weights in GGUF block layouts. `ref` (plain TypeScript) is the
- * oracle; `native` (C++ addon) must agree with it op by op (test/conformance).
+ * oracle; `native` (C++ addon) and `webgpu` (WGSL on a WebGPU device) must agree with it op by op
+ * (test/conformance.test.ts).
  *
  * Conventions: a "row" is `dim` consecutive floats; a batch of `nTokens` rows is stored back to back.
  */

@@ -178,6 +178,7 @@ export class WebGpuBackend implements Backend {
   attention(q: Float32Array, k: KvArray, v: KvArray, ap: AttentionParams, out: Float32Array): void {
     if (ap.sinks) throw new UnsupportedError("the webgpu backend has no attention sinks yet (GPT-OSS); use --backend native");
     if (ap.window) throw new UnsupportedError("the webgpu backend has no sliding-window attention yet (GPT-OSS); use --backend native");
+    if ((k instanceof Float32Array) !== (v instanceof Float32Array)) throw new InvalidArgumentError("attention: k and v must both be f32 or both f16");
     const ctx = ap.nPast + ap.nTokens;
     const p = new Packer();
     const qa = p.f32(q.subarray(0, ap.nTokens * ap.nHead * ap.headDimK));
@@ -218,6 +219,9 @@ export class WebGpuBackend implements Backend {
     b.experts.forEach((w, i) => {
       const s0 = b.offsets[i], n = b.offsets[i + 1] - s0;
       if (n === 0) return;
+      for (let j = s0; j < s0 + n; j++) {
+        if (!(b.tokens[j] >= 0 && b.tokens[j] < nTokens)) throw new InvalidArgumentError(`moeFfn: slot ${j}'s token ${b.tokens[j]} is outside the batch's ${nTokens} tokens`);
+      }
       experts.push({ gate: this.weightId(w.gate), up: this.weightId(w.up), down: this.weightId(w.down), tokens: Array.from(b.tokens.subarray(s0, s0 + n)) });
       nSlot += n;
     });
