@@ -2,6 +2,8 @@
 import { RefBackend } from "../src/backend/ref/ref-backend.js";
 import type { Backend } from "../src/backend/backend.js";
 import type { NativeAddon } from "../src/backend/native/addon.js";
+import type { WebGpuBackend } from "../src/backend/webgpu/webgpu-backend.js";
+import { GpuUnavailableError } from "../src/errors.js";
 
 export async function backendsUnderTest(): Promise<Backend[]> {
   const list: Backend[] = [new RefBackend()];
@@ -35,5 +37,19 @@ export function eachIsa(addon: NativeAddon, f: (isa: string) => void): void {
     }
   } finally {
     addon.setIsa(isa0);
+  }
+}
+
+/**
+ * The webgpu backend on the adapter there is, or why there is none (GpuUnavailableError's message;
+ * any other failure is thrown). Tests skip on `absent` outside CI (skipUnlessPresent).
+ */
+export async function openWebGpu(): Promise<{ gpu?: WebGpuBackend; absent: string }> {
+  try {
+    const { WebGpuBackend } = await import("../src/backend/webgpu/webgpu-backend.js");
+    return { gpu: await WebGpuBackend.create(), absent: "" };
+  } catch (e) {
+    if (!(e instanceof GpuUnavailableError)) throw e;
+    return { absent: e.message };
   }
 }

@@ -25,15 +25,15 @@ import { NativeBackend, loadNativeAddon } from "../src/backend/native/index.js";
 import type { WebGpuBackend } from "../src/backend/webgpu/webgpu-backend.js";
 import { MATVEC_MAX_TOKENS } from "../src/backend/webgpu/kernels/matmul.js";
 import { kernelVariant, variantName } from "../src/backend/webgpu/kernels/common.js";
-import { GpuUnavailableError, UnsupportedError } from "../src/errors.js";
+import { UnsupportedError } from "../src/errors.js";
 import { skipUnlessPresent } from "./shared.js";
+import { openWebGpu } from "./backends.js";
+import { wgslAttentionBound, wgslSiluMulBound } from "./wgsl-bounds.js";
 import { ALL_TYPES, FLOAT_TYPES, Q32_TYPES, randF32, randomWeight, rng } from "./random-inputs.js";
 import { addSlots } from "../src/model/steps.js";
 
 const ref = new RefBackend();
 
-/** One ULP of an f32 near 1 (WGSL states exp, division ... accuracies in ULPs). */
-const ULP = 2 ** -23;
 
 /** A backend under test: the backend, how to run it in each of its configurations, and what it promises. */
 interface BackendUnderTest {
@@ -98,44 +98,8 @@ const NATIVE: BackendUnderTest = {
 // ---------------------------------------------------------------------------------------------
 // webgpu: the adapter there is (skips without one outside CI)
 
-let gpu: WebGpuBackend | undefined;
-let absent = "";
-try {
-  const { WebGpuBackend } = await import("../src/backend/webgpu/webgpu-backend.js");
-  gpu = await WebGpuBackend.create();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  absent = e.message;
-}
+const { gpu, absent } = await openWebGpu();
 after(() => { addon.setIsa(startIsa); nat.dispose(); gpu?.dispose(); });
-
-/**
- * Bound of GPU attention against ref's f64 (as test/webgpu-kernels.test.ts derives it): with
- * S = scale * max sum_d |q_d k_d| (a bound on every score), scores are off by at most
- * (dK + 1) 2^-24 S; WGSL's exp(x) of arguments in [-2S, 0] by (3 + 4S) ULP, once per probability
- * and once per rescale of the running sums (one per tile of 64); relative errors eta of the
- * probabilities move a convex combination of v by 2 eta max|v|, and the f32 sums of n terms add
- * 2 gamma_n max|v|.
- */
-function wgslAttentionBound(q: Float32Array, k: Float32Array, v: Float32Array, p: AttentionParams): number {
-  const { nTokens, nPast, nHead, nKvHead, headDimK: dk } = p;
-  let S = 0;
-  for (let t = 0; t < nTokens; t++) {
-    for (let h = 0; h < nHead; h++) {
-      const kvh = Math.floor(h / (nHead / nKvHead));
-      for (let j = 0; j <= nPast + t; j++) {
-        let a = 0;
-        for (let d = 0; d < dk; d++) a += Math.abs(q[(t * nHead + h) * dk + d] * k[(j * nKvHead + kvh) * dk + d]);
-        S = Math.max(S, a * p.scale);
-      }
-    }
-  }
-  let vmax = 0;
-  for (const x of v) vmax = Math.max(vmax, Math.abs(x));
-  const nCtx = nPast + nTokens;
-  const eta = 2 * (dk + 1) * 2 ** -24 * S + (Math.ceil(nCtx / 64) + 1) * (3 + 4 * S) * ULP;
-  return (2 * eta + 2 * (nCtx + 2) * 2 ** -24 + 3 * ULP) * vmax;
-}
 
 function webgpuUnderTest(g: WebGpuBackend): BackendUnderTest {
   // the backend's kernels are built for the adapter's best variant (kernels/common.ts kernelVariant):
@@ -150,8 +114,7 @@ function webgpuUnderTest(g: WebGpuBackend): BackendUnderTest {
     // x per 32 elements whatever the weight's block; F32/F16/BF16 weights and the tiled kernel
     // (more tokens) keep x in f32
     matmulActivation: (type, nTokens) => (int8 && !FLOAT_TYPES.includes(type) && nTokens <= MATVEC_MAX_TOKENS ? 32 : 0),
-    // WGSL exp(x) is within 3 + 2|x| ULP; 1 + e, the division (2.5 ULP) and the product add 4
-    siluMulBound: (gate, want) => (7 + 2 * Math.abs(gate)) * ULP * Math.abs(want) + 1e-30,
+    siluMulBound: wgslSiluMulBound,
     attentionBound: wgslAttentionBound,
     gptOss: false,
     sameBits: { fusedIsSeparateOps: true, tokenByTokenIsBatch: true, groupsAndSlotsAreOneCall: true },

@@ -15,21 +15,13 @@ import { RefBackend } from "../src/backend/ref/ref-backend.js";
 import type { Backend } from "../src/backend/backend.js";
 import { GGMLType } from "../src/formats/quant/types.js";
 import { makeModel } from "../src/tools/make-model/index.js";
-import { GpuUnavailableError, InvalidArgumentError, UnsupportedError } from "../src/errors.js";
-import type { WebGpuBackend } from "../src/backend/webgpu/webgpu-backend.js";
+import { InvalidArgumentError, UnsupportedError } from "../src/errors.js";
 import { spawnSync } from "node:child_process";
 import { hfFixtures, maxAbsDiff } from "./hf-fixtures.js";
 import { REPO_ROOT, skipUnlessPresent } from "./shared.js";
+import { openWebGpu } from "./backends.js";
 
-let gpu: WebGpuBackend | undefined;
-let absent = "";
-try {
-  const { WebGpuBackend } = await import("../src/backend/webgpu/webgpu-backend.js");
-  gpu = await WebGpuBackend.create();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  absent = e.message;
-}
+const { gpu, absent } = await openWebGpu();
 const skip = skipUnlessPresent(gpu !== undefined, `no WebGPU adapter: ${absent}`);
 const dir = mkdtempSync(join(tmpdir(), "moira-webgpu-"));
 after(() => { gpu?.dispose(); rmSync(dir, { recursive: true, force: true }); });

@@ -24,6 +24,7 @@ import { AttentionKernels } from "../src/backend/webgpu/kernels/attention.js";
 import { GetRowsKernels } from "../src/backend/webgpu/kernels/get-rows.js";
 import { RoutingKernels } from "../src/backend/webgpu/kernels/routing.js";
 import { REPO_ROOT, skipUnlessPresent } from "./shared.js";
+import { ULP, wgslAttentionBound, wgslSiluMulBound } from "./wgsl-bounds.js";
 import { ALL_TYPES, FLOAT_TYPES, Q32_TYPES, randF32, randomWeight, rng } from "./random-inputs.js";
 
 let dev: GpuDevice | undefined;
@@ -185,8 +186,6 @@ function assertClose(got: Float32Array, want: Float32Array, tol: (i: number) => 
   }
 }
 
-/** One ULP of an f32 near 1 (WGSL states exp, division ... accuracies in ULPs). */
-const ULP = 2 ** -23;
 
 describe("webgpu getRows vs ref", { skip }, () => {
   for (const type of ALL_TYPES) {
@@ -250,8 +249,7 @@ describe("webgpu elementwise and attention ops vs ref", { skip }, () => {
       k.encodeSiluMul(b, { buffer: gg }, { buffer: gu }, n, { buffer: gout });
       b.submit();
       const got = await readF32(gout, n);
-      // WGSL exp(x) is within 3 + 2|x| ULP; 1 + e, the division (2.5 ULP) and the product add 4
-      assertClose(got, want, (i) => (7 + 2 * Math.abs(g[i])) * ULP * Math.abs(want[i]) + 1e-30, `siluMul n=${n}`);
+      assertClose(got, want, (i) => wgslSiluMulBound(g[i], want[i]), `siluMul n=${n}`);
       for (const b2 of [gg, gu, gout]) b2.destroy();
     }
   });
@@ -284,32 +282,6 @@ describe("webgpu elementwise and attention ops vs ref", { skip }, () => {
     }
   });
 
-  /**
-   * Bound of GPU attention against ref's f64: with S = scale * max sum_d |q_d k_d| (a bound on
-   * every score), scores are off by at most (dK + 1) 2^-24 S; exp(x) of arguments in [-2S, 0] by
-   * (3 + 4S) ULP, once per probability and once per rescale of the running sums (one per tile of
-   * 64); relative errors eta of the probabilities move a convex combination of v by 2 eta max|v|,
-   * and the f32 sums of n terms add 2 gamma_n max|v|.
-   */
-  function attentionBound(q: Float32Array, k: Float32Array, v: Float32Array, p: AttentionParams): number {
-    const { nTokens, nPast, nHead, nKvHead, headDimK: dk } = p;
-    let S = 0;
-    for (let t = 0; t < nTokens; t++) {
-      for (let h = 0; h < nHead; h++) {
-        const kvh = Math.floor(h / (nHead / nKvHead));
-        for (let j = 0; j <= nPast + t; j++) {
-          let a = 0;
-          for (let d = 0; d < dk; d++) a += Math.abs(q[(t * nHead + h) * dk + d] * k[(j * nKvHead + kvh) * dk + d]);
-          S = Math.max(S, a * p.scale);
-        }
-      }
-    }
-    let vmax = 0;
-    for (const x of v) vmax = Math.max(vmax, Math.abs(x));
-    const nCtx = nPast + nTokens;
-    const eta = 2 * (dk + 1) * 2 ** -24 * S + (Math.ceil(nCtx / 64) + 1) * (3 + 4 * S) * ULP;
-    return (2 * eta + 2 * (nCtx + 2) * 2 ** -24 + 3 * ULP) * vmax;
-  }
 
   for (const kv of ["f32", "f16"] as const) {
     test(`attention over an ${kv} cache (causal, GQA, headDimK != headDimV, long context)`, async () => {
@@ -339,7 +311,7 @@ describe("webgpu elementwise and attention ops vs ref", { skip }, () => {
           b.submit();
           const got = await readF32(gout, want.length);
           for (const g of [gq, gk, gv, gout]) g.destroy();
-          const tol = attentionBound(q, k, vv, p);
+          const tol = wgslAttentionBound(q, k, vv, p);
           assertClose(got, want, () => tol, `attention ${kv} ${variantName(v)} ${JSON.stringify(p)}`);
         }
       }
