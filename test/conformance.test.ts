@@ -8,12 +8,11 @@
  *   token = the batch, expert groups and per-slot outputs = one call);
  * - webgpu (WebGpuBackend on the adapter there is, its best kernel variant; lavapipe in CI): the
  *   same ops and the same bit identities (they hold there too), bounds derived from its kernels
- *   (int8 activations per 32 in the quantized matvec, WGSL's exp); what it does not run yet
- *   (attention sinks, sliding windows, GPT-OSS's clamped SwiGLU, expert biases) must each be an
- *   UnsupportedError. Skips only when there is no WebGPU adapter outside CI; in CI (which installs
+ *   (int8 activations per 32 in the quantized matvec, WGSL's exp). Skips only when there is no WebGPU adapter outside CI; in CI (which installs
  *   lavapipe) a missing adapter fails the webgpu suite (native's still runs).
  * Both must reject the malformed arguments ref does not check (tokens outside the batch, mixed
- * f32/f16 KV, short biases and sinks). The native addon's I/O (aligned allocation, file mapping, DirectReader) is in native-io.test.ts.
+ * f32/f16 KV, short biases and sinks). The native addon's I/O (aligned allocation, file mapping,
+ * DirectReader) is in native-io.test.ts.
  */
 import { test, describe, after } from "node:test";
 import assert from "node:assert/strict";
@@ -25,7 +24,6 @@ import { NativeBackend, loadNativeAddon } from "../src/backend/native/index.js";
 import type { WebGpuBackend } from "../src/backend/webgpu/webgpu-backend.js";
 import { MATVEC_MAX_TOKENS } from "../src/backend/webgpu/kernels/matmul.js";
 import { kernelVariant, variantName } from "../src/backend/webgpu/kernels/common.js";
-import { UnsupportedError } from "../src/errors.js";
 import { skipUnlessPresent } from "./shared.js";
 import { openWebGpu } from "./backends.js";
 import { wgslAttentionBound, wgslSiluMulBound } from "./wgsl-bounds.js";
@@ -47,8 +45,6 @@ interface BackendUnderTest {
   siluMulBound(g: number, want: number): number;
   /** Bound of |attention - ref| over all outputs, for these inputs (k and v as f32). */
   attentionBound(q: Float32Array, k: Float32Array, v: Float32Array, p: AttentionParams): number;
-  /** GPT-OSS's attention sinks, sliding windows, clamped SwiGLU and expert biases: computed, or each refused with UnsupportedError. */
-  readonly gptOss: boolean;
   /** Bit identities beyond closeness to ref that hold on this backend. */
   readonly sameBits: {
     /** moeFfn = its experts' matmul, siluMul, matmul and the weighted sums in slot order */
@@ -91,7 +87,6 @@ const NATIVE: BackendUnderTest = {
   siluMulBound: (_g, want) => 1e-6 * Math.abs(want) + 1e-7,
   // outputs are convex combinations of v (|v| <= 1): f32 scores/exp/sums, errors ~1e-6 relative
   attentionBound: () => 2e-5,
-  gptOss: true,
   sameBits: { fusedIsSeparateOps: true, tokenByTokenIsBatch: true, groupsAndSlotsAreOneCall: true },
 };
 
@@ -116,8 +111,7 @@ function webgpuUnderTest(g: WebGpuBackend): BackendUnderTest {
     matmulActivation: (type, nTokens) => (int8 && !FLOAT_TYPES.includes(type) && nTokens <= MATVEC_MAX_TOKENS ? 32 : 0),
     siluMulBound: wgslSiluMulBound,
     attentionBound: wgslAttentionBound,
-    gptOss: false,
-    sameBits: { fusedIsSeparateOps: true, tokenByTokenIsBatch: true, groupsAndSlotsAreOneCall: true },
+      sameBits: { fusedIsSeparateOps: true, tokenByTokenIsBatch: true, groupsAndSlotsAreOneCall: true },
     };
 }
 
@@ -172,7 +166,6 @@ class Worst {
   }
 }
 
-const isUnsupported = (e: unknown) => e instanceof UnsupportedError;
 
 function conformance(but: BackendUnderTest): void {
   const be = but.backend, name = but.name;
@@ -318,9 +311,7 @@ function conformance(but: BackendUnderTest): void {
       assert.throws(() => be.moeFfn(new Float32Array(d), 1, { experts: experts.slice(0, 1), offsets: Int32Array.of(0, 1), tokens: Int32Array.of(1), weights: Float32Array.of(1) }, new Float32Array(d)), /outside/);
     });
 
-    test(but.gptOss
-      ? "expert biases and GPT-OSS's clamped SwiGLU: close to ref; groups and per-slot outputs give the one call's bits"
-      : "expert biases and GPT-OSS's clamped SwiGLU: each an UnsupportedError", () => {
+    test("expert biases and GPT-OSS's clamped SwiGLU: close to ref; groups and per-slot outputs give the one call's bits", () => {
       const r = rng(4343);
       const d = 256, ff = 256, nE = 4;
       const act = { kind: "swiglu-oai", alpha: 1.702, limit: 7 } as const;
@@ -354,15 +345,6 @@ function conformance(but: BackendUnderTest): void {
         const scale = maxAbs(want);
         for (const cfg of but.configs()) {
           const what = `${name} ${cfg} T=${nTokens}`;
-          if (!but.gptOss) {
-            // the clamped SwiGLU, biases, and each alone
-            for (const [label, b] of [
-              ["clamped SwiGLU with biases", batch], ["clamped SwiGLU", { ...batch, experts: plainExperts }], ["expert biases", { ...batch, activation: undefined }],
-            ] as const) {
-              assert.throws(() => be.moeFfn(x, nTokens, b, new Float32Array(nTokens * d)), isUnsupported, `${what}: ${label} is not an UnsupportedError`);
-            }
-            continue;
-          }
           const got = new Float32Array(nTokens * d).fill(NaN);
           be.moeFfn(x, nTokens, batch, got);
           assertClose(got, want, () => 0.05 * scale + 1e-6, `${what} vs ref`);
@@ -470,9 +452,7 @@ function conformance(but: BackendUnderTest): void {
         { nTokens: 1, nPast: 0, nHead: 1, nKvHead: 1, headDimK: 8, headDimV: 8, scale: 1 }, new Float32Array(8)), /both/);
     });
 
-    test(but.gptOss
-      ? `attention with a sliding window and sinks (GPT-OSS)${tokenByToken ? "; token by token gives the batch's bits" : ""}`
-      : "attention with a sliding window or sinks (GPT-OSS): each an UnsupportedError", () => {
+    test(`attention with a sliding window and sinks (GPT-OSS)${tokenByToken ? "; token by token gives the batch's bits" : ""}`, () => {
       const r = rng(21);
       // windows inside one chunk of 32 rows, across chunk boundaries, of one row, and wider than the
       // context; sinks around the scores, dominating them, and none
@@ -494,15 +474,6 @@ function conformance(but: BackendUnderTest): void {
         const tol = but.attentionBound(q, k, v, p);
         for (const cfg of but.configs()) {
           const what = `${name} attention ${cfg} window ${window} sinks ${sinkScale} ${JSON.stringify({ nTokens, nPast, nHead })}`;
-          if (!but.gptOss) {
-            // the window and the sinks together and each alone
-            const cases: Array<[string, AttentionParams]> = [["window", { ...p, sinks: undefined }], ["window and sinks", p]];
-            if (sinks) cases.push(["sinks", { ...p, window: 0 }]);
-            for (const [label, pp] of cases) {
-              assert.throws(() => be.attention(q, k, v, pp, new Float32Array(want.length)), isUnsupported, `${what}: ${label} is not an UnsupportedError`);
-            }
-            continue;
-          }
           const got = new Float32Array(want.length);
           be.attention(q, k, v, p, got);
           // sinks only add a term to each denominator: outputs stay convex combinations (<= 1) of v

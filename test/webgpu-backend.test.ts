@@ -1,8 +1,9 @@
 /**
  * The webgpu backend end to end: whole forwards (prefill through the tiled matmul, decode through
  * the matvec kernels) against transformers' logits and against the ref backend, on every
- * architecture it runs; the errors it gives for what it does not run yet. Skips only when there is
- * no WebGPU adapter outside CI; in CI (which installs lavapipe) a missing adapter fails.
+ * architecture (GPT-OSS's sinks, sliding windows, clamped SwiGLU and expert biases included); its
+ * typed errors. Skips only when there is no WebGPU adapter outside CI; in CI (which installs
+ * lavapipe) a missing adapter fails.
  */
 import { test, describe, after } from "node:test";
 import assert from "node:assert/strict";
@@ -15,7 +16,7 @@ import { RefBackend } from "../src/backend/ref/ref-backend.js";
 import type { Backend } from "../src/backend/backend.js";
 import { GGMLType } from "../src/formats/quant/types.js";
 import { makeModel } from "../src/tools/make-model/index.js";
-import { InvalidArgumentError, UnsupportedError } from "../src/errors.js";
+import { InvalidArgumentError } from "../src/errors.js";
 import { spawnSync } from "node:child_process";
 import { hfFixtures, maxAbsDiff } from "./hf-fixtures.js";
 import { REPO_ROOT, skipUnlessPresent } from "./shared.js";
@@ -57,7 +58,7 @@ describe("webgpu forwards", { skip }, () => {
   });
 
   // F32 weights: the kernels' only differences from ref are f32 summation orders
-  const presets = ["tiny", "tiny-qwen2moe", "tiny-qwen3moe", "tiny-olmoe", "tiny-deepseek", "tiny-deepseek2", "tiny-deepseek3", "tiny-glm4moe"];
+  const presets = ["tiny", "tiny-qwen2moe", "tiny-qwen3moe", "tiny-olmoe", "tiny-deepseek", "tiny-deepseek2", "tiny-deepseek3", "tiny-glm4moe", "tiny-gpt-oss"];
   for (const preset of presets) {
     test(`${preset} F32: prefill and decode logits as ref's (relative 1e-4), same greedy tokens`, async () => {
       const path = join(dir, `${preset}.gguf`);
@@ -91,12 +92,7 @@ describe("webgpu forwards", { skip }, () => {
     }
   });
 
-  test("what it does not run yet is a typed error naming it; bad input is the same typed error as on ref", async () => {
-    const path = join(dir, "tiny-gpt-oss.gguf");
-    await makeModel({ preset: "tiny-gpt-oss", type: "F32", seed: 1, out: path });
-    const model = Model.open(path);
-    assert.throws(() => new Session(model, { backend: gpu!, contextLength: 8 }).prefill([1, 2, 3]), (e: unknown) => e instanceof UnsupportedError && /GPT-OSS/.test(e.message));
-    model.close();
+  test("bad input is the same typed error as on ref, and the backend works on after it", () => {
     const w = { type: GGMLType.F32, rows: 4, cols: 8, data: new Uint8Array(4 * 8 * 4) };
     assert.throws(() => gpu!.getRows(w, [9], new Float32Array(8)), (e: unknown) => e instanceof InvalidArgumentError && /outside the vocabulary/.test(e.message));
     // the backend still works after a failed op

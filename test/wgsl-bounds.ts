@@ -13,7 +13,8 @@ export function wgslSiluMulBound(gate: number, want: number): number {
 }
 
 /**
- * Attention: with S = scale * max sum_d |q_d k_d| (a bound on every score), scores are off by at
+ * Attention: with S = max(scale * max sum_d |q_d k_d|, max |sink|) (a bound on every score and
+ * sink logit), scores are off by at
  * most (dK + 1) 2^-24 S; exp(x) of arguments in [-2S, 0] by (3 + 4S) ULP, once per probability and
  * once per rescale of the running sums (one per tile of 64); relative errors eta of the
  * probabilities move a convex combination of v by 2 eta max|v|, and the f32 sums of n terms add
@@ -32,6 +33,7 @@ export function wgslAttentionBound(q: Float32Array, k: Float32Array, v: Float32A
       }
     }
   }
+  for (const x of p.sinks ?? []) S = Math.max(S, Math.abs(x));
   let vmax = 0;
   for (const x of v) vmax = Math.max(vmax, Math.abs(x));
   const nCtx = nPast + nTokens;

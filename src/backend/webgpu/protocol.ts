@@ -5,7 +5,7 @@
  * written by the GPU thread before it signals completion (see webgpu-backend.ts).
  */
 import type { GGMLType } from "../../formats/quant/types.js";
-import type { AttentionParams, RopeParams } from "../backend.js";
+import type { AttentionParams, ExpertActivation, RopeParams } from "../backend.js";
 import type { GpuDeviceOptions } from "./device.js";
 
 /** An f32 array in the arena: `n` floats from byte `off` (a multiple of 4). */
@@ -21,6 +21,8 @@ export interface ExpertSlots {
   readonly down: number;
   /** the tokens (rows of x) of its slots, in slot order */
   readonly tokens: readonly number[];
+  /** its biases (GPT-OSS): gate and up [ff], down [d] */
+  readonly biases?: { readonly gate: ArenaF32; readonly up: ArenaF32; readonly down: ArenaF32 };
 }
 
 export type GpuRequest =
@@ -33,12 +35,15 @@ export type GpuRequest =
   | { readonly op: "rope"; readonly x: ArenaF32; readonly p: RopeParams }
   | {
     readonly op: "attention"; readonly q: ArenaF32; readonly k: ArenaF32; readonly v: ArenaF32; readonly kv: "f32" | "f16";
-    readonly p: Omit<AttentionParams, "sinks">; readonly out: ArenaF32;
+    readonly p: Omit<AttentionParams, "sinks">; readonly sinks?: ArenaF32; readonly out: ArenaF32;
   }
   | { readonly op: "siluMul"; readonly gate: ArenaF32; readonly up: ArenaF32; readonly out: ArenaF32 }
   | { readonly op: "getRows"; readonly w: number; readonly ids: readonly number[]; readonly out: ArenaF32 }
   /** each expert's outputs, unweighted, one row per slot in slot order, into `y` */
-  | { readonly op: "experts"; readonly x: ArenaF32; readonly d: number; readonly experts: readonly ExpertSlots[]; readonly y: ArenaF32 }
+  | {
+    readonly op: "experts"; readonly x: ArenaF32; readonly d: number; readonly experts: readonly ExpertSlots[];
+    readonly activation: ExpertActivation; readonly y: ArenaF32;
+  }
   | { readonly op: "dispose" };
 
 /** Control words (Int32Array over a small SharedArrayBuffer). */

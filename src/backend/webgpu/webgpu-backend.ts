@@ -10,9 +10,8 @@
  * control word (Atomics.wait) while the GPU thread runs the kernels and writes the results into
  * the shared arena.
  *
- * Not offered here (typed errors say so): GPT-OSS's attention sinks, sliding windows and clamped
- * SwiGLU, expert biases; the file mapping and page-granular KV memory of the native backend.
- * Weights are recognised by where their bytes are (buffer and offset), so a weight's bytes must
+ * Not offered here: the file mapping and page-granular KV memory of the native backend (both
+ * optional in Backend). f32ToF16 runs on the host (the KV cache is host memory). Weights are recognised by where their bytes are (buffer and offset), so a weight's bytes must
  * not change under it: expert offloading, which reuses slots, is refused by the callers.
  */
 import { Worker } from "node:worker_threads";
@@ -176,8 +175,7 @@ export class WebGpuBackend implements Backend {
   }
 
   attention(q: Float32Array, k: KvArray, v: KvArray, ap: AttentionParams, out: Float32Array): void {
-    if (ap.sinks) throw new UnsupportedError("the webgpu backend has no attention sinks yet (GPT-OSS); use --backend native");
-    if (ap.window) throw new UnsupportedError("the webgpu backend has no sliding-window attention yet (GPT-OSS); use --backend native");
+    if (ap.sinks && ap.sinks.length < ap.nHead) throw new InvalidArgumentError(`attention: ${ap.sinks.length} sinks for ${ap.nHead} heads`);
     if ((k instanceof Float32Array) !== (v instanceof Float32Array)) throw new InvalidArgumentError("attention: k and v must both be f32 or both f16");
     const ctx = ap.nPast + ap.nTokens;
     const p = new Packer();
@@ -186,9 +184,10 @@ export class WebGpuBackend implements Backend {
     const kn = ctx * ap.nKvHead * ap.headDimK, vn = ctx * ap.nKvHead * ap.headDimV;
     const ka = { off: p.put(k.subarray(0, kn)), n: k instanceof Float32Array ? kn : Math.ceil(kn / 2) };
     const va = { off: p.put(v.subarray(0, vn)), n: v instanceof Float32Array ? vn : Math.ceil(vn / 2) };
+    const sa = ap.sinks ? p.f32(ap.sinks.subarray(0, ap.nHead)) : undefined;
     const oa = p.out(ap.nTokens * ap.nHead * ap.headDimV);
     const { sinks: _s, ...rest } = ap;
-    this.request(p, { op: "attention", q: qa, k: ka, v: va, kv: k instanceof Float32Array ? "f32" : "f16", p: rest, out: oa });
+    this.request(p, { op: "attention", q: qa, k: ka, v: va, kv: k instanceof Float32Array ? "f32" : "f16", p: rest, sinks: sa, out: oa });
     out.set(this.read(oa));
   }
 
@@ -210,9 +209,8 @@ export class WebGpuBackend implements Backend {
    * as the ref backend rounds it.
    */
   moeFfn(x: Float32Array, nTokens: number, b: ExpertBatch, out: Float32Array): void {
-    if ((b.activation ?? SWIGLU).kind !== "swiglu") throw new UnsupportedError("the webgpu backend has no clamped SwiGLU yet (GPT-OSS); use --backend native");
-    if (b.experts.some((e) => e.biases)) throw new UnsupportedError("the webgpu backend has no expert biases yet (GPT-OSS); use --backend native");
     const d = b.experts.length > 0 ? b.experts[0].gate.cols : 0;
+    const p = new Packer();
     if (!b.accumulate && !b.slotOut) out.fill(0, 0, nTokens * d);
     const experts: ExpertSlots[] = [];
     let nSlot = 0;
@@ -222,14 +220,18 @@ export class WebGpuBackend implements Backend {
       for (let j = s0; j < s0 + n; j++) {
         if (!(b.tokens[j] >= 0 && b.tokens[j] < nTokens)) throw new InvalidArgumentError(`moeFfn: slot ${j}'s token ${b.tokens[j]} is outside the batch's ${nTokens} tokens`);
       }
-      experts.push({ gate: this.weightId(w.gate), up: this.weightId(w.up), down: this.weightId(w.down), tokens: Array.from(b.tokens.subarray(s0, s0 + n)) });
+      const ff = w.gate.rows, bs = w.biases;
+      if (bs && (bs.gate.length < ff || bs.up.length < ff || bs.down.length < d)) {
+        throw new InvalidArgumentError(`moeFfn: expert ${i}'s biases must have ${ff}, ${ff} and ${d} values`);
+      }
+      const biases = bs ? { gate: p.f32(bs.gate.subarray(0, ff)), up: p.f32(bs.up.subarray(0, ff)), down: p.f32(bs.down.subarray(0, d)) } : undefined;
+      experts.push({ gate: this.weightId(w.gate), up: this.weightId(w.up), down: this.weightId(w.down), tokens: Array.from(b.tokens.subarray(s0, s0 + n)), biases });
       nSlot += n;
     });
     if (nSlot === 0) return;
-    const p = new Packer();
     const xa = p.f32(x.subarray(0, nTokens * d));
     const ya = p.out(nSlot * d);
-    this.request(p, { op: "experts", x: xa, d, experts, y: ya });
+    this.request(p, { op: "experts", x: xa, d, experts, activation: b.activation ?? SWIGLU, y: ya });
     const y = this.read(ya);
     // y holds the non-empty experts' slots back to back, in expert order = slot order
     let j = 0;

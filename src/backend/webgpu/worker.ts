@@ -114,11 +114,12 @@ async function handle(r: GpuRequest): Promise<void> {
     case "attention": {
       const { dev: d, k } = device();
       const q = upload(r.q, "q"), kk = upload(r.k, "k cache"), v = upload(r.v, "v cache"), out = d.alloc(r.out.n * 4);
+      const sinks = r.sinks ? upload(r.sinks, "sinks") : null;
       const b = d.batch();
-      k.attention.encode(b, bind(q), bind(kk), bind(v), r.kv, r.p, bind(out));
+      k.attention.encode(b, bind(q), bind(kk), bind(v), r.kv, r.p, bind(out), sinks ? bind(sinks) : null);
       b.submit();
       await readBack(out, r.out);
-      for (const o of [q, kk, v, out]) o.destroy();
+      for (const o of [q, kk, v, out, sinks]) o?.destroy();
       return;
     }
     case "siluMul": {
@@ -142,7 +143,8 @@ async function handle(r: GpuRequest): Promise<void> {
       return;
     }
     case "experts": {
-      // per expert: its tokens' rows gathered, gate and up, silu(gate) * up, down; one batch for all
+      // per expert: its tokens' rows gathered, gate and up, the activation (after the gate/up
+      // biases), down (and its bias); one batch for all
       const { dev: d, k } = device();
       const x = f32(r.x);
       const b = d.batch();
@@ -156,10 +158,13 @@ async function handle(r: GpuRequest): Promise<void> {
         const xb = d.allocWith(xg, "expert x"), y = d.alloc(n * r.d * 4);
         const g = d.alloc(n * gate.rows * 4), u = d.alloc(n * up.rows * 4), h = d.alloc(n * gate.rows * 4);
         owned.push(xb, g, u, h, y);
+        const bias = e.biases ? { gate: upload(e.biases.gate, "gate bias"), up: upload(e.biases.up, "up bias"), down: upload(e.biases.down, "down bias") } : null;
+        if (bias) owned.push(bias.gate, bias.up, bias.down);
         k.matmul.encode(b, gate, bind(xb), n, bind(g));
         k.matmul.encode(b, up, bind(xb), n, bind(u));
-        k.elementwise.encodeSiluMul(b, bind(g), bind(u), n * gate.rows, bind(h));
+        k.elementwise.encodeGlu(b, bind(g), bind(u), bias ? { gate: bind(bias.gate), up: bind(bias.up) } : null, gate.rows, n * gate.rows, r.activation, bind(h));
         k.matmul.encode(b, down, bind(h), n, bind(y));
+        if (bias) k.elementwise.encodeAddRowBias(b, bind(y), bind(bias.down), r.d, n * r.d);
         ys.push({ buffer: y, n });
       }
       b.submit();

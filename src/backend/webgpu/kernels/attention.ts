@@ -20,8 +20,12 @@ const ACC_PER_INVOCATION = ATTENTION_MAX_HEAD_DIM / ATTN_WG;
 export type KvType = "f32" | "f16";
 
 export class AttentionKernels extends KernelFamily {
-  /** Records out = softmax(q k^T * scale, causal) v. k and v are both `kv` typed. */
-  encode(batch: GpuBatch, q: GpuBinding, k: GpuBinding, v: GpuBinding, kv: KvType, p: AttentionParams, out: GpuBinding): void {
+  /**
+   * Records out = softmax(q k^T * scale, causal, within p.window when set) v. k and v are both `kv`
+   * typed. `sinks` ([nHead] f32, GPT-OSS; p.sinks' values) adds one unscaled logit per head to each
+   * denominator that weights no value.
+   */
+  encode(batch: GpuBatch, q: GpuBinding, k: GpuBinding, v: GpuBinding, kv: KvType, p: Omit<AttentionParams, "sinks">, out: GpuBinding, sinks: GpuBinding | null = null): void {
     const { nTokens, nHead, nKvHead, headDimK, headDimV } = p;
     if (nHead % nKvHead !== 0) throw new InvalidArgumentError(`attention: ${nHead} heads are not a multiple of ${nKvHead} KV heads`);
     if (headDimK > ATTENTION_MAX_HEAD_DIM || headDimV > ATTENTION_MAX_HEAD_DIM) {
@@ -29,8 +33,9 @@ export class AttentionKernels extends KernelFamily {
     }
     const pipeline = this.pipeline(`attn/${kv}`, () => this.source(kv));
     const groups = grid2d(nTokens * nHead, this.dev.limits.maxComputeWorkgroupsPerDimension);
-    const params = Uint32Array.of(nTokens, p.nPast, nHead, nKvHead, headDimK, headDimV, f32Bits(p.scale), groups[0]);
-    batch.dispatch(pipeline, params, [q, k, v, out], groups);
+    const params = Uint32Array.of(nTokens, p.nPast, nHead, nKvHead, headDimK, headDimV, f32Bits(p.scale), groups[0], p.window ?? 0, sinks ? 1 : 0);
+    // without sinks their binding is q's (read, never used)
+    batch.dispatch(pipeline, params, [q, k, v, out, sinks ?? q], groups);
   }
 
   private source(kv: KvType): string {
@@ -42,12 +47,13 @@ export class AttentionKernels extends KernelFamily {
       ? `fn read${a}(e: u32) -> f32 { return f32(${a}[e]); }`
       : `fn read${a}(e: u32) -> f32 { return unpack2x16float(${a}[e >> 1u])[e & 1u]; }`;
     return `${this.enables({ f16 })}
-struct Params { nTokens: u32, nPast: u32, nHead: u32, nKvHead: u32, dk: u32, dv: u32, scale: f32, pitch: u32 }
+struct Params { nTokens: u32, nPast: u32, nHead: u32, nKvHead: u32, dk: u32, dv: u32, scale: f32, pitch: u32, window: u32, sinks: u32 }
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> Q: array<f32>;
 @group(0) @binding(2) var<storage, read> K: ${kvDecl};
 @group(0) @binding(3) var<storage, read> V: ${kvDecl};
 @group(0) @binding(4) var<storage, read_write> O: array<f32>;
+@group(0) @binding(5) var<storage, read> SINKS: array<f32>;
 ${read("K")}
 ${read("V")}
 var<workgroup> qs: array<f32, ${ATTENTION_MAX_HEAD_DIM}>;
@@ -63,11 +69,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let nCtx = P.nPast + t + 1u;
   for (var d = li; d < P.dk; d += ${ATTN_WG}u) { qs[d] = Q[th * P.dk + d]; }
   workgroupBarrier();
-  // running max starts at the lowest finite f32: exp(m - mNew) is then 0, never NaN
+  // running max starts at the lowest finite f32 (exp(m - mNew) is then 0, never NaN), or at the
+  // head's sink, whose exp(sink - m) = 1 starts the sum and weights no value
   var m = -3.0e38;
   var l = 0.0;
+  if (P.sinks == 1u) { m = SINKS[th % P.nHead]; l = 1.0; }
   var acc: array<f32, ${ACC_PER_INVOCATION}>;
-  for (var j0 = 0u; j0 < nCtx; j0 += ${ATTN_WG}u) {
+  // a sliding window keeps rows j with nCtx - 1 - j < window
+  let jStart = select(0u, nCtx - P.window, P.window > 0u && nCtx > P.window);
+  for (var j0 = jStart; j0 < nCtx; j0 += ${ATTN_WG}u) {
     let j = j0 + li;
     var s = -3.0e38;
     if (j < nCtx) {

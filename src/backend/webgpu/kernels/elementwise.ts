@@ -1,7 +1,9 @@
 /**
- * Row and element ops over f32 activations: rmsnorm (one workgroup per row) and SwiGLU's
- * silu(gate) * up (one invocation per element).
+ * Row and element ops over f32 activations: rmsnorm (one workgroup per row), SwiGLU's
+ * silu(gate) * up, an expert's activation with its gate/up biases (SwiGLU or GPT-OSS's clamped
+ * variant) and a row bias added in place (one invocation per element).
  */
+import type { ExpertActivation } from "../../backend.js";
 import { InvalidArgumentError } from "../../../errors.js";
 import type { GpuBatch, GpuBinding } from "../device.js";
 import { KernelFamily, f32Bits, grid2d, reduction } from "./common.js";
@@ -23,6 +25,27 @@ export class ElementwiseKernels extends KernelFamily {
     const p = this.pipeline("silu-mul", () => SILU_MUL_SOURCE);
     const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
     batch.dispatch(p, Uint32Array.of(n, groups[0]), [gate, up, out], groups);
+  }
+
+  /**
+   * out[i] = act(gate[i] + gateBias[i % ff], up[i] + upBias[i % ff]) for i < n, each bias optional
+   * (null: none): act silu(g) * u, or swiglu-oai's min(g, limit) sigmoid(alpha min(g, limit)) (clamp(u) + 1).
+   * out may not alias gate or up.
+   */
+  encodeGlu(batch: GpuBatch, gate: GpuBinding, up: GpuBinding, biases: { gate: GpuBinding; up: GpuBinding } | null, ff: number, n: number, act: ExpertActivation, out: GpuBinding): void {
+    const p = this.pipeline("glu", () => GLU_SOURCE);
+    const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
+    const oai = act.kind === "swiglu-oai";
+    const params = Uint32Array.of(n, ff, oai ? 1 : 0, biases ? 1 : 0, f32Bits(oai ? act.alpha : 0), f32Bits(oai ? act.limit : 0), groups[0]);
+    // without biases the bias bindings are bound to gate and up (read, never used)
+    batch.dispatch(p, params, [gate, up, biases?.gate ?? gate, biases?.up ?? up, out], groups);
+  }
+
+  /** x[i] += bias[i % cols] for i < n, in place. */
+  encodeAddRowBias(batch: GpuBatch, x: GpuBinding, bias: GpuBinding, cols: number, n: number): void {
+    const p = this.pipeline("add-row-bias", () => ADD_ROW_BIAS_SOURCE);
+    const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
+    batch.dispatch(p, Uint32Array.of(n, cols, groups[0]), [x, bias], groups);
   }
 
   private rmsNormSource(): string {
@@ -62,4 +85,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (i >= P.n) { return; }
   let g = G[i];
   O[i] = g / (1.0 + exp(-g)) * U[i];
+}`;
+
+const GLU_SOURCE = /* wgsl */ `
+struct Params { n: u32, ff: u32, oai: u32, biased: u32, alpha: f32, limit: f32, pitch: u32 }
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(2) var<storage, read> U: array<f32>;
+@group(0) @binding(3) var<storage, read> BG: array<f32>;
+@group(0) @binding(4) var<storage, read> BU: array<f32>;
+@group(0) @binding(5) var<storage, read_write> O: array<f32>;
+@compute @workgroup_size(${ELEM_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let i = (wid.x + wid.y * P.pitch) * ${ELEM_WG}u + li;
+  if (i >= P.n) { return; }
+  var g = G[i];
+  var u = U[i];
+  if (P.biased == 1u) { g += BG[i % P.ff]; u += BU[i % P.ff]; }
+  if (P.oai == 1u) {
+    let x = min(g, P.limit);
+    let y = clamp(u, -P.limit, P.limit);
+    O[i] = x / (1.0 + exp(-P.alpha * x)) * (y + 1.0);
+  } else {
+    O[i] = g / (1.0 + exp(-g)) * u;
+  }
+}`;
+
+const ADD_ROW_BIAS_SOURCE = /* wgsl */ `
+struct Params { n: u32, cols: u32, pitch: u32 }
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read> B: array<f32>;
+@compute @workgroup_size(${ELEM_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let i = (wid.x + wid.y * P.pitch) * ${ELEM_WG}u + li;
+  if (i >= P.n) { return; }
+  X[i] += B[i % P.cols];
 }`;
