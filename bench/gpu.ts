@@ -7,9 +7,16 @@
  *   through >= 1 GiB of copies of one random matrix so every pass comes from device memory, not
  *   the cache; with its fraction of the bandwidth. GPU time from timestamp queries where the
  *   adapter offers them, else wall time of one submission around many dispatches.
- * Inputs are generated on the spot; the whole run takes well under a few minutes on a GPU.
+ * - end to end (`--e2e-preset`, default olmoe-1b-7b; `none` skips it): a make-model file of that
+ *   preset and `--e2e-type` (default Q4_K) written on the spot, then the webgpu backend's forward as
+ *   `moira run --backend webgpu` runs it: prefill tok/s of a `--e2e-prompt`-token prompt (default
+ *   512) and greedy decode ms/token over `--e2e-tokens` (default 32), best of 2, sampling included.
+ *   Today that backend moves activations and the KV rows an op reads to the device and back for
+ *   every op: these numbers measure that, not the kernels.
+ * Inputs are generated on the spot; the whole run takes a few minutes on a GPU.
  * Run: node --import tsx bench/gpu.ts [--types Q4_K,Q8_0] [--bandwidth 3350] [--tokens 1]
  *      [--variant best|portable] [--rows 14336] [--cols 4096]
+ *      [--e2e-preset olmoe-1b-7b|none] [--e2e-type Q4_K] [--e2e-prompt 512] [--e2e-tokens 32] [--dir /tmp]
  */
 import { randomFillSync } from "node:crypto";
 import { GGMLType, rowBytes, typeFromName, typeName } from "../src/formats/quant/types.js";
@@ -19,6 +26,13 @@ import { PORTABLE_VARIANT, kernelVariant, variantName } from "../src/backend/web
 import { GPU_WEIGHT_TYPES } from "../src/backend/webgpu/kernels/quant.js";
 import { MatmulKernels, MATVEC_MAX_TOKENS } from "../src/backend/webgpu/kernels/matmul.js";
 import type { GpuWeight } from "../src/backend/webgpu/weight.js";
+import { WebGpuBackend } from "../src/backend/webgpu/webgpu-backend.js";
+import { makeModel } from "../src/tools/make-model/index.js";
+import { Model } from "../src/model/model.js";
+import { Session } from "../src/engine/session.js";
+import { argmax } from "../src/engine/sampler.js";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 
 const args = process.argv.slice(2);
 function opt(name: string): string | undefined {
@@ -144,6 +158,40 @@ for (const type of TYPES) {
 }
 mm.dispose();
 
+/** The webgpu backend's whole forward on a make-model file: prefill tok/s and greedy decode ms/token. */
+async function endToEnd(): Promise<Record<string, unknown> | null> {
+  const preset = opt("e2e-preset") ?? "olmoe-1b-7b";
+  if (preset === "none") return null;
+  const type = opt("e2e-type") ?? "Q4_K", nPrompt = Number(opt("e2e-prompt") ?? 512), nGen = Number(opt("e2e-tokens") ?? 32);
+  const path = join(opt("dir") ?? "/tmp", `moira-gpu-${preset}-${type}.gguf`);
+  if (!existsSync(path)) await makeModel({ preset, type, seed: 1, out: path });
+  const model = Model.open(path);
+  const be = await WebGpuBackend.create();
+  try {
+    const vocab = model.config.vocabSize;
+    const prompt = Array.from({ length: nPrompt }, (_, i) => 1 + ((i * 7919) % (vocab - 1)));
+    const runs: { prefillTokPerS: number; decodeMsPerToken: number }[] = [];
+    for (let round = 0; round < 2; round++) {
+      const s = new Session(model, { backend: be, contextLength: nPrompt + nGen + 1, kvType: "f16" });
+      const t0 = now();
+      let logits = s.prefill(prompt);
+      const t1 = now();
+      for (let i = 0; i < nGen; i++) logits = s.decodeStep(argmax(logits));
+      const t2 = now();
+      runs.push({ prefillTokPerS: +(nPrompt / (t1 - t0)).toFixed(1), decodeMsPerToken: +(((t2 - t1) / nGen) * 1e3).toFixed(1) });
+    }
+    return {
+      preset, type, promptTokens: nPrompt, decodedTokens: nGen, runs,
+      best: { prefillTokPerS: Math.max(...runs.map((r) => r.prefillTokPerS)), decodeMsPerToken: Math.min(...runs.map((r) => r.decodeMsPerToken)) },
+      note: "the webgpu backend as it is today: activations and the KV rows an op reads cross to the device and back for every op",
+    };
+  } finally {
+    be.dispose();
+    model.close();
+  }
+}
+const e2e = await endToEnd();
+
 const r = dev.report;
 console.log(JSON.stringify({
   adapter: { description: r.description, vendor: r.vendor, architecture: r.architecture, device: r.device, backend: r.backend },
@@ -153,5 +201,6 @@ console.log(JSON.stringify({
   bandwidthGBps: +bandwidth.toFixed(1),
   bandwidthSource: bandwidthArg ? "--bandwidth" : "copy kernel (read + write)",
   matvec,
+  ...(e2e ? { endToEnd: e2e } : {}),
 }, null, 2));
 dev.dispose();
