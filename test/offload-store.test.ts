@@ -224,7 +224,7 @@ test("moeFfn with accumulate: groups of experts in order give the bits of one ca
 class LateExperts implements ExpertProvider {
   readonly waits: number[] = [];
   whileLoading = 0;
-  constructor(private readonly inner: ResidentExperts) {}
+  constructor(private readonly inner: ExpertProvider) {}
   acquire(layer: number, experts: readonly number[], hint: AcquireHint): ExpertFfnWeights[] {
     return this.inner.acquire(layer, experts, hint);
   }
@@ -269,7 +269,7 @@ test("offload exactness: tinymoe-trained.gguf", { skip: skipWithoutShared }, asy
 /** Records what the Session tells its provider: request starts and each forward's phase. */
 class RecordingExperts implements ExpertProvider {
   readonly log: string[] = [];
-  constructor(private readonly inner: ResidentExperts) {}
+  constructor(private readonly inner: ExpertProvider) {}
   beginRequest(): void { this.log.push("request"); }
   beginForward(info: ForwardInfo): void { this.log.push(`${info.phase} ${info.nTokens}`); }
   acquire(layer: number, experts: readonly number[], hint: AcquireHint): ExpertFfnWeights[] { return this.inner.acquire(layer, experts, hint); }

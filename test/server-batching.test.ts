@@ -41,8 +41,8 @@ const PROMPTS = [
   "Rain", "Numbers: one two three", "The quick brown fox jumps over the lazy dog because", "Why",
 ];
 
-function post(body: object, signal?: AbortSignal): Promise<Response> {
-  return app.fetch(new Request("http://x/v1/completions", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body), signal }));
+async function post(body: object, signal?: AbortSignal): Promise<Response> {
+  return await app.fetch(new Request("http://x/v1/completions", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body), signal }));
 }
 
 /** The streamed text of a completion, reading events as they come (`onEvent` after each). */
