@@ -509,6 +509,42 @@ function conformance(but: BackendUnderTest): void {
       }
     });
 
+    test("storeKv into host caches (f32 as is, f16 as f32ToF16), into the backend's own (allocKv): attention reads the same bits", () => {
+      const r = rng(23);
+      const nKvHead = 2, hd = 32, ctx = 40, row = nKvHead * hd, nHead = 4;
+      for (const type of ["f32", "f16"] as const) {
+        // three writes of 16, 1 and 7 positions, as a prompt and two steps would store them
+        const writes = [[0, 16], [16, 1], [17, 7]].map(([p0, n]) => ({ at: p0 * row, k: randF32(n * row, r, 2), v: randF32(n * row, r) }));
+        const Arr = type === "f16" ? Uint16Array : Float32Array;
+        const wantK = new Arr(ctx * row), wantV = new Arr(ctx * row);
+        for (const w of writes) { ref.storeKv(wantK, w.at, w.k); ref.storeKv(wantV, w.at, w.v); }
+        if (type === "f16") assert.equal(wantK[5], fp32ToFp16(writes[0].k[5]));
+        else assert.equal(wantK[row + 3], writes[0].k[row + 3]);
+        const nPast = 20, nTokens = 4;
+        const q = randF32(nTokens * nHead * hd, r, 2);
+        const p: AttentionParams = { nTokens, nPast, nHead, nKvHead, headDimK: hd, headDimV: hd, scale: 1 / Math.sqrt(hd) };
+        for (const cfg of but.configs()) {
+          const gotK = new Arr(ctx * row), gotV = new Arr(ctx * row);
+          for (const w of writes) { be.storeKv(gotK, w.at, w.k); be.storeKv(gotV, w.at, w.v); }
+          assert.deepEqual(gotK, wantK, `${name} ${cfg} ${type} storeKv`);
+          assert.deepEqual(gotV, wantV, `${name} ${cfg} ${type} storeKv`);
+          assert.throws(() => be.storeKv(gotK, (ctx - 1) * row, writes[0].k), /overrun/);
+          if (!be.allocKv) continue;
+          // the backend's own cache: written by storeKv, read by attention as the host arrays are
+          const hostOut = new Float32Array(nTokens * nHead * hd), ownOut = new Float32Array(hostOut.length);
+          be.attention(q, gotK, gotV, p, hostOut);
+          const ks = be.allocKv(type, ctx * row), vs = be.allocKv(type, ctx * row);
+          try {
+            for (const w of writes) { be.storeKv(ks.array, w.at, w.k); be.storeKv(vs.array, w.at, w.v); }
+            be.attention(q, ks.array, vs.array, p, ownOut);
+          } finally {
+            ks.dispose(); vs.dispose();
+          }
+          assert.deepEqual(ownOut, hostOut, `${name} ${cfg} ${type}: attention over allocKv's cache`);
+        }
+      }
+    });
+
     test("siluMul", () => {
       const r = rng(10);
       for (const n of [1, 1000, 40000]) {

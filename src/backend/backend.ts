@@ -8,6 +8,7 @@
  */
 import type { GGMLType } from "../formats/quant/types.js";
 import type { FileMapper } from "../formats/model-file.js";
+import { InvalidArgumentError } from "../errors.js";
 
 /**
  * A 2-D weight in GGUF layout: `rows` rows of `cols` elements (cols = GGUF ne0), each row a run of
@@ -55,12 +56,45 @@ export interface RopeYarn {
   mscale: number;
 }
 
-/** A KV cache row store: f32, or IEEE f16 bit patterns (see Backend.f32ToF16). */
+/** A KV cache row store in host memory: f32, or IEEE f16 bit patterns (see Backend.f32ToF16). */
 export type KvArray = Float32Array | Uint16Array;
 
-/** A KV array in memory whose untouched pages cost nothing, and whose pages can be given back. */
+/**
+ * A KV cache row store in a backend's own memory (a GPU buffer), opaque outside that backend:
+ * written by Backend.storeKv, read by Backend.attention.
+ */
+export interface DeviceKv {
+  readonly type: "f32" | "f16";
+  /** elements (rows x row length) */
+  readonly length: number;
+}
+
+/** A KV cache array: host memory (ref, native) or the backend's own (webgpu). */
+export type KvTensor = KvArray | DeviceKv;
+
+/** Whether a KV cache array is in host memory (a typed array). */
+export function isHostKv(a: KvTensor): a is KvArray {
+  return a instanceof Float32Array || a instanceof Uint16Array;
+}
+
+/** A host backend's view of a KV cache array: the typed array, or an error naming the op. */
+export function hostKv(a: KvTensor, op: string): KvArray {
+  if (!isHostKv(a)) throw new InvalidArgumentError(`${op}: this backend reads KV caches in host memory, not another backend's (${a.type}, ${a.length} elements)`);
+  return a;
+}
+
+/** Backend.storeKv for a host array: a copy into an f32 cache, `f32ToF16` into an f16 one. */
+export function storeKvOnHost(cache: KvArray, offset: number, src: Float32Array, f32ToF16: (x: Float32Array, out: Uint16Array) => void): void {
+  if (!(Number.isInteger(offset) && offset >= 0 && offset + src.length <= cache.length)) {
+    throw new InvalidArgumentError(`storeKv: ${src.length} values at ${offset} overrun a cache of ${cache.length}`);
+  }
+  if (cache instanceof Float32Array) cache.set(src, offset);
+  else f32ToF16(src, cache.subarray(offset, offset + src.length));
+}
+
+/** A KV array allocated by a backend: page-granular host memory (native) or device memory (webgpu). */
 export interface KvStorage {
-  readonly array: KvArray;
+  readonly array: KvTensor;
   /**
    * Gives back the whole pages inside elements [from, to) (they read as 0 afterwards); returns
    * the bytes given back. Only for elements the cache will write before it reads them again.
@@ -170,7 +204,13 @@ export interface Backend {
    * Head h reads kv head h / (nHead / nKvHead) (GQA). k and v are both f32 or both f16 (Uint16Array
    * of IEEE half bit patterns, widened exactly to f32 on read).
    */
-  attention(q: Float32Array, k: KvArray, v: KvArray, p: AttentionParams, out: Float32Array): void;
+  attention(q: Float32Array, k: KvTensor, v: KvTensor, p: AttentionParams, out: Float32Array): void;
+  /**
+   * Writes rows into a KV cache array from element `offset`: src's values as they are into an f32
+   * cache, rounded to IEEE f16 (as f32ToF16) into an f16 one. The cache is one this backend can
+   * read (a host array, or one its allocKv made).
+   */
+  storeKv(cache: KvTensor, offset: number, src: Float32Array): void;
   /** out[i] = x[i] rounded to IEEE f16 (nearest even; overflow to ±Inf), as bit patterns. */
   f32ToF16(x: Float32Array, out: Uint16Array): void;
   /** out[i] = silu(gate[i]) * up[i] */
@@ -190,9 +230,10 @@ export interface Backend {
    */
   readonly mapFile?: FileMapper;
   /**
-   * Optional: a KV array of `elements` f32 values or f16 bit patterns in page-granular memory
-   * (untouched pages cost nothing; discarded ones are given back). Where absent, the cache uses
-   * plain typed arrays, which hold every page they have touched until collected.
+   * Optional: a KV array of `elements` f32 values or f16 bit patterns in the backend's memory:
+   * page-granular host memory (native: untouched pages cost nothing, discarded ones are given back)
+   * or device memory (webgpu: the cache then never crosses to the host). Where absent, the cache
+   * uses plain typed arrays, which hold every page they have touched until collected.
    */
   readonly allocKv?: (type: "f32" | "f16", elements: number) => KvStorage;
   /** Frees native resources; the backend must not be used afterwards. */

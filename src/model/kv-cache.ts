@@ -10,7 +10,7 @@
  * ExpertStore under a --memory-budget) is told each change, so the committed KV cache and the
  * expert arena share the budget.
  */
-import type { KvArray, KvStorage } from "../backend/backend.js";
+import type { KvStorage, KvTensor } from "../backend/backend.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { ModelConfig } from "./config.js";
 
@@ -81,10 +81,10 @@ function rowsOf(cfg: ModelConfig): { kRow: number; vRow: number } {
 }
 
 export class KvCache {
-  /** [nLayer] of [contextLength * kRow] */
-  readonly k: KvArray[] = [];
+  /** [nLayer] of [contextLength * kRow], in the backend's memory (Backend.allocKv) or the host's */
+  readonly k: KvTensor[] = [];
   /** [nLayer] of [contextLength * vRow] */
-  readonly v: KvArray[] = [];
+  readonly v: KvTensor[] = [];
   readonly kRow: number;
   readonly vRow: number;
   readonly type: KvType;

@@ -155,17 +155,11 @@ function perSequence(ctx: ForwardContext, f: (s: SequenceRows, rows: (x: Float32
   }
 }
 
-/** Copies a sequence's keys/values into its cache at positions pos0.. */
+/** Writes a sequence's keys/values into its cache (wherever the backend keeps it) at positions pos0.. */
 function storeKv(ctx: ForwardContext, s: SequenceRows, l: number, k: Float32Array, v: Float32Array): void {
   const { kv, pos0 } = s;
-  const kc = kv.k[l], vc = kv.v[l];
-  if (kc instanceof Float32Array && vc instanceof Float32Array) {
-    kc.set(k, pos0 * kv.kRow);
-    vc.set(v, pos0 * kv.vRow);
-  } else {
-    ctx.backend.f32ToF16(k, (kc as Uint16Array).subarray(pos0 * kv.kRow, pos0 * kv.kRow + k.length));
-    ctx.backend.f32ToF16(v, (vc as Uint16Array).subarray(pos0 * kv.vRow, pos0 * kv.vRow + v.length));
-  }
+  ctx.backend.storeKv(kv.k[l], pos0 * kv.kRow, k);
+  ctx.backend.storeKv(kv.v[l], pos0 * kv.vRow, v);
 }
 
 /** What a layer's attention may add to the standard one (GPT-OSS); see AttentionParams. */

@@ -2,7 +2,7 @@
  * The native backend: moira's C++ kernels (AVX-512 / AVX2 / scalar, chosen at load) on a persistent
  * thread pool. Ops are synchronous: they return when every pool thread has finished.
  */
-import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvArray, type KvStorage, type RopeParams, type WeightMatrix } from "../backend.js";
+import { SWIGLU, hostKv, storeKvOnHost, type AttentionParams, type Backend, type ExpertBatch, type KvStorage, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { loadNativeAddon, type Isa, type NativeAddon } from "./addon.js";
@@ -88,9 +88,13 @@ export class NativeBackend implements Backend {
     else this.live().rope(x, p.nTokens, p.nHead, p.headStride, p.ropeOffset, p.ropeDim, p.pos0, p.theta, p.neox, p.freqScale);
   }
 
-  attention(q: Float32Array, k: KvArray, v: KvArray, p: AttentionParams, out: Float32Array): void {
+  attention(q: Float32Array, k: KvTensor, v: KvTensor, p: AttentionParams, out: Float32Array): void {
     if (p.sinks && p.sinks.length < p.nHead) throw new InvalidArgumentError(`attention: ${p.sinks.length} sinks for ${p.nHead} heads`);
-    this.live().attention(q, k, v, p.nTokens, p.nPast, p.nHead, p.nKvHead, p.headDimK, p.headDimV, p.scale, out, p.window ?? 0, p.sinks);
+    this.live().attention(q, hostKv(k, "attention"), hostKv(v, "attention"), p.nTokens, p.nPast, p.nHead, p.nKvHead, p.headDimK, p.headDimV, p.scale, out, p.window ?? 0, p.sinks);
+  }
+
+  storeKv(cache: KvTensor, offset: number, src: Float32Array): void {
+    storeKvOnHost(hostKv(cache, "storeKv"), offset, src, (x, out) => this.f32ToF16(x, out));
   }
 
   f32ToF16(x: Float32Array, out: Uint16Array): void {

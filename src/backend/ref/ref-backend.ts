@@ -3,7 +3,7 @@
  * other backend is tested against op by op, so clarity beats speed. Dequantized weights are cached
  * per weight buffer (tests run it on small models; it is not meant for multi-GB ones).
  */
-import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvArray, type RopeParams, type WeightMatrix } from "../backend.js";
+import { SWIGLU, hostKv, storeKvOnHost, type AttentionParams, type Backend, type ExpertBatch, type KvArray, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
 import { dequantize, fp16ToFp32, fp32ToFp16 } from "../../formats/quant/dequantize.js";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
@@ -85,7 +85,8 @@ export class RefBackend implements Backend {
     }
   }
 
-  attention(q: Float32Array, kc: KvArray, vc: KvArray, p: AttentionParams, out: Float32Array): void {
+  attention(q: Float32Array, kt: KvTensor, vt: KvTensor, p: AttentionParams, out: Float32Array): void {
+    const kc = hostKv(kt, "attention"), vc = hostKv(vt, "attention");
     const { nTokens, nPast, nHead, nKvHead, headDimK, headDimV, scale } = p;
     const window = p.window ?? 0;
     // an f16 cache reads as its exact f32 values
@@ -121,6 +122,10 @@ export class RefBackend implements Backend {
         }
       }
     }
+  }
+
+  storeKv(cache: KvTensor, offset: number, src: Float32Array): void {
+    storeKvOnHost(hostKv(cache, "storeKv"), offset, src, (x, out) => this.f32ToF16(x, out));
   }
 
   f32ToF16(x: Float32Array, out: Uint16Array): void {

@@ -14,6 +14,11 @@ export interface ArenaF32 {
   readonly n: number;
 }
 
+/** A KV cache on the device. */
+export interface KvId {
+  readonly kvId: number;
+}
+
 /** An expert's three weights (ids of uploaded weights) and the slots it serves. */
 export interface ExpertSlots {
   readonly gate: number;
@@ -33,10 +38,16 @@ export type GpuRequest =
   | { readonly op: "matmul"; readonly ws: readonly number[]; readonly x: ArenaF32; readonly nTokens: number; readonly outs: readonly ArenaF32[] }
   | { readonly op: "rmsNorm"; readonly x: ArenaF32; readonly weight: ArenaF32; readonly eps: number; readonly dim: number; readonly out: ArenaF32 }
   | { readonly op: "rope"; readonly x: ArenaF32; readonly p: RopeParams }
+  /** k and v: arrays in the arena, or KV caches on the device (their ids) */
   | {
-    readonly op: "attention"; readonly q: ArenaF32; readonly k: ArenaF32; readonly v: ArenaF32; readonly kv: "f32" | "f16";
+    readonly op: "attention"; readonly q: ArenaF32; readonly k: ArenaF32 | KvId; readonly v: ArenaF32 | KvId; readonly kv: "f32" | "f16";
     readonly p: Omit<AttentionParams, "sinks">; readonly sinks?: ArenaF32; readonly out: ArenaF32;
   }
+  /** a KV cache of `bytes` on the device, zero-filled */
+  | { readonly op: "kvAlloc"; readonly id: number; readonly bytes: number }
+  /** `bytes` bytes of the arena from `off` into KV cache `id` at byte `at` (both multiples of 4) */
+  | { readonly op: "kvStore"; readonly id: number; readonly at: number; readonly off: number; readonly bytes: number }
+  | { readonly op: "kvFree"; readonly id: number }
   | { readonly op: "siluMul"; readonly gate: ArenaF32; readonly up: ArenaF32; readonly out: ArenaF32 }
   | { readonly op: "getRows"; readonly w: number; readonly ids: readonly number[]; readonly out: ArenaF32 }
   /** each expert's outputs, unweighted, one row per slot in slot order, into `y` */

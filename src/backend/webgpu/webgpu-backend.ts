@@ -1,22 +1,24 @@
 /**
  * The webgpu Backend: the Backend ops on a WebGPU device (Dawn), through the WGSL kernels of
- * ./kernels. Weights are uploaded once, on first use, and stay on the device; activations and the
- * KV rows an op reads cross to the device and back for every op, because the Backend interface is
- * still synchronous over host arrays (issue 14's re-pour into device-resident tensors and an
- * asynchronous forward removes those crossings; the kernels and the weight residency stay).
+ * ./kernels. Weights are uploaded once, on first use, and stay on the device; so does the KV cache
+ * (allocKv: storeKv writes a step's rows once, attention reads them where they are). Activations
+ * still cross to the device and back for every op: the Backend interface is over host arrays
+ * (issue 14's re-pour into backend-owned tensors removes those crossings; the kernels, the weight
+ * and KV residency stay).
  *
  * The device lives on a GPU thread (worker.ts): Dawn settles its work through the event loop,
  * which a synchronous op cannot give back to, so each op posts a request and waits on a shared
  * control word (Atomics.wait) while the GPU thread runs the kernels and writes the results into
  * the shared arena.
  *
- * Not offered here: the file mapping and page-granular KV memory of the native backend (both
- * optional in Backend). f32ToF16 runs on the host (the KV cache is host memory). Weights are recognised by where their bytes are (buffer and offset), so a weight's bytes must
- * not change under it: expert offloading, which reuses slots, is refused by the callers.
+ * Not offered here: the file mapping of the native backend (optional in Backend). f32ToF16 runs
+ * on the host (ref's code; storeKv uses it, so an f16 cache holds ref's bits). Weights are
+ * recognised by where their bytes are (buffer and offset), so a weight's bytes must not change
+ * under it: expert offloading, which reuses slots, is refused by the callers.
  */
 import { Worker } from "node:worker_threads";
-import type { AttentionParams, Backend, ExpertBatch, KvArray, RopeParams, WeightMatrix } from "../backend.js";
-import { SWIGLU } from "../backend.js";
+import type { AttentionParams, Backend, DeviceKv, ExpertBatch, KvStorage, KvTensor, RopeParams, WeightMatrix } from "../backend.js";
+import { SWIGLU, isHostKv } from "../backend.js";
 import { RefBackend } from "../ref/ref-backend.js";
 import { rowBytes } from "../../formats/quant/types.js";
 import {
@@ -24,7 +26,7 @@ import {
 } from "../../errors.js";
 import type { GpuAdapterReport, GpuDeviceOptions } from "./device.js";
 import {
-  type ArenaF32, type ExpertSlots, type GpuRequest, CTRL_ERROR_BYTES, CTRL_STATE, CTRL_WORDS, ERROR_BYTES, STATE_BUSY, STATE_DONE,
+  type ArenaF32, type ExpertSlots, type GpuRequest, type KvId, CTRL_ERROR_BYTES, CTRL_STATE, CTRL_WORDS, ERROR_BYTES, STATE_BUSY, STATE_DONE,
 } from "./protocol.js";
 
 /** How long one op may take before the backend gives up on the GPU thread. */
@@ -85,6 +87,11 @@ class Packer {
 
 export interface WebGpuBackendOptions extends GpuDeviceOptions {}
 
+/** A KV cache array in device memory (allocKv): written by storeKv, read by attention, never on the host. */
+class GpuKv implements DeviceKv {
+  constructor(readonly owner: WebGpuBackend, readonly id: number, readonly type: "f32" | "f16", readonly length: number) {}
+}
+
 export class WebGpuBackend implements Backend {
   readonly name = "webgpu";
   /** The adapter in use. */
@@ -96,6 +103,7 @@ export class WebGpuBackend implements Backend {
   /** weights already on the device: by the buffer their bytes are in, then by offset and shape */
   private readonly weightIds = new WeakMap<ArrayBufferLike, Map<string, number>>();
   private nextWeight = 0;
+  private nextKv = 0;
   private readonly host = new RefBackend();
   private disposed = false;
 
@@ -174,24 +182,73 @@ export class WebGpuBackend implements Backend {
     x.set(this.read(xa));
   }
 
-  attention(q: Float32Array, k: KvArray, v: KvArray, ap: AttentionParams, out: Float32Array): void {
+  attention(q: Float32Array, k: KvTensor, v: KvTensor, ap: AttentionParams, out: Float32Array): void {
     if (ap.sinks && ap.sinks.length < ap.nHead) throw new InvalidArgumentError(`attention: ${ap.sinks.length} sinks for ${ap.nHead} heads`);
-    if ((k instanceof Float32Array) !== (v instanceof Float32Array)) throw new InvalidArgumentError("attention: k and v must both be f32 or both f16");
+    const kType = this.kvType(k, "attention"), vType = this.kvType(v, "attention");
+    if (kType !== vType) throw new InvalidArgumentError("attention: k and v must both be f32 or both f16");
     const ctx = ap.nPast + ap.nTokens;
     const p = new Packer();
     const qa = p.f32(q.subarray(0, ap.nTokens * ap.nHead * ap.headDimK));
-    // only the rows the queries see; an f16 cache crosses as its bit patterns
-    const kn = ctx * ap.nKvHead * ap.headDimK, vn = ctx * ap.nKvHead * ap.headDimV;
-    const ka = { off: p.put(k.subarray(0, kn)), n: k instanceof Float32Array ? kn : Math.ceil(kn / 2) };
-    const va = { off: p.put(v.subarray(0, vn)), n: v instanceof Float32Array ? vn : Math.ceil(vn / 2) };
+    // a cache on the device is read there; a host one crosses: only the rows the queries see (an
+    // f16 cache as its bit patterns)
+    const cache = (c: KvTensor, n: number): ArenaF32 | KvId => {
+      if (!isHostKv(c)) return { kvId: (c as GpuKv).id };
+      return { off: p.put(c.subarray(0, n)), n: c instanceof Float32Array ? n : Math.ceil(n / 2) };
+    };
+    const ka = cache(k, ctx * ap.nKvHead * ap.headDimK), va = cache(v, ctx * ap.nKvHead * ap.headDimV);
     const sa = ap.sinks ? p.f32(ap.sinks.subarray(0, ap.nHead)) : undefined;
     const oa = p.out(ap.nTokens * ap.nHead * ap.headDimV);
     const { sinks: _s, ...rest } = ap;
-    this.request(p, { op: "attention", q: qa, k: ka, v: va, kv: k instanceof Float32Array ? "f32" : "f16", p: rest, sinks: sa, out: oa });
+    this.request(p, { op: "attention", q: qa, k: ka, v: va, kv: kType, p: rest, sinks: sa, out: oa });
     out.set(this.read(oa));
   }
 
-  /** On the host, as ref does it: the KV cache is host memory until the re-pour moves it. */
+  /**
+   * KV caches in device memory: written by storeKv, read by attention where they are (they never
+   * cross to the host). discard gives nothing back (the buffer is whole); dispose frees it.
+   */
+  readonly allocKv = (type: "f32" | "f16", elements: number): KvStorage => {
+    const id = this.nextKv++;
+    this.call({ op: "kvAlloc", id, bytes: elements * (type === "f16" ? 2 : 4) });
+    let live = true;
+    return {
+      array: new GpuKv(this, id, type, elements),
+      discard: () => 0,
+      dispose: () => { if (live && !this.disposed) this.call({ op: "kvFree", id }); live = false; },
+    };
+  };
+
+  /**
+   * Into a device cache: the rows cross once, f16 rounded on the host as ref rounds them (f32ToF16);
+   * writes start and end on 4-byte boundaries (an f16 row of odd length is refused).
+   */
+  storeKv(cache: KvTensor, offset: number, src: Float32Array): void {
+    if (!(Number.isInteger(offset) && offset >= 0 && offset + src.length <= cache.length)) {
+      throw new InvalidArgumentError(`storeKv: ${src.length} values at ${offset} overrun a cache of ${cache.length}`);
+    }
+    if (isHostKv(cache)) {
+      if (cache instanceof Float32Array) cache.set(src, offset);
+      else this.f32ToF16(src, cache.subarray(offset, offset + src.length));
+      return;
+    }
+    const kv = this.own(cache, "storeKv");
+    let bytes: Uint8Array, at: number;
+    if (kv.type === "f32") {
+      bytes = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
+      at = offset * 4;
+    } else {
+      if (offset % 2 !== 0 || src.length % 2 !== 0) throw new UnsupportedError(`storeKv: an f16 cache on the device takes even row lengths (${src.length} values at ${offset})`);
+      const half = new Uint16Array(src.length);
+      this.f32ToF16(src, half);
+      bytes = new Uint8Array(half.buffer);
+      at = offset * 2;
+    }
+    const p = new Packer();
+    const off = p.put(bytes);
+    this.request(p, { op: "kvStore", id: kv.id, at, off, bytes: bytes.byteLength });
+  }
+
+  /** On the host, as ref does it (exact ties-to-even; WGSL's pack2x16float does not promise it). */
   f32ToF16(x: Float32Array, out: Uint16Array): void {
     this.host.f32ToF16(x, out);
   }
@@ -257,6 +314,17 @@ export class WebGpuBackend implements Backend {
     if (this.disposed) return;
     this.disposed = true;
     try { this.call({ op: "dispose" }); } finally { void this.worker.terminate(); }
+  }
+
+  /** The element type of a KV cache array (a host one, or one of this backend's). */
+  private kvType(c: KvTensor, op: string): "f32" | "f16" {
+    if (isHostKv(c)) return c instanceof Float32Array ? "f32" : "f16";
+    return this.own(c, op).type;
+  }
+
+  private own(c: DeviceKv, op: string): GpuKv {
+    if (!(c instanceof GpuKv) || c.owner !== this) throw new InvalidArgumentError(`${op}: a KV cache of another backend`);
+    return c;
   }
 
   /** The id of `w` on the device, uploading it on first use. */

@@ -16,7 +16,7 @@ import { AttentionKernels } from "./kernels/attention.js";
 import { GetRowsKernels } from "./kernels/get-rows.js";
 import { GPU_WEIGHT_TYPES } from "./kernels/quant.js";
 import {
-  type ArenaF32, type GpuRequest, CTRL_ERROR_BYTES, CTRL_STATE, ERROR_BYTES, STATE_DONE, STATE_FAILED,
+  type ArenaF32, type GpuRequest, type KvId, CTRL_ERROR_BYTES, CTRL_STATE, ERROR_BYTES, STATE_DONE, STATE_FAILED,
 } from "./protocol.js";
 
 const { ctrl: ctrlBuf, error: errorBuf } = workerData as { ctrl: SharedArrayBuffer; error: SharedArrayBuffer };
@@ -35,6 +35,7 @@ let dev: GpuDevice | undefined;
 let kernels: Kernels | undefined;
 let arena = new SharedArrayBuffer(0);
 const weights = new Map<number, GpuWeight>();
+const kvs = new Map<number, GPUBuffer>();
 
 function device(): { dev: GpuDevice; k: Kernels } {
   if (!dev || !kernels) throw new Error("the GPU thread has no device (open failed or was not asked)");
@@ -45,6 +46,11 @@ function weight(id: number): GpuWeight {
   const w = weights.get(id);
   if (!w) throw new Error(`weight ${id} was never uploaded`);
   return w;
+}
+function kvBuffer(id: number): GPUBuffer {
+  const b = kvs.get(id);
+  if (!b) throw new Error(`KV cache ${id} does not exist (freed, or never allocated)`);
+  return b;
 }
 /**
  * A new buffer holding the arena's floats (the caller destroys it). Dawn's writeBuffer is given a
@@ -113,15 +119,21 @@ async function handle(r: GpuRequest): Promise<void> {
     }
     case "attention": {
       const { dev: d, k } = device();
-      const q = upload(r.q, "q"), kk = upload(r.k, "k cache"), v = upload(r.v, "v cache"), out = d.alloc(r.out.n * 4);
+      // a KV cache on the device is read where it is; one in the arena crosses for this op
+      const cache = (a: ArenaF32 | KvId, label: string): { buffer: GPUBuffer; owned: boolean } =>
+        "kvId" in a ? { buffer: kvBuffer(a.kvId), owned: false } : { buffer: upload(a, label), owned: true };
+      const q = upload(r.q, "q"), kk = cache(r.k, "k cache"), v = cache(r.v, "v cache"), out = d.alloc(r.out.n * 4);
       const sinks = r.sinks ? upload(r.sinks, "sinks") : null;
       const b = d.batch();
-      k.attention.encode(b, bind(q), bind(kk), bind(v), r.kv, r.p, bind(out), sinks ? bind(sinks) : null);
+      k.attention.encode(b, bind(q), bind(kk.buffer), bind(v.buffer), r.kv, r.p, bind(out), sinks ? bind(sinks) : null);
       b.submit();
       await readBack(out, r.out);
-      for (const o of [q, kk, v, out, sinks]) o?.destroy();
+      for (const o of [q, out, sinks, kk.owned ? kk.buffer : null, v.owned ? v.buffer : null]) o?.destroy();
       return;
     }
+    case "kvAlloc": kvs.set(r.id, device().dev.alloc(r.bytes, undefined, `kv cache ${r.id}`)); return;
+    case "kvStore": device().dev.upload(kvBuffer(r.id), new Uint8Array(arena, r.off, r.bytes).slice(), r.at); return;
+    case "kvFree": kvs.get(r.id)?.destroy(); kvs.delete(r.id); return;
     case "siluMul": {
       const { dev: d, k } = device();
       const g = upload(r.gate, "gate"), u = upload(r.up, "up"), out = d.alloc(r.out.n * 4);
@@ -179,6 +191,8 @@ async function handle(r: GpuRequest): Promise<void> {
     case "dispose": {
       for (const w of weights.values()) w.buffer.destroy();
       weights.clear();
+      for (const b of kvs.values()) b.destroy();
+      kvs.clear();
       if (kernels) { kernels.matmul.dispose(); kernels.rope.dispose(); }
       dev?.dispose();
       dev = kernels = undefined;
