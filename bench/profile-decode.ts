@@ -64,7 +64,7 @@ function matmulPart(w: WeightMatrix): string {
   return "q/k/v/o proj";
 }
 const PART: Record<string, string> = {
-  rmsNorm: "norms/rope/kv", rope: "norms/rope/kv", f32ToF16: "norms/rope/kv", attention: "attention",
+  rmsNorm: "norms/rope/kv", rope: "norms/rope/kv", f32ToF16: "norms/rope/kv", storeKv: "norms/rope/kv", attention: "attention",
   moeFfn: "expert FFN", getRows: "embedding", siluMul: "other ops",
 };
 
