@@ -545,6 +545,32 @@ function conformance(but: BackendUnderTest): void {
       }
     });
 
+    test("add, addRowBias, sigmoidGateRows (residuals, biases, Qwen2-MoE's shared-expert gate)", () => {
+      const r = rng(24);
+      for (const [rows, cols] of [[1, 7], [3, 2048], [17, 96]] as const) {
+        const x = randF32(rows * cols, r, 4), y = randF32(rows * cols, r, 4), bias = randF32(cols, r), g = randF32(rows, r, 6);
+        const wantAdd = x.slice(), wantBias = x.slice(), wantGate = x.slice();
+        ref.add(wantAdd, y);
+        ref.addRowBias(wantBias, bias);
+        ref.sigmoidGateRows(wantGate, g, cols);
+        assert.equal(wantAdd[1], Math.fround(x[1] + y[1]));
+        for (const cfg of but.configs()) {
+          const what = `${name} ${cfg} ${rows}x${cols}`;
+          const add = x.slice(), biased = x.slice(), gated = x.slice();
+          be.add(add, y);
+          be.addRowBias(biased, bias);
+          be.sigmoidGateRows(gated, g, cols);
+          // f32 adds are correctly rounded everywhere: the same bits
+          assert.deepEqual(add, wantAdd, `${what} add`);
+          assert.deepEqual(biased, wantBias, `${what} addRowBias`);
+          // the gate's sigmoid: f64 on the host, f32 exp and division elsewhere (bounded as siluMul's)
+          assertClose(gated, wantGate, (i) => but.siluMulBound(g[Math.floor(i / cols)], wantGate[i]), `${what} sigmoidGateRows`);
+        }
+      }
+      assert.throws(() => be.addRowBias(new Float32Array(10), new Float32Array(3)), /rows of 3/);
+      assert.throws(() => be.sigmoidGateRows(new Float32Array(10), new Float32Array(1), 5), /gates/);
+    });
+
     test("siluMul", () => {
       const r = rng(10);
       for (const n of [1, 1000, 40000]) {

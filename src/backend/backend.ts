@@ -8,7 +8,6 @@
  */
 import type { GGMLType } from "../formats/quant/types.js";
 import type { FileMapper } from "../formats/model-file.js";
-import { InvalidArgumentError } from "../errors.js";
 
 /**
  * A 2-D weight in GGUF layout: `rows` rows of `cols` elements (cols = GGUF ne0), each row a run of
@@ -75,21 +74,6 @@ export type KvTensor = KvArray | DeviceKv;
 /** Whether a KV cache array is in host memory (a typed array). */
 export function isHostKv(a: KvTensor): a is KvArray {
   return a instanceof Float32Array || a instanceof Uint16Array;
-}
-
-/** A host backend's view of a KV cache array: the typed array, or an error naming the op. */
-export function hostKv(a: KvTensor, op: string): KvArray {
-  if (!isHostKv(a)) throw new InvalidArgumentError(`${op}: this backend reads KV caches in host memory, not another backend's (${a.type}, ${a.length} elements)`);
-  return a;
-}
-
-/** Backend.storeKv for a host array: a copy into an f32 cache, `f32ToF16` into an f16 one. */
-export function storeKvOnHost(cache: KvArray, offset: number, src: Float32Array, f32ToF16: (x: Float32Array, out: Uint16Array) => void): void {
-  if (!(Number.isInteger(offset) && offset >= 0 && offset + src.length <= cache.length)) {
-    throw new InvalidArgumentError(`storeKv: ${src.length} values at ${offset} overrun a cache of ${cache.length}`);
-  }
-  if (cache instanceof Float32Array) cache.set(src, offset);
-  else f32ToF16(src, cache.subarray(offset, offset + src.length));
 }
 
 /** A KV array allocated by a backend: page-granular host memory (native) or device memory (webgpu). */
@@ -215,6 +199,12 @@ export interface Backend {
   f32ToF16(x: Float32Array, out: Uint16Array): void;
   /** out[i] = silu(gate[i]) * up[i] */
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  /** x[i] += y[i] for i < x.length, each sum rounded to f32 (a residual connection). */
+  add(x: Float32Array, y: Float32Array): void;
+  /** x[r, c] += bias[c] over x's rows of bias.length, each sum rounded to f32. */
+  addRowBias(x: Float32Array, bias: Float32Array): void;
+  /** y[t, c] *= sigmoid(g[t]) over y's rows of `dim` (a per-row gate: Qwen2-MoE's shared expert). */
+  sigmoidGateRows(y: Float32Array, g: Float32Array, dim: number): void;
   /**
    * The MoE expert layer: out[t] = Σ over t's slots, in slot order, of
    * weight · (down(act(gate x_t + b_gate, up x_t + b_up)) + b_down), act the batch's activation

@@ -83,8 +83,9 @@ function scratchOf(ctx: ForwardContext): Scratch {
   return s;
 }
 
-export function addInPlace(x: Float32Array, y: Float32Array): void {
-  for (let i = 0; i < x.length; i++) x[i] += y[i];
+/** x += y (a residual connection), on the backend. */
+export function addInPlace(ctx: ForwardContext, x: Float32Array, y: Float32Array): void {
+  ctx.backend.add(x, y);
 }
 
 /**
@@ -100,7 +101,7 @@ export function attentionBlock(
   const d = ctx.cfg.dModel;
   const scratch = scratchOf(ctx);
   const h = rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.attn_norm.weight`, d), d, ctx.cfg.rmsEps, scratch.f32("attn_in", x.length));
-  addInPlace(x, attention(ctx, l, h));
+  addInPlace(ctx, x, attention(ctx, l, h));
   return rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.${ffnNorm}.weight`, d), d, ctx.cfg.rmsEps, scratch.f32("ffn_in", x.length));
 }
 
@@ -115,7 +116,7 @@ export function rmsNorm(
 
 function addBias(ctx: ForwardContext, out: Float32Array, rows: number, bias?: string): void {
   const b = bias ? ctx.weights.optionalVector(bias, rows) : null;
-  if (b) for (let t = 0; t < ctx.nTokens; t++) for (let r = 0; r < rows; r++) out[t * rows + r] += b[r];
+  if (b) ctx.backend.addRowBias(out.subarray(0, ctx.nTokens * rows), b);
 }
 
 /** y = W x (+ b).  x: [nTokens, cols] → out [nTokens, rows] (default: a new array) */
@@ -461,11 +462,7 @@ export function sharedExpert(ctx: ForwardContext, l: number, h: Float32Array, op
   }, ctx.cfg.sharedFf, h);
   if (opts.gated) {
     const g = linear(ctx, blk(l, "ffn_gate_inp_shexp.weight"), 1, ctx.cfg.dModel, h); // [T, 1]
-    const d = ctx.cfg.dModel;
-    for (let t = 0; t < ctx.nTokens; t++) {
-      const s = 1 / (1 + Math.exp(-g[t]));
-      for (let c = 0; c < d; c++) y[t * d + c] *= s;
-    }
+    ctx.backend.sigmoidGateRows(y, g, ctx.cfg.dModel);
   }
   return y;
 }
@@ -487,7 +484,7 @@ export function mixtureOfExperts(
     whileLoading: cfg.sharedFf > 0 ? () => { shared = sharedExpert(ctx, l, g, { gated: opts.gatedShared ?? false }); } : undefined,
     activation: opts.activation,
   });
-  if (shared) addInPlace(y, shared);
+  if (shared) addInPlace(ctx, y, shared);
   return y;
 }
 

@@ -2,7 +2,8 @@
  * The native backend: moira's C++ kernels (AVX-512 / AVX2 / scalar, chosen at load) on a persistent
  * thread pool. Ops are synchronous: they return when every pool thread has finished.
  */
-import { SWIGLU, hostKv, storeKvOnHost, type AttentionParams, type Backend, type ExpertBatch, type KvStorage, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
+import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvStorage, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
+import { addOnHost, addRowBiasOnHost, hostKv, sigmoidGateRowsOnHost, storeKvOnHost } from "../host-ops.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { loadNativeAddon, type Isa, type NativeAddon } from "./addon.js";
@@ -91,6 +92,18 @@ export class NativeBackend implements Backend {
   attention(q: Float32Array, k: KvTensor, v: KvTensor, p: AttentionParams, out: Float32Array): void {
     if (p.sinks && p.sinks.length < p.nHead) throw new InvalidArgumentError(`attention: ${p.sinks.length} sinks for ${p.nHead} heads`);
     this.live().attention(q, hostKv(k, "attention"), hostKv(v, "attention"), p.nTokens, p.nPast, p.nHead, p.nKvHead, p.headDimK, p.headDimV, p.scale, out, p.window ?? 0, p.sinks);
+  }
+
+  add(x: Float32Array, y: Float32Array): void {
+    addOnHost(x, y);
+  }
+
+  addRowBias(x: Float32Array, bias: Float32Array): void {
+    addRowBiasOnHost(x, bias);
+  }
+
+  sigmoidGateRows(y: Float32Array, g: Float32Array, dim: number): void {
+    sigmoidGateRowsOnHost(y, g, dim);
   }
 
   storeKv(cache: KvTensor, offset: number, src: Float32Array): void {

@@ -3,7 +3,8 @@
  * other backend is tested against op by op, so clarity beats speed. Dequantized weights are cached
  * per weight buffer (tests run it on small models; it is not meant for multi-GB ones).
  */
-import { SWIGLU, hostKv, storeKvOnHost, type AttentionParams, type Backend, type ExpertBatch, type KvArray, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
+import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvArray, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
+import { addOnHost, addRowBiasOnHost, hostKv, sigmoidGateRowsOnHost, storeKvOnHost } from "../host-ops.js";
 import { dequantize, fp16ToFp32, fp32ToFp16 } from "../../formats/quant/dequantize.js";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
@@ -122,6 +123,18 @@ export class RefBackend implements Backend {
         }
       }
     }
+  }
+
+  add(x: Float32Array, y: Float32Array): void {
+    addOnHost(x, y);
+  }
+
+  addRowBias(x: Float32Array, bias: Float32Array): void {
+    addRowBiasOnHost(x, bias);
+  }
+
+  sigmoidGateRows(y: Float32Array, g: Float32Array, dim: number): void {
+    sigmoidGateRowsOnHost(y, g, dim);
   }
 
   storeKv(cache: KvTensor, offset: number, src: Float32Array): void {

@@ -48,6 +48,10 @@ export type GpuRequest =
   /** `bytes` bytes of the arena from `off` into KV cache `id` at byte `at` (both multiples of 4) */
   | { readonly op: "kvStore"; readonly id: number; readonly at: number; readonly off: number; readonly bytes: number }
   | { readonly op: "kvFree"; readonly id: number }
+  /** x[i] += bias[i % cols], in place */
+  | { readonly op: "addRowBias"; readonly x: ArenaF32; readonly bias: ArenaF32; readonly cols: number }
+  /** y[i] *= sigmoid(g[i / dim]), in place */
+  | { readonly op: "sigmoidGateRows"; readonly y: ArenaF32; readonly g: ArenaF32; readonly dim: number }
   | { readonly op: "siluMul"; readonly gate: ArenaF32; readonly up: ArenaF32; readonly out: ArenaF32 }
   | { readonly op: "getRows"; readonly w: number; readonly ids: readonly number[]; readonly out: ArenaF32 }
   /** each expert's outputs, unweighted, one row per slot in slot order, into `y` */

@@ -176,10 +176,7 @@ export class WebGpuBackend implements Backend {
   }
 
   rope(x: Float32Array, rp: RopeParams): void {
-    const p = new Packer();
-    const xa = p.f32(x.subarray(0, rp.nTokens * rp.nHead * rp.headStride));
-    this.request(p, { op: "rope", x: xa, p: { ...rp } });
-    x.set(this.read(xa));
+    this.inPlace(x.subarray(0, rp.nTokens * rp.nHead * rp.headStride), (_, xa) => ({ op: "rope", x: xa, p: { ...rp } }));
   }
 
   attention(q: Float32Array, k: KvTensor, v: KvTensor, ap: AttentionParams, out: Float32Array): void {
@@ -251,6 +248,24 @@ export class WebGpuBackend implements Backend {
   /** On the host, as ref does it (exact ties-to-even; WGSL's pack2x16float does not promise it). */
   f32ToF16(x: Float32Array, out: Uint16Array): void {
     this.host.f32ToF16(x, out);
+  }
+
+  add(x: Float32Array, y: Float32Array): void {
+    if (y.length < x.length) throw new InvalidArgumentError(`add: y has ${y.length} values, x ${x.length}`);
+    if (x.length === 0) return;
+    this.inPlace(x, (p, xa) => ({ op: "addRowBias", x: xa, bias: p.f32(y.subarray(0, x.length)), cols: x.length }));
+  }
+
+  addRowBias(x: Float32Array, bias: Float32Array): void {
+    if (bias.length === 0 || x.length % bias.length !== 0) throw new InvalidArgumentError(`addRowBias: ${x.length} values are not rows of ${bias.length}`);
+    this.inPlace(x, (p, xa) => ({ op: "addRowBias", x: xa, bias: p.f32(bias), cols: bias.length }));
+  }
+
+  sigmoidGateRows(y: Float32Array, g: Float32Array, dim: number): void {
+    const rows = y.length / dim;
+    if (!(Number.isInteger(rows) && g.length >= rows)) throw new InvalidArgumentError(`sigmoidGateRows: ${y.length} values in rows of ${dim}, ${g.length} gates`);
+    if (rows === 0) return;
+    this.inPlace(y, (p, ya) => ({ op: "sigmoidGateRows", y: ya, g: p.f32(g.subarray(0, rows)), dim }));
   }
 
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void {
@@ -343,6 +358,14 @@ export class WebGpuBackend implements Backend {
       byBuffer.set(key, id);
     }
     return id;
+  }
+
+  /** An op that rewrites `x` in place: x crosses, the request is built around it, x comes back. */
+  private inPlace(x: Float32Array, build: (p: Packer, xa: ArenaF32) => GpuRequest): void {
+    const p = new Packer();
+    const xa = p.f32(x);
+    this.request(p, build(p, xa));
+    x.set(this.read(xa));
   }
 
   private read(a: ArenaF32): Float32Array {

@@ -134,6 +134,26 @@ async function handle(r: GpuRequest): Promise<void> {
     case "kvAlloc": kvs.set(r.id, device().dev.alloc(r.bytes, undefined, `kv cache ${r.id}`)); return;
     case "kvStore": device().dev.upload(kvBuffer(r.id), new Uint8Array(arena, r.off, r.bytes).slice(), r.at); return;
     case "kvFree": kvs.get(r.id)?.destroy(); kvs.delete(r.id); return;
+    case "addRowBias": {
+      const { dev: d, k } = device();
+      const x = upload(r.x, "x"), bias = upload(r.bias, "bias");
+      const b = d.batch();
+      k.elementwise.encodeAddRowBias(b, bind(x), bind(bias), r.cols, r.x.n);
+      b.submit();
+      await readBack(x, r.x);
+      for (const o of [x, bias]) o.destroy();
+      return;
+    }
+    case "sigmoidGateRows": {
+      const { dev: d, k } = device();
+      const y = upload(r.y, "y"), g = upload(r.g, "gates");
+      const b = d.batch();
+      k.elementwise.encodeSigmoidGateRows(b, bind(y), bind(g), r.dim, r.y.n);
+      b.submit();
+      await readBack(y, r.y);
+      for (const o of [y, g]) o.destroy();
+      return;
+    }
     case "siluMul": {
       const { dev: d, k } = device();
       const g = upload(r.gate, "gate"), u = upload(r.up, "up"), out = d.alloc(r.out.n * 4);

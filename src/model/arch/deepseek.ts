@@ -33,7 +33,7 @@ export const deepseek: Architecture = {
   },
   layer(ctx, l, x) {
     const g = attentionBlock(ctx, l, x); // gate input
-    addInPlace(x, l < ctx.cfg.leadingDense ? denseFfn(ctx, l, g) : mixtureOfExperts(ctx, l, g));
+    addInPlace(ctx, x, l < ctx.cfg.leadingDense ? denseFfn(ctx, l, g) : mixtureOfExperts(ctx, l, g));
   },
   hf: {
     modelTypes: ["deepseek"],

@@ -65,7 +65,7 @@ export const deepseek2: Architecture = {
   },
   layer(ctx, l, x) {
     const g = attentionBlock(ctx, l, x, mlaAttention); // gate input
-    addInPlace(x, l < ctx.cfg.leadingDense ? denseFfn(ctx, l, g) : mixtureOfExperts(ctx, l, g));
+    addInPlace(ctx, x, l < ctx.cfg.leadingDense ? denseFfn(ctx, l, g) : mixtureOfExperts(ctx, l, g));
   },
   hf: {
     modelTypes: ["deepseek_v2", ...V3_MODEL_TYPES],

@@ -56,7 +56,7 @@ export const glm4moe: Architecture = {
   },
   layer(ctx, l, x) {
     const g = attentionBlock(ctx, l, x, selfAttention, FFN_NORM); // gate input
-    addInPlace(x, l < ctx.cfg.leadingDense ? denseFfn(ctx, l, g) : mixtureOfExperts(ctx, l, g));
+    addInPlace(ctx, x, l < ctx.cfg.leadingDense ? denseFfn(ctx, l, g) : mixtureOfExperts(ctx, l, g));
   },
   hf: {
     modelTypes: ["glm4_moe"],

@@ -86,7 +86,7 @@ export const gptOss: Architecture = {
     const { cfg, weights } = ctx;
     const opts = { window: windowOf(cfg, l), sinks: weights.vector(`blk.${l}.attn_sinks.weight`, cfg.nHead) };
     const g = attentionBlock(ctx, l, x, (c, layer, h) => selfAttention(c, layer, h, opts), FFN_NORM); // gate input
-    addInPlace(x, mixtureOfExperts(ctx, l, g, { activation: SWIGLU_OAI }));
+    addInPlace(ctx, x, mixtureOfExperts(ctx, l, g, { activation: SWIGLU_OAI }));
   },
   hf: {
     modelTypes: ["gpt_oss"],

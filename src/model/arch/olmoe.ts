@@ -23,7 +23,7 @@ export const olmoe: Architecture = {
   },
   layer(ctx, l, x) {
     const g = attentionBlock(ctx, l, x); // gate input
-    addInPlace(x, mixtureOfExperts(ctx, l, g));
+    addInPlace(ctx, x, mixtureOfExperts(ctx, l, g));
   },
   hf: {
     modelTypes: ["olmoe"],

@@ -33,7 +33,7 @@ export const qwen2moe: Architecture = {
   },
   layer(ctx, l, x) {
     const g = attentionBlock(ctx, l, x); // gate input
-    addInPlace(x, mixtureOfExperts(ctx, l, g, { gatedShared: true }));
+    addInPlace(ctx, x, mixtureOfExperts(ctx, l, g, { gatedShared: true }));
   },
   hf: {
     modelTypes: ["qwen2_moe"],

@@ -1,7 +1,7 @@
 /**
  * Row and element ops over f32 activations: rmsnorm (one workgroup per row), SwiGLU's
  * silu(gate) * up, an expert's activation with its gate/up biases (SwiGLU or GPT-OSS's clamped
- * variant) and a row bias added in place (one invocation per element).
+ * variant), a row bias added in place, and a per-row sigmoid gate (one invocation per element).
  */
 import type { ExpertActivation } from "../../backend.js";
 import { InvalidArgumentError } from "../../../errors.js";
@@ -46,6 +46,13 @@ export class ElementwiseKernels extends KernelFamily {
     const p = this.pipeline("add-row-bias", () => ADD_ROW_BIAS_SOURCE);
     const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
     batch.dispatch(p, Uint32Array.of(n, cols, groups[0]), [x, bias], groups);
+  }
+
+  /** y[i] *= sigmoid(g[i / dim]) for i < n, in place. */
+  encodeSigmoidGateRows(batch: GpuBatch, y: GpuBinding, g: GpuBinding, dim: number, n: number): void {
+    const p = this.pipeline("sigmoid-gate-rows", () => SIGMOID_GATE_ROWS_SOURCE);
+    const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
+    batch.dispatch(p, Uint32Array.of(n, dim, groups[0]), [y, g], groups);
   }
 
   private rmsNormSource(): string {
@@ -121,4 +128,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let i = (wid.x + wid.y * P.pitch) * ${ELEM_WG}u + li;
   if (i >= P.n) { return; }
   X[i] += B[i % P.cols];
+}`;
+
+const SIGMOID_GATE_ROWS_SOURCE = /* wgsl */ `
+struct Params { n: u32, dim: u32, pitch: u32 }
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(2) var<storage, read> G: array<f32>;
+@compute @workgroup_size(${ELEM_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let i = (wid.x + wid.y * P.pitch) * ${ELEM_WG}u + li;
+  if (i >= P.n) { return; }
+  Y[i] *= 1.0 / (1.0 + exp(-G[i / P.dim]));
 }`;
