@@ -1,8 +1,9 @@
 /**
  * The GPU thread of WebGpuBackend: it opens the device (Dawn's work and promises need an event
  * loop, which the calling thread, blocked in Atomics.wait for the result, does not run), keeps the
- * weights it was sent in device buffers for the device's lifetime, and runs each request's kernels
- * as one submitted batch. Inputs and outputs cross through the shared arena (protocol.ts).
+ * weights it was sent in device buffers for the device's lifetime and the KV caches it was asked
+ * for until they are freed, and runs each request's kernels as one submitted batch. Inputs and
+ * outputs cross through the shared arena (protocol.ts).
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
