@@ -3,7 +3,7 @@
  * thread pool. Ops are synchronous: they return when every pool thread has finished.
  */
 import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvStorage, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
-import { addOnHost, addRowBiasOnHost, hostKv, sigmoidGateRowsOnHost, storeKvOnHost } from "../host-ops.js";
+import { HostOps, hostKv } from "../host-ops.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { loadNativeAddon, type Isa, type NativeAddon } from "./addon.js";
@@ -14,11 +14,11 @@ export interface NativeBackendOptions {
   threads?: number;
 }
 
-export class NativeBackend implements Backend {
+export class NativeBackend extends HostOps implements Backend {
   readonly name = "native";
   private disposed = false;
 
-  private constructor(private readonly addon: NativeAddon) {}
+  private constructor(private readonly addon: NativeAddon) { super(); }
 
   static create(options: NativeBackendOptions = {}): NativeBackend {
     const addon = loadNativeAddon();
@@ -92,22 +92,6 @@ export class NativeBackend implements Backend {
   attention(q: Float32Array, k: KvTensor, v: KvTensor, p: AttentionParams, out: Float32Array): void {
     if (p.sinks && p.sinks.length < p.nHead) throw new InvalidArgumentError(`attention: ${p.sinks.length} sinks for ${p.nHead} heads`);
     this.live().attention(q, hostKv(k, "attention"), hostKv(v, "attention"), p.nTokens, p.nPast, p.nHead, p.nKvHead, p.headDimK, p.headDimV, p.scale, out, p.window ?? 0, p.sinks);
-  }
-
-  add(x: Float32Array, y: Float32Array): void {
-    addOnHost(x, y);
-  }
-
-  addRowBias(x: Float32Array, bias: Float32Array): void {
-    addRowBiasOnHost(x, bias);
-  }
-
-  sigmoidGateRows(y: Float32Array, g: Float32Array, dim: number): void {
-    sigmoidGateRowsOnHost(y, g, dim);
-  }
-
-  storeKv(cache: KvTensor, offset: number, src: Float32Array): void {
-    storeKvOnHost(hostKv(cache, "storeKv"), offset, src, (x, out) => this.f32ToF16(x, out));
   }
 
   f32ToF16(x: Float32Array, out: Uint16Array): void {

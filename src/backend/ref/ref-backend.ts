@@ -4,12 +4,12 @@
  * per weight buffer (tests run it on small models; it is not meant for multi-GB ones).
  */
 import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvArray, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
-import { addOnHost, addRowBiasOnHost, hostKv, sigmoidGateRowsOnHost, storeKvOnHost } from "../host-ops.js";
+import { HostOps, hostKv } from "../host-ops.js";
 import { dequantize, fp16ToFp32, fp32ToFp16 } from "../../formats/quant/dequantize.js";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
 
-export class RefBackend implements Backend {
+export class RefBackend extends HostOps implements Backend {
   readonly name = "ref";
   // dequantized copies, keyed by the weight's byte buffer
   private readonly f32Cache = new WeakMap<Uint8Array, Float32Array>();
@@ -123,22 +123,6 @@ export class RefBackend implements Backend {
         }
       }
     }
-  }
-
-  add(x: Float32Array, y: Float32Array): void {
-    addOnHost(x, y);
-  }
-
-  addRowBias(x: Float32Array, bias: Float32Array): void {
-    addRowBiasOnHost(x, bias);
-  }
-
-  sigmoidGateRows(y: Float32Array, g: Float32Array, dim: number): void {
-    sigmoidGateRowsOnHost(y, g, dim);
-  }
-
-  storeKv(cache: KvTensor, offset: number, src: Float32Array): void {
-    storeKvOnHost(hostKv(cache, "storeKv"), offset, src, (x, out) => this.f32ToF16(x, out));
   }
 
   f32ToF16(x: Float32Array, out: Uint16Array): void {
