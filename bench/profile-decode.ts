@@ -65,7 +65,7 @@ function matmulPart(w: WeightMatrix): string {
 }
 const PART: Record<string, string> = {
   rmsNorm: "norms/rope/kv", rope: "norms/rope/kv", f32ToF16: "norms/rope/kv", storeKv: "norms/rope/kv", attention: "attention",
-  moeFfn: "expert FFN", getRows: "embedding", siluMul: "other ops",
+  moeFfn: "expert FFN", getRows: "embedding", siluMul: "other ops", add: "other ops", addRowBias: "other ops", sigmoidGateRows: "other ops",
 };
 
 /** The native backend with every op timed. Ops added later are timed under their own name. */
