@@ -545,7 +545,7 @@ function conformance(but: BackendUnderTest): void {
       }
     });
 
-    test("add, addRowBias, sigmoidGateRows (residuals, biases, Qwen2-MoE's shared-expert gate)", () => {
+    test("add, addRowBias, sigmoidGateRows, copyRows (residuals, biases, Qwen2-MoE's shared-expert gate, MLA's packing)", () => {
       const r = rng(24);
       for (const [rows, cols] of [[1, 7], [3, 2048], [17, 96]] as const) {
         const x = randF32(rows * cols, r, 4), y = randF32(rows * cols, r, 4), bias = randF32(cols, r), g = randF32(rows, r, 6);
@@ -567,6 +567,22 @@ function conformance(but: BackendUnderTest): void {
           assertClose(gated, wantGate, (i) => but.siluMulBound(g[Math.floor(i / cols)], wantGate[i]), `${what} sigmoidGateRows`);
         }
       }
+      // copyRows: MLA's shapes (a strided tail of each row; one head's slice of interleaved rows)
+      for (const [rows, width, from, to] of [
+        [5, 16, { offset: 0, stride: 20 }, { offset: 0, stride: 16 }], [7, 4, { offset: 16, stride: 20 }, { offset: 3 * 24 + 20, stride: 4 * 24 }],
+        [1, 2048, { offset: 2048 * 2, stride: 0 }, { offset: 2048, stride: 2048 }], [0, 5, { offset: 0, stride: 5 }, { offset: 0, stride: 5 }],
+      ] as const) {
+        const src = randF32(4096 * 4, r), dst0 = randF32(4096 * 4, r);
+        const want = dst0.slice();
+        ref.copyRows(src, from, want, to, width, rows);
+        if (rows > 0) assert.equal(want[to.offset + (rows - 1) * to.stride], src[from.offset + (rows - 1) * from.stride]);
+        for (const cfg of but.configs()) {
+          const got = dst0.slice();
+          be.copyRows(src, from, got, to, width, rows);
+          assert.deepEqual(got, want, `${name} ${cfg} copyRows ${rows}x${width}`);
+        }
+      }
+      assert.throws(() => be.copyRows(new Float32Array(10), { offset: 0, stride: 5 }, new Float32Array(10), { offset: 6, stride: 5 }, 5, 2), /outside/);
       assert.throws(() => be.addRowBias(new Float32Array(10), new Float32Array(3)), /rows of 3/);
       assert.throws(() => be.sigmoidGateRows(new Float32Array(10), new Float32Array(1), 5), /gates/);
     });

@@ -88,6 +88,12 @@ export interface KvStorage {
   dispose(): void;
 }
 
+/** Where a set of rows sits in an array: the first row's offset and the distance between rows, in elements. */
+export interface RowLayout {
+  readonly offset: number;
+  readonly stride: number;
+}
+
 export interface AttentionParams {
   /** new query tokens; query t sits at position nPast + t and sees cache rows [0, nPast + t] */
   nTokens: number;
@@ -205,6 +211,12 @@ export interface Backend {
   addRowBias(x: Float32Array, bias: Float32Array): void;
   /** y[t, c] *= sigmoid(g[t]) over y's rows of `dim` (a per-row gate: Qwen2-MoE's shared expert). */
   sigmoidGateRows(y: Float32Array, g: Float32Array, dim: number): void;
+  /**
+   * dst[to.offset + r * to.stride + c] = src[from.offset + r * from.stride + c] for r < rows,
+   * c < width: rows of a strided layout copied into another (MLA's latent and per-head k/v, the
+   * rows the output head reads).
+   */
+  copyRows(src: Float32Array, from: RowLayout, dst: Float32Array, to: RowLayout, width: number, rows: number): void;
   /**
    * The MoE expert layer: out[t] = Σ over t's slots, in slot order, of
    * weight · (down(act(gate x_t + b_gate, up x_t + b_up)) + b_down), act the batch's activation

@@ -1,5 +1,5 @@
 /** What host-memory backends (ref, native) share: their view of a KV cache, and the ops they compute alike. */
-import type { KvArray, KvTensor } from "./backend.js";
+import type { KvArray, KvTensor, RowLayout } from "./backend.js";
 import { isHostKv } from "./backend.js";
 import { InvalidArgumentError } from "../errors.js";
 
@@ -38,6 +38,14 @@ export abstract class HostOps {
     }
   }
 
+  copyRows(src: Float32Array, from: RowLayout, dst: Float32Array, to: RowLayout, width: number, rows: number): void {
+    checkCopyRows(src.length, from, dst.length, to, width, rows);
+    for (let r = 0; r < rows; r++) {
+      const s0 = from.offset + r * from.stride;
+      dst.set(src.subarray(s0, s0 + width), to.offset + r * to.stride);
+    }
+  }
+
   /** A copy into an f32 cache, f32ToF16 into an f16 one. */
   storeKv(cache: KvTensor, offset: number, src: Float32Array): void {
     const c = hostKv(cache, "storeKv");
@@ -46,5 +54,14 @@ export abstract class HostOps {
     }
     if (c instanceof Float32Array) c.set(src, offset);
     else this.f32ToF16(src, c.subarray(offset, offset + src.length));
+  }
+}
+
+/** Backend.copyRows' bounds: every row of both layouts inside its array. */
+export function checkCopyRows(srcLength: number, from: RowLayout, dstLength: number, to: RowLayout, width: number, rows: number): void {
+  const end = (l: RowLayout) => (rows > 0 ? l.offset + (rows - 1) * l.stride + width : 0);
+  const ok = (l: RowLayout, n: number) => Number.isInteger(l.offset) && Number.isInteger(l.stride) && l.offset >= 0 && l.stride >= 0 && end(l) <= n;
+  if (!(Number.isInteger(width) && width >= 0 && Number.isInteger(rows) && rows >= 0 && ok(from, srcLength) && ok(to, dstLength))) {
+    throw new InvalidArgumentError(`copyRows: ${rows} rows of ${width} from ${JSON.stringify(from)} in ${srcLength} to ${JSON.stringify(to)} in ${dstLength} fall outside`);
   }
 }

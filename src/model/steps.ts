@@ -240,8 +240,9 @@ export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): F
     q = linear(ctx, blk(l, "attn_q.weight"), nH * dK, cfg.dModel, h);
   }
   const kvA = linear(ctx, blk(l, "attn_kv_a_mqa.weight"), lora + mla.qkRopeDim, cfg.dModel, h); // [T, lora + rope]
+  const kvAStride = lora + mla.qkRopeDim;
   const latent = new Float32Array(nTokens * lora);
-  for (let t = 0; t < nTokens; t++) latent.set(kvA.subarray(t * (lora + mla.qkRopeDim), t * (lora + mla.qkRopeDim) + lora), t * lora);
+  backend.copyRows(kvA, { offset: 0, stride: kvAStride }, latent, { offset: 0, stride: lora }, lora, nTokens);
   const latentN = rmsNorm(ctx, latent, weights.vector(blk(l, "attn_kv_a_norm.weight"), lora), lora, MLA_LORA_NORM_EPS);
   const kvB = new Float32Array(nTokens * nH * (mla.qkNopeDim + dV)); // [T, nH, nope + v]
   backend.matmul(kvBMatrix(ctx, l), latentN, nTokens, kvB);
@@ -253,17 +254,15 @@ export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): F
     backend.rope(rows(kvA, lora + mla.qkRopeDim), { ...at, nHead: 1, headStride: lora + mla.qkRopeDim, ropeOffset: lora });
   });
 
+  // per head: k = [k_nope (kvB) | k_pe (kvA's roped tail, shared by the heads)], v = kvB's v part
   const k = new Float32Array(nTokens * nH * dK);
   const v = new Float32Array(nTokens * nH * dV);
-  for (let t = 0; t < nTokens; t++) {
-    const kPe = kvA.subarray(t * (lora + mla.qkRopeDim) + lora, (t + 1) * (lora + mla.qkRopeDim));
-    for (let hh = 0; hh < nH; hh++) {
-      const src = (t * nH + hh) * (mla.qkNopeDim + dV);
-      k.set(kvB.subarray(src, src + mla.qkNopeDim), (t * nH + hh) * dK);
-      k.set(kPe, (t * nH + hh) * dK + mla.qkNopeDim);
-      v.set(kvB.subarray(src + mla.qkNopeDim, src + mla.qkNopeDim + dV), (t * nH + hh) * dV);
-    }
+  const kvBStride = mla.qkNopeDim + dV;
+  backend.copyRows(kvB, { offset: 0, stride: kvBStride }, k, { offset: 0, stride: dK }, mla.qkNopeDim, nTokens * nH);
+  for (let hh = 0; hh < nH; hh++) {
+    backend.copyRows(kvA, { offset: lora, stride: kvAStride }, k, { offset: hh * dK + mla.qkNopeDim, stride: nH * dK }, mla.qkRopeDim, nTokens);
   }
+  backend.copyRows(kvB, { offset: mla.qkNopeDim, stride: kvBStride }, v, { offset: 0, stride: dV }, dV, nTokens * nH);
   const att = new Float32Array(nTokens * nH * dV);
   perSequence(ctx, (s, rows) => {
     storeKv(ctx, s, l, rows(k, nH * dK), rows(v, nH * dV));
@@ -428,9 +427,15 @@ export function addSlots(out: Float32Array, y: Float32Array, tokens: Int32Array,
   }
 }
 
-function gatherRows(x: Float32Array, rows: number[], dim: number): Float32Array {
+/** x's rows `rows` (each of `dim`), in that order: one copy per run of consecutive rows. */
+function gatherRows(ctx: ForwardContext, x: Float32Array, rows: number[], dim: number): Float32Array {
   const out = new Float32Array(rows.length * dim);
-  rows.forEach((r, i) => out.set(x.subarray(r * dim, (r + 1) * dim), i * dim));
+  for (let i = 0; i < rows.length;) {
+    let n = 1;
+    while (i + n < rows.length && rows[i + n] === rows[i] + n) n++;
+    ctx.backend.copyRows(x, { offset: rows[i] * dim, stride: dim }, out, { offset: i * dim, stride: dim }, dim, n);
+    i += n;
+  }
   return out;
 }
 
@@ -500,7 +505,7 @@ export function outputHeadTensor(cfg: ModelConfig, weights: ModelWeights): strin
 export function outputLogits(ctx: ForwardContext, x: Float32Array, rows: number[]): Float32Array {
   const { cfg, backend, weights } = ctx;
   const d = cfg.dModel;
-  const sel = gatherRows(x, rows, d);
+  const sel = gatherRows(ctx, x, rows, d);
   const normed = new Float32Array(sel.length);
   backend.rmsNorm(sel, weights.vector("output_norm.weight", d), cfg.rmsEps, d, normed);
   const head = weights.matrix(outputHeadTensor(cfg, weights), cfg.vocabSize, d);

@@ -5,7 +5,7 @@
  * written by the GPU thread before it signals completion (see webgpu-backend.ts).
  */
 import type { GGMLType } from "../../formats/quant/types.js";
-import type { AttentionParams, ExpertActivation, RopeParams } from "../backend.js";
+import type { AttentionParams, ExpertActivation, RopeParams, RowLayout } from "../backend.js";
 import type { GpuDeviceOptions } from "./device.js";
 
 /** An f32 array in the arena: `n` floats from byte `off` (a multiple of 4). */
@@ -52,6 +52,8 @@ export type GpuRequest =
   | { readonly op: "addRowBias"; readonly x: ArenaF32; readonly bias: ArenaF32; readonly cols: number }
   /** y[i] *= sigmoid(g[i / dim]), in place */
   | { readonly op: "sigmoidGateRows"; readonly y: ArenaF32; readonly g: ArenaF32; readonly dim: number }
+  /** rows of `src` into `dst` (both in the arena; dst is read first, as the copy keeps the rest of it) */
+  | { readonly op: "copyRows"; readonly src: ArenaF32; readonly from: RowLayout; readonly dst: ArenaF32; readonly to: RowLayout; readonly width: number; readonly rows: number }
   | { readonly op: "siluMul"; readonly gate: ArenaF32; readonly up: ArenaF32; readonly out: ArenaF32 }
   | { readonly op: "getRows"; readonly w: number; readonly ids: readonly number[]; readonly out: ArenaF32 }
   /** each expert's outputs, unweighted, one row per slot in slot order, into `y` */

@@ -17,7 +17,8 @@
  * under it: expert offloading, which reuses slots, is refused by the callers.
  */
 import { Worker } from "node:worker_threads";
-import type { AttentionParams, Backend, DeviceKv, ExpertBatch, KvStorage, KvTensor, RopeParams, WeightMatrix } from "../backend.js";
+import type { AttentionParams, Backend, DeviceKv, ExpertBatch, KvStorage, KvTensor, RopeParams, RowLayout, WeightMatrix } from "../backend.js";
+import { checkCopyRows } from "../host-ops.js";
 import { SWIGLU, isHostKv } from "../backend.js";
 import { RefBackend } from "../ref/ref-backend.js";
 import { rowBytes } from "../../formats/quant/types.js";
@@ -266,6 +267,12 @@ export class WebGpuBackend implements Backend {
     if (!(Number.isInteger(rows) && g.length >= rows)) throw new InvalidArgumentError(`sigmoidGateRows: ${y.length} values in rows of ${dim}, ${g.length} gates`);
     if (rows === 0) return;
     this.inPlace(y, (p, ya) => ({ op: "sigmoidGateRows", y: ya, g: p.f32(g.subarray(0, rows)), dim }));
+  }
+
+  copyRows(src: Float32Array, from: RowLayout, dst: Float32Array, to: RowLayout, width: number, rows: number): void {
+    checkCopyRows(src.length, from, dst.length, to, width, rows);
+    if (width * rows === 0) return;
+    this.inPlace(dst, (p, da) => ({ op: "copyRows", src: p.f32(src), from, dst: da, to, width, rows }));
   }
 
   siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void {

@@ -155,6 +155,16 @@ async function handle(r: GpuRequest): Promise<void> {
       for (const o of [y, g]) o.destroy();
       return;
     }
+    case "copyRows": {
+      const { dev: d, k } = device();
+      const src = upload(r.src, "rows from"), dst = upload(r.dst, "rows to");
+      const b = d.batch();
+      k.elementwise.encodeCopyRows(b, bind(src), r.from, bind(dst), r.to, r.width, r.rows);
+      b.submit();
+      await readBack(dst, r.dst);
+      for (const o of [src, dst]) o.destroy();
+      return;
+    }
     case "siluMul": {
       const { dev: d, k } = device();
       const g = upload(r.gate, "gate"), u = upload(r.up, "up"), out = d.alloc(r.out.n * 4);

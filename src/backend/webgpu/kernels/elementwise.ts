@@ -1,9 +1,10 @@
 /**
  * Row and element ops over f32 activations: rmsnorm (one workgroup per row), SwiGLU's
  * silu(gate) * up, an expert's activation with its gate/up biases (SwiGLU or GPT-OSS's clamped
- * variant), a row bias added in place, and a per-row sigmoid gate (one invocation per element).
+ * variant), a row bias added in place, a per-row sigmoid gate and strided row copies (one
+ * invocation per element).
  */
-import type { ExpertActivation } from "../../backend.js";
+import type { ExpertActivation, RowLayout } from "../../backend.js";
 import { InvalidArgumentError } from "../../../errors.js";
 import type { GpuBatch, GpuBinding } from "../device.js";
 import { KernelFamily, f32Bits, grid2d, reduction } from "./common.js";
@@ -53,6 +54,15 @@ export class ElementwiseKernels extends KernelFamily {
     const p = this.pipeline("sigmoid-gate-rows", () => SIGMOID_GATE_ROWS_SOURCE);
     const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
     batch.dispatch(p, Uint32Array.of(n, dim, groups[0]), [y, g], groups);
+  }
+
+  /** dst[to.offset + r * to.stride + c] = src[from.offset + r * from.stride + c], r < rows, c < width. */
+  encodeCopyRows(batch: GpuBatch, src: GpuBinding, from: RowLayout, dst: GpuBinding, to: RowLayout, width: number, rows: number): void {
+    const n = width * rows;
+    if (n === 0) return;
+    const p = this.pipeline("copy-rows", () => COPY_ROWS_SOURCE);
+    const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
+    batch.dispatch(p, Uint32Array.of(n, width, from.offset, from.stride, to.offset, to.stride, groups[0]), [src, dst], groups);
   }
 
   private rmsNormSource(): string {
@@ -140,4 +150,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let i = (wid.x + wid.y * P.pitch) * ${ELEM_WG}u + li;
   if (i >= P.n) { return; }
   Y[i] *= 1.0 / (1.0 + exp(-G[i / P.dim]));
+}`;
+
+const COPY_ROWS_SOURCE = /* wgsl */ `
+struct Params { n: u32, width: u32, srcOffset: u32, srcStride: u32, dstOffset: u32, dstStride: u32, pitch: u32 }
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> S: array<f32>;
+@group(0) @binding(2) var<storage, read_write> D: array<f32>;
+@compute @workgroup_size(${ELEM_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let i = (wid.x + wid.y * P.pitch) * ${ELEM_WG}u + li;
+  if (i >= P.n) { return; }
+  let r = i / P.width;
+  let c = i % P.width;
+  D[P.dstOffset + r * P.dstStride + c] = S[P.srcOffset + r * P.srcStride + c];
 }`;
