@@ -8,7 +8,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
 import { UnsupportedError } from "../../errors.js";
-import { GpuDevice, type GpuBinding } from "./device.js";
+import { GpuDevice, type GpuBatch, type GpuBinding } from "./device.js";
 import { type GpuWeight, uploadWeight } from "./weight.js";
 import { MatmulKernels } from "./kernels/matmul.js";
 import { ElementwiseKernels } from "./kernels/elementwise.js";
@@ -65,6 +65,24 @@ async function readBack(buffer: GPUBuffer, to: ArenaF32): Promise<void> {
   f32(to).set(new Float32Array(await device().dev.download(buffer, 0, to.n * 4)));
 }
 
+/**
+ * One request's work: `encode` records its dispatches into one batch, which is submitted; each
+ * `back` buffer is read into the arena; the request's own buffers are freed whatever happens.
+ */
+async function runBatch(owned: readonly (GPUBuffer | null)[], encode: (b: GpuBatch, k: Kernels) => void, back: readonly [GPUBuffer, ArenaF32][]): Promise<void> {
+  const { dev: d, k } = device();
+  try {
+    const b = d.batch();
+    encode(b, k);
+    b.submit();
+    for (const [buffer, to] of back) await readBack(buffer, to);
+  } finally {
+    for (const o of owned) o?.destroy();
+  }
+}
+/** A new output buffer of n floats. */
+const output = (n: number) => device().dev.alloc(n * 4);
+
 async function handle(r: GpuRequest): Promise<void> {
   switch (r.op) {
     case "open": {
@@ -88,136 +106,77 @@ async function handle(r: GpuRequest): Promise<void> {
       return;
     }
     case "matmul": {
-      const { dev: d, k } = device();
-      const x = upload(r.x, "matmul x");
-      const outs = r.outs.map((o) => d.alloc(o.n * 4, undefined, "matmul out"));
-      const b = d.batch();
-      r.ws.forEach((w, i) => k.matmul.encode(b, weight(w), bind(x), r.nTokens, bind(outs[i])));
-      b.submit();
-      await Promise.all(outs.map((o, i) => readBack(o, r.outs[i])));
-      for (const o of [x, ...outs]) o.destroy();
-      return;
+      const x = upload(r.x, "matmul x"), outs = r.outs.map((o) => output(o.n));
+      return runBatch([x, ...outs], (b, k) => r.ws.forEach((w, i) => k.matmul.encode(b, weight(w), bind(x), r.nTokens, bind(outs[i]))),
+        outs.map((o, i) => [o, r.outs[i]]));
     }
     case "rmsNorm": {
-      const { dev: d, k } = device();
-      const x = upload(r.x, "norm x"), w = upload(r.weight, "norm weight"), out = d.alloc(r.out.n * 4);
-      const b = d.batch();
-      k.elementwise.encodeRmsNorm(b, bind(x), bind(w), r.eps, r.dim, r.x.n / r.dim, bind(out));
-      b.submit();
-      await readBack(out, r.out);
-      for (const o of [x, w, out]) o.destroy();
-      return;
+      const x = upload(r.x, "norm x"), w = upload(r.weight, "norm weight"), out = output(r.out.n);
+      return runBatch([x, w, out], (b, k) => k.elementwise.encodeRmsNorm(b, bind(x), bind(w), r.eps, r.dim, r.x.n / r.dim, bind(out)), [[out, r.out]]);
     }
     case "rope": {
-      const { dev: d, k } = device();
       const x = upload(r.x, "rope x");
-      const b = d.batch();
-      k.rope.encode(b, bind(x), r.p);
-      b.submit();
-      await readBack(x, r.x);
-      x.destroy();
-      return;
+      return runBatch([x], (b, k) => k.rope.encode(b, bind(x), r.p), [[x, r.x]]);
     }
     case "attention": {
-      const { dev: d, k } = device();
       // a KV cache on the device is read where it is; one in the arena crosses for this op
       const cache = (a: ArenaF32 | KvId, label: string): { buffer: GPUBuffer; owned: boolean } =>
         "kvId" in a ? { buffer: kvBuffer(a.kvId), owned: false } : { buffer: upload(a, label), owned: true };
-      const q = upload(r.q, "q"), kk = cache(r.k, "k cache"), v = cache(r.v, "v cache"), out = d.alloc(r.out.n * 4);
+      const q = upload(r.q, "q"), kk = cache(r.k, "k cache"), v = cache(r.v, "v cache"), out = output(r.out.n);
       const sinks = r.sinks ? upload(r.sinks, "sinks") : null;
-      const b = d.batch();
-      k.attention.encode(b, bind(q), bind(kk.buffer), bind(v.buffer), r.kv, r.p, bind(out), sinks ? bind(sinks) : null);
-      b.submit();
-      await readBack(out, r.out);
-      for (const o of [q, out, sinks, kk.owned ? kk.buffer : null, v.owned ? v.buffer : null]) o?.destroy();
-      return;
+      return runBatch([q, out, sinks, kk.owned ? kk.buffer : null, v.owned ? v.buffer : null],
+        (b, k) => k.attention.encode(b, bind(q), bind(kk.buffer), bind(v.buffer), r.kv, r.p, bind(out), sinks ? bind(sinks) : null), [[out, r.out]]);
     }
     case "kvAlloc": kvs.set(r.id, device().dev.alloc(r.bytes, undefined, `kv cache ${r.id}`)); return;
     case "kvStore": device().dev.upload(kvBuffer(r.id), new Uint8Array(arena, r.off, r.bytes).slice(), r.at); return;
     case "kvFree": kvs.get(r.id)?.destroy(); kvs.delete(r.id); return;
     case "addRowBias": {
-      const { dev: d, k } = device();
       const x = upload(r.x, "x"), bias = upload(r.bias, "bias");
-      const b = d.batch();
-      k.elementwise.encodeAddRowBias(b, bind(x), bind(bias), r.cols, r.x.n);
-      b.submit();
-      await readBack(x, r.x);
-      for (const o of [x, bias]) o.destroy();
-      return;
+      return runBatch([x, bias], (b, k) => k.elementwise.encodeAddRowBias(b, bind(x), bind(bias), r.cols, r.x.n), [[x, r.x]]);
     }
     case "sigmoidGateRows": {
-      const { dev: d, k } = device();
       const y = upload(r.y, "y"), g = upload(r.g, "gates");
-      const b = d.batch();
-      k.elementwise.encodeSigmoidGateRows(b, bind(y), bind(g), r.dim, r.y.n);
-      b.submit();
-      await readBack(y, r.y);
-      for (const o of [y, g]) o.destroy();
-      return;
+      return runBatch([y, g], (b, k) => k.elementwise.encodeSigmoidGateRows(b, bind(y), bind(g), r.dim, r.y.n), [[y, r.y]]);
     }
     case "copyRows": {
-      const { dev: d, k } = device();
       const src = upload(r.src, "rows from"), dst = upload(r.dst, "rows to");
-      const b = d.batch();
-      k.elementwise.encodeCopyRows(b, bind(src), r.from, bind(dst), r.to, r.width, r.rows);
-      b.submit();
-      await readBack(dst, r.dst);
-      for (const o of [src, dst]) o.destroy();
-      return;
+      return runBatch([src, dst], (b, k) => k.elementwise.encodeCopyRows(b, bind(src), r.from, bind(dst), r.to, r.width, r.rows), [[dst, r.dst]]);
     }
     case "siluMul": {
-      const { dev: d, k } = device();
-      const g = upload(r.gate, "gate"), u = upload(r.up, "up"), out = d.alloc(r.out.n * 4);
-      const b = d.batch();
-      k.elementwise.encodeSiluMul(b, bind(g), bind(u), r.out.n, bind(out));
-      b.submit();
-      await readBack(out, r.out);
-      for (const o of [g, u, out]) o.destroy();
-      return;
+      const g = upload(r.gate, "gate"), u = upload(r.up, "up"), out = output(r.out.n);
+      return runBatch([g, u, out], (b, k) => k.elementwise.encodeSiluMul(b, bind(g), bind(u), r.out.n, bind(out)), [[out, r.out]]);
     }
     case "getRows": {
-      const { dev: d, k } = device();
-      const out = d.alloc(r.out.n * 4);
-      const b = d.batch();
-      k.getRows.encode(b, weight(r.w), r.ids, bind(out));
-      b.submit();
-      await readBack(out, r.out);
-      out.destroy();
-      return;
+      const out = output(r.out.n);
+      return runBatch([out], (b, k) => k.getRows.encode(b, weight(r.w), r.ids, bind(out)), [[out, r.out]]);
     }
     case "experts": {
       // per expert: its tokens' rows gathered, gate and up, the activation (after the gate/up
-      // biases), down (and its bias); one batch for all
-      const { dev: d, k } = device();
+      // biases), down (and its bias); one batch for all; the outputs back to back in slot order
       const x = f32(r.x);
-      const b = d.batch();
       const owned: GPUBuffer[] = [];
-      const ys: { buffer: GPUBuffer; n: number }[] = [];
-      for (const e of r.experts) {
+      const back: [GPUBuffer, ArenaF32][] = [];
+      let off = r.y.off;
+      const steps = r.experts.map((e) => {
         const n = e.tokens.length;
         const gate = weight(e.gate), up = weight(e.up), down = weight(e.down);
         const xg = new Float32Array(n * r.d);
         e.tokens.forEach((t, j) => xg.set(x.subarray(t * r.d, (t + 1) * r.d), j * r.d));
-        const xb = d.allocWith(xg, "expert x"), y = d.alloc(n * r.d * 4);
-        const g = d.alloc(n * gate.rows * 4), u = d.alloc(n * up.rows * 4), h = d.alloc(n * gate.rows * 4);
-        owned.push(xb, g, u, h, y);
+        const xb = device().dev.allocWith(xg, "expert x"), y = output(n * r.d);
+        const g = output(n * gate.rows), u = output(n * up.rows), h = output(n * gate.rows);
         const bias = e.biases ? { gate: upload(e.biases.gate, "gate bias"), up: upload(e.biases.up, "up bias"), down: upload(e.biases.down, "down bias") } : null;
-        if (bias) owned.push(bias.gate, bias.up, bias.down);
-        k.matmul.encode(b, gate, bind(xb), n, bind(g));
-        k.matmul.encode(b, up, bind(xb), n, bind(u));
-        k.elementwise.encodeGlu(b, bind(g), bind(u), bias ? { gate: bind(bias.gate), up: bind(bias.up) } : null, gate.rows, n * gate.rows, r.activation, bind(h));
-        k.matmul.encode(b, down, bind(h), n, bind(y));
-        if (bias) k.elementwise.encodeAddRowBias(b, bind(y), bind(bias.down), r.d, n * r.d);
-        ys.push({ buffer: y, n });
-      }
-      b.submit();
-      let off = r.y.off;
-      for (const y of ys) {
-        await readBack(y.buffer, { off, n: y.n * r.d });
-        off += y.n * r.d * 4;
-      }
-      for (const o of owned) o.destroy();
-      return;
+        owned.push(xb, g, u, h, y, ...(bias ? [bias.gate, bias.up, bias.down] : []));
+        back.push([y, { off, n: n * r.d }]);
+        off += n * r.d * 4;
+        return (b: GpuBatch, k: Kernels) => {
+          k.matmul.encode(b, gate, bind(xb), n, bind(g));
+          k.matmul.encode(b, up, bind(xb), n, bind(u));
+          k.elementwise.encodeGlu(b, bind(g), bind(u), bias ? { gate: bind(bias.gate), up: bind(bias.up) } : null, gate.rows, n * gate.rows, r.activation, bind(h));
+          k.matmul.encode(b, down, bind(h), n, bind(y));
+          if (bias) k.elementwise.encodeAddRowBias(b, bind(y), bind(bias.down), r.d, n * r.d);
+        };
+      });
+      return runBatch(owned, (b, k) => { for (const step of steps) step(b, k); }, back);
     }
     case "dispose": {
       for (const w of weights.values()) w.buffer.destroy();
