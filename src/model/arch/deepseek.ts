@@ -10,7 +10,7 @@ import { addInPlace, attentionBlock, denseFfn, mixtureOfExperts } from "../steps
 import { ModelFormatError, UnsupportedError } from "../../errors.js";
 import type { Fields, HFArchConfig, HFBaseConfig, HFModelConfig } from "../../formats/hf/config.js";
 import { f32, u32 } from "../../formats/metadata-value.js";
-import { attentionLayout, ffnLayout, normLayout } from "../../tools/make-model/layout.js";
+import { preNormBlockLayout } from "../../tools/make-model/layout.js";
 import { TINY_SHAPE } from "../../tools/make-model/shape.js";
 
 export const deepseek: Architecture = {
@@ -56,13 +56,7 @@ export const deepseek: Architecture = {
       "tiny-deepseek": { ...TINY_SHAPE, arch: "deepseek", layers: 3, kvHeads: 4, leadingDense: 1, denseDFf: 512, sharedDFf: 512, normEps: 1e-6 },
     },
     defaultPreset: "tiny-deepseek",
-    block(s, l, add) {
-      const b = `blk.${l}.`;
-      normLayout(s, `${b}attn_norm.weight`, add);
-      attentionLayout(s, b, add);
-      normLayout(s, `${b}ffn_norm.weight`, add);
-      ffnLayout(s, l, b, add);
-    },
+    block: (s, l, add) => preNormBlockLayout(s, l, add),
     // dense FFN width for the leading blocks; shared experts of the routed width
     metadata: (s) => [
       ["feed_forward_length", u32(s.denseDFf)],

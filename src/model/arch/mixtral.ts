@@ -8,7 +8,7 @@ import { attentionTensors, blockNormTensors, commonConfig, ffnTensors, modelTens
 import { validateConfig } from "../config.js";
 import { addInPlace, attentionBlock, mixtureOfExperts } from "../steps.js";
 import { u32 } from "../../formats/metadata-value.js";
-import { attentionLayout, ffnLayout, normLayout } from "../../tools/make-model/layout.js";
+import { preNormBlockLayout } from "../../tools/make-model/layout.js";
 import { TINY_SHAPE } from "../../tools/make-model/shape.js";
 
 export const mixtral: Architecture = {
@@ -45,13 +45,7 @@ export const mixtral: Architecture = {
       },
     },
     defaultPreset: "tiny",
-    block(s, l, add) {
-      const b = `blk.${l}.`;
-      normLayout(s, `${b}attn_norm.weight`, add);
-      attentionLayout(s, b, add);
-      normLayout(s, `${b}ffn_norm.weight`, add);
-      ffnLayout(s, l, b, add);
-    },
+    block: (s, l, add) => preNormBlockLayout(s, l, add),
     // the expert width is feed_forward_length
     metadata: (s) => [["feed_forward_length", u32(s.dFf)], ["attention.head_count_kv", u32(s.kvHeads)], ["rope.dimension_count", u32(s.headDim)]],
   },

@@ -8,7 +8,7 @@ import { validateConfig } from "../config.js";
 import { addInPlace, attentionBlock, mixtureOfExperts } from "../steps.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { bool, f32, u32 } from "../../formats/metadata-value.js";
-import { attentionLayout, ffnLayout, normLayout } from "../../tools/make-model/layout.js";
+import { preNormBlockLayout } from "../../tools/make-model/layout.js";
 import { TINY_SHAPE } from "../../tools/make-model/shape.js";
 
 export const olmoe: Architecture = {
@@ -52,13 +52,7 @@ export const olmoe: Architecture = {
     validateShape(s) {
       if (s.kvHeads !== s.heads) throw new InvalidArgumentError("make-model: olmoe normalizes k over the whole width: --kv-heads must equal --heads");
     },
-    block(s, l, add) {
-      const b = `blk.${l}.`;
-      normLayout(s, `${b}attn_norm.weight`, add);
-      attentionLayout(s, b, add, { qkNorm: "full" });
-      normLayout(s, `${b}ffn_norm.weight`, add);
-      ffnLayout(s, l, b, add);
-    },
+    block: (s, l, add) => preNormBlockLayout(s, l, add, { qkNorm: "full" }),
     // the expert width is feed_forward_length
     metadata: (s) => [["feed_forward_length", u32(s.dFf)], ["attention.head_count_kv", u32(s.kvHeads)], ["rope.dimension_count", u32(s.headDim)]],
   },

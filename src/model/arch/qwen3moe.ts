@@ -8,7 +8,7 @@ import { validateConfig } from "../config.js";
 import { addInPlace, attentionBlock, mixtureOfExperts } from "../steps.js";
 import { qwenExperts, refuseDenseLayers } from "./qwen2moe.js";
 import { bool, u32 } from "../../formats/metadata-value.js";
-import { attentionLayout, ffnLayout, normLayout } from "../../tools/make-model/layout.js";
+import { preNormBlockLayout } from "../../tools/make-model/layout.js";
 import { TINY_SHAPE } from "../../tools/make-model/shape.js";
 
 export const qwen3moe: Architecture = {
@@ -51,13 +51,7 @@ export const qwen3moe: Architecture = {
     defaultPreset: "tiny-qwen3moe",
     // head_dim is its own (attention.key_length), not d_model / heads
     resolveShape: (shape, { base }) => ({ ...shape, headDim: base.headDim }),
-    block(s, l, add) {
-      const b = `blk.${l}.`;
-      normLayout(s, `${b}attn_norm.weight`, add);
-      attentionLayout(s, b, add, { qkNorm: "head" });
-      normLayout(s, `${b}ffn_norm.weight`, add);
-      ffnLayout(s, l, b, add);
-    },
+    block: (s, l, add) => preNormBlockLayout(s, l, add, { qkNorm: "head" }),
     metadata: (s) => [
       ["feed_forward_length", u32(s.dFf)],
       ["expert_feed_forward_length", u32(s.dFf)],

@@ -86,6 +86,18 @@ export function attentionLayout(s: ModelShape, b: string, add: TensorSink, opts:
 }
 
 /**
+ * The standard pre-norm block l: attn_norm, attention (with `attention`'s biases and q/k norms),
+ * ffn_norm, the FFN (ffnLayout), in that tensor order.
+ */
+export function preNormBlockLayout(s: ModelShape, l: number, add: TensorSink, attention: AttentionLayoutOptions = {}): void {
+  const b = `blk.${l}.`;
+  normLayout(s, `${b}attn_norm.weight`, add);
+  attentionLayout(s, b, add, attention);
+  normLayout(s, `${b}ffn_norm.weight`, add);
+  ffnLayout(s, l, b, add);
+}
+
+/**
  * The FFN of block l: a dense SwiGLU in the leading dense blocks; elsewhere the routed experts
  * and, when sharedDFf > 0, the shared expert(s).
  */
