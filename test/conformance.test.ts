@@ -28,7 +28,7 @@ import { skipUnlessPresent } from "./shared.js";
 import { openWebGpu } from "./backends.js";
 import { wgslAttentionBound, wgslSiluMulBound } from "./wgsl-bounds.js";
 import { ALL_TYPES, FLOAT_TYPES, Q32_TYPES, randF32, randomWeight, rng } from "./random-inputs.js";
-import { addSlots } from "../src/model/steps.js";
+import { addSlots } from "../src/backend/host-ops.js";
 
 const ref = new RefBackend();
 

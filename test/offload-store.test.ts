@@ -18,7 +18,7 @@ import { backendsUnderTest, nativeOrRef } from "./backends.js";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { ExpertStore } from "../src/offload/store.js";
 import { ResidentExperts, type AcquireHint, type DeferredExperts, type ExpertFfnWeights, type ExpertProvider, type ForwardInfo } from "../src/model/experts.js";
-import { addSlots } from "../src/model/steps.js";
+import { addSlots } from "../src/backend/host-ops.js";
 import { planMemory } from "../src/offload/planner.js";
 import { OffloadStats } from "../src/offload/stats.js";
 import { BudgetError, FileAccessError, ModelFormatError } from "../src/errors.js";

@@ -1,4 +1,8 @@
-/** What host-memory backends (ref, native) share: their view of a KV cache, and the ops they compute alike. */
+/**
+ * What host-memory backends (ref, native) share: their view of a KV cache, and the ops they
+ * compute alike; the argument checks every backend makes for those ops, and the slot sum
+ * (addSlots) of every expert FFN computed on the host.
+ */
 import type { KvArray, KvTensor, RowLayout } from "./backend.js";
 import { isHostKv } from "./backend.js";
 import { InvalidArgumentError } from "../errors.js";
@@ -18,20 +22,19 @@ export abstract class HostOps {
   abstract f32ToF16(x: Float32Array, out: Uint16Array): void;
 
   add(x: Float32Array, y: Float32Array): void {
-    if (y.length < x.length) throw new InvalidArgumentError(`add: y has ${y.length} values, x ${x.length}`);
+    checkAdd(x, y);
     for (let i = 0; i < x.length; i++) x[i] += y[i];
   }
 
   addRowBias(x: Float32Array, bias: Float32Array): void {
     const cols = bias.length;
-    if (cols === 0 || x.length % cols !== 0) throw new InvalidArgumentError(`addRowBias: ${x.length} values are not rows of ${cols}`);
+    checkRowBias(x, bias);
     for (let o = 0; o < x.length; o += cols) for (let c = 0; c < cols; c++) x[o + c] += bias[c];
   }
 
   /** The gate in f64, each product rounded to f32. */
   sigmoidGateRows(y: Float32Array, g: Float32Array, dim: number): void {
-    const rows = y.length / dim;
-    if (!(Number.isInteger(rows) && g.length >= rows)) throw new InvalidArgumentError(`sigmoidGateRows: ${y.length} values in rows of ${dim}, ${g.length} gates`);
+    const rows = gatedRows(y, g, dim);
     for (let t = 0; t < rows; t++) {
       const s = 1 / (1 + Math.exp(-g[t]));
       for (let c = 0; c < dim; c++) y[t * dim + c] *= s;
@@ -49,9 +52,7 @@ export abstract class HostOps {
   /** A copy into an f32 cache, f32ToF16 into an f16 one. */
   storeKv(cache: KvTensor, offset: number, src: Float32Array): void {
     const c = hostKv(cache, "storeKv");
-    if (!(Number.isInteger(offset) && offset >= 0 && offset + src.length <= c.length)) {
-      throw new InvalidArgumentError(`storeKv: ${src.length} values at ${offset} overrun a cache of ${c.length}`);
-    }
+    checkKvWrite(c.length, offset, src.length);
     if (c instanceof Float32Array) c.set(src, offset);
     else this.f32ToF16(src, c.subarray(offset, offset + src.length));
   }
@@ -63,5 +64,42 @@ export function checkCopyRows(srcLength: number, from: RowLayout, dstLength: num
   const ok = (l: RowLayout, n: number) => Number.isInteger(l.offset) && Number.isInteger(l.stride) && l.offset >= 0 && l.stride >= 0 && end(l) <= n;
   if (!(Number.isInteger(width) && width >= 0 && Number.isInteger(rows) && rows >= 0 && ok(from, srcLength) && ok(to, dstLength))) {
     throw new InvalidArgumentError(`copyRows: ${rows} rows of ${width} from ${JSON.stringify(from)} in ${srcLength} to ${JSON.stringify(to)} in ${dstLength} fall outside`);
+  }
+}
+
+/** Backend.add's arguments: y covers x. */
+export function checkAdd(x: Float32Array, y: Float32Array): void {
+  if (y.length < x.length) throw new InvalidArgumentError(`add: y has ${y.length} values, x ${x.length}`);
+}
+
+/** Backend.addRowBias' arguments: x is whole rows of bias.length. */
+export function checkRowBias(x: Float32Array, bias: Float32Array): void {
+  if (bias.length === 0 || x.length % bias.length !== 0) throw new InvalidArgumentError(`addRowBias: ${x.length} values are not rows of ${bias.length}`);
+}
+
+/** Backend.sigmoidGateRows' rows: y is whole rows of dim, with a gate for each. */
+export function gatedRows(y: Float32Array, g: Float32Array, dim: number): number {
+  const rows = y.length / dim;
+  if (!(Number.isInteger(rows) && g.length >= rows)) throw new InvalidArgumentError(`sigmoidGateRows: ${y.length} values in rows of ${dim}, ${g.length} gates`);
+  return rows;
+}
+
+/** Backend.storeKv's bounds: n values from `offset` inside a cache of `length`. */
+export function checkKvWrite(length: number, offset: number, n: number): void {
+  if (!(Number.isInteger(offset) && offset >= 0 && offset + n <= length)) {
+    throw new InvalidArgumentError(`storeKv: ${n} values at ${offset} overrun a cache of ${length}`);
+  }
+}
+
+/**
+ * out[t] (+)= Σ over t's slots, in slot order, of weight · y[slot], each step rounded like f32
+ * `out += w * y` (the f32 product is exact in f64; one f64 add, one f32 store): the same bits as
+ * Backend.moeFfn's own sum.
+ */
+export function addSlots(out: Float32Array, y: Float32Array, tokens: Int32Array, weights: Float32Array, d: number, accumulate: boolean): void {
+  if (!accumulate) out.fill(0);
+  for (let s = 0; s < tokens.length; s++) {
+    const o = tokens[s] * d, w = weights[s];
+    for (let c = 0; c < d; c++) out[o + c] += w * y[s * d + c];
   }
 }

@@ -8,6 +8,7 @@
  * attention runs per sequence, over that sequence's own KV cache.
  */
 import type { Backend, ExpertActivation, ExpertBatch, RopeParams, WeightMatrix } from "../backend/backend.js";
+import { addSlots } from "../backend/host-ops.js";
 import { GGMLType } from "../formats/quant/types.js";
 import type { ModelConfig } from "./config.js";
 import type { DeferredExperts, ExpertProvider } from "./experts.js";
@@ -412,19 +413,6 @@ function computeAsTheyArrive(
     for (const i of now) pending.delete(i);
   }
   addSlots(out, slotY, batch.tokens, batch.weights, d, batch.accumulate === true);
-}
-
-/**
- * out[t] (+)= Σ over t's slots, in slot order, of weight · y[slot], each step rounded like f32
- * `out += w * y` (the f32 product is exact in f64; one f64 add, one f32 store): the same bits as
- * Backend.moeFfn's own sum.
- */
-export function addSlots(out: Float32Array, y: Float32Array, tokens: Int32Array, weights: Float32Array, d: number, accumulate: boolean): void {
-  if (!accumulate) out.fill(0);
-  for (let s = 0; s < tokens.length; s++) {
-    const o = tokens[s] * d, w = weights[s];
-    for (let c = 0; c < d; c++) out[o + c] += w * y[s * d + c];
-  }
 }
 
 /** x's rows `rows` (each of `dim`), in that order: one copy per run of consecutive rows. */

@@ -18,7 +18,7 @@
  */
 import { Worker } from "node:worker_threads";
 import type { AttentionParams, Backend, DeviceKv, ExpertBatch, KvStorage, KvTensor, RopeParams, RowLayout, WeightMatrix } from "../backend.js";
-import { checkCopyRows } from "../host-ops.js";
+import { addSlots, checkAdd, checkCopyRows, checkKvWrite, checkRowBias, gatedRows } from "../host-ops.js";
 import { SWIGLU, isHostKv } from "../backend.js";
 import { RefBackend } from "../ref/ref-backend.js";
 import { rowBytes } from "../../formats/quant/types.js";
@@ -221,15 +221,9 @@ export class WebGpuBackend implements Backend {
    * writes start and end on 4-byte boundaries (an f16 row of odd length is refused).
    */
   storeKv(cache: KvTensor, offset: number, src: Float32Array): void {
-    if (!(Number.isInteger(offset) && offset >= 0 && offset + src.length <= cache.length)) {
-      throw new InvalidArgumentError(`storeKv: ${src.length} values at ${offset} overrun a cache of ${cache.length}`);
-    }
-    if (isHostKv(cache)) {
-      if (cache instanceof Float32Array) cache.set(src, offset);
-      else this.f32ToF16(src, cache.subarray(offset, offset + src.length));
-      return;
-    }
+    if (isHostKv(cache)) { this.host.storeKv(cache, offset, src); return; }
     const kv = this.own(cache, "storeKv");
+    checkKvWrite(kv.length, offset, src.length);
     let bytes: Uint8Array, at: number;
     if (kv.type === "f32") {
       bytes = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
@@ -252,19 +246,18 @@ export class WebGpuBackend implements Backend {
   }
 
   add(x: Float32Array, y: Float32Array): void {
-    if (y.length < x.length) throw new InvalidArgumentError(`add: y has ${y.length} values, x ${x.length}`);
+    checkAdd(x, y);
     if (x.length === 0) return;
     this.inPlace(x, (p, xa) => ({ op: "addRowBias", x: xa, bias: p.f32(y.subarray(0, x.length)), cols: x.length }));
   }
 
   addRowBias(x: Float32Array, bias: Float32Array): void {
-    if (bias.length === 0 || x.length % bias.length !== 0) throw new InvalidArgumentError(`addRowBias: ${x.length} values are not rows of ${bias.length}`);
+    checkRowBias(x, bias);
     this.inPlace(x, (p, xa) => ({ op: "addRowBias", x: xa, bias: p.f32(bias), cols: bias.length }));
   }
 
   sigmoidGateRows(y: Float32Array, g: Float32Array, dim: number): void {
-    const rows = y.length / dim;
-    if (!(Number.isInteger(rows) && g.length >= rows)) throw new InvalidArgumentError(`sigmoidGateRows: ${y.length} values in rows of ${dim}, ${g.length} gates`);
+    const rows = gatedRows(y, g, dim);
     if (rows === 0) return;
     this.inPlace(y, (p, ya) => ({ op: "sigmoidGateRows", y: ya, g: p.f32(g.subarray(0, rows)), dim }));
   }
@@ -284,8 +277,8 @@ export class WebGpuBackend implements Backend {
 
   /**
    * Each expert's FFN on the device (gate, up, silu-mul, down over its gathered tokens, one batch
-   * for the layer); the weighted sum over each token's slots on the host in slot order, rounded
-   * as the ref backend rounds it.
+   * for the layer); the weighted sum over each token's slots on the host in slot order (addSlots,
+   * rounded as the ref backend rounds it).
    */
   moeFfn(x: Float32Array, nTokens: number, b: ExpertBatch, out: Float32Array): void {
     const d = b.experts.length > 0 ? b.experts[0].gate.cols : 0;
@@ -311,17 +304,10 @@ export class WebGpuBackend implements Backend {
     const xa = p.f32(x.subarray(0, nTokens * d));
     const ya = p.out(nSlot * d);
     this.request(p, { op: "experts", x: xa, d, experts, activation: b.activation ?? SWIGLU, y: ya });
+    // the non-empty experts' slots back to back, in expert order: every slot, in slot order
     const y = this.read(ya);
-    // y holds the non-empty experts' slots back to back, in expert order = slot order
-    let j = 0;
-    b.experts.forEach((_, i) => {
-      for (let s = b.offsets[i]; s < b.offsets[i + 1]; s++, j++) {
-        const row = y.subarray(j * d, (j + 1) * d);
-        if (b.slotOut) { b.slotOut.set(row, s * d); continue; }
-        const t = b.tokens[s], wt = b.weights[s];
-        for (let c = 0; c < d; c++) out[t * d + c] += wt * row[c];
-      }
-    });
+    if (b.slotOut) b.slotOut.set(y);
+    else addSlots(out, y, b.tokens, b.weights, d, true);
   }
 
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {
