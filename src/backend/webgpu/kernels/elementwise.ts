@@ -23,9 +23,7 @@ export class ElementwiseKernels extends KernelFamily {
 
   /** out[i] = silu(gate[i]) * up[i] for i < n. */
   encodeSiluMul(batch: GpuBatch, gate: GpuBinding, up: GpuBinding, n: number, out: GpuBinding): void {
-    const p = this.pipeline("silu-mul", () => SILU_MUL_SOURCE);
-    const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
-    batch.dispatch(p, Uint32Array.of(n, groups[0]), [gate, up, out], groups);
+    this.perElement(batch, "silu-mul", SILU_MUL_SOURCE, n, [n], [gate, up, out]);
   }
 
   /**
@@ -34,35 +32,37 @@ export class ElementwiseKernels extends KernelFamily {
    * out may not alias gate or up.
    */
   encodeGlu(batch: GpuBatch, gate: GpuBinding, up: GpuBinding, biases: { gate: GpuBinding; up: GpuBinding } | null, ff: number, n: number, act: ExpertActivation, out: GpuBinding): void {
-    const p = this.pipeline("glu", () => GLU_SOURCE);
-    const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
     const oai = act.kind === "swiglu-oai";
-    const params = Uint32Array.of(n, ff, oai ? 1 : 0, biases ? 1 : 0, f32Bits(oai ? act.alpha : 0), f32Bits(oai ? act.limit : 0), groups[0]);
+    const params = [n, ff, oai ? 1 : 0, biases ? 1 : 0, f32Bits(oai ? act.alpha : 0), f32Bits(oai ? act.limit : 0)];
     // without biases the bias bindings are bound to gate and up (read, never used)
-    batch.dispatch(p, params, [gate, up, biases?.gate ?? gate, biases?.up ?? up, out], groups);
+    this.perElement(batch, "glu", GLU_SOURCE, n, params, [gate, up, biases?.gate ?? gate, biases?.up ?? up, out]);
   }
 
   /** x[i] += bias[i % cols] for i < n, in place. */
   encodeAddRowBias(batch: GpuBatch, x: GpuBinding, bias: GpuBinding, cols: number, n: number): void {
-    const p = this.pipeline("add-row-bias", () => ADD_ROW_BIAS_SOURCE);
-    const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
-    batch.dispatch(p, Uint32Array.of(n, cols, groups[0]), [x, bias], groups);
+    this.perElement(batch, "add-row-bias", ADD_ROW_BIAS_SOURCE, n, [n, cols], [x, bias]);
   }
 
   /** y[i] *= sigmoid(g[i / dim]) for i < n, in place. */
   encodeSigmoidGateRows(batch: GpuBatch, y: GpuBinding, g: GpuBinding, dim: number, n: number): void {
-    const p = this.pipeline("sigmoid-gate-rows", () => SIGMOID_GATE_ROWS_SOURCE);
-    const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
-    batch.dispatch(p, Uint32Array.of(n, dim, groups[0]), [y, g], groups);
+    this.perElement(batch, "sigmoid-gate-rows", SIGMOID_GATE_ROWS_SOURCE, n, [n, dim], [y, g]);
   }
 
   /** dst[to.offset + r * to.stride + c] = src[from.offset + r * from.stride + c], r < rows, c < width. */
   encodeCopyRows(batch: GpuBatch, src: GpuBinding, from: RowLayout, dst: GpuBinding, to: RowLayout, width: number, rows: number): void {
     const n = width * rows;
     if (n === 0) return;
-    const p = this.pipeline("copy-rows", () => COPY_ROWS_SOURCE);
+    this.perElement(batch, "copy-rows", COPY_ROWS_SOURCE, n, [n, width, from.offset, from.stride, to.offset, to.stride], [src, dst]);
+  }
+
+  /**
+   * Records `source` with one invocation per element i < n: its Params are `params` (u32 values,
+   * f32 ones as their bits) followed by the grid's pitch.
+   */
+  private perElement(batch: GpuBatch, key: string, source: string, n: number, params: readonly number[], bindings: readonly GpuBinding[]): void {
+    const p = this.pipeline(key, () => source);
     const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
-    batch.dispatch(p, Uint32Array.of(n, width, from.offset, from.stride, to.offset, to.stride, groups[0]), [src, dst], groups);
+    batch.dispatch(p, Uint32Array.of(...params, groups[0]), bindings, groups);
   }
 
   private rmsNormSource(): string {
