@@ -3,7 +3,7 @@
  * compute alike; the argument checks every backend makes for those ops, and the slot sum
  * (addSlots) of every expert FFN computed on the host.
  */
-import type { KvArray, KvTensor, RowLayout } from "./backend.js";
+import type { KvArray, KvTensor, RopeParams, RowLayout } from "./backend.js";
 import { isHostKv } from "./backend.js";
 import { InvalidArgumentError } from "../errors.js";
 
@@ -102,4 +102,22 @@ export function addSlots(out: Float32Array, y: Float32Array, tokens: Int32Array,
     const o = tokens[s] * d, w = weights[s];
     for (let c = 0; c < d; c++) out[o + c] += w * y[s * d + c];
   }
+}
+
+/**
+ * The rotation of dim pair i at position `pos` as RopeParams defines it (linear scale, or YaRN's
+ * ramp between interpolated and extrapolated angles, cos and sin times its mscale): the ref
+ * backend's rope and the webgpu backend's (cos, sin) table both compute it here.
+ */
+export function ropeCosSin(p: Pick<RopeParams, "theta" | "ropeDim" | "freqScale" | "yarn">, pos: number, i: number): { cos: number; sin: number } {
+  const inv = Math.pow(p.theta, (-2 * i) / p.ropeDim);
+  const y = p.yarn;
+  if (!y) {
+    const angle = pos * p.freqScale * inv;
+    return { cos: Math.cos(angle), sin: Math.sin(angle) };
+  }
+  const extrap = pos * inv;
+  const ramp = 1 - Math.min(1, Math.max(0, (i - y.low) / Math.max(0.001, y.high - y.low)));
+  const angle = p.freqScale * extrap * (1 - ramp) + extrap * ramp;
+  return { cos: Math.cos(angle) * y.mscale, sin: Math.sin(angle) * y.mscale };
 }

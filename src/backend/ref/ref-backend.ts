@@ -4,7 +4,7 @@
  * per weight buffer (tests run it on small models; it is not meant for multi-GB ones).
  */
 import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvArray, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
-import { HostOps, hostKv } from "../host-ops.js";
+import { HostOps, hostKv, ropeCosSin } from "../host-ops.js";
 import { dequantize, fp16ToFp32, fp32ToFp16 } from "../../formats/quant/dequantize.js";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
@@ -60,22 +60,11 @@ export class RefBackend extends HostOps implements Backend {
 
   rope(x: Float32Array, p: RopeParams): void {
     const half = p.ropeDim / 2;
-    const y = p.yarn;
     for (let t = 0; t < p.nTokens; t++) {
-      const pos = (p.pos0 + t) * p.freqScale;
       for (let h = 0; h < p.nHead; h++) {
         const base = (t * p.nHead + h) * p.headStride + p.ropeOffset;
         for (let i = 0; i < half; i++) {
-          let angle: number, mscale = 1;
-          if (y) {
-            const extrap = (p.pos0 + t) * Math.pow(p.theta, (-2 * i) / p.ropeDim);
-            const ramp = 1 - Math.min(1, Math.max(0, (i - y.low) / Math.max(0.001, y.high - y.low)));
-            angle = p.freqScale * extrap * (1 - ramp) + extrap * ramp;
-            mscale = y.mscale;
-          } else {
-            angle = pos * Math.pow(p.theta, (-2 * i) / p.ropeDim);
-          }
-          const c = Math.cos(angle) * mscale, s = Math.sin(angle) * mscale;
+          const { cos: c, sin: s } = ropeCosSin(p, p.pos0 + t, i);
           const i0 = p.neox ? base + i : base + 2 * i;
           const i1 = p.neox ? base + i + half : base + 2 * i + 1;
           const a = x[i0], b = x[i1];

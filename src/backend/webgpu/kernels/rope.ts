@@ -8,6 +8,7 @@
  * grown by doubling to cover the positions asked for.
  */
 import type { RopeParams } from "../../backend.js";
+import { ropeCosSin } from "../../host-ops.js";
 import { InvalidArgumentError } from "../../../errors.js";
 import type { GpuBatch, GpuBinding } from "../device.js";
 import { KernelFamily, grid2d } from "./common.js";
@@ -44,8 +45,8 @@ export class RopeKernels extends KernelFamily {
   }
 
   /**
-   * The table of (cos, sin) [position][pair] for p's theta, ropeDim, freqScale and YaRN ramp (as
-   * the ref backend computes them, cos and sin times YaRN's mscale), covering `positions`.
+   * The table of (cos, sin) [position][pair] for p's theta, ropeDim, freqScale and YaRN ramp
+   * (ropeCosSin: as the ref backend computes them), covering `positions`.
    */
   private table(batch: GpuBatch, p: RopeParams, positions: number): RopeTable {
     const y = p.yarn;
@@ -55,20 +56,11 @@ export class RopeKernels extends KernelFamily {
     const n = Math.max(positions, 2 * (old?.positions ?? 0), 1024);
     const half = p.ropeDim / 2;
     const cs = new Float32Array(n * half * 2);
-    const inv = Array.from({ length: half }, (_, i) => Math.pow(p.theta, (-2 * i) / p.ropeDim));
     for (let pos = 0; pos < n; pos++) {
       for (let i = 0; i < half; i++) {
-        let angle: number, mscale = 1;
-        if (y) {
-          const extrap = pos * inv[i]!;
-          const ramp = 1 - Math.min(1, Math.max(0, (i - y.low) / Math.max(0.001, y.high - y.low)));
-          angle = p.freqScale * extrap * (1 - ramp) + extrap * ramp;
-          mscale = y.mscale;
-        } else {
-          angle = pos * p.freqScale * inv[i]!;
-        }
-        cs[2 * (pos * half + i)] = Math.cos(angle) * mscale;
-        cs[2 * (pos * half + i) + 1] = Math.sin(angle) * mscale;
+        const { cos, sin } = ropeCosSin(p, pos, i);
+        cs[2 * (pos * half + i)] = cos;
+        cs[2 * (pos * half + i) + 1] = sin;
       }
     }
     if (old) batch.retire(old.buffer);
