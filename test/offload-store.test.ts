@@ -207,7 +207,7 @@ test("moeFfn with accumulate: groups of experts in order give the bits of one ca
       b.moeFfn(x, nTok, { experts, offsets, tokens, weights, slotOut: slotY }, untouched);
       assert.ok(untouched.every((v) => v === 7), `${b.name}: moeFfn with slotOut leaves out alone`);
       const summed = new Float32Array(nTok * d).fill(123);
-      addSlots(summed, slotY, tokens, weights, d, false);
+      addSlots(summed, slotY, tokens, weights, d, "overwrite");
       assertBitIdentical([one], [summed], `${b.name} slotOut + addSlots`);
     }
   } finally {

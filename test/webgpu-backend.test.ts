@@ -16,7 +16,8 @@ import { RefBackend } from "../src/backend/ref/ref-backend.js";
 import type { Backend } from "../src/backend/backend.js";
 import { GGMLType } from "../src/formats/quant/types.js";
 import { makeModel } from "../src/tools/make-model/index.js";
-import { InvalidArgumentError } from "../src/errors.js";
+import { InvalidArgumentError, UnsupportedError } from "../src/errors.js";
+import { ResidentExperts } from "../src/model/experts.js";
 import { spawnSync } from "node:child_process";
 import { hfFixtures, maxAbsDiff } from "./hf-fixtures.js";
 import { REPO_ROOT, skipUnlessPresent } from "./shared.js";
@@ -76,6 +77,60 @@ describe("webgpu forwards", { skip }, () => {
     });
   }
 
+  test("routing where the layer runs: on the device (moeRouted) and on the host (a provider without stacked experts) give ref's routing and logits; a batched decode of 3 sessions = each alone", async () => {
+    for (const preset of ["tiny-qwen2moe", "tiny-gpt-oss", "tiny-deepseek3"]) {
+      const path = join(dir, `routing-${preset}.gguf`);
+      await makeModel({ preset, type: "F32", seed: 4, out: path });
+      const model = Model.open(path);
+      const prompt = [5, 9, 200, 31, 7];
+      const observe = (backend: Backend, hostRouting: boolean) => {
+        const seen: string[] = [];
+        const observer = { onRouting: (l: number, e: Int32Array, w: Float32Array) => { seen.push(`${l}:${Array.from(e).join(",")}`); void w; } };
+        const resident = new ResidentExperts(model.config, model.weights);
+        // the same experts, handed out one by one: the layer is routed on the host
+        const experts = hostRouting ? { acquire: resident.acquire.bind(resident), release: resident.release.bind(resident) } : resident;
+        const s = new Session(model, { backend, contextLength: 16, kvType: "f32", observer, experts });
+        const logits = [Float32Array.from(s.prefill(prompt)), Float32Array.from(s.decodeStep(3))];
+        return { seen, logits };
+      };
+      const want = observe(ref, false);
+      for (const hostRouting of [false, true]) {
+        const got = observe(gpu!, hostRouting);
+        assert.deepEqual(got.seen, want.seen, `${preset} (${hostRouting ? "host" : "device"} routing): the experts chosen`);
+        got.logits.forEach((l, i) => {
+          const scale = want.logits[i].reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+          const diff = maxAbsDiff(l, want.logits[i]);
+          assert.ok(diff <= 1e-4 * scale + 1e-6, `${preset} (${hostRouting ? "host" : "device"} routing) step ${i}: max |diff| ${diff.toExponential(2)}`);
+        });
+      }
+      // three sessions of different lengths in one decode step: rows at offsets that are not
+      // bindable on the device (staged), each session's attention over its own cache
+      const shared = new ResidentExperts(model.config, model.weights);
+      const sessions = [[1, 2], [7, 8, 9, 10, 11], [42]].map((p) => {
+        const s = new Session(model, { backend: gpu!, contextLength: 16, kvType: "f16", experts: shared });
+        s.prefill(p);
+        return s;
+      });
+      const batched = Session.decodeBatch(sessions.map((session, i) => ({ session, token: 20 + i })));
+      [[1, 2], [7, 8, 9, 10, 11], [42]].forEach((p, i) => {
+        const alone = new Session(model, { backend: gpu!, contextLength: 16, kvType: "f16" });
+        alone.prefill(p);
+        const one = alone.decodeStep(20 + i);
+        const row = batched.subarray(i * model.config.vocabSize, (i + 1) * model.config.vocabSize);
+        const scale = one.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+        assert.ok(maxAbsDiff(row, one) <= 1e-5 * scale + 1e-6, `${preset}: batched row ${i} differs from its session alone by ${maxAbsDiff(row, one)}`);
+      });
+      model.close();
+    }
+  });
+
+  test("a tensor beyond the adapter's largest buffer is refused up front, with the numbers", () => {
+    const max = gpu!.adapter.limits.maxBufferSize;
+    assert.throws(() => gpu!.checkWeights([{ name: "token_embd.weight", bytes: 1024 }, { name: "blk.0.ffn_up_exps.weight", bytes: max + 1 }]),
+      (e: unknown) => e instanceof UnsupportedError && e.message.includes(`blk.0.ffn_up_exps.weight (${max + 1} bytes)`) && e.message.includes(`maxBufferSize ${max}`));
+    gpu!.checkWeights([{ name: "ok", bytes: max }]);
+  });
+
   test("quantized weights (Q4_K, Q8_0): logits near ref's (int8 activations in the matvec, as native's)", async () => {
     for (const type of ["Q4_K", "Q8_0"] as const) {
       const path = join(dir, `tiny-${type}.gguf`);
@@ -94,11 +149,13 @@ describe("webgpu forwards", { skip }, () => {
 
   test("bad input is the same typed error as on ref, and the backend works on after it", () => {
     const w = { type: GGMLType.F32, rows: 4, cols: 8, data: new Uint8Array(4 * 8 * 4) };
-    assert.throws(() => gpu!.getRows(w, [9], new Float32Array(8)), (e: unknown) => e instanceof InvalidArgumentError && /outside the vocabulary/.test(e.message));
+    assert.throws(() => gpu!.getRows(w, [9], gpu!.alloc(8)), (e: unknown) => e instanceof InvalidArgumentError && /outside the vocabulary/.test(e.message));
+    // a host array is not a tensor of this backend
+    assert.throws(() => gpu!.matmul(w, new Float32Array(8), 1, gpu!.alloc(4)), (e: unknown) => e instanceof InvalidArgumentError && /upload\(\) it first/.test(e.message));
     // the backend still works after a failed op
-    const out = new Float32Array(4);
-    gpu!.matmul(w, new Float32Array(8).fill(1), 1, out);
-    assert.deepEqual(Array.from(out), [0, 0, 0, 0]);
+    const out = gpu!.alloc(4);
+    gpu!.matmul(w, gpu!.upload(new Float32Array(8).fill(1)), 1, out);
+    assert.deepEqual(Array.from(gpu!.download(out)), [0, 0, 0, 0]);
   });
 
   test("the CLI (the built package, its GPU thread in dist/): run and logits with --backend webgpu as with ref; --memory-budget refused", async () => {

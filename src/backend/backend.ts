@@ -1,13 +1,18 @@
 /**
- * The Backend interface: the ops a model recipe needs, over activations held in Float32Arrays
- * (host memory, row-major) and weights in GGUF block layouts. `ref` (plain TypeScript) is the
- * oracle; `native` (C++ addon) and `webgpu` (WGSL on a WebGPU device) must agree with it op by op
- * (test/conformance.test.ts).
+ * The Backend interface: the ops a model recipe needs, over activation tensors the backend owns
+ * (f32, row-major: host Float32Arrays for ref and native, device buffers for webgpu) and weights
+ * in GGUF block layouts. `ref` (plain TypeScript) is the oracle; `native` (C++ addon) and `webgpu`
+ * (WGSL on a WebGPU device) must agree with it op by op (test/conformance.test.ts).
+ *
+ * Memory follows ggml's buffers-before-kernels: a backend makes its tensors (alloc, upload), its
+ * ops read and write them where they are, and only `download` brings values to the host. A forward
+ * keeps its activations, the KV cache (allocKv) and the weights in the backend's memory throughout.
  *
  * Conventions: a "row" is `dim` consecutive floats; a batch of `nTokens` rows is stored back to back.
  */
 import type { GGMLType } from "../formats/quant/types.js";
 import type { FileMapper } from "../formats/model-file.js";
+import type { RoutingConfig } from "../model/routing.js";
 
 /**
  * A 2-D weight in GGUF layout: `rows` rows of `cols` elements (cols = GGUF ne0), each row a run of
@@ -53,6 +58,46 @@ export interface RopeYarn {
   high: number;
   /** the magnitude cos and sin are multiplied by */
   mscale: number;
+}
+
+/**
+ * A tensor of f32 values in a device's memory, opaque outside the backend that made it (alloc,
+ * upload, view); `length` elements.
+ */
+export interface DeviceTensor {
+  readonly length: number;
+}
+
+/**
+ * An activation tensor: a Float32Array for the host backends (ref, native: their ops take and give
+ * Float32Arrays), a DeviceTensor of the backend that made it otherwise. Every op takes only tensors
+ * of its own backend.
+ */
+export type Tensor = Float32Array | DeviceTensor;
+
+/** How long a backend's tensors live: until collected (host arrays), or until the end of the forward they were made in (endForward). */
+export type TensorLifetime = "collected" | "forward";
+
+/**
+ * The routed experts of a MoE layer, all in memory as their stacked tensors (llama.cpp's
+ * ffn_*_exps): gate/up [nExpert * ff, d], down [nExpert * d, ff], expert e's rows at e * ff (e * d).
+ */
+export interface StackedExperts {
+  readonly nExpert: number;
+  readonly gate: WeightMatrix;
+  readonly up: WeightMatrix;
+  readonly down: WeightMatrix;
+  /** per-expert biases (GPT-OSS): gate/up [nExpert * ff], down [nExpert * d] */
+  readonly biases?: { readonly gate: Float32Array; readonly up: Float32Array; readonly down: Float32Array };
+}
+
+/** Backend.addSlots: the sum starts from out's values ("accumulate") or from 0 ("overwrite"). */
+export type SlotSum = "overwrite" | "accumulate";
+
+/** A layer's routing as Backend.moeRouted chose it, still in the backend's memory until read. */
+export interface PendingRouting {
+  /** Downloads the choice: experts and weights [nTokens, k], best first (waits for the work before it). */
+  read(): { readonly experts: Int32Array; readonly weights: Float32Array };
 }
 
 /** A KV cache row store in host memory: f32, or IEEE f16 bit patterns (see Backend.f32ToF16). */
@@ -168,25 +213,41 @@ export interface ExpertBatch {
    * (some still being read from disk) computes them as they come and sums the slots afterwards
    * with `addSlots`, which rounds exactly as `out` would have.
    */
-  readonly slotOut?: Float32Array;
+  readonly slotOut?: Tensor;
   /** How gate and up combine (default SWIGLU), after each expert's biases (SwigluWeights.biases) are added. */
   readonly activation?: ExpertActivation;
 }
 
 export interface Backend {
   readonly name: string;
+  /** See TensorLifetime. Host backends: "collected" (a tensor may be kept from one forward to the next). */
+  readonly tensorLifetime: TensorLifetime;
+  /** A new tensor of n zeros. */
+  alloc(n: number): Tensor;
+  /** A tensor holding `data`'s values (a host backend may return `data` itself). */
+  upload(data: Float32Array): Tensor;
+  /** The tensor's values on the host, after every op recorded before (a host backend returns the tensor itself). */
+  download(t: Tensor): Float32Array;
+  /** Elements [offset, offset + length) of t as a tensor sharing its memory (writes through). */
+  view(t: Tensor, offset: number, length: number): Tensor;
+  /**
+   * Optional: a forward starts / ends (the Session says so); with tensorLifetime "forward", the
+   * tensors made in between are freed at endForward.
+   */
+  beginForward?(): void;
+  endForward?(): void;
   /** out[t, r] = sum_c W[r, c] * x[t, c].  x: [nTokens, w.cols], out: [nTokens, w.rows] */
-  matmul(w: WeightMatrix, x: Float32Array, nTokens: number, out: Float32Array): void;
+  matmul(w: WeightMatrix, x: Tensor, nTokens: number, out: Tensor): void;
   /**
    * Several matmuls over one input (q, k and v): outs[i] gets exactly what matmul(ws[i], x, nTokens,
    * outs[i]) would write; a backend may run them as one op (input prepared once, one dispatch).
    * Every ws[i] has x's cols.
    */
-  matmulMany(ws: readonly WeightMatrix[], x: Float32Array, nTokens: number, outs: readonly Float32Array[]): void;
+  matmulMany(ws: readonly WeightMatrix[], x: Tensor, nTokens: number, outs: readonly Tensor[]): void;
   /** out[i] = x[i] / rms(row) * weight[i % dim]; rows of `dim`, as many as x holds */
-  rmsNorm(x: Float32Array, weight: Float32Array, eps: number, dim: number, out: Float32Array): void;
+  rmsNorm(x: Tensor, weight: Float32Array, eps: number, dim: number, out: Tensor): void;
   /** rotary embedding, in place. x: [nTokens, nHead, headStride] */
-  rope(x: Float32Array, p: RopeParams): void;
+  rope(x: Tensor, p: RopeParams): void;
   /**
    * Causal attention of new queries over a KV cache.
    * q: [nTokens, nHead, headDimK]; k: [>= nPast+nTokens, nKvHead, headDimK];
@@ -194,38 +255,56 @@ export interface Backend {
    * Head h reads kv head h / (nHead / nKvHead) (GQA). k and v are both f32 or both f16 (Uint16Array
    * of IEEE half bit patterns, widened exactly to f32 on read).
    */
-  attention(q: Float32Array, k: KvTensor, v: KvTensor, p: AttentionParams, out: Float32Array): void;
+  attention(q: Tensor, k: KvTensor, v: KvTensor, p: AttentionParams, out: Tensor): void;
   /**
    * Writes rows into a KV cache array from element `offset`: src's values as they are into an f32
    * cache, rounded to IEEE f16 (as f32ToF16) into an f16 one. The cache is one this backend can
    * read (a host array, or one its allocKv made).
    */
-  storeKv(cache: KvTensor, offset: number, src: Float32Array): void;
-  /** out[i] = x[i] rounded to IEEE f16 (nearest even; overflow to ±Inf), as bit patterns. */
+  storeKv(cache: KvTensor, offset: number, src: Tensor): void;
+  /** out[i] = x[i] rounded to IEEE f16 (nearest even; overflow to ±Inf), as bit patterns (host arrays). */
   f32ToF16(x: Float32Array, out: Uint16Array): void;
   /** out[i] = silu(gate[i]) * up[i] */
-  siluMul(gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  siluMul(gate: Tensor, up: Tensor, out: Tensor): void;
   /** x[i] += y[i] for i < x.length, each sum rounded to f32 (a residual connection). */
-  add(x: Float32Array, y: Float32Array): void;
+  add(x: Tensor, y: Tensor): void;
   /** x[r, c] += bias[c] over x's rows of bias.length, each sum rounded to f32. */
-  addRowBias(x: Float32Array, bias: Float32Array): void;
+  addRowBias(x: Tensor, bias: Float32Array): void;
   /** y[t, c] *= sigmoid(g[t]) over y's rows of `dim` (a per-row gate: Qwen2-MoE's shared expert). */
-  sigmoidGateRows(y: Float32Array, g: Float32Array, dim: number): void;
+  sigmoidGateRows(y: Tensor, g: Tensor, dim: number): void;
   /**
    * dst[to.offset + r * to.stride + c] = src[from.offset + r * from.stride + c] for r < rows,
    * c < width: rows of a strided layout copied into another (MLA's latent and per-head k/v, the
    * rows the output head reads).
    */
-  copyRows(src: Float32Array, from: RowLayout, dst: Float32Array, to: RowLayout, width: number, rows: number): void;
+  copyRows(src: Tensor, from: RowLayout, dst: Tensor, to: RowLayout, width: number, rows: number): void;
   /**
    * The MoE expert layer: out[t] = Σ over t's slots, in slot order, of
    * weight · (down(act(gate x_t + b_gate, up x_t + b_up)) + b_down), act the batch's activation
    * (default silu(g) ⊙ u), the biases each expert's own (none: 0); each step rounds like f32 `out += w * y`.
    * x: [nTokens, d]; out: [nTokens, d] (overwritten; rows without slots become 0).
    */
-  moeFfn(x: Float32Array, nTokens: number, batch: ExpertBatch, out: Float32Array): void;
+  moeFfn(x: Tensor, nTokens: number, batch: ExpertBatch, out: Tensor): void;
+  /**
+   * out[t] (+)= Σ over t's slots s (tokens[s] = t), in slot order, of weights[s] · y[s], each step
+   * rounded like f32 `out += w * y` (the sum moeFfn makes; for slot outputs computed apart, slotOut).
+   * y: [tokens.length, d]; without `accumulate`, out starts from 0.
+   */
+  addSlots(out: Tensor, y: Tensor, tokens: Int32Array, weights: Float32Array, d: number, accumulate: SlotSum): void;
+  /**
+   * Optional: a whole routed-expert layer in the backend's memory, with nothing read back (llama.cpp's
+   * build_moe_ffn with MUL_MAT_ID): logits [nTokens, nExpert] routed as model/routing.ts routes
+   * (`routing`: the layer's RoutingConfig and selection bias), then each token's chosen experts
+   * run on x [nTokens, d] from the stacked weights and are summed into out [nTokens, d]
+   * (overwritten) in ascending expert order, as moeFfn sums slots sorted by expert. Returns the choice,
+   * readable later (observers).
+   */
+  moeRouted?(
+    x: Tensor, logits: Tensor, nTokens: number, routing: { readonly cfg: RoutingConfig; readonly bias: Float32Array | null },
+    experts: StackedExperts, activation: ExpertActivation, out: Tensor,
+  ): PendingRouting;
   /** out[t, :] = dequantized row ids[t] of w.  out: [ids.length, w.cols] */
-  getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void;
+  getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Tensor): void;
   /**
    * Optional: maps a byte range of a file into memory the kernels can read in place, every page
    * present on return (no copy, no page faults later). Where absent, weights are read into copies.
@@ -238,6 +317,11 @@ export interface Backend {
    * uses plain typed arrays, which hold every page they have touched until collected.
    */
   readonly allocKv?: (type: "f32" | "f16", elements: number) => KvStorage;
+  /**
+   * Optional: refuses, before any is loaded, weights this backend cannot hold (UnsupportedError
+   * naming the tensors, their sizes and the limit), e.g. a tensor larger than a device's largest buffer.
+   */
+  checkWeights?(tensors: ReadonlyArray<{ readonly name: string; readonly bytes: number }>): void;
   /** Frees native resources; the backend must not be used afterwards. */
   dispose(): void;
 }

@@ -1,9 +1,9 @@
 /**
- * What host-memory backends (ref, native) share: their view of a KV cache, and the ops they
- * compute alike; the argument checks every backend makes for those ops, and the slot sum
- * (addSlots) of every expert FFN computed on the host.
+ * What host-memory backends (ref, native) share: their tensors (Float32Arrays) and view of a KV
+ * cache, and the ops they compute alike; the argument checks every backend makes for those ops,
+ * and the slot sum (addSlots) of every expert FFN computed on the host.
  */
-import type { KvArray, KvTensor, RopeParams, RowLayout } from "./backend.js";
+import type { KvArray, KvTensor, RopeParams, RowLayout, SlotSum, Tensor, TensorLifetime } from "./backend.js";
 import { isHostKv } from "./backend.js";
 import { InvalidArgumentError } from "../errors.js";
 
@@ -13,13 +13,46 @@ export function hostKv(a: KvTensor, op: string): KvArray {
   return a;
 }
 
+/** A host backend's view of a tensor: the Float32Array, or an error naming the op. */
+export function hostTensor(t: Tensor, op: string): Float32Array {
+  if (!(t instanceof Float32Array)) throw new InvalidArgumentError(`${op}: this backend's tensors are host arrays, not another backend's (${t.length} elements)`);
+  return t;
+}
+
 /**
  * The part of Backend that every host-memory backend computes the same way, as a base class
- * (ref and native extend it, so their bits agree): element-wise adds, biases and gates, and
- * writes into a host KV cache through the backend's own f32ToF16.
+ * (ref and native extend it, so their bits agree): their tensors (Float32Arrays, collected by the
+ * garbage collector), element-wise adds, biases and gates, slot sums, and writes into a host KV
+ * cache through the backend's own f32ToF16.
  */
 export abstract class HostOps {
   abstract f32ToF16(x: Float32Array, out: Uint16Array): void;
+
+  readonly tensorLifetime: TensorLifetime = "collected";
+
+  alloc(n: number): Float32Array {
+    return new Float32Array(n);
+  }
+
+  /** `data` itself: a host array is already this backend's tensor. */
+  upload(data: Float32Array): Float32Array {
+    return data;
+  }
+
+  /** The tensor itself (its memory is the host's). */
+  download(t: Tensor): Float32Array {
+    return hostTensor(t, "download");
+  }
+
+  view(t: Tensor, offset: number, length: number): Float32Array {
+    const a = hostTensor(t, "view");
+    checkView(a.length, offset, length);
+    return a.subarray(offset, offset + length);
+  }
+
+  addSlots(out: Float32Array, y: Float32Array, tokens: Int32Array, weights: Float32Array, d: number, sum: SlotSum): void {
+    addSlots(out, y, tokens, weights, d, sum);
+  }
 
   add(x: Float32Array, y: Float32Array): void {
     checkAdd(x, y);
@@ -58,6 +91,13 @@ export abstract class HostOps {
   }
 }
 
+/** Backend.view's bounds: [offset, offset + length) inside a tensor of `n` elements. */
+export function checkView(n: number, offset: number, length: number): void {
+  if (!(Number.isInteger(offset) && Number.isInteger(length) && offset >= 0 && length >= 0 && offset + length <= n)) {
+    throw new InvalidArgumentError(`view: ${length} elements at ${offset} fall outside a tensor of ${n}`);
+  }
+}
+
 /** Backend.copyRows' bounds: every row of both layouts inside its array. */
 export function checkCopyRows(srcLength: number, from: RowLayout, dstLength: number, to: RowLayout, width: number, rows: number): void {
   const end = (l: RowLayout) => (rows > 0 ? l.offset + (rows - 1) * l.stride + width : 0);
@@ -68,17 +108,17 @@ export function checkCopyRows(srcLength: number, from: RowLayout, dstLength: num
 }
 
 /** Backend.add's arguments: y covers x. */
-export function checkAdd(x: Float32Array, y: Float32Array): void {
+export function checkAdd(x: Tensor, y: Tensor): void {
   if (y.length < x.length) throw new InvalidArgumentError(`add: y has ${y.length} values, x ${x.length}`);
 }
 
 /** Backend.addRowBias' arguments: x is whole rows of bias.length. */
-export function checkRowBias(x: Float32Array, bias: Float32Array): void {
+export function checkRowBias(x: Tensor, bias: Float32Array): void {
   if (bias.length === 0 || x.length % bias.length !== 0) throw new InvalidArgumentError(`addRowBias: ${x.length} values are not rows of ${bias.length}`);
 }
 
 /** Backend.sigmoidGateRows' rows: y is whole rows of dim, with a gate for each. */
-export function gatedRows(y: Float32Array, g: Float32Array, dim: number): number {
+export function gatedRows(y: Tensor, g: Tensor, dim: number): number {
   const rows = y.length / dim;
   if (!(Number.isInteger(rows) && g.length >= rows)) throw new InvalidArgumentError(`sigmoidGateRows: ${y.length} values in rows of ${dim}, ${g.length} gates`);
   return rows;
@@ -96,8 +136,8 @@ export function checkKvWrite(length: number, offset: number, n: number): void {
  * `out += w * y` (the f32 product is exact in f64; one f64 add, one f32 store): the same bits as
  * Backend.moeFfn's own sum.
  */
-export function addSlots(out: Float32Array, y: Float32Array, tokens: Int32Array, weights: Float32Array, d: number, accumulate: boolean): void {
-  if (!accumulate) out.fill(0);
+export function addSlots(out: Float32Array, y: Float32Array, tokens: Int32Array, weights: Float32Array, d: number, sum: SlotSum): void {
+  if (sum === "overwrite") out.fill(0);
   for (let s = 0; s < tokens.length; s++) {
     const o = tokens[s] * d, w = weights[s];
     for (let c = 0; c < d; c++) out[o + c] += w * y[s * d + c];

@@ -10,7 +10,7 @@ import type { Backend } from "../backend/backend.js";
 import type { Model } from "../model/model.js";
 import { ResidentExperts, type ExpertProvider, type ForwardPhase } from "../model/experts.js";
 import { KvCache, type KvRoom, type KvType } from "../model/kv-cache.js";
-import { embed, outputLogits, type ForwardContext, type RoutingObserver, type SequenceRows } from "../model/steps.js";
+import { embed, finishForward, outputLogits, type ForwardContext, type RoutingObserver, type SequenceRows } from "../model/steps.js";
 import { InvalidArgumentError } from "../errors.js";
 
 export interface SessionOptions {
@@ -52,7 +52,9 @@ export class Session {
     }
     this.kv = new KvCache(model.config, this.contextLength, { type: opts.kvType, alloc: opts.backend.allocKv, blockPositions: opts.kvBlockPositions });
     if (opts.experts === undefined) {
-      // all weights resident: load (map, where the backend can) every tensor before the first forward
+      // all weights resident: refused up front where the backend cannot hold them, else loaded
+      // (mapped, where the backend can) before the first forward
+      opts.backend.checkWeights?.(model.weights.used());
       model.weights.loadAll({ map: opts.backend.mapFile });
     }
     this.experts = opts.experts ?? new ResidentExperts(model.config, model.weights);
@@ -143,9 +145,24 @@ export class Session {
     this.requestStarts = false;
   }
 
-  /** The architecture's layers over the forward's rows x [nTokens, dModel] (the residual stream, in place). */
-  private layers(ctx: ForwardContext, x: Float32Array): void {
-    for (let l = 0; l < this.model.config.nLayer; l++) this.model.arch.layer(ctx, l, x);
+  /**
+   * One forward over the context's rows: embeddings, the architecture's layers over the residual
+   * stream x [nTokens, dModel] (in place), the logits of `rows` read to the host; the backend is
+   * told where the forward starts and ends (its activations live that long), the routing observer
+   * what the backend routed in its own memory.
+   */
+  private run(ctx: ForwardContext, tokens: readonly number[], rows: number[]): Float32Array {
+    const { backend } = ctx;
+    backend.beginForward?.();
+    try {
+      const x = embed(ctx, tokens); // [T, dModel] residual stream
+      for (let l = 0; l < this.model.config.nLayer; l++) this.model.arch.layer(ctx, l, x);
+      const logits = outputLogits(ctx, x, rows);
+      finishForward(ctx);
+      return logits;
+    } finally {
+      backend.endForward?.();
+    }
   }
 
   /**
@@ -158,14 +175,13 @@ export class Session {
     const seq = this.admit(tokens);
     const ctx: ForwardContext = {
       backend: this.opts.backend, cfg, weights, experts: this.experts, nTokens: tokens.length, sequences: [seq], observer: this.opts.observer,
+      pendingRouting: [],
     };
     this.startRequestIfDue();
     this.experts.beginForward?.({ phase: opts.phase ?? "prefill", nTokens: tokens.length });
-    const x = embed(ctx, tokens); // [T, dModel] residual stream
-    this.layers(ctx, x);
+    const logits = this.run(ctx, tokens, opts.allLogits ? tokens.map((_, i) => i) : [tokens.length - 1]);
     for (const t of tokens) this.cached.push(t);
-    const rows = opts.allLogits ? tokens.map((_, i) => i) : [tokens.length - 1];
-    return outputLogits(ctx, x, rows);
+    return logits;
   }
 
   /**
@@ -192,13 +208,13 @@ export class Session {
     const { config: cfg, weights } = lead.model;
     const ctx: ForwardContext = {
       backend: lead.opts.backend, cfg, weights, experts: lead.experts, nTokens: steps.length, sequences, observer: lead.opts.observer,
+      pendingRouting: [],
     };
     for (const { session: s } of steps) s.startRequestIfDue();
     lead.experts.beginForward?.({ phase: "decode", nTokens: steps.length });
-    const x = embed(ctx, tokens); // [n, dModel] residual stream, a row per session
-    lead.layers(ctx, x);
+    const logits = lead.run(ctx, tokens, tokens.map((_, i) => i)); // a row per session
     for (const { session: s, token } of steps) s.cached.push(token);
-    return outputLogits(ctx, x, tokens.map((_, i) => i));
+    return logits;
   }
 
   /** Processes the prompt; returns the logits of its last token. */

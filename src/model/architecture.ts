@@ -30,6 +30,7 @@ import type { TensorSink } from "../tools/make-model/layout.js";
 import type { ModelShape, ShapeOverrides } from "../tools/make-model/shape.js";
 import { MetadataReader, expertGatingOf, type ModelConfig, type YarnConfig } from "./config.js";
 import type { ForwardContext } from "./steps.js";
+import type { Tensor } from "../backend/backend.js";
 import { expertTensorNames, isMoeLayer } from "./experts.js";
 import { ModelFormatError, UnsupportedError } from "../errors.js";
 
@@ -42,7 +43,7 @@ export interface Architecture {
   /** Every tensor the recipe reads, with its shape, derived from the config (Model.open checks them). */
   tensors(cfg: ModelConfig): ExpectedTensor[];
   /** One transformer block, updating the residual stream x [nTokens, dModel] in place. */
-  layer(ctx: ForwardContext, l: number, x: Float32Array): void;
+  layer(ctx: ForwardContext, l: number, x: Tensor): void;
   /** How its Hugging Face checkpoints convert to GGUF. */
   readonly hf: HFArchitecture;
   /** How make-model writes random models of it. */

@@ -2,7 +2,7 @@
  * Where expert weights come from. A model recipe asks an ExpertProvider for the experts a layer
  * needs and never learns whether they were resident, cached in an arena or read from disk.
  */
-import type { SwigluBiases, WeightMatrix } from "../backend/backend.js";
+import type { StackedExperts, SwigluBiases, WeightMatrix } from "../backend/backend.js";
 import type { ModelConfig } from "./config.js";
 import type { ModelWeights, StackedMatrix } from "./weights.js";
 import { GGMLType, typeName } from "../formats/quant/types.js";
@@ -65,6 +65,12 @@ export interface ExpertProvider {
   acquireDeferred?(layer: number, experts: readonly number[], hint: AcquireHint): DeferredExperts;
   /** Unpins what acquire pinned. */
   release(layer: number, experts: readonly number[]): void;
+  /**
+   * Optional: every expert of the layer, in memory as its stacked tensors (a provider that keeps
+   * them all resident), for a backend that routes and runs the layer in its own memory
+   * (Backend.moeRouted). Nothing is pinned: such weights never leave.
+   */
+  stacked?(layer: number): StackedExperts;
   /**
    * Optional: a new request starts (the Session's first forward after it was created, reset() or
    * rewind()): a history-based predictor closes the last request's activation record.
@@ -158,6 +164,7 @@ function biasSlice(s: StackedMatrix, data: Uint8Array, e: number): Float32Array 
 /** All experts resident in memory: the whole stacked tensors are loaded once. */
 export class ResidentExperts implements ExpertProvider {
   private readonly layers = new Map<number, ExpertFfnWeights[]>();
+  private readonly stacks = new Map<number, StackedExperts>();
   private readonly tensors: Map<number, LayerExpertTensors>;
 
   constructor(private readonly cfg: ModelConfig, private readonly weights: ModelWeights) {
@@ -188,6 +195,24 @@ export class ResidentExperts implements ExpertProvider {
   acquire(layer: number, experts: readonly number[]): ExpertFfnWeights[] {
     const ws = this.layer(layer);
     return experts.map((e) => ws[e]);
+  }
+
+  stacked(l: number): StackedExperts {
+    let s = this.stacks.get(l);
+    if (!s) {
+      const t = this.tensors.get(l);
+      if (!t) throw new Error(`layer ${l} has no experts`);
+      const n = expertTensorNames(l), bn = expertBiasNames(l);
+      const whole = (m: StackedMatrix, name: string): WeightMatrix => ({ type: m.type, rows: m.nExpert * m.rows, cols: m.cols, data: this.weights.stackedData(name) });
+      s = {
+        nExpert: this.cfg.nExpert, gate: whole(t.gate, n.gate), up: whole(t.up, n.up), down: whole(t.down, n.down),
+        ...(t.biases ? {
+          biases: { gate: biasFloats(this.weights.stackedData(bn.gate)), up: biasFloats(this.weights.stackedData(bn.up)), down: biasFloats(this.weights.stackedData(bn.down)) },
+        } : {}),
+      };
+      this.stacks.set(l, s);
+    }
+    return s;
   }
 
   release(): void {}

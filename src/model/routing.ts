@@ -17,7 +17,7 @@
  *     sum when normTopK (the sum clamped below at 2^-14, as llama.cpp does), times routedScale.
  * Arithmetic is f64; the weights are stored as f32.
  */
-import type { Backend } from "../backend/backend.js";
+import type { Backend, Tensor } from "../backend/backend.js";
 import type { ModelConfig } from "./config.js";
 import type { ModelWeights } from "./weights.js";
 
@@ -29,17 +29,17 @@ const MIN_WEIGHT_SUM = 6.103515625e-5;
 
 /**
  * Router logits of `layer` for the rows of h [nTokens, dModel] → out [nTokens, nExpert] (default:
- * a new array): the router's matmul, plus its bias (blk.N.ffn_gate_inp.bias, GPT-OSS) where it
+ * a new tensor of the backend): the router's matmul, plus its bias (blk.N.ffn_gate_inp.bias, GPT-OSS) where it
  * has one, added as llama.cpp adds it (f32, before the gating).
  */
 export function routerLogits(
-  backend: Backend, weights: ModelWeights, cfg: Pick<ModelConfig, "nExpert" | "dModel">, layer: number, h: Float32Array, nTokens: number,
-  out: Float32Array = new Float32Array(nTokens * cfg.nExpert),
-): Float32Array {
+  backend: Backend, weights: ModelWeights, cfg: Pick<ModelConfig, "nExpert" | "dModel">, layer: number, h: Tensor, nTokens: number,
+  out: Tensor = backend.alloc(nTokens * cfg.nExpert),
+): Tensor {
   const w = weights.matrix(`blk.${layer}.ffn_gate_inp.weight`, cfg.nExpert, cfg.dModel); // [nExpert, dModel]
   backend.matmul(w, h, nTokens, out);
   const b = weights.optionalVector(`blk.${layer}.ffn_gate_inp.bias`, cfg.nExpert); // [nExpert]
-  if (b) for (let t = 0; t < nTokens; t++) for (let e = 0; e < cfg.nExpert; e++) out[t * cfg.nExpert + e] += b[e];
+  if (b) backend.addRowBias(out, b);
   return out;
 }
 

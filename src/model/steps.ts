@@ -3,12 +3,13 @@
  * DeepSeek's MLA), routing, the expert FFN (grouped: tokens gathered per expert, one matmul per
  * expert), shared experts and dense FFNs. Steps know shapes and numerics, never memory placement.
  *
- * Activations are row-major Float32Arrays: x is [nTokens, dModel]. The rows may belong to several
+ * Activations are row-major tensors of the backend (Tensor: host arrays for ref and native, device
+ * buffers for webgpu), read on the host only where a decision needs them (the router's logits when
+ * routing runs on the host, the output logits): x is [nTokens, dModel]. The rows may belong to several
  * sequences (a batched decode step): every matmul, norm and expert FFN runs over all of them, and
  * attention runs per sequence, over that sequence's own KV cache.
  */
-import type { Backend, ExpertActivation, ExpertBatch, RopeParams, WeightMatrix } from "../backend/backend.js";
-import { addSlots } from "../backend/host-ops.js";
+import { SWIGLU, type Backend, type ExpertActivation, type ExpertBatch, type PendingRouting, type RopeParams, type Tensor, type WeightMatrix } from "../backend/backend.js";
 import { GGMLType } from "../formats/quant/types.js";
 import type { ModelConfig } from "./config.js";
 import type { DeferredExperts, ExpertProvider } from "./experts.js";
@@ -43,6 +44,11 @@ export interface ForwardContext {
    */
   readonly sequences: readonly SequenceRows[];
   readonly observer?: RoutingObserver;
+  /**
+   * Routing chosen in the backend's memory (Backend.moeRouted) this forward, told to the observer by
+   * finishForward once the logits are read (reading it earlier would wait on the device mid-forward).
+   */
+  readonly pendingRouting: Array<{ readonly layer: number; readonly routing: PendingRouting }>;
 }
 
 export interface Routing {
@@ -60,15 +66,18 @@ const blk = (l: number, name: string) => `blk.${l}.${name}`;
  * (decode allocates nothing per layer for them): one per role, replaced when the size changes
  * (prefill, then decode). Only for values that die inside the step that fills them (read before
  * the same role is filled again, never handed to a caller or observer that may keep them). Owned by the KV cache of the
- * forward's first sequence (forwards run one at a time); a backend with its own memory (GPU) would
- * own these as device buffers instead.
+ * forward's first sequence (forwards run one at a time). Only a backend whose tensors outlive a
+ * forward (tensorLifetime "collected": the host backends) has them kept; a device backend's are
+ * new each forward (its pool reuses the memory).
  */
 class Scratch {
-  private readonly f32s = new Map<string, Float32Array>();
+  private readonly tensors = new Map<string, Tensor>();
   private expertRouter: ExpertRouter | null = null;
-  f32(role: string, n: number): Float32Array {
-    let b = this.f32s.get(role);
-    if (b === undefined || b.length !== n) { b = new Float32Array(n); this.f32s.set(role, b); }
+  constructor(readonly backend: Backend) {}
+  f32(role: string, n: number): Tensor {
+    if (this.backend.tensorLifetime !== "collected") return this.backend.alloc(n);
+    let b = this.tensors.get(role);
+    if (b === undefined || b.length !== n) { b = this.backend.alloc(n); this.tensors.set(role, b); }
     return b;
   }
   /** The routing primitive with its per-token scratch (one config per session). */
@@ -80,12 +89,12 @@ const scratches = new WeakMap<KvCache, Scratch>();
 function scratchOf(ctx: ForwardContext): Scratch {
   const owner = ctx.sequences[0].kv;
   let s = scratches.get(owner);
-  if (s === undefined) { s = new Scratch(); scratches.set(owner, s); }
+  if (s === undefined || s.backend !== ctx.backend) { s = new Scratch(ctx.backend); scratches.set(owner, s); }
   return s;
 }
 
 /** x += y (a residual connection), on the backend. */
-export function addInPlace(ctx: ForwardContext, x: Float32Array, y: Float32Array): void {
+export function addInPlace(ctx: ForwardContext, x: Tensor, y: Tensor): void {
   ctx.backend.add(x, y);
 }
 
@@ -95,10 +104,10 @@ export function addInPlace(ctx: ForwardContext, x: Float32Array, y: Float32Array
  * block (GLM-4.5's files call it post_attention_norm).
  */
 export function attentionBlock(
-  ctx: ForwardContext, l: number, x: Float32Array,
-  attention: (ctx: ForwardContext, l: number, h: Float32Array) => Float32Array = selfAttention,
+  ctx: ForwardContext, l: number, x: Tensor,
+  attention: (ctx: ForwardContext, l: number, h: Tensor) => Tensor = selfAttention,
   ffnNorm = "ffn_norm",
-): Float32Array {
+): Tensor {
   const d = ctx.cfg.dModel;
   const scratch = scratchOf(ctx);
   const h = rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.attn_norm.weight`, d), d, ctx.cfg.rmsEps, scratch.f32("attn_in", x.length));
@@ -106,22 +115,23 @@ export function attentionBlock(
   return rmsNorm(ctx, x, ctx.weights.vector(`blk.${l}.${ffnNorm}.weight`, d), d, ctx.cfg.rmsEps, scratch.f32("ffn_in", x.length));
 }
 
-/** `out` (default: a new array) = rmsNorm of x's rows of `dim`. */
+/** `out` (default: a new tensor) = rmsNorm of x's rows of `dim`. */
 export function rmsNorm(
-  ctx: ForwardContext, x: Float32Array, weight: Float32Array, dim = ctx.cfg.dModel, eps = ctx.cfg.rmsEps,
-  out: Float32Array = new Float32Array(x.length),
-): Float32Array {
+  ctx: ForwardContext, x: Tensor, weight: Float32Array, dim = ctx.cfg.dModel, eps = ctx.cfg.rmsEps,
+  out: Tensor = ctx.backend.alloc(x.length),
+): Tensor {
   ctx.backend.rmsNorm(x, weight, eps, dim, out);
   return out;
 }
 
-function addBias(ctx: ForwardContext, out: Float32Array, rows: number, bias?: string): void {
+/** out [nTokens, rows] += the named bias, where the model has it. */
+function addBias(ctx: ForwardContext, out: Tensor, rows: number, bias?: string): void {
   const b = bias ? ctx.weights.optionalVector(bias, rows) : null;
-  if (b) ctx.backend.addRowBias(out.subarray(0, ctx.nTokens * rows), b);
+  if (b) ctx.backend.addRowBias(out, b);
 }
 
-/** y = W x (+ b).  x: [nTokens, cols] → out [nTokens, rows] (default: a new array) */
-function linear(ctx: ForwardContext, name: string, rows: number, cols: number, x: Float32Array, bias?: string, out: Float32Array = new Float32Array(ctx.nTokens * rows)): Float32Array {
+/** y = W x (+ b).  x: [nTokens, cols] → out [nTokens, rows] (default: a new tensor) */
+function linear(ctx: ForwardContext, name: string, rows: number, cols: number, x: Tensor, bias?: string, out: Tensor = ctx.backend.alloc(ctx.nTokens * rows)): Tensor {
   const w = ctx.weights.matrix(name, rows, cols);
   ctx.backend.matmul(w, x, ctx.nTokens, out);
   addBias(ctx, out, rows, bias);
@@ -148,17 +158,18 @@ export function ropeOf(cfg: ModelConfig, ropeDim: number): Pick<RopeParams, "rop
  * Calls `f` for each sequence of the forward with `rows(x, width)`: the view of x (rows of `width`)
  * that holds the sequence's rows.
  */
-function perSequence(ctx: ForwardContext, f: (s: SequenceRows, rows: (x: Float32Array, width: number) => Float32Array) => void): void {
+function perSequence(ctx: ForwardContext, f: (s: SequenceRows, rows: (x: Tensor, width: number) => Tensor) => void): void {
   let r0 = 0;
+  const whole = ctx.sequences.length === 1;
   for (const s of ctx.sequences) {
     const first = r0;
-    f(s, (x, width) => x.subarray(first * width, (first + s.nTokens) * width));
+    f(s, (x, width) => (whole ? x : ctx.backend.view(x, first * width, s.nTokens * width)));
     r0 += s.nTokens;
   }
 }
 
 /** Writes a sequence's keys/values into its cache (wherever the backend keeps it) at positions pos0.. */
-function storeKv(ctx: ForwardContext, s: SequenceRows, l: number, k: Float32Array, v: Float32Array): void {
+function storeKv(ctx: ForwardContext, s: SequenceRows, l: number, k: Tensor, v: Tensor): void {
   const { kv, pos0 } = s;
   ctx.backend.storeKv(kv.k[l], pos0 * kv.kRow, k);
   ctx.backend.storeKv(kv.v[l], pos0 * kv.vRow, v);
@@ -177,7 +188,7 @@ export interface AttentionOptions {
  * optional q/k RMS norms (per head: Qwen3-MoE; over the whole projection: OLMoE), and the
  * options' sliding window and sinks.  h: [nTokens, dModel]
  */
-export function selfAttention(ctx: ForwardContext, l: number, h: Float32Array, opts: AttentionOptions = {}): Float32Array {
+export function selfAttention(ctx: ForwardContext, l: number, h: Tensor, opts: AttentionOptions = {}): Tensor {
   const { cfg, backend, nTokens, weights: W } = ctx;
   const scratch = scratchOf(ctx);
   const qDim = cfg.nHead * cfg.headDimK, kDim = cfg.nKvHead * cfg.headDimK, vDim = cfg.nKvHead * cfg.headDimV;
@@ -228,11 +239,11 @@ const MLA_LORA_NORM_EPS = 1e-6;
  * is expanded to per-head keys and values, which are cached; the logits are scaled by mla.kqScale
  * (YaRN's mscale^2 in V3).  h: [nTokens, dModel]
  */
-export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): Float32Array {
+export function mlaAttention(ctx: ForwardContext, l: number, h: Tensor): Tensor {
   const { cfg, backend, nTokens, weights } = ctx;
   const mla = cfg.mla!;
   const nH = cfg.nHead, dK = mla.qkNopeDim + mla.qkRopeDim, dV = mla.vHeadDim, lora = mla.kvLoraRank;
-  let q: Float32Array; // [T, nH, nope+rope]
+  let q: Tensor; // [T, nH, nope+rope]
   if (mla.qLoraRank > 0) {
     const qa = linear(ctx, blk(l, "attn_q_a.weight"), mla.qLoraRank, cfg.dModel, h);
     const qaN = rmsNorm(ctx, qa, weights.vector(blk(l, "attn_q_a_norm.weight"), mla.qLoraRank), mla.qLoraRank, MLA_LORA_NORM_EPS);
@@ -242,10 +253,10 @@ export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): F
   }
   const kvA = linear(ctx, blk(l, "attn_kv_a_mqa.weight"), lora + mla.qkRopeDim, cfg.dModel, h); // [T, lora + rope]
   const kvAStride = lora + mla.qkRopeDim;
-  const latent = new Float32Array(nTokens * lora);
+  const latent = backend.alloc(nTokens * lora);
   backend.copyRows(kvA, { offset: 0, stride: kvAStride }, latent, { offset: 0, stride: lora }, lora, nTokens);
   const latentN = rmsNorm(ctx, latent, weights.vector(blk(l, "attn_kv_a_norm.weight"), lora), lora, MLA_LORA_NORM_EPS);
-  const kvB = new Float32Array(nTokens * nH * (mla.qkNopeDim + dV)); // [T, nH, nope + v]
+  const kvB = backend.alloc(nTokens * nH * (mla.qkNopeDim + dV)); // [T, nH, nope + v]
   backend.matmul(kvBMatrix(ctx, l), latentN, nTokens, kvB);
 
   const rope = ropeOf(cfg, mla.qkRopeDim);
@@ -256,15 +267,15 @@ export function mlaAttention(ctx: ForwardContext, l: number, h: Float32Array): F
   });
 
   // per head: k = [k_nope (kvB) | k_pe (kvA's roped tail, shared by the heads)], v = kvB's v part
-  const k = new Float32Array(nTokens * nH * dK);
-  const v = new Float32Array(nTokens * nH * dV);
+  const k = backend.alloc(nTokens * nH * dK);
+  const v = backend.alloc(nTokens * nH * dV);
   const kvBStride = mla.qkNopeDim + dV;
   backend.copyRows(kvB, { offset: 0, stride: kvBStride }, k, { offset: 0, stride: dK }, mla.qkNopeDim, nTokens * nH);
   for (let hh = 0; hh < nH; hh++) {
     backend.copyRows(kvA, { offset: lora, stride: kvAStride }, k, { offset: hh * dK + mla.qkNopeDim, stride: nH * dK }, mla.qkRopeDim, nTokens);
   }
   backend.copyRows(kvB, { offset: mla.qkNopeDim, stride: kvBStride }, v, { offset: 0, stride: dV }, dV, nTokens * nH);
-  const att = new Float32Array(nTokens * nH * dV);
+  const att = backend.alloc(nTokens * nH * dV);
   perSequence(ctx, (s, rows) => {
     storeKv(ctx, s, l, rows(k, nH * dK), rows(v, nH * dV));
     backend.attention(rows(q, nH * dK), s.kv.k[l], s.kv.v[l], {
@@ -299,17 +310,18 @@ function kvBMatrix(ctx: ForwardContext, l: number): WeightMatrix {
 }
 
 /**
- * The layer's router: logits of h [nTokens, dModel], then each token's experts and weights as
- * model/routing.ts chooses them (gating, selection bias, expert groups, normalisation, scale).
+ * The layer's router on the host: logits of h [nTokens, dModel] (read back from the backend), then
+ * each token's experts and weights as model/routing.ts chooses them (gating, selection bias, expert
+ * groups, normalisation, scale).
  */
-export function route(ctx: ForwardContext, l: number, h: Float32Array): Routing {
+export function route(ctx: ForwardContext, l: number, h: Tensor): Routing {
   const { cfg, nTokens } = ctx;
   const k = cfg.nExpertUsed;
   const scratch = scratchOf(ctx);
   const logits = routerLogits(ctx.backend, ctx.weights, cfg, l, h, nTokens, scratch.f32("router_logits", nTokens * cfg.nExpert)); // [T, nE]
   const experts = new Int32Array(nTokens * k);
   const weights = new Float32Array(nTokens * k);
-  scratch.router(cfg).route(logits, nTokens, selectionBias(ctx.weights, cfg, l), experts, weights);
+  scratch.router(cfg).route(ctx.backend.download(logits), nTokens, selectionBias(ctx.weights, cfg, l), experts, weights);
   ctx.observer?.onRouting(l, experts, weights, nTokens, k);
   return { experts, weights, k };
 }
@@ -324,11 +336,11 @@ export function route(ctx: ForwardContext, l: number, h: Float32Array): Routing 
  * h: [nTokens, dModel]
  */
 export function moeExperts(
-  ctx: ForwardContext, l: number, h: Float32Array, r: Routing,
+  ctx: ForwardContext, l: number, h: Tensor, r: Routing,
   opts: { readonly whileLoading?: () => void; readonly activation?: ExpertActivation } = {},
-): Float32Array {
+): Tensor {
   let whileLoading = opts.whileLoading;
-  const { cfg, nTokens } = ctx;
+  const { cfg, nTokens, backend } = ctx;
   // counting sort of the (token, j) slots by expert; within an expert, token order
   const count = new Int32Array(cfg.nExpert);
   const nSlot = nTokens * r.k;
@@ -344,17 +356,19 @@ export function moeExperts(
     tokens[s] = (i / r.k) | 0;
     weights[s] = r.weights[i];
   }
-  const out = new Float32Array(nTokens * cfg.dModel);
+  const out = backend.alloc(nTokens * cfg.dModel);
   // at most the provider's working memory per acquire: groups in expert order, each added into
   // out (the per-token sums run in the same order, so the result is bit-identical to one call)
   const max = Math.max(1, ctx.experts.maxExpertsPerAcquire ?? used.length);
   const nGroup = Math.max(1, Math.ceil(used.length / max));
+  // the gate input on the host, for a provider that predicts from it (a host backend's is h itself)
+  const gateInput = backend.download(h);
   for (let g = 0; g < nGroup; g++) {
     const i0 = g * max, i1 = Math.min(used.length, i0 + max);
     const group = used.slice(i0, i1);
     const s0 = offsets[i0], s1 = offsets[i1];
     const hint = {
-      gateInput: h, nTokens, tokenCounts: group.map((e) => count[e]),
+      gateInput, nTokens, tokenCounts: group.map((e) => count[e]),
       ...(nGroup > 1 ? { group: { index: g, count: nGroup, layerExperts: used, next: used.slice(i1, i1 + max) } } : {}),
     };
     const deferred = ctx.experts.acquireDeferred?.(l, group, hint);
@@ -365,7 +379,7 @@ export function moeExperts(
     };
     try {
       const waiting = deferred ? group.map((_, i) => i).filter((i) => !deferred.ready(i)) : [];
-      if (waiting.length === 0) ctx.backend.moeFfn(h, nTokens, batch, out);
+      if (waiting.length === 0) backend.moeFfn(h, nTokens, batch, out);
       else {
         computeAsTheyArrive(ctx, h, batch, deferred!, waiting, out, whileLoading);
         whileLoading = undefined;
@@ -384,11 +398,12 @@ export function moeExperts(
  * slot's output kept apart; finally the slots are summed into out in slot order.
  */
 function computeAsTheyArrive(
-  ctx: ForwardContext, h: Float32Array, batch: ExpertBatch, deferred: DeferredExperts,
-  waiting: number[], out: Float32Array, whileLoading?: () => void,
+  ctx: ForwardContext, h: Tensor, batch: ExpertBatch, deferred: DeferredExperts,
+  waiting: number[], out: Tensor, whileLoading?: () => void,
 ): void {
+  const { backend } = ctx;
   const d = ctx.cfg.dModel;
-  const slotY = new Float32Array(batch.tokens.length * d);
+  const slotY = backend.alloc(batch.tokens.length * d);
   const run = (idx: number[]) => {
     if (idx.length === 0) return;
     const offsets = new Int32Array(idx.length + 1);
@@ -396,9 +411,10 @@ function computeAsTheyArrive(
     const nSlot = offsets[idx.length];
     const tokens = new Int32Array(nSlot), weights = new Float32Array(nSlot);
     idx.forEach((i, j) => tokens.set(batch.tokens.subarray(batch.offsets[i], batch.offsets[i + 1]), offsets[j]));
-    const y = new Float32Array(nSlot * d);
-    ctx.backend.moeFfn(h, ctx.nTokens, { experts: idx.map((i) => batch.experts[i]), offsets, tokens, weights, slotOut: y, activation: batch.activation }, out);
-    idx.forEach((i, j) => slotY.set(y.subarray(offsets[j] * d, offsets[j + 1] * d), batch.offsets[i] * d));
+    const y = backend.alloc(nSlot * d);
+    backend.moeFfn(h, ctx.nTokens, { experts: idx.map((i) => batch.experts[i]), offsets, tokens, weights, slotOut: y, activation: batch.activation }, out);
+    // each expert's slot rows into their place among the group's slots
+    idx.forEach((i, j) => backend.copyRows(y, { offset: offsets[j] * d, stride: d }, slotY, { offset: batch.offsets[i] * d, stride: d }, d, offsets[j + 1] - offsets[j]));
   };
   const pending = new Set(waiting);
   run(batch.experts.map((_, i) => i).filter((i) => !pending.has(i)));
@@ -412,12 +428,12 @@ function computeAsTheyArrive(
     run(now);
     for (const i of now) pending.delete(i);
   }
-  addSlots(out, slotY, batch.tokens, batch.weights, d, batch.accumulate === true);
+  backend.addSlots(out, slotY, batch.tokens, batch.weights, d, batch.accumulate === true ? "accumulate" : "overwrite");
 }
 
 /** x's rows `rows` (each of `dim`), in that order: one copy per run of consecutive rows. */
-function gatherRows(ctx: ForwardContext, x: Float32Array, rows: number[], dim: number): Float32Array {
-  const out = new Float32Array(rows.length * dim);
+function gatherRows(ctx: ForwardContext, x: Tensor, rows: number[], dim: number): Tensor {
+  const out = ctx.backend.alloc(rows.length * dim);
   for (let i = 0; i < rows.length;) {
     let n = 1;
     while (i + n < rows.length && rows[i + n] === rows[i] + n) n++;
@@ -428,20 +444,20 @@ function gatherRows(ctx: ForwardContext, x: Float32Array, rows: number[], dim: n
 }
 
 /** A SwiGLU FFN from named tensors: down(silu(gate h) * up h).  h: [nTokens, dModel] */
-export function swigluFfn(ctx: ForwardContext, names: { gate: string; up: string; down: string }, ff: number, h: Float32Array): Float32Array {
+export function swigluFfn(ctx: ForwardContext, names: { gate: string; up: string; down: string }, ff: number, h: Tensor): Tensor {
   const { cfg, weights: W, nTokens } = ctx;
   const d = cfg.dModel;
   const ffn = { gate: W.matrix(names.gate, ff, d), up: W.matrix(names.up, ff, d), down: W.matrix(names.down, d, ff) };
   // one "expert" that every token visits with weight 1 (f32 0 + 1 * y is y exactly)
   const tokens = new Int32Array(nTokens);
   for (let t = 0; t < nTokens; t++) tokens[t] = t;
-  const out = new Float32Array(nTokens * d);
+  const out = ctx.backend.alloc(nTokens * d);
   ctx.backend.moeFfn(h, nTokens, { experts: [ffn], offsets: Int32Array.of(0, nTokens), tokens, weights: new Float32Array(nTokens).fill(1) }, out);
   return out;
 }
 
 /** Dense FFN of a non-MoE layer (DeepSeek's leading dense blocks). */
-export function denseFfn(ctx: ForwardContext, l: number, h: Float32Array): Float32Array {
+export function denseFfn(ctx: ForwardContext, l: number, h: Tensor): Tensor {
   return swigluFfn(ctx, { gate: blk(l, "ffn_gate.weight"), up: blk(l, "ffn_up.weight"), down: blk(l, "ffn_down.weight") }, ctx.cfg.denseFf, h);
 }
 
@@ -449,7 +465,7 @@ export function denseFfn(ctx: ForwardContext, l: number, h: Float32Array): Float
  * The always-on shared expert; with `gated` (Qwen2-MoE) its output is scaled per token by
  * sigmoid(ffn_gate_inp_shexp · h).
  */
-export function sharedExpert(ctx: ForwardContext, l: number, h: Float32Array, opts: { gated: boolean }): Float32Array {
+export function sharedExpert(ctx: ForwardContext, l: number, h: Tensor, opts: { gated: boolean }): Tensor {
   const y = swigluFfn(ctx, {
     gate: blk(l, "ffn_gate_shexp.weight"), up: blk(l, "ffn_up_shexp.weight"), down: blk(l, "ffn_down_shexp.weight"),
   }, ctx.cfg.sharedFf, h);
@@ -461,23 +477,36 @@ export function sharedExpert(ctx: ForwardContext, l: number, h: Float32Array, op
 }
 
 /**
- * A MoE layer's FFN: router → top-k experts and their weights (route) → routed experts, plus the
- * shared expert when the model has one (Qwen2-MoE gates it per token with a sigmoid; DeepSeek's
- * is ungated); `activation`: the routed experts' (default SwiGLU; GPT-OSS's clamped one).
+ * A MoE layer's FFN: router → top-k experts and their weights → routed experts, plus the shared
+ * expert when the model has one (Qwen2-MoE gates it per token with a sigmoid; DeepSeek's is
+ * ungated); `activation`: the routed experts' (default SwiGLU; GPT-OSS's clamped one).
+ * Where the backend routes and runs experts in its own memory (moeRouted) and the provider holds
+ * the layer's experts whole (stacked), nothing is read back; else the logits come to the host,
+ * route() chooses, and the provider hands out each chosen expert (moeExperts).
  * g: the gate input [nTokens, dModel]
  */
 export function mixtureOfExperts(
-  ctx: ForwardContext, l: number, g: Float32Array, opts: { gatedShared?: boolean; activation?: ExpertActivation } = {},
-): Float32Array {
-  const { cfg } = ctx;
+  ctx: ForwardContext, l: number, g: Tensor, opts: { gatedShared?: boolean; activation?: ExpertActivation } = {},
+): Tensor {
+  const { cfg, backend } = ctx;
+  const shared = () => sharedExpert(ctx, l, g, { gated: opts.gatedShared ?? false });
+  const stacked = backend.moeRouted ? ctx.experts.stacked?.(l) : undefined;
+  if (backend.moeRouted && stacked) {
+    const logits = routerLogits(backend, ctx.weights, cfg, l, g, ctx.nTokens, scratchOf(ctx).f32("router_logits", ctx.nTokens * cfg.nExpert));
+    const y = backend.alloc(ctx.nTokens * cfg.dModel);
+    const routing = backend.moeRouted(g, logits, ctx.nTokens, { cfg, bias: selectionBias(ctx.weights, cfg, l) }, stacked, opts.activation ?? SWIGLU, y);
+    if (ctx.observer) ctx.pendingRouting.push({ layer: l, routing });
+    if (cfg.sharedFf > 0) addInPlace(ctx, y, shared());
+    return y;
+  }
   const r = route(ctx, l, g);
   // the shared expert computes while routed experts are still being read from disk
-  let shared: Float32Array | null = null;
+  let sharedY: Tensor | null = null;
   const y = moeExperts(ctx, l, g, r, {
-    whileLoading: cfg.sharedFf > 0 ? () => { shared = sharedExpert(ctx, l, g, { gated: opts.gatedShared ?? false }); } : undefined,
+    whileLoading: cfg.sharedFf > 0 ? () => { sharedY = shared(); } : undefined,
     activation: opts.activation,
   });
-  if (shared) addInPlace(ctx, y, shared);
+  if (sharedY) addInPlace(ctx, y, sharedY);
   return y;
 }
 
@@ -489,23 +518,35 @@ export function outputHeadTensor(cfg: ModelConfig, weights: ModelWeights): strin
   return cfg.tiedEmbeddings || !weights.has("output.weight") ? TOKEN_EMBEDDING : "output.weight";
 }
 
-/** Final norm and vocabulary projection of the given rows.  x: [nTokens, dModel] → [rows, vocab] */
-export function outputLogits(ctx: ForwardContext, x: Float32Array, rows: number[]): Float32Array {
+/** Final norm and vocabulary projection of the given rows, read to the host.  x: [nTokens, dModel] → [rows, vocab] */
+export function outputLogits(ctx: ForwardContext, x: Tensor, rows: number[]): Float32Array {
   const { cfg, backend, weights } = ctx;
   const d = cfg.dModel;
   const sel = gatherRows(ctx, x, rows, d);
-  const normed = new Float32Array(sel.length);
+  const normed = backend.alloc(sel.length);
   backend.rmsNorm(sel, weights.vector("output_norm.weight", d), cfg.rmsEps, d, normed);
   const head = weights.matrix(outputHeadTensor(cfg, weights), cfg.vocabSize, d);
-  const logits = new Float32Array(rows.length * cfg.vocabSize);
+  const logits = backend.alloc(rows.length * cfg.vocabSize);
   backend.matmul(head, normed, rows.length, logits);
-  return logits;
+  return backend.download(logits);
+}
+
+/**
+ * The end of a forward, after its logits are read: the routing chosen in the backend's memory is
+ * read (the work is done by now) and told to the observer, layer by layer.
+ */
+export function finishForward(ctx: ForwardContext): void {
+  for (const { layer, routing } of ctx.pendingRouting) {
+    const { experts, weights } = routing.read();
+    ctx.observer?.onRouting(layer, experts, weights, ctx.nTokens, ctx.cfg.nExpertUsed);
+  }
+  ctx.pendingRouting.length = 0;
 }
 
 /** Token embeddings.  → [nTokens, dModel] */
-export function embed(ctx: ForwardContext, tokens: readonly number[]): Float32Array {
+export function embed(ctx: ForwardContext, tokens: readonly number[]): Tensor {
   const { cfg } = ctx;
-  const x = new Float32Array(tokens.length * cfg.dModel);
+  const x = ctx.backend.alloc(tokens.length * cfg.dModel);
   const { matrix, index } = ctx.weights.gatherRows(TOKEN_EMBEDDING, cfg.vocabSize, cfg.dModel, tokens);
   ctx.backend.getRows(matrix, index, x);
   return x;

@@ -96,6 +96,11 @@ export class ModelWeights {
     return m;
   }
 
+  /** Every tensor the model uses (those checked through meta), with its size in bytes. */
+  used(): Array<{ readonly name: string; readonly bytes: number }> {
+    return [...this.declared].map((name) => ({ name, bytes: this.source.tensors.get(name)?.nbytes ?? 0 }));
+  }
+
   /**
    * Loads now, once, every tensor the model uses (those checked through meta), so that the first
    * forward finds all weights in memory instead of reading them (or faulting them in page by page)

@@ -45,7 +45,7 @@ export class NextLayerRouter {
 
   /** Router logits of `layer` for the rows of h: [nTokens, nExpert]. */
   logits(layer: number, h: Float32Array, nTokens: number): Float32Array {
-    return routerLogits(this.backend, this.weights, this.cfg, layer, h, nTokens);
+    return this.backend.download(routerLogits(this.backend, this.weights, this.cfg, layer, h, nTokens));
   }
 
   /** router_{layer}(h): layer's experts ranked by votes of the top-`width` per token. */

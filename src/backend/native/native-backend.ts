@@ -3,7 +3,7 @@
  * thread pool. Ops are synchronous: they return when every pool thread has finished.
  */
 import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvStorage, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
-import { HostOps, hostKv } from "../host-ops.js";
+import { HostOps, hostKv, hostTensor } from "../host-ops.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { loadNativeAddon, type Isa, type NativeAddon } from "./addon.js";
@@ -128,7 +128,7 @@ export class NativeBackend extends HostOps implements Backend {
     if (b.slotOut && b.slotOut.length < b.offsets[n]! * d) throw new InvalidArgumentError(`moeFfn: slotOut holds ${b.slotOut.length} floats, the slots need ${b.offsets[n]! * d}`);
     const act = b.activation ?? SWIGLU;
     const oai = act.kind === "swiglu-oai" ? act : null;
-    this.live().moeFfn(x, nTokens, d, ff, types, data, b.offsets, b.tokens, b.weights, out, b.accumulate === true, b.slotOut,
+    this.live().moeFfn(x, nTokens, d, ff, types, data, b.offsets, b.tokens, b.weights, out, b.accumulate === true, b.slotOut && hostTensor(b.slotOut, "moeFfn"),
       oai ? 1 : 0, oai?.alpha ?? 0, oai?.limit ?? 0, biases);
   }
 

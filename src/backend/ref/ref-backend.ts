@@ -4,7 +4,7 @@
  * per weight buffer (tests run it on small models; it is not meant for multi-GB ones).
  */
 import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvArray, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
-import { HostOps, hostKv, ropeCosSin } from "../host-ops.js";
+import { HostOps, hostKv, hostTensor, ropeCosSin } from "../host-ops.js";
 import { dequantize, fp16ToFp32, fp32ToFp16 } from "../../formats/quant/dequantize.js";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
@@ -142,7 +142,7 @@ export class RefBackend extends HostOps implements Backend {
       else swigluOai(g, u, act.alpha, act.limit, g);
       this.matmul(w.down, g, n, y);
       if (w.biases) addRowBias(y, w.biases.down);
-      if (b.slotOut) { b.slotOut.set(y, s0 * d); return; }
+      if (b.slotOut) { hostTensor(b.slotOut, "moeFfn").set(y, s0 * d); return; }
       for (let j = 0; j < n; j++) {
         const t = b.tokens[s0 + j], wt = b.weights[s0 + j];
         for (let c = 0; c < d; c++) out[t * d + c] += wt * y[j * d + c];

@@ -1,66 +1,108 @@
 /**
- * The requests WebGpuBackend (the calling thread) sends the GPU thread (worker.ts), which owns the
- * device, the weights uploaded to it and the kernels. Arrays travel through a shared arena: a
- * request names byte offsets into it, inputs written by the caller before the request, outputs
- * written by the GPU thread before it signals completion (see webgpu-backend.ts).
+ * What WebGpuBackend (the calling thread) sends the GPU thread (worker.ts), which owns the device,
+ * the weights and vectors uploaded to it, the KV caches and the activation tensors, and the kernels.
+ *
+ * Ops are not sent one by one: the backend records them as commands and sends them together (a
+ * "run") when the caller needs a value on the host (download), when a forward ends, or before a
+ * request that must settle first; the GPU thread encodes a run's commands into one submitted batch.
+ * Host values (weight bytes, token ids, routing weights of a host-routed batch) travel through a
+ * shared arena: a command names byte offsets into it, written by the caller before the run.
  */
 import type { GGMLType } from "../../formats/quant/types.js";
-import type { AttentionParams, ExpertActivation, RopeParams, RowLayout } from "../backend.js";
+import type { AttentionParams, ExpertActivation, RopeParams, RowLayout, SlotSum } from "../backend.js";
+import type { RoutingConfig } from "../../model/routing.js";
 import type { GpuDeviceOptions } from "./device.js";
 
-/** An f32 array in the arena: `n` floats from byte `off` (a multiple of 4). */
-export interface ArenaF32 {
+/** Elements [off, off + n) of tensor `t` (f32 values, or u32 ids for routing's choice). */
+export interface TRef {
+  readonly t: number;
   readonly off: number;
   readonly n: number;
 }
 
-/** A KV cache on the device. */
-export interface KvId {
-  readonly kvId: number;
+/** An array of n values in the arena from byte `off` (a multiple of 16). */
+export interface ArenaRef {
+  readonly off: number;
+  readonly n: number;
 }
 
-/** An expert's three weights (ids of uploaded weights) and the slots it serves. */
+/** A KV cache attention reads: one on the device (its id), or host rows that cross in the arena (f32, or f16 bit pairs as u32 words). */
+export type KvSource = { readonly kvId: number } | { readonly host: ArenaRef };
+
+/** An expert's three weights (ids of uploaded weights), its slots' tokens and its biases (vector ids). */
 export interface ExpertSlots {
   readonly gate: number;
   readonly up: number;
   readonly down: number;
-  /** the tokens (rows of x) of its slots, in slot order */
-  readonly tokens: readonly number[];
-  /** its biases (GPT-OSS): gate and up [ff], down [d] */
-  readonly biases?: { readonly gate: ArenaF32; readonly up: ArenaF32; readonly down: ArenaF32 };
+  /** the tokens (rows of x) of its slots, in slot order: u32 */
+  readonly tokens: ArenaRef;
+  readonly biases?: { readonly gate: number; readonly up: number; readonly down: number };
 }
+
+export type GpuCommand =
+  /** a weight's GGUF bytes (rows x rowBytes) from the arena, kept as weight `id` */
+  | { readonly op: "weight"; readonly id: number; readonly type: GGMLType; readonly rows: number; readonly cols: number; readonly off: number }
+  /** f32 values from the arena, kept as vector `id` (norm weights, biases, sinks) */
+  | { readonly op: "vector"; readonly id: number; readonly src: ArenaRef }
+  /** tensor `t` of n elements (values unspecified), freed at the next endForward */
+  | { readonly op: "alloc"; readonly t: number; readonly n: number }
+  /** tensor `t` holding the arena's floats */
+  | { readonly op: "upload"; readonly t: number; readonly src: ArenaRef }
+  | { readonly op: "matmul"; readonly ws: readonly number[]; readonly x: TRef; readonly nTokens: number; readonly outs: readonly TRef[] }
+  | { readonly op: "rmsNorm"; readonly x: TRef; readonly weight: number; readonly eps: number; readonly dim: number; readonly out: TRef }
+  | { readonly op: "rope"; readonly x: TRef; readonly p: RopeParams }
+  | {
+    readonly op: "attention"; readonly q: TRef; readonly k: KvSource; readonly v: KvSource; readonly kv: "f32" | "f16";
+    readonly p: Omit<AttentionParams, "sinks">; readonly sinks?: number; readonly out: TRef;
+  }
+  /** a KV cache of `bytes` on the device */
+  | { readonly op: "kvAlloc"; readonly id: number; readonly bytes: number }
+  /** src's values into KV cache `id` from element `at`: as they are (f32) or rounded to f16 */
+  | { readonly op: "kvStore"; readonly id: number; readonly type: "f32" | "f16"; readonly at: number; readonly src: TRef }
+  | { readonly op: "kvFree"; readonly id: number }
+  /** x += y */
+  | { readonly op: "add"; readonly x: TRef; readonly y: TRef }
+  /** x[i] += vector[i % cols] */
+  | { readonly op: "addRowBias"; readonly x: TRef; readonly bias: number; readonly cols: number }
+  /** y[i] *= sigmoid(g[i / dim]) */
+  | { readonly op: "sigmoidGateRows"; readonly y: TRef; readonly g: TRef; readonly dim: number }
+  | { readonly op: "copyRows"; readonly src: TRef; readonly from: RowLayout; readonly dst: TRef; readonly to: RowLayout; readonly width: number; readonly rows: number }
+  | { readonly op: "siluMul"; readonly gate: TRef; readonly up: TRef; readonly out: TRef }
+  /** rows `ids` (u32 in the arena) of weight w, dequantized */
+  | { readonly op: "getRows"; readonly w: number; readonly ids: ArenaRef; readonly out: TRef }
+  /**
+   * Each expert's FFN over its gathered tokens; the outputs, one row per slot in slot order, into
+   * `slotOut`, or summed per token (tokenSlots: each token's slots in slot order, CSR) into `out`.
+   */
+  | {
+    readonly op: "experts"; readonly x: TRef; readonly d: number; readonly ff: number; readonly experts: readonly ExpertSlots[];
+    readonly activation: ExpertActivation; readonly nSlot: number;
+    readonly into: { readonly slotOut: TRef } | { readonly out: TRef; readonly sum: SlotSum; readonly nTokens: number; readonly starts: ArenaRef; readonly slots: ArenaRef; readonly weights: ArenaRef };
+  }
+  /** out[t] (+)= Σ weights[s] y[s] over t's slots (starts/slots: CSR, slot order) */
+  | {
+    readonly op: "addSlots"; readonly out: TRef; readonly y: TRef; readonly nTokens: number; readonly d: number; readonly sum: SlotSum;
+    readonly starts: ArenaRef; readonly slots: ArenaRef; readonly weights: ArenaRef;
+  }
+  /**
+   * A routed-expert layer on the device: logits routed into ids/weights (tensors of nTokens * k),
+   * the chosen experts of the stacked weights run on x, summed into out in ascending expert order.
+   */
+  | {
+    readonly op: "moeRouted"; readonly x: TRef; readonly logits: TRef; readonly nTokens: number; readonly cfg: RoutingConfig; readonly bias: number | null;
+    readonly gate: number; readonly up: number; readonly down: number; readonly ff: number; readonly d: number;
+    readonly biases?: { readonly gate: number; readonly up: number; readonly down: number };
+    readonly activation: ExpertActivation; readonly out: TRef; readonly ids: TRef; readonly weights: TRef;
+  }
+  /** the forward's tensors go back to the pool once this run's work is submitted */
+  | { readonly op: "endForward" };
 
 export type GpuRequest =
   /** the first request: the arena, and where the adapter report goes (JSON, its length after `max` bytes) */
   | { readonly op: "open"; readonly options: GpuDeviceOptions; readonly arena: SharedArrayBuffer; readonly report: { readonly off: number; readonly max: number } }
   | { readonly op: "arena"; readonly arena: SharedArrayBuffer }
-  | { readonly op: "weight"; readonly id: number; readonly type: GGMLType; readonly rows: number; readonly cols: number; readonly off: number }
-  | { readonly op: "matmul"; readonly ws: readonly number[]; readonly x: ArenaF32; readonly nTokens: number; readonly outs: readonly ArenaF32[] }
-  | { readonly op: "rmsNorm"; readonly x: ArenaF32; readonly weight: ArenaF32; readonly eps: number; readonly dim: number; readonly out: ArenaF32 }
-  | { readonly op: "rope"; readonly x: ArenaF32; readonly p: RopeParams }
-  /** k and v: arrays in the arena, or KV caches on the device (their ids) */
-  | {
-    readonly op: "attention"; readonly q: ArenaF32; readonly k: ArenaF32 | KvId; readonly v: ArenaF32 | KvId; readonly kv: "f32" | "f16";
-    readonly p: Omit<AttentionParams, "sinks">; readonly sinks?: ArenaF32; readonly out: ArenaF32;
-  }
-  /** a KV cache of `bytes` on the device, zero-filled */
-  | { readonly op: "kvAlloc"; readonly id: number; readonly bytes: number }
-  /** `bytes` bytes of the arena from `off` into KV cache `id` at byte `at` (both multiples of 4) */
-  | { readonly op: "kvStore"; readonly id: number; readonly at: number; readonly off: number; readonly bytes: number }
-  | { readonly op: "kvFree"; readonly id: number }
-  /** x[i] += bias[i % cols], in place */
-  | { readonly op: "addRowBias"; readonly x: ArenaF32; readonly bias: ArenaF32; readonly cols: number }
-  /** y[i] *= sigmoid(g[i / dim]), in place */
-  | { readonly op: "sigmoidGateRows"; readonly y: ArenaF32; readonly g: ArenaF32; readonly dim: number }
-  /** rows of `src` into `dst` (both in the arena; dst is read first, as the copy keeps the rest of it) */
-  | { readonly op: "copyRows"; readonly src: ArenaF32; readonly from: RowLayout; readonly dst: ArenaF32; readonly to: RowLayout; readonly width: number; readonly rows: number }
-  | { readonly op: "siluMul"; readonly gate: ArenaF32; readonly up: ArenaF32; readonly out: ArenaF32 }
-  | { readonly op: "getRows"; readonly w: number; readonly ids: readonly number[]; readonly out: ArenaF32 }
-  /** each expert's outputs, unweighted, one row per slot in slot order, into `y` */
-  | {
-    readonly op: "experts"; readonly x: ArenaF32; readonly d: number; readonly experts: readonly ExpertSlots[];
-    readonly activation: ExpertActivation; readonly y: ArenaF32;
-  }
+  /** commands encoded into one batch and submitted; then `read`'s elements are copied into the arena at byte `to` */
+  | { readonly op: "run"; readonly cmds: readonly GpuCommand[]; readonly read?: { readonly src: TRef; readonly to: number } }
   | { readonly op: "dispose" };
 
 /** Control words (Int32Array over a small SharedArrayBuffer). */

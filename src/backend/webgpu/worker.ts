@@ -1,9 +1,14 @@
 /**
  * The GPU thread of WebGpuBackend: it opens the device (Dawn's work and promises need an event
  * loop, which the calling thread, blocked in Atomics.wait for the result, does not run), keeps the
- * weights it was sent in device buffers for the device's lifetime and the KV caches it was asked
- * for until they are freed, and runs each request's kernels as one submitted batch. Inputs and
- * outputs cross through the shared arena (protocol.ts).
+ * weights and vectors it was sent for the device's lifetime, the KV caches until they are freed
+ * and the activation tensors until their forward ends (their buffers then go back to a pool by
+ * size, for the next forward), and encodes each run's commands into one submitted batch.
+ * Host values cross through the shared arena (protocol.ts).
+ *
+ * A kernel binds a buffer range whose start is a multiple of minStorageBufferOffsetAlignment; a
+ * tensor view that starts elsewhere is bound through a staging buffer, filled and emptied by copy
+ * dispatches recorded around the op's own, in the same batch.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
@@ -15,9 +20,11 @@ import { ElementwiseKernels } from "./kernels/elementwise.js";
 import { RopeKernels } from "./kernels/rope.js";
 import { AttentionKernels } from "./kernels/attention.js";
 import { GetRowsKernels } from "./kernels/get-rows.js";
+import { RoutingKernels } from "./kernels/routing.js";
+import { MoeKernels } from "./kernels/moe.js";
 import { GPU_WEIGHT_TYPES } from "./kernels/quant.js";
 import {
-  type ArenaF32, type GpuRequest, type KvId, CTRL_ERROR_BYTES, CTRL_STATE, ERROR_BYTES, STATE_DONE, STATE_FAILED,
+  type ArenaRef, type GpuCommand, type GpuRequest, type KvSource, type TRef, CTRL_ERROR_BYTES, CTRL_STATE, ERROR_BYTES, STATE_DONE, STATE_FAILED,
 } from "./protocol.js";
 
 const { ctrl: ctrlBuf, error: errorBuf } = workerData as { ctrl: SharedArrayBuffer; error: SharedArrayBuffer };
@@ -30,58 +37,225 @@ interface Kernels {
   readonly rope: RopeKernels;
   readonly attention: AttentionKernels;
   readonly getRows: GetRowsKernels;
+  readonly routing: RoutingKernels;
+  readonly moe: MoeKernels;
 }
 
 let dev: GpuDevice | undefined;
 let kernels: Kernels | undefined;
 let arena = new SharedArrayBuffer(0);
 const weights = new Map<number, GpuWeight>();
+const vectors = new Map<number, GPUBuffer>();
 const kvs = new Map<number, GPUBuffer>();
+/** the live activation tensors, all freed at endForward */
+const tensors = new Map<number, GPUBuffer>();
+/** free activation buffers by byte size */
+const pool = new Map<number, GPUBuffer[]>();
 
 function device(): { dev: GpuDevice; k: Kernels } {
   if (!dev || !kernels) throw new Error("the GPU thread has no device (open failed or was not asked)");
   return { dev, k: kernels };
 }
-const f32 = (a: ArenaF32) => new Float32Array(arena, a.off, a.n);
-function weight(id: number): GpuWeight {
-  const w = weights.get(id);
-  if (!w) throw new Error(`weight ${id} was never uploaded`);
-  return w;
+function found<T>(m: Map<number, T>, id: number, what: string): T {
+  const x = m.get(id);
+  if (x === undefined) throw new Error(`${what} ${id} does not exist (freed, or never made)`);
+  return x;
 }
-function kvBuffer(id: number): GPUBuffer {
-  const b = kvs.get(id);
-  if (!b) throw new Error(`KV cache ${id} does not exist (freed, or never allocated)`);
-  return b;
-}
-/**
- * A new buffer holding the arena's floats (the caller destroys it). Dawn's writeBuffer is given a
- * copy: it does not take views of shared memory (the process dies).
- */
-const upload = (a: ArenaF32, label: string) => device().dev.allocWith(f32(a).slice(), label);
-const bind = (buffer: GPUBuffer): GpuBinding => ({ buffer });
+const weight = (id: number) => found(weights, id, "weight");
+const vector = (id: number): GpuBinding => ({ buffer: found(vectors, id, "vector") });
+const kvBuffer = (id: number) => found(kvs, id, "KV cache");
+const arenaBytes = (a: ArenaRef, bytesPer = 4) => new Uint8Array(arena, a.off, a.n * bytesPer).slice();
+/** A u32 array from the arena. */
+const arenaU32 = (a: ArenaRef) => new Uint32Array(arena, a.off, a.n);
 
-/** Downloads `buffer` (its first n floats) into the arena at `to`. */
-async function readBack(buffer: GPUBuffer, to: ArenaF32): Promise<void> {
-  f32(to).set(new Float32Array(await device().dev.download(buffer, 0, to.n * 4)));
+/** A buffer of at least `bytes` for an activation tensor: a pooled one of that size, or a new one. */
+function pooled(bytes: number): GPUBuffer {
+  const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+  return pool.get(size)?.pop() ?? device().dev.alloc(size, undefined, "tensor");
+}
+function release(b: GPUBuffer): void {
+  const list = pool.get(b.size);
+  if (list) list.push(b);
+  else pool.set(b.size, [b]);
 }
 
 /**
- * One request's work: `encode` records its dispatches into one batch, which is submitted; each
- * `back` buffer is read into the arena; the request's own buffers are freed whatever happens.
+ * How one command's dispatches reach its tensors: `input`/`output`/`inout` return a binding of
+ * the view, staged through a scratch buffer when the view's start is not bindable; staged outputs
+ * are copied back by `finish`, after the command's own dispatches.
  */
-async function runBatch(owned: readonly (GPUBuffer | null)[], encode: (b: GpuBatch, k: Kernels) => void, back: readonly [GPUBuffer, ArenaF32][]): Promise<void> {
-  const { dev: d, k } = device();
-  try {
-    const b = d.batch();
-    encode(b, k);
-    b.submit();
-    for (const [buffer, to] of back) await readBack(buffer, to);
-  } finally {
-    for (const o of owned) o?.destroy();
+class Io {
+  private readonly after: (() => void)[] = [];
+  private readonly scratch: GPUBuffer[] = [];
+  constructor(private readonly b: GpuBatch, private readonly k: Kernels, private readonly align: number) {}
+
+  input(r: TRef): GpuBinding { return this.bind(r, "in"); }
+  output(r: TRef): GpuBinding { return this.bind(r, "out"); }
+  inout(r: TRef): GpuBinding { return this.bind(r, "inout"); }
+  /** A scratch buffer of n floats, pooled again once the batch is submitted. */
+  temp(n: number): GpuBinding {
+    const buffer = pooled(n * 4);
+    this.scratch.push(buffer);
+    return { buffer, size: n * 4 };
+  }
+
+  /** Records the copies back and hands the scratch buffers to the batch's end. */
+  finish(): GPUBuffer[] {
+    for (const f of this.after) f();
+    return this.scratch;
+  }
+
+  private bind(r: TRef, use: "in" | "out" | "inout"): GpuBinding {
+    const buffer = found(tensors, r.t, "tensor");
+    const bytes = Math.max(4, r.n * 4);
+    if ((r.off * 4) % this.align === 0) return { buffer, offset: r.off * 4, size: bytes };
+    const whole: GpuBinding = { buffer };
+    const staged = this.temp(Math.max(1, r.n));
+    const layout = (off: number) => ({ offset: off, stride: r.n });
+    if (use !== "out") this.k.elementwise.encodeCopyRows(this.b, whole, layout(r.off), staged, layout(0), r.n, 1);
+    if (use !== "in") this.after.push(() => this.k.elementwise.encodeCopyRows(this.b, staged, layout(0), whole, layout(r.off), r.n, 1));
+    return staged;
   }
 }
-/** A new output buffer of n floats. */
-const output = (n: number) => device().dev.alloc(n * 4);
+
+/** A KV cache as attention binds it: the device's, or host rows that cross for this op. */
+function kvBinding(src: KvSource, io: Io, owned: GPUBuffer[], label: string): GpuBinding {
+  if ("kvId" in src) return { buffer: kvBuffer(src.kvId) };
+  const b = device().dev.allocWith(arenaBytes(src.host), label);
+  owned.push(b);
+  return { buffer: b };
+}
+
+/** Records one command into the batch; `owned` collects buffers to free after submit, `done` what to run then. */
+function encode(c: GpuCommand, b: GpuBatch, k: Kernels, owned: GPUBuffer[], recycle: GPUBuffer[], done: (() => void)[]): void {
+  const d = device().dev;
+  const io = new Io(b, k, d.limits.minStorageBufferOffsetAlignment);
+  switch (c.op) {
+    case "weight": {
+      if (!GPU_WEIGHT_TYPES.includes(c.type)) throw new UnsupportedError(`the webgpu backend has no kernels for ${GGMLType[c.type]} weights`);
+      const bytes = new Uint8Array(arena, c.off, c.rows * rowBytes(c.type, c.cols)).slice();
+      weights.set(c.id, uploadWeight(d, { type: c.type, rows: c.rows, cols: c.cols, data: bytes }));
+      break;
+    }
+    case "vector": vectors.set(c.id, d.allocWith(arenaBytes(c.src), `vector ${c.id}`)); break;
+    case "alloc": tensors.set(c.t, pooled(c.n * 4)); break;
+    case "upload": {
+      const buffer = pooled(c.src.n * 4);
+      d.upload(buffer, arenaBytes(c.src));
+      tensors.set(c.t, buffer);
+      break;
+    }
+    case "matmul": {
+      const x = io.input(c.x);
+      c.ws.forEach((w, i) => k.matmul.encode(b, weight(w), x, c.nTokens, io.output(c.outs[i])));
+      break;
+    }
+    case "rmsNorm": k.elementwise.encodeRmsNorm(b, io.input(c.x), vector(c.weight), c.eps, c.dim, c.x.n / c.dim, io.output(c.out)); break;
+    case "rope": k.rope.encode(b, io.inout(c.x), c.p); break;
+    case "attention": {
+      const kk = kvBinding(c.k, io, owned, "k cache"), v = kvBinding(c.v, io, owned, "v cache");
+      k.attention.encode(b, io.input(c.q), kk, v, c.kv, c.p, io.output(c.out), c.sinks === undefined ? null : vector(c.sinks));
+      break;
+    }
+    case "kvAlloc": kvs.set(c.id, d.alloc(c.bytes, undefined, `kv cache ${c.id}`)); break;
+    case "kvStore": {
+      const dst: GpuBinding = { buffer: kvBuffer(c.id) };
+      if (c.type === "f16") k.moe.encodeStoreF16(b, io.input(c.src), dst, c.at, c.src.n);
+      else k.moe.encodeStoreF32(b, io.input(c.src), dst, c.at, c.src.n);
+      break;
+    }
+    case "kvFree": {
+      const buf = kvs.get(c.id);
+      kvs.delete(c.id);
+      if (buf) owned.push(buf);
+      break;
+    }
+    case "add": k.elementwise.encodeAddRowBias(b, io.inout(c.x), io.input(c.y), c.x.n, c.x.n); break;
+    case "addRowBias": k.elementwise.encodeAddRowBias(b, io.inout(c.x), vector(c.bias), c.cols, c.x.n); break;
+    case "sigmoidGateRows": k.elementwise.encodeSigmoidGateRows(b, io.inout(c.y), io.input(c.g), c.dim, c.y.n); break;
+    case "copyRows": {
+      // the kernel addresses by element: bind both tensors whole, the views' starts added to the layouts
+      const src: GpuBinding = { buffer: found(tensors, c.src.t, "tensor") }, dst: GpuBinding = { buffer: found(tensors, c.dst.t, "tensor") };
+      k.elementwise.encodeCopyRows(b, src, { offset: c.src.off + c.from.offset, stride: c.from.stride }, dst, { offset: c.dst.off + c.to.offset, stride: c.to.stride }, c.width, c.rows);
+      break;
+    }
+    case "siluMul": k.elementwise.encodeSiluMul(b, io.input(c.gate), io.input(c.up), c.out.n, io.output(c.out)); break;
+    case "getRows": k.getRows.encode(b, weight(c.w), arenaU32(c.ids), io.output(c.out)); break;
+    case "experts": {
+      // per expert: its tokens' rows gathered, gate and up, the activation (after the gate/up
+      // biases), down (and its bias), its rows of the slot outputs Y; then Y summed or handed out
+      const x = io.input(c.x);
+      const y = "slotOut" in c.into ? io.output(c.into.slotOut) : io.temp(c.nSlot * c.d);
+      let s0 = 0;
+      for (const e of c.experts) {
+        const n = e.tokens.n;
+        const idx = d.allocWith(arenaBytes(e.tokens), "expert tokens");
+        owned.push(idx);
+        const xg = io.temp(n * c.d), g = io.temp(n * c.ff), u = io.temp(n * c.ff), h = io.temp(n * c.ff), ye = io.temp(n * c.d);
+        k.moe.encodeGatherRows(b, x, { buffer: idx }, n, c.d, xg);
+        k.matmul.encode(b, weight(e.gate), xg, n, g);
+        k.matmul.encode(b, weight(e.up), xg, n, u);
+        k.elementwise.encodeGlu(b, g, u, e.biases ? { gate: vector(e.biases.gate), up: vector(e.biases.up) } : null, c.ff, n * c.ff, c.activation, h);
+        k.matmul.encode(b, weight(e.down), h, n, ye);
+        if (e.biases) k.elementwise.encodeAddRowBias(b, ye, vector(e.biases.down), c.d, n * c.d);
+        k.elementwise.encodeCopyRows(b, ye, { offset: 0, stride: c.d }, y, { offset: s0 * c.d, stride: c.d }, c.d, n);
+        s0 += n;
+      }
+      if ("out" in c.into) {
+        const s = c.into;
+        const [starts, slots, ws] = [s.starts, s.slots, s.weights].map((a) => { const buf = d.allocWith(arenaBytes(a), "slot sum"); owned.push(buf); return { buffer: buf }; });
+        k.moe.encodeAddSlots(b, io.inout(s.out), y, starts, slots, ws, s.nTokens, c.d, s.sum);
+      }
+      break;
+    }
+    case "addSlots": {
+      const [starts, slots, ws] = [c.starts, c.slots, c.weights].map((a) => { const buf = d.allocWith(arenaBytes(a), "slot sum"); owned.push(buf); return { buffer: buf }; });
+      k.moe.encodeAddSlots(b, io.inout(c.out), io.input(c.y), starts, slots, ws, c.nTokens, c.d, c.sum);
+      break;
+    }
+    case "moeRouted": {
+      const kk = c.cfg.nExpertUsed, nSlot = c.nTokens * kk;
+      const ids = io.output(c.ids), wts = io.output(c.weights);
+      k.routing.encode(b, io.input(c.logits), c.nTokens, c.cfg, c.bias === null ? null : vector(c.bias), ids, wts);
+      const x = io.input(c.x);
+      const g = io.temp(nSlot * c.ff), u = io.temp(nSlot * c.ff), h = io.temp(nSlot * c.ff), y = io.temp(nSlot * c.d);
+      const bias = (id: number | undefined) => (id === undefined ? null : vector(id));
+      k.moe.encodeMatmulId(b, weight(c.gate), c.ff, x, kk, ids, nSlot, g, bias(c.biases?.gate));
+      k.moe.encodeMatmulId(b, weight(c.up), c.ff, x, kk, ids, nSlot, u, bias(c.biases?.up));
+      k.elementwise.encodeGlu(b, g, u, null, c.ff, nSlot * c.ff, c.activation, h);
+      k.moe.encodeMatmulId(b, weight(c.down), c.d, h, 1, ids, nSlot, y, bias(c.biases?.down));
+      k.moe.encodeCombineRouted(b, y, ids, wts, c.nTokens, kk, c.d, io.output(c.out));
+      break;
+    }
+    case "endForward": {
+      const live = [...tensors.values()];
+      tensors.clear();
+      done.push(() => { for (const t of live) release(t); });
+      break;
+    }
+  }
+  recycle.push(...io.finish());
+}
+
+/** A run: its commands in one batch, submitted; then the read, if any, into the arena. */
+async function run(r: Extract<GpuRequest, { op: "run" }>): Promise<void> {
+  const { dev: d, k } = device();
+  const owned: GPUBuffer[] = [], recycle: GPUBuffer[] = [], done: (() => void)[] = [];
+  try {
+    const b = d.batch();
+    for (const c of r.cmds) encode(c, b, k, owned, recycle, done);
+    b.submit();
+    if (r.read) {
+      const src = found(tensors, r.read.src.t, "tensor");
+      const bytes = await d.download(src, r.read.src.off * 4, r.read.src.n * 4);
+      new Uint8Array(arena, r.read.to, bytes.byteLength).set(new Uint8Array(bytes));
+    }
+  } finally {
+    for (const o of owned) o.destroy();
+    for (const t of recycle) release(t);
+    for (const f of done) f();
+  }
+}
 
 async function handle(r: GpuRequest): Promise<void> {
   switch (r.op) {
@@ -90,7 +264,7 @@ async function handle(r: GpuRequest): Promise<void> {
       dev = await GpuDevice.open(r.options);
       kernels = {
         matmul: new MatmulKernels(dev), elementwise: new ElementwiseKernels(dev), rope: new RopeKernels(dev),
-        attention: new AttentionKernels(dev), getRows: new GetRowsKernels(dev),
+        attention: new AttentionKernels(dev), getRows: new GetRowsKernels(dev), routing: new RoutingKernels(dev), moe: new MoeKernels(dev),
       };
       const json = new TextEncoder().encode(JSON.stringify(dev.report));
       if (json.length > r.report.max) throw new Error(`the adapter report (${json.length} bytes) exceeds ${r.report.max}`);
@@ -99,90 +273,13 @@ async function handle(r: GpuRequest): Promise<void> {
       return;
     }
     case "arena": arena = r.arena; return;
-    case "weight": {
-      if (!GPU_WEIGHT_TYPES.includes(r.type)) throw new UnsupportedError(`the webgpu backend has no kernels for ${GGMLType[r.type]} weights`);
-      const bytes = new Uint8Array(arena, r.off, r.rows * rowBytes(r.type, r.cols)).slice();
-      weights.set(r.id, uploadWeight(device().dev, { type: r.type, rows: r.rows, cols: r.cols, data: bytes }));
-      return;
-    }
-    case "matmul": {
-      const x = upload(r.x, "matmul x"), outs = r.outs.map((o) => output(o.n));
-      return runBatch([x, ...outs], (b, k) => r.ws.forEach((w, i) => k.matmul.encode(b, weight(w), bind(x), r.nTokens, bind(outs[i]))),
-        outs.map((o, i) => [o, r.outs[i]]));
-    }
-    case "rmsNorm": {
-      const x = upload(r.x, "norm x"), w = upload(r.weight, "norm weight"), out = output(r.out.n);
-      return runBatch([x, w, out], (b, k) => k.elementwise.encodeRmsNorm(b, bind(x), bind(w), r.eps, r.dim, r.x.n / r.dim, bind(out)), [[out, r.out]]);
-    }
-    case "rope": {
-      const x = upload(r.x, "rope x");
-      return runBatch([x], (b, k) => k.rope.encode(b, bind(x), r.p), [[x, r.x]]);
-    }
-    case "attention": {
-      // a KV cache on the device is read where it is; one in the arena crosses for this op
-      const cache = (a: ArenaF32 | KvId, label: string): { buffer: GPUBuffer; owned: boolean } =>
-        "kvId" in a ? { buffer: kvBuffer(a.kvId), owned: false } : { buffer: upload(a, label), owned: true };
-      const q = upload(r.q, "q"), kk = cache(r.k, "k cache"), v = cache(r.v, "v cache"), out = output(r.out.n);
-      const sinks = r.sinks ? upload(r.sinks, "sinks") : null;
-      return runBatch([q, out, sinks, kk.owned ? kk.buffer : null, v.owned ? v.buffer : null],
-        (b, k) => k.attention.encode(b, bind(q), bind(kk.buffer), bind(v.buffer), r.kv, r.p, bind(out), sinks ? bind(sinks) : null), [[out, r.out]]);
-    }
-    case "kvAlloc": kvs.set(r.id, device().dev.alloc(r.bytes, undefined, `kv cache ${r.id}`)); return;
-    case "kvStore": device().dev.upload(kvBuffer(r.id), new Uint8Array(arena, r.off, r.bytes).slice(), r.at); return;
-    case "kvFree": kvs.get(r.id)?.destroy(); kvs.delete(r.id); return;
-    case "addRowBias": {
-      const x = upload(r.x, "x"), bias = upload(r.bias, "bias");
-      return runBatch([x, bias], (b, k) => k.elementwise.encodeAddRowBias(b, bind(x), bind(bias), r.cols, r.x.n), [[x, r.x]]);
-    }
-    case "sigmoidGateRows": {
-      const y = upload(r.y, "y"), g = upload(r.g, "gates");
-      return runBatch([y, g], (b, k) => k.elementwise.encodeSigmoidGateRows(b, bind(y), bind(g), r.dim, r.y.n), [[y, r.y]]);
-    }
-    case "copyRows": {
-      const src = upload(r.src, "rows from"), dst = upload(r.dst, "rows to");
-      return runBatch([src, dst], (b, k) => k.elementwise.encodeCopyRows(b, bind(src), r.from, bind(dst), r.to, r.width, r.rows), [[dst, r.dst]]);
-    }
-    case "siluMul": {
-      const g = upload(r.gate, "gate"), u = upload(r.up, "up"), out = output(r.out.n);
-      return runBatch([g, u, out], (b, k) => k.elementwise.encodeSiluMul(b, bind(g), bind(u), r.out.n, bind(out)), [[out, r.out]]);
-    }
-    case "getRows": {
-      const out = output(r.out.n);
-      return runBatch([out], (b, k) => k.getRows.encode(b, weight(r.w), r.ids, bind(out)), [[out, r.out]]);
-    }
-    case "experts": {
-      // per expert: its tokens' rows gathered, gate and up, the activation (after the gate/up
-      // biases), down (and its bias); one batch for all; the outputs back to back in slot order
-      const x = f32(r.x);
-      const owned: GPUBuffer[] = [];
-      const back: [GPUBuffer, ArenaF32][] = [];
-      let off = r.y.off;
-      const steps = r.experts.map((e) => {
-        const n = e.tokens.length;
-        const gate = weight(e.gate), up = weight(e.up), down = weight(e.down);
-        const xg = new Float32Array(n * r.d);
-        e.tokens.forEach((t, j) => xg.set(x.subarray(t * r.d, (t + 1) * r.d), j * r.d));
-        const xb = device().dev.allocWith(xg, "expert x"), y = output(n * r.d);
-        const g = output(n * gate.rows), u = output(n * up.rows), h = output(n * gate.rows);
-        const bias = e.biases ? { gate: upload(e.biases.gate, "gate bias"), up: upload(e.biases.up, "up bias"), down: upload(e.biases.down, "down bias") } : null;
-        owned.push(xb, g, u, h, y, ...(bias ? [bias.gate, bias.up, bias.down] : []));
-        back.push([y, { off, n: n * r.d }]);
-        off += n * r.d * 4;
-        return (b: GpuBatch, k: Kernels) => {
-          k.matmul.encode(b, gate, bind(xb), n, bind(g));
-          k.matmul.encode(b, up, bind(xb), n, bind(u));
-          k.elementwise.encodeGlu(b, bind(g), bind(u), bias ? { gate: bind(bias.gate), up: bind(bias.up) } : null, gate.rows, n * gate.rows, r.activation, bind(h));
-          k.matmul.encode(b, down, bind(h), n, bind(y));
-          if (bias) k.elementwise.encodeAddRowBias(b, bind(y), bind(bias.down), r.d, n * r.d);
-        };
-      });
-      return runBatch(owned, (b, k) => { for (const step of steps) step(b, k); }, back);
-    }
+    case "run": return run(r);
     case "dispose": {
       for (const w of weights.values()) w.buffer.destroy();
       weights.clear();
-      for (const b of kvs.values()) b.destroy();
-      kvs.clear();
+      for (const m of [vectors, kvs, tensors]) { for (const b of m.values()) b.destroy(); m.clear(); }
+      for (const list of pool.values()) for (const b of list) b.destroy();
+      pool.clear();
       if (kernels) { kernels.matmul.dispose(); kernels.rope.dispose(); }
       dev?.dispose();
       dev = kernels = undefined;
@@ -190,7 +287,6 @@ async function handle(r: GpuRequest): Promise<void> {
     }
   }
 }
-
 
 /** Requests run one at a time, in order; each ends with the control word set and notified. */
 let queue = Promise.resolve();
