@@ -11,8 +11,9 @@
  *   preset and `--e2e-type` (default Q4_K) written on the spot, then the webgpu backend's forward as
  *   `moira run --backend webgpu` runs it: prefill tok/s of a `--e2e-prompt`-token prompt (default
  *   512) and greedy decode ms/token over `--e2e-tokens` (default 32), best of 2, sampling included.
- *   Today that backend moves activations to the device and back for every op (weights and the KV
- *   cache stay there): these numbers measure that, not the kernels.
+ *   Weights, KV cache and activations stay on the device; each MoE layer is routed and run there
+ *   (moeRouted); a forward reads back once (its logits), so these numbers are the kernels' plus one
+ *   round trip to the GPU thread per token.
  * Inputs are generated on the spot; the whole run takes a few minutes on a GPU.
  * Run: node --import tsx bench/gpu.ts [--types Q4_K,Q8_0] [--bandwidth 3350] [--tokens 1]
  *      [--variant best|portable] [--rows 14336] [--cols 4096]
@@ -183,7 +184,7 @@ async function endToEnd(): Promise<Record<string, unknown> | null> {
     return {
       preset, type, promptTokens: nPrompt, decodedTokens: nGen, runs,
       best: { prefillTokPerS: Math.max(...runs.map((r) => r.prefillTokPerS)), decodeMsPerToken: Math.min(...runs.map((r) => r.decodeMsPerToken)) },
-      note: "the webgpu backend as it is today: activations cross to the device and back for every op (weights and the KV cache stay there)",
+      note: "weights, KV cache and activations on the device, MoE layers routed there; one readback (the logits) per forward",
     };
   } finally {
     be.dispose();

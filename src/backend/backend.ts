@@ -220,6 +220,13 @@ export interface ExpertBatch {
 
 export interface Backend {
   readonly name: string;
+  /**
+   * How the ops read weights: "in-place" (from their bytes where they are, at every op: ref, native)
+   * or "cached" (copied once into the backend's memory, recognised afterwards by where the bytes
+   * are: webgpu). Memory that is reused for other weights (the offloading ExpertStore's slots)
+   * needs "in-place".
+   */
+  readonly weightReads: "in-place" | "cached";
   /** See TensorLifetime. Host backends: "collected" (a tensor may be kept from one forward to the next). */
   readonly tensorLifetime: TensorLifetime;
   /** A new tensor of n zeros. */
@@ -297,12 +304,14 @@ export interface Backend {
    * (`routing`: the layer's RoutingConfig and selection bias), then each token's chosen experts
    * run on x [nTokens, d] from the stacked weights and are summed into out [nTokens, d]
    * (overwritten) in ascending expert order, as moeFfn sums slots sorted by expert. Returns the choice,
-   * readable later (observers).
+   * readable later (observers); or null, having recorded nothing, for more tokens than it serves well
+   * (an indirect matvec reads an expert's weights once per slot: a prompt is better routed on the
+   * host and run expert by expert, moeFfn).
    */
   moeRouted?(
     x: Tensor, logits: Tensor, nTokens: number, routing: { readonly cfg: RoutingConfig; readonly bias: Float32Array | null },
     experts: StackedExperts, activation: ExpertActivation, out: Tensor,
-  ): PendingRouting;
+  ): PendingRouting | null;
   /** out[t, :] = dequantized row ids[t] of w.  out: [ids.length, w.cols] */
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Tensor): void;
   /**

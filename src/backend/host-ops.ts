@@ -29,6 +29,7 @@ export abstract class HostOps {
   abstract f32ToF16(x: Float32Array, out: Uint16Array): void;
 
   readonly tensorLifetime: TensorLifetime = "collected";
+  readonly weightReads = "in-place";
 
   alloc(n: number): Float32Array {
     return new Float32Array(n);

@@ -25,7 +25,7 @@ import { ONLINE_POLICY_NAMES } from "../offload/policy.js";
 import { PREDICTOR_NAMES } from "../offload/predictor.js";
 import { TraceRecorder } from "../trace/format.js";
 import { TraceObserver, observeAll } from "../trace/observer.js";
-import { InvalidArgumentError, UnsupportedError } from "../errors.js";
+import { InvalidArgumentError } from "../errors.js";
 import { Session } from "../engine/session.js";
 import { SharedKvRoom, type KvType } from "../model/kv-cache.js";
 
@@ -120,11 +120,6 @@ export function createExpertProvider(
       throw new InvalidArgumentError("--lowbit options need --memory-budget (without a budget every expert is resident)");
     }
     return { provider: undefined, store: null, stats: null, plan: null, observer, report: () => "", dispose: closeTrace };
-  }
-  if (backend.name === "webgpu") {
-    // the webgpu backend keeps each weight it sees on the device, by where its bytes are; the store
-    // reuses its slots for other experts. GPU offload (VRAM <- RAM <- SSD) is the next issue.
-    throw new UnsupportedError("--memory-budget does not work with --backend webgpu yet (GPU expert offloading is not built); use --backend native to offload");
   }
   const budget = budgetBytes(flags.memoryBudget);
   const policy = flags.policy ?? "fate";

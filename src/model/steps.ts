@@ -309,16 +309,20 @@ function kvBMatrix(ctx: ForwardContext, l: number): WeightMatrix {
   });
 }
 
+/** The layer's router logits of h, [nTokens, nExpert], in the backend's memory. */
+function layerLogits(ctx: ForwardContext, l: number, h: Tensor): Tensor {
+  return routerLogits(ctx.backend, ctx.weights, ctx.cfg, l, h, ctx.nTokens, scratchOf(ctx).f32("router_logits", ctx.nTokens * ctx.cfg.nExpert));
+}
+
 /**
  * The layer's router on the host: logits of h [nTokens, dModel] (read back from the backend), then
  * each token's experts and weights as model/routing.ts chooses them (gating, selection bias, expert
  * groups, normalisation, scale).
  */
-export function route(ctx: ForwardContext, l: number, h: Tensor): Routing {
+export function route(ctx: ForwardContext, l: number, h: Tensor, logits = layerLogits(ctx, l, h)): Routing {
   const { cfg, nTokens } = ctx;
   const k = cfg.nExpertUsed;
   const scratch = scratchOf(ctx);
-  const logits = routerLogits(ctx.backend, ctx.weights, cfg, l, h, nTokens, scratch.f32("router_logits", nTokens * cfg.nExpert)); // [T, nE]
   const experts = new Int32Array(nTokens * k);
   const weights = new Float32Array(nTokens * k);
   scratch.router(cfg).route(ctx.backend.download(logits), nTokens, selectionBias(ctx.weights, cfg, l), experts, weights);
@@ -480,9 +484,10 @@ export function sharedExpert(ctx: ForwardContext, l: number, h: Tensor, opts: { 
  * A MoE layer's FFN: router → top-k experts and their weights → routed experts, plus the shared
  * expert when the model has one (Qwen2-MoE gates it per token with a sigmoid; DeepSeek's is
  * ungated); `activation`: the routed experts' (default SwiGLU; GPT-OSS's clamped one).
- * Where the backend routes and runs experts in its own memory (moeRouted) and the provider holds
- * the layer's experts whole (stacked), nothing is read back; else the logits come to the host,
- * route() chooses, and the provider hands out each chosen expert (moeExperts).
+ * Where the backend routes and runs experts in its own memory (moeRouted, for as many tokens as it
+ * serves well) and the provider holds the layer's experts whole (stacked), nothing is read back;
+ * else the logits come to the host, route() chooses, and the provider hands out each chosen expert
+ * (moeExperts).
  * g: the gate input [nTokens, dModel]
  */
 export function mixtureOfExperts(
@@ -490,16 +495,18 @@ export function mixtureOfExperts(
 ): Tensor {
   const { cfg, backend } = ctx;
   const shared = () => sharedExpert(ctx, l, g, { gated: opts.gatedShared ?? false });
+  const logits = layerLogits(ctx, l, g);
   const stacked = backend.moeRouted ? ctx.experts.stacked?.(l) : undefined;
   if (backend.moeRouted && stacked) {
-    const logits = routerLogits(backend, ctx.weights, cfg, l, g, ctx.nTokens, scratchOf(ctx).f32("router_logits", ctx.nTokens * cfg.nExpert));
     const y = backend.alloc(ctx.nTokens * cfg.dModel);
     const routing = backend.moeRouted(g, logits, ctx.nTokens, { cfg, bias: selectionBias(ctx.weights, cfg, l) }, stacked, opts.activation ?? SWIGLU, y);
-    if (ctx.observer) ctx.pendingRouting.push({ layer: l, routing });
-    if (cfg.sharedFf > 0) addInPlace(ctx, y, shared());
-    return y;
+    if (routing) {
+      if (ctx.observer) ctx.pendingRouting.push({ layer: l, routing });
+      if (cfg.sharedFf > 0) addInPlace(ctx, y, shared());
+      return y;
+    }
   }
-  const r = route(ctx, l, g);
+  const r = route(ctx, l, g, logits);
   // the shared expert computes while routed experts are still being read from disk
   let sharedY: Tensor | null = null;
   const y = moeExperts(ctx, l, g, r, {

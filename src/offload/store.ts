@@ -35,7 +35,7 @@ import type { ModelConfig } from "../model/config.js";
 import type { ModelWeights } from "../model/weights.js";
 import type { AcquireHint, DeferredExperts, ExpertFfnWeights, ExpertProvider, ForwardInfo, LayerExpertTensors } from "../model/experts.js";
 import { isMoeLayer } from "../model/experts.js";
-import { FileAccessError, InvalidArgumentError, ModelFormatError } from "../errors.js";
+import { FileAccessError, InvalidArgumentError, ModelFormatError, UnsupportedError } from "../errors.js";
 import { createPredictor, type Predictor } from "./predictor.js";
 import { createPolicy, type CachePolicy } from "./policy.js";
 import { ExpertCounts, type ExpertKey } from "./expert-key.js";
@@ -238,6 +238,11 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     private readonly opts: ExpertStoreOptions,
   ) {
     const { plan } = opts;
+    if (opts.backend.weightReads !== "in-place") {
+      // a backend that keeps its own copy of each weight it has seen (by where the bytes are) would
+      // go on computing with an expert after its slot holds another. GPU offloading (VRAM <- RAM <- SSD) is the next issue.
+      throw new UnsupportedError(`a memory budget (expert offloading) does not work with the ${opts.backend.name} backend yet: it keeps its own copy of each weight; use --backend native to offload`);
+    }
     this.stats = opts.stats ?? new OffloadStats(cfg.nLayer);
     this.tally = this.stats.perExpert ??= { accesses: new ExpertCounts(cfg.nLayer, cfg.nExpert), hits: new ExpertCounts(cfg.nLayer, cfg.nExpert) };
     this.moeLayers = [...plan.tensors.keys()].sort((a, b) => a - b);

@@ -29,6 +29,7 @@ import { RefBackend } from "../ref/ref-backend.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
 import type { RoutingConfig } from "../../model/routing.js";
 import { GPU_WEIGHT_TYPES } from "./kernels/quant.js";
+import { MATVEC_MAX_TOKENS } from "./kernels/matmul.js";
 import {
   BudgetError, ContextFullError, FileAccessError, GpuUnavailableError, InvalidArgumentError, ModelFormatError, MoiraError, UnsupportedError,
 } from "../../errors.js";
@@ -118,6 +119,7 @@ class GpuTensor implements DeviceTensor {
 export class WebGpuBackend implements Backend {
   readonly name = "webgpu";
   readonly tensorLifetime: TensorLifetime = "forward";
+  readonly weightReads = "cached";
   /** The adapter in use. */
   readonly adapter: GpuAdapterReport;
   private readonly worker: Worker;
@@ -393,12 +395,14 @@ export class WebGpuBackend implements Backend {
 
   /**
    * Routing (the routing kernel, f32: a near-tie may choose otherwise than the host's f64 routing)
-   * and the chosen experts (MUL_MAT_ID over the stacked weights) on the device.
+   * and the chosen experts (MUL_MAT_ID over the stacked weights) on the device, for up to
+   * MATVEC_MAX_TOKENS tokens (decode steps); null for more.
    */
   moeRouted(
     x: Tensor, logits: Tensor, nTokens: number, routing: { readonly cfg: RoutingConfig; readonly bias: Float32Array | null },
     experts: StackedExperts, activation: ExpertActivation, out: Tensor,
-  ): PendingRouting {
+  ): PendingRouting | null {
+    if (nTokens > MATVEC_MAX_TOKENS) return null;
     const { cfg, bias } = routing;
     const k = cfg.nExpertUsed, nE = experts.nExpert;
     const ff = experts.gate.rows / nE, d = experts.down.rows / nE;

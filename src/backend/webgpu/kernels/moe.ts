@@ -14,8 +14,7 @@
  * arithmetic (ADD_PRODUCT). Every kernel here that moves values reads and writes them as u32
  * words: copies are exact, NaN payloads and subnormals included.
  */
-import type { GGMLType } from "../../../formats/quant/types.js";
-import { rowBytes } from "../../../formats/quant/types.js";
+import { type GGMLType, rowBytes } from "../../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../../errors.js";
 import type { GpuBatch, GpuBinding } from "../device.js";
 import { type GpuWeight, weightChunks } from "../weight.js";
@@ -64,10 +63,9 @@ export class MoeKernels extends KernelFamily {
   encodeMatmulId(batch: GpuBatch, w: GpuWeight, rowsPerExpert: number, x: GpuBinding, xRowDiv: number, ids: GpuBinding, nSlot: number,
     out: GpuBinding, bias: GpuBinding | null = null): void {
     counts("matmulId", { rowsPerExpert, xRowDiv, nSlot });
+    if (xRowDiv < 1) throw new InvalidArgumentError("matmulId: xRowDiv must be at least 1");
     const nExpert = w.rows / rowsPerExpert;
-    if (!(Number.isInteger(nExpert) && nExpert >= 1 && xRowDiv >= 1)) {
-      throw new InvalidArgumentError(`matmulId: ${w.rows} weight rows are not experts of ${rowsPerExpert} rows, or xRowDiv ${xRowDiv} < 1`);
-    }
+    if (!(Number.isInteger(nExpert) && nExpert >= 1)) throw new InvalidArgumentError(`matmulId: the weight's ${w.rows} rows are not whole experts of ${rowsPerExpert}`);
     fits("matmulId x", x, Math.ceil(nSlot / xRowDiv) * w.cols);
     fits("matmulId ids", ids, nSlot);
     fits("matmulId out", out, nSlot * rowsPerExpert);
