@@ -17,7 +17,7 @@ import type { Backend } from "../backend/backend.js";
 import type { Model } from "../model/model.js";
 import type { ExpertProvider } from "../model/experts.js";
 import type { RoutingObserver } from "../model/steps.js";
-import { ExpertStore, type KvSplitLog } from "../offload/store.js";
+import { ExpertStore, checkOffloadable, type KvSplitLog } from "../offload/store.js";
 import { OffloadStats } from "../offload/stats.js";
 import { formatBytes, formatPlan, parseBudget, planMemory, type MemoryPlan } from "../offload/planner.js";
 import { openLowbitSidecar } from "../offload/lowbit.js";
@@ -121,6 +121,7 @@ export function createExpertProvider(
     }
     return { provider: undefined, store: null, stats: null, plan: null, observer, report: () => "", dispose: closeTrace };
   }
+  checkOffloadable(backend);  // before planning: a budget's size does not matter to a backend that cannot offload
   const budget = budgetBytes(flags.memoryBudget);
   const policy = flags.policy ?? "fate";
   const plan = planMemory(model, {

@@ -173,6 +173,17 @@ export interface KvSplitLog {
 
 const KV_SPLIT_LOG = 64;
 
+/**
+ * Refuses a backend the store cannot feed: one that keeps its own copy of each weight it has seen
+ * (by where the bytes are) would go on computing with an expert after its slot holds another.
+ * (GPU offloading, VRAM <- RAM <- SSD, is the next issue.)
+ */
+export function checkOffloadable(backend: Backend): void {
+  if (backend.weightReads !== "in-place") {
+    throw new UnsupportedError(`a memory budget (expert offloading) does not work with the ${backend.name} backend yet: it keeps its own copy of each weight; use --backend native to offload`);
+  }
+}
+
 export class ExpertStore implements ExpertProvider, KvRoom {
   readonly stats: OffloadStats;
   readonly policy: CachePolicy;
@@ -238,11 +249,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     private readonly opts: ExpertStoreOptions,
   ) {
     const { plan } = opts;
-    if (opts.backend.weightReads !== "in-place") {
-      // a backend that keeps its own copy of each weight it has seen (by where the bytes are) would
-      // go on computing with an expert after its slot holds another. GPU offloading (VRAM <- RAM <- SSD) is the next issue.
-      throw new UnsupportedError(`a memory budget (expert offloading) does not work with the ${opts.backend.name} backend yet: it keeps its own copy of each weight; use --backend native to offload`);
-    }
+    checkOffloadable(opts.backend);
     this.stats = opts.stats ?? new OffloadStats(cfg.nLayer);
     this.tally = this.stats.perExpert ??= { accesses: new ExpertCounts(cfg.nLayer, cfg.nExpert), hits: new ExpertCounts(cfg.nLayer, cfg.nExpert) };
     this.moeLayers = [...plan.tensors.keys()].sort((a, b) => a - b);
