@@ -3,6 +3,8 @@ import { RefBackend } from "../src/backend/ref/ref-backend.js";
 import type { Backend } from "../src/backend/backend.js";
 import type { NativeAddon } from "../src/backend/native/addon.js";
 import type { WebGpuBackend } from "../src/backend/webgpu/webgpu-backend.js";
+import type { GpuDevice } from "../src/backend/webgpu/device.js";
+import type { KernelVariant } from "../src/backend/webgpu/kernels/common.js";
 import { GpuUnavailableError } from "../src/errors.js";
 
 export async function backendsUnderTest(): Promise<Backend[]> {
@@ -51,5 +53,25 @@ export async function openWebGpu(): Promise<{ gpu?: WebGpuBackend; absent: strin
   } catch (e) {
     if (!(e instanceof GpuUnavailableError)) throw e;
     return { absent: e.message };
+  }
+}
+
+/**
+ * A GpuDevice on the adapter there is (the kernel tests' own, outside any backend), or why there is
+ * none; with the kernel variants to test on it: the adapter's best, and the portable one when it differs.
+ */
+export async function openGpuDevice(): Promise<{ dev?: GpuDevice; absent: string; variants: () => KernelVariant[] }> {
+  const { GpuDevice } = await import("../src/backend/webgpu/device.js");
+  const { PORTABLE_VARIANT, kernelVariant, variantName } = await import("../src/backend/webgpu/kernels/common.js");
+  try {
+    const dev = await GpuDevice.open();
+    const variants = () => {
+      const best = kernelVariant(dev.features);
+      return variantName(best) === variantName(PORTABLE_VARIANT) ? [best] : [best, PORTABLE_VARIANT];
+    };
+    return { dev, absent: "", variants };
+  } catch (e) {
+    if (!(e instanceof GpuUnavailableError)) throw e;
+    return { absent: e.message, variants: () => [] };
   }
 }

@@ -24,27 +24,15 @@ import { AttentionKernels } from "../src/backend/webgpu/kernels/attention.js";
 import { GetRowsKernels } from "../src/backend/webgpu/kernels/get-rows.js";
 import { RoutingKernels } from "../src/backend/webgpu/kernels/routing.js";
 import { REPO_ROOT, skipUnlessPresent } from "./shared.js";
+import { openGpuDevice } from "./backends.js";
 import { ULP, wgslAttentionBound, wgslSiluMulBound } from "./wgsl-bounds.js";
 import { ALL_TYPES, FLOAT_TYPES, Q32_TYPES, randF32, randomWeight, rng } from "./random-inputs.js";
 
-let dev: GpuDevice | undefined;
-let absent = "";
-try {
-  dev = await GpuDevice.open();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  absent = e.message;
-}
+const { dev, absent, variants } = await openGpuDevice();
 const skip = skipUnlessPresent(dev !== undefined, `no WebGPU adapter: ${absent}`);
 after(() => dev?.dispose());
 
 const ref = new RefBackend();
-
-/** The variants under test: the adapter's best, and the portable one when it differs. */
-function variants(): KernelVariant[] {
-  const best = kernelVariant(dev!.features);
-  return variantName(best) === variantName(PORTABLE_VARIANT) ? [best] : [best, PORTABLE_VARIANT];
-}
 
 function colsFor(type: GGMLType): number[] {
   if (FLOAT_TYPES.includes(type)) return [7, 36, 256];

@@ -12,33 +12,19 @@ import { addSlots } from "../src/backend/host-ops.js";
 import type { WeightMatrix } from "../src/backend/backend.js";
 import { GGMLType, rowBytes, typeName } from "../src/formats/quant/types.js";
 import { fp32ToFp16 } from "../src/formats/quant/dequantize.js";
-import { GpuUnavailableError } from "../src/errors.js";
-import { GpuDevice } from "../src/backend/webgpu/device.js";
 import { type GpuWeight, uploadWeight } from "../src/backend/webgpu/weight.js";
-import { PORTABLE_VARIANT, kernelVariant, variantName, type KernelVariant } from "../src/backend/webgpu/kernels/common.js";
+import { variantName } from "../src/backend/webgpu/kernels/common.js";
 import { GPU_WEIGHT_TYPES } from "../src/backend/webgpu/kernels/quant.js";
-import { MoeKernels } from "../src/backend/webgpu/kernels/moe.js";
+import { MoeKernels, slotLists } from "../src/backend/webgpu/kernels/moe.js";
 import { skipUnlessPresent } from "./shared.js";
+import { openGpuDevice } from "./backends.js";
 import { FLOAT_TYPES, Q32_TYPES, randF32, randomWeight, rng } from "./random-inputs.js";
 
-let dev: GpuDevice | undefined;
-let absent = "";
-try {
-  dev = await GpuDevice.open();
-} catch (e) {
-  if (!(e instanceof GpuUnavailableError)) throw e;
-  absent = e.message;
-}
+const { dev, absent, variants } = await openGpuDevice();
 const skip = skipUnlessPresent(dev !== undefined, `no WebGPU adapter: ${absent}`);
 after(() => dev?.dispose());
 
 const ref = new RefBackend();
-
-/** The variants under test: the adapter's best, and the portable one when it differs. */
-function variants(): KernelVariant[] {
-  const best = kernelVariant(dev!.features);
-  return variantName(best) === variantName(PORTABLE_VARIANT) ? [best] : [best, PORTABLE_VARIANT];
-}
 
 const bitsOf = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
 const floatsOf = (a: Uint32Array) => new Float32Array(a.buffer, a.byteOffset, a.length);
@@ -80,16 +66,6 @@ function randWide(n: number, r: () => number): Float32Array {
   const a = new Float32Array(n);
   for (let i = 0; i < n; i++) a[i] = (r() * 2 - 1) * 2 ** (Math.floor(r() * 41) - 20);
   return a;
-}
-
-/** The CSR of a slot list: token t's slots, in slot order, are slots[starts[t] .. starts[t + 1]). */
-function csr(tokens: Int32Array, nTokens: number): { starts: Uint32Array; slots: Uint32Array } {
-  const starts = new Uint32Array(nTokens + 1);
-  for (const t of tokens) starts[t + 1]++;
-  for (let t = 0; t < nTokens; t++) starts[t + 1] += starts[t];
-  const fill = starts.slice(0, nTokens), slots = new Uint32Array(tokens.length);
-  tokens.forEach((t, s) => { slots[fill[t]++] = s; });
-  return { starts, slots };
 }
 
 /** k distinct expert ids of nExpert per token, in random order. */
@@ -138,7 +114,7 @@ describe("webgpu MoE kernels vs the host", { skip }, () => {
           const y = randWide(nSlot * d, r), weights = randF32(nSlot, r), out0 = randWide(nTokens * d, r);
           const want = out0.slice();
           addSlots(want, y, tokens, weights, d, mode);
-          const { starts, slots } = csr(tokens, nTokens);
+          const { starts, slots } = slotLists(tokens, nTokens);
           const out = bufs.with(out0);
           const b = dev!.batch();
           k.encodeAddSlots(b, out, bufs.with(y), bufs.with(starts), bufs.with(slots), bufs.with(weights), nTokens, d, mode);

@@ -30,6 +30,7 @@ import { rowBytes, typeName } from "../../formats/quant/types.js";
 import type { RoutingConfig } from "../../model/routing.js";
 import { GPU_WEIGHT_TYPES } from "./kernels/quant.js";
 import { MATVEC_MAX_TOKENS } from "./kernels/matmul.js";
+import { slotLists } from "./kernels/moe.js";
 import {
   BudgetError, ContextFullError, FileAccessError, GpuUnavailableError, InvalidArgumentError, ModelFormatError, MoiraError, UnsupportedError,
 } from "../../errors.js";
@@ -562,16 +563,6 @@ export class WebGpuBackend implements Backend {
     if (typed) throw typed(e.message);
     throw new MoiraError("GPU", `webgpu ${op}: ${e.message}`);
   }
-}
-
-/** Each token's slots in slot order (CSR): starts [nTokens + 1], slots [tokens.length]. */
-function slotLists(tokens: Int32Array, nTokens: number): { starts: Uint32Array; slots: Uint32Array } {
-  const starts = new Uint32Array(nTokens + 1);
-  for (const t of tokens) starts[t + 1]++;
-  for (let t = 0; t < nTokens; t++) starts[t + 1] += starts[t];
-  const next = starts.slice(0, nTokens), slots = new Uint32Array(tokens.length);
-  tokens.forEach((t, s) => { slots[next[t]++] = s; });
-  return { starts, slots };
 }
 
 /** The routing fields of a config (what crosses to the GPU thread). */

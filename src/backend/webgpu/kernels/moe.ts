@@ -24,7 +24,20 @@ import { isFloatType, weightDecoder } from "./quant.js";
 const ELEM_WG = 256;
 const MV_WG = 64;
 /** slots per token combineRouted orders in a workgroup */
-export const COMBINE_MAX_K = ELEM_WG;
+const COMBINE_MAX_K = ELEM_WG;
+
+/**
+ * A slot list as encodeAddSlots reads it (CSR): token t's slots, in slot order, are
+ * slots[starts[t] .. starts[t + 1]).  tokens: each slot's token (< nTokens).
+ */
+export function slotLists(tokens: Int32Array, nTokens: number): { starts: Uint32Array; slots: Uint32Array } {
+  const starts = new Uint32Array(nTokens + 1);
+  for (const t of tokens) starts[t + 1]++;
+  for (let t = 0; t < nTokens; t++) starts[t + 1] += starts[t];
+  const next = starts.slice(0, nTokens), slots = new Uint32Array(tokens.length);
+  tokens.forEach((t, s) => { slots[next[t]++] = s; });
+  return { starts, slots };
+}
 
 export class MoeKernels extends KernelFamily {
   /** out[j, c] = x[idx[j], c] for j < n, c < dim (idx: u32 [n]; an exact copy). */
