@@ -370,6 +370,11 @@ export class WebGpuBackend implements Backend {
     }
     if (nTokens * d === 0) return;
     const sum: SlotSum = b.accumulate ? "accumulate" : "overwrite";
+    if (nSlot === 0) {
+      // no expert ran: out is zeroed (a sum over no slots) or left as it is
+      if (sum === "overwrite") this.addSlots(out, out, new Int32Array(0), new Float32Array(0), d, sum);
+      return;
+    }
     const csr = slotLists(b.tokens.subarray(0, nSlot), nTokens);
     this.record({
       op: "experts", x: this.ref(x, "moeFfn"), d, ff, experts, activation, nSlot,
