@@ -40,3 +40,34 @@ export function wgslAttentionBound(q: Float32Array, k: Float32Array, v: Float32A
   const eta = 2 * (dk + 1) * 2 ** -24 * S + (Math.ceil(nCtx / 64) + 1) * (3 + 4 * S) * ULP;
   return (2 * eta + 2 * (nCtx + 2) * 2 ** -24 + 3 * ULP) * vmax;
 }
+
+/**
+ * Relative error bound of a routing weight from kernels/routing.ts (f32, WGSL exp and division)
+ * against the host's f64 ExpertRouter (whose weight is then stored as f32), for one token's router
+ * logits `row` [nExpert] and its chosen experts:
+ * - softmax: each exp(x - max) within 3 + 2A ULP, A the largest |x - max| (the f32 subtraction
+ *   adds A/2 more), their f32 sum nExpert/2 ULP more, the division 2.5: eps_s = 2(3 + 2.5A) + nExpert/2 + 2.5;
+ * - sigmoid: exp(-x) within 3 + 2|x| ULP, 1 + e and the division 3 more: eps_s = 6 + 2 max|x|;
+ * - softmax-weight: the chosen logits' softmax, as softmax's over k terms (A over the chosen);
+ * - normTopK: a ratio of a weight and a sum of k of them: 2 eps_s + k/2 + 3;
+ * - then the division (2.5), routedScale (0.5) and the host's f32 store (0.5).
+ */
+export function wgslRoutingWeightBound(
+  cfg: { readonly nExpert: number; readonly nExpertUsed: number; readonly expertGating: string; readonly normTopK: boolean },
+  row: Float32Array, chosen: ArrayLike<number>,
+): number {
+  const k = cfg.nExpertUsed;
+  let eps: number;
+  if (cfg.expertGating === "sigmoid") {
+    let X = 0;
+    for (const x of row) X = Math.max(X, Math.abs(x));
+    eps = 6 + 2 * X;
+  } else {
+    const among = cfg.expertGating === "softmax" ? Array.from(row) : Array.from(chosen, (e) => row[e]);
+    const max = Math.max(...among);
+    const A = Math.max(...among.map((x) => max - x));
+    eps = 2 * (3 + 2.5 * A) + among.length / 2 + 2.5;
+  }
+  if (cfg.normTopK) eps = 2 * eps + k / 2 + 3;
+  return (eps + 3.5) * ULP;
+}

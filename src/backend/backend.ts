@@ -229,7 +229,7 @@ export interface Backend {
   readonly weightReads: "in-place" | "cached";
   /** See TensorLifetime. Host backends: "collected" (a tensor may be kept from one forward to the next). */
   readonly tensorLifetime: TensorLifetime;
-  /** A new tensor of n zeros. */
+  /** A new tensor of n elements; their values are unspecified until an op writes them (host backends: zeros). */
   alloc(n: number): Tensor;
   /** A tensor holding `data`'s values (a host backend may return `data` itself). */
   upload(data: Float32Array): Tensor;

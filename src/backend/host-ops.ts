@@ -52,6 +52,7 @@ export abstract class HostOps {
   }
 
   addSlots(out: Float32Array, y: Float32Array, tokens: Int32Array, weights: Float32Array, d: number, sum: SlotSum): void {
+    checkSlots(out.length, y.length, tokens, weights.length, d);
     addSlots(out, y, tokens, weights, d, sum);
   }
 
@@ -90,6 +91,15 @@ export abstract class HostOps {
     if (c instanceof Float32Array) c.set(src, offset);
     else this.f32ToF16(src, c.subarray(offset, offset + src.length));
   }
+}
+
+/** Backend.addSlots' arguments: out is rows of d, y and weights cover the slots, each slot's token is a row of out. */
+export function checkSlots(outLength: number, yLength: number, tokens: Int32Array, weightsLength: number, d: number): void {
+  const nTokens = outLength / d;
+  if (!Number.isInteger(nTokens) || yLength < tokens.length * d || weightsLength < tokens.length) {
+    throw new InvalidArgumentError(`addSlots: out ${outLength} is not rows of ${d}, or y ${yLength} / weights ${weightsLength} do not cover ${tokens.length} slots`);
+  }
+  for (const t of tokens) if (!(t >= 0 && t < nTokens)) throw new InvalidArgumentError(`addSlots: token ${t} is outside out's ${nTokens} rows`);
 }
 
 /** Backend.view's bounds: [offset, offset + length) inside a tensor of `n` elements. */

@@ -18,7 +18,8 @@ export async function createBackend(name: string, opts: BackendOptions = {}): Pr
   }
   if (name === "webgpu") {
     const { WebGpuBackend } = await import("./webgpu/webgpu-backend.js");
-    return await WebGpuBackend.create();
+    const { startNodeGpuThread } = await import("./webgpu/node-thread.js");
+    return await WebGpuBackend.create(startNodeGpuThread);
   }
   throw new InvalidArgumentError(`unknown backend "${name}"; choose native, ref or webgpu`);
 }

@@ -4,7 +4,8 @@
  * install (a GpuUnavailableError, printed as one line).
  */
 import { Option, type Command } from "commander";
-import { GpuDevice, type GpuAdapterReport, type GpuBackendType } from "../backend/webgpu/device.js";
+import type { GpuAdapterReport, GpuBackendType } from "../backend/webgpu/device.js";
+import { openDawn } from "../backend/webgpu/dawn.js";
 import { kernelVariant, variantName } from "../backend/webgpu/kernels/common.js";
 import { formatBytes } from "../offload/planner.js";
 
@@ -21,7 +22,7 @@ export function registerGpuInfoCommand(program: Command): void {
     .addOption(new Option("--backend <name>", "Dawn backend (default: vulkan on Linux, metal on macOS, d3d12 on Windows)").choices(BACKENDS))
     .option("--json", "print the report as JSON")
     .action(async (o: GpuInfoOptions) => {
-      const dev = await GpuDevice.open({ backend: o.backend });
+      const dev = await openDawn({ backend: o.backend });
       try {
         const kernels = variantName(kernelVariant(dev.features));
         if (o.json) process.stdout.write(`${JSON.stringify({ ...dev.report, kernels }, null, 2)}\n`);

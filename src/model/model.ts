@@ -1,65 +1,18 @@
 /**
  * Model: an opened checkpoint (GGUF file or HF directory) with its architecture, frozen config
- * and shape-checked weights. Nothing here decides where weights live; see ExpertProvider.
+ * and shape-checked weights (ModelBase, which a browser build uses alone: it opens no path).
+ * Nothing here decides where weights live; see ExpertProvider.
  */
-import type { ModelFile } from "../formats/model-file.js";
+import type { FileMapper } from "../formats/model-file.js";
 import { openModel } from "../formats/open.js";
-import { GGUFValueType, type FileMapper } from "../formats/model-file.js";
-import type { Architecture, ExpectedTensor } from "./architecture.js";
-import type { ModelConfig } from "./config.js";
-import { ModelWeights } from "./weights.js";
-import { architectureFor } from "./registry.js";
-import { MissingTensorError, ModelFormatError } from "../errors.js";
+import { ModelBase } from "./model-base.js";
 
-/**
- * Checks a tensor's presence (unless optional, or replaced by its orElse set) and shape; an unused
- * one is checked without being declared as used (never loaded, any type).
- */
-function checkTensor(weights: ModelWeights, t: ExpectedTensor): void {
-  const check = (x: ExpectedTensor) => (t.unused ? weights.checkShape(x.name, x.dims) : weights.meta(x.name, x.dims));
-  if (weights.has(t.name) || (!t.optional && !t.orElse)) {
-    check(t);
-    return;
-  }
-  if (!t.orElse) return;
-  const missing = t.orElse.filter((x) => !weights.has(x.name)).map((x) => x.name);
-  if (missing.length > 0) {
-    throw new MissingTensorError(`tensor ${t.name} is missing from the model; ${t.orElse.map((x) => x.name).join(" + ")} could replace it, but ${missing.join(" and ")} ${missing.length > 1 ? "are" : "is"} missing too`);
-  }
-  for (const x of t.orElse) check(x);
-}
-
-export class Model {
-  private constructor(
-    readonly file: ModelFile,
-    readonly arch: Architecture,
-    readonly config: ModelConfig,
-    readonly weights: ModelWeights,
-  ) {}
-
+export class Model extends ModelBase {
   /**
    * Opens a GGUF file or HF directory, reads its config and checks every tensor's presence and
    * shape. `map` (GGUF only): tensors are views of one file mapping instead of copies.
    */
   static open(path: string, options: { map?: FileMapper } = {}): Model {
-    const file = openModel(path, options);
-    try {
-      const archValue = file.metadata.get("general.architecture");
-      if (!archValue || archValue.type !== GGUFValueType.STRING) {
-        throw new ModelFormatError(`${path}: metadata key general.architecture is missing`);
-      }
-      const arch = architectureFor(archValue.value);
-      const config = arch.config(file.metadata, file.weights.tensors);
-      const weights = new ModelWeights(file.weights);
-      for (const t of arch.tensors(config)) checkTensor(weights, t);
-      return new Model(file, arch, config, weights);
-    } catch (e) {
-      file.weights.close();
-      throw e;
-    }
-  }
-
-  close(): void {
-    this.file.weights.close();
+    return Model.fromFile(openModel(path, options));
   }
 }

@@ -91,6 +91,7 @@ export class NativeBackend extends HostOps implements Backend {
 
   attention(q: Float32Array, k: KvTensor, v: KvTensor, p: AttentionParams, out: Float32Array): void {
     if (p.sinks && p.sinks.length < p.nHead) throw new InvalidArgumentError(`attention: ${p.sinks.length} sinks for ${p.nHead} heads`);
+    if ((k instanceof Float32Array) !== (v instanceof Float32Array)) throw new InvalidArgumentError("attention: k and v must both be f32 or both f16");
     this.live().attention(q, hostKv(k, "attention"), hostKv(v, "attention"), p.nTokens, p.nPast, p.nHead, p.nKvHead, p.headDimK, p.headDimV, p.scale, out, p.window ?? 0, p.sinks);
   }
 
@@ -109,6 +110,10 @@ export class NativeBackend extends HostOps implements Backend {
     const data: Uint8Array[] = new Array(n * 3);
     const d = n > 0 ? b.experts[0].gate.cols : 0, ff = n > 0 ? b.experts[0].gate.rows : 0;
     let biases: Array<Float32Array | null> | undefined;
+    const nSlot = b.offsets[n] ?? 0;
+    for (let j = 0; j < nSlot; j++) {
+      if (!(b.tokens[j] >= 0 && b.tokens[j] < nTokens)) throw new InvalidArgumentError(`moeFfn: token ${b.tokens[j]} is outside the batch's ${nTokens} tokens (slot ${j})`);
+    }
     for (let i = 0; i < n; i++) {
       const { gate, up, down, biases: eb } = b.experts[i];
       if (gate.cols !== d || up.cols !== d || down.rows !== d || gate.rows !== ff || up.rows !== ff || down.cols !== ff) {
@@ -135,6 +140,7 @@ export class NativeBackend extends HostOps implements Backend {
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Float32Array): void {
     this.checkWeight(w);
     const idArr = ids instanceof Int32Array ? ids : Int32Array.from(ids);
+    for (const id of idArr) if (!(id >= 0 && id < w.rows)) throw new InvalidArgumentError(`getRows: id ${id} is outside the weight's ${w.rows} rows`);
     this.live().getRows(w.type, w.data, w.rows, w.cols, idArr, out);
   }
 

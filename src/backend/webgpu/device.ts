@@ -1,11 +1,12 @@
 /**
- * A WebGPU device through Dawn's Node binding (the `webgpu` package): opening an adapter, what it
- * offers (features, limits), buffers (alloc, upload, async download), pipelines compiled once per
- * WGSL source, and batches of compute dispatches submitted together.
+ * A WebGPU device on a platform's GPU object (Dawn's Node binding in Node: dawn.ts; navigator.gpu
+ * in a browser: browser-worker.ts): opening an adapter, what it offers (features, limits), buffers
+ * (alloc, upload, async download), pipelines compiled once per WGSL source, and batches of compute
+ * dispatches submitted together.
  *
- * Lifetime: the object `create()` returns must stay referenced while its device lives (Dawn
- * crashes when it is collected first), and the device must be destroyed explicitly or Node does
- * not exit; `GpuDevice.dispose()` does both.
+ * Lifetime: the GPU object must stay referenced while its device lives (Dawn crashes when the one
+ * its `create()` returned is collected first), and the device must be destroyed explicitly or Node
+ * does not exit; the device holds the object, and `GpuDevice.dispose()` does both.
  */
 import { GpuUnavailableError, UnsupportedError } from "../../errors.js";
 
@@ -13,7 +14,7 @@ import { GpuUnavailableError, UnsupportedError } from "../../errors.js";
 export type GpuBackendType = "vulkan" | "metal" | "d3d12" | "d3d11" | "opengl" | "opengles";
 
 export interface GpuDeviceOptions {
-  /** default: the platform's native API (vulkan on Linux, metal on macOS, d3d12 on Windows) */
+  /** Dawn's backend, in Node (a browser chooses its own); default: the platform's native API (vulkan on Linux, metal on macOS, d3d12 on Windows) */
   readonly backend?: GpuBackendType;
   readonly powerPreference?: GPUPowerPreference;
 }
@@ -48,7 +49,7 @@ export interface GpuAdapterReport {
   readonly architecture: string;
   readonly device: string;
   readonly description: string;
-  /** the Dawn backend asked for ("default" when the platform has no preferred one) */
+  /** the Dawn backend asked for ("default" when the platform has no preferred one, and in a browser) */
   readonly backend: GpuBackendType | "default";
   /** a software or otherwise limited adapter (lavapipe / SwiftShader): proves correctness, never speed */
   readonly fallbackAdapter: boolean;
@@ -68,22 +69,13 @@ export interface GpuBinding {
 /** Byte size of the parameter block every dispatch gets (a uniform buffer slot). */
 export const PARAM_BYTES = 64;
 
-const INSTALL_HINT =
-  "a WebGPU adapter needs a GPU driver Dawn can use: on Linux a Vulkan driver (your GPU vendor's, or for a software " +
-  "device Mesa's lavapipe >= 25: on Debian 12 add bookworm-backports and `apt-get install -t bookworm-backports " +
-  "mesa-vulkan-drivers libvulkan1`), Metal on macOS, D3D12 on Windows";
-
-function defaultBackend(): GpuBackendType | undefined {
-  switch (process.platform) {
-    case "linux": return "vulkan";
-    case "darwin": return "metal";
-    case "win32": return "d3d12";
-    default: return undefined;
-  }
-}
-
-interface DawnModule {
-  create(flags: string[]): GPU;
+/** A platform's GPU object, and what a device's report and errors say about it. */
+export interface GpuInstance {
+  readonly gpu: GPU;
+  /** the backend it was asked for (the report's `backend`) */
+  readonly backend: GpuBackendType | "default";
+  /** how to get an adapter where it offers none (ends the GpuUnavailableError's message) */
+  readonly installHint: string;
 }
 
 /** GPUBufferUsage bits (WebGPU's values; Node has no GPUBufferUsage global). */
@@ -102,7 +94,7 @@ export class GpuDevice {
   readonly report: GpuAdapterReport;
   readonly features: GpuFeatures;
   readonly limits: GpuLimits;
-  /** The object `create()` returned: held so Dawn outlives the device; dropped by dispose(). */
+  /** The GPU object the device was opened on: held so that Dawn outlives the device; dropped by dispose(). */
   private gpu: GPU | undefined;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   /** one uniform slot per dispatch of a batch; queue order makes reuse across batches safe */
@@ -124,22 +116,15 @@ export class GpuDevice {
   }
 
   /**
-   * Opens the first adapter of the backend with the features kernels use (subgroups, shader-f16,
+   * Opens the first adapter of `instance` with the features kernels use (subgroups, shader-f16,
    * timestamp-query where offered) and the adapter's largest buffer limits. Throws
-   * GpuUnavailableError when there is no adapter (saying what to install) or the binding cannot load.
+   * GpuUnavailableError when there is no adapter (saying what to install) or it refuses a device.
    */
-  static async open(options: GpuDeviceOptions = {}): Promise<GpuDevice> {
-    let dawn: DawnModule;
-    try {
-      dawn = (await import("webgpu")) as unknown as DawnModule;
-    } catch (e) {
-      throw new GpuUnavailableError(`the webgpu package (Dawn's Node binding) cannot be loaded: ${(e as Error).message}; run npm install`);
-    }
-    const backend = options.backend ?? defaultBackend();
-    const gpu = dawn.create(backend ? [`backend=${backend}`] : []);
-    const adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference ?? "high-performance" });
+  static async open(instance: GpuInstance, powerPreference: GPUPowerPreference = "high-performance"): Promise<GpuDevice> {
+    const { gpu, backend } = instance;
+    const adapter = await gpu.requestAdapter({ powerPreference });
     if (!adapter) {
-      throw new GpuUnavailableError(`no WebGPU adapter found${backend ? ` for the ${backend} backend` : ""}: ${INSTALL_HINT}`);
+      throw new GpuUnavailableError(`no WebGPU adapter found${backend === "default" ? "" : ` for the ${backend} backend`}: ${instance.installHint}`);
     }
     const wanted: GPUFeatureName[] = ["subgroups", "shader-f16", "timestamp-query"];
     const requiredFeatures = wanted.filter((f) => adapter.features.has(f));
@@ -169,7 +154,7 @@ export class GpuDevice {
       architecture: info.architecture,
       device: info.device,
       description: info.description,
-      backend: backend ?? "default",
+      backend,
       fallbackAdapter: info.isFallbackAdapter ?? false,
       subgroupMinSize: info.subgroupMinSize ?? 0,
       subgroupMaxSize: info.subgroupMaxSize ?? 0,

@@ -3,7 +3,8 @@
  * GGUF bytes on the GPU, and WGSL kernels with host wrappers that record into batches. The
  * Backend interface over them comes with the forward that lets backends own their memory.
  */
-export { GpuDevice, GpuBatch, BufferUsage, type GpuAdapterReport, type GpuBackendType, type GpuBinding, type GpuDeviceOptions, type GpuFeatures, type GpuLimits } from "./device.js";
+export { GpuDevice, GpuBatch, BufferUsage, type GpuAdapterReport, type GpuBackendType, type GpuBinding, type GpuDeviceOptions, type GpuFeatures, type GpuInstance, type GpuLimits } from "./device.js";
+export { openDawn } from "./dawn.js";
 export { type GpuWeight, uploadWeight } from "./weight.js";
 export { type KernelOptions, type KernelVariant, PORTABLE_VARIANT, kernelVariant, variantName } from "./kernels/common.js";
 export { GPU_WEIGHT_TYPES } from "./kernels/quant.js";

@@ -105,6 +105,31 @@ export type GpuRequest =
   | { readonly op: "run"; readonly cmds: readonly GpuCommand[]; readonly read?: { readonly src: TRef; readonly to: number } }
   | { readonly op: "dispose" };
 
+/**
+ * What a GPU thread is given when it starts (a Node worker's workerData; a Web Worker's first
+ * message): the control words the caller waits on, and where a failed request's error goes.
+ */
+export interface GpuThreadBuffers {
+  /** CTRL_WORDS Int32 words */
+  readonly ctrl: SharedArrayBuffer;
+  /** ERROR_BYTES bytes: a failure's JSON { name, code, message } */
+  readonly error: SharedArrayBuffer;
+}
+
+/** The caller's side of a GPU thread, however the platform runs one (node-thread.ts, browser-thread.ts). */
+export interface GpuThread {
+  /** Sends a request (the arena's SharedArrayBuffer is shared, not copied). */
+  post(r: GpuRequest): void;
+  /** Rejects with a GpuUnavailableError when the thread fails or ends; it never resolves. */
+  readonly failed: Promise<never>;
+  /** Lets the process exit while the thread lives (Node; nothing in a browser). */
+  unref(): void;
+  terminate(): void;
+}
+
+/** Starts a GPU thread (worker.ts behind the platform's entry) given its buffers. */
+export type StartGpuThread = (buffers: GpuThreadBuffers) => GpuThread;
+
 /** Control words (Int32Array over a small SharedArrayBuffer). */
 export const CTRL_STATE = 0;
 /** bytes of the UTF-8 error message in the error buffer */

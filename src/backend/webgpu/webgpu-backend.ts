@@ -1,29 +1,31 @@
 /**
- * The webgpu Backend: the Backend ops on a WebGPU device (Dawn), through the WGSL kernels of
- * ./kernels, over tensors in device memory. Weights (and the small f32 vectors beside them: norm
- * weights, biases, sinks) are uploaded once, on first use, and stay; the KV cache lives there
- * (allocKv); activations are device tensors made per forward and freed when it ends. Nothing comes
- * back to the host but what is downloaded: the logits, and the router's logits where routing runs
- * on the host; with every expert resident (ExpertProvider.stacked) a MoE layer is routed and run on
- * the device (moeRouted), so a forward reads back once, at its end.
+ * The webgpu Backend: the Backend ops on a WebGPU device (Dawn in Node, the browser's own in a
+ * browser), through the WGSL kernels of ./kernels, over tensors in device memory. Weights (and the
+ * small f32 vectors beside them: norm weights, biases, sinks) are uploaded once, on first use, and
+ * stay; the KV cache lives there (allocKv); activations are device tensors made per forward and
+ * freed when it ends. Nothing comes back to the host but what is downloaded: the logits, and the
+ * router's logits where routing runs on the host; with every expert resident
+ * (ExpertProvider.stacked) a MoE layer is routed and run on the device (moeRouted), so a forward
+ * reads back once, at its end.
  *
- * The device lives on a GPU thread (worker.ts): Dawn settles its work through the event loop,
+ * The device lives on a GPU thread (worker.ts): WebGPU settles its work through the event loop,
  * which a synchronous op cannot give back to. Ops are recorded as commands and sent together
  * (protocol.ts) when a value is downloaded, a forward ends, or the record grows long; the caller
  * then waits on a shared control word (Atomics.wait) while the GPU thread runs them as one batch.
  * So an op's own failure on the device (not its arguments, checked here) surfaces at that send.
+ * The platform starts the thread: a Node worker thread on Dawn (startNodeGpuThread), or in a
+ * browser a Web Worker on navigator.gpu (browserGpuThread), the caller being a dedicated worker.
  *
  * Not offered here: the file mapping of the native backend (optional in Backend). f32ToF16 of host
  * arrays runs on the host (ref's code); the device's f16 KV writes round as it does (same bits).
  * Weights and vectors are recognised by where their bytes are (buffer and offset), so their bytes
  * must not change under them: expert offloading, which reuses slots, is refused by the callers.
  */
-import { Worker } from "node:worker_threads";
 import type {
   AttentionParams, Backend, DeviceKv, DeviceTensor, ExpertActivation, ExpertBatch, KvStorage, KvTensor, PendingRouting, RopeParams, RowLayout,
   SlotSum, StackedExperts, Tensor, TensorLifetime, WeightMatrix,
 } from "../backend.js";
-import { checkAdd, checkCopyRows, checkKvWrite, checkRowBias, checkView, gatedRows } from "../host-ops.js";
+import { checkAdd, checkCopyRows, checkKvWrite, checkRowBias, checkSlots, checkView, gatedRows } from "../host-ops.js";
 import { SWIGLU, isHostKv } from "../backend.js";
 import { RefBackend } from "../ref/ref-backend.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
@@ -36,8 +38,8 @@ import {
 } from "../../errors.js";
 import type { GpuAdapterReport, GpuDeviceOptions } from "./device.js";
 import {
-  type ArenaRef, type ExpertSlots, type GpuCommand, type GpuRequest, type KvSource, type TRef, CTRL_ERROR_BYTES, CTRL_STATE, CTRL_WORDS, ERROR_BYTES,
-  STATE_BUSY, STATE_DONE,
+  type ArenaRef, type ExpertSlots, type GpuCommand, type GpuRequest, type GpuThread, type KvSource, type StartGpuThread, type TRef, CTRL_ERROR_BYTES,
+  CTRL_STATE, CTRL_WORDS, ERROR_BYTES, STATE_BUSY, STATE_DONE,
 } from "./protocol.js";
 
 /** How long one op may take before the backend gives up on the GPU thread. */
@@ -58,19 +60,6 @@ const TYPED_ERRORS: Record<string, (m: string) => Error> = {
 const waitAsync = (Atomics as unknown as {
   waitAsync(a: Int32Array, index: number, value: number, timeoutMs: number): { async: boolean; value: Promise<string> | string };
 }).waitAsync;
-
-/**
- * The GPU thread. Run from the TypeScript sources (tests, benches under tsx), its module is .ts
- * and the thread registers tsx's loader before importing it (a worker's entry module does not get
- * the hooks `--import tsx` gave this thread); the published package runs dist/*.js directly.
- */
-function startGpuThread(ctrl: SharedArrayBuffer, error: SharedArrayBuffer): Worker {
-  const workerData = { ctrl, error };
-  if (!import.meta.url.endsWith(".ts")) return new Worker(new URL("./worker.js", import.meta.url), { workerData });
-  const entry = new URL("./worker.ts", import.meta.url).href;
-  const boot = `import("tsx/esm/api").then((tsx) => { tsx.register(); return import(${JSON.stringify(entry)}); })`;
-  return new Worker(boot, { eval: true, workerData });
-}
 
 /** Host values of the recorded commands, packed for the arena in order (each at a multiple of 16 bytes). */
 class Packer {
@@ -123,7 +112,7 @@ export class WebGpuBackend implements Backend {
   readonly weightReads = "cached";
   /** The adapter in use. */
   readonly adapter: GpuAdapterReport;
-  private readonly worker: Worker;
+  private readonly thread: GpuThread;
   private readonly ctrl: Int32Array;
   private readonly errorBytes: Uint8Array;
   private arena = new SharedArrayBuffer(0);
@@ -138,45 +127,43 @@ export class WebGpuBackend implements Backend {
   private readonly host = new RefBackend();
   private disposed = false;
 
-  private constructor(worker: Worker, ctrl: SharedArrayBuffer, error: SharedArrayBuffer) {
-    this.worker = worker;
+  private constructor(thread: GpuThread, ctrl: SharedArrayBuffer, error: SharedArrayBuffer) {
+    this.thread = thread;
     this.ctrl = new Int32Array(ctrl);
     this.errorBytes = new Uint8Array(error);
     this.adapter = undefined as unknown as GpuAdapterReport;  // set by create()
   }
 
   /**
-   * Opens the device on a new GPU thread (throws GpuUnavailableError, saying what to install, when
-   * there is none). Asynchronous so that the thread loads its modules and Dawn while this thread's
-   * event loop runs (a module loader hook, as tsx's, may need it); every op afterwards is synchronous.
+   * Opens the device on a new GPU thread, started by `start` (startNodeGpuThread in Node); throws
+   * GpuUnavailableError, saying what to install, when there is none. Asynchronous so that the
+   * thread loads its modules and the device opens while this thread's event loop runs (a module
+   * loader hook, as tsx's, may need it; a browser starts a worker only then); every op afterwards
+   * is synchronous.
    */
-  static async create(options: WebGpuBackendOptions = {}): Promise<WebGpuBackend> {
+  static async create(start: StartGpuThread, options: WebGpuBackendOptions = {}): Promise<WebGpuBackend> {
     const ctrl = new SharedArrayBuffer(CTRL_WORDS * 4), error = new SharedArrayBuffer(ERROR_BYTES);
-    const worker = startGpuThread(ctrl, error);
+    const thread = start({ ctrl, error });
     // the thread's failure to start (a module that does not load) ends the wait below
-    const died = new Promise<never>((_, reject) => {
-      worker.once("error", (e) => reject(new GpuUnavailableError(`the GPU thread failed: ${e.message}`)));
-      worker.once("exit", (code) => reject(new GpuUnavailableError(`the GPU thread exited (code ${code}) before opening a device`)));
-    });
-    died.catch(() => {});
-    const be = new WebGpuBackend(worker, ctrl, error);
+    thread.failed.catch(() => {});
+    const be = new WebGpuBackend(thread, ctrl, error);
     try {
       be.arena = new SharedArrayBuffer(1 << 20);
       be.post({ op: "open", options, arena: be.arena, report: { off: 0, max: REPORT_BYTES } });
       while (Atomics.load(be.ctrl, CTRL_STATE) === STATE_BUSY) {
         const w = waitAsync(be.ctrl, CTRL_STATE, STATE_BUSY, OP_TIMEOUT_MS);
-        if ((w.async ? await Promise.race([w.value, died]) : w.value) === "timed-out") {
+        if ((w.async ? await Promise.race([w.value, thread.failed]) : w.value) === "timed-out") {
           throw new GpuUnavailableError(`the GPU thread did not open a device in ${OP_TIMEOUT_MS / 1000} s`);
         }
       }
       be.settle("open");
-      worker.unref();  // the process may exit without dispose() (Dawn's device is destroyed with it)
+      thread.unref();  // the process may exit without dispose() (Dawn's device is destroyed with it)
       const n = new DataView(be.arena).getUint32(REPORT_BYTES, true);
       (be as { adapter: GpuAdapterReport }).adapter = JSON.parse(new TextDecoder().decode(new Uint8Array(be.arena, 0, n).slice())) as GpuAdapterReport;
       return be;
     } catch (e) {
       be.disposed = true;
-      void worker.terminate();
+      thread.terminate();
       throw e;
     }
   }
@@ -386,11 +373,8 @@ export class WebGpuBackend implements Backend {
   }
 
   addSlots(out: Tensor, y: Tensor, tokens: Int32Array, weights: Float32Array, d: number, sum: SlotSum): void {
+    checkSlots(out.length, y.length, tokens, weights.length, d);
     const nTokens = out.length / d;
-    if (!Number.isInteger(nTokens) || y.length < tokens.length * d || weights.length < tokens.length) {
-      throw new InvalidArgumentError(`addSlots: out ${out.length} is not rows of ${d}, or y ${y.length} / weights ${weights.length} do not cover ${tokens.length} slots`);
-    }
-    for (const t of tokens) if (!(t >= 0 && t < nTokens)) throw new InvalidArgumentError(`addSlots: token ${t} is outside out's ${nTokens} rows`);
     if (out.length === 0) return;
     const csr = slotLists(tokens, nTokens);
     this.record({
@@ -468,7 +452,7 @@ export class WebGpuBackend implements Backend {
     if (this.disposed) return;
     this.disposed = true;
     this.cmds = [];
-    try { this.call({ op: "dispose" }); } finally { void this.worker.terminate(); }
+    try { this.call({ op: "dispose" }); } finally { this.thread.terminate(); }
   }
 
   /** The element type of a KV cache array (a host one, or one of this backend's). */
@@ -555,7 +539,7 @@ export class WebGpuBackend implements Backend {
 
   private post(r: GpuRequest): void {
     Atomics.store(this.ctrl, CTRL_STATE, STATE_BUSY);
-    this.worker.postMessage(r);
+    this.thread.post(r);
   }
 
   /** After a request: returns if it succeeded, else throws its error, typed as the GPU thread threw it. */

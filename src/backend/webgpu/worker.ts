@@ -6,14 +6,17 @@
  * size, for the next forward), and encodes each run's commands into one submitted batch.
  * Host values cross through the shared arena (protocol.ts).
  *
+ * This module is the thread's work, whatever the platform; how a thread starts and receives the
+ * requests, and where its GPU object comes from, is its entry's: node-worker.ts (a Node worker
+ * thread, Dawn) or browser-worker.ts (a Web Worker, navigator.gpu).
+ *
  * A kernel binds a buffer range whose start is a multiple of minStorageBufferOffsetAlignment; a
  * tensor view that starts elsewhere is bound through a staging buffer, filled and emptied by copy
  * dispatches recorded around the op's own, in the same batch.
  */
-import { parentPort, workerData } from "node:worker_threads";
 import { GGMLType, rowBytes } from "../../formats/quant/types.js";
 import { UnsupportedError } from "../../errors.js";
-import { GpuDevice, type GpuBatch, type GpuBinding } from "./device.js";
+import type { GpuBatch, GpuBinding, GpuDevice, GpuDeviceOptions } from "./device.js";
 import { type GpuWeight, uploadWeight } from "./weight.js";
 import { MatmulKernels } from "./kernels/matmul.js";
 import { ElementwiseKernels } from "./kernels/elementwise.js";
@@ -24,12 +27,12 @@ import { RoutingKernels } from "./kernels/routing.js";
 import { MoeKernels } from "./kernels/moe.js";
 import { GPU_WEIGHT_TYPES } from "./kernels/quant.js";
 import {
-  type ArenaRef, type GpuCommand, type GpuRequest, type KvSource, type TRef, CTRL_ERROR_BYTES, CTRL_STATE, ERROR_BYTES, STATE_DONE, STATE_FAILED,
+  type ArenaRef, type GpuCommand, type GpuRequest, type GpuThreadBuffers, type KvSource, type TRef, CTRL_ERROR_BYTES, CTRL_STATE, ERROR_BYTES, STATE_DONE,
+  STATE_FAILED,
 } from "./protocol.js";
 
-const { ctrl: ctrlBuf, error: errorBuf } = workerData as { ctrl: SharedArrayBuffer; error: SharedArrayBuffer };
-const ctrl = new Int32Array(ctrlBuf);
-const errorBytes = new Uint8Array(errorBuf);
+/** Opens the platform's device for the "open" request. */
+export type OpenGpuDevice = (options: GpuDeviceOptions) => Promise<GpuDevice>;
 
 interface Kernels {
   readonly matmul: MatmulKernels;
@@ -257,11 +260,11 @@ async function run(r: Extract<GpuRequest, { op: "run" }>): Promise<void> {
   }
 }
 
-async function handle(r: GpuRequest): Promise<void> {
+async function handle(r: GpuRequest, open: OpenGpuDevice): Promise<void> {
   switch (r.op) {
     case "open": {
       arena = r.arena;
-      dev = await GpuDevice.open(r.options);
+      dev = await open(r.options);
       kernels = {
         matmul: new MatmulKernels(dev), elementwise: new ElementwiseKernels(dev), rope: new RopeKernels(dev),
         attention: new AttentionKernels(dev), getRows: new GetRowsKernels(dev), routing: new RoutingKernels(dev), moe: new MoeKernels(dev),
@@ -288,21 +291,29 @@ async function handle(r: GpuRequest): Promise<void> {
   }
 }
 
-/** Requests run one at a time, in order; each ends with the control word set and notified. */
-let queue = Promise.resolve();
-parentPort!.on("message", (r: GpuRequest) => {
-  queue = queue.then(async () => {
-    try {
-      await handle(r);
-      Atomics.store(ctrl, CTRL_STATE, STATE_DONE);
-    } catch (e) {
-      const err = e as Error;
-      const text = new TextEncoder().encode(JSON.stringify({ name: err.name, code: (err as { code?: string }).code, message: err.message }));
-      const n = Math.min(text.length, ERROR_BYTES);
-      errorBytes.set(text.subarray(0, n));
-      Atomics.store(ctrl, CTRL_ERROR_BYTES, n);
-      Atomics.store(ctrl, CTRL_STATE, STATE_FAILED);
-    }
-    Atomics.notify(ctrl, CTRL_STATE);
-  });
-});
+/**
+ * Serves one WebGpuBackend from this thread: returns the function its entry hands each request to,
+ * as it arrives. Requests run one at a time, in order; each ends with the control word set and
+ * notified (and a failure's error in the error buffer).
+ */
+export function serveGpuRequests(buffers: GpuThreadBuffers, open: OpenGpuDevice): (r: GpuRequest) => void {
+  const ctrl = new Int32Array(buffers.ctrl);
+  const errorBytes = new Uint8Array(buffers.error);
+  let queue = Promise.resolve();
+  return (r) => {
+    queue = queue.then(async () => {
+      try {
+        await handle(r, open);
+        Atomics.store(ctrl, CTRL_STATE, STATE_DONE);
+      } catch (e) {
+        const err = e as Error;
+        const text = new TextEncoder().encode(JSON.stringify({ name: err.name, code: (err as { code?: string }).code, message: err.message }));
+        const n = Math.min(text.length, ERROR_BYTES);
+        errorBytes.set(text.subarray(0, n));
+        Atomics.store(ctrl, CTRL_ERROR_BYTES, n);
+        Atomics.store(ctrl, CTRL_STATE, STATE_FAILED);
+      }
+      Atomics.notify(ctrl, CTRL_STATE);
+    });
+  };
+}

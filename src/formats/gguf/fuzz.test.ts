@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { MoiraError } from "../../errors.js";
 import { GGUFValueType } from "../model-file.js";
 import { GGMLType } from "../quant/types.js";
-import { parseGGUF } from "./reader.js";
+import { parseGGUF } from "./parse.js";
 import { serializeGGUF } from "./writer.js";
 import { shared, skipIfAbsent } from "../../../test/shared.js";
 import { Rng } from "../../engine/sampler.js";

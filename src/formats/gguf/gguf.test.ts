@@ -10,8 +10,10 @@ import { dequantize, fp32ToFp16 } from "../quant/dequantize.js";
 import { quantize } from "../quant/quantize.js";
 import {
   GGUFWeightSource, metaArray, metaBool, metaNumber, metaNumberArray, metaOptNumber, metaString, metaStringArray,
-  openGGUF, parseGGUF, readGGUF,
+  openGGUF, readGGUF,
 } from "./reader.js";
+import { parseGGUF } from "./parse.js";
+import { openGGUFBytes } from "./memory.js";
 import { serializeGGUF, writeGGUF, type GGUFTensorInput } from "./writer.js";
 import { shared, skipWithoutShared } from "../../../test/shared.js";
 
@@ -115,6 +117,14 @@ test("write → read round trip: every metadata value type, tensors, alignment",
       tensors: [...g.tensors.values()].map((t) => ({ ...t, data: bytes.subarray(t.file!.offset, t.file!.offset + t.nbytes) })),
     });
     assert.deepEqual(again, new Uint8Array(bytes));
+    // opened from memory (as a browser opens a fetched file): the same metadata and tensors, views of the bytes
+    const mem = openGGUFBytes(new Uint8Array(bytes), "mem.gguf");
+    for (const [k, v] of md) sameValue(mem.metadata.get(k)!, v, k);
+    assert.deepEqual([...mem.weights.tensors.values()].map((t) => t.file!.offset), [...g.tensors.values()].map((t) => t.file!.offset));
+    for (const t of tensors) assert.deepEqual(mem.weights.load(t.name).data, t.data);
+    assert.throws(() => mem.weights.load("blk.9.nope"), (e) => e instanceof MissingTensorError && /blk\.9\.nope not found in mem\.gguf/.test(e.message));
+    const end = Math.max(...[...g.tensors.values()].map((t) => t.file!.offset + t.nbytes));
+    assert.throws(() => openGGUFBytes(new Uint8Array(bytes).subarray(0, end - 1), "cut.gguf"), (e) => e instanceof ModelFormatError && /cut\.gguf: .*truncated/.test(e.message));
   }
 });
 

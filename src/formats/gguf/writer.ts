@@ -8,7 +8,7 @@ import { closeSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
 import { FileAccessError, InvalidArgumentError } from "../../errors.js";
 import { GGUFValueType, type GGUFMetadataValue } from "../model-file.js";
 import { rowBytes, typeInfo, typeName, type GGMLType } from "../quant/types.js";
-import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_MAX_DIMS, valueTypeName } from "./reader.js";
+import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_MAX_DIMS, valueTypeName } from "./parse.js";
 
 export interface GGUFTensorInput {
   readonly name: string;
