@@ -22,12 +22,14 @@
 import { randomFillSync } from "node:crypto";
 import { GGMLType, rowBytes, typeFromName, typeName } from "../src/formats/quant/types.js";
 import { fp32ToFp16 } from "../src/formats/quant/dequantize.js";
-import { BufferUsage, GpuDevice, type GpuBatch } from "../src/backend/webgpu/device.js";
+import { BufferUsage, type GpuBatch } from "../src/backend/webgpu/device.js";
+import { openDawn } from "../src/backend/webgpu/dawn.js";
 import { PORTABLE_VARIANT, kernelVariant, variantName } from "../src/backend/webgpu/kernels/common.js";
 import { GPU_WEIGHT_TYPES } from "../src/backend/webgpu/kernels/quant.js";
 import { MatmulKernels, MATVEC_MAX_TOKENS } from "../src/backend/webgpu/kernels/matmul.js";
 import type { GpuWeight } from "../src/backend/webgpu/weight.js";
 import { WebGpuBackend } from "../src/backend/webgpu/webgpu-backend.js";
+import { startNodeGpuThread } from "../src/backend/webgpu/node-thread.js";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { Model } from "../src/model/model.js";
 import { Session } from "../src/engine/session.js";
@@ -47,7 +49,7 @@ if (!(TOKENS >= 1 && TOKENS <= MATVEC_MAX_TOKENS)) throw new Error(`--tokens mus
 const GiB = 2 ** 30;
 const DISPATCHES = 200;
 
-const dev = await GpuDevice.open();
+const dev = await openDawn();
 const variant = opt("variant") === "portable" ? PORTABLE_VARIANT : kernelVariant(dev.features);
 const now = () => Number(process.hrtime.bigint()) / 1e9;
 
@@ -167,7 +169,7 @@ async function endToEnd(): Promise<Record<string, unknown> | null> {
   const path = join(opt("dir") ?? "/tmp", `moira-gpu-${preset}-${type}.gguf`);
   if (!existsSync(path)) await makeModel({ preset, type, seed: 1, out: path });
   const model = Model.open(path);
-  const be = await WebGpuBackend.create();
+  const be = await WebGpuBackend.create(startNodeGpuThread);
   try {
     const vocab = model.config.vocabSize;
     const prompt = Array.from({ length: nPrompt }, (_, i) => 1 + ((i * 7919) % (vocab - 1)));

@@ -49,7 +49,8 @@ export function eachIsa(addon: NativeAddon, f: (isa: string) => void): void {
 export async function openWebGpu(): Promise<{ gpu?: WebGpuBackend; absent: string }> {
   try {
     const { WebGpuBackend } = await import("../src/backend/webgpu/webgpu-backend.js");
-    return { gpu: await WebGpuBackend.create(), absent: "" };
+    const { startNodeGpuThread } = await import("../src/backend/webgpu/node-thread.js");
+    return { gpu: await WebGpuBackend.create(startNodeGpuThread), absent: "" };
   } catch (e) {
     if (!(e instanceof GpuUnavailableError)) throw e;
     return { absent: e.message };
@@ -61,10 +62,10 @@ export async function openWebGpu(): Promise<{ gpu?: WebGpuBackend; absent: strin
  * none; with the kernel variants to test on it: the adapter's best, and the portable one when it differs.
  */
 export async function openGpuDevice(): Promise<{ dev?: GpuDevice; absent: string; variants: () => KernelVariant[] }> {
-  const { GpuDevice } = await import("../src/backend/webgpu/device.js");
+  const { openDawn } = await import("../src/backend/webgpu/dawn.js");
   const { PORTABLE_VARIANT, kernelVariant, variantName } = await import("../src/backend/webgpu/kernels/common.js");
   try {
-    const dev = await GpuDevice.open();
+    const dev = await openDawn();
     const variants = () => {
       const best = kernelVariant(dev.features);
       return variantName(best) === variantName(PORTABLE_VARIANT) ? [best] : [best, PORTABLE_VARIANT];

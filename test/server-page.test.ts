@@ -3,7 +3,7 @@
  * Chromium it loads without console errors, a chat turn streams its reply, the next turn finds
  * the conversation in the KV cache, Stop and Reset work, and every heatmap cell and total equals
  * what /metrics reports at the same moment, offloaded (--memory-budget) and all resident.
- * Chromium is driven over the DevTools protocol on a pipe (--remote-debugging-pipe).
+ * Chromium is driven over the DevTools protocol on a pipe (test/chromium.ts).
  */
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
@@ -11,7 +11,6 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Readable, Writable } from "node:stream";
 import { makeModel } from "../src/tools/make-model/index.js";
 import { Model } from "../src/model/model.js";
 import { Session } from "../src/engine/session.js";
@@ -23,8 +22,8 @@ import { ExpertCacheView, type ExpertCacheSnapshot } from "../src/server/expert-
 import { PAGE_HTML } from "../src/server/page.js";
 import { RoutingCounter } from "../src/trace/observer.js";
 import { REPO_ROOT, skipUnlessPresent, servePort } from "./shared.js";
+import { Browser, CHROMIUM, NO_CHROMIUM } from "./chromium.js";
 
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const dir = mkdtempSync(join(tmpdir(), "moira-page-"));
 const path = join(dir, "tiny.gguf");
 // 4 MoE layers x 16 experts: a heatmap with some room in it
@@ -82,112 +81,17 @@ test("GET / is one self-contained page; /v1/cache and /metrics carry the same ro
   model.close();
 });
 
-/** A reply of the DevTools protocol, or an event (no id). */
-interface CdpMessage {
-  id?: number;
-  method?: string;
-  params?: Record<string, unknown>;
-  result?: Record<string, unknown>;
-  error?: { message: string };
-  sessionId?: string;
+/** Opens a page of `moira serve` and waits for its first poll. */
+async function open(b: Browser, url: string): Promise<void> {
+  await b.send("Page.navigate", { url });
+  await b.until("document.readyState === 'complete' && document.body.dataset.polls !== '0'", "the page's first poll");
 }
 
-/** Headless Chromium over --remote-debugging-pipe: requests on fd 3, replies and events on fd 4, each a JSON text ended by NUL. */
-class Browser {
-  private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (r: Record<string, unknown>) => void; reject: (e: Error) => void }>();
-  /** console errors, uncaught exceptions and failed loads, as text */
-  readonly errors: string[] = [];
-  private sessionId = "";
-
-  private constructor(private readonly proc: ChildProcess) {
-    const out = proc.stdio[4] as Readable;
-    out.setEncoding("utf8");
-    let buffer = "";
-    out.on("data", (d: string) => {
-      buffer += d;
-      let end;
-      while ((end = buffer.indexOf("\0")) >= 0) {
-        this.dispatch(JSON.parse(buffer.slice(0, end)) as CdpMessage);
-        buffer = buffer.slice(end + 1);
-      }
-    });
-  }
-
-  static async launch(): Promise<Browser> {
-    const proc = spawn(CHROMIUM, [
-      "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run", "--disable-sync",
-      "--disable-background-networking", "--disable-component-update", "--disable-extensions",
-      `--user-data-dir=${mkdtempSync(join(tmpdir(), "moira-chromium-"))}`, "about:blank",
-    ], { stdio: ["ignore", "ignore", "ignore", "pipe", "pipe"] });
-    children.push(proc);
-    const b = new Browser(proc);
-    const { targetId } = await b.send("Target.createTarget", { url: "about:blank" });
-    b.sessionId = (await b.send("Target.attachToTarget", { targetId, flatten: true })).sessionId as string;
-    for (const domain of ["Runtime", "Log", "Page"]) await b.send(`${domain}.enable`);
-    return b;
-  }
-
-  private dispatch(m: CdpMessage): void {
-    if (m.id !== undefined) {
-      const p = this.pending.get(m.id);
-      this.pending.delete(m.id);
-      if (m.error) p?.reject(new Error(m.error.message));
-      else p?.resolve(m.result ?? {});
-      return;
-    }
-    const params = m.params ?? {};
-    if (m.method === "Runtime.consoleAPICalled" && (params.type === "error" || params.type === "assert")) {
-      this.errors.push(`console.${params.type}: ${JSON.stringify(params.args)}`);
-    } else if (m.method === "Runtime.exceptionThrown") {
-      this.errors.push(`exception: ${JSON.stringify(params.exceptionDetails)}`);
-    } else if (m.method === "Log.entryAdded") {
-      const entry = params.entry as { level: string; text: string; url?: string };
-      if (entry.level === "error") this.errors.push(`log: ${entry.text} ${entry.url ?? ""}`);
-    }
-  }
-
-  send(method: string, params: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
-    const id = this.nextId++;
-    const message: CdpMessage & { params: Record<string, unknown> } = { id, method, params };
-    if (this.sessionId && !method.startsWith("Target.")) message.sessionId = this.sessionId;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      (this.proc.stdio[3] as Writable).write(JSON.stringify(message) + "\0");
-    });
-  }
-
-  /** The value of an expression in the page (promises awaited). */
-  async eval<T>(expression: string): Promise<T> {
-    const r = await this.send("Runtime.evaluate", { expression, returnByValue: true, awaitPromise: true });
-    if (r.exceptionDetails) throw new Error(`page: ${expression}: ${JSON.stringify(r.exceptionDetails)}`);
-    return (r.result as { value: T }).value;
-  }
-
-  /** Waits until the expression is truthy in the page. */
-  async until(expression: string, what: string, timeoutMs = 15_000): Promise<void> {
-    const end = Date.now() + timeoutMs;
-    while (!(await this.eval<boolean>(`Boolean(${expression})`))) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 40));
-    }
-  }
-
-  async open(url: string): Promise<void> {
-    await this.send("Page.navigate", { url });
-    await this.until("document.readyState === 'complete' && document.body.dataset.polls !== '0'", "the page's first poll");
-  }
-
-  /** Types a message into the composer (as keystrokes would) and presses Send. */
-  async say(text: string): Promise<void> {
-    await this.eval("document.getElementById('input').focus()");
-    await this.send("Input.insertText", { text });
-    await this.eval("document.getElementById('send').click()");
-  }
-
-  async close(): Promise<void> {
-    await this.send("Browser.close").catch(() => undefined);
-  }
+/** Types a message into the composer (as keystrokes would) and presses Send. */
+async function say(b: Browser, text: string): Promise<void> {
+  await b.eval("document.getElementById('input').focus()");
+  await b.send("Input.insertText", { text });
+  await b.eval("document.getElementById('send').click()");
 }
 
 /** `moira serve` on an ephemeral port; resolves with its base URL. */
@@ -231,17 +135,17 @@ async function shownAndMetrics(b: Browser, base: string): Promise<{ shown: Shown
 }
 
 test("the page in headless Chromium: chat streams, and the heatmap equals /metrics (offloaded and all resident)", {
-  skip: skipUnlessPresent(existsSync(CHROMIUM), `${CHROMIUM} not found: install it (apt-get install -y chromium) or set CHROMIUM=/path`),
+  skip: skipUnlessPresent(existsSync(CHROMIUM), NO_CHROMIUM),
   timeout: 90_000,
 }, async () => {
-  const [b, offloaded, resident] = await Promise.all([Browser.launch(), startServe(["--memory-budget", "30MiB"]), startServe([])]);
+  const [b, offloaded, resident] = await Promise.all([Browser.launch(["--disable-gpu"], children), startServe(["--memory-budget", "30MiB"]), startServe([])]);
   try {
-    await b.open(`${offloaded}/`);
+    await open(b, `${offloaded}/`);
     await b.until("document.getElementById('model').textContent.includes('context')", "the model's name");
     await b.eval("document.getElementById('temperature').value = '0'; document.getElementById('max-tokens').value = '12'");
 
     // one turn: the reply streams in pieces, and is what the API answers for the same conversation
-    await b.say("Hello there");
+    await say(b, "Hello there");
     await b.until("document.body.dataset.chat === 'idle' && document.querySelectorAll('.msg.assistant').length === 1", "the first reply");
     const first = await b.eval<{ text: string; chunks: string; status: string }>(
       "(() => { const m = document.querySelector('.msg.assistant'); return { text: m.textContent, chunks: m.dataset.chunks, status: document.getElementById('chat-status').textContent }; })()");
@@ -254,7 +158,7 @@ test("the page in headless Chromium: chat streams, and the heatmap equals /metri
     assert.equal(first.text, direct.choices[0]!.message.content);
 
     // the next turn sends the whole conversation: the slot's KV cache holds its beginning
-    await b.say("Tell me more");
+    await say(b, "Tell me more");
     await b.until("document.body.dataset.chat === 'idle' && document.querySelectorAll('.msg.assistant').length === 2", "the second reply");
     const cached = Number(await b.eval<string>("document.getElementById('chat-status').dataset.cachedTokens"));
     const prompt = Number(await b.eval<string>("document.getElementById('chat-status').dataset.promptTokens"));
@@ -262,7 +166,7 @@ test("the page in headless Chromium: chat streams, and the heatmap equals /metri
 
     // Stop aborts the request; Reset forgets the conversation
     await b.eval("document.getElementById('max-tokens').value = '200'");
-    await b.say("And then?");
+    await say(b, "And then?");
     await b.eval("document.getElementById('stop').click()");
     await b.until("document.body.dataset.chat === 'idle' && document.querySelectorAll('.msg.assistant').length === 3", "the stopped reply");
     assert.equal(await b.eval<boolean>("document.querySelectorAll('.msg.assistant')[2].classList.contains('stopped')"), true);
@@ -301,7 +205,7 @@ test("the page in headless Chromium: chat streams, and the heatmap equals /metri
       method: "POST", headers: { "content-type": "application/json" },
       body: JSON.stringify({ messages: [{ role: "user", content: "Hi" }], max_tokens: 6, temperature: 0 }),
     });
-    await b.open(`${resident}/`);
+    await open(b, `${resident}/`);
     const all = await shownAndMetrics(b, resident);
     assert.match(all.shown.mode, /All experts are resident/);
     assert.equal(all.shown.cells.length, 4 * 16);

@@ -14,7 +14,7 @@ import { GGMLType, typeName } from "../src/formats/quant/types.js";
 import { fp16ToFp32 } from "../src/formats/quant/dequantize.js";
 import { ExpertRouter, type RoutingConfig } from "../src/model/routing.js";
 import { GpuUnavailableError } from "../src/errors.js";
-import { GpuDevice } from "../src/backend/webgpu/device.js";
+import { openDawn } from "../src/backend/webgpu/dawn.js";
 import { type GpuWeight, uploadWeight } from "../src/backend/webgpu/weight.js";
 import { PORTABLE_VARIANT, kernelVariant, variantName, type KernelVariant } from "../src/backend/webgpu/kernels/common.js";
 import { MatmulKernels, MATVEC_MAX_TOKENS } from "../src/backend/webgpu/kernels/matmul.js";
@@ -362,7 +362,7 @@ describe("webgpu routing vs ExpertRouter", { skip }, () => {
 
 describe("webgpu device", () => {
   test("a backend without an adapter is a GpuUnavailableError that says what to install", { skip }, async () => {
-    await assert.rejects(GpuDevice.open({ backend: process.platform === "darwin" ? "d3d12" : "metal" }),
+    await assert.rejects(openDawn({ backend: process.platform === "darwin" ? "d3d12" : "metal" }),
       (e: unknown) => e instanceof GpuUnavailableError && /no WebGPU adapter/.test(e.message) && /mesa-vulkan-drivers/.test(e.message));
   });
 
