@@ -317,3 +317,21 @@ test("fate learns step-to-step transitions where they exist, and follows LRU whe
   for (const t of toks) { const key = { layer: 0, expert: t[0]![0]! }; if (!p.touch(key, now)) p.admit(key, now); now++; }
   assert.equal(p.residents().length, 2);
 });
+
+test("fate is LRU until another rule has shown more hits: on short runs it reads what LRU reads", () => {
+  // a few tokens of unstructured routing: no rule can show an advantage yet, so fate must not
+  // depart from LRU (an untrained next-use model choosing the victims lost hits here); one pool
+  // over all layers for both, as the ExpertStore has
+  const global = (trace: RoutingTrace, policy: string, slots: number): number =>
+    simulate(trace, { policy, predictor: "none", budget: { slotsPerLayer: slots, layout: "global" }, expertBytes: 1 }).hits;
+  let differ = 0;
+  for (let seed = 1; seed <= 20; seed++) {
+    const trace = randomTrace(seed, { tokens: 6, nLayer: 4, nExpert: 16, topK: 2, skew: 1 });
+    for (const slots of [6, 10]) {
+      const lru = global(trace, "lru", slots), fate = global(trace, "fate", slots);
+      assert.ok(fate >= lru, `seed ${seed}, ${slots} slots: fate ${fate} hits < lru ${lru}`);
+      if (fate !== lru) differ++;
+    }
+  }
+  assert.ok(differ <= 4, `fate departed from LRU on ${differ} of 40 short unstructured runs`);
+});

@@ -642,10 +642,16 @@ class NextUseModel {
  *     and do not admit a miss less likely to be used than the weakest resident;
  *   - popularity: `FrequencyPool`'s decayed access counts with admission control;
  *   - LRU, admitting every miss.
- * The real pool evicts by the leading rule (a rule leads once it has more shadow hits than the
- * current leader by more than 1 %). Where routing has structure (transitions, skew) one of the
+ * The real pool evicts by the leading rule: LRU at first, and a rule leads once it has more shadow
+ * hits than the current leader by more than 1 % and LEAD_MARGIN. Where routing has structure (transitions, skew) one of the
  * first two leads; where it has none, LRU does and the pool reads about what LRU reads.
  */
+/**
+ * Shadow hits (decayed) a rule needs beyond the leader's 1 % lead before the pool follows it: a run
+ * starts with LRU and leaves it on evidence, not on the chance hit or two of its first accesses.
+ */
+const LEAD_MARGIN = 2;
+
 export class FatePool implements ReplacementPool {
   private readonly resident: DenseIdSet;
   /** the access clock at each id's latest access (-Infinity: never) */
@@ -656,7 +662,7 @@ export class FatePool implements ReplacementPool {
   private readonly shadowLru = new Map<number, true>();
   /** decayed shadow hits: next use, popularity, LRU */
   private readonly score = [0, 0, 0];
-  private leader: 0 | 1 | 2 = 0;
+  private leader: 0 | 1 | 2 = 2;
   private tick = 0;
   private readonly keep: number;
   constructor(private cap: number, o: {
@@ -689,7 +695,7 @@ export class FatePool implements ReplacementPool {
     if (this.shadowLru.delete(id)) s[2]!++;
     else if (this.capacity > 0 && this.shadowLru.size >= this.capacity) deleteFirst(this.shadowLru);
     if (this.capacity > 0) this.shadowLru.set(id, true);
-    for (let i = 0 as 0 | 1 | 2; i < 3; i++) if (s[i]! > s[this.leader]! * 1.01 + 1e-9) this.leader = i;
+    for (let i = 0 as 0 | 1 | 2; i < 3; i++) if (s[i]! > s[this.leader]! * 1.01 + LEAD_MARGIN) this.leader = i;
   }
   private insertByValue(set: DenseIdSet, id: number, canEvict: (id: number) => boolean): number[] | null {
     const mine = this.model.value(id);
@@ -737,6 +743,6 @@ export class FatePool implements ReplacementPool {
   ids(): IterableIterator<number> { return this.resident.values(); }
   reset(): void {
     this.resident.clear(); this.lastUse.fill(-Infinity); this.model.reset(); this.shadowModel.clear(); this.shadowPop.reset();
-    this.shadowLru.clear(); this.score.fill(0); this.leader = 0; this.tick = 0;
+    this.shadowLru.clear(); this.score.fill(0); this.leader = 2; this.tick = 0;
   }
 }
