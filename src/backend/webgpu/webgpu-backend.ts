@@ -4,9 +4,9 @@
  * small f32 vectors beside them: norm weights, biases, sinks) are uploaded once, on first use, and
  * stay; the KV cache lives there (allocKv); activations are device tensors made per forward and
  * freed when it ends. Nothing comes back to the host but what is downloaded: the logits, and the
- * router's logits where routing runs on the host; with every expert resident
- * (ExpertProvider.stacked) a MoE layer is routed and run on the device (moeRouted), so a forward
- * reads back once, at its end.
+ * router's logits where routing runs on the host (a prompt's layers); with every expert resident
+ * (ExpertProvider.stacked) a decode step's MoE layers are routed and run on the device
+ * (moeRouted), so a decode step reads back once, at its end.
  *
  * The device lives on a GPU thread (worker.ts): WebGPU settles its work through the event loop,
  * which a synchronous op cannot give back to. Ops are recorded as commands and sent together
@@ -19,7 +19,8 @@
  * Not offered here: the file mapping of the native backend (optional in Backend). f32ToF16 of host
  * arrays runs on the host (ref's code); the device's f16 KV writes round as it does (same bits).
  * Weights and vectors are recognised by where their bytes are (buffer and offset), so their bytes
- * must not change under them: expert offloading, which reuses slots, is refused by the callers.
+ * must not change under them (weightReads "cached"): expert offloading, which reuses slots, is
+ * refused by the ExpertStore (checkOffloadable).
  */
 import type {
   AttentionParams, Backend, DeviceKv, DeviceTensor, ExpertActivation, ExpertBatch, KvStorage, KvTensor, PendingRouting, RopeParams, RowLayout,
