@@ -114,10 +114,6 @@ const NATIVE: BackendUnderTest = {
   siluMulBound: (_g, want) => 1e-6 * Math.abs(want) + 1e-7,
   // outputs are convex combinations of v (|v| <= 1): f32 scores/exp/sums, errors ~1e-6 relative
   attentionBound: () => 2e-5,
-  // KNOWN FAILURE (native, reported; native-backend.ts not changed here): the addon's own argument
-  // checks throw a plain Error, not InvalidArgumentError as the TypeScript-side checks (and ref,
-  // webgpu) do: getRows' id outside the rows, moeFfn's slot token outside the batch, attention's
-  // f16 k with f32 v. Remove once NativeBackend checks these (or types the addon's errors).
   sameBits: { fusedIsSeparateOps: true, tokenByTokenIsBatch: true, groupsAndSlotsAreOneCall: true },
 };
 
@@ -144,10 +140,6 @@ function webgpuUnderTest(g: WebGpuBackend): BackendUnderTest {
     attentionBound: wgslAttentionBound,
     // kernels/moe.ts matmulId: f32 activations on every variant; kernels/routing.ts: f32 routing
     routed: { activationBlock: 0, weightBound: (cfg, row, chosen, w) => wgslRoutingWeightBound(cfg, row, chosen) * Math.abs(w) + 1e-30 },
-    // BUG (webgpu, reported; not fixed here: worker.ts is another engineer's): `alloc(n)` takes a
-    // pooled buffer (worker.ts `pooled`, on "alloc") without clearing it, so a tensor made after
-    // endForward, or after a staged view's scratch went back to the pool, holds the old values
-    // instead of Backend.alloc's zeros. Remove this line once alloc clears its buffer.
     // MUL_MAT_ID computes a row as the matvec does, which keeps x in f32 for float weights
     sameBits: { fusedIsSeparateOps: true, tokenByTokenIsBatch: true, groupsAndSlotsAreOneCall: true, routedIsFfnOnFloatWeights: true },
   };
