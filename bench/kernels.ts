@@ -3,8 +3,11 @@
  * - RAM read bandwidth measured in the addon (AVX-512 / AVX2 sum over a 1 GiB buffer, 1 and 2 threads);
  * - matvec (1 token) GB/s of weight bytes per type, cycling through >= 1 GiB of weight matrices so
  *   every pass comes from RAM, not cache; with the fraction of the measured RAM bandwidth;
- * - prefill matmul (512 tokens) in GFLOP/s (2 * rows * cols * tokens per call).
- * Run: node --import tsx bench/kernels.ts [--types Q4_K,Q8_0] [--threads 1,2]
+ * - prefill matmul (512 tokens) in GFLOP/s (2 * rows * cols * tokens per call);
+ * - causal attention of a prompt over an f16 cache (`--attention-tokens`, default 512,2048; 16 heads
+ *   of 128, OLMoE's layer) in ms per layer, and SiLU-times-up over 4 Mi elements (a 512-token
+ *   prompt's 8 experts of 1024) in ms; best of 5.
+ * Run: node --import tsx bench/kernels.ts [--types Q4_K,Q8_0] [--threads 1,2] [--attention-tokens 512,2048]
  */
 import { randomFillSync } from "node:crypto";
 import { GGMLType, rowBytes, typeFromName, typeName } from "../src/formats/quant/types.js";
@@ -106,5 +109,41 @@ for (const type of TYPES) {
   buf.dispose();
 }
 
-console.log(JSON.stringify({ isa: be.isa, ramReadGBps: ram, matvec, prefill }, null, 2));
+const ATT_TOKENS = (opt("attention-tokens") ?? "512,2048").split(",").map(Number);
+const attention: Record<string, unknown>[] = [];
+for (const T of ATT_TOKENS) {
+  const H = 16, D = 128;
+  const q = new Float32Array(T * H * D).map(() => Math.random() - 0.5);
+  const k = new Uint16Array(T * H * D), v = new Uint16Array(T * H * D);
+  be.f32ToF16(new Float32Array(T * H * D).map(() => Math.random() - 0.5), k);
+  be.f32ToF16(new Float32Array(T * H * D).map(() => Math.random() - 0.5), v);
+  const out = new Float32Array(T * H * D);
+  for (const th of THREADS) {
+    be.setThreads(th);
+    let best = Infinity;
+    for (let i = 0; i < 5; i++) {
+      const t0 = now();
+      be.attention(q, k, v, { nTokens: T, nPast: 0, nHead: H, nKvHead: H, headDimK: D, headDimV: D, scale: 1 / Math.sqrt(D) }, out);
+      best = Math.min(best, now() - t0);
+    }
+    attention.push({ tokens: T, heads: H, headDim: D, kv: "f16", threads: th, msPerLayer: +(best * 1e3).toFixed(1), isa: be.isa });
+  }
+}
+const silu: Record<string, unknown>[] = [];
+{
+  const n = 512 * 8 * 1024;
+  const g = new Float32Array(n).map(() => (Math.random() - 0.5) * 8), u = g.map(() => Math.random()), o = new Float32Array(n);
+  for (const th of THREADS) {
+    be.setThreads(th);
+    let best = Infinity;
+    for (let i = 0; i < 5; i++) {
+      const t0 = now();
+      be.siluMul(g, u, o);
+      best = Math.min(best, now() - t0);
+    }
+    silu.push({ elements: n, threads: th, ms: +(best * 1e3).toFixed(2), isa: be.isa });
+  }
+}
+
+console.log(JSON.stringify({ isa: be.isa, ramReadGBps: ram, matvec, prefill, attention, silu }, null, 2));
 be.dispose();

@@ -369,19 +369,30 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
                              a.out + ((size_t)t * a.nHead + h) * a.dv);
     return info.Env().Undefined();
   }
-  // many tokens (prefill): one task per (token, head), its chunks one after another
-  const size_t perThread = ATTN_CHUNK + (size_t)maxChunks * part;
+  // many tokens (prefill): one task per (head, block of ATTN_QBLOCK tokens). The block's tokens
+  // take each cache chunk in turn while it is in cache (a chunk's rows are read from memory once
+  // per block, not once per token); each token's partials and their combine are those of the
+  // one-token path, so the bits are the same
+  constexpr int ATTN_QBLOCK = 16;
+  const int nBlocks = (a.nTok + ATTN_QBLOCK - 1) / ATTN_QBLOCK;
+  const size_t perThread = ATTN_CHUNK + (size_t)ATTN_QBLOCK * maxChunks * part;
   gAttnScratch.resize(perThread * P.size());
-  P.run(a.nTok * a.nHead, [&](int i, int tid) {
-    const int t = i / a.nHead, h = i % a.nHead, nc = chunksOf(t);
+  P.run(nBlocks * a.nHead, [&](int i, int tid) {
+    const int b = i / a.nHead, h = i % a.nHead;
+    const int t0 = b * ATTN_QBLOCK, t1 = std::min(a.nTok, t0 + ATTN_QBLOCK);
     float* sc = gAttnScratch.data() + perThread * tid;
     float* parts = sc + ATTN_CHUNK;
-    for (int c = 0; c < nc; c++) {
-      int j0, j1;
-      range(t, c0(t) + c, &j0, &j1);
-      K->attention_chunk(a, t, j0, j1, h, h + 1, sc, parts + (size_t)c * part);
+    auto partOf = [&](int t, int c) { return parts + ((size_t)(t - t0) * maxChunks + c) * part; };
+    const int cFirst = c0(t0), cLast = c0(t1 - 1) + chunksOf(t1 - 1);  // chunks any token of the block sees
+    for (int cc = cFirst; cc < cLast; cc++) {
+      for (int t = t0; t < t1; t++) {
+        if (cc < c0(t) || cc >= c0(t) + chunksOf(t)) continue;
+        int j0, j1;
+        range(t, cc, &j0, &j1);
+        K->attention_chunk(a, t, j0, j1, h, h + 1, sc, partOf(t, cc - c0(t)));
+      }
     }
-    K->attention_combine(parts, nc, part, a.dv, sinkOf(h), a.out + ((size_t)t * a.nHead + h) * a.dv);
+    for (int t = t0; t < t1; t++) K->attention_combine(partOf(t, 0), chunksOf(t), part, a.dv, sinkOf(h), a.out + ((size_t)t * a.nHead + h) * a.dv);
   });
   return info.Env().Undefined();
 }

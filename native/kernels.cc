@@ -1086,8 +1086,117 @@ void rmsnorm_row_impl(const float* x, const float* w, float eps, int dim, float*
   for (i = 0; i < dim; i++) out[i] = x[i] * scale * w[i];
 }
 
+// ---- exp(x) in SIMD registers (SiLU, the attention softmax) ------------------------------------
+// Cephes' expf, with FMA: x = n ln2 + r (|r| <= ln2/2, ln2 split in two for exactness), exp(r) by
+// its degree-7 polynomial, times 2^n; max relative error about 1 ulp against the exact exp. x is
+// clamped to [-87.34, 88] (results below ~1.2e-38 become that, above e^88 ~ 1.65e38 that: 2^n stays
+// a normal f32 for the AVX2 path's exponent bits; SiLU of g < -88 is then ~-5e-37, not -0). The
+// scalar exp_ref performs the same operations one lane at a time, so a lane's result does not
+// depend on where an element falls (vector body or tail). The scalar-ISA build keeps libm's expf.
+#if defined(__AVX2__)
+constexpr float EXP_LO = -87.336544f, EXP_HI = 88.0f, EXP_LOG2E = 1.44269504088896341f;
+constexpr float EXP_C1 = 0.693359375f, EXP_C2 = -2.12194440e-4f;
+constexpr float EXP_P0 = 1.9875691500e-4f, EXP_P1 = 1.3981999507e-3f, EXP_P2 = 8.3334519073e-3f;
+constexpr float EXP_P3 = 4.1665795894e-2f, EXP_P4 = 1.6666665459e-1f, EXP_P5 = 5.0000001201e-1f;
+inline float exp_ref(float x) {
+  x = fminf(fmaxf(x, EXP_LO), EXP_HI);
+  const float n = nearbyintf(x * EXP_LOG2E);
+  float r = fmaf(-n, EXP_C1, x);
+  r = fmaf(-n, EXP_C2, r);
+  float p = fmaf(EXP_P0, r, EXP_P1);
+  p = fmaf(p, r, EXP_P2);
+  p = fmaf(p, r, EXP_P3);
+  p = fmaf(p, r, EXP_P4);
+  p = fmaf(p, r, EXP_P5);
+  p = fmaf(p, r * r, r + 1.0f);
+  return ldexpf(p, (int)n);
+}
+#endif
+#if defined(__AVX512F__)
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_C1), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_C2), r);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(EXP_P0), r, _mm512_set1_ps(EXP_P1));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P2));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P3));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P4));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P5));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+#elif defined(__AVX2__)
+inline __m256 exp_ps(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_C1), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_C2), r);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(EXP_P0), r, _mm256_set1_ps(EXP_P1));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // 2^n, n in [-126, 127], as exponent bits; ldexpf in exp_ref gives the same
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#endif
+
 void silu_mul_impl(const float* g, const float* u, float* out, size_t n) {
-  for (size_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  size_t i = 0;
+#if defined(__AVX512F__)
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 x = _mm512_loadu_ps(g + i);
+    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
+  }
+#elif defined(__AVX2__)
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i);
+    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+  }
+#endif
+#if defined(__AVX2__)
+  for (; i < n; i++) out[i] = g[i] / (1.0f + exp_ref(-g[i])) * u[i];
+#else
+  for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+#endif
+}
+
+// s[j] = exp(s[j] - m) for j < n; returns their sum
+inline float exp_shifted(float* s, int n, float m) {
+  int j = 0;
+  float l = 0;
+#if defined(__AVX512F__)
+  const __m512 mv = _mm512_set1_ps(m);
+  __m512 acc = _mm512_setzero_ps();
+  for (; j + 16 <= n; j += 16) {
+    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), mv));
+    _mm512_storeu_ps(s + j, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  l = _mm512_reduce_add_ps(acc);
+#elif defined(__AVX2__)
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256 acc = _mm256_setzero_ps();
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+    _mm256_storeu_ps(s + j, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  l = hsum8(acc);
+#endif
+#if defined(__AVX2__)
+  for (; j < n; j++) { s[j] = exp_ref(s[j] - m); l += s[j]; }
+#else
+  for (; j < n; j++) { s[j] = expf(s[j] - m); l += s[j]; }
+#endif
+  return l;
 }
 
 // One cached key/value row segment of n elements (f32 or f16) against f32 vectors.
@@ -1167,7 +1276,7 @@ void attention_chunk_t(const AttnArgs& a, int t, int j0, int j1, int h0, int h1,
     float* s = sc + hi * ATTN_CHUNK;
     float m = -INFINITY, l = 0;
     for (int j = 0; j < nj; j++) m = s[j] > m ? s[j] : m;
-    for (int j = 0; j < nj; j++) { s[j] = expf(s[j] - m); l += s[j]; }
+    l = exp_shifted(s, nj, m);
     float* pp = part + (size_t)hi * P;
     pp[0] = m; pp[1] = l;
     for (int i = 0; i < a.dv; i++) pp[2 + i] = 0;
