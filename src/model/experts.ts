@@ -17,7 +17,10 @@ export interface ExpertFfnWeights {
 }
 
 export interface AcquireHint {
-  /** the layer's gate input, [nTokens, dModel]: what a predictive store pushes through router l+1 */
+  /**
+   * the layer's gate input, [nTokens, dModel]: what a predictive store pushes through router l+1
+   * (read back from the backend when first read: a provider that does not predict costs no readback)
+   */
   readonly gateInput: Float32Array;
   readonly nTokens: number;
   /** how many of the batch's tokens chose each of the acquired experts (same order) */

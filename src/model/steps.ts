@@ -337,12 +337,12 @@ export function route(ctx: ForwardContext, l: number, h: Tensor, logits = layerL
  * are computed first (then `whileLoading`, e.g. the shared expert), the rest as they arrive, and
  * the slots are summed in the usual order, so the bits are those of the one-op run.
  * `whileLoading` runs exactly once, whether or not anything had to be waited for.
- * h: [nTokens, dModel]
+ * h: [nTokens, dModel] → out [nTokens, dModel] (overwritten)
  */
 export function moeExperts(
-  ctx: ForwardContext, l: number, h: Tensor, r: Routing,
+  ctx: ForwardContext, l: number, h: Tensor, r: Routing, out: Tensor,
   opts: { readonly whileLoading?: () => void; readonly activation?: ExpertActivation } = {},
-): Tensor {
+): void {
   let whileLoading = opts.whileLoading;
   const { cfg, nTokens, backend } = ctx;
   // counting sort of the (token, j) slots by expert; within an expert, token order
@@ -360,19 +360,21 @@ export function moeExperts(
     tokens[s] = (i / r.k) | 0;
     weights[s] = r.weights[i];
   }
-  const out = backend.alloc(nTokens * cfg.dModel);
   // at most the provider's working memory per acquire: groups in expert order, each added into
   // out (the per-token sums run in the same order, so the result is bit-identical to one call)
   const max = Math.max(1, ctx.experts.maxExpertsPerAcquire ?? used.length);
   const nGroup = Math.max(1, Math.ceil(used.length / max));
-  // the gate input on the host, for a provider that predicts from it (a host backend's is h itself)
-  const gateInput = backend.download(h);
+  // the gate input on the host, read back only if the provider asks for it (a predicting store;
+  // a host backend's is h itself)
+  let hostH: Float32Array | undefined;
+  const gateInput = () => (hostH ??= backend.download(h));
   for (let g = 0; g < nGroup; g++) {
     const i0 = g * max, i1 = Math.min(used.length, i0 + max);
     const group = used.slice(i0, i1);
     const s0 = offsets[i0], s1 = offsets[i1];
     const hint = {
-      gateInput, nTokens, tokenCounts: group.map((e) => count[e]),
+      get gateInput() { return gateInput(); },
+      nTokens, tokenCounts: group.map((e) => count[e]),
       ...(nGroup > 1 ? { group: { index: g, count: nGroup, layerExperts: used, next: used.slice(i1, i1 + max) } } : {}),
     };
     const deferred = ctx.experts.acquireDeferred?.(l, group, hint);
@@ -393,7 +395,6 @@ export function moeExperts(
     }
   }
   whileLoading?.();
-  return out;
 }
 
 /**
@@ -496,20 +497,20 @@ export function mixtureOfExperts(
   const { cfg, backend } = ctx;
   const shared = () => sharedExpert(ctx, l, g, { gated: opts.gatedShared ?? false });
   const logits = layerLogits(ctx, l, g);
+  const y = backend.alloc(ctx.nTokens * cfg.dModel);
   const stacked = backend.moeRouted ? ctx.experts.stacked?.(l) : undefined;
-  if (backend.moeRouted && stacked) {
-    const y = backend.alloc(ctx.nTokens * cfg.dModel);
-    const routing = backend.moeRouted(g, logits, ctx.nTokens, { cfg, bias: selectionBias(ctx.weights, cfg, l) }, stacked, opts.activation ?? SWIGLU, y);
-    if (routing) {
-      if (ctx.observer) ctx.pendingRouting.push({ layer: l, routing });
-      if (cfg.sharedFf > 0) addInPlace(ctx, y, shared());
-      return y;
-    }
+  const routing = backend.moeRouted && stacked
+    ? backend.moeRouted(g, logits, ctx.nTokens, { cfg, bias: selectionBias(ctx.weights, cfg, l) }, stacked, opts.activation ?? SWIGLU, y)
+    : null;
+  if (routing) {
+    if (ctx.observer) ctx.pendingRouting.push({ layer: l, routing });
+    if (cfg.sharedFf > 0) addInPlace(ctx, y, shared());
+    return y;
   }
   const r = route(ctx, l, g, logits);
   // the shared expert computes while routed experts are still being read from disk
   let sharedY: Tensor | null = null;
-  const y = moeExperts(ctx, l, g, r, {
+  moeExperts(ctx, l, g, r, y, {
     whileLoading: cfg.sharedFf > 0 ? () => { sharedY = shared(); } : undefined,
     activation: opts.activation,
   });
