@@ -3,7 +3,7 @@
  * cache, and the ops they compute alike; the argument checks every backend makes for those ops,
  * and the slot sum (addSlots) of every expert FFN computed on the host.
  */
-import type { KvArray, KvTensor, RopeParams, RowLayout, SlotSum, Tensor, TensorLifetime } from "./backend.js";
+import type { ExpertBatch, KvArray, KvTensor, RopeParams, RowLayout, SlotSum, Tensor, TensorLifetime } from "./backend.js";
 import { isHostKv } from "./backend.js";
 import { InvalidArgumentError } from "../errors.js";
 
@@ -100,6 +100,30 @@ export function checkSlots(outLength: number, yLength: number, tokens: Int32Arra
     throw new InvalidArgumentError(`addSlots: out ${outLength} is not rows of ${d}, or y ${yLength} / weights ${weightsLength} do not cover ${tokens.length} slots`);
   }
   for (const t of tokens) if (!(t >= 0 && t < nTokens)) throw new InvalidArgumentError(`addSlots: token ${t} is outside out's ${nTokens} rows`);
+}
+
+/**
+ * Backend.moeFfn's arguments, as every backend but ref checks them: every expert of one shape
+ * (gate/up [ff, d], down [d, ff]), each expert's biases covering it, every slot's token inside the
+ * batch, a slotOut that holds the slots. Returns d, ff and the slot count (0s with no experts).
+ */
+export function checkExpertBatch(b: ExpertBatch, nTokens: number): { d: number; ff: number; nSlot: number } {
+  const n = b.experts.length;
+  const d = n > 0 ? b.experts[0].gate.cols : 0, ff = n > 0 ? b.experts[0].gate.rows : 0;
+  b.experts.forEach(({ gate, up, down, biases }, i) => {
+    if (gate.cols !== d || up.cols !== d || down.rows !== d || gate.rows !== ff || up.rows !== ff || down.cols !== ff) {
+      throw new InvalidArgumentError(`moeFfn: expert ${i} has gate ${gate.rows}x${gate.cols}, up ${up.rows}x${up.cols}, down ${down.rows}x${down.cols}; expected ${ff}x${d}, ${ff}x${d}, ${d}x${ff}`);
+    }
+    if (biases && (biases.gate.length < ff || biases.up.length < ff || biases.down.length < d)) {
+      throw new InvalidArgumentError(`moeFfn: expert ${i}'s biases hold gate ${biases.gate.length}, up ${biases.up.length}, down ${biases.down.length}; expected ${ff}, ${ff}, ${d}`);
+    }
+  });
+  const nSlot = n > 0 ? b.offsets[n] : 0;
+  for (let j = 0; j < nSlot; j++) {
+    if (!(b.tokens[j] >= 0 && b.tokens[j] < nTokens)) throw new InvalidArgumentError(`moeFfn: token ${b.tokens[j]} is outside the batch's ${nTokens} tokens (slot ${j})`);
+  }
+  if (b.slotOut && b.slotOut.length < nSlot * d) throw new InvalidArgumentError(`moeFfn: slotOut holds ${b.slotOut.length} floats, the slots need ${nSlot * d}`);
+  return { d, ff, nSlot };
 }
 
 /** Backend.view's bounds: [offset, offset + length) inside a tensor of `n` elements. */

@@ -3,7 +3,7 @@
  * thread pool. Ops are synchronous: they return when every pool thread has finished.
  */
 import { SWIGLU, type AttentionParams, type Backend, type ExpertBatch, type KvStorage, type KvTensor, type RopeParams, type WeightMatrix } from "../backend.js";
-import { HostOps, hostKv, hostTensor } from "../host-ops.js";
+import { HostOps, checkExpertBatch, hostKv, hostTensor } from "../host-ops.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { loadNativeAddon, type Isa, type NativeAddon } from "./addon.js";
@@ -106,31 +106,20 @@ export class NativeBackend extends HostOps implements Backend {
 
   moeFfn(x: Float32Array, nTokens: number, b: ExpertBatch, out: Float32Array): void {
     const n = b.experts.length;
+    const { d, ff } = checkExpertBatch(b, nTokens);
     const types = new Int32Array(n * 3);
     const data: Uint8Array[] = new Array(n * 3);
-    const d = n > 0 ? b.experts[0].gate.cols : 0, ff = n > 0 ? b.experts[0].gate.rows : 0;
     let biases: Array<Float32Array | null> | undefined;
-    const nSlot = b.offsets[n] ?? 0;
-    for (let j = 0; j < nSlot; j++) {
-      if (!(b.tokens[j] >= 0 && b.tokens[j] < nTokens)) throw new InvalidArgumentError(`moeFfn: token ${b.tokens[j]} is outside the batch's ${nTokens} tokens (slot ${j})`);
-    }
     for (let i = 0; i < n; i++) {
       const { gate, up, down, biases: eb } = b.experts[i];
-      if (gate.cols !== d || up.cols !== d || down.rows !== d || gate.rows !== ff || up.rows !== ff || down.cols !== ff) {
-        throw new InvalidArgumentError(`moeFfn: expert ${i} has gate ${gate.rows}x${gate.cols}, up ${up.rows}x${up.cols}, down ${down.rows}x${down.cols}; expected ${ff}x${d}, ${ff}x${d}, ${d}x${ff}`);
-      }
       types[3 * i] = gate.type; types[3 * i + 1] = up.type; types[3 * i + 2] = down.type;
       data[3 * i] = gate.data; data[3 * i + 1] = up.data; data[3 * i + 2] = down.data;
       if (eb) {
-        if (eb.gate.length < ff || eb.up.length < ff || eb.down.length < d) {
-          throw new InvalidArgumentError(`moeFfn: expert ${i}'s biases hold gate ${eb.gate.length}, up ${eb.up.length}, down ${eb.down.length}; expected ${ff}, ${ff}, ${d}`);
-        }
         biases ??= new Array<Float32Array | null>(3 * n).fill(null);
         biases[3 * i] = eb.gate; biases[3 * i + 1] = eb.up; biases[3 * i + 2] = eb.down;
       }
     }
     if (n === 0) { if (!b.accumulate && !b.slotOut) out.fill(0); return; }
-    if (b.slotOut && b.slotOut.length < b.offsets[n]! * d) throw new InvalidArgumentError(`moeFfn: slotOut holds ${b.slotOut.length} floats, the slots need ${b.offsets[n]! * d}`);
     const act = b.activation ?? SWIGLU;
     const oai = act.kind === "swiglu-oai" ? act : null;
     this.live().moeFfn(x, nTokens, d, ff, types, data, b.offsets, b.tokens, b.weights, out, b.accumulate === true, b.slotOut && hostTensor(b.slotOut, "moeFfn"),

@@ -26,7 +26,7 @@ import type {
   AttentionParams, Backend, DeviceKv, DeviceTensor, ExpertActivation, ExpertBatch, KvStorage, KvTensor, PendingRouting, RopeParams, RowLayout,
   SlotSum, StackedExperts, Tensor, TensorLifetime, WeightMatrix,
 } from "../backend.js";
-import { checkAdd, checkCopyRows, checkKvWrite, checkRowBias, checkSlots, checkView, gatedRows } from "../host-ops.js";
+import { checkAdd, checkCopyRows, checkExpertBatch, checkKvWrite, checkRowBias, checkSlots, checkView, gatedRows } from "../host-ops.js";
 import { SWIGLU, isHostKv } from "../backend.js";
 import { RefBackend } from "../ref/ref-backend.js";
 import { rowBytes, typeName } from "../../formats/quant/types.js";
@@ -326,32 +326,20 @@ export class WebGpuBackend implements Backend {
    * weighted sum over each token's slots, in slot order, on the device too (addSlots' rounding).
    */
   moeFfn(x: Tensor, nTokens: number, b: ExpertBatch, out: Tensor): void {
-    const d = b.experts.length > 0 ? b.experts[0].gate.cols : 0, ff = b.experts.length > 0 ? b.experts[0].gate.rows : 0;
+    const { d, ff, nSlot } = checkExpertBatch(b, nTokens);
     const experts: ExpertSlots[] = [];
-    let nSlot = 0;
     b.experts.forEach((w, i) => {
       const s0 = b.offsets[i], n = b.offsets[i + 1] - s0;
-      if (w.gate.cols !== d || w.up.cols !== d || w.down.rows !== d || w.gate.rows !== ff || w.up.rows !== ff || w.down.cols !== ff) {
-        throw new InvalidArgumentError(`moeFfn: expert ${i} has gate ${w.gate.rows}x${w.gate.cols}, up ${w.up.rows}x${w.up.cols}, down ${w.down.rows}x${w.down.cols}; expected ${ff}x${d}, ${ff}x${d}, ${d}x${ff}`);
-      }
       if (n === 0) return;
-      for (let j = s0; j < s0 + n; j++) {
-        if (!(b.tokens[j] >= 0 && b.tokens[j] < nTokens)) throw new InvalidArgumentError(`moeFfn: slot ${j}'s token ${b.tokens[j]} is outside the batch's ${nTokens} tokens`);
-      }
       const bs = w.biases;
-      if (bs && (bs.gate.length < ff || bs.up.length < ff || bs.down.length < d)) {
-        throw new InvalidArgumentError(`moeFfn: expert ${i}'s biases must have ${ff}, ${ff} and ${d} values`);
-      }
       const biases = bs ? { gate: this.vectorId(bs.gate.subarray(0, ff)), up: this.vectorId(bs.up.subarray(0, ff)), down: this.vectorId(bs.down.subarray(0, d)) } : undefined;
       experts.push({
         gate: this.weightId(w.gate), up: this.weightId(w.up), down: this.weightId(w.down),
         tokens: this.packer.array(Uint32Array.from(b.tokens.subarray(s0, s0 + n))), biases,
       });
-      nSlot += n;
     });
     const activation = b.activation ?? SWIGLU;
     if (b.slotOut) {
-      if (b.slotOut.length < nSlot * d) throw new InvalidArgumentError(`moeFfn: slotOut holds ${b.slotOut.length} floats, the slots need ${nSlot * d}`);
       if (nSlot === 0) return;
       this.record({ op: "experts", x: this.ref(x, "moeFfn"), d, ff, experts, activation, nSlot, into: { slotOut: this.ref(b.slotOut, "moeFfn") } });
       return;
