@@ -16,6 +16,7 @@ import { type GpuWeight, uploadWeight } from "../src/backend/webgpu/weight.js";
 import { variantName } from "../src/backend/webgpu/kernels/common.js";
 import { GPU_WEIGHT_TYPES } from "../src/backend/webgpu/kernels/quant.js";
 import { MoeKernels, slotLists } from "../src/backend/webgpu/kernels/moe.js";
+import { ElementwiseKernels } from "../src/backend/webgpu/kernels/elementwise.js";
 import { skipUnlessPresent } from "./shared.js";
 import { openGpuDevice } from "./backends.js";
 import { FLOAT_TYPES, Q32_TYPES, randF32, randomWeight, rng } from "./random-inputs.js";
@@ -254,16 +255,16 @@ describe("webgpu MoE kernels vs the host", { skip }, () => {
     }
   });
 
-  test("storeF32 copies at an element offset, the words around untouched", async () => {
+  test("an f32 KV write (copyRows of one row) copies words at an element offset, the words around untouched", async () => {
     const r = rng(7);
     const n = 301, offset = 5, len = offset + n + 4;
     const src = Uint32Array.from({ length: n }, () => Math.floor(r() * 2 ** 32));
-    const k = new MoeKernels(dev!);
+    const k = new ElementwiseKernels(dev!);
     const bufs = new Buffers();
     try {
       const dst = bufs.with(new Uint32Array(len).fill(0xdeadbeef));
       const b = dev!.batch();
-      k.encodeStoreF32(b, bufs.with(src), dst, offset, n);
+      k.encodeCopyRows(b, bufs.with(src), { offset: 0, stride: n }, dst, { offset, stride: n }, n, 1);
       b.submit();
       const want = new Uint32Array(len).fill(0xdeadbeef);
       want.set(src, offset);

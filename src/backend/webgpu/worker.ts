@@ -121,12 +121,16 @@ class Io {
   }
 }
 
+/** A new buffer holding an arena array for one command (freed with `owned` after the submit). */
+function arenaBuffer(a: ArenaRef, label: string, owned: GPUBuffer[]): GpuBinding {
+  const buffer = device().dev.allocWith(arenaBytes(a), label);
+  owned.push(buffer);
+  return { buffer };
+}
+
 /** A KV cache as attention binds it: the device's, or host rows that cross for this op. */
-function kvBinding(src: KvSource, io: Io, owned: GPUBuffer[], label: string): GpuBinding {
-  if ("kvId" in src) return { buffer: kvBuffer(src.kvId) };
-  const b = device().dev.allocWith(arenaBytes(src.host), label);
-  owned.push(b);
-  return { buffer: b };
+function kvBinding(src: KvSource, owned: GPUBuffer[], label: string): GpuBinding {
+  return "kvId" in src ? { buffer: kvBuffer(src.kvId) } : arenaBuffer(src.host, label, owned);
 }
 
 /** Records one command into the batch; `owned` collects buffers to free after submit, `done` what to run then. */
@@ -156,7 +160,7 @@ function encode(c: GpuCommand, b: GpuBatch, k: Kernels, owned: GPUBuffer[], recy
     case "rmsNorm": k.elementwise.encodeRmsNorm(b, io.input(c.x), vector(c.weight), c.eps, c.dim, c.x.n / c.dim, io.output(c.out)); break;
     case "rope": k.rope.encode(b, io.inout(c.x), c.p); break;
     case "attention": {
-      const kk = kvBinding(c.k, io, owned, "k cache"), v = kvBinding(c.v, io, owned, "v cache");
+      const kk = kvBinding(c.k, owned, "k cache"), v = kvBinding(c.v, owned, "v cache");
       k.attention.encode(b, io.input(c.q), kk, v, c.kv, c.p, io.output(c.out), c.sinks === undefined ? null : vector(c.sinks));
       break;
     }
@@ -164,7 +168,7 @@ function encode(c: GpuCommand, b: GpuBatch, k: Kernels, owned: GPUBuffer[], recy
     case "kvStore": {
       const dst: GpuBinding = { buffer: kvBuffer(c.id) };
       if (c.type === "f16") k.moe.encodeStoreF16(b, io.input(c.src), dst, c.at, c.src.n);
-      else k.moe.encodeStoreF32(b, io.input(c.src), dst, c.at, c.src.n);
+      else k.elementwise.encodeCopyRows(b, io.input(c.src), { offset: 0, stride: c.src.n }, dst, { offset: c.at, stride: c.src.n }, c.src.n, 1);
       break;
     }
     case "kvFree": {
@@ -192,10 +196,9 @@ function encode(c: GpuCommand, b: GpuBatch, k: Kernels, owned: GPUBuffer[], recy
       let s0 = 0;
       for (const e of c.experts) {
         const n = e.tokens.n;
-        const idx = d.allocWith(arenaBytes(e.tokens), "expert tokens");
-        owned.push(idx);
+        const idx = arenaBuffer(e.tokens, "expert tokens", owned);
         const xg = io.temp(n * c.d), g = io.temp(n * c.ff), u = io.temp(n * c.ff), h = io.temp(n * c.ff), ye = io.temp(n * c.d);
-        k.moe.encodeGatherRows(b, x, { buffer: idx }, n, c.d, xg);
+        k.moe.encodeGatherRows(b, x, idx, n, c.d, xg);
         k.matmul.encode(b, weight(e.gate), xg, n, g);
         k.matmul.encode(b, weight(e.up), xg, n, u);
         k.elementwise.encodeGlu(b, g, u, e.biases ? { gate: vector(e.biases.gate), up: vector(e.biases.up) } : null, c.ff, n * c.ff, c.activation, h);
@@ -206,13 +209,13 @@ function encode(c: GpuCommand, b: GpuBatch, k: Kernels, owned: GPUBuffer[], recy
       }
       if ("out" in c.into) {
         const s = c.into;
-        const [starts, slots, ws] = [s.starts, s.slots, s.weights].map((a) => { const buf = d.allocWith(arenaBytes(a), "slot sum"); owned.push(buf); return { buffer: buf }; });
+        const [starts, slots, ws] = [s.starts, s.slots, s.weights].map((a) => arenaBuffer(a, "slot sum", owned));
         k.moe.encodeAddSlots(b, io.inout(s.out), y, starts, slots, ws, s.nTokens, c.d, s.sum);
       }
       break;
     }
     case "addSlots": {
-      const [starts, slots, ws] = [c.starts, c.slots, c.weights].map((a) => { const buf = d.allocWith(arenaBytes(a), "slot sum"); owned.push(buf); return { buffer: buf }; });
+      const [starts, slots, ws] = [c.starts, c.slots, c.weights].map((a) => arenaBuffer(a, "slot sum", owned));
       k.moe.encodeAddSlots(b, io.inout(c.out), io.input(c.y), starts, slots, ws, c.nTokens, c.d, c.sum);
       break;
     }

@@ -4,7 +4,10 @@
  * GGUF bytes from a storage buffer of u32 words.
  */
 import { UnsupportedError } from "../../../errors.js";
-import type { GpuDevice, GpuFeatures } from "../device.js";
+import type { GpuBatch, GpuBinding, GpuDevice, GpuFeatures } from "../device.js";
+
+/** Invocations per workgroup of the one-invocation-per-element kernels (KernelFamily.perElement). */
+export const ELEM_WG = 256;
 
 /** Choices a kernel set is built with; each defaults to the best the adapter offers. */
 export interface KernelOptions {
@@ -61,6 +64,17 @@ export abstract class KernelFamily {
     }
     return p;
   }
+  /**
+   * Records `source` (its workgroups of ELEM_WG) with one invocation per element i < n: its Params
+   * are `params` (u32 values, f32 ones as their bits) followed by the grid's pitch.
+   */
+  protected perElement(batch: GpuBatch, key: string, source: string, n: number, params: readonly number[], bindings: readonly GpuBinding[]): void {
+    if (n === 0) return;
+    const p = this.pipeline(key, () => source);
+    const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
+    batch.dispatch(p, Uint32Array.of(...params, groups[0]), bindings, groups);
+  }
+
 
   /** `enable` directives for this variant; with `f16`, the kernel declares f16 data when the variant allows. */
   protected enables(uses: { f16?: boolean } = {}): string {

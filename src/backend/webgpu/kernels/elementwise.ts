@@ -1,16 +1,15 @@
 /**
  * Row and element ops over f32 activations: rmsnorm (one workgroup per row), SwiGLU's
  * silu(gate) * up, an expert's activation with its gate/up biases (SwiGLU or GPT-OSS's clamped
- * variant), a row bias added in place, a per-row sigmoid gate and strided row copies (one
- * invocation per element).
+ * variant), a row bias added in place, a per-row sigmoid gate and strided row copies of 32-bit
+ * words (one invocation per element).
  */
 import type { ExpertActivation, RowLayout } from "../../backend.js";
 import { InvalidArgumentError } from "../../../errors.js";
 import type { GpuBatch, GpuBinding } from "../device.js";
-import { KernelFamily, f32Bits, grid2d, reduction } from "./common.js";
+import { ELEM_WG, KernelFamily, f32Bits, grid2d, reduction } from "./common.js";
 
 const NORM_WG = 256;
-const ELEM_WG = 256;
 
 export class ElementwiseKernels extends KernelFamily {
   /** out[i] = x[i] / rms(row) * weight[i % dim] over the nRows rows of `dim` floats in x. */
@@ -48,21 +47,14 @@ export class ElementwiseKernels extends KernelFamily {
     this.perElement(batch, "sigmoid-gate-rows", SIGMOID_GATE_ROWS_SOURCE, n, [n, dim], [y, g]);
   }
 
-  /** dst[to.offset + r * to.stride + c] = src[from.offset + r * from.stride + c], r < rows, c < width. */
+  /**
+   * dst[to.offset + r * to.stride + c] = src[from.offset + r * from.stride + c], r < rows, c < width:
+   * 32-bit words copied as they are (NaN payloads and subnormals kept; also an f32 KV cache write).
+   */
   encodeCopyRows(batch: GpuBatch, src: GpuBinding, from: RowLayout, dst: GpuBinding, to: RowLayout, width: number, rows: number): void {
     const n = width * rows;
     if (n === 0) return;
     this.perElement(batch, "copy-rows", COPY_ROWS_SOURCE, n, [n, width, from.offset, from.stride, to.offset, to.stride], [src, dst]);
-  }
-
-  /**
-   * Records `source` with one invocation per element i < n: its Params are `params` (u32 values,
-   * f32 ones as their bits) followed by the grid's pitch.
-   */
-  private perElement(batch: GpuBatch, key: string, source: string, n: number, params: readonly number[], bindings: readonly GpuBinding[]): void {
-    const p = this.pipeline(key, () => source);
-    const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
-    batch.dispatch(p, Uint32Array.of(...params, groups[0]), bindings, groups);
   }
 
   private rmsNormSource(): string {
@@ -155,8 +147,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 const COPY_ROWS_SOURCE = /* wgsl */ `
 struct Params { n: u32, width: u32, srcOffset: u32, srcStride: u32, dstOffset: u32, dstStride: u32, pitch: u32 }
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> S: array<f32>;
-@group(0) @binding(2) var<storage, read_write> D: array<f32>;
+@group(0) @binding(1) var<storage, read> S: array<u32>;
+@group(0) @binding(2) var<storage, read_write> D: array<u32>;
 @compute @workgroup_size(${ELEM_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let i = (wid.x + wid.y * P.pitch) * ${ELEM_WG}u + li;

@@ -6,7 +6,8 @@
  *   weight, as the matvec kernel computes a row (one workgroup of 64 per output, f32 activations
  *   against weights decoded by quant.ts' load4, a workgroup sum), with an optional per-expert bias;
  * - addSlots / combineRouted: the weighted slot sums of Backend.addSlots and of a routed layer;
- * - storeF16 / storeF32: values written into a KV cache at an element offset.
+ * - storeF16: values written into an f16 KV cache at an element offset (an f32 one takes
+ *   ElementwiseKernels.encodeCopyRows).
  *
  * The slot sums round exactly as the host's `out[i] += w * y` (src/backend/host-ops.ts addSlots):
  * w * y exact (in f64), one f64 add, one f32 store. Neither f32 arithmetic (the product rounded
@@ -18,10 +19,9 @@ import { type GGMLType, rowBytes } from "../../../formats/quant/types.js";
 import { InvalidArgumentError } from "../../../errors.js";
 import type { GpuBatch, GpuBinding } from "../device.js";
 import { type GpuWeight, weightChunks } from "../weight.js";
-import { KernelFamily, WEIGHT_READERS, grid2d, reduction } from "./common.js";
+import { ELEM_WG, KernelFamily, WEIGHT_READERS, grid2d, reduction } from "./common.js";
 import { isFloatType, weightDecoder } from "./quant.js";
 
-const ELEM_WG = 256;
 const MV_WG = 64;
 /** slots per token combineRouted orders in a workgroup */
 const COMBINE_MAX_K = ELEM_WG;
@@ -125,24 +125,8 @@ export class MoeKernels extends KernelFamily {
     this.perElement(batch, "store-f16", STORE_F16_SOURCE, n / 2, [n / 2, offset / 2], [src, dst]);
   }
 
-  /** dst[offset + i] = src[i] for i < n (f32 values; an exact copy). */
-  encodeStoreF32(batch: GpuBatch, src: GpuBinding, dst: GpuBinding, offset: number, n: number): void {
-    counts("storeF32", { offset, n });
-    fits("storeF32 src", src, n);
-    fits("storeF32 dst", dst, offset + n);
-    this.perElement(batch, "store-f32", STORE_F32_SOURCE, n, [n, offset], [src, dst]);
-  }
 
-  /**
-   * Records `source` with one invocation per element i < n: its Params are `params` followed by
-   * the grid's pitch.
-   */
-  private perElement(batch: GpuBatch, key: string, source: string, n: number, params: readonly number[], bindings: readonly GpuBinding[]): void {
-    if (n === 0) return;
-    const p = this.pipeline(key, () => source);
-    const groups = grid2d(Math.ceil(n / ELEM_WG), this.dev.limits.maxComputeWorkgroupsPerDimension);
-    batch.dispatch(p, Uint32Array.of(...params, groups[0]), bindings, groups);
-  }
+
 
   private matmulIdSource(type: GGMLType): string {
     const red = reduction(this.variant, MV_WG, 1, ["sum"]);
@@ -470,14 +454,3 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   D[P.dstWord + i] = f16Bits(S[2u * i]) | (f16Bits(S[2u * i + 1u]) << 16u);
 }`;
 
-const STORE_F32_SOURCE = /* wgsl */ `
-struct Params { n: u32, offset: u32, pitch: u32 }
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> S: array<u32>;
-@group(0) @binding(2) var<storage, read_write> D: array<u32>;
-@compute @workgroup_size(${ELEM_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let i = (wid.x + wid.y * P.pitch) * ${ELEM_WG}u + li;
-  if (i >= P.n) { return; }
-  D[P.offset + i] = S[i];
-}`;
