@@ -167,7 +167,6 @@ function nans(be: Backend, n: number): Tensor {
 
 /** f as one forward: a backend whose tensors live for a forward (webgpu) frees them at its end. */
 function inForward<T>(be: Backend, f: () => T): T {
-  be.beginForward?.();
   try {
     return f();
   } finally {

@@ -238,10 +238,9 @@ export interface Backend {
   /** Elements [offset, offset + length) of t as a tensor sharing its memory (writes through). */
   view(t: Tensor, offset: number, length: number): Tensor;
   /**
-   * Optional: a forward starts / ends (the Session says so); with tensorLifetime "forward", the
-   * tensors made in between are freed at endForward.
+   * Optional: a forward has ended (the Session says so); with tensorLifetime "forward", the tensors
+   * made since the previous end are freed.
    */
-  beginForward?(): void;
   endForward?(): void;
   /** out[t, r] = sum_c W[r, c] * x[t, c].  x: [nTokens, w.cols], out: [nTokens, w.rows] */
   matmul(w: WeightMatrix, x: Tensor, nTokens: number, out: Tensor): void;

@@ -148,12 +148,11 @@ export class Session {
   /**
    * One forward over the context's rows: embeddings, the architecture's layers over the residual
    * stream x [nTokens, dModel] (in place), the logits of `rows` read to the host; the backend is
-   * told where the forward starts and ends (its activations live that long), the routing observer
-   * what the backend routed in its own memory.
+   * told where the forward ends (its activations live that long), the routing observer what the
+   * backend routed in its own memory.
    */
   private run(ctx: ForwardContext, tokens: readonly number[], rows: number[]): Float32Array {
     const { backend } = ctx;
-    backend.beginForward?.();
     try {
       const x = embed(ctx, tokens); // [T, dModel] residual stream
       for (let l = 0; l < this.model.config.nLayer; l++) this.model.arch.layer(ctx, l, x);

@@ -195,9 +195,6 @@ export class WebGpuBackend implements Backend {
     return new GpuTensor(this, g.id, g.offset + offset, length);
   }
 
-  /** Nothing to do: tensors are freed when the forward ends. */
-  beginForward(): void {}
-
   /** Sends what is recorded, and the forward's tensors go back to the GPU thread's pool. */
   endForward(): void {
     this.record({ op: "endForward" });
