@@ -12,6 +12,10 @@
  *                        own decode routing at the run's cache size / the disk's rate: the measured
  *                        O_DIRECT bandwidth, or the best rate a run of the cell achieved if higher)
  *
+ * Beside the bound: the stall share Belady itself keeps with every read overlapped (its reads per
+ * token at the disk's rate beyond the all-resident time), and the bytes a frequency oracle reads
+ * (the cache told each expert's count in the run: what a policy learning frequencies could reach).
+ *
  * The run's routing comes from its --trace; Belady is the step-granular optimum with bypass
  * (src/trace/simulate.ts). Rounds alternate the policies (order rotated each round); each cell
  * keeps the best and the median. JSON to stdout (and --out), a markdown table to stderr.
@@ -178,7 +182,8 @@ for (const routing of a.routings!.split(",")) {
       }
       // the bound from the fate run's own routing (every policy routes alike: offloading is exact)
       const fateRun = runs.fate?.[0] ?? Object.values(runs)[0]![0]!;
-      let boundMs = residentMs, beladyDecodeMiB: number | null = null, rate = bandwidth;
+      let boundMs = residentMs, beladyDecodeMiB: number | null = null, freqOracleDecodeMiB: number | null = null, rate = bandwidth;
+      let beladyStallFloor: number | null = null;
       if (existsSync(trace) && fateRun.cacheSlots !== undefined) {
         const steps = engineSteps(trace);
         const nLayer = steps[0]!.layers.length;
@@ -189,7 +194,15 @@ for (const routing of a.routings!.split(",")) {
         const achieved = Math.max(0, ...Object.values(runs).flat().filter((x) => x.decodeReadMiB !== undefined && x.generated > 1)
           .map((x) => (x.decodeReadMiB! * 2 ** 20) / ((x.decodeMsPerToken * (x.generated - 1)) / 1000)));
         rate = Math.max(bandwidth, achieved);
-        boundMs = Math.max(residentMs, (rep.decodeMisses * expertBytes / rate) * 1000 / Math.max(1, fateRun.generated - 1));
+        const beladyIoMs = (rep.decodeMisses * expertBytes / rate) * 1000 / Math.max(1, fateRun.generated - 1);
+        boundMs = Math.max(residentMs, beladyIoMs);
+        // the stall share even the optimum keeps with every read overlapped with compute: its reads
+        // per token at the disk's rate beyond the all-resident compute time
+        beladyStallFloor = Math.max(0, 1 - residentMs / beladyIoMs);
+        // an online reference: the cache told each expert's frequency in this run (no recency, no
+        // order), the most a frequency-learning policy could know
+        const freq = replayRun("freq-oracle", steps, { tensors: { size: nLayer }, cacheSlots: fateRun.cacheSlots } as never, nExpert, nExpertUsed);
+        freqOracleDecodeMiB = (freq.decodeMisses * expertBytes) / 2 ** 20;
         rmSync(trace, { force: true });
       }
       const lru = runs.lru ?? [];
@@ -206,8 +219,11 @@ for (const routing of a.routings!.split(",")) {
         });
         md.push(`| ${routing} | ${runName} | ${pct} % | ${p} | ${b.toFixed(1)} / ${m.toFixed(1)} | ${(lruBest / b).toFixed(2)}x | ${read.toFixed(0)} (${(read / lruRead).toFixed(2)}x) | ${(100 * median(xs.map((x) => x.hitRate ?? NaN))).toFixed(1)} % | ${(100 * stall).toFixed(0)} % | ${(100 * boundMs / b).toFixed(0)} % | ${bestOf(xs.map((x) => x.ttftMs)).toFixed(0)} |`);
       }
-      results.push({ routing, run: runName, budgetPct: pct, config: "bound", decodeMsPerToken: boundMs, beladyDecodeMiB, bandwidthBytesPerS: rate, measuredBandwidthBytesPerS: bandwidth, residentMsPerToken: residentMs });
-      md.push(`| ${routing} | ${runName} | ${pct} % | bound | ${boundMs.toFixed(1)} | | ${beladyDecodeMiB?.toFixed(0) ?? ""} (Belady) | | | | |`);
+      results.push({
+        routing, run: runName, budgetPct: pct, config: "bound", decodeMsPerToken: boundMs, beladyDecodeMiB, beladyStallFloor, freqOracleDecodeMiB,
+        bandwidthBytesPerS: rate, measuredBandwidthBytesPerS: bandwidth, residentMsPerToken: residentMs,
+      });
+      md.push(`| ${routing} | ${runName} | ${pct} % | bound | ${boundMs.toFixed(1)} | | ${beladyDecodeMiB?.toFixed(0) ?? ""} (Belady; freq-oracle ${freqOracleDecodeMiB?.toFixed(0) ?? ""}) | | ${beladyStallFloor === null ? "" : `${(100 * beladyStallFloor).toFixed(0)} % (Belady's floor)`} | | |`);
     }
   }
 }

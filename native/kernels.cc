@@ -1258,10 +1258,84 @@ inline void axpy_kv(float* o, float p, const void* v, int n) {
   for (; i < n; i++) o[i] += p * (F16 ? h2f(vh[i]) : vf[i]);
 }
 
+#if defined(__AVX512F__)
+// The same ops as dot_kv and axpy_kv (each score and each output element gets the same fused
+// multiply-adds in the same order, so the same bits), arranged for registers: rows in blocks of
+// ATTN_ROWS, heads inner; a head's query (NQ zmm) is loaded once per block, and its output partial
+// (NV zmm) is loaded and stored once per block, not once per row.
+constexpr int ATTN_ROWS = ATTN_CHUNK;
+template <bool F16>
+inline __m512 kv16(const uint8_t* p, int i) {
+  return F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)((const uint16_t*)p + 16 * i))) : _mm512_loadu_ps((const float*)p + 16 * i);
+}
+template <bool F16, int NQ, int NV>
+void attention_chunk_zmm(const AttnArgs& a, int t, int j0, int j1, int h0, int h1, float* sc, float* part) {
+  const int group = a.nHead / a.nKvHead, nh = h1 - h0, nj = j1 - j0, P = attn_part(a.dv);
+  const size_t es = F16 ? 2 : 4, rowK = (size_t)a.nKvHead * a.dk * es, rowV = (size_t)a.nKvHead * a.dv * es;
+  const uint8_t* K = (const uint8_t*)a.k + (size_t)j0 * rowK;
+  const uint8_t* V = (const uint8_t*)a.v + (size_t)j0 * rowV;
+  const float* q = a.q + (size_t)t * a.nHead * a.dk;
+  // scores: dot_kv's two accumulators (even and odd 16-blocks), then reduce_add(a0 + a1)
+  for (int jb = 0; jb < nj; jb += ATTN_ROWS) {
+    const int je = std::min(nj, jb + ATTN_ROWS);
+    for (int h = h0; h < h1; h++) {
+      __m512 qr[NQ];
+      for (int i = 0; i < NQ; i++) qr[i] = _mm512_loadu_ps(q + (size_t)h * a.dk + 16 * i);
+      const uint8_t* kh = K + (size_t)(h / group) * a.dk * es;
+      for (int j = jb; j < je; j++) {
+        const uint8_t* kr = kh + (size_t)j * rowK;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+        for (int i = 0; i < NQ; i += 2) {
+          a0 = _mm512_fmadd_ps(qr[i], kv16<F16>(kr, i), a0);
+          a1 = _mm512_fmadd_ps(qr[i + 1], kv16<F16>(kr, i + 1), a1);
+        }
+        sc[(h - h0) * ATTN_CHUNK + j] = a.scale * _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+      }
+    }
+  }
+  for (int hi = 0; hi < nh; hi++) {
+    float* s = sc + hi * ATTN_CHUNK;
+    float m = -INFINITY;
+    for (int j = 0; j < nj; j++) m = s[j] > m ? s[j] : m;
+    const float l = exp_shifted(s, nj, m);
+    float* pp = part + (size_t)hi * P;
+    pp[0] = m; pp[1] = l;
+    for (int i = 0; i < a.dv; i++) pp[2 + i] = 0;
+  }
+  // values: axpy_kv's o = fma(v, p, o) per row, in row order
+  for (int jb = 0; jb < nj; jb += ATTN_ROWS) {
+    const int je = std::min(nj, jb + ATTN_ROWS);
+    for (int h = h0; h < h1; h++) {
+      float* o = part + (size_t)(h - h0) * P + 2;
+      __m512 acc[NV];
+      for (int i = 0; i < NV; i++) acc[i] = _mm512_loadu_ps(o + 16 * i);
+      const uint8_t* vh = V + (size_t)(h / group) * a.dv * es;
+      const float* s = sc + (h - h0) * ATTN_CHUNK;
+      for (int j = jb; j < je; j++) {
+        const uint8_t* vr = vh + (size_t)j * rowV;
+        const __m512 pv = _mm512_set1_ps(s[j]);
+        for (int i = 0; i < NV; i++) acc[i] = _mm512_fmadd_ps(kv16<F16>(vr, i), pv, acc[i]);
+      }
+      for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + 16 * i, acc[i]);
+    }
+  }
+}
+#endif
+
 // Rows outer, heads inner, so a task over many heads streams the cache in address order; per head
 // the ops run in row order whatever the head range (same bits for every split).
 template <bool F16>
 void attention_chunk_t(const AttnArgs& a, int t, int j0, int j1, int h0, int h1, float* sc, float* part) {
+#if defined(__AVX512F__)
+  // A prompt's tasks (one head, the chunk already in cache from the block's earlier tokens) in
+  // registers, for the head widths of the models moira runs (64, 128; DeepSeek's 192-wide keys).
+  // A decode task (every head) streams the cache from memory: in address order, below, is faster.
+  if (h1 - h0 == 1) {
+    if (a.dk == 128 && a.dv == 128) return attention_chunk_zmm<F16, 8, 8>(a, t, j0, j1, h0, h1, sc, part);
+    if (a.dk == 64 && a.dv == 64) return attention_chunk_zmm<F16, 4, 4>(a, t, j0, j1, h0, h1, sc, part);
+    if (a.dk == 192 && a.dv == 128) return attention_chunk_zmm<F16, 12, 8>(a, t, j0, j1, h0, h1, sc, part);
+  }
+#endif
   const int group = a.nHead / a.nKvHead, nh = h1 - h0, nj = j1 - j0, P = attn_part(a.dv);
   const size_t es = F16 ? 2 : 4;
   const uint8_t* K = (const uint8_t*)a.k;
