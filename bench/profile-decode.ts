@@ -4,8 +4,9 @@
  * after a `--prompt`-token prefill, all experts resident, weights mapped from the file. Ops are
  * grouped into parts (expert FFN, attention, norms/rope/KV store, router, q/k/v/o projections,
  * output head, embedding); "JavaScript" is the forward's wall time outside any op (recipe code,
- * routing softmax/top-k, allocation, GC). Also counts native calls per token, and the active weight
- * bytes streamed per token with the RAM bandwidth they imply.
+ * routing softmax/top-k, allocation, GC, and the timing wrapper's own cost per call); "JavaScript
+ * alone" runs the same steps on a backend whose compute ops return at once. Also counts native calls
+ * per token, and the active weight bytes streamed per token with the RAM bandwidth they imply.
  *
  *   node --import tsx bench/profile-decode.ts [--model /work/models/olmoe-q4k.gguf] [--threads 2]
  *     [--prompt 8] [--tokens 32] [--kv-type f16] [--rounds 3]
@@ -124,6 +125,29 @@ for (let r = 0; r < rounds; r++) {
   results.push({ parts: acc, total, bytes, minTok });
 }
 
+// The recipe's JavaScript alone: the same decode steps on a backend whose compute ops return at once
+// (memory ops still real), so what remains is the forward's own code, routing and allocation; the
+// "JavaScript (outside ops)" row above also holds the timing proxy's own cost per call.
+const MEMORY_OPS = new Set(["alloc", "upload", "download", "view", "allocKv", "mapFile", "endForward", "checkWeights", "dispose"]);
+const hollow: Backend = new Proxy(native, {
+  get(target, prop, recv) {
+    const v = Reflect.get(target, prop, recv);
+    if (typeof v !== "function" || MEMORY_OPS.has(String(prop)) || prop === "constructor") return v;
+    return () => undefined;
+  },
+});
+const jsAlone: number[] = [];
+{
+  const s = new Session(model, { backend: hollow, contextLength: nPrompt + nTok + 1, kvType: parseKvType(a["kv-type"]!) });
+  s.prefill(prompt);
+  for (let r = 0; r < rounds; r++) {
+    s.rewind(nPrompt);
+    const t0 = now();
+    for (let i = 0; i < nTok; i++) s.decodeStep(first);
+    jsAlone.push((now() - t0) / nTok);
+  }
+}
+
 const names = [...new Set(results.flatMap((r) => [...r.parts.keys()]))];
 const med = (xs: number[]) => { const s = [...xs].sort((p, q) => p - q); return s[Math.floor(s.length / 2)]; };
 const perTok = (r: Round, n: string) => (r.parts.get(n)?.ms ?? 0) / nTok;
@@ -142,11 +166,13 @@ const out = {
   activeWeightGBPerToken: +gb.toFixed(4), outputHeadMB: +(headBytes / 1e6).toFixed(1),
   impliedGBps: { best: +(gb / (Math.min(...totals) / 1e3)).toFixed(2), median: +(gb / (med(totals) / 1e3)).toFixed(2) },
   nativeCallsPerToken: rows.reduce((s, r) => s + r.callsPerToken, 0),
+  jsAloneMsPerToken: { best: +Math.min(...jsAlone).toFixed(3), median: +med(jsAlone).toFixed(3) },
   parts: rows.map((r) => ({ ...r, best: +r.best.toFixed(3), median: +r.median.toFixed(3), floor: +r.floor.toFixed(3) })),
 };
 console.log(JSON.stringify(out, null, 2));
 const md = ["| part | ms/token (median round) | best round | floor (calls x fastest call) | calls/token |", "|---|---|---|---|---|",
   ...rows.map((r) => `| ${r.part} | ${r.median.toFixed(2)} | ${r.best.toFixed(2)} | ${r.floor.toFixed(2)} | ${r.callsPerToken} |`),
-  `| **total** | **${med(totals).toFixed(2)}** | ${Math.min(...totals).toFixed(2)} | fastest token ${Math.min(...results.map((r) => r.minTok)).toFixed(2)} | |`];
+  `| **total** | **${med(totals).toFixed(2)}** | ${Math.min(...totals).toFixed(2)} | fastest token ${Math.min(...results.map((r) => r.minTok)).toFixed(2)} | |`,
+  `| JavaScript alone (compute ops hollowed out) | ${med(jsAlone).toFixed(2)} | ${Math.min(...jsAlone).toFixed(2)} | | |`];
 console.error(md.join("\n"));
 model.close();
