@@ -652,6 +652,8 @@ function conformance(but: BackendUnderTest): void {
       const r = rng(19);
       for (const [nTokens, nPast, nHead, nKvHead, headDimK, headDimV] of [
         [1, 0, 2, 1, 8, 8], [1, 100, 4, 2, 64, 32], [5, 3, 4, 1, 7, 5], [6, 70, 4, 4, 128, 128], [2, 31, 3, 3, 16, 24],
+        // the head widths native runs a prompt's attention in registers for (64, 128, DeepSeek's 192/128)
+        [7, 33, 2, 1, 64, 64], [9, 40, 4, 2, 192, 128],
       ] as const) {
         const nCtx = nPast + nTokens;
         const q = randF32(nTokens * nHead * headDimK, r, 2);
