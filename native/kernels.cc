@@ -1258,12 +1258,25 @@ inline void axpy_kv(float* o, float p, const void* v, int n) {
   for (; i < n; i++) o[i] += p * (F16 ? h2f(vh[i]) : vf[i]);
 }
 
+// Per head of a task: its chunk's scores (sc, ATTN_CHUNK apart) become exp(s - max) in place, and
+// its partial starts as {max, sum of those, zero values}.
+inline void chunk_softmax(float* sc, int nh, int nj, float* part, int P, int dv) {
+  for (int hi = 0; hi < nh; hi++) {
+    float* s = sc + hi * ATTN_CHUNK;
+    float m = -INFINITY;
+    for (int j = 0; j < nj; j++) m = s[j] > m ? s[j] : m;
+    const float l = exp_shifted(s, nj, m);
+    float* pp = part + (size_t)hi * P;
+    pp[0] = m; pp[1] = l;
+    for (int i = 0; i < dv; i++) pp[2 + i] = 0;
+  }
+}
+
 #if defined(__AVX512F__)
 // The same ops as dot_kv and axpy_kv (each score and each output element gets the same fused
-// multiply-adds in the same order, so the same bits), arranged for registers: rows in blocks of
-// ATTN_ROWS, heads inner; a head's query (NQ zmm) is loaded once per block, and its output partial
-// (NV zmm) is loaded and stored once per block, not once per row.
-constexpr int ATTN_ROWS = ATTN_CHUNK;
+// multiply-adds in the same order, so the same bits), arranged for registers: heads outer, rows
+// inner; a head's query (NQ zmm) is loaded once per chunk, and its output partial (NV zmm) is
+// loaded and stored once per chunk, not once per row.
 template <bool F16>
 inline __m512 kv16(const uint8_t* p, int i) {
   return F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)((const uint16_t*)p + 16 * i))) : _mm512_loadu_ps((const float*)p + 16 * i);
@@ -1276,48 +1289,34 @@ void attention_chunk_zmm(const AttnArgs& a, int t, int j0, int j1, int h0, int h
   const uint8_t* V = (const uint8_t*)a.v + (size_t)j0 * rowV;
   const float* q = a.q + (size_t)t * a.nHead * a.dk;
   // scores: dot_kv's two accumulators (even and odd 16-blocks), then reduce_add(a0 + a1)
-  for (int jb = 0; jb < nj; jb += ATTN_ROWS) {
-    const int je = std::min(nj, jb + ATTN_ROWS);
-    for (int h = h0; h < h1; h++) {
-      __m512 qr[NQ];
-      for (int i = 0; i < NQ; i++) qr[i] = _mm512_loadu_ps(q + (size_t)h * a.dk + 16 * i);
-      const uint8_t* kh = K + (size_t)(h / group) * a.dk * es;
-      for (int j = jb; j < je; j++) {
-        const uint8_t* kr = kh + (size_t)j * rowK;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-        for (int i = 0; i < NQ; i += 2) {
-          a0 = _mm512_fmadd_ps(qr[i], kv16<F16>(kr, i), a0);
-          a1 = _mm512_fmadd_ps(qr[i + 1], kv16<F16>(kr, i + 1), a1);
-        }
-        sc[(h - h0) * ATTN_CHUNK + j] = a.scale * _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  for (int h = h0; h < h1; h++) {
+    __m512 qr[NQ];
+    for (int i = 0; i < NQ; i++) qr[i] = _mm512_loadu_ps(q + (size_t)h * a.dk + 16 * i);
+    const uint8_t* kh = K + (size_t)(h / group) * a.dk * es;
+    for (int j = 0; j < nj; j++) {
+      const uint8_t* kr = kh + (size_t)j * rowK;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+      for (int i = 0; i < NQ; i += 2) {
+        a0 = _mm512_fmadd_ps(qr[i], kv16<F16>(kr, i), a0);
+        a1 = _mm512_fmadd_ps(qr[i + 1], kv16<F16>(kr, i + 1), a1);
       }
+      sc[(h - h0) * ATTN_CHUNK + j] = a.scale * _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
     }
   }
-  for (int hi = 0; hi < nh; hi++) {
-    float* s = sc + hi * ATTN_CHUNK;
-    float m = -INFINITY;
-    for (int j = 0; j < nj; j++) m = s[j] > m ? s[j] : m;
-    const float l = exp_shifted(s, nj, m);
-    float* pp = part + (size_t)hi * P;
-    pp[0] = m; pp[1] = l;
-    for (int i = 0; i < a.dv; i++) pp[2 + i] = 0;
-  }
-  // values: axpy_kv's o = fma(v, p, o) per row, in row order
-  for (int jb = 0; jb < nj; jb += ATTN_ROWS) {
-    const int je = std::min(nj, jb + ATTN_ROWS);
-    for (int h = h0; h < h1; h++) {
-      float* o = part + (size_t)(h - h0) * P + 2;
-      __m512 acc[NV];
-      for (int i = 0; i < NV; i++) acc[i] = _mm512_loadu_ps(o + 16 * i);
-      const uint8_t* vh = V + (size_t)(h / group) * a.dv * es;
-      const float* s = sc + (h - h0) * ATTN_CHUNK;
-      for (int j = jb; j < je; j++) {
-        const uint8_t* vr = vh + (size_t)j * rowV;
-        const __m512 pv = _mm512_set1_ps(s[j]);
-        for (int i = 0; i < NV; i++) acc[i] = _mm512_fmadd_ps(kv16<F16>(vr, i), pv, acc[i]);
-      }
-      for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + 16 * i, acc[i]);
+  chunk_softmax(sc, nh, nj, part, P, a.dv);
+  // values: axpy_kv's o = fma(v, p, o) per row, in row order, from the zeroed partial
+  for (int h = h0; h < h1; h++) {
+    float* o = part + (size_t)(h - h0) * P + 2;
+    __m512 acc[NV];
+    for (int i = 0; i < NV; i++) acc[i] = _mm512_loadu_ps(o + 16 * i);
+    const uint8_t* vh = V + (size_t)(h / group) * a.dv * es;
+    const float* s = sc + (h - h0) * ATTN_CHUNK;
+    for (int j = 0; j < nj; j++) {
+      const uint8_t* vr = vh + (size_t)j * rowV;
+      const __m512 pv = _mm512_set1_ps(s[j]);
+      for (int i = 0; i < NV; i++) acc[i] = _mm512_fmadd_ps(kv16<F16>(vr, i), pv, acc[i]);
     }
+    for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + 16 * i, acc[i]);
   }
 }
 #endif
@@ -1346,15 +1345,7 @@ void attention_chunk_t(const AttnArgs& a, int t, int j0, int j1, int h0, int h1,
     for (int h = h0; h < h1; h++)
       sc[(h - h0) * ATTN_CHUNK + j] = a.scale * dot_kv<F16>(q + (size_t)h * a.dk, kr + (size_t)(h / group) * a.dk * es, a.dk);
   }
-  for (int hi = 0; hi < nh; hi++) {
-    float* s = sc + hi * ATTN_CHUNK;
-    float m = -INFINITY, l = 0;
-    for (int j = 0; j < nj; j++) m = s[j] > m ? s[j] : m;
-    l = exp_shifted(s, nj, m);
-    float* pp = part + (size_t)hi * P;
-    pp[0] = m; pp[1] = l;
-    for (int i = 0; i < a.dv; i++) pp[2 + i] = 0;
-  }
+  chunk_softmax(sc, nh, nj, part, P, a.dv);
   for (int j = 0; j < nj; j++) {
     const uint8_t* vr = V + (size_t)(j0 + j) * a.nKvHead * a.dv * es;
     for (int h = h0; h < h1; h++)
