@@ -187,7 +187,9 @@ for (const routing of a.routings!.split(",")) {
       if (existsSync(trace) && fateRun.cacheSlots !== undefined) {
         const steps = engineSteps(trace);
         const nLayer = steps[0]!.layers.length;
-        const rep = replayRun("belady", steps, { tensors: { size: nLayer }, cacheSlots: fateRun.cacheSlots } as never, nExpert, nExpertUsed);
+        // the run's cache as replayRun reads it (its layer count and slots)
+        const cache = { tensors: { size: nLayer }, cacheSlots: fateRun.cacheSlots } as never;
+        const rep = replayRun("belady", steps, cache, nExpert, nExpertUsed);
         beladyDecodeMiB = (rep.decodeMisses * expertBytes) / 2 ** 20;
         // the disk's rate: the measured one, or what a run of this cell achieved if more (the
         // SSD's rate moves by the hour; an achieved rate is a lower bound of what it can do)
@@ -201,7 +203,7 @@ for (const routing of a.routings!.split(",")) {
         beladyStallFloor = Math.max(0, 1 - residentMs / beladyIoMs);
         // an online reference: the cache told each expert's frequency in this run (no recency, no
         // order), the most a frequency-learning policy could know
-        const freq = replayRun("freq-oracle", steps, { tensors: { size: nLayer }, cacheSlots: fateRun.cacheSlots } as never, nExpert, nExpertUsed);
+        const freq = replayRun("freq-oracle", steps, cache, nExpert, nExpertUsed);
         freqOracleDecodeMiB = (freq.decodeMisses * expertBytes) / 2 ** 20;
         rmSync(trace, { force: true });
       }
