@@ -324,6 +324,36 @@ test("the store takes the phase the Session states, not the batch size: a one-to
   }
 });
 
+test("a prediction holds the resident experts it names (pinned until their layer runs), it does not access them", async () => {
+  const path = await tinyModel();
+  const model = Model.open(path);
+  const backend = new RefBackend();
+  const plan = planMemory(model, { budget: 2 ** 40, contextLength: 16, policy: "fate" });
+  const stats = new OffloadStats(model.config.nLayer);
+  const store = new ExpertStore(model.config, model.weights, path, { plan, policy: "fate", predictor: "fate", backend, stats, prefetchWidth: 4, prefetchDistance: 2 });
+  try {
+    // every access of a cached expert touches it once; a touch from anywhere else (a prediction)
+    // would count as an access in the policy's history
+    const policy = store.policy, touch = policy.touch.bind(policy);
+    let touches = 0, heldAtLayer = 0;
+    policy.touch = (k, now) => { touches++; return touch(k, now); };
+    const pin = policy.pin.bind(policy);
+    policy.pin = (k) => { heldAtLayer++; pin(k); };
+    const s = new Session(model, { backend, experts: store, contextLength: 16 });
+    s.prefill([5, 6, 7]);
+    for (const t of [8, 9, 10, 11]) s.decodeStep(t);
+    const t = stats.total();
+    assert.ok(t.hits + t.inflightHits > 0);
+    assert.equal(touches, t.hits + t.inflightHits, "one touch per access of a cached expert");
+    assert.ok(heldAtLayer > t.accesses, "predicted residents were pinned besides the accessed ones");
+    // and released: nothing stays pinned between forwards
+    for (const k of policy.residents()) assert.equal(policy.isPinned(k), false, `L${k.layer}.E${k.expert} still pinned`);
+  } finally {
+    store.dispose();
+    model.close();
+  }
+});
+
 test("budget below the minimum: BudgetError naming the minimum and its parts", async () => {
   const model = Model.open(await tinyModel());
   try {

@@ -566,7 +566,12 @@ class NextUseModel {
   }
   prime(id: number, weight: number): void {
     const layer = Math.floor(id / this.nExpert);
-    if (layer < this.nLayer) { this.pop[id] = this.pop[id]! + weight; this.changed(layer); }
+    // `weight` tokens' worth of choices: topK of them make one step's worth of the layer's steps
+    if (layer < this.nLayer) {
+      this.pop[id] = this.pop[id]! + weight;
+      this.steps[layer] = this.steps[layer]! + weight / this.topK;
+      this.changed(layer);
+    }
   }
   private endStep(next: number): void {
     const l = this.curLayer, E = this.cur, nE = this.nExpert;

@@ -11,14 +11,17 @@
  * token's stay in working slots until used).
  *
  * acquire(layer, experts) for a layer about to compute:
- *   1. drops the wrong predictions made for this layer (cancelled if not yet started);
+ *   1. drops the wrong predictions made for this layer (cancelled if not yet started) and
+ *      releases the resident experts its predictions held;
  *   2. per expert: a hit (resident), a wait on an in-flight prefetch (promoted to the front), or a
  *      miss (a demand load, queued before every prefetch); optionally served low-bit;
  *   3. predicts the experts of layers l+1 .. l+d (Fate: router_{l+d}(gate input of l); or EAP)
  *      and queues their loads, nearest layer first, which the threads read while this layer's
  *      experts and the next layers compute. d, the prefetch distance, is 1 while one expert read
  *      fits in a layer's compute, more where reads are slower (calibrateDistance); a prompt
- *      always looks one layer ahead (its next layer's loads already keep the disk busy);
+ *      always looks one layer ahead (its next layer's loads already keep the disk busy). The
+ *      predicted experts already resident are pinned until their layer runs (held, not touched:
+ *      a prediction is not an access), so that no load evicts them meanwhile;
  *   4. waits for this layer's loads only (stall time is measured), pins and returns the weights.
  * acquireDeferred() skips step 4: the layer computes the experts in memory (and its shared
  * expert) while the rest are read, then waits for each of those as it needs it.
@@ -107,8 +110,12 @@ interface Pending {
   readonly forecasts: Map<number, number[]>;
   /** loads issued for the layer, with the distance and rank of the prediction that issued each */
   readonly loads: Array<{ readonly ent: Entry; readonly distance: number; readonly rank: number }>;
-  /** resident predicted experts already refreshed in the policy (once per layer run) */
-  readonly touched: Set<number>;
+  /**
+   * Resident experts predicted for the layer, pinned in the policy until it runs: the loads issued
+   * meanwhile never evict them. A pin, not an access: a prediction is not a use, and a policy that
+   * learns from its accesses (fate) would learn the predictor's mistakes.
+   */
+  readonly held: Set<number>;
 }
 
 /** Why a load starts: what it may take (cache admission, working slots) and its place in the queue. */
@@ -341,8 +348,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     if (this.closed) throw new InvalidArgumentError("the expert store is closed");
     this.checkFile();
     // predictions a forward left unscored (it failed midway) are dropped
-    for (const pend of this.pending.values()) for (const { ent } of pend.loads) this.dropPrediction(ent);
-    this.pending.clear();
+    this.dropPending();
     this.phase = info.phase;
     this.forwardSeq++;
     this.token += info.nTokens;
@@ -435,6 +441,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     if (pend) {
       const want = new Set(layerExperts);
       this.pending.delete(layer);
+      this.releaseHeld(layer, pend);
       for (const [d, predicted] of pend.forecasts) {
         this.stats.prediction.at(d).record(layer, phase === "decode" ? predicted : predicted.slice(0, layerExperts.length), layerExperts);
       }
@@ -541,6 +548,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     const want = cacheSlotsWith(this.opts.plan, bytes);
     const have = this.cacheSlotsInService;
     if (want < have) {
+      this.dropPending();
       this.settleLoads("all");
       for (const key of this.policy.resize(want, this.now)) this.evict(key);
       let owe = have - want;
@@ -819,6 +827,21 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     this.retired.push(slot);
   }
 
+  /** Drops the predictions no layer has scored yet: their loads (dropPrediction) and their holds. */
+  private dropPending(): void {
+    for (const [layer, pend] of this.pending) {
+      this.releaseHeld(layer, pend);
+      for (const { ent } of pend.loads) this.dropPrediction(ent);
+    }
+    this.pending.clear();
+  }
+
+  /** Unpins the resident experts held for `layer` by its predictions. */
+  private releaseHeld(layer: number, pend: Pending): void {
+    for (const e of pend.held) this.policy.unpin(this.pkey(layer, e));
+    pend.held.clear();
+  }
+
   /** A prediction the layer did not use: cancel its read if not started; free it unless cached. */
   private dropPrediction(ent: Entry): void {
     if (this.full.get(this.key(ent.layer, ent.expert)) !== ent || !ent.prefetched) return;
@@ -865,7 +888,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
       if (target >= this.cfg.nLayer || !this.opts.plan.tensors.has(target)) break;
       const predicted = this.forecast(layer, moe, d, experts, hint, phase);
       let pend = this.pending.get(target);
-      if (!pend) this.pending.set(target, pend = { forecasts: new Map(), loads: [], touched: new Set() });
+      if (!pend) this.pending.set(target, pend = { forecasts: new Map(), loads: [], held: new Set() });
       pend.forecasts.set(d, predicted);
       if (d <= issueUpTo) this.prefetchFor(target, d, predicted, pend, phase, probe);
     }
@@ -901,10 +924,10 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     predicted.forEach((e, rank) => {
       const have = this.full.get(this.key(target, e));
       if (have) {
-        // the layer will want it: refresh it (once) so the loads issued meanwhile do not evict it
-        if (have.cached && !have.job && !pend.touched.has(e)) {
-          pend.touched.add(e);
-          this.policy.touch(this.pkey(target, e), this.now++);
+        // the layer will want it: hold it (once) so the loads issued meanwhile do not evict it
+        if (have.cached && !have.job && !pend.held.has(e)) {
+          pend.held.add(e);
+          this.policy.pin(this.pkey(target, e));
         }
         return;
       }
