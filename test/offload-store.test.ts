@@ -324,28 +324,34 @@ test("the store takes the phase the Session states, not the batch size: a one-to
   }
 });
 
-test("a prediction holds the resident experts it names (pinned until their layer runs), it does not access them", async () => {
+test("the policy sees each decode access once (a touch or an admission); a prediction holds the resident experts it names, pinned until their layer runs", async () => {
   const path = await tinyModel();
   const model = Model.open(path);
   const backend = new RefBackend();
-  const plan = planMemory(model, { budget: 2 ** 40, contextLength: 16, policy: "fate" });
+  // half the experts cacheable: decode misses, and prefetches that their layers then use
+  const probe = planMemory(model, { budget: 2 ** 40, contextLength: 24, policy: "fate" });
+  const budget = probe.minimumBytes + Math.floor(probe.allExpertSlots / 2) * probe.slotBytes;
+  const plan = planMemory(model, { budget, contextLength: 24, policy: "fate" });
   const stats = new OffloadStats(model.config.nLayer);
   const store = new ExpertStore(model.config, model.weights, path, { plan, policy: "fate", predictor: "fate", backend, stats, prefetchWidth: 4, prefetchDistance: 2 });
   try {
-    // every access of a cached expert touches it once; a touch from anywhere else (a prediction)
-    // would count as an access in the policy's history
-    const policy = store.policy, touch = policy.touch.bind(policy);
-    let touches = 0, heldAtLayer = 0;
-    policy.touch = (k, now) => { touches++; return touch(k, now); };
-    const pin = policy.pin.bind(policy);
-    policy.pin = (k) => { heldAtLayer++; pin(k); };
-    const s = new Session(model, { backend, experts: store, contextLength: 16 });
+    // a policy that learns from its accesses (fate) must not count a prediction, or a prefetched
+    // expert's admission and then its use, as accesses
+    const policy = store.policy, touch = policy.touch.bind(policy), admit = policy.admit.bind(policy), pin = policy.pin.bind(policy);
+    let seen = 0, pins = 0;
+    policy.touch = (k, now) => { seen++; return touch(k, now); };
+    policy.admit = (k, now) => { seen++; return admit(k, now); };
+    policy.pin = (k) => { pins++; pin(k); };
+    const s = new Session(model, { backend, experts: store, contextLength: 24 });
     s.prefill([5, 6, 7]);
-    for (const t of [8, 9, 10, 11]) s.decodeStep(t);
-    const t = stats.total();
-    assert.ok(t.hits + t.inflightHits > 0);
-    assert.equal(touches, t.hits + t.inflightHits, "one touch per access of a cached expert");
-    assert.ok(heldAtLayer > t.accesses, "predicted residents were pinned besides the accessed ones");
+    seen = 0; pins = 0;
+    const before = stats.phases.decode.accesses;
+    for (let t = 8; t < 20; t++) s.decodeStep(t);
+    const d = stats.phases.decode;
+    assert.ok(d.accesses - before > 0);
+    assert.ok(d.prefetchesIssued - d.prefetchesCancelled - d.prefetchesWasted > 0, `decode prefetches were used: ${JSON.stringify(d)}`);
+    assert.equal(seen, d.accesses - before, "one touch or admission per decode access");
+    assert.ok(pins > d.accesses - before, "predicted residents were pinned besides the accessed ones");
     // and released: nothing stays pinned between forwards
     for (const k of policy.residents()) assert.equal(policy.isPinned(k), false, `L${k.layer}.E${k.expert} still pinned`);
   } finally {

@@ -466,7 +466,8 @@ export class ExpertStore implements ExpertProvider, KvRoom {
       let ent = this.full.get(this.key(layer, e));
       if (ent) {
         ent.orphan = false;
-        if (!ent.cached && !ent.low && ent.prefetched) this.admitOnUse(ent);
+        // a decode prefetch's first use is its admission: the policy counts that as the access
+        const admitted = !ent.cached && !ent.low && ent.prefetched && this.admitOnUse(ent);
         if (ent.job && !this.prefetcherOf(ent).settled(ent.job)) {
           this.stats.add(layer, phase, "inflightHits");
           this.prefetcherOf(ent).promote(ent.job);
@@ -475,7 +476,7 @@ export class ExpertStore implements ExpertProvider, KvRoom {
           this.tally.hits.add(layer, e);
         }
         if (ent.job?.done) this.onLoaded(ent);
-        if (ent.cached) this.policy.touch(this.pkey(layer, e), this.now++);
+        if (ent.cached && !admitted) this.policy.touch(this.pkey(layer, e), this.now++);
       } else {
         const useLow = low?.has(e) ?? false;
         this.stats.add(layer, phase, "misses");
@@ -669,19 +670,21 @@ export class ExpertStore implements ExpertProvider, KvRoom {
 
   /**
    * A decode prefetch is read into a working slot, outside the CachePolicy, so a wrong prediction
-   * never evicts a useful expert; when its layer asks for it, it is admitted like a demand load.
+   * never evicts a useful expert; when its layer asks for it, it is admitted like a demand load (that
+   * admission is the access the policy counts). Returns whether the policy admitted it.
    */
-  private admitOnUse(ent: Entry): void {
+  private admitOnUse(ent: Entry): boolean {
     const key = this.pkey(ent.layer, ent.expert);
-    if (this.policy.capacityOf(key.layer) === 0) return;
+    if (this.policy.capacityOf(key.layer) === 0) return false;
     const r = this.policy.admit(key, this.now++);
-    if (!r.admitted) return;
+    if (!r.admitted) return false;
     for (const ev of r.evicted) this.evict(ev);
     ent.cached = true;
     if (ent.job) {
       ent.loadPinned = true;
       this.policy.pin(key);
     }
+    return true;
   }
 
   /** Which of a layer's experts to read from the low-bit sidecar (null: none). */
