@@ -29,8 +29,9 @@ if (process.platform === "linux" && existsSync("/proc/cpuinfo") && /\bamx_tile\b
   const bins = join(root, "node_modules", "@node-llama-cpp", "linux-x64", "bins");
   for (const d of existsSync(bins) ? readdirSync(bins) : []) {
     const lib = join(bins, d, "libggml-cpu-sapphirerapids.so");
-    if (!existsSync(lib)) continue;
-    renameSync(lib, `${lib}.set-aside`);
+    // a run killed before it could put the file back left it set aside: this run puts it back
+    if (existsSync(lib)) renameSync(lib, `${lib}.set-aside`);
+    else if (!existsSync(`${lib}.set-aside`)) continue;
     setAside.push(lib);
     console.error(`AMX host: the llama.cpp peer's ${relative(root, lib)} (aborts on F16 models) is set aside during the tests`);
   }
