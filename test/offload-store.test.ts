@@ -324,7 +324,7 @@ test("the store takes the phase the Session states, not the batch size: a one-to
   }
 });
 
-test("the policy sees each decode access once (a touch or an admission); a prediction holds the resident experts it names, pinned until their layer runs", async () => {
+test("the policy sees each prompt and decode access once (a touch or an admission); a prediction holds the resident experts it names, pinned until their layer runs", async () => {
   const path = await tinyModel();
   const model = Model.open(path);
   const backend = new RefBackend();
@@ -347,7 +347,12 @@ test("the policy sees each decode access once (a touch or an admission); a predi
     policy.admit = (k, now) => { seen++; return admit(k, now); };
     policy.pin = (k) => { if (k.layer > computing) holds++; pin(k); };
     const s = new Session(model, { backend, experts: store, contextLength: 24 });
-    s.prefill([5, 6, 7]);
+    // a prompt's predicted experts take their cache slots reserved: their use is the access, and a
+    // wrong prediction is none
+    s.prefill([5, 6, 7, 9, 11, 13]);
+    const p = stats.phases.prefill;
+    assert.ok(p.prefetchesIssued > 0, `the prompt's layers were predicted and loaded ahead: ${JSON.stringify(p)}`);
+    assert.equal(seen, p.accesses, "one touch or admission per prompt access");
     seen = 0; holds = 0;
     for (let t = 8; t < 20; t++) s.decodeStep(t);
     const d = stats.phases.decode;

@@ -257,6 +257,30 @@ test("pinned experts are never evicted; admit reports failure when everything is
   assert.throws(() => createPolicy("mru", uniformLayout(1, 2), { nLayer: 1, nExpert: 8 }), /unknown cache policy/);
 });
 
+test("reserve: a slot without an access; the use that follows is the access", () => {
+  const k = (e: number) => ({ layer: 0, expert: e });
+  for (const name of ["lru", "lfu", "arc", "fate", "fate-pop"]) {
+    const p = createPolicy(name, uniformLayout(1, 2), { nLayer: 1, nExpert: 8, topK: 1 });
+    assert.deepEqual(p.reserve(k(3), 0), { admitted: true, evicted: [] }, name);
+    assert.ok(p.has(k(3)), name);
+    assert.equal(p.touch(k(3), 1), true, `${name}: the reserved expert's use is a hit`);
+    assert.deepEqual(p.reserve(k(3), 2), { admitted: true, evicted: [] }, `${name}: a resident is left as it is`);
+    p.pin(k(3));
+    assert.deepEqual(p.reserve(k(4), 3), { admitted: true, evicted: [] }, name);
+    p.pin(k(4));
+    assert.deepEqual(p.reserve(k(5), 4), { admitted: false, evicted: [] }, `${name}: no room among pinned experts`);
+  }
+  // fate-pop admits a miss only if it scores at least the weakest resident: an admission counts the
+  // newcomer's access (1 against 1: admitted), a reservation does not (0 against 1: declined)
+  const admitting = createPolicy("fate-pop", { kind: "global", slots: 1 }, { nLayer: 1, nExpert: 8, topK: 1 });
+  admitting.admit(k(0), 0);
+  assert.equal(admitting.admit(k(1), 1).admitted, true);
+  const reserving = createPolicy("fate-pop", { kind: "global", slots: 1 }, { nLayer: 1, nExpert: 8, topK: 1 });
+  reserving.admit(k(0), 0);
+  assert.deepEqual(reserving.reserve(k(1), 1), { admitted: false, evicted: [] });
+  assert.ok(reserving.has(k(0)));
+});
+
 test("fate-pop's frequency pool: a cold miss never evicts a hot expert; prompt priming and decay decide admission", () => {
   const k = (e: number) => ({ layer: 0, expert: e });
   // 1 layer, top-1: one token = one access, so fateHalfLifeTokens counts accesses here

@@ -23,6 +23,12 @@ export interface ReplacementPool {
    * Returns the evicted ids, or null when no room can be made (capacity 0, or all pinned).
    */
   insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null;
+  /**
+   * Like `insert`, but records no access: a load whose use, if it comes, is the access (a prompt's
+   * predicted experts, the next group of a layer). Returns the evicted ids, or null when the pool
+   * declines the id or can make no room.
+   */
+  reserve(id: number, now: number, canEvict: (id: number) => boolean): number[] | null;
   remove(id: number): boolean;
   ids(): IterableIterator<number>;
   reset(): void;
@@ -50,6 +56,8 @@ export class LruPool implements ReplacementPool {
     this.order.set(id, true);
     return evicted;
   }
+  /** Recency is the only record an LRU keeps: a reserved id enters at the recent end, as an inserted one. */
+  reserve(id: number, now: number, canEvict: (id: number) => boolean): number[] | null { return this.insert(id, now, canEvict); }
   resize(capacity: number, canEvict: (id: number) => boolean): number[] {
     this.cap = capacity;
     const evicted: number[] = [];
@@ -196,6 +204,9 @@ export class LfuPool implements ReplacementPool {
     this.bump(id, now);
     return evicted;
   }
+  reserve(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
+    return this.capacity <= 0 ? null : insertEvicting(this.resident, this.capacity, id, () => this.leastUsed(canEvict));
+  }
   /** The evictable resident with the fewest accesses, the least recently used of a tie (-1: none). */
   private leastUsed(canEvict: (id: number) => boolean): number {
     let victim = -1, vc = Infinity, vt = Infinity;
@@ -273,6 +284,9 @@ export class FrequencyPool implements ReplacementPool {
   prime(id: number, weight: number, now: number): void { if (weight > 0) this.add(id, weight, now); }
   insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
     this.add(id, 1, now);
+    return this.reserve(id, now, canEvict);
+  }
+  reserve(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
     if (this.capacity <= 0) return null;
     const mine = this.valueOf(id, now);
     return insertEvicting(this.resident, this.capacity, id, () => this.weakest(canEvict, now), (victim) => this.bypass && mine < this.valueOf(victim, now));
@@ -309,12 +323,26 @@ export class ArcPool implements ReplacementPool {
   private readonly b1 = new Map<number, true>();
   private readonly b2 = new Map<number, true>();
   private p = 0;
+  /** residents reserved and not used yet: their first use is their first access (they stay in T1) */
+  private readonly reserved = new Set<number>();
   constructor(private cap: number) {}
   get capacity(): number { return this.cap; }
   get size(): number { return this.t1.size + this.t2.size; }
   has(id: number): boolean { return this.t1.has(id) || this.t2.has(id); }
   hit(id: number): void {
+    if (this.reserved.delete(id)) { this.t1.delete(id); this.t1.set(id, true); return; }
     if (this.t1.delete(id) || this.t2.delete(id)) this.t2.set(id, true);
+  }
+  /** A reserved id enters T1's recent end; p and the ghost lists move only on accesses. */
+  reserve(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
+    if (this.capacity <= 0) return null;
+    const evicted: number[] = [];
+    if (this.size >= this.capacity) { const v = this.replace(false, canEvict); if (v === null) return null; evicted.push(v); }
+    this.b1.delete(id);
+    this.b2.delete(id);
+    this.t1.set(id, true);
+    this.reserved.add(id);
+    return evicted;
   }
   /** ARC's REPLACE: moves the LRU evictable entry of T1 or T2 (chosen by p) to its ghost list. */
   private replace(inB2: boolean, canEvict: (id: number) => boolean): number | null {
@@ -327,6 +355,7 @@ export class ArcPool implements ReplacementPool {
         if (!canEvict(k)) continue;
         list.delete(k);
         ghost.set(k, true);
+        this.reserved.delete(k);
         return k;
       }
     }
@@ -367,6 +396,7 @@ export class ArcPool implements ReplacementPool {
           evicted.push(v);
         } else {
           this.t1.delete(victim);
+          this.reserved.delete(victim);
           evicted.push(victim);
         }
       }
@@ -394,9 +424,9 @@ export class ArcPool implements ReplacementPool {
     this.p = Math.min(this.p, capacity);
     return evicted;
   }
-  remove(id: number): boolean { return this.t1.delete(id) || this.t2.delete(id); }
+  remove(id: number): boolean { this.reserved.delete(id); return this.t1.delete(id) || this.t2.delete(id); }
   *ids(): IterableIterator<number> { yield* this.t1.keys(); yield* this.t2.keys(); }
-  reset(): void { this.t1.clear(); this.t2.clear(); this.b1.clear(); this.b2.clear(); this.p = 0; }
+  reset(): void { this.t1.clear(); this.t2.clear(); this.b1.clear(); this.b2.clear(); this.reserved.clear(); this.p = 0; }
 }
 
 function deleteFirst(m: Map<number, true>): void {
@@ -446,6 +476,8 @@ export class OracleFrequencyPool implements ReplacementPool {
     if (this.capacity <= 0) return null;
     return insertEvicting(this.resident, this.capacity, id, () => this.leastUsed(canEvict), (victim) => this.count(id) <= this.count(victim));
   }
+  /** It records no accesses: a reservation is an insertion. */
+  reserve(id: number, now: number, canEvict: (id: number) => boolean): number[] | null { return this.insert(id, now, canEvict); }
   /** The evictable resident the whole run uses least, the highest id of a tie (-1: none). */
   private leastUsed(canEvict: (id: number) => boolean): number {
     let victim = -1, vc = Infinity;
@@ -496,6 +528,8 @@ export class BeladyPool implements ReplacementPool {
       return mine > far || (mine === far && mine !== Infinity && this.future.nextUse(id, mine) > after);
     });
   }
+  /** It records no accesses: a reservation is an insertion. */
+  reserve(id: number, now: number, canEvict: (id: number) => boolean): number[] | null { return this.insert(id, now, canEvict); }
   /** A smaller cache drops the residents next used furthest in the future. */
   resize(capacity: number, canEvict: (id: number) => boolean, now: number): number[] {
     this.cap = capacity;
@@ -714,8 +748,15 @@ export class FatePool implements ReplacementPool {
     this.model.prime(id, weight);
     this.shadowPop.prime(id, weight, this.tick);
   }
-  insert(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
+  insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
     this.observe(id);
+    return this.reserve(id, now, canEvict);
+  }
+  /**
+   * Admits by the leading rule without an access: no shadow cache, transition or popularity count
+   * moves; the id is as recent as the latest access, so that the LRU rule does not evict it first.
+   */
+  reserve(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
     this.lastUse[id] = this.tick;
     if (this.capacity <= 0) return null;
     if (this.leader === 0) return this.insertByValue(this.resident, id, canEvict);

@@ -6,6 +6,8 @@
  * A policy only decides *which* keys are resident; it never touches memory. A store calls:
  *   touch(key, now)  on every access of a resident key (a hit),
  *   admit(key, now)  after loading a missing key (it returns what to evict),
+ *   reserve(key, now) before loading a key that is wanted soon but not accessed yet (a prompt's
+ *                    predicted experts): resident without an access; its use is then a touch,
  *   pin/unpin        around the experts a layer is computing with (never evicted while pinned),
  *   resize(slots)    when the KV cache takes room from the expert cache or gives it back.
  * `now` is any non-decreasing access counter; Belady's policy needs it to be the index of the
@@ -53,6 +55,11 @@ export interface CachePolicy {
   touch(key: ExpertKey, now: number): boolean;
   /** Makes a (loaded, non-resident) key resident, evicting unpinned keys as needed. */
   admit(key: ExpertKey, now: number): AdmitResult;
+  /**
+   * Makes a non-resident key resident as `admit` does, but records no access (a load whose use, if
+   * it comes, is the access: a touch then). A resident key is left as it is.
+   */
+  reserve(key: ExpertKey, now: number): AdmitResult;
   remove(key: ExpertKey): boolean;
   /**
    * Evidence that `key` will be wanted, without an access: `weight` prompt tokens routed to it in a
@@ -199,6 +206,13 @@ export class PooledPolicy implements CachePolicy {
     const pool = this.pool(key.layer), id = this.id(key);
     if (pool.has(id)) { pool.hit(id, now); return { admitted: true, evicted: [] }; }
     const ev = pool.insert(id, now, this.canEvict);
+    if (ev === null) return { admitted: false, evicted: [] };
+    return { admitted: true, evicted: ev.map((v) => expertKeyOf(v, this.nExpert)) };
+  }
+  reserve(key: ExpertKey, now: number): AdmitResult {
+    const pool = this.pool(key.layer), id = this.id(key);
+    if (pool.has(id)) return { admitted: true, evicted: [] };
+    const ev = pool.reserve(id, now, this.canEvict);
     if (ev === null) return { admitted: false, evicted: [] };
     return { admitted: true, evicted: ev.map((v) => expertKeyOf(v, this.nExpert)) };
   }

@@ -717,10 +717,11 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     const priority: LoadPriority = why.kind === "demand" ? "demand" : "prefetch";
     const low = why.kind === "demand" && why.lowbit;
     let cached = false;
-    // decode prefetches stay outside the cache until used (admitOnUse); prefill's are admitted
+    // decode prefetches stay outside the cache until used (admitOnUse); prefill's take a cache slot
+    // now, reserved: not an access (the layer's use of it, a touch, is), so a wrong prediction is none
     const admitNow = priority === "demand" || this.phase === "prefill";
     if (!low && admitNow && this.policy.capacityOf(key.layer) > 0) {
-      const r = this.policy.admit(key, this.now++);
+      const r = priority === "demand" ? this.policy.admit(key, this.now++) : this.policy.reserve(key, this.now);
       if (r.admitted) {
         cached = true;
         for (const ev of r.evicted) this.evict(ev);
