@@ -333,7 +333,7 @@ export class ArcPool implements ReplacementPool {
     if (this.reserved.delete(id)) { this.t1.delete(id); this.t1.set(id, true); return; }
     if (this.t1.delete(id) || this.t2.delete(id)) this.t2.set(id, true);
   }
-  /** A reserved id enters T1's recent end; p and the ghost lists move only on accesses. */
+  /** A reserved id enters T1's recent end (a ghost entry of it is dropped); p moves only on accesses. */
   reserve(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
     if (this.capacity <= 0) return null;
     const evicted: number[] = [];
