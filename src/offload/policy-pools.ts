@@ -200,7 +200,7 @@ export class LfuPool implements ReplacementPool {
   }
   hit(id: number, now: number): void { this.bump(id, now); }
   insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
-    const evicted = this.capacity <= 0 ? null : insertEvicting(this.resident, this.capacity, id, () => this.leastUsed(canEvict));
+    const evicted = this.reserve(id, now, canEvict);
     this.bump(id, now);
     return evicted;
   }

@@ -205,16 +205,17 @@ export class PooledPolicy implements CachePolicy {
   admit(key: ExpertKey, now: number): AdmitResult {
     const pool = this.pool(key.layer), id = this.id(key);
     if (pool.has(id)) { pool.hit(id, now); return { admitted: true, evicted: [] }; }
-    const ev = pool.insert(id, now, this.canEvict);
-    if (ev === null) return { admitted: false, evicted: [] };
-    return { admitted: true, evicted: ev.map((v) => expertKeyOf(v, this.nExpert)) };
+    return this.result(pool.insert(id, now, this.canEvict));
   }
   reserve(key: ExpertKey, now: number): AdmitResult {
     const pool = this.pool(key.layer), id = this.id(key);
     if (pool.has(id)) return { admitted: true, evicted: [] };
-    const ev = pool.reserve(id, now, this.canEvict);
-    if (ev === null) return { admitted: false, evicted: [] };
-    return { admitted: true, evicted: ev.map((v) => expertKeyOf(v, this.nExpert)) };
+    return this.result(pool.reserve(id, now, this.canEvict));
+  }
+  /** A pool's insert or reserve as an AdmitResult (null: not admitted). */
+  private result(evicted: number[] | null): AdmitResult {
+    if (evicted === null) return { admitted: false, evicted: [] };
+    return { admitted: true, evicted: evicted.map((v) => expertKeyOf(v, this.nExpert)) };
   }
   remove(key: ExpertKey): boolean { return this.pool(key.layer).remove(this.id(key)); }
   prime(key: ExpertKey, weight: number, now: number): void { this.pool(key.layer).prime?.(this.id(key), weight, now); }
