@@ -158,7 +158,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   // stay in L2 while every token tile passes over them.
   int chunk;
   if (nTok <= 4) chunk = (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + P.size() * 8 - 1) / (P.size() * 8)));
-  else chunk = (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + P.size() - 1) / P.size()));
+  else chunk = (int)round_up(std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + P.size() - 1) / P.size())), K->panel_rows);
   const int nChunks = (rows + chunk - 1) / chunk;
   P.run(nChunks, [&](int c, int) { K->matmul_rows(a, c * chunk, std::min(rows, (c + 1) * chunk)); });
   return env.Undefined();
@@ -227,7 +227,7 @@ Napi::Value MatmulMany(const Napi::CallbackInfo& info) {
     const size_t rb = a.rowBytes;
     int chunk;
     if (nTok <= 4) chunk = (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(a.rows + P.size() * 8 - 1) / (P.size() * 8)));
-    else chunk = (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(a.rows + P.size() - 1) / P.size()));
+    else chunk = (int)round_up(std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(a.rows + P.size() - 1) / P.size())), K->panel_rows);
     for (int r = 0; r < a.rows; r += chunk) chunks.push_back({i, r, std::min(a.rows, r + chunk)});
   }
   P.run((int)chunks.size(), [&](int c, int) { K->matmul_rows(mats[chunks[c].m], chunks[c].r0, chunks[c].r1); });

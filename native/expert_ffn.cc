@@ -26,11 +26,12 @@ struct Task { int e, r0, r1; };
 // Row chunks of one expert, at most `target` bytes of weights each (`mats` matrices of `rb`-byte
 // rows). Few tokens: the pass streams every weight byte once, so chunks are as long as balance
 // allows (long streams, few claims of the shared task counter). Many tokens: <= 192 KiB so a
-// chunk's weights stay in L2 while every 4-token tile passes over them.
-void chunk_rows(std::vector<Task>& tasks, int e, int rows, size_t target, size_t rb, int mats) {
+// chunk's weights stay in L2 while every 4-token tile passes over them, and chunks are whole
+// multiples of the kernels' 16-row panels (KernelTable::panel_rows) where the rows allow.
+void chunk_rows(std::vector<Task>& tasks, int e, int rows, size_t target, size_t rb, int mats, int align) {
   const int maxRows = (int)std::max<size_t>(8, target / (rb * mats));
   const int nch = (rows + maxRows - 1) / maxRows;
-  const int chunk = (rows + nch - 1) / nch;
+  const int chunk = (int)round_up((size_t)(rows + nch - 1) / nch, (size_t)align);
   for (int r = 0; r < rows; r += chunk) tasks.push_back({e, r, std::min(rows, r + chunk)});
 }
 
@@ -87,7 +88,7 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
   size_t target = chunk_target(passBytes, maxN, P.size());
   for (int e = 0; e < nE; e++) {
     const int n = a.offsets[e + 1] - a.offsets[e];
-    if (n > 0) chunk_rows(tasks, e, ff, target, type_row_bytes(a.types[3 * e], d), 2);
+    if (n > 0) chunk_rows(tasks, e, ff, target, type_row_bytes(a.types[3 * e], d), 2, maxN > 4 ? K->panel_rows : 1);
   }
   const int nGateUp = (int)tasks.size();
   auto gateUp = [&](const Task& tk) {
@@ -134,7 +135,7 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
   target = chunk_target(passBytes, maxN, P.size());
   for (int e = 0; e < nE; e++) {
     const int n = a.offsets[e + 1] - a.offsets[e];
-    if (n > 0) chunk_rows(tasks, e, d, target, type_row_bytes(a.types[3 * e + 2], ff), 1);
+    if (n > 0) chunk_rows(tasks, e, d, target, type_row_bytes(a.types[3 * e + 2], ff), 1, maxN > 4 ? K->panel_rows : 1);
   }
   auto down = [&](const Task& tk) {
     const int s0 = a.offsets[tk.e], n = a.offsets[tk.e + 1] - s0;

@@ -9,6 +9,7 @@
 #include "half.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -23,6 +24,7 @@ namespace MOIRA_NS {
 namespace {
 
 inline uint16_t rd16(const uint8_t* p) { uint16_t v; memcpy(&v, p, 2); return v; }
+inline uint32_t load_u32(const void* p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
 inline float h2f(uint16_t h) {
 #if defined(__F16C__)
@@ -649,14 +651,18 @@ MOIRA_KERNEL void dot_float(int type, const uint8_t* row, int cols, const uint8_
 // accumulates in one instruction. Q8_0: |w| x (y signed by w) with vpdpbusd.
 inline float hsum16(__m512 v) { return _mm512_reduce_add_ps(v); }
 
+// Q4_K / Q5_K rows, every path (dot_q45_k_512 one row at a time, q4k_panel 16 rows at a time)
+// computes the same bits: per super-block the exact integers S = sum_j sc_j * (q.y)_j and
+// M = sum_j m_j * sum32_j(y), then a = fma(float(S), d * dy, a), m = fma(float(M), dmin * dy, m)
+// in super-block order, and a - m. Integer sums are exact in any order, so the kernels are free to
+// arrange the products as their instructions like.
 template <int NT, bool Q5>
 MOIRA_KERNEL void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
-  __m512 acc[NT];
-  __m256 accm[NT];
+  __m128 acc[NT];  // lanes 0, 1: a; 2, 3: m
   const float* dy[NT];
   const int32_t* s32[NT];
   for (int t = 0; t < NT; t++) {
-    acc[t] = _mm512_setzero_ps(); accm[t] = _mm256_setzero_ps();
+    acc[t] = _mm_setzero_ps();
     dy[t] = (const float*)(act[t] + L.dOff); s32[t] = (const int32_t*)(act[t] + L.s32Off);
   }
   const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -666,9 +672,11 @@ MOIRA_KERNEL void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* con
   const int nsb = cols / 256, bsz = Q5 ? 176 : 144;
   for (int sb = 0; sb < nsb; sb++) {
     const uint8_t* blk = row + (size_t)sb * bsz;
-    const float d = h2f(rd16(blk)), dmin = h2f(rd16(blk + 2));
+    // [d, d, dmin, dmin]
+    const __m128 dm = _mm_cvtph_ps(_mm_shufflelo_epi16(_mm_cvtsi32_si128((int)load_u32(blk)), _MM_SHUFFLE(1, 1, 0, 0)));
     const __m128i scm = k4_scales_v(blk + 4);
     const __m512i sc16 = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(scm));
+    const __m128i mn16 = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(scm, scm));
     const uint8_t* qs = blk + (Q5 ? 48 : 16);
     __m512i qh2 = _mm512_setzero_si512();
     if (Q5) {  // [qh | qh >> 1]: bit 2k of byte i gives element i of sub-block 2k (low half) / 2k+1 (high half)
@@ -690,16 +698,141 @@ MOIRA_KERNEL void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* con
         isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(w, y), s);
       }
     }
-    // mins: dmin * sum_j m_j * sum32_j(y), 8 lanes, kept as a vector until the end of the row
-    const __m256i mv = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(scm, scm));
     for (int t = 0; t < NT; t++) {
-      const float dd = dy[t][sb];
-      const __m256i ms = _mm256_mullo_epi32(mv, _mm256_load_si256((const __m256i*)(s32[t] + (size_t)sb * 8)));
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(d * dd), acc[t]);
-      accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_set1_ps(dmin * dd), accm[t]);
+      // S: 16 lanes folded to 4; M = sum_j m_j * sum32_j(y) in 4 lanes (sums of 32 int8 fit int16)
+      const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(isum[t]), _mm512_extracti64x4_epi64(isum[t], 1));
+      const __m128i S4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+      const __m128i M4 = _mm_madd_epi16(mn16, _mm256_cvtepi32_epi16(_mm256_load_si256((const __m256i*)(s32[t] + (size_t)sb * 8))));
+      const __m128i v = _mm_add_epi32(_mm_unpacklo_epi64(S4, M4), _mm_unpackhi_epi64(S4, M4));  // [S, S, M, M] partials
+      const __m128i SM = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
+      acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(SM), _mm_mul_ps(dm, _mm_set1_ps(dy[t][sb])), acc[t]);
     }
   }
-  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]) - hsum8(accm[t]);
+  for (int t = 0; t < NT; t++) res[t] = _mm_cvtss_f32(_mm_sub_ss(acc[t], _mm_movehl_ps(acc[t], acc[t])));
+}
+
+// Q4_K for many tokens: 16 rows at a time, weights re-laid so one vpdpbusd does 64 products of
+// one token (int32 lane r: row r's 4 weights of a quad times the token's 4 activations, broadcast).
+// A sub-block's 8 quads sum in int32, then one vpmulld applies the 16 rows' scales: ~1.2
+// instructions per 64 products, against 2 (vpmaddubsw + vpdpwssd) in the row-at-a-time kernel.
+struct Q4kPanelSb {
+  __m512i q[64];   // quad i: elements 4i..4i+3 of each row (0..15)
+  __m512i sc[8];   // lane r: row r's scale of sub-block j
+  __m512i mn[4];   // lane r: row r's mins of sub-blocks 2p and 2p+1 as int16 halves
+  __m512 d, dmin;
+};
+
+// 128-bit lane L: the 16 bytes at p + (4L + s) * rowBytes
+inline __m512i rows4x128(const uint8_t* p, size_t rowBytes, int s) {
+  __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)(p + (size_t)s * rowBytes)));
+  v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(p + (size_t)(4 + s) * rowBytes)), 1);
+  v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(p + (size_t)(8 + s) * rowBytes)), 2);
+  return _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(p + (size_t)(12 + s) * rowBytes)), 3);
+}
+
+// Re-lays super-block sb of rows w[0..15] (rowBytes apart) into P: the block's 36 dwords, 4 at a
+// time, transposed so int32 lane r holds row r's dword (loads of 4 rows per register, then two
+// unpack stages put rows 4L..4L+3 in order in lane L).
+inline void q4k_pack_sb(const uint8_t* w, size_t rowBytes, int sb, Q4kPanelSb& P) {
+  const uint8_t* b = w + (size_t)sb * 144;
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512i hdr[4];
+  for (int m = 0; m < 9; m++) {
+    const uint8_t* p = b + 16 * m;
+    const __m512i x0 = rows4x128(p, rowBytes, 0), x1 = rows4x128(p, rowBytes, 1);
+    const __m512i x2 = rows4x128(p, rowBytes, 2), x3 = rows4x128(p, rowBytes, 3);
+    const __m512i t0 = _mm512_unpacklo_epi32(x0, x1), t1 = _mm512_unpackhi_epi32(x0, x1);
+    const __m512i t2 = _mm512_unpacklo_epi32(x2, x3), t3 = _mm512_unpackhi_epi32(x2, x3);
+    const __m512i v[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2), _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+    for (int j = 0; j < 4; j++) {
+      if (m == 0) { hdr[j] = v[j]; continue; }
+      const int c = 4 * (m - 1) + j, k = c / 8, i = c % 8;  // qs dword c: chunk k, dword i
+      P.q[16 * k + i] = _mm512_and_si512(v[j], m4);
+      P.q[16 * k + 8 + i] = _mm512_and_si512(_mm512_srli_epi32(v[j], 4), m4);
+    }
+  }
+  P.d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hdr[0]));
+  P.dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(hdr[0], 16)));
+  // k4_scales_v on 16 rows at once
+  const __m512i u0 = hdr[1], u1 = hdr[2], u2 = hdr[3];
+  const __m512i k1 = _mm512_set1_epi32(0x3f3f3f3f), k2 = _mm512_set1_epi32(0x0f0f0f0f), k3 = _mm512_set1_epi32(0x03030303);
+  const __m512i s03 = _mm512_and_si512(u0, k1);
+  const __m512i s47 = _mm512_or_si512(_mm512_and_si512(u2, k2), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), k3), 4));
+  const __m512i m03 = _mm512_and_si512(u1, k1);
+  const __m512i m47 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), k2), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), k3), 4));
+  const __m512i ff = _mm512_set1_epi32(0xFF);
+  for (int j = 0; j < 4; j++) {
+    P.sc[j] = _mm512_and_si512(_mm512_srli_epi32(s03, 8 * j), ff);
+    P.sc[4 + j] = _mm512_and_si512(_mm512_srli_epi32(s47, 8 * j), ff);
+  }
+  for (int p = 0; p < 2; p++) {  // bytes 2p, 2p+1 -> int16 halves
+    P.mn[p] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(m03, 16 * p), ff), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(m03, 16 * p + 8), ff), 16));
+    P.mn[2 + p] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(m47, 16 * p), ff), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(m47, 16 * p + 8), ff), 16));
+  }
+}
+
+// TT tokens against a packed panel of nsb super-blocks; out[t] gets the 16 rows' results.
+template <int TT>
+MOIRA_KERNEL void q4k_panel_tokens(const Q4kPanelSb* P, int nsb, const uint8_t* const* act, const ActLayout& L, float* const* out) {
+  __m512 a[TT], m[TT];
+  for (int t = 0; t < TT; t++) { a[t] = _mm512_setzero_ps(); m[t] = _mm512_setzero_ps(); }
+  for (int sb = 0; sb < nsb; sb++) {
+    const Q4kPanelSb& p = P[sb];
+    __m512i S[TT];
+    for (int t = 0; t < TT; t++) S[t] = _mm512_setzero_si512();
+    for (int j = 0; j < 8; j++) {
+      __m512i acc[TT];
+      for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_si512();
+      for (int i = 0; i < 8; i++) {
+        const __m512i w = p.q[8 * j + i];
+        for (int t = 0; t < TT; t++)
+          acc[t] = _mm512_dpbusd_epi32(acc[t], w, _mm512_set1_epi32((int)load_u32(act[t] + (size_t)sb * 256 + 32 * j + 4 * i)));
+      }
+      for (int t = 0; t < TT; t++) S[t] = _mm512_add_epi32(S[t], _mm512_mullo_epi32(acc[t], p.sc[j]));
+    }
+    for (int t = 0; t < TT; t++) {
+      const int32_t* s32 = (const int32_t*)(act[t] + L.s32Off) + (size_t)sb * 8;
+      __m512i M = _mm512_setzero_si512();
+      for (int q = 0; q < 4; q++)
+        M = _mm512_dpwssd_epi32(M, p.mn[q], _mm512_set1_epi32((s32[2 * q] & 0xFFFF) | (int32_t)((uint32_t)s32[2 * q + 1] << 16)));
+      const __m512 dd = _mm512_set1_ps(((const float*)(act[t] + L.dOff))[sb]);
+      a[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[t]), _mm512_mul_ps(p.d, dd), a[t]);
+      m[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), _mm512_mul_ps(p.dmin, dd), m[t]);
+    }
+  }
+  for (int t = 0; t < TT; t++) _mm512_storeu_ps(out[t], _mm512_sub_ps(a[t], m[t]));
+}
+
+constexpr int Q4K_PANEL_TILE = 4;
+
+// Rows [r0, r0 + 16) of a Q4_K matmul for every token.
+void q4k_panel(const MatmulArgs& a, int r0) {
+  static thread_local Q4kPanelSb* buf = nullptr;
+  static thread_local int bufSb = 0;
+  const int nsb = a.cols / 256;
+  if (nsb > bufSb) {
+    free(buf);
+    if (posix_memalign((void**)&buf, 64, sizeof(Q4kPanelSb) * (size_t)nsb) != 0) abort();
+    bufSb = nsb;
+  }
+  const uint8_t* w = a.w + (size_t)r0 * a.rowBytes;
+  for (int sb = 0; sb < nsb; sb++) q4k_pack_sb(w, a.rowBytes, sb, buf[sb]);
+  const ActLayout L = act_layout(ACT_Q256, a.cols);
+  const uint8_t* acts[Q4K_PANEL_TILE];
+  float* outs[Q4K_PANEL_TILE];
+  for (int t0 = 0; t0 < a.nTok; t0 += Q4K_PANEL_TILE) {
+    const int nt = a.nTok - t0 < Q4K_PANEL_TILE ? a.nTok - t0 : Q4K_PANEL_TILE;
+    for (int i = 0; i < nt; i++) {
+      acts[i] = a.act + (size_t)(a.actIdx ? a.actIdx[t0 + i] : t0 + i) * a.actStride;
+      outs[i] = a.out + (size_t)(t0 + i) * a.rows + r0;
+    }
+    switch (nt) {
+      case Q4K_PANEL_TILE: q4k_panel_tokens<Q4K_PANEL_TILE>(buf, nsb, acts, L, outs); break;
+      case 3: q4k_panel_tokens<3>(buf, nsb, acts, L, outs); break;
+      case 2: q4k_panel_tokens<2>(buf, nsb, acts, L, outs); break;
+      default: q4k_panel_tokens<1>(buf, nsb, acts, L, outs); break;
+    }
+  }
 }
 
 template <int NT>
@@ -1046,10 +1179,38 @@ size_t row_bytes(int type, int cols) {
 // 1536), a 512-token prompt unchanged (0.98x). Later tiles find the rows in L2.
 constexpr size_t PREFETCH_AHEAD = 2048;
 
+// Fewest tokens for which 16-row panels (re-laid weights, one vpdpbusd per 64 products) compute a
+// Q4_K matmul; both ways give the same bits. An OLMoE expert's gate (1024 x 2048), one thread:
+// 4 tokens 0.9-1.2x the row kernel's time, 8 tokens 0.7x, 16 0.5x, 64 0.36x.
+constexpr int PANEL_MIN_TOKENS = 5;
+#if defined(MOIRA_ZMM)
+constexpr int PANEL_ROWS = 16;
+#else
+constexpr int PANEL_ROWS = 1;
+#endif
+
 // Tokens in tiles of 4 so each weight row is unpacked once per 4 tokens; the caller hands out row
 // ranges small enough that the range stays in L2 across all token tiles. (Tiles of 8 on AVX-512 were
 // measured: no faster, the int8 dot chain per token is the bound, not unpacking.)
 void matmul_rows_impl(const MatmulArgs& a, int r0, int r1) {
+#if defined(MOIRA_ZMM)
+  if (a.type == T_Q4_K && a.nTok >= PANEL_MIN_TOKENS) {
+    // a panel's 16 rows are one contiguous run of bytes, read by gathers across its rows: ask for
+    // the next panel's lines while this one computes (the first panel's, before it)
+    const uint8_t* wend = a.w + (size_t)a.rows * a.rowBytes;
+    auto prefetch_panel = [&](int r) {
+      const uint8_t* p = a.w + (size_t)r * a.rowBytes;
+      const uint8_t* e = p + 16 * a.rowBytes < wend ? p + 16 * a.rowBytes : wend;
+      for (; p < e; p += 64) __builtin_prefetch(p, 0, 3);
+    };
+    if (r0 + 16 <= r1) prefetch_panel(r0);
+    for (; r0 + PANEL_ROWS <= r1; r0 += PANEL_ROWS) {
+      if (r0 + 2 * PANEL_ROWS <= r1) prefetch_panel(r0 + PANEL_ROWS);
+      q4k_panel(a, r0);
+    }
+    if (r0 == r1) return;
+  }
+#endif
   const ActLayout L = act_layout(act_kind_impl(a.type), a.cols);
   const uint8_t* wend = a.w + (size_t)a.rows * a.rowBytes;
   for (int t0 = 0; t0 < a.nTok; t0 += 4) {
@@ -1432,7 +1593,7 @@ double sum_f32_impl(const float* p, size_t n) {
 #define MOIRA_STR(x) MOIRA_STR2(x)
 
 const KernelTable kTable = {
-    MOIRA_STR(MOIRA_NS), act_kind_impl, quantize_act_impl, matmul_rows_impl, dequant_row_impl,
+    MOIRA_STR(MOIRA_NS), act_kind_impl, quantize_act_impl, matmul_rows_impl, PANEL_ROWS, dequant_row_impl,
     rmsnorm_row_impl, silu_mul_impl, attention_chunk_impl, attention_combine_impl, f32_to_f16_impl,
     sum_f32_impl,
 };

@@ -63,3 +63,32 @@ test("matmulMany = separate matmuls, bit for bit (native: every ISA, 1 and 2 thr
     nat.setThreads(startThreads);
   }
 });
+
+test("a batch's rows are the one-token matmul's bits (native: every ISA, 1 and 2 threads; Q4_K's 16-row panels from 5 tokens on)", () => {
+  const r = new Rng(78);
+  const startIsa = addon.isa(), startThreads = nat.threads;
+  try {
+    for (const [type, rows, cols] of [[GGMLType.Q4_K, 67, 512], [GGMLType.Q4_K, 48, 1536], [GGMLType.Q6_K, 35, 512], [GGMLType.Q8_0, 19, 256]] as const) {
+      const w = weight(type, rows, cols, r);
+      for (const nTok of [2, 3, 4, 5, 7, 8, 9, 13, 33]) {
+        const x = new Float32Array(nTok * cols).map(() => (r.next() * 2 - 1) * (1 + 30 * r.next()));
+        for (const isa of addon.supportedIsas()) {
+          addon.setIsa(isa);
+          for (const th of [1, 2]) {
+            nat.setThreads(th);
+            const batch = new Float32Array(nTok * rows).fill(NaN);
+            nat.matmul(w, x, nTok, batch);
+            for (let t = 0; t < nTok; t++) {
+              const one = new Float32Array(rows).fill(NaN);
+              nat.matmul(w, x.subarray(t * cols, (t + 1) * cols), 1, one);
+              assert.deepEqual(batch.subarray(t * rows, (t + 1) * rows), one, `${isa}/${th}t type ${type} rows=${rows} cols=${cols} T=${nTok} token ${t}`);
+            }
+          }
+        }
+      }
+    }
+  } finally {
+    addon.setIsa(startIsa);
+    nat.setThreads(startThreads);
+  }
+});
