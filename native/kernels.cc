@@ -229,7 +229,8 @@ void quantize_act_impl(int kind, const float* x, int cols, uint8_t* dst) {
   }
   if (kind == ACT_Q256) {
     int32_t* s32 = (int32_t*)(dst + L.s32Off);
-    for (int j = 0; j < cols / 32; j++) s32[j] = s[2 * j] + s[2 * j + 1];
+    int16_t* s32h = (int16_t*)(dst + L.s32hOff);
+    for (int j = 0; j < cols / 32; j++) s32h[j] = (int16_t)(s32[j] = s[2 * j] + s[2 * j + 1]);
   }
 }
 
@@ -407,6 +408,15 @@ inline __m128i k4_scales_v(const uint8_t* s12) {
   const uint32_t u3 = ((u[2] >> 4) & kmask2) | (((u[1] >> 6) & kmask3) << 4);
   const uint32_t u1 = (u[2] & kmask2) | (((u[0] >> 6) & kmask3) << 4);
   return _mm_setr_epi32((int)(u[0] & kmask1), (int)u1, (int)(u[1] & kmask1), (int)u3);
+}
+
+// k4_scales_v of the 12 bytes in dwords 1..3 of h (a block's first 16 bytes), in SIMD registers
+inline __m128i k4_scales_x(__m128i h) {
+  const __m128i a = _mm_shuffle_epi32(h, _MM_SHUFFLE(3, 2, 3, 1));  // [u0, u2, u1, u2]
+  const __m128i b = _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 2, 1, 1));  // [u0, u0, u1, u1]
+  const __m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4)), _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+  const __m128i hi = _mm_and_si128(_mm_srli_epi32(b, 6), _mm_setr_epi32(0, 0x03030303, 0, 0x03030303));
+  return _mm_or_si128(lo, _mm_slli_epi32(hi, 4));
 }
 
 // Q4_K and Q5_K share everything but the fifth bit.
@@ -660,22 +670,24 @@ template <int NT, bool Q5>
 MOIRA_KERNEL void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m128 acc[NT];  // lanes 0, 1: a; 2, 3: m
   const float* dy[NT];
-  const int32_t* s32[NT];
+  const int16_t* s32h[NT];
   for (int t = 0; t < NT; t++) {
     acc[t] = _mm_setzero_ps();
-    dy[t] = (const float*)(act[t] + L.dOff); s32[t] = (const int32_t*)(act[t] + L.s32Off);
+    dy[t] = (const float*)(act[t] + L.dOff); s32h[t] = (const int16_t*)(act[t] + L.s32hOff);
   }
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), sh4 = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+  // vpshufb controls: int16 lanes of byte 2k (low half) / 2k + 1 (high half), upper bytes zero
   __m512i idx[4];
   for (int k = 0; k < 4; k++)
-    idx[k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * k))), _mm256_set1_epi16((short)(2 * k + 1)), 1);
+    idx[k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(0x8000 | (2 * k)))), _mm256_set1_epi16((short)(0x8000 | (2 * k + 1))), 1);
   const int nsb = cols / 256, bsz = Q5 ? 176 : 144;
   for (int sb = 0; sb < nsb; sb++) {
     const uint8_t* blk = row + (size_t)sb * bsz;
-    // [d, d, dmin, dmin]
-    const __m128 dm = _mm_cvtph_ps(_mm_shufflelo_epi16(_mm_cvtsi32_si128((int)load_u32(blk)), _MM_SHUFFLE(1, 1, 0, 0)));
-    const __m128i scm = k4_scales_v(blk + 4);
-    const __m512i sc16 = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(scm));
+    // [d, d, dmin, dmin] and k4_scales_v from one load of the block's first 16 bytes
+    const __m128i h = _mm_loadu_si128((const __m128i*)blk);
+    const __m128 dm = _mm_cvtph_ps(_mm_shufflelo_epi16(h, _MM_SHUFFLE(1, 1, 0, 0)));
+    const __m128i scm = k4_scales_x(h);
+    const __m512i scb = _mm512_broadcast_i32x4(scm);
     const __m128i mn16 = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(scm, scm));
     const uint8_t* qs = blk + (Q5 ? 48 : 16);
     __m512i qh2 = _mm512_setzero_si512();
@@ -686,23 +698,24 @@ MOIRA_KERNEL void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* con
     __m512i isum[NT];
     for (int t = 0; t < NT; t++) isum[t] = _mm512_setzero_si512();
     for (int k = 0; k < 4; k++) {
-      const __m256i x = _mm256_loadu_si256((const __m256i*)(qs + 32 * k));
-      __m512i w = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(x), _mm256_srli_epi16(x, 4), 1), m4);
+      // [x | x >> 4] & 0x0F: the low nibbles (sub-block 2k), then the high ones (2k + 1)
+      const __m512i x2 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(qs + 32 * k)));
+      __m512i w = _mm512_and_si512(_mm512_srlv_epi64(x2, sh4), m4);
       if (Q5) {
         const __mmask64 hb = _mm512_test_epi8_mask(qh2, _mm512_set1_epi8((char)(1 << (2 * k))));
         w = _mm512_or_si512(w, _mm512_maskz_mov_epi8(hb, _mm512_set1_epi8(0x10)));
       }
-      const __m512i s = _mm512_permutexvar_epi16(idx[k], sc16);
+      const __m512i s = _mm512_shuffle_epi8(scb, idx[k]);
       for (int t = 0; t < NT; t++) {
         const __m512i y = _mm512_load_si512((const void*)(act[t] + (size_t)sb * 256 + 64 * k));
         isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(w, y), s);
       }
     }
     for (int t = 0; t < NT; t++) {
-      // S: 16 lanes folded to 4; M = sum_j m_j * sum32_j(y) in 4 lanes (sums of 32 int8 fit int16)
+      // S: 16 lanes folded to 4; M = sum_j m_j * sum32_j(y) in 4 lanes
       const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(isum[t]), _mm512_extracti64x4_epi64(isum[t], 1));
       const __m128i S4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
-      const __m128i M4 = _mm_madd_epi16(mn16, _mm256_cvtepi32_epi16(_mm256_load_si256((const __m256i*)(s32[t] + (size_t)sb * 8))));
+      const __m128i M4 = _mm_madd_epi16(mn16, _mm_load_si128((const __m128i*)(s32h[t] + (size_t)sb * 8)));
       const __m128i v = _mm_add_epi32(_mm_unpacklo_epi64(S4, M4), _mm_unpackhi_epi64(S4, M4));  // [S, S, M, M] partials
       const __m128i SM = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
       acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(SM), _mm_mul_ps(dm, _mm_set1_ps(dy[t][sb])), acc[t]);
@@ -791,10 +804,9 @@ MOIRA_KERNEL void q4k_panel_tokens(const Q4kPanelSb* P, int nsb, const uint8_t* 
       for (int t = 0; t < TT; t++) S[t] = _mm512_add_epi32(S[t], _mm512_mullo_epi32(acc[t], p.sc[j]));
     }
     for (int t = 0; t < TT; t++) {
-      const int32_t* s32 = (const int32_t*)(act[t] + L.s32Off) + (size_t)sb * 8;
+      const uint8_t* s32h = act[t] + L.s32hOff + (size_t)sb * 16;  // int16 pairs: sub-blocks 2q, 2q + 1
       __m512i M = _mm512_setzero_si512();
-      for (int q = 0; q < 4; q++)
-        M = _mm512_dpwssd_epi32(M, p.mn[q], _mm512_set1_epi32((s32[2 * q] & 0xFFFF) | (int32_t)((uint32_t)s32[2 * q + 1] << 16)));
+      for (int q = 0; q < 4; q++) M = _mm512_dpwssd_epi32(M, p.mn[q], _mm512_set1_epi32((int)load_u32(s32h + 4 * q)));
       const __m512 dd = _mm512_set1_ps(((const float*)(act[t] + L.dOff))[sb]);
       a[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[t]), _mm512_mul_ps(p.d, dd), a[t]);
       m[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), _mm512_mul_ps(p.dmin, dd), m[t]);

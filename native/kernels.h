@@ -33,24 +33,26 @@ static inline size_t type_row_bytes(int type, int cols) {
 // Activations quantized per token, like llama.cpp's q8_0 / q8_K (ACT_Q32 for Q8_0, Q4_0, MXFP4):
 //   ACT_F32  : the f32 row itself (float weights)
 //   ACT_Q32  : int8 q[cols], float d[cols/32], int32 s[cols/32] (s = sum of q in the block)
-//   ACT_Q256 : int8 q[cols], float d[cols/256], int32 s[cols/16] (sums per 16), int32 s32[cols/32]
+//   ACT_Q256 : int8 q[cols], float d[cols/256], int32 s[cols/16] (sums per 16), int32 s32[cols/32],
+//              int16 s32h[cols/32] (s32 again: sums of 32 int8 fit int16, for vpmaddwd / vpdpwssd)
 enum ActKind : int { ACT_F32 = 0, ACT_Q32 = 1, ACT_Q256 = 2 };
 
 struct ActLayout {
-  size_t dOff, sOff, s32Off, stride;  // byte offsets inside one token's record; stride is 64-aligned
+  size_t dOff, sOff, s32Off, s32hOff, stride;  // byte offsets inside one token's record; stride is 64-aligned
 };
 
 inline size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 inline ActLayout act_layout(int kind, int cols) {
-  ActLayout l{0, 0, 0, 0};
+  ActLayout l{0, 0, 0, 0, 0};
   if (kind == ACT_F32) { l.stride = round_up((size_t)cols * 4, 64); return l; }
   size_t nd = kind == ACT_Q32 ? cols / 32 : cols / 256;
   size_t ns = kind == ACT_Q32 ? cols / 32 : cols / 16;
   l.dOff = round_up((size_t)cols, 64);
   l.sOff = round_up(l.dOff + nd * 4, 64);
   l.s32Off = round_up(l.sOff + ns * 4, 64);
-  l.stride = round_up(l.s32Off + (kind == ACT_Q256 ? cols / 32 * 4 : 0), 64);
+  l.s32hOff = round_up(l.s32Off + (kind == ACT_Q256 ? cols / 32 * 4 : 0), 64);
+  l.stride = round_up(l.s32hOff + (kind == ACT_Q256 ? cols / 32 * 2 : 0), 64);
   return l;
 }
 
