@@ -399,26 +399,6 @@ inline void k4_scales(const uint8_t* s12, uint8_t* sc, uint8_t* mn) {  // 8 scal
   memcpy(sc, u, 8); memcpy(mn, u + 2, 8);
 }
 
-// k4_scales kept in a register: scales in bytes 0..7, mins in 8..15. Writing them to a stack array
-// and loading 16 bytes back stalls on store forwarding (the load spans several smaller stores).
-inline __m128i k4_scales_v(const uint8_t* s12) {
-  uint32_t u[3];
-  memcpy(u, s12, 12);
-  const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
-  const uint32_t u3 = ((u[2] >> 4) & kmask2) | (((u[1] >> 6) & kmask3) << 4);
-  const uint32_t u1 = (u[2] & kmask2) | (((u[0] >> 6) & kmask3) << 4);
-  return _mm_setr_epi32((int)(u[0] & kmask1), (int)u1, (int)(u[1] & kmask1), (int)u3);
-}
-
-// k4_scales_v of the 12 bytes in dwords 1..3 of h (a block's first 16 bytes), in SIMD registers
-inline __m128i k4_scales_x(__m128i h) {
-  const __m128i a = _mm_shuffle_epi32(h, _MM_SHUFFLE(3, 2, 3, 1));  // [u0, u2, u1, u2]
-  const __m128i b = _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 2, 1, 1));  // [u0, u0, u1, u1]
-  const __m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4)), _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
-  const __m128i hi = _mm_and_si128(_mm_srli_epi32(b, 6), _mm_setr_epi32(0, 0x03030303, 0, 0x03030303));
-  return _mm_or_si128(lo, _mm_slli_epi32(hi, 4));
-}
-
 // Q4_K and Q5_K share everything but the fifth bit.
 template <int NT, bool Q5>
 MOIRA_KERNEL void dot_q45_k(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
@@ -666,6 +646,58 @@ inline float hsum16(__m512 v) { return _mm512_reduce_add_ps(v); }
 // M = sum_j m_j * sum32_j(y), then a = fma(float(S), d * dy, a), m = fma(float(M), dmin * dy, m)
 // in super-block order, and a - m. Integer sums are exact in any order, so the kernels are free to
 // arrange the products as their instructions like.
+// k4_scales in a register (scales in bytes 0..7, mins in 8..15) from a block's first 16 bytes h,
+// whose dwords 1..3 hold the 12 packed bytes
+inline __m128i k4_scales_x(__m128i h) {
+  const __m128i a = _mm_shuffle_epi32(h, _MM_SHUFFLE(3, 2, 3, 1));  // [u0, u2, u1, u2]
+  const __m128i b = _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 2, 1, 1));  // [u0, u0, u1, u1]
+  const __m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4)), _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+  const __m128i hi = _mm_and_si128(_mm_srli_epi32(b, 6), _mm_setr_epi32(0, 0x03030303, 0, 0x03030303));
+  return _mm_or_si128(lo, _mm_slli_epi32(hi, 4));
+}
+
+// k4_scales_x on each 128-bit lane (four blocks' first 16 bytes at once)
+inline __m512i k4_scales_z(__m512i h) {
+  const __m512i a = _mm512_shuffle_epi32(h, (_MM_PERM_ENUM)_MM_SHUFFLE(3, 2, 3, 1));
+  const __m512i b = _mm512_shuffle_epi32(h, (_MM_PERM_ENUM)_MM_SHUFFLE(2, 2, 1, 1));
+  const __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(a, _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0, 0, 4))),
+                                      _mm512_broadcast_i32x4(_mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f)));
+  const __m512i hi = _mm512_and_si512(_mm512_srli_epi32(b, 6), _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0x03030303, 0, 0x03030303)));
+  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 4));
+}
+
+// One super-block's integer dot for NT tokens: isum[t]'s 16 lanes sum to S. scb: the block's
+// k4 scales (bytes 0..7) broadcast to every 128-bit lane.
+template <int NT, bool Q5>
+inline void q45_k_isum(const uint8_t* blk, __m512i scb, const uint8_t* const* act, int sb, __m512i* isum) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), sh4 = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+  const uint8_t* qs = blk + (Q5 ? 48 : 16);
+  __m512i qh2 = _mm512_setzero_si512();
+  if (Q5) {  // [qh | qh >> 1]: bit 2k of byte i gives element i of sub-block 2k (low half) / 2k+1 (high half)
+    const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 16));
+    qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 1), 1);
+  }
+  for (int t = 0; t < NT; t++) isum[t] = _mm512_setzero_si512();
+  for (int k = 0; k < 4; k++) {
+    // [x | x >> 4] & 0x0F: the low nibbles (sub-block 2k), then the high ones (2k + 1)
+    const __m512i x2 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(qs + 32 * k)));
+    __m512i w = _mm512_and_si512(_mm512_srlv_epi64(x2, sh4), m4);
+    if (Q5) {
+      const __mmask64 hb = _mm512_test_epi8_mask(qh2, _mm512_set1_epi8((char)(1 << (2 * k))));
+      w = _mm512_or_si512(w, _mm512_maskz_mov_epi8(hb, _mm512_set1_epi8(0x10)));
+    }
+    // the scales as int16 lanes (vpshufb): byte 2k in the low half, 2k + 1 in the high half
+    const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(0x8000 | (2 * k)))), _mm256_set1_epi16((short)(0x8000 | (2 * k + 1))), 1);
+    const __m512i s = _mm512_shuffle_epi8(scb, idx);
+    for (int t = 0; t < NT; t++) {
+      const __m512i y = _mm512_load_si512((const void*)(act[t] + (size_t)sb * 256 + 64 * k));
+      isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(w, y), s);
+    }
+  }
+}
+
+// Q4_K and Q5_K share everything but the fifth bit. Four super-blocks per step share the header
+// work (scales, d / dmin in one register each) and one reduction tree for their S and M.
 template <int NT, bool Q5>
 MOIRA_KERNEL void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
   __m128 acc[NT];  // lanes 0, 1: a; 2, 3: m
@@ -675,48 +707,56 @@ MOIRA_KERNEL void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* con
     acc[t] = _mm_setzero_ps();
     dy[t] = (const float*)(act[t] + L.dOff); s32h[t] = (const int16_t*)(act[t] + L.s32hOff);
   }
-  const __m512i m4 = _mm512_set1_epi8(0x0F), sh4 = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
-  // vpshufb controls: int16 lanes of byte 2k (low half) / 2k + 1 (high half), upper bytes zero
-  __m512i idx[4];
-  for (int k = 0; k < 4; k++)
-    idx[k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(0x8000 | (2 * k)))), _mm256_set1_epi16((short)(0x8000 | (2 * k + 1))), 1);
   const int nsb = cols / 256, bsz = Q5 ? 176 : 144;
-  for (int sb = 0; sb < nsb; sb++) {
+  // per 128-bit lane: the mins (bytes 8..15) as int16
+  const __m512i mnIdx = _mm512_broadcast_i32x4(_mm_setr_epi8(8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1));
+  int sb = 0;
+  for (; sb + 4 <= nsb; sb += 4) {
     const uint8_t* blk = row + (size_t)sb * bsz;
-    // [d, d, dmin, dmin] and k4_scales_v from one load of the block's first 16 bytes
-    const __m128i h = _mm_loadu_si128((const __m128i*)blk);
-    const __m128 dm = _mm_cvtph_ps(_mm_shufflelo_epi16(h, _MM_SHUFFLE(1, 1, 0, 0)));
-    const __m128i scm = k4_scales_x(h);
-    const __m512i scb = _mm512_broadcast_i32x4(scm);
-    const __m128i mn16 = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(scm, scm));
-    const uint8_t* qs = blk + (Q5 ? 48 : 16);
-    __m512i qh2 = _mm512_setzero_si512();
-    if (Q5) {  // [qh | qh >> 1]: bit 2k of byte i gives element i of sub-block 2k (low half) / 2k+1 (high half)
-      const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 16));
-      qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 1), 1);
-    }
-    __m512i isum[NT];
-    for (int t = 0; t < NT; t++) isum[t] = _mm512_setzero_si512();
-    for (int k = 0; k < 4; k++) {
-      // [x | x >> 4] & 0x0F: the low nibbles (sub-block 2k), then the high ones (2k + 1)
-      const __m512i x2 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(qs + 32 * k)));
-      __m512i w = _mm512_and_si512(_mm512_srlv_epi64(x2, sh4), m4);
-      if (Q5) {
-        const __mmask64 hb = _mm512_test_epi8_mask(qh2, _mm512_set1_epi8((char)(1 << (2 * k))));
-        w = _mm512_or_si512(w, _mm512_maskz_mov_epi8(hb, _mm512_set1_epi8(0x10)));
-      }
-      const __m512i s = _mm512_shuffle_epi8(scb, idx[k]);
-      for (int t = 0; t < NT; t++) {
-        const __m512i y = _mm512_load_si512((const void*)(act[t] + (size_t)sb * 256 + 64 * k));
-        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(w, y), s);
-      }
-    }
+    __m512i hz = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)blk));
+    hz = _mm512_inserti32x4(hz, _mm_loadu_si128((const __m128i*)(blk + bsz)), 1);
+    hz = _mm512_inserti32x4(hz, _mm_loadu_si128((const __m128i*)(blk + 2 * bsz)), 2);
+    hz = _mm512_inserti32x4(hz, _mm_loadu_si128((const __m128i*)(blk + 3 * bsz)), 3);
+    const __m512i scz = k4_scales_z(hz);
+    const __m512i mnz = _mm512_shuffle_epi8(scz, mnIdx);
+    // lane k: [d, d, dmin, dmin] of block sb + k
+    const __m512 dmz = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 0, 2, 4, 6),
+                                                                                          _mm512_shufflelo_epi16(hz, _MM_SHUFFLE(1, 1, 0, 0)))));
+    __m512i is[4][NT];
+    q45_k_isum<NT, Q5>(blk, _mm512_shuffle_i32x4(scz, scz, 0x00), act, sb, is[0]);
+    q45_k_isum<NT, Q5>(blk + bsz, _mm512_shuffle_i32x4(scz, scz, 0x55), act, sb + 1, is[1]);
+    q45_k_isum<NT, Q5>(blk + 2 * bsz, _mm512_shuffle_i32x4(scz, scz, 0xAA), act, sb + 2, is[2]);
+    q45_k_isum<NT, Q5>(blk + 3 * bsz, _mm512_shuffle_i32x4(scz, scz, 0xFF), act, sb + 3, is[3]);
     for (int t = 0; t < NT; t++) {
-      // S: 16 lanes folded to 4; M = sum_j m_j * sum32_j(y) in 4 lanes
+      // lane k: block sb + k's S partials, then its M partials; folded to [S, S, M, M]
+      const __m512i z01 = _mm512_add_epi32(_mm512_shuffle_i64x2(is[0][t], is[1][t], 0x44), _mm512_shuffle_i64x2(is[0][t], is[1][t], 0xEE));
+      const __m512i z23 = _mm512_add_epi32(_mm512_shuffle_i64x2(is[2][t], is[3][t], 0x44), _mm512_shuffle_i64x2(is[2][t], is[3][t], 0xEE));
+      const __m512i S = _mm512_add_epi32(_mm512_shuffle_i64x2(z01, z23, 0x88), _mm512_shuffle_i64x2(z01, z23, 0xDD));
+      const __m512i M = _mm512_madd_epi16(mnz, _mm512_loadu_si512((const void*)(s32h[t] + (size_t)sb * 8)));
+      const __m512i v = _mm512_add_epi32(_mm512_unpacklo_epi64(S, M), _mm512_unpackhi_epi64(S, M));
+      const __m512i SM = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)_MM_SHUFFLE(2, 3, 0, 1)));
+      const __m512 ddz = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_castps128_ps512(_mm_loadu_ps(dy[t] + sb)));
+      const __m512 f = _mm512_cvtepi32_ps(SM), w = _mm512_mul_ps(dmz, ddz);
+      acc[t] = _mm_fmadd_ps(_mm512_castps512_ps128(f), _mm512_castps512_ps128(w), acc[t]);
+      acc[t] = _mm_fmadd_ps(_mm512_extractf32x4_ps(f, 1), _mm512_extractf32x4_ps(w, 1), acc[t]);
+      acc[t] = _mm_fmadd_ps(_mm512_extractf32x4_ps(f, 2), _mm512_extractf32x4_ps(w, 2), acc[t]);
+      acc[t] = _mm_fmadd_ps(_mm512_extractf32x4_ps(f, 3), _mm512_extractf32x4_ps(w, 3), acc[t]);
+    }
+  }
+  for (; sb < nsb; sb++) {
+    const uint8_t* blk = row + (size_t)sb * bsz;
+    const __m128i h = _mm_loadu_si128((const __m128i*)blk);
+    const __m128 dm = _mm_cvtph_ps(_mm_shufflelo_epi16(h, _MM_SHUFFLE(1, 1, 0, 0)));  // [d, d, dmin, dmin]
+    const __m128i scm = k4_scales_x(h);
+    const __m128i mn16 = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(scm, scm));
+    __m512i isum[NT];
+    q45_k_isum<NT, Q5>(blk, _mm512_broadcast_i32x4(scm), act, sb, isum);
+    for (int t = 0; t < NT; t++) {
+      // S: 16 lanes folded to 4; M = sum_j m_j * sum32_j(y) in 4 lanes; then [S, S, M, M]
       const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(isum[t]), _mm512_extracti64x4_epi64(isum[t], 1));
       const __m128i S4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
       const __m128i M4 = _mm_madd_epi16(mn16, _mm_load_si128((const __m128i*)(s32h[t] + (size_t)sb * 8)));
-      const __m128i v = _mm_add_epi32(_mm_unpacklo_epi64(S4, M4), _mm_unpackhi_epi64(S4, M4));  // [S, S, M, M] partials
+      const __m128i v = _mm_add_epi32(_mm_unpacklo_epi64(S4, M4), _mm_unpackhi_epi64(S4, M4));
       const __m128i SM = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
       acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(SM), _mm_mul_ps(dm, _mm_set1_ps(dy[t][sb])), acc[t]);
     }
@@ -766,7 +806,7 @@ inline void q4k_pack_sb(const uint8_t* w, size_t rowBytes, int sb, Q4kPanelSb& P
   }
   P.d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hdr[0]));
   P.dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(hdr[0], 16)));
-  // k4_scales_v on 16 rows at once
+  // k4_scales_x on 16 rows at once
   const __m512i u0 = hdr[1], u1 = hdr[2], u2 = hdr[3];
   const __m512i k1 = _mm512_set1_epi32(0x3f3f3f3f), k2 = _mm512_set1_epi32(0x0f0f0f0f), k3 = _mm512_set1_epi32(0x03030303);
   const __m512i s03 = _mm512_and_si512(u0, k1);

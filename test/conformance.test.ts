@@ -195,7 +195,7 @@ const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.leng
 function colsFor(type: GGMLType): number[] {
   if (FLOAT_TYPES.includes(type)) return [1, 7, 32 * 7, 256 * 3];
   if (Q32_TYPES.includes(type)) return [32, 32 * 7, 256 * 3];
-  return [256, 256 * 3];
+  return [256, 256 * 3, 256 * 5];  // 5: the AVX-512 kernels' four-super-block steps and a tail
 }
 
 /**
