@@ -1034,86 +1034,105 @@ MOIRA_KERNEL void dot_q3_k_512(const uint8_t* row, int cols, const uint8_t* cons
   for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
 }
 
-template <int NT>
-MOIRA_KERNEL void dot_q8_0_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
-  __m512 acc[NT];
-  const float* dy[NT];
-  for (int t = 0; t < NT; t++) { acc[t] = _mm512_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); }
-  const __m512i pick = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi32(1), 1);  // lanes [0 x8, 1 x8]
-  const int nb = cols / 32;
-  int b = 0;
-  for (; b + 2 <= nb; b += 2) {  // two blocks per zmm
-    const uint8_t* blk = row + (size_t)b * 34;
-    const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(blk + 2))),
-                                         _mm256_loadu_si256((const __m256i*)(blk + 36)), 1);
-    const __mmask64 neg = _mm512_movepi8_mask(w);
-    const __m512i aw = _mm512_abs_epi8(w);
-    const __m128 dw2 = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(rd16(blk)), rd16(blk + 34), 1));
-    const __m512 dwv = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(dw2));
-    for (int t = 0; t < NT; t++) {
-      const __m512i y = _mm512_load_si512((const void*)(act[t] + 32 * (size_t)b));
-      const __m512i ys = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, ys);
-      const __m512 dyv = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(dy[t] + b)))));
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dwv, dyv), acc[t]);
-    }
-  }
-  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
-  if (b < nb) {  // odd block count: last block at 256 bits
-    const uint8_t* blk = row + (size_t)b * 34;
-    const float dw = h2f(rd16(blk));
-    const __m256i w = _mm256_loadu_si256((const __m256i*)(blk + 2));
-    const __m256i aw = _mm256_abs_epi8(w);
-    for (int t = 0; t < NT; t++) {
-      const __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
-      const __m256i p = dpbusd(_mm256_setzero_si256(), aw, _mm256_sign_epi8(y, w));
-      res[t] += hsum8(_mm256_cvtepi32_ps(p)) * dw * dy[t][b];
-    }
-  }
+// Q8_0 and Q4_0 rows (blocks of 32, an f16 scale each): per block the exact integer S_b = q.y
+// (Q4_0: (q - 8).y = q.y - 8 sum(y)); lane b % 16 of a 16-float accumulator takes
+// fma(float(S_b), dw_b * dy_b, lane) in block order, and the row's result is sum16_tree of the
+// lanes. Sixteen blocks a step: two per zmm of vpdpbusd partials (8 lanes each), one reduction
+// tree to 16 sums, one gather of the 16 scales.
+inline float sum16_tree(__m512 v) {  // lanes i + (i + 8), then + 4, + 2, + 1
+  const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
 
-// Q4_0, two blocks (64 elements, 36 bytes) per zmm: the 128-bit lanes are [lo0 | hi0 | lo1 | hi1]
-// (block b's low nibbles are its elements 0..15, its high nibbles 16..31), matching the 64 activation
-// bytes of the two blocks. (q - 8).y = q.y - 8 sum(y): each of a block's 8 int32 lanes drops sum(y).
-template <int NT>
-MOIRA_KERNEL void dot_q4_0_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+template <int TYPE> constexpr int b32_bytes() { return TYPE == T_Q8_0 ? 34 : 18; }
+
+// Blocks b, b + 1 (at blk) as vpdpbusd's unsigned operand: Q4_0's nibbles in element order
+// ([lo | hi] per block), Q8_0's |q| (neg: the lanes whose q < 0, to negate y there).
+template <int TYPE>
+inline __m512i b32_pair(const uint8_t* blk, __mmask64& neg) {
+  if (TYPE == T_Q8_0) {
+    const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(blk + 2))),
+                                         _mm256_loadu_si256((const __m256i*)(blk + 36)), 1);
+    neg = _mm512_movepi8_mask(w);
+    return _mm512_abs_epi8(w);
+  }
+  neg = 0;
+  const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(blk + 2)))),
+                                       _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(blk + 20))), 1);
+  return _mm512_and_si512(_mm512_srlv_epi64(x, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4)), _mm512_set1_epi8(0x0F));
+}
+
+// quarters [z0.Q0 + z0.Q1, z0.Q2 + z0.Q3, z1.Q0 + z1.Q1, z1.Q2 + z1.Q3]: 4 blocks x 4 partials
+inline __m512i b32_fold(__m512i z0, __m512i z1) {
+  return _mm512_add_epi32(_mm512_shuffle_i64x2(z0, z1, 0x88), _mm512_shuffle_i64x2(z0, z1, 0xDD));
+}
+
+template <int NT, int TYPE>
+MOIRA_KERNEL void dot_b32_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  constexpr int BB = b32_bytes<TYPE>();
   __m512 acc[NT];
   const float* dy[NT];
   const int32_t* sy[NT];
   for (int t = 0; t < NT; t++) {
     acc[t] = _mm512_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
   }
-  const __m512i pick = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi32(1), 1);  // lanes [0 x8, 1 x8]
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  const __m512i didx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(BB));
+  // the tree leaves block 4i + L in lane 4L + i: back to lane = block
+  const __m512i unperm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const int nb = cols / 32;
   int b = 0;
-  for (; b + 2 <= nb; b += 2) {
-    const uint8_t* blk = row + (size_t)b * 18;
-    const __m256i x = _mm256_set_m128i(_mm_loadu_si128((const __m128i*)(blk + 20)), _mm_loadu_si128((const __m128i*)(blk + 2)));
-    const __m512i xx = _mm512_inserti64x4(_mm512_castsi256_si512(x), _mm256_srli_epi16(x, 4), 1);  // [x0 | x1 | x0>>4 | x1>>4]
-    const __m512i w = _mm512_and_si512(_mm512_shuffle_i64x2(xx, xx, 0xD8), m4);                   // [x0 | x0>>4 | x1 | x1>>4]
-    const __m128 dw2 = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(rd16(blk)), rd16(blk + 18), 1));
-    const __m512 dwv = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(dw2));
+  for (; b + 16 <= nb; b += 16) {
+    const uint8_t* g = row + (size_t)b * BB;
+    __m512i u[4][NT];
+    for (int q = 0; q < 4; q++) {  // blocks 4q .. 4q + 3 of the group
+      __m512i z[2][NT];
+      for (int h = 0; h < 2; h++) {
+        __mmask64 neg;
+        const __m512i w = b32_pair<TYPE>(g + (size_t)(4 * q + 2 * h) * BB, neg);
+        for (int t = 0; t < NT; t++) {
+          __m512i y = _mm512_load_si512((const void*)(act[t] + 32 * (size_t)(b + 4 * q + 2 * h)));
+          if (TYPE == T_Q8_0) y = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
+          z[h][t] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, y);
+        }
+      }
+      for (int t = 0; t < NT; t++) u[q][t] = b32_fold(z[0][t], z[1][t]);
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(didx, (const void*)g, 1)));
     for (int t = 0; t < NT; t++) {
-      const __m512i y = _mm512_load_si512((const void*)(act[t] + 32 * (size_t)b));
-      const __m512i s = _mm512_permutexvar_epi32(pick, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i*)(sy[t] + b))));
-      const __m512i p = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, y), s);
-      const __m512 dyv = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(dy[t] + b)))));
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dwv, dyv), acc[t]);
+      // quarter L of u[q] holds block 4q + L's 4 partials: transpose-add to one sum per block
+      const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(u[0][t], u[1][t]), _mm512_unpackhi_epi32(u[0][t], u[1][t]));
+      const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(u[2][t], u[3][t]), _mm512_unpackhi_epi32(u[2][t], u[3][t]));
+      __m512i S = _mm512_permutexvar_epi32(unperm, _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23)));
+      if (TYPE == T_Q4_0) S = _mm512_sub_epi32(S, _mm512_slli_epi32(_mm512_loadu_si512((const void*)(sy[t] + b)), 3));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), _mm512_mul_ps(dw, _mm512_loadu_ps(dy[t] + b)), acc[t]);
     }
   }
-  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
-  if (b < nb) {  // odd block count: last block at 256 bits
-    const uint8_t* blk = row + (size_t)b * 18;
+  for (; b < nb; b++) {  // the last nb % 16 blocks one at a time, each into its lane
+    const uint8_t* blk = row + (size_t)b * BB;
     const float dw = h2f(rd16(blk));
-    const __m128i x = _mm_loadu_si128((const __m128i*)(blk + 2));
-    const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(0x0F));
+    __m256i w, sgn;
+    if (TYPE == T_Q8_0) {
+      sgn = _mm256_loadu_si256((const __m256i*)(blk + 2));
+      w = _mm256_abs_epi8(sgn);
+    } else {
+      const __m128i x = _mm_loadu_si128((const __m128i*)(blk + 2));
+      w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(0x0F));
+    }
+    const __mmask16 lane = (__mmask16)(1u << (b % 16));
     for (int t = 0; t < NT; t++) {
-      const __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
-      const __m256i p = dpbusd(_mm256_set1_epi32(-sy[t][b]), w, y);
-      res[t] += hsum8(_mm256_cvtepi32_ps(p)) * (dw * dy[t][b]);
+      __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
+      if (TYPE == T_Q8_0) y = _mm256_sign_epi8(y, sgn);
+      const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, y);
+      const __m128i p4 = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+      const __m128i p2 = _mm_add_epi32(p4, _mm_unpackhi_epi64(p4, p4));
+      int S = _mm_cvtsi128_si32(_mm_add_epi32(p2, _mm_shuffle_epi32(p2, _MM_SHUFFLE(1, 1, 1, 1))));
+      if (TYPE == T_Q4_0) S -= 8 * sy[t][b];
+      acc[t] = _mm512_mask3_fmadd_ps(_mm512_set1_ps((float)S), _mm512_set1_ps(dw * dy[t][b]), acc[t], lane);
     }
   }
+  for (int t = 0; t < NT; t++) res[t] = sum16_tree(acc[t]);
 }
 
 // MXFP4, four blocks (128 elements, 68 bytes) per step, one 128-bit lane per block:
@@ -1189,14 +1208,14 @@ void dot_row(int type, const uint8_t* row, int cols, const uint8_t* const* act, 
   switch (type) {
     case T_F32: case T_F16: case T_BF16: dot_float<NT>(type, row, cols, act, res); return;
 #if defined(MOIRA_ZMM)
-    case T_Q8_0: dot_q8_0_512<NT>(row, cols, act, L, res); return;
+    case T_Q8_0: dot_b32_512<NT, T_Q8_0>(row, cols, act, L, res); return;
     case T_Q4_K: dot_q45_k_512<NT, false>(row, cols, act, L, res); return;
     case T_Q5_K: dot_q45_k_512<NT, true>(row, cols, act, L, res); return;
     case T_Q6_K: dot_q6_k_512<NT>(row, cols, act, L, res); return;
     case T_Q2_K: dot_q2_k_512<NT>(row, cols, act, L, res); return;
     case T_Q3_K: dot_q3_k_512<NT>(row, cols, act, L, res); return;
     case T_MXFP4: dot_mxfp4_512<NT>(row, cols, act, L, res); return;
-    case T_Q4_0: dot_q4_0_512<NT>(row, cols, act, L, res); return;
+    case T_Q4_0: dot_b32_512<NT, T_Q4_0>(row, cols, act, L, res); return;
 #else
     case T_Q8_0: dot_q8_0<NT>(row, cols, act, L, res); return;
     case T_Q4_K: dot_q45_k<NT, false>(row, cols, act, L, res); return;
