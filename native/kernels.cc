@@ -641,7 +641,7 @@ MOIRA_KERNEL void dot_float(int type, const uint8_t* row, int cols, const uint8_
 // accumulates in one instruction. Q8_0: |w| x (y signed by w) with vpdpbusd.
 inline float hsum16(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-// Q4_K / Q5_K rows, every path (dot_q45_k_512 one row at a time, q4k_panel 16 rows at a time)
+// Q4_K / Q5_K rows, every path (dot_q45_k_512 one row at a time, the panels 16 rows at a time)
 // computes the same bits: per super-block the exact integers S = sum_j sc_j * (q.y)_j and
 // M = sum_j m_j * sum32_j(y), then a = fma(float(S), d * dy, a), m = fma(float(M), dmin * dy, m)
 // in super-block order, and a - m. Integer sums are exact in any order, so the kernels are free to
@@ -853,38 +853,6 @@ MOIRA_KERNEL void q4k_panel_tokens(const Q4kPanelSb* P, int nsb, const uint8_t* 
     }
   }
   for (int t = 0; t < TT; t++) _mm512_storeu_ps(out[t], _mm512_sub_ps(a[t], m[t]));
-}
-
-constexpr int Q4K_PANEL_TILE = 4;
-
-// Rows [r0, r0 + 16) of a Q4_K matmul for every token.
-void q4k_panel(const MatmulArgs& a, int r0) {
-  static thread_local Q4kPanelSb* buf = nullptr;
-  static thread_local int bufSb = 0;
-  const int nsb = a.cols / 256;
-  if (nsb > bufSb) {
-    free(buf);
-    if (posix_memalign((void**)&buf, 64, sizeof(Q4kPanelSb) * (size_t)nsb) != 0) abort();
-    bufSb = nsb;
-  }
-  const uint8_t* w = a.w + (size_t)r0 * a.rowBytes;
-  for (int sb = 0; sb < nsb; sb++) q4k_pack_sb(w, a.rowBytes, sb, buf[sb]);
-  const ActLayout L = act_layout(ACT_Q256, a.cols);
-  const uint8_t* acts[Q4K_PANEL_TILE];
-  float* outs[Q4K_PANEL_TILE];
-  for (int t0 = 0; t0 < a.nTok; t0 += Q4K_PANEL_TILE) {
-    const int nt = a.nTok - t0 < Q4K_PANEL_TILE ? a.nTok - t0 : Q4K_PANEL_TILE;
-    for (int i = 0; i < nt; i++) {
-      acts[i] = a.act + (size_t)(a.actIdx ? a.actIdx[t0 + i] : t0 + i) * a.actStride;
-      outs[i] = a.out + (size_t)(t0 + i) * a.rows + r0;
-    }
-    switch (nt) {
-      case Q4K_PANEL_TILE: q4k_panel_tokens<Q4K_PANEL_TILE>(buf, nsb, acts, L, outs); break;
-      case 3: q4k_panel_tokens<3>(buf, nsb, acts, L, outs); break;
-      case 2: q4k_panel_tokens<2>(buf, nsb, acts, L, outs); break;
-      default: q4k_panel_tokens<1>(buf, nsb, acts, L, outs); break;
-    }
-  }
 }
 
 template <int NT>
@@ -1135,6 +1103,115 @@ MOIRA_KERNEL void dot_b32_512(const uint8_t* row, int cols, const uint8_t* const
   for (int t = 0; t < NT; t++) res[t] = sum16_tree(acc[t]);
 }
 
+// Q8_0 / Q4_0 for many tokens: 16 rows at a time (int32 lane r: row r), each block re-laid as 8
+// quads of vpdpbusd's unsigned operand (Q4_0's nibbles; Q8_0's q + 128), so one block of one token
+// is 8 vpdpbusd; then S = D - k sum(y) (k = 8: Q4_0's offset; 128: the + 128) and dot_b32_512's
+// float steps, lane b % 16 of 16 accumulators per token, and its sum16_tree across them.
+struct B32PanelBlock {
+  __m512i q[8];
+  __m512 d;
+};
+
+template <int TYPE>
+inline void b32_pack_block(const uint8_t* w, size_t rowBytes, int b, B32PanelBlock& P) {
+  constexpr int BB = b32_bytes<TYPE>();
+  const uint8_t* blk = w + (size_t)b * BB;
+  for (int m = 0; m < (TYPE == T_Q8_0 ? 2 : 1); m++) {
+    const uint8_t* p = blk + 2 + 16 * m;  // quads' dwords 4m..4m+3 (Q4_0: its 16 qs bytes)
+    const __m512i x0 = rows4x128(p, rowBytes, 0), x1 = rows4x128(p, rowBytes, 1);
+    const __m512i x2 = rows4x128(p, rowBytes, 2), x3 = rows4x128(p, rowBytes, 3);
+    const __m512i t0 = _mm512_unpacklo_epi32(x0, x1), t1 = _mm512_unpackhi_epi32(x0, x1);
+    const __m512i t2 = _mm512_unpacklo_epi32(x2, x3), t3 = _mm512_unpackhi_epi32(x2, x3);
+    const __m512i v[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2), _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+    for (int j = 0; j < 4; j++) {
+      if (TYPE == T_Q8_0) {
+        P.q[4 * m + j] = _mm512_xor_si512(v[j], _mm512_set1_epi8((char)0x80));
+      } else {  // elements 4j..4j+3: low nibbles of dword j; 16 + 4j..: its high nibbles
+        P.q[j] = _mm512_and_si512(v[j], _mm512_set1_epi8(0x0F));
+        P.q[4 + j] = _mm512_and_si512(_mm512_srli_epi32(v[j], 4), _mm512_set1_epi8(0x0F));
+      }
+    }
+  }
+  const __m512i ridx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)rowBytes));
+  P.d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, (const void*)blk, 1)));
+}
+
+template <int TYPE, int TT>
+MOIRA_KERNEL void b32_panel_tokens(const B32PanelBlock* P, int nb, const uint8_t* const* act, const ActLayout& L, float* const* out) {
+  constexpr int K = TYPE == T_Q8_0 ? 7 : 3;
+  alignas(64) float acc[TT][16][16];
+  for (int t = 0; t < TT; t++) for (int j = 0; j < 16; j++) _mm512_store_ps(acc[t][j], _mm512_setzero_ps());
+  for (int b = 0; b < nb; b++) {
+    const B32PanelBlock& p = P[b];
+    for (int t = 0; t < TT; t++) {
+      const uint8_t* y = act[t] + 32 * (size_t)b;
+      __m512i d0 = _mm512_setzero_si512(), d1 = _mm512_setzero_si512();
+      for (int i = 0; i < 4; i++) {
+        d0 = _mm512_dpbusd_epi32(d0, p.q[i], _mm512_set1_epi32((int)load_u32(y + 4 * i)));
+        d1 = _mm512_dpbusd_epi32(d1, p.q[4 + i], _mm512_set1_epi32((int)load_u32(y + 16 + 4 * i)));
+      }
+      const int32_t s = ((const int32_t*)(act[t] + L.sOff))[b];
+      const __m512i S = _mm512_sub_epi32(_mm512_add_epi32(d0, d1), _mm512_set1_epi32((int32_t)((uint32_t)s << K)));
+      float* a = acc[t][b & 15];
+      const __m512 w = _mm512_mul_ps(p.d, _mm512_set1_ps(((const float*)(act[t] + L.dOff))[b]));
+      _mm512_store_ps(a, _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), w, _mm512_load_ps(a)));
+    }
+  }
+  for (int t = 0; t < TT; t++) {  // sum16_tree, lane by lane
+    __m512 v[8];
+    for (int i = 0; i < 8; i++) v[i] = _mm512_add_ps(_mm512_load_ps(acc[t][i]), _mm512_load_ps(acc[t][i + 8]));
+    for (int i = 0; i < 4; i++) v[i] = _mm512_add_ps(v[i], v[i + 4]);
+    for (int i = 0; i < 2; i++) v[i] = _mm512_add_ps(v[i], v[i + 2]);
+    _mm512_storeu_ps(out[t], _mm512_add_ps(v[0], v[1]));
+  }
+}
+
+constexpr int PANEL_TILE = 4;
+
+// Rows [r0, r0 + 16) of a Q4_K, Q8_0 or Q4_0 matmul for every token: the rows' blocks re-laid once
+// into a per-thread buffer, then tiles of PANEL_TILE tokens against it.
+template <typename Block, int PER, void (*Pack)(const uint8_t*, size_t, int, Block&),
+          void (*Tile1)(const Block*, int, const uint8_t* const*, const ActLayout&, float* const*),
+          void (*Tile2)(const Block*, int, const uint8_t* const*, const ActLayout&, float* const*),
+          void (*Tile3)(const Block*, int, const uint8_t* const*, const ActLayout&, float* const*),
+          void (*Tile4)(const Block*, int, const uint8_t* const*, const ActLayout&, float* const*)>
+void panel(const MatmulArgs& a, int r0, int actKind) {
+  static thread_local Block* buf = nullptr;
+  static thread_local int bufN = 0;
+  const int n = a.cols / PER;
+  if (n > bufN) {
+    free(buf);
+    if (posix_memalign((void**)&buf, 64, sizeof(Block) * (size_t)n) != 0) abort();
+    bufN = n;
+  }
+  const uint8_t* w = a.w + (size_t)r0 * a.rowBytes;
+  for (int i = 0; i < n; i++) Pack(w, a.rowBytes, i, buf[i]);
+  const ActLayout L = act_layout(actKind, a.cols);
+  const uint8_t* acts[PANEL_TILE];
+  float* outs[PANEL_TILE];
+  for (int t0 = 0; t0 < a.nTok; t0 += PANEL_TILE) {
+    const int nt = a.nTok - t0 < PANEL_TILE ? a.nTok - t0 : PANEL_TILE;
+    for (int i = 0; i < nt; i++) {
+      acts[i] = a.act + (size_t)(a.actIdx ? a.actIdx[t0 + i] : t0 + i) * a.actStride;
+      outs[i] = a.out + (size_t)(t0 + i) * a.rows + r0;
+    }
+    switch (nt) {
+      case 4: Tile4(buf, n, acts, L, outs); break;
+      case 3: Tile3(buf, n, acts, L, outs); break;
+      case 2: Tile2(buf, n, acts, L, outs); break;
+      default: Tile1(buf, n, acts, L, outs); break;
+    }
+  }
+}
+
+void panel_rows(const MatmulArgs& a, int r0) {
+  switch (a.type) {
+    case T_Q4_K: panel<Q4kPanelSb, 256, q4k_pack_sb, q4k_panel_tokens<1>, q4k_panel_tokens<2>, q4k_panel_tokens<3>, q4k_panel_tokens<4>>(a, r0, ACT_Q256); return;
+    case T_Q8_0: panel<B32PanelBlock, 32, b32_pack_block<T_Q8_0>, b32_panel_tokens<T_Q8_0, 1>, b32_panel_tokens<T_Q8_0, 2>, b32_panel_tokens<T_Q8_0, 3>, b32_panel_tokens<T_Q8_0, 4>>(a, r0, ACT_Q32); return;
+    default: panel<B32PanelBlock, 32, b32_pack_block<T_Q4_0>, b32_panel_tokens<T_Q4_0, 1>, b32_panel_tokens<T_Q4_0, 2>, b32_panel_tokens<T_Q4_0, 3>, b32_panel_tokens<T_Q4_0, 4>>(a, r0, ACT_Q32); return;
+  }
+}
+
 // MXFP4, four blocks (128 elements, 68 bytes) per step, one 128-bit lane per block:
 // - codes: two loads (at +1 and +4, so that each block's 16 code bytes start on an even byte of one
 //   of them) and a word permute give [qs0 | qs1 | qs2 | qs3]; low nibbles are elements 0..15 of
@@ -1265,7 +1342,7 @@ constexpr int PANEL_ROWS = 1;
 // measured: no faster, the int8 dot chain per token is the bound, not unpacking.)
 void matmul_rows_impl(const MatmulArgs& a, int r0, int r1) {
 #if defined(MOIRA_ZMM)
-  if (a.type == T_Q4_K && a.nTok >= PANEL_MIN_TOKENS) {
+  if ((a.type == T_Q4_K || a.type == T_Q8_0 || a.type == T_Q4_0) && a.nTok >= PANEL_MIN_TOKENS) {
     // a panel's 16 rows are one contiguous run of bytes, read by gathers across its rows: ask for
     // the next panel's lines while this one computes (the first panel's, before it)
     const uint8_t* wend = a.w + (size_t)a.rows * a.rowBytes;
@@ -1277,7 +1354,7 @@ void matmul_rows_impl(const MatmulArgs& a, int r0, int r1) {
     if (r0 + 16 <= r1) prefetch_panel(r0);
     for (; r0 + PANEL_ROWS <= r1; r0 += PANEL_ROWS) {
       if (r0 + 2 * PANEL_ROWS <= r1) prefetch_panel(r0 + PANEL_ROWS);
-      q4k_panel(a, r0);
+      panel_rows(a, r0);
     }
     if (r0 == r1) return;
   }
