@@ -646,6 +646,7 @@ inline float hsum16(__m512 v) { return _mm512_reduce_add_ps(v); }
 // M = sum_j m_j * sum32_j(y), then a = fma(float(S), d * dy, a), m = fma(float(M), dmin * dy, m)
 // in super-block order, and a - m. Integer sums are exact in any order, so the kernels are free to
 // arrange the products as their instructions like.
+
 // k4_scales in a register (scales in bytes 0..7, mins in 8..15) from a block's first 16 bytes h,
 // whose dwords 1..3 hold the 12 packed bytes
 inline __m128i k4_scales_x(__m128i h) {
