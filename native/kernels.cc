@@ -765,7 +765,7 @@ MOIRA_KERNEL void dot_q45_k_512(const uint8_t* row, int cols, const uint8_t* con
   for (int t = 0; t < NT; t++) res[t] = _mm_cvtss_f32(_mm_sub_ss(acc[t], _mm_movehl_ps(acc[t], acc[t])));
 }
 
-// Q4_K for many tokens: 16 rows at a time, weights re-laid so one vpdpbusd does 64 products of
+// Q4_K / Q5_K for many tokens: 16 rows at a time, weights re-laid so one vpdpbusd does 64 products of
 // one token (int32 lane r: row r's 4 weights of a quad times the token's 4 activations, broadcast).
 // A sub-block's 8 quads sum in int32, then one vpmulld applies the 16 rows' scales: ~1.2
 // instructions per 64 products, against 2 (vpmaddubsw + vpdpwssd) in the row-at-a-time kernel.
@@ -784,25 +784,39 @@ inline __m512i rows4x128(const uint8_t* p, size_t rowBytes, int s) {
   return _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(p + (size_t)(12 + s) * rowBytes)), 3);
 }
 
-// Re-lays super-block sb of rows w[0..15] (rowBytes apart) into P: the block's 36 dwords, 4 at a
-// time, transposed so int32 lane r holds row r's dword (loads of 4 rows per register, then two
-// unpack stages put rows 4L..4L+3 in order in lane L).
-inline void q4k_pack_sb(const uint8_t* w, size_t rowBytes, int sb, Q4kPanelSb& P) {
-  const uint8_t* b = w + (size_t)sb * 144;
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
-  __m512i hdr[4];
-  for (int m = 0; m < 9; m++) {
-    const uint8_t* p = b + 16 * m;
-    const __m512i x0 = rows4x128(p, rowBytes, 0), x1 = rows4x128(p, rowBytes, 1);
-    const __m512i x2 = rows4x128(p, rowBytes, 2), x3 = rows4x128(p, rowBytes, 3);
-    const __m512i t0 = _mm512_unpacklo_epi32(x0, x1), t1 = _mm512_unpackhi_epi32(x0, x1);
-    const __m512i t2 = _mm512_unpacklo_epi32(x2, x3), t3 = _mm512_unpackhi_epi32(x2, x3);
-    const __m512i v[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2), _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+// The 16 bytes at p of rows 0..15 (rowBytes apart) as 4 registers, v[j]'s int32 lane r holding row
+// r's dword j: loads of 4 rows per register, then two unpack stages put rows 4L..4L+3 in order in
+// lane L.
+inline void rows16_dwords4(const uint8_t* p, size_t rowBytes, __m512i* v) {
+  const __m512i x0 = rows4x128(p, rowBytes, 0), x1 = rows4x128(p, rowBytes, 1);
+  const __m512i x2 = rows4x128(p, rowBytes, 2), x3 = rows4x128(p, rowBytes, 3);
+  const __m512i t0 = _mm512_unpacklo_epi32(x0, x1), t1 = _mm512_unpackhi_epi32(x0, x1);
+  const __m512i t2 = _mm512_unpacklo_epi32(x2, x3), t3 = _mm512_unpackhi_epi32(x2, x3);
+  v[0] = _mm512_unpacklo_epi64(t0, t2); v[1] = _mm512_unpackhi_epi64(t0, t2);
+  v[2] = _mm512_unpacklo_epi64(t1, t3); v[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+// Re-lays super-block sb of Q4_K / Q5_K rows w[0..15] (rowBytes apart) into P, 16 bytes of every
+// row at a time (rows16_dwords4): the header, Q5_K's fifth bits, the nibbles.
+template <bool Q5>
+inline void q45k_pack_sb(const uint8_t* w, size_t rowBytes, int sb, Q4kPanelSb& P) {
+  const uint8_t* b = w + (size_t)sb * (Q5 ? 176 : 144);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), b1 = _mm512_set1_epi8(1);
+  __m512i hdr[4], qh[8];
+  rows16_dwords4(b, rowBytes, hdr);
+  if (Q5) { rows16_dwords4(b + 16, rowBytes, qh); rows16_dwords4(b + 32, rowBytes, qh + 4); }
+  for (int m = 0; m < 8; m++) {
+    __m512i v[4];
+    rows16_dwords4(b + (Q5 ? 48 : 16) + 16 * m, rowBytes, v);
     for (int j = 0; j < 4; j++) {
-      if (m == 0) { hdr[j] = v[j]; continue; }
-      const int c = 4 * (m - 1) + j, k = c / 8, i = c % 8;  // qs dword c: chunk k, dword i
-      P.q[16 * k + i] = _mm512_and_si512(v[j], m4);
-      P.q[16 * k + 8 + i] = _mm512_and_si512(_mm512_srli_epi32(v[j], 4), m4);
+      const int c = 4 * m + j, k = c / 8, i = c % 8;  // qs dword c: chunk k, dword i
+      __m512i lo = _mm512_and_si512(v[j], m4), hi = _mm512_and_si512(_mm512_srli_epi32(v[j], 4), m4);
+      if (Q5) {  // bit 2k (2k + 1) of qh byte e: the fifth bit of element e of sub-block 2k (2k + 1)
+        lo = _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh[i], 2 * k), b1), 4));
+        hi = _mm512_or_si512(hi, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh[i], 2 * k + 1), b1), 4));
+      }
+      P.q[16 * k + i] = lo;
+      P.q[16 * k + 8 + i] = hi;
     }
   }
   P.d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hdr[0]));
@@ -1118,12 +1132,8 @@ inline void b32_pack_block(const uint8_t* w, size_t rowBytes, int b, B32PanelBlo
   constexpr int BB = b32_bytes<TYPE>();
   const uint8_t* blk = w + (size_t)b * BB;
   for (int m = 0; m < (TYPE == T_Q8_0 ? 2 : 1); m++) {
-    const uint8_t* p = blk + 2 + 16 * m;  // quads' dwords 4m..4m+3 (Q4_0: its 16 qs bytes)
-    const __m512i x0 = rows4x128(p, rowBytes, 0), x1 = rows4x128(p, rowBytes, 1);
-    const __m512i x2 = rows4x128(p, rowBytes, 2), x3 = rows4x128(p, rowBytes, 3);
-    const __m512i t0 = _mm512_unpacklo_epi32(x0, x1), t1 = _mm512_unpackhi_epi32(x0, x1);
-    const __m512i t2 = _mm512_unpacklo_epi32(x2, x3), t3 = _mm512_unpackhi_epi32(x2, x3);
-    const __m512i v[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2), _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+    __m512i v[4];  // quads' dwords 4m..4m+3 (Q4_0: its 16 qs bytes)
+    rows16_dwords4(blk + 2 + 16 * m, rowBytes, v);
     for (int j = 0; j < 4; j++) {
       if (TYPE == T_Q8_0) {
         P.q[4 * m + j] = _mm512_xor_si512(v[j], _mm512_set1_epi8((char)0x80));
@@ -1169,7 +1179,7 @@ MOIRA_KERNEL void b32_panel_tokens(const B32PanelBlock* P, int nb, const uint8_t
 
 constexpr int PANEL_TILE = 4;
 
-// Rows [r0, r0 + 16) of a Q4_K, Q8_0 or Q4_0 matmul for every token: the rows' blocks re-laid once
+// Rows [r0, r0 + 16) of a Q4_K, Q5_K, Q8_0 or Q4_0 matmul for every token: the rows' blocks re-laid once
 // into a per-thread buffer, then tiles of PANEL_TILE tokens against it.
 template <typename Block, int PER, void (*Pack)(const uint8_t*, size_t, int, Block&),
           void (*Tile1)(const Block*, int, const uint8_t* const*, const ActLayout&, float* const*),
@@ -1207,7 +1217,8 @@ void panel(const MatmulArgs& a, int r0, int actKind) {
 
 void panel_rows(const MatmulArgs& a, int r0) {
   switch (a.type) {
-    case T_Q4_K: panel<Q4kPanelSb, 256, q4k_pack_sb, q4k_panel_tokens<1>, q4k_panel_tokens<2>, q4k_panel_tokens<3>, q4k_panel_tokens<4>>(a, r0, ACT_Q256); return;
+    case T_Q4_K: panel<Q4kPanelSb, 256, q45k_pack_sb<false>, q4k_panel_tokens<1>, q4k_panel_tokens<2>, q4k_panel_tokens<3>, q4k_panel_tokens<4>>(a, r0, ACT_Q256); return;
+    case T_Q5_K: panel<Q4kPanelSb, 256, q45k_pack_sb<true>, q4k_panel_tokens<1>, q4k_panel_tokens<2>, q4k_panel_tokens<3>, q4k_panel_tokens<4>>(a, r0, ACT_Q256); return;
     case T_Q8_0: panel<B32PanelBlock, 32, b32_pack_block<T_Q8_0>, b32_panel_tokens<T_Q8_0, 1>, b32_panel_tokens<T_Q8_0, 2>, b32_panel_tokens<T_Q8_0, 3>, b32_panel_tokens<T_Q8_0, 4>>(a, r0, ACT_Q32); return;
     default: panel<B32PanelBlock, 32, b32_pack_block<T_Q4_0>, b32_panel_tokens<T_Q4_0, 1>, b32_panel_tokens<T_Q4_0, 2>, b32_panel_tokens<T_Q4_0, 3>, b32_panel_tokens<T_Q4_0, 4>>(a, r0, ACT_Q32); return;
   }
@@ -1329,8 +1340,9 @@ size_t row_bytes(int type, int cols) {
 constexpr size_t PREFETCH_AHEAD = 2048;
 
 // Fewest tokens for which 16-row panels (re-laid weights, one vpdpbusd per 64 products) compute a
-// Q4_K matmul; both ways give the same bits. An OLMoE expert's gate (1024 x 2048), one thread:
-// 4 tokens 0.9-1.2x the row kernel's time, 8 tokens 0.7x, 16 0.5x, 64 0.36x.
+// Q4_K, Q5_K, Q8_0 or Q4_0 matmul; both ways give the same bits. An OLMoE expert's gate (1024 x
+// 2048, Q4_K), one thread: 4 tokens 0.9-1.2x the row kernel's time, 8 tokens 0.7x, 16 0.5x, 64
+// 0.36x; Q8_0 / Q4_0 at 5 tokens 0.66x.
 constexpr int PANEL_MIN_TOKENS = 5;
 #if defined(MOIRA_ZMM)
 constexpr int PANEL_ROWS = 16;
@@ -1343,7 +1355,7 @@ constexpr int PANEL_ROWS = 1;
 // measured: no faster, the int8 dot chain per token is the bound, not unpacking.)
 void matmul_rows_impl(const MatmulArgs& a, int r0, int r1) {
 #if defined(MOIRA_ZMM)
-  if ((a.type == T_Q4_K || a.type == T_Q8_0 || a.type == T_Q4_0) && a.nTok >= PANEL_MIN_TOKENS) {
+  if ((a.type == T_Q4_K || a.type == T_Q5_K || a.type == T_Q8_0 || a.type == T_Q4_0) && a.nTok >= PANEL_MIN_TOKENS) {
     // a panel's 16 rows are one contiguous run of bytes, read by gathers across its rows: ask for
     // the next panel's lines while this one computes (the first panel's, before it)
     const uint8_t* wend = a.w + (size_t)a.rows * a.rowBytes;

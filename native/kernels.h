@@ -96,7 +96,7 @@ struct KernelTable {
   void (*quantize_act)(int kind, const float* x, int cols, uint8_t* dst);
   // out rows [r0, r1) for every token
   void (*matmul_rows)(const MatmulArgs& a, int r0, int r1);
-  // rows a many-token matmul_rows computes together (its Q4_K panels): callers cut row ranges at
+  // rows a many-token matmul_rows computes together (its panels): callers cut row ranges at
   // multiples of it where they can; any cut gives the same bits
   int panel_rows;
   // dequantize one row of `cols` elements
