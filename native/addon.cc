@@ -120,6 +120,15 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
 Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), pool().size()); }
 
 // ---- ops ------------------------------------------------------------------------------------------
+// Rows per matmul_rows task. Decode (<= 4 tokens) wants >= 8 chunks per thread (balance) of at
+// most 256 KiB (a short tail when a thread is slowed), all threads streaming; prefill wants each
+// chunk's weights (<= 256 KiB) to stay in L2 while every token tile passes over them, in whole
+// panels (panelRows) where the rows allow.
+int row_chunk(int rows, size_t rb, int nTok, int threads, int panelRows) {
+  if (nTok <= 4) return (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + threads * 8 - 1) / (threads * 8)));
+  return (int)round_up(std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + threads - 1) / threads)), panelRows);
+}
+
 // matmul(type, w: Uint8Array, rows, cols, x: Float32Array, nTokens, out: Float32Array)
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -153,12 +162,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     else P.run(nTok, [&](int t, int) { K->quantize_act(kind, xs + (size_t)t * cols, cols, act + L.stride * t); });
     a.act = act; a.actStride = L.stride;
   }
-  // Row chunks: decode wants >= 8 chunks per thread (balance) of at most 256 KiB (a short tail when
-  // a thread is slowed), all threads streaming; prefill wants each chunk's weights (<= 256 KiB) to
-  // stay in L2 while every token tile passes over them.
-  int chunk;
-  if (nTok <= 4) chunk = (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + P.size() * 8 - 1) / (P.size() * 8)));
-  else chunk = (int)round_up(std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + P.size() - 1) / P.size())), K->panel_rows);
+  const int chunk = row_chunk(rows, rb, nTok, P.size(), K->panel_rows);
   const int nChunks = (rows + chunk - 1) / chunk;
   P.run(nChunks, [&](int c, int) { K->matmul_rows(a, c * chunk, std::min(rows, (c + 1) * chunk)); });
   return env.Undefined();
@@ -224,10 +228,7 @@ Napi::Value MatmulMany(const Napi::CallbackInfo& info) {
     MatmulArgs& a = mats[i];
     const int kind = K->act_kind(a.type);
     a.act = act[kind]; a.actStride = stride[kind];
-    const size_t rb = a.rowBytes;
-    int chunk;
-    if (nTok <= 4) chunk = (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(a.rows + P.size() * 8 - 1) / (P.size() * 8)));
-    else chunk = (int)round_up(std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(a.rows + P.size() - 1) / P.size())), K->panel_rows);
+    const int chunk = row_chunk(a.rows, a.rowBytes, nTok, P.size(), K->panel_rows);
     for (int r = 0; r < a.rows; r += chunk) chunks.push_back({i, r, std::min(a.rows, r + chunk)});
   }
   P.run((int)chunks.size(), [&](int c, int) { K->matmul_rows(mats[chunks[c].m], chunks[c].r0, chunks[c].r1); });

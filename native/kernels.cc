@@ -1356,15 +1356,16 @@ constexpr int PANEL_ROWS = 1;
 void matmul_rows_impl(const MatmulArgs& a, int r0, int r1) {
 #if defined(MOIRA_ZMM)
   if ((a.type == T_Q4_K || a.type == T_Q5_K || a.type == T_Q8_0 || a.type == T_Q4_0) && a.nTok >= PANEL_MIN_TOKENS) {
-    // a panel's 16 rows are one contiguous run of bytes, read by gathers across its rows: ask for
-    // the next panel's lines while this one computes (the first panel's, before it)
+    // a panel's rows are one contiguous run of bytes, which the re-lay reads 16 bytes of every row
+    // at a time (not in address order): ask for the next panel's lines while this one computes
+    // (the first panel's, before it)
     const uint8_t* wend = a.w + (size_t)a.rows * a.rowBytes;
     auto prefetch_panel = [&](int r) {
       const uint8_t* p = a.w + (size_t)r * a.rowBytes;
-      const uint8_t* e = p + 16 * a.rowBytes < wend ? p + 16 * a.rowBytes : wend;
+      const uint8_t* e = p + PANEL_ROWS * a.rowBytes < wend ? p + PANEL_ROWS * a.rowBytes : wend;
       for (; p < e; p += 64) __builtin_prefetch(p, 0, 3);
     };
-    if (r0 + 16 <= r1) prefetch_panel(r0);
+    if (r0 + PANEL_ROWS <= r1) prefetch_panel(r0);
     for (; r0 + PANEL_ROWS <= r1; r0 += PANEL_ROWS) {
       if (r0 + 2 * PANEL_ROWS <= r1) prefetch_panel(r0 + PANEL_ROWS);
       panel_rows(a, r0);
