@@ -230,7 +230,9 @@ void quantize_act_impl(int kind, const float* x, int cols, uint8_t* dst) {
   if (kind == ACT_Q256) {
     int32_t* s32 = (int32_t*)(dst + L.s32Off);
     int16_t* s32h = (int16_t*)(dst + L.s32hOff);
+    int16_t* s16h = (int16_t*)(dst + L.s16hOff);
     for (int j = 0; j < cols / 32; j++) s32h[j] = (int16_t)(s32[j] = s[2 * j] + s[2 * j + 1]);
+    for (int j = 0; j < cols / 16; j++) s16h[j] = (int16_t)s[j];
   }
 }
 
@@ -870,62 +872,169 @@ MOIRA_KERNEL void q4k_panel_tokens(const Q4kPanelSb* P, int nsb, const uint8_t* 
   for (int t = 0; t < TT; t++) _mm512_storeu_ps(out[t], _mm512_sub_ps(a[t], m[t]));
 }
 
-template <int NT>
-MOIRA_KERNEL void dot_q6_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
-  __m512 acc[NT];
-  const float* dy[NT];
-  const int32_t* sy[NT];
-  for (int t = 0; t < NT; t++) {
-    acc[t] = _mm512_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); sy[t] = (const int32_t*)(act[t] + L.sOff);
-  }
-  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-  // int16 lane i of a 64-element chunk covers elements 2i, 2i+1: scale index base + i/8
-  __m512i idx[4];
-  for (int c = 0; c < 4; c++) {
-    short v[32];
-    for (int i = 0; i < 32; i++) v[i] = (short)(4 * c + i / 8);
-    idx[c] = _mm512_loadu_si512((const void*)v);
-  }
-  const int nsb = cols / 256;
-  for (int sb = 0; sb < nsb; sb++) {
-    const uint8_t* blk = row + (size_t)sb * 210;
-    const float d = h2f(rd16(blk + 208));
-    const __m128i sc8 = _mm_loadu_si128((const __m128i*)(blk + 192));
-    const __m512i sc16 = _mm512_cvtepi8_epi16(_mm256_castsi128_si256(sc8));
-    const __m512i sc32 = _mm512_cvtepi8_epi32(sc8);
-    __m512i isum[NT];
-    for (int t = 0; t < NT; t++) {  // q6 is stored +32: start at -32 * sum_i sc_i * sum16_i(y)
-      const __m512i c = _mm512_mullo_epi32(sc32, _mm512_loadu_si512((const void*)(sy[t] + (size_t)sb * 16)));
-      isum[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(c, 5));
-    }
-    for (int n = 0; n < 2; n++) {
-      const __m512i l = _mm512_loadu_si512((const void*)(blk + 64 * n));
-      const __m256i h256 = _mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * n));
-      const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(h256), _mm256_srli_epi16(h256, 2), 1);
-      const __m512i wa = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
-      const __m512i wb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(h, m30));
-      const __m512i sa = _mm512_permutexvar_epi16(idx[2 * n], sc16), sbv = _mm512_permutexvar_epi16(idx[2 * n + 1], sc16);
-      for (int t = 0; t < NT; t++) {
-        const uint8_t* y = act[t] + (size_t)sb * 256 + 128 * n;
-        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(wa, _mm512_load_si512((const void*)y)), sa);
-        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(wb, _mm512_load_si512((const void*)(y + 64))), sbv);
-      }
-    }
-    for (int t = 0; t < NT; t++)
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(d * dy[t][sb]), acc[t]);
-  }
-  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
-}
-
-// Q2_K / Q3_K at 512 bits: group n's 32 bytes as [x | x >> 2] give elements 128n + 0..63 in bits
-// 0..1 of each byte and 128n + 64..127 in bits 4..5, so each zmm chunk is 64 elements in order with
-// the Q6_K chunk-to-scale mapping (int16 lane i of chunk c: scale 4c + i/8).
+// Q6_K, Q2_K and Q3_K at 512 bits take 64 elements in order per zmm chunk c, with one scale per 16:
+// int16 lane i of chunk c (elements 2i, 2i + 1) takes scale 4c + i/8. (Q2_K / Q3_K: group n's 32
+// bytes as [x | x >> 2] give elements 128n + 0..63 in bits 0..1 of each byte and 128n + 64..127 in
+// bits 4..5.)
 inline void k2_scale_idx(__m512i* idx) {
   for (int c = 0; c < 4; c++) {
     short v[32];
     for (int i = 0; i < 32; i++) v[i] = (short)(4 * c + i / 8);
     idx[c] = _mm512_loadu_si512((const void*)v);
   }
+}
+
+// Q6_K rows, every path (dot_q6_k_512 one row at a time, the panels 16 rows at a time) computes the
+// same bits: per super-block the exact integer S = sum_j sc_j (q.y)_j - 32 sum_j sc_j sum16_j(y)
+// (q stored + 32, 0..63; 16 sub-blocks of 16), then a_k = fma(float(S), d * dy, a_k) with k the
+// super-block's index mod 4, in super-block order, and (a_0 + a_2) + (a_1 + a_3). As for Q4_K, the
+// integer sums are exact in any order; four float accumulators let the row kernel take four
+// super-blocks in one fma.
+
+// One super-block's integer dot for NT tokens: isum[t]'s 16 lanes sum to S. idx: the chunk-to-scale
+// lane maps (int16 lane i of chunk c: scale 4c + i/8).
+template <int NT>
+inline void q6_k_isum(const uint8_t* blk, const uint8_t* const* act, const ActLayout& L, int sb, const __m512i* idx, __m512i* isum) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  const __m128i sc8 = _mm_loadu_si128((const __m128i*)(blk + 192));
+  const __m256i sc16h = _mm256_cvtepi8_epi16(sc8);
+  const __m512i sc16 = _mm512_castsi256_si512(sc16h);  // the permutes below read words 0..15 only
+  for (int t = 0; t < NT; t++) {  // start at -32 * sum_j sc_j * sum16_j(y), in lanes 0..7
+    const __m256i b = _mm256_madd_epi16(sc16h, _mm256_loadu_si256((const __m256i*)(act[t] + L.s16hOff + (size_t)sb * 32)));
+    isum[t] = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(b, 5)));
+  }
+  for (int n = 0; n < 2; n++) {
+    const __m512i l = _mm512_loadu_si512((const void*)(blk + 64 * n));
+    const __m256i h256 = _mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * n));
+    const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(h256), _mm256_srli_epi16(h256, 2), 1);
+    const __m512i wa = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
+    const __m512i wb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(h, m30));
+    const __m512i sa = _mm512_permutexvar_epi16(idx[2 * n], sc16), sbv = _mm512_permutexvar_epi16(idx[2 * n + 1], sc16);
+    for (int t = 0; t < NT; t++) {
+      const uint8_t* y = act[t] + (size_t)sb * 256 + 128 * n;
+      isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(wa, _mm512_load_si512((const void*)y)), sa);
+      isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(wb, _mm512_load_si512((const void*)(y + 64))), sbv);
+    }
+  }
+}
+
+// Four super-blocks per step share one reduction tree for their S and one fma.
+template <int NT>
+MOIRA_KERNEL void dot_q6_k_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
+  __m128 acc[NT];  // lane k: super-blocks k, k + 4, ...
+  const float* dy[NT];
+  for (int t = 0; t < NT; t++) { acc[t] = _mm_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); }
+  __m512i idx[4];
+  k2_scale_idx(idx);
+  const int nsb = cols / 256;
+  int sb = 0;
+  for (; sb + 4 <= nsb; sb += 4) {
+    const uint8_t* blk = row + (size_t)sb * 210;
+    __m512i is[4][NT];
+    for (int k = 0; k < 4; k++) q6_k_isum<NT>(blk + 210 * k, act, L, sb + k, idx, is[k]);
+    const __m128 d4 = _mm_cvtph_ps(_mm_setr_epi16((short)rd16(blk + 208), (short)rd16(blk + 418), (short)rd16(blk + 628), (short)rd16(blk + 838), 0, 0, 0, 0));
+    for (int t = 0; t < NT; t++) {
+      // int32 lane i of each 128-bit lane: block sb + i's partials, then the four 128-bit lanes summed
+      const __m512i a = _mm512_add_epi32(_mm512_unpacklo_epi32(is[0][t], is[1][t]), _mm512_unpackhi_epi32(is[0][t], is[1][t]));
+      const __m512i b = _mm512_add_epi32(_mm512_unpacklo_epi32(is[2][t], is[3][t]), _mm512_unpackhi_epi32(is[2][t], is[3][t]));
+      const __m512i c = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+      const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(c), _mm512_extracti64x4_epi64(c, 1));
+      const __m128i S = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+      acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(S), _mm_mul_ps(d4, _mm_loadu_ps(dy[t] + sb)), acc[t]);
+    }
+  }
+  for (; sb < nsb; sb++) {
+    const uint8_t* blk = row + (size_t)sb * 210;
+    const float d = h2f(rd16(blk + 208));
+    const __mmask8 lane = (__mmask8)(1 << (sb & 3));
+    __m512i isum[NT];
+    q6_k_isum<NT>(blk, act, L, sb, idx, isum);
+    for (int t = 0; t < NT; t++)
+      acc[t] = _mm_mask3_fmadd_ps(_mm_set1_ps((float)_mm512_reduce_add_epi32(isum[t])), _mm_set1_ps(d * dy[t][sb]), acc[t], lane);
+  }
+  for (int t = 0; t < NT; t++) {
+    const __m128 h = _mm_add_ps(acc[t], _mm_movehl_ps(acc[t], acc[t]));  // (a_0 + a_2), (a_1 + a_3)
+    res[t] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  }
+}
+
+// Q6_K for many tokens: Q4_K's panel scheme (int32 lane r: row r; one vpdpbusd, 64 products, per
+// quad of 4 weights), the weights re-laid as q + 32 (0..63) in element order. A sub-block's 4 quads
+// sum in int32 and one vpmulld applies its scale; -32 sum_j sc_j sum16_j(y) comes from vpdpwssd on
+// scale pairs.
+struct Q6kPanelSb {
+  __m512i q[64];   // quad i: elements 4i..4i+3 of each row (0..15)
+  __m512i sc[16];  // lane r: row r's scale of sub-block j (int32)
+  __m512i scp[8];  // lane r: row r's scales of sub-blocks 2p and 2p+1 as int16 halves
+  __m512 d;
+};
+
+// Re-lays super-block sb of Q6_K rows w[0..15] (rowBytes apart) into P. Element 128n + 32k + l
+// (k = 0..3, l = 0..31): low 4 bits in byte 64n + l (k = 0, 2) or 64n + 32 + l (k = 1, 3) of ql, the
+// low (k = 0, 1) or high (k = 2, 3) nibble; high 2 bits in bits 2k, 2k + 1 of qh byte 32n + l.
+inline void q6k_pack_sb(const uint8_t* w, size_t rowBytes, int sb, Q6kPanelSb& P) {
+  const uint8_t* b = w + (size_t)sb * 210;
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(0x03);
+  for (int n = 0; n < 2; n++) {
+    __m512i qh[8];  // qh dword e of half n: bytes 4e..4e+3
+    rows16_dwords4(b + 128 + 32 * n, rowBytes, qh);
+    rows16_dwords4(b + 128 + 32 * n + 16, rowBytes, qh + 4);
+    for (int g = 0; g < 4; g++) {
+      __m512i v[4];
+      rows16_dwords4(b + 64 * n + 16 * g, rowBytes, v);
+      for (int j = 0; j < 4; j++) {
+        const int c = 4 * g + j, e = c & 7, kl = c >> 3, kh = kl + 2;  // ql dword c of half n
+        const __m512i lo = _mm512_or_si512(_mm512_and_si512(v[j], m4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh[e], 2 * kl), m3), 4));
+        const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(v[j], 4), m4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh[e], 2 * kh), m3), 4));
+        P.q[32 * n + 8 * kl + e] = lo;
+        P.q[32 * n + 8 * kh + e] = hi;
+      }
+    }
+  }
+  __m512i s4[4];
+  rows16_dwords4(b + 192, rowBytes, s4);
+  for (int j = 0; j < 16; j++) P.sc[j] = _mm512_srai_epi32(_mm512_slli_epi32(s4[j / 4], 24 - 8 * (j % 4)), 24);
+  const __m512i lo16 = _mm512_set1_epi32(0xFFFF);
+  for (int p = 0; p < 8; p++) P.scp[p] = _mm512_or_si512(_mm512_and_si512(P.sc[2 * p], lo16), _mm512_slli_epi32(P.sc[2 * p + 1], 16));
+  uint16_t dh[16];
+  for (int r = 0; r < 16; r++) dh[r] = rd16(b + (size_t)r * rowBytes + 208);
+  P.d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)dh));
+}
+
+// TT tokens against a packed panel of nsb Q6_K super-blocks; out[t] gets the 16 rows' results.
+template <int TT>
+MOIRA_KERNEL void q6k_panel_tokens(const Q6kPanelSb* P, int nsb, const uint8_t* const* act, const ActLayout& L, float* const* out) {
+  __m512 a0[TT], a1[TT], a2[TT], a3[TT];  // super-blocks 0, 1, 2, 3 mod 4
+  for (int t = 0; t < TT; t++) { a0[t] = _mm512_setzero_ps(); a1[t] = a0[t]; a2[t] = a0[t]; a3[t] = a0[t]; }
+  for (int sb = 0; sb < nsb; sb++) {
+    const Q6kPanelSb& p = P[sb];
+    __m512i S[TT];
+    for (int t = 0; t < TT; t++) S[t] = _mm512_setzero_si512();
+    for (int j = 0; j < 16; j++) {
+      __m512i acc[TT];
+      for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_si512();
+      for (int i = 0; i < 4; i++) {
+        const __m512i w = p.q[4 * j + i];
+        for (int t = 0; t < TT; t++)
+          acc[t] = _mm512_dpbusd_epi32(acc[t], w, _mm512_set1_epi32((int)load_u32(act[t] + (size_t)sb * 256 + 16 * j + 4 * i)));
+      }
+      for (int t = 0; t < TT; t++) S[t] = _mm512_add_epi32(S[t], _mm512_mullo_epi32(acc[t], p.sc[j]));
+    }
+    for (int t = 0; t < TT; t++) {
+      const uint8_t* s16h = act[t] + L.s16hOff + (size_t)sb * 32;  // int16 pairs: sub-blocks 2p, 2p + 1
+      __m512i B = _mm512_setzero_si512();
+      for (int q = 0; q < 8; q++) B = _mm512_dpwssd_epi32(B, p.scp[q], _mm512_set1_epi32((int)load_u32(s16h + 4 * q)));
+      S[t] = _mm512_sub_epi32(S[t], _mm512_slli_epi32(B, 5));
+      const __m512 f = _mm512_cvtepi32_ps(S[t]), w = _mm512_mul_ps(p.d, _mm512_set1_ps(((const float*)(act[t] + L.dOff))[sb]));
+      switch (sb & 3) {
+        case 0: a0[t] = _mm512_fmadd_ps(f, w, a0[t]); break;
+        case 1: a1[t] = _mm512_fmadd_ps(f, w, a1[t]); break;
+        case 2: a2[t] = _mm512_fmadd_ps(f, w, a2[t]); break;
+        default: a3[t] = _mm512_fmadd_ps(f, w, a3[t]); break;
+      }
+    }
+  }
+  for (int t = 0; t < TT; t++) _mm512_storeu_ps(out[t], _mm512_add_ps(_mm512_add_ps(a0[t], a2[t]), _mm512_add_ps(a1[t], a3[t])));
 }
 
 template <int NT>
@@ -1179,7 +1288,7 @@ MOIRA_KERNEL void b32_panel_tokens(const B32PanelBlock* P, int nb, const uint8_t
 
 constexpr int PANEL_TILE = 4;
 
-// Rows [r0, r0 + 16) of a Q4_K, Q5_K, Q8_0 or Q4_0 matmul for every token: the rows' blocks re-laid once
+// Rows [r0, r0 + 16) of a Q4_K, Q5_K, Q6_K, Q8_0 or Q4_0 matmul for every token: the rows' blocks re-laid once
 // into a per-thread buffer, then tiles of PANEL_TILE tokens against it.
 template <typename Block, int PER, void (*Pack)(const uint8_t*, size_t, int, Block&),
           void (*Tile1)(const Block*, int, const uint8_t* const*, const ActLayout&, float* const*),
@@ -1219,6 +1328,7 @@ void panel_rows(const MatmulArgs& a, int r0) {
   switch (a.type) {
     case T_Q4_K: panel<Q4kPanelSb, 256, q45k_pack_sb<false>, q4k_panel_tokens<1>, q4k_panel_tokens<2>, q4k_panel_tokens<3>, q4k_panel_tokens<4>>(a, r0, ACT_Q256); return;
     case T_Q5_K: panel<Q4kPanelSb, 256, q45k_pack_sb<true>, q4k_panel_tokens<1>, q4k_panel_tokens<2>, q4k_panel_tokens<3>, q4k_panel_tokens<4>>(a, r0, ACT_Q256); return;
+    case T_Q6_K: panel<Q6kPanelSb, 256, q6k_pack_sb, q6k_panel_tokens<1>, q6k_panel_tokens<2>, q6k_panel_tokens<3>, q6k_panel_tokens<4>>(a, r0, ACT_Q256); return;
     case T_Q8_0: panel<B32PanelBlock, 32, b32_pack_block<T_Q8_0>, b32_panel_tokens<T_Q8_0, 1>, b32_panel_tokens<T_Q8_0, 2>, b32_panel_tokens<T_Q8_0, 3>, b32_panel_tokens<T_Q8_0, 4>>(a, r0, ACT_Q32); return;
     default: panel<B32PanelBlock, 32, b32_pack_block<T_Q4_0>, b32_panel_tokens<T_Q4_0, 1>, b32_panel_tokens<T_Q4_0, 2>, b32_panel_tokens<T_Q4_0, 3>, b32_panel_tokens<T_Q4_0, 4>>(a, r0, ACT_Q32); return;
   }
@@ -1340,9 +1450,11 @@ size_t row_bytes(int type, int cols) {
 constexpr size_t PREFETCH_AHEAD = 2048;
 
 // Fewest tokens for which 16-row panels (re-laid weights, one vpdpbusd per 64 products) compute a
-// Q4_K, Q5_K, Q8_0 or Q4_0 matmul; both ways give the same bits. An OLMoE expert's gate (1024 x
-// 2048, Q4_K), one thread: 4 tokens 0.9-1.2x the row kernel's time, 8 tokens 0.7x, 16 0.5x, 64
-// 0.36x; Q8_0 / Q4_0 at 5 tokens 0.66x.
+// Q4_K, Q5_K, Q6_K, Q8_0 or Q4_0 matmul; both ways give the same bits. An OLMoE expert's gate (1024
+// x 2048, Q4_K), one thread: 4 tokens 0.9-1.2x the row kernel's time, 8 tokens 0.7x, 16 0.5x, 64
+// 0.36x; Q8_0 / Q4_0 at 5 tokens 0.66x; Q6_K, an expert's down (2048 x 1024): 5 tokens 0.84-0.86x,
+// 8 0.79-0.80x, 32 0.53x (on 8192 x 2048, from RAM, the medians at 5-8 tokens moved between 0.75x
+// and 1.12x the row kernel's speed over repeated runs on a busy box; 1.65x at 64).
 constexpr int PANEL_MIN_TOKENS = 5;
 #if defined(MOIRA_ZMM)
 constexpr int PANEL_ROWS = 16;
@@ -1355,7 +1467,7 @@ constexpr int PANEL_ROWS = 1;
 // measured: no faster, the int8 dot chain per token is the bound, not unpacking.)
 void matmul_rows_impl(const MatmulArgs& a, int r0, int r1) {
 #if defined(MOIRA_ZMM)
-  if ((a.type == T_Q4_K || a.type == T_Q5_K || a.type == T_Q8_0 || a.type == T_Q4_0) && a.nTok >= PANEL_MIN_TOKENS) {
+  if ((a.type == T_Q4_K || a.type == T_Q5_K || a.type == T_Q6_K || a.type == T_Q8_0 || a.type == T_Q4_0) && a.nTok >= PANEL_MIN_TOKENS) {
     // a panel's rows are one contiguous run of bytes, which the re-lay reads 16 bytes of every row
     // at a time (not in address order): ask for the next panel's lines while this one computes
     // (the first panel's, before it)

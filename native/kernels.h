@@ -34,17 +34,18 @@ static inline size_t type_row_bytes(int type, int cols) {
 //   ACT_F32  : the f32 row itself (float weights)
 //   ACT_Q32  : int8 q[cols], float d[cols/32], int32 s[cols/32] (s = sum of q in the block)
 //   ACT_Q256 : int8 q[cols], float d[cols/256], int32 s[cols/16] (sums per 16), int32 s32[cols/32],
-//              int16 s32h[cols/32] (s32 again: sums of 32 int8 fit int16, for vpmaddwd / vpdpwssd)
+//              int16 s32h[cols/32] (s32 again: sums of 32 int8 fit int16, for vpmaddwd / vpdpwssd),
+//              int16 s16h[cols/16] (s again as int16, for the same)
 enum ActKind : int { ACT_F32 = 0, ACT_Q32 = 1, ACT_Q256 = 2 };
 
 struct ActLayout {
-  size_t dOff, sOff, s32Off, s32hOff, stride;  // byte offsets inside one token's record; stride is 64-aligned
+  size_t dOff, sOff, s32Off, s32hOff, s16hOff, stride;  // byte offsets inside one token's record; stride is 64-aligned
 };
 
 inline size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 inline ActLayout act_layout(int kind, int cols) {
-  ActLayout l{0, 0, 0, 0, 0};
+  ActLayout l{0, 0, 0, 0, 0, 0};
   if (kind == ACT_F32) { l.stride = round_up((size_t)cols * 4, 64); return l; }
   size_t nd = kind == ACT_Q32 ? cols / 32 : cols / 256;
   size_t ns = kind == ACT_Q32 ? cols / 32 : cols / 16;
@@ -52,7 +53,8 @@ inline ActLayout act_layout(int kind, int cols) {
   l.sOff = round_up(l.dOff + nd * 4, 64);
   l.s32Off = round_up(l.sOff + ns * 4, 64);
   l.s32hOff = round_up(l.s32Off + (kind == ACT_Q256 ? cols / 32 * 4 : 0), 64);
-  l.stride = round_up(l.s32hOff + (kind == ACT_Q256 ? cols / 32 * 2 : 0), 64);
+  l.s16hOff = round_up(l.s32hOff + (kind == ACT_Q256 ? cols / 32 * 2 : 0), 64);
+  l.stride = round_up(l.s16hOff + (kind == ACT_Q256 ? cols / 16 * 2 : 0), 64);
   return l;
 }
 

@@ -64,11 +64,11 @@ test("matmulMany = separate matmuls, bit for bit (native: every ISA, 1 and 2 thr
   }
 });
 
-test("a batch's rows are the one-token matmul's bits (native: every ISA, 1 and 2 threads; Q4_K / Q5_K's 16-row panels from 5 tokens on; Q8_0 / Q4_0 groups of 16 blocks and a tail)", () => {
+test("a batch's rows are the one-token matmul's bits (native: every ISA, 1 and 2 threads; Q4_K / Q5_K / Q6_K's 16-row panels from 5 tokens on; Q8_0 / Q4_0 groups of 16 blocks and a tail)", () => {
   const r = new Rng(78);
   const startIsa = addon.isa(), startThreads = nat.threads;
   try {
-    for (const [type, rows, cols] of [[GGMLType.Q4_K, 67, 512], [GGMLType.Q4_K, 48, 1280], [GGMLType.Q5_K, 35, 1280], [GGMLType.Q6_K, 35, 512], [GGMLType.Q8_0, 19, 768], [GGMLType.Q4_0, 21, 1408]] as const) {
+    for (const [type, rows, cols] of [[GGMLType.Q4_K, 67, 512], [GGMLType.Q4_K, 48, 1280], [GGMLType.Q5_K, 35, 1280], [GGMLType.Q6_K, 35, 512], [GGMLType.Q6_K, 35, 1536], [GGMLType.Q8_0, 19, 768], [GGMLType.Q4_0, 21, 1408]] as const) {
       const w = weight(type, rows, cols, r);
       for (const nTok of [2, 3, 4, 5, 7, 8, 9, 13, 33]) {
         const x = new Float32Array(nTok * cols).map(() => (r.next() * 2 - 1) * (1 + 30 * r.next()));
