@@ -841,6 +841,32 @@ inline void q45k_pack_sb(const uint8_t* w, size_t rowBytes, int sb, Q4kPanelSb& 
   }
 }
 
+// A panel's integer sums for one super-block of TT tokens: S[t] = sum_j sc[j] * (sum of QUADS quads
+// of sub-block j), quad i of sub-block j being q[QUADS * j + i] against the token's 4 activations at
+// 4 (QUADS * j + i) (int32 lane r: row r).
+template <int TT, int NSUB, int QUADS>
+inline void panel_scaled_sums(const __m512i* q, const __m512i* sc, const uint8_t* const* act, int sb, __m512i* S) {
+  for (int t = 0; t < TT; t++) S[t] = _mm512_setzero_si512();
+  for (int j = 0; j < NSUB; j++) {
+    __m512i acc[TT];
+    for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_si512();
+    for (int i = 0; i < QUADS; i++) {
+      const __m512i w = q[QUADS * j + i];
+      for (int t = 0; t < TT; t++)
+        acc[t] = _mm512_dpbusd_epi32(acc[t], w, _mm512_set1_epi32((int)load_u32(act[t] + (size_t)sb * 256 + 4 * (QUADS * j + i))));
+    }
+    for (int t = 0; t < TT; t++) S[t] = _mm512_add_epi32(S[t], _mm512_mullo_epi32(acc[t], sc[j]));
+  }
+}
+
+// sum_p pairs[p] . (int16 pair p at sums), per int32 lane: N vpdpwssd against broadcast pairs
+template <int N>
+inline __m512i panel_pair_dot(const __m512i* pairs, const uint8_t* sums) {
+  __m512i v = _mm512_setzero_si512();
+  for (int p = 0; p < N; p++) v = _mm512_dpwssd_epi32(v, pairs[p], _mm512_set1_epi32((int)load_u32(sums + 4 * p)));
+  return v;
+}
+
 // TT tokens against a packed panel of nsb super-blocks; out[t] gets the 16 rows' results.
 template <int TT>
 MOIRA_KERNEL void q4k_panel_tokens(const Q4kPanelSb* P, int nsb, const uint8_t* const* act, const ActLayout& L, float* const* out) {
@@ -849,21 +875,10 @@ MOIRA_KERNEL void q4k_panel_tokens(const Q4kPanelSb* P, int nsb, const uint8_t* 
   for (int sb = 0; sb < nsb; sb++) {
     const Q4kPanelSb& p = P[sb];
     __m512i S[TT];
-    for (int t = 0; t < TT; t++) S[t] = _mm512_setzero_si512();
-    for (int j = 0; j < 8; j++) {
-      __m512i acc[TT];
-      for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_si512();
-      for (int i = 0; i < 8; i++) {
-        const __m512i w = p.q[8 * j + i];
-        for (int t = 0; t < TT; t++)
-          acc[t] = _mm512_dpbusd_epi32(acc[t], w, _mm512_set1_epi32((int)load_u32(act[t] + (size_t)sb * 256 + 32 * j + 4 * i)));
-      }
-      for (int t = 0; t < TT; t++) S[t] = _mm512_add_epi32(S[t], _mm512_mullo_epi32(acc[t], p.sc[j]));
-    }
+    panel_scaled_sums<TT, 8, 8>(p.q, p.sc, act, sb, S);
     for (int t = 0; t < TT; t++) {
-      const uint8_t* s32h = act[t] + L.s32hOff + (size_t)sb * 16;  // int16 pairs: sub-blocks 2q, 2q + 1
-      __m512i M = _mm512_setzero_si512();
-      for (int q = 0; q < 4; q++) M = _mm512_dpwssd_epi32(M, p.mn[q], _mm512_set1_epi32((int)load_u32(s32h + 4 * q)));
+      // the mins against the sums per 32 (int16 pairs: sub-blocks 2q, 2q + 1)
+      const __m512i M = panel_pair_dot<4>(p.mn, act[t] + L.s32hOff + (size_t)sb * 16);
       const __m512 dd = _mm512_set1_ps(((const float*)(act[t] + L.dOff))[sb]);
       a[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[t]), _mm512_mul_ps(p.d, dd), a[t]);
       m[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), _mm512_mul_ps(p.dmin, dd), m[t]);
@@ -1009,21 +1024,10 @@ MOIRA_KERNEL void q6k_panel_tokens(const Q6kPanelSb* P, int nsb, const uint8_t* 
   for (int sb = 0; sb < nsb; sb++) {
     const Q6kPanelSb& p = P[sb];
     __m512i S[TT];
-    for (int t = 0; t < TT; t++) S[t] = _mm512_setzero_si512();
-    for (int j = 0; j < 16; j++) {
-      __m512i acc[TT];
-      for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_si512();
-      for (int i = 0; i < 4; i++) {
-        const __m512i w = p.q[4 * j + i];
-        for (int t = 0; t < TT; t++)
-          acc[t] = _mm512_dpbusd_epi32(acc[t], w, _mm512_set1_epi32((int)load_u32(act[t] + (size_t)sb * 256 + 16 * j + 4 * i)));
-      }
-      for (int t = 0; t < TT; t++) S[t] = _mm512_add_epi32(S[t], _mm512_mullo_epi32(acc[t], p.sc[j]));
-    }
+    panel_scaled_sums<TT, 16, 4>(p.q, p.sc, act, sb, S);
     for (int t = 0; t < TT; t++) {
-      const uint8_t* s16h = act[t] + L.s16hOff + (size_t)sb * 32;  // int16 pairs: sub-blocks 2p, 2p + 1
-      __m512i B = _mm512_setzero_si512();
-      for (int q = 0; q < 8; q++) B = _mm512_dpwssd_epi32(B, p.scp[q], _mm512_set1_epi32((int)load_u32(s16h + 4 * q)));
+      // - 32 sum_j sc_j sum16_j(y), the sums per 16 as int16 pairs (sub-blocks 2p, 2p + 1)
+      const __m512i B = panel_pair_dot<8>(p.scp, act[t] + L.s16hOff + (size_t)sb * 32);
       S[t] = _mm512_sub_epi32(S[t], _mm512_slli_epi32(B, 5));
       const __m512 f = _mm512_cvtepi32_ps(S[t]), w = _mm512_mul_ps(p.d, _mm512_set1_ps(((const float*)(act[t] + L.dOff))[sb]));
       switch (sb & 3) {
