@@ -1130,11 +1130,12 @@ MOIRA_KERNEL void dot_q3_k_512(const uint8_t* row, int cols, const uint8_t* cons
   for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
 }
 
-// Q8_0 and Q4_0 rows (blocks of 32, an f16 scale each): per block the exact integer S_b = q.y
-// (Q4_0: (q - 8).y = q.y - 8 sum(y)); lane b % 16 of a 16-float accumulator takes
-// fma(float(S_b), dw_b * dy_b, lane) in block order, and the row's result is sum16_tree of the
-// lanes. Sixteen blocks a step: two per zmm of vpdpbusd partials (8 lanes each), one reduction
-// tree to 16 sums, one gather of the 16 scales.
+// Q8_0, Q4_0 and MXFP4 rows (blocks of 32 with one scale: f16, or MXFP4's E8M0 byte): per block the
+// exact integer S_b = q.y (Q4_0: (q - 8).y = q.y - 8 sum(y); MXFP4: kvalues_mxfp4[q].y); lane b % 16
+// of a 16-float accumulator takes fma(float(S_b), dw_b * dy_b, lane) in block order, and the row's
+// result is sum16_tree of the lanes. Sixteen blocks a step: two per zmm of vpdpbusd partials (8
+// lanes each), one reduction tree to 16 sums, one gather of the 16 scales; what is left of the row
+// four blocks a step, then one.
 inline float sum16_tree(__m512 v) {  // lanes i + (i + 8), then + 4, + 2, + 1
   const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
@@ -1142,7 +1143,20 @@ inline float sum16_tree(__m512 v) {  // lanes i + (i + 8), then + 4, + 2, + 1
   return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
 
-template <int TYPE> constexpr int b32_bytes() { return TYPE == T_Q8_0 ? 34 : 18; }
+template <int TYPE> constexpr int b32_bytes() { return TYPE == T_Q8_0 ? 34 : TYPE == T_Q4_0 ? 18 : 17; }
+template <int TYPE> constexpr int b32_head() { return TYPE == T_MXFP4 ? 1 : 2; }  // bytes before the quants
+
+// The 16 blocks' scales from a 32-bit gather at each block's start: f16, or E8M0 as e8m0_half
+template <int TYPE>
+inline __m512 b32_scales(__m512i g) {
+  if (TYPE != T_MXFP4) return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+  // 2^(e - 128), the subnormals 2^-128 and 2^-127 included (exact: a power of two times 1)
+  const __m512i e = _mm512_and_si512(g, _mm512_set1_epi32(0xFF));
+  return _mm512_scalef_ps(_mm512_set1_ps(1.0f), _mm512_cvtepi32_ps(_mm512_sub_epi32(e, _mm512_set1_epi32(128))));
+}
+
+// |kvalues_mxfp4| by code, for vpshufb
+alignas(16) const int8_t kAbsMxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12};
 
 // Blocks b, b + 1 (at blk) as vpdpbusd's unsigned operand: Q4_0's nibbles in element order
 // ([lo | hi] per block), Q8_0's |q| (neg: the lanes whose q < 0, to negate y there).
@@ -1160,9 +1174,73 @@ inline __m512i b32_pair(const uint8_t* blk, __mmask64& neg) {
   return _mm512_and_si512(_mm512_srlv_epi64(x, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4)), _mm512_set1_epi8(0x0F));
 }
 
+// MXFP4 blocks b..b+3 (68 bytes at blk) against NT tokens: p[t]'s 128-bit lane k gets block b + k's
+// 4 partial sums (the form b32_fold gives the other types):
+// - codes: two loads (at +1 and +4, so that each block's 16 code bytes start on an even byte of one
+//   of them) and a word permute give [qs0 | qs1 | qs2 | qs3]; low nibbles are elements 0..15 of
+//   each block, high nibbles 16..31;
+// - weights: vpshufb through |kvalues_mxfp4| gives |w|, bit 3 of the code its sign, applied to y
+//   (|w| x (y signed by w), as Q8_0); the activations of the four blocks are regrouped to match
+//   (low halves of the four blocks, then high halves).
+template <int NT>
+inline void mxfp4_quad(const uint8_t* blk, const uint8_t* const* act, int b, __m512i* p) {
+  // 16-bit word indices into A = the 64 bytes at +1 (0..31: qs0 is words 0..7, qs2 words 17..24) and
+  // B = the 64 bytes at +4 (32..63: qs1 is words 7..14, qs3 words 24..31)
+  const __m512i qidx = _mm512_setr_epi32(0x00010000, 0x00030002, 0x00050004, 0x00070006, 0x00280027, 0x002A0029, 0x002C002B, 0x002E002D,
+                                         0x00120011, 0x00140013, 0x00160015, 0x00180017, 0x00390038, 0x003B003A, 0x003D003C, 0x003F003E);
+  const __m512i kv = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i*)kAbsMxfp4)), m4 = _mm512_set1_epi8(0x0F);
+  const __m512i q = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void*)(blk + 1)), qidx, _mm512_loadu_si512((const void*)(blk + 4)));
+  const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+  const __m512i alo = _mm512_shuffle_epi8(kv, lo), ahi = _mm512_shuffle_epi8(kv, hi);
+  const __mmask64 nlo = _mm512_test_epi8_mask(q, _mm512_set1_epi8(0x08)), nhi = _mm512_test_epi8_mask(q, _mm512_set1_epi8((char)0x80));
+  for (int t = 0; t < NT; t++) {
+    const uint8_t* y = act[t] + 32 * (size_t)b;
+    const __m512i y0 = _mm512_load_si512((const void*)y), y1 = _mm512_load_si512((const void*)(y + 64));
+    __m512i ylo = _mm512_shuffle_i64x2(y0, y1, _MM_SHUFFLE(2, 0, 2, 0)), yhi = _mm512_shuffle_i64x2(y0, y1, _MM_SHUFFLE(3, 1, 3, 1));
+    ylo = _mm512_mask_sub_epi8(ylo, nlo, _mm512_setzero_si512(), ylo);
+    yhi = _mm512_mask_sub_epi8(yhi, nhi, _mm512_setzero_si512(), yhi);
+    p[t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), alo, ylo), ahi, yhi);
+  }
+}
+
 // quarters [z0.Q0 + z0.Q1, z0.Q2 + z0.Q3, z1.Q0 + z1.Q1, z1.Q2 + z1.Q3]: 4 blocks x 4 partials
 inline __m512i b32_fold(__m512i z0, __m512i z1) {
   return _mm512_add_epi32(_mm512_shuffle_i64x2(z0, z1, 0x88), _mm512_shuffle_i64x2(z0, z1, 0xDD));
+}
+
+// The E8M0 bytes of 16 MXFP4 blocks at g, int32 lane j holding block j's: e_k of the 4 blocks at
+// g + 68q is byte k of 128-bit lane k of the 64 bytes there; vpshufb moves it to dword q of lane k,
+// and the tree's unperm takes dword 4k + q to lane 4q + k.
+// (kMxfp4ExpIdx[q]: byte 4q of lane k <- byte k, the rest zero)
+alignas(64) const int8_t kMxfp4ExpIdx[4][64] = {
+  {0, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 1, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 2, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 3, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128},
+  {-128, -128, -128, -128, 0, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 1, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 2, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 3, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128},
+  {-128, -128, -128, -128, -128, -128, -128, -128, 0, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 1, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 2, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 3, -128, -128, -128, -128, -128, -128, -128},
+  {-128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 0, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 1, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 2, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, 3, -128, -128, -128},
+};
+inline __m512i mxfp4_exps16(const uint8_t* g, __m512i unperm) {
+  __m512i e = _mm512_setzero_si512();
+  for (int q = 0; q < 4; q++)
+    e = _mm512_or_si512(e, _mm512_shuffle_epi8(_mm512_loadu_si512((const void*)(g + 68 * q)), _mm512_load_si512((const void*)kMxfp4ExpIdx[q])));
+  return _mm512_permutexvar_epi32(unperm, e);
+}
+
+// Blocks b..b+3 (at blk) against NT tokens: u[t]'s 128-bit lane k gets block b + k's 4 partial sums
+template <int NT, int TYPE>
+inline void b32_quad(const uint8_t* blk, const uint8_t* const* act, int b, __m512i* u) {
+  if (TYPE == T_MXFP4) { mxfp4_quad<NT>(blk, act, b, u); return; }
+  constexpr int BB = b32_bytes<TYPE>();
+  __m512i z[2][NT];
+  for (int h = 0; h < 2; h++) {
+    __mmask64 neg;
+    const __m512i w = b32_pair<TYPE>(blk + (size_t)(2 * h) * BB, neg);
+    for (int t = 0; t < NT; t++) {
+      __m512i y = _mm512_load_si512((const void*)(act[t] + 32 * (size_t)(b + 2 * h)));
+      if (TYPE == T_Q8_0) y = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
+      z[h][t] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, y);
+    }
+  }
+  for (int t = 0; t < NT; t++) u[t] = b32_fold(z[0][t], z[1][t]);
 }
 
 template <int NT, int TYPE>
@@ -1182,20 +1260,8 @@ MOIRA_KERNEL void dot_b32_512(const uint8_t* row, int cols, const uint8_t* const
   for (; b + 16 <= nb; b += 16) {
     const uint8_t* g = row + (size_t)b * BB;
     __m512i u[4][NT];
-    for (int q = 0; q < 4; q++) {  // blocks 4q .. 4q + 3 of the group
-      __m512i z[2][NT];
-      for (int h = 0; h < 2; h++) {
-        __mmask64 neg;
-        const __m512i w = b32_pair<TYPE>(g + (size_t)(4 * q + 2 * h) * BB, neg);
-        for (int t = 0; t < NT; t++) {
-          __m512i y = _mm512_load_si512((const void*)(act[t] + 32 * (size_t)(b + 4 * q + 2 * h)));
-          if (TYPE == T_Q8_0) y = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-          z[h][t] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, y);
-        }
-      }
-      for (int t = 0; t < NT; t++) u[q][t] = b32_fold(z[0][t], z[1][t]);
-    }
-    const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(didx, (const void*)g, 1)));
+    for (int q = 0; q < 4; q++) b32_quad<NT, TYPE>(g + (size_t)(4 * q) * BB, act, b + 4 * q, u[q]);  // blocks 4q .. 4q + 3 of the group
+    const __m512 dw = b32_scales<TYPE>(TYPE == T_MXFP4 ? mxfp4_exps16(g, unperm) : _mm512_i32gather_epi32(didx, (const void*)g, 1));
     for (int t = 0; t < NT; t++) {
       // quarter L of u[q] holds block 4q + L's 4 partials: transpose-add to one sum per block
       const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(u[0][t], u[1][t]), _mm512_unpackhi_epi32(u[0][t], u[1][t]));
@@ -1205,21 +1271,47 @@ MOIRA_KERNEL void dot_b32_512(const uint8_t* row, int cols, const uint8_t* const
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), _mm512_mul_ps(dw, _mm512_loadu_ps(dy[t] + b)), acc[t]);
     }
   }
-  for (; b < nb; b++) {  // the last nb % 16 blocks one at a time, each into its lane
+  // then four blocks a step, into lanes b % 16 .. b % 16 + 3 (b is a multiple of 4 here)
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (; b + 4 <= nb; b += 4) {
     const uint8_t* blk = row + (size_t)b * BB;
-    const float dw = h2f(rd16(blk));
+    __m512i u[NT];
+    b32_quad<NT, TYPE>(blk, act, b, u);
+    const __m128 dw4 = TYPE == T_MXFP4
+        ? _mm_setr_ps(e8m0_half(blk[0]), e8m0_half(blk[BB]), e8m0_half(blk[2 * BB]), e8m0_half(blk[3 * BB]))
+        : _mm_cvtph_ps(_mm_setr_epi16((short)rd16(blk), (short)rd16(blk + BB), (short)rd16(blk + 2 * BB), (short)rd16(blk + 3 * BB), 0, 0, 0, 0));
+    const int base = b % 16;
+    const __mmask16 lanes = (__mmask16)(0xFu << base);
+    const __m512i rot = _mm512_and_si512(_mm512_sub_epi32(iota, _mm512_set1_epi32(base)), _mm512_set1_epi32(15));  // lane j <- element j - base
+    const __m512i pick = _mm512_slli_epi32(_mm512_and_si512(rot, _mm512_set1_epi32(3)), 2);  // lane j <- lane 4 (j - base) of a 4 x 4 layout
+    for (int t = 0; t < NT; t++) {
+      __m512i v = _mm512_add_epi32(u[t], _mm512_shuffle_epi32(u[t], (_MM_PERM_ENUM)_MM_SHUFFLE(2, 3, 0, 1)));
+      v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)_MM_SHUFFLE(1, 0, 3, 2)));  // lane k: S of block b + k, 4 times
+      __m512i S = _mm512_permutexvar_epi32(pick, v);
+      if (TYPE == T_Q4_0) S = _mm512_sub_epi32(S, _mm512_slli_epi32(_mm512_permutexvar_epi32(rot, _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)(sy[t] + b)))), 3));
+      const __m512 w = _mm512_permutexvar_ps(rot, _mm512_castps128_ps512(_mm_mul_ps(dw4, _mm_loadu_ps(dy[t] + b))));
+      acc[t] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(S), w, acc[t], lanes);
+    }
+  }
+  for (; b < nb; b++) {  // the last nb % 4 blocks one at a time, each into its lane
+    const uint8_t* blk = row + (size_t)b * BB;
+    const float dw = TYPE == T_MXFP4 ? e8m0_half(blk[0]) : h2f(rd16(blk));
     __m256i w, sgn;
     if (TYPE == T_Q8_0) {
       sgn = _mm256_loadu_si256((const __m256i*)(blk + 2));
       w = _mm256_abs_epi8(sgn);
     } else {
-      const __m128i x = _mm_loadu_si128((const __m128i*)(blk + 2));
+      const __m128i x = _mm_loadu_si128((const __m128i*)(blk + b32_head<TYPE>()));
       w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(0x0F));
+      if (TYPE == T_MXFP4) {  // the codes' values, signed
+        sgn = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kKvaluesMxfp4)), w);
+        w = _mm256_abs_epi8(sgn);
+      }
     }
     const __mmask16 lane = (__mmask16)(1u << (b % 16));
     for (int t = 0; t < NT; t++) {
       __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
-      if (TYPE == T_Q8_0) y = _mm256_sign_epi8(y, sgn);
+      if (TYPE != T_Q4_0) y = _mm256_sign_epi8(y, sgn);
       const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, y);
       const __m128i p4 = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
       const __m128i p2 = _mm_add_epi32(p4, _mm_unpackhi_epi64(p4, p4));
@@ -1231,10 +1323,11 @@ MOIRA_KERNEL void dot_b32_512(const uint8_t* row, int cols, const uint8_t* const
   for (int t = 0; t < NT; t++) res[t] = sum16_tree(acc[t]);
 }
 
-// Q8_0 / Q4_0 for many tokens: 16 rows at a time (int32 lane r: row r), each block re-laid as 8
-// quads of vpdpbusd's unsigned operand (Q4_0's nibbles; Q8_0's q + 128), so one block of one token
-// is 8 vpdpbusd; then S = D - k sum(y) (k = 8: Q4_0's offset; 128: the + 128) and dot_b32_512's
-// float steps, lane b % 16 of 16 accumulators per token, and its sum16_tree across them.
+// Q8_0 / Q4_0 / MXFP4 for many tokens: 16 rows at a time (int32 lane r: row r), each block re-laid
+// as 8 quads of vpdpbusd's unsigned operand (Q4_0's nibbles; Q8_0's q + 128; MXFP4's
+// kvalues_mxfp4[q] + 12), so one block of one token is 8 vpdpbusd; then S = D - k sum(y) (k = 8:
+// Q4_0's offset; 128, 12: the added ones) and dot_b32_512's float steps, lane b % 16 of 16
+// accumulators per token, and its sum16_tree across them.
 struct B32PanelBlock {
   __m512i q[8];
   __m512 d;
@@ -1245,24 +1338,30 @@ inline void b32_pack_block(const uint8_t* w, size_t rowBytes, int b, B32PanelBlo
   constexpr int BB = b32_bytes<TYPE>();
   const uint8_t* blk = w + (size_t)b * BB;
   for (int m = 0; m < (TYPE == T_Q8_0 ? 2 : 1); m++) {
-    __m512i v[4];  // quads' dwords 4m..4m+3 (Q4_0: its 16 qs bytes)
-    rows16_dwords4(blk + 2 + 16 * m, rowBytes, v);
+    __m512i v[4];  // quads' dwords 4m..4m+3 (Q4_0, MXFP4: its 16 qs bytes)
+    rows16_dwords4(blk + b32_head<TYPE>() + 16 * m, rowBytes, v);
     for (int j = 0; j < 4; j++) {
       if (TYPE == T_Q8_0) {
         P.q[4 * m + j] = _mm512_xor_si512(v[j], _mm512_set1_epi8((char)0x80));
       } else {  // elements 4j..4j+3: low nibbles of dword j; 16 + 4j..: its high nibbles
         P.q[j] = _mm512_and_si512(v[j], _mm512_set1_epi8(0x0F));
         P.q[4 + j] = _mm512_and_si512(_mm512_srli_epi32(v[j], 4), _mm512_set1_epi8(0x0F));
+        if (TYPE == T_MXFP4) {  // kvalues_mxfp4 + 12
+          alignas(16) static const int8_t kPlus12[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+          const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i*)kPlus12));
+          P.q[j] = _mm512_shuffle_epi8(lut, P.q[j]);
+          P.q[4 + j] = _mm512_shuffle_epi8(lut, P.q[4 + j]);
+        }
       }
     }
   }
   const __m512i ridx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)rowBytes));
-  P.d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(ridx, (const void*)blk, 1)));
+  P.d = b32_scales<TYPE>(_mm512_i32gather_epi32(ridx, (const void*)blk, 1));
 }
 
 template <int TYPE, int TT>
 MOIRA_KERNEL void b32_panel_tokens(const B32PanelBlock* P, int nb, const uint8_t* const* act, const ActLayout& L, float* const* out) {
-  constexpr int K = TYPE == T_Q8_0 ? 7 : 3;
+  constexpr int32_t OFF = TYPE == T_Q8_0 ? 128 : TYPE == T_Q4_0 ? 8 : 12;  // what the re-lay added to each weight
   alignas(64) float acc[TT][16][16];
   for (int t = 0; t < TT; t++) for (int j = 0; j < 16; j++) _mm512_store_ps(acc[t][j], _mm512_setzero_ps());
   for (int b = 0; b < nb; b++) {
@@ -1275,7 +1374,7 @@ MOIRA_KERNEL void b32_panel_tokens(const B32PanelBlock* P, int nb, const uint8_t
         d1 = _mm512_dpbusd_epi32(d1, p.q[4 + i], _mm512_set1_epi32((int)load_u32(y + 16 + 4 * i)));
       }
       const int32_t s = ((const int32_t*)(act[t] + L.sOff))[b];
-      const __m512i S = _mm512_sub_epi32(_mm512_add_epi32(d0, d1), _mm512_set1_epi32((int32_t)((uint32_t)s << K)));
+      const __m512i S = _mm512_sub_epi32(_mm512_add_epi32(d0, d1), _mm512_set1_epi32(s * OFF));
       float* a = acc[t][b & 15];
       const __m512 w = _mm512_mul_ps(p.d, _mm512_set1_ps(((const float*)(act[t] + L.dOff))[b]));
       _mm512_store_ps(a, _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), w, _mm512_load_ps(a)));
@@ -1334,74 +1433,11 @@ void panel_rows(const MatmulArgs& a, int r0) {
     case T_Q5_K: panel<Q4kPanelSb, 256, q45k_pack_sb<true>, q4k_panel_tokens<1>, q4k_panel_tokens<2>, q4k_panel_tokens<3>, q4k_panel_tokens<4>>(a, r0, ACT_Q256); return;
     case T_Q6_K: panel<Q6kPanelSb, 256, q6k_pack_sb, q6k_panel_tokens<1>, q6k_panel_tokens<2>, q6k_panel_tokens<3>, q6k_panel_tokens<4>>(a, r0, ACT_Q256); return;
     case T_Q8_0: panel<B32PanelBlock, 32, b32_pack_block<T_Q8_0>, b32_panel_tokens<T_Q8_0, 1>, b32_panel_tokens<T_Q8_0, 2>, b32_panel_tokens<T_Q8_0, 3>, b32_panel_tokens<T_Q8_0, 4>>(a, r0, ACT_Q32); return;
+    case T_MXFP4: panel<B32PanelBlock, 32, b32_pack_block<T_MXFP4>, b32_panel_tokens<T_MXFP4, 1>, b32_panel_tokens<T_MXFP4, 2>, b32_panel_tokens<T_MXFP4, 3>, b32_panel_tokens<T_MXFP4, 4>>(a, r0, ACT_Q32); return;
     default: panel<B32PanelBlock, 32, b32_pack_block<T_Q4_0>, b32_panel_tokens<T_Q4_0, 1>, b32_panel_tokens<T_Q4_0, 2>, b32_panel_tokens<T_Q4_0, 3>, b32_panel_tokens<T_Q4_0, 4>>(a, r0, ACT_Q32); return;
   }
 }
 
-// MXFP4, four blocks (128 elements, 68 bytes) per step, one 128-bit lane per block:
-// - codes: two loads (at +1 and +4, so that each block's 16 code bytes start on an even byte of one
-//   of them) and a word permute give [qs0 | qs1 | qs2 | qs3]; low nibbles are elements 0..15 of
-//   each block, high nibbles 16..31;
-// - exponents: e_k is byte k of lane k of the 64 bytes at the block start; vpshufb spreads it over
-//   the lane's four int32, which is where that block's four partial sums land;
-// - weights: vpshufb through |kvalues_mxfp4| gives |w|, bit 3 of the code its sign, applied to y
-//   (|w| x (y signed by w), as Q8_0); the activations of the four blocks are regrouped to match
-//   (low halves of the four blocks, then high halves);
-// - scale: dy * 2^(e-128) by vscalefps, exact like the product with the power of two.
-template <int NT>
-MOIRA_KERNEL void dot_mxfp4_512(const uint8_t* row, int cols, const uint8_t* const* act, const ActLayout& L, float* res) {
-  __m512 acc[NT];
-  const float* dy[NT];
-  for (int t = 0; t < NT; t++) { acc[t] = _mm512_setzero_ps(); dy[t] = (const float*)(act[t] + L.dOff); }
-  alignas(64) static const int8_t kAbs[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12};
-  const __m512i kv = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i*)kAbs));
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
-  // 16-bit word indices into A = the 64 bytes at +1 (0..31: qs0 is words 0..7, qs2 words 17..24) and
-  // B = the 64 bytes at +4 (32..63: qs1 is words 7..14, qs3 words 24..31)
-  const __m512i qidx = _mm512_setr_epi32(0x00010000, 0x00030002, 0x00050004, 0x00070006, 0x00280027, 0x002A0029, 0x002C002B, 0x002E002D,
-                                         0x00120011, 0x00140013, 0x00160015, 0x00180017, 0x00390038, 0x003B003A, 0x003D003C, 0x003F003E);
-  const __m512i eidx = _mm512_setr_epi32(0x80808000, 0x80808000, 0x80808000, 0x80808000, (int)0x80808001, (int)0x80808001, (int)0x80808001, (int)0x80808001,
-                                         (int)0x80808002, (int)0x80808002, (int)0x80808002, (int)0x80808002, (int)0x80808003, (int)0x80808003, (int)0x80808003, (int)0x80808003);
-  const __m512i didx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  const __m512i bias = _mm512_set1_epi32(128);
-  const int nb = cols / 32;
-  int b = 0;
-  for (; b + 4 <= nb; b += 4) {
-    const uint8_t* blk = row + (size_t)b * 17;
-    const __m512i q = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void*)(blk + 1)), qidx, _mm512_loadu_si512((const void*)(blk + 4)));
-    const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-    const __m512i alo = _mm512_shuffle_epi8(kv, lo), ahi = _mm512_shuffle_epi8(kv, hi);
-    const __mmask64 nlo = _mm512_test_epi8_mask(q, _mm512_set1_epi8(0x08)), nhi = _mm512_test_epi8_mask(q, _mm512_set1_epi8((char)0x80));
-    const __m512i e = _mm512_shuffle_epi8(_mm512_loadu_si512((const void*)blk), eidx);
-    const __m512 ef = _mm512_cvtepi32_ps(_mm512_sub_epi32(e, bias));
-    for (int t = 0; t < NT; t++) {
-      const uint8_t* y = act[t] + 32 * (size_t)b;
-      const __m512i y0 = _mm512_load_si512((const void*)y), y1 = _mm512_load_si512((const void*)(y + 64));
-      __m512i ylo = _mm512_shuffle_i64x2(y0, y1, _MM_SHUFFLE(2, 0, 2, 0)), yhi = _mm512_shuffle_i64x2(y0, y1, _MM_SHUFFLE(3, 1, 3, 1));
-      ylo = _mm512_mask_sub_epi8(ylo, nlo, _mm512_setzero_si512(), ylo);
-      yhi = _mm512_mask_sub_epi8(yhi, nhi, _mm512_setzero_si512(), yhi);
-      const __m512i p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), alo, ylo), ahi, yhi);
-      const __m512 sc = _mm512_scalef_ps(_mm512_permutexvar_ps(didx, _mm512_castps128_ps512(_mm_loadu_ps(dy[t] + b))), ef);
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[t]);
-    }
-  }
-  for (int t = 0; t < NT; t++) res[t] = hsum16(acc[t]);
-  if (b < nb) {  // the last 1..3 blocks at 256 bits
-    const __m256i kv256 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kKvaluesMxfp4));
-    for (; b < nb; b++) {
-      const uint8_t* blk = row + (size_t)b * 17;
-      const float dw = e8m0_half(blk[0]);
-      const __m128i x = _mm_loadu_si128((const __m128i*)(blk + 1));
-      const __m256i w = _mm256_shuffle_epi8(kv256, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(0x0F)));
-      const __m256i aw = _mm256_abs_epi8(w);
-      for (int t = 0; t < NT; t++) {
-        const __m256i y = _mm256_load_si256((const __m256i*)(act[t] + 32 * (size_t)b));
-        const __m256i p = dpbusd(_mm256_setzero_si256(), aw, _mm256_sign_epi8(y, w));
-        res[t] += hsum8(_mm256_cvtepi32_ps(p)) * (dw * dy[t][b]);
-      }
-    }
-  }
-}
 #endif  // AVX-512
 #endif  // __AVX2__
 
@@ -1417,7 +1453,7 @@ void dot_row(int type, const uint8_t* row, int cols, const uint8_t* const* act, 
     case T_Q6_K: dot_q6_k_512<NT>(row, cols, act, L, res); return;
     case T_Q2_K: dot_q2_k_512<NT>(row, cols, act, L, res); return;
     case T_Q3_K: dot_q3_k_512<NT>(row, cols, act, L, res); return;
-    case T_MXFP4: dot_mxfp4_512<NT>(row, cols, act, L, res); return;
+    case T_MXFP4: dot_b32_512<NT, T_MXFP4>(row, cols, act, L, res); return;
     case T_Q4_0: dot_b32_512<NT, T_Q4_0>(row, cols, act, L, res); return;
 #else
     case T_Q8_0: dot_q8_0<NT>(row, cols, act, L, res); return;
@@ -1471,7 +1507,7 @@ constexpr int PANEL_ROWS = 1;
 // measured: no faster, the int8 dot chain per token is the bound, not unpacking.)
 void matmul_rows_impl(const MatmulArgs& a, int r0, int r1) {
 #if defined(MOIRA_ZMM)
-  if ((a.type == T_Q4_K || a.type == T_Q5_K || a.type == T_Q6_K || a.type == T_Q8_0 || a.type == T_Q4_0) && a.nTok >= PANEL_MIN_TOKENS) {
+  if ((a.type == T_Q4_K || a.type == T_Q5_K || a.type == T_Q6_K || a.type == T_Q8_0 || a.type == T_Q4_0 || a.type == T_MXFP4) && a.nTok >= PANEL_MIN_TOKENS) {
     // a panel's rows are one contiguous run of bytes, which the re-lay reads 16 bytes of every row
     // at a time (not in address order): ask for the next panel's lines while this one computes
     // (the first panel's, before it)
