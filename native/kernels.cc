@@ -1134,8 +1134,8 @@ MOIRA_KERNEL void dot_q3_k_512(const uint8_t* row, int cols, const uint8_t* cons
 // exact integer S_b = q.y (Q4_0: (q - 8).y = q.y - 8 sum(y); MXFP4: kvalues_mxfp4[q].y); lane b % 16
 // of a 16-float accumulator takes fma(float(S_b), dw_b * dy_b, lane) in block order, and the row's
 // result is sum16_tree of the lanes. Sixteen blocks a step: two per zmm of vpdpbusd partials (8
-// lanes each), one reduction tree to 16 sums, one gather of the 16 scales; what is left of the row
-// four blocks a step, then one.
+// lanes each), one reduction tree to 16 sums, one gather of the 16 scales (MXFP4: mxfp4_exps16);
+// what is left of the row four blocks a step, then one.
 inline float sum16_tree(__m512 v) {  // lanes i + (i + 8), then + 4, + 2, + 1
   const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
@@ -1391,7 +1391,7 @@ MOIRA_KERNEL void b32_panel_tokens(const B32PanelBlock* P, int nb, const uint8_t
 
 constexpr int PANEL_TILE = 4;
 
-// Rows [r0, r0 + 16) of a Q4_K, Q5_K, Q6_K, Q8_0 or Q4_0 matmul for every token: the rows' blocks re-laid once
+// Rows [r0, r0 + 16) of a Q4_K, Q5_K, Q6_K, Q8_0, Q4_0 or MXFP4 matmul for every token: the rows' blocks re-laid once
 // into a per-thread buffer, then tiles of PANEL_TILE tokens against it.
 template <typename Block, int PER, void (*Pack)(const uint8_t*, size_t, int, Block&),
           void (*Tile1)(const Block*, int, const uint8_t* const*, const ActLayout&, float* const*),
@@ -1490,7 +1490,7 @@ size_t row_bytes(int type, int cols) {
 constexpr size_t PREFETCH_AHEAD = 2048;
 
 // Fewest tokens for which 16-row panels (re-laid weights, one vpdpbusd per 64 products) compute a
-// Q4_K, Q5_K, Q6_K, Q8_0 or Q4_0 matmul; both ways give the same bits. An OLMoE expert's gate (1024
+// Q4_K, Q5_K, Q6_K, Q8_0, Q4_0 or MXFP4 matmul; both ways give the same bits. An OLMoE expert's gate (1024
 // x 2048, Q4_K), one thread: 4 tokens 0.9-1.2x the row kernel's time, 8 tokens 0.7x, 16 0.5x, 64
 // 0.36x; Q8_0 / Q4_0 at 5 tokens 0.66x; Q6_K, an expert's down (2048 x 1024): 5 tokens 0.84-0.86x,
 // 8 0.79-0.80x, 32 0.53x (on 8192 x 2048, from RAM, the medians at 5-8 tokens moved between 0.75x
