@@ -1146,7 +1146,8 @@ inline float sum16_tree(__m512 v) {  // lanes i + (i + 8), then + 4, + 2, + 1
 template <int TYPE> constexpr int b32_bytes() { return TYPE == T_Q8_0 ? 34 : TYPE == T_Q4_0 ? 18 : 17; }
 template <int TYPE> constexpr int b32_head() { return TYPE == T_MXFP4 ? 1 : 2; }  // bytes before the quants
 
-// The 16 blocks' scales from a 32-bit gather at each block's start: f16, or E8M0 as e8m0_half
+// The 16 blocks' scales from int32 lanes that start with each block's first bytes (a gather;
+// MXFP4: mxfp4_exps16): f16, or E8M0 as e8m0_half
 template <int TYPE>
 inline __m512 b32_scales(__m512i g) {
   if (TYPE != T_MXFP4) return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
@@ -1283,7 +1284,7 @@ MOIRA_KERNEL void dot_b32_512(const uint8_t* row, int cols, const uint8_t* const
     const int base = b % 16;
     const __mmask16 lanes = (__mmask16)(0xFu << base);
     const __m512i rot = _mm512_and_si512(_mm512_sub_epi32(iota, _mm512_set1_epi32(base)), _mm512_set1_epi32(15));  // lane j <- element j - base
-    const __m512i pick = _mm512_slli_epi32(_mm512_and_si512(rot, _mm512_set1_epi32(3)), 2);  // lane j <- lane 4 (j - base) of a 4 x 4 layout
+    const __m512i pick = _mm512_slli_epi32(_mm512_and_si512(rot, _mm512_set1_epi32(3)), 2);  // lane j <- int32 4 (j - base): that block's S
     for (int t = 0; t < NT; t++) {
       __m512i v = _mm512_add_epi32(u[t], _mm512_shuffle_epi32(u[t], (_MM_PERM_ENUM)_MM_SHUFFLE(2, 3, 0, 1)));
       v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)_MM_SHUFFLE(1, 0, 3, 2)));  // lane k: S of block b + k, 4 times
