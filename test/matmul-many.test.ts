@@ -19,13 +19,14 @@ function weight(type: GGMLType, rows: number, cols: number, r: Rng): WeightMatri
   const data = new Uint8Array(rows * rowBytes(type, cols));
   const dv = new DataView(data.buffer);
   if (type === GGMLType.F16) for (let i = 0; i < rows * cols; i++) dv.setUint16(2 * i, fp32ToFp16(r.next() * 2 - 1), true);
-  else if (type === GGMLType.MXFP4) {
+  else {
     for (let i = 0; i < data.length; i++) data[i] = Math.floor(r.next() * 256);
-    for (let b = 0; b < data.length; b += 17) data[b] = 118 + Math.floor(r.next() * 8);  // E8M0 scales 2^-10 .. 2^-3
-  } else {
-    for (let i = 0; i < data.length; i++) data[i] = Math.floor(r.next() * 256);
-    const [block, offs] = type === GGMLType.Q8_0 ? [34, [0]] : type === GGMLType.Q4_0 ? [18, [0]] : type === GGMLType.Q6_K ? [210, [208]] : type === GGMLType.Q5_K ? [176, [0, 2]] : [144, [0, 2]];
-    for (let b = 0; b < data.length; b += block) for (const o of offs) dv.setUint16(b + o, fp32ToFp16(0.01), true);
+    if (type === GGMLType.MXFP4) {
+      for (let b = 0; b < data.length; b += 17) data[b] = 118 + Math.floor(r.next() * 8);  // E8M0 scales 2^-10 .. 2^-3
+    } else {
+      const [block, offs] = type === GGMLType.Q8_0 ? [34, [0]] : type === GGMLType.Q4_0 ? [18, [0]] : type === GGMLType.Q6_K ? [210, [208]] : type === GGMLType.Q5_K ? [176, [0, 2]] : [144, [0, 2]];
+      for (let b = 0; b < data.length; b += block) for (const o of offs) dv.setUint16(b + o, fp32ToFp16(0.01), true);
+    }
   }
   return { type, rows, cols, data };
 }
