@@ -65,7 +65,7 @@ int blockSize(int type) {
   switch (type) {
     case T_F32: case T_F16: case T_BF16: return 1;
     case T_Q8_0: case T_Q4_0: case T_MXFP4: return 32;
-    case T_Q2_K: case T_Q3_K: case T_Q4_K: case T_Q5_K: case T_Q6_K: return 256;
+    case T_Q2_K: case T_Q3_K: case T_Q4_K: case T_Q5_K: case T_Q6_K: case T_Q4_K_R16: return 256;
     default: return 0;
   }
 }
@@ -124,10 +124,15 @@ Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::Ne
 // most 256 KiB (a short tail when a thread is slowed), all threads streaming; prefill wants each
 // chunk's weights (<= 256 KiB) to stay in L2 while every token tile passes over them, in whole
 // panels (panelRows) where the rows allow.
-int row_chunk(int rows, size_t rb, int nTok, int threads, int panelRows) {
-  if (nTok <= 4) return (int)std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + threads * 8 - 1) / (threads * 8)));
-  return (int)round_up(std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + threads - 1) / threads)), panelRows);
+// T_Q4_K_R16 matrices are cut only at their 16-row panels.
+int row_chunk(int rows, size_t rb, int nTok, int threads, int panelRows, int type) {
+  const int unit = type == T_Q4_K_R16 ? Q4KR_ROWS : 1;
+  if (nTok <= 4) return (int)round_up(std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + threads * 8 - 1) / (threads * 8))), unit);
+  return (int)round_up(std::max<size_t>(1, std::min<size_t>((256u << 10) / rb, (size_t)(rows + threads - 1) / threads)), std::max(panelRows, unit));
 }
+
+// the rows a matmul of `type` can take: T_Q4_K_R16 only whole panels
+bool rows_fit(int type, int rows) { return type != T_Q4_K_R16 || rows % Q4KR_ROWS == 0; }
 
 // matmul(type, w: Uint8Array, rows, cols, x: Float32Array, nTokens, out: Float32Array)
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
@@ -143,6 +148,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   if (rows < 0 || cols <= 0 || cols % bs != 0) fail(env, "matmul: cols " + std::to_string(cols) + " is not a positive multiple of the block size");
   const size_t rb = type_row_bytes(type, cols);
   if (w.ByteLength() < rb * rows) fail(env, "matmul: weight buffer too small");
+  if (!rows_fit(type, rows)) fail(env, "matmul: a re-laid Q4_K matrix needs a multiple of 16 rows, has " + std::to_string(rows));
   if (nTok < 0 || x.ElementLength() < (size_t)nTok * cols) fail(env, "matmul: x too small");
   if (out.ElementLength() < (size_t)nTok * rows) fail(env, "matmul: out too small");
   if (nTok == 0 || rows == 0) return env.Undefined();
@@ -162,7 +168,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     else P.run(nTok, [&](int t, int) { K->quantize_act(kind, xs + (size_t)t * cols, cols, act + L.stride * t); });
     a.act = act; a.actStride = L.stride;
   }
-  const int chunk = row_chunk(rows, rb, nTok, P.size(), K->panel_rows);
+  const int chunk = row_chunk(rows, rb, nTok, P.size(), K->panel_rows, type);
   const int nChunks = (rows + chunk - 1) / chunk;
   P.run(nChunks, [&](int c, int) { K->matmul_rows(a, c * chunk, std::min(rows, (c + 1) * chunk)); });
   return env.Undefined();
@@ -201,6 +207,7 @@ Napi::Value MatmulMany(const Napi::CallbackInfo& info) {
     a.w = bytesOf(env, warr.Get(i), &len);
     a.type = type; a.rowBytes = type_row_bytes(type, cols); a.rows = rows; a.cols = cols; a.nTok = nTok;
     if (len < a.rowBytes * rows) fail(env, "matmulMany: weight " + std::to_string(i) + " buffer too small");
+    if (!rows_fit(type, rows)) fail(env, "matmulMany: weight " + std::to_string(i) + " is re-laid Q4_K and needs a multiple of 16 rows, has " + std::to_string(rows));
     Napi::Value ov = oarr.Get(i);
     if (!ov.IsTypedArray() || ov.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) fail(env, "matmulMany: outs must be Float32Arrays");
     auto o = ov.As<Napi::Float32Array>();
@@ -228,7 +235,7 @@ Napi::Value MatmulMany(const Napi::CallbackInfo& info) {
     MatmulArgs& a = mats[i];
     const int kind = K->act_kind(a.type);
     a.act = act[kind]; a.actStride = stride[kind];
-    const int chunk = row_chunk(a.rows, a.rowBytes, nTok, P.size(), K->panel_rows);
+    const int chunk = row_chunk(a.rows, a.rowBytes, nTok, P.size(), K->panel_rows, a.type);
     for (int r = 0; r < a.rows; r += chunk) chunks.push_back({i, r, std::min(a.rows, r + chunk)});
   }
   P.run((int)chunks.size(), [&](int c, int) { K->matmul_rows(mats[chunks[c].m], chunks[c].r0, chunks[c].r1); });
@@ -505,6 +512,7 @@ Napi::Value GetRows(const Napi::CallbackInfo& info) {
   auto out = typed<Napi::Float32Array>(info, 5, "out");
   const int bs = blockSize(type);
   if (bs == 0 || cols % bs != 0) fail(env, "getRows: unsupported type or cols");
+  if (type == T_Q4_K_R16) fail(env, "getRows: a Q4_K matrix re-laid for matmul has no rows to gather (keep the GGUF layout for embeddings)");
   const size_t rb = type_row_bytes(type, cols);
   if (w.ByteLength() < rb * rows || out.ElementLength() < ids.ElementLength() * cols) fail(env, "getRows: bad sizes");
   for (size_t t = 0; t < ids.ElementLength(); t++) {
@@ -579,6 +587,34 @@ Napi::Value FreeAligned(const Napi::CallbackInfo& info) {
   auto it = gBlocks.find(mem);
   if (it != gBlocks.end() && it->second == b && !b->freed) { gBlocks.erase(it); free(mem); b->freed = true; }
   return info.Env().Undefined();
+}
+
+// ---- re-laid weights ----------------------------------------------------------------------------------
+// relayoutQ4K(w: Uint8Array, rows, cols): a new ArrayBuffer (allocAligned's kind: freeAligned frees
+// it, else the collector) holding the Q4_K matrix as T_Q4_K_R16 panels (kernels.h), panels re-laid
+// in parallel; 2 MiB-aligned and asked to be backed by huge pages where the system allows
+Napi::Value RelayoutQ4K(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto w = typed<Napi::Uint8Array>(info, 0, "w");
+  const int rows = intArg(info, 1, "rows"), cols = intArg(info, 2, "cols");
+  if (rows <= 0 || rows % Q4KR_ROWS != 0 || cols <= 0 || cols % 256 != 0)
+    fail(env, "relayoutQ4K: needs rows a positive multiple of 16 and cols of 256, got " + std::to_string(rows) + " x " + std::to_string(cols));
+  const size_t rb = type_row_bytes(T_Q4_K, cols), bytes = (size_t)rows * type_row_bytes(T_Q4_K_R16, cols);
+  if (w.ByteLength() < rb * rows) fail(env, "relayoutQ4K: weight buffer too small");
+  const size_t huge = 2u << 20;
+  void* mem = nullptr;
+  if (posix_memalign(&mem, huge, round_up(bytes, huge)) != 0) fail(env, "relayoutQ4K: out of memory for " + std::to_string(bytes) + " bytes");
+  madvise(mem, round_up(bytes, huge), MADV_HUGEPAGE);
+  const KernelTable* K = gK;
+  const uint8_t* src = w.Data();
+  const size_t panelBytes = (size_t)Q4KR_ROWS * type_row_bytes(T_Q4_K_R16, cols);
+  pool().run(rows / Q4KR_ROWS, [&](int p, int) { K->q4kr_pack_panel(src + (size_t)p * Q4KR_ROWS * rb, cols, (uint8_t*)mem + (size_t)p * panelBytes); });
+  auto* b = new AlignedBlock{mem, false, false};
+  {
+    std::lock_guard<std::mutex> lk(gAllocMu);
+    gBlocks[mem] = b;
+  }
+  return Napi::ArrayBuffer::New(env, mem, bytes, finalizeBlock, b);
 }
 
 // ---- discarding pages --------------------------------------------------------------------------------
@@ -830,6 +866,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("allocAligned", Napi::Function::New(env, AllocAligned));
   exports.Set("freeAligned", Napi::Function::New(env, FreeAligned));
   exports.Set("discardPages", Napi::Function::New(env, DiscardPages));
+  exports.Set("relayoutQ4K", Napi::Function::New(env, RelayoutQ4K));
   exports.Set("fileIdentity", Napi::Function::New(env, FileIdentity));
   exports.Set("mapFile", Napi::Function::New(env, MapFile));
   exports.Set("unmapFile", Napi::Function::New(env, UnmapFile));

@@ -51,6 +51,13 @@ size_t chunk_target(size_t passBytes, int maxTokens, int threads) {
   return std::min<size_t>(256u << 10, std::max<size_t>(32u << 10, passBytes / (8 * (size_t)threads)));
 }
 
+// Rows a chunk is a multiple of: the panels of a many-token pass, and always a re-laid Q4_K
+// matrix's 16-row panels
+int cut_unit(const KernelTable* K, int maxTokens, int typeA, int typeB) {
+  const int unit = maxTokens > 4 ? K->panel_rows : 1;
+  return typeA == T_Q4_K_R16 || typeB == T_Q4_K_R16 ? std::max(unit, Q4KR_ROWS) : unit;
+}
+
 }  // namespace
 
 void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
@@ -88,7 +95,7 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
   size_t target = chunk_target(passBytes, maxN, P.size());
   for (int e = 0; e < nE; e++) {
     const int n = a.offsets[e + 1] - a.offsets[e];
-    if (n > 0) chunk_rows(tasks, e, ff, target, type_row_bytes(a.types[3 * e], d), 2, maxN > 4 ? K->panel_rows : 1);
+    if (n > 0) chunk_rows(tasks, e, ff, target, type_row_bytes(a.types[3 * e], d), 2, cut_unit(K, maxN, a.types[3 * e], a.types[3 * e + 1]));
   }
   const int nGateUp = (int)tasks.size();
   auto gateUp = [&](const Task& tk) {
@@ -135,7 +142,7 @@ void expert_ffn(const KernelTable* K, ThreadPool& P, const ExpertFfnArgs& a) {
   target = chunk_target(passBytes, maxN, P.size());
   for (int e = 0; e < nE; e++) {
     const int n = a.offsets[e + 1] - a.offsets[e];
-    if (n > 0) chunk_rows(tasks, e, d, target, type_row_bytes(a.types[3 * e + 2], ff), 1, maxN > 4 ? K->panel_rows : 1);
+    if (n > 0) chunk_rows(tasks, e, d, target, type_row_bytes(a.types[3 * e + 2], ff), 1, cut_unit(K, maxN, a.types[3 * e + 2], a.types[3 * e + 2]));
   }
   auto down = [&](const Task& tk) {
     const int s0 = a.offsets[tk.e], n = a.offsets[tk.e + 1] - s0;

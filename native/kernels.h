@@ -10,7 +10,22 @@ namespace moira {
 enum GgmlType : int {
   T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q8_0 = 8, T_Q2_K = 10, T_Q3_K = 11,
   T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30, T_MXFP4 = 39,
+  // moira's own layout, never in a file: Q4_K re-laid at load in panels of 16 rows (see Q4KR_* below)
+  T_Q4_K_R16 = 240,
 };
+
+// T_Q4_K_R16: a Q4_K matrix (rows a multiple of 16) as panels of 16 rows, panel p (rows 16p..16p+15)
+// at byte p * (cols / 256) * Q4KR_SB_BYTES, its super-blocks in order, each Q4KR_SB_BYTES:
+//   [0, 2048)     32 x 64 bytes: byte 4r + c of chunk i holds row r's element 4i + c (low nibble)
+//                 and 4i + 128 + c (high nibble), the 4-bit values as Q4_K stores them
+//   [2048, 2176)  the 6-bit scales: byte 16j + r = row r's scale of sub-block j
+//   [2176, 2304)  the 6-bit mins in pairs: bytes 32q + 2r, 32q + 2r + 1 = row r's mins of
+//                 sub-blocks 2q, 2q + 1
+//   [2304, 2336)  d of rows 0..15 (f16);  [2336, 2368)  dmin of rows 0..15 (f16)
+// 148 bytes per row and super-block (Q4_K: 144): row ranges starting at multiples of 16 are whole
+// panels at r0 * rowBytes. Every kernel computes Q4_K's bits (kernels.cc).
+constexpr int Q4KR_ROWS = 16;
+constexpr size_t Q4KR_SB_BYTES = 2368;
 
 // Bytes of one row of `cols` elements (0 for an unknown type). static: each translation unit
 // keeps its own copy, so no ISA-specific build of it can be merged into another by the linker.
@@ -23,6 +38,7 @@ static inline size_t type_row_bytes(int type, int cols) {
     case T_Q2_K: return (size_t)cols / 256 * 84;
     case T_Q3_K: return (size_t)cols / 256 * 110;
     case T_Q4_K: return (size_t)cols / 256 * 144;
+    case T_Q4_K_R16: return (size_t)cols / 256 * (Q4KR_SB_BYTES / Q4KR_ROWS);
     case T_Q5_K: return (size_t)cols / 256 * 176;
     case T_Q6_K: return (size_t)cols / 256 * 210;
     case T_MXFP4: return (size_t)cols / 32 * 17;
@@ -115,6 +131,9 @@ struct KernelTable {
   void (*f32_to_f16)(const float* x, uint16_t* out, size_t n);
   // sum of n floats (bandwidth probe)
   double (*sum_f32)(const float* p, size_t n);
+  // Q4_K rows w[0..15] (rowBytes = type_row_bytes(T_Q4_K, cols) apart) re-laid as one T_Q4_K_R16
+  // panel at dst ((cols / 256) * Q4KR_SB_BYTES bytes)
+  void (*q4kr_pack_panel)(const uint8_t* w, int cols, uint8_t* dst);
 };
 
 namespace scalar { const KernelTable* table(); }

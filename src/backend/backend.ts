@@ -314,6 +314,14 @@ export interface Backend {
   /** out[t, :] = dequantized row ids[t] of w.  out: [ids.length, w.cols] */
   getRows(w: WeightMatrix, ids: ArrayLike<number>, out: Tensor): void;
   /**
+   * Optional: `w` re-laid, once, in a layout this backend computes faster with (in its own memory;
+   * the result computes exactly what `w` does), or null to keep `w`. `unitRows`: the rows of the
+   * pieces the matrix will be cut into (an expert's rows in a stacked tensor; w.rows if none). For
+   * weights that stay in memory for good (the all-resident path), never for memory reused for
+   * other weights (the ExpertStore's slots).
+   */
+  relayout?(w: WeightMatrix, unitRows: number): WeightMatrix | null;
+  /**
    * Optional: maps a byte range of a file into memory the kernels can read in place, every page
    * present on return (no copy, no page faults later). Where absent, weights are read into copies.
    */

@@ -55,7 +55,7 @@ export class Session {
       // all weights resident: refused up front where the backend cannot hold them, else loaded
       // (mapped, where the backend can) before the first forward
       opts.backend.checkWeights?.(model.weights.used());
-      model.weights.loadAll({ map: opts.backend.mapFile });
+      model.weights.loadAll({ map: opts.backend.mapFile, relayout: opts.backend.relayout?.bind(opts.backend) });
     }
     this.experts = opts.experts ?? new ResidentExperts(model.config, model.weights);
   }

@@ -156,8 +156,10 @@ export function describeExperts(cfg: ModelConfig, weights: ModelWeights): Map<nu
   return out;
 }
 
-function slice(s: StackedMatrix, data: Uint8Array, e: number): WeightMatrix {
-  return { type: s.type, rows: s.rows, cols: s.cols, data: data.subarray(e * s.expertBytes, (e + 1) * s.expertBytes) };
+/** Expert e of a stacked [nExpert * rows, cols] matrix (its rows are the data's e-th nExpert-th part in any layout). */
+function slice(w: WeightMatrix, nExpert: number, e: number): WeightMatrix {
+  const bytes = w.data.byteLength / nExpert;
+  return { type: w.type, rows: w.rows / nExpert, cols: w.cols, data: w.data.subarray(e * bytes, (e + 1) * bytes) };
 }
 
 function biasSlice(s: StackedMatrix, data: Uint8Array, e: number): Float32Array {
@@ -180,13 +182,13 @@ export class ResidentExperts implements ExpertProvider {
       const t = this.tensors.get(l);
       if (!t) throw new Error(`layer ${l} has no experts`);
       const n = expertTensorNames(l);
-      const g = this.weights.stackedData(n.gate), u = this.weights.stackedData(n.up), d = this.weights.stackedData(n.down);
+      const g = this.weights.stackedMatrix(n.gate, t.gate), u = this.weights.stackedMatrix(n.up, t.up), d = this.weights.stackedMatrix(n.down, t.down);
       const bn = expertBiasNames(l);
       const bias = t.biases && { gate: this.weights.stackedData(bn.gate), up: this.weights.stackedData(bn.up), down: this.weights.stackedData(bn.down) };
       ws = [];
       for (let e = 0; e < this.cfg.nExpert; e++) {
         ws.push({
-          gate: slice(t.gate, g, e), up: slice(t.up, u, e), down: slice(t.down, d, e),
+          gate: slice(g, this.cfg.nExpert, e), up: slice(u, this.cfg.nExpert, e), down: slice(d, this.cfg.nExpert, e),
           ...(t.biases && bias ? { biases: { gate: biasSlice(t.biases.gate, bias.gate, e), up: biasSlice(t.biases.up, bias.up, e), down: biasSlice(t.biases.down, bias.down, e) } } : {}),
         });
       }
@@ -206,7 +208,7 @@ export class ResidentExperts implements ExpertProvider {
       const t = this.tensors.get(l);
       if (!t) throw new Error(`layer ${l} has no experts`);
       const n = expertTensorNames(l), bn = expertBiasNames(l);
-      const whole = (m: StackedMatrix, name: string): WeightMatrix => ({ type: m.type, rows: m.nExpert * m.rows, cols: m.cols, data: this.weights.stackedData(name) });
+      const whole = (m: StackedMatrix, name: string): WeightMatrix => this.weights.stackedMatrix(name, m);
       s = {
         nExpert: this.cfg.nExpert, gate: whole(t.gate, n.gate), up: whole(t.up, n.up), down: whole(t.down, n.down),
         ...(t.biases ? {

@@ -21,6 +21,9 @@ export interface StackedMatrix {
   readonly meta: TensorMeta;
 }
 
+/** A backend's re-lay of a matrix (Backend.relayout): the new matrix, or null to keep it. */
+export type Relayout = (w: WeightMatrix, unitRows: number) => WeightMatrix | null;
+
 function dimsText(d: readonly number[]): string {
   return `[${d.join(", ")}]`;
 }
@@ -33,6 +36,10 @@ export class ModelWeights {
   private readonly loaded = new Map<string, Uint8Array>();
   /** tensors the model uses: every name checked through meta (Model.open checks each one) */
   private readonly declared = new Set<string>();
+  /** the backend's re-lay for tensors loadAll loaded (absent: matrices keep the file's layout) */
+  private relayout?: Relayout;
+  /** whole stacked expert tensors as matrices, re-laid where the backend does */
+  private readonly stacks = new Map<string, WeightMatrix>();
 
   constructor(readonly source: WeightSource) {}
 
@@ -58,7 +65,11 @@ export class ModelWeights {
    * rows when it is read on demand) and `index[i]` is where row ids[i] is in it.
    */
   gatherRows(name: string, rows: number, cols: number, ids: readonly number[]): { matrix: WeightMatrix; index: number[] } {
-    if (!this.perRow.has(name)) return { matrix: this.matrix(name, rows, cols), index: [...ids] };
+    if (!this.perRow.has(name)) {
+      // the file's layout (a re-laid matrix has no rows to gather)
+      const m = this.meta(name, [cols, rows]);
+      return { matrix: { type: m.type, rows, cols, data: this.bytes(name) }, index: [...ids] };
+    }
     const m = this.meta(name, [cols, rows]);
     const unique = [...new Set(ids)];
     const at = new Map(unique.map((id, i) => [id, i]));
@@ -111,7 +122,8 @@ export class ModelWeights {
    * read. For the all-resident path only: under a memory budget experts come from the ExpertStore
    * and must not be loaded whole.
    */
-  loadAll(options: { map?: FileMapper } = {}): void {
+  loadAll(options: { map?: FileMapper; relayout?: Relayout } = {}): void {
+    this.relayout = options.relayout;
     const names = [...this.declared].filter((n) => !(this.loaded.has(n) || this.matrices.has(n) || this.vectors.has(n) || this.perRow.has(n)));
     const load = (map: FileMapper | undefined) => {
       if (this.source.loadMany) return this.source.loadMany(names, { map });
@@ -132,15 +144,20 @@ export class ModelWeights {
     return this.loaded.get(name) ?? this.source.load(name).data;
   }
 
-  /** A `rows x cols` matrix (GGUF dims [cols, rows]). */
+  /** A `rows x cols` matrix (GGUF dims [cols, rows]); re-laid by the backend if loadAll loaded it with a re-lay. */
   matrix(name: string, rows: number, cols: number): WeightMatrix {
     let w = this.matrices.get(name);
     if (!w) {
       const m = this.meta(name, [cols, rows]);
-      w = { type: m.type, rows, cols, data: this.bytes(name) };
+      w = this.relaid(name, { type: m.type, rows, cols, data: this.bytes(name) }, rows);
       this.matrices.set(name, w);
     }
     return w;
+  }
+
+  /** w in the backend's layout where loadAll loaded `name` with a re-lay and the backend re-lays it, else w. */
+  private relaid(name: string, w: WeightMatrix, unitRows: number): WeightMatrix {
+    return this.relayout && this.loaded.has(name) ? this.relayout(w, unitRows) ?? w : w;
   }
 
   optionalMatrix(name: string, rows: number, cols: number): WeightMatrix | null {
@@ -186,8 +203,21 @@ export class ModelWeights {
     return { type: meta.type, nExpert, rows, cols, expertBytes: rows * rowBytes(meta.type, cols), meta };
   }
 
-  /** Loads a stacked tensor's bytes (all experts). */
+  /** Loads a stacked tensor's bytes (all experts), in the file's layout. */
   stackedData(name: string): Uint8Array {
     return this.bytes(name);
+  }
+
+  /**
+   * A stacked tensor as one [nExpert * rows, cols] matrix, re-laid like `matrix` (each expert's rows
+   * whole): expert e's rows are its data's e-th nExpert-th part.
+   */
+  stackedMatrix(name: string, s: StackedMatrix): WeightMatrix {
+    let w = this.stacks.get(name);
+    if (!w) {
+      w = this.relaid(name, { type: s.type, rows: s.nExpert * s.rows, cols: s.cols, data: this.bytes(name).subarray(0, s.nExpert * s.expertBytes) }, s.rows);
+      this.stacks.set(name, w);
+    }
+    return w;
   }
 }

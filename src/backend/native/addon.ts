@@ -68,6 +68,8 @@ export interface NativeAddon {
   sumF32(x: Float32Array): number;
   allocAligned(bytes: number, align: number): ArrayBuffer;
   freeAligned(buf: ArrayBuffer): void;
+  /** A Q4_K matrix (rows a multiple of 16, cols of 256) re-laid as Q4_K_R16 panels in new 2 MiB-aligned memory (freeAligned or the collector frees it) */
+  relayoutQ4K(w: Uint8Array, rows: number, cols: number): ArrayBuffer;
   /** madvise(MADV_DONTNEED) on the whole pages inside [offset, offset + length); returns the bytes given back */
   discardPages(buf: ArrayBuffer, offset: number, length: number): number;
   fileIdentity(path: string): NativeFileIdentity;

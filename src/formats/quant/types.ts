@@ -27,6 +27,11 @@ export enum GGMLType {
   F64 = 28,
   BF16 = 30,
   MXFP4 = 39,
+  /**
+   * moira's own in-memory layout, never in a file: Q4_K re-laid in panels of 16 rows, which the
+   * native backend makes at load (Backend.relayout) and computes faster (native/kernels.h)
+   */
+  Q4_K_R16 = 240,
 }
 
 export interface TypeInfo {
@@ -60,6 +65,8 @@ export const TYPE_INFO: ReadonlyMap<GGMLType, TypeInfo> = new Map<GGMLType, Type
   [GGMLType.F64, { name: "F64", blockSize: 1, typeSize: 8 }],
   [GGMLType.BF16, { name: "BF16", blockSize: 1, typeSize: 2 }],
   [GGMLType.MXFP4, { name: "MXFP4", blockSize: 32, typeSize: 17 }],
+  // 16 rows x 256 elements in 2368 bytes: 148 per row (row ranges at multiples of 16 only)
+  [GGMLType.Q4_K_R16, { name: "Q4_K_R16", blockSize: 256, typeSize: 148 }],
 ]);
 
 /** Types moira can compute with (dequantize); Q2_K / Q3_K are dequantize-only (no quantize). */
