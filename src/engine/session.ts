@@ -10,7 +10,7 @@ import type { Backend } from "../backend/backend.js";
 import type { Model } from "../model/model.js";
 import { ResidentExperts, type ExpertProvider, type ForwardPhase } from "../model/experts.js";
 import { KvCache, type KvRoom, type KvType } from "../model/kv-cache.js";
-import { embed, finishForward, outputLogits, type ForwardContext, type RoutingObserver, type SequenceRows } from "../model/steps.js";
+import { TOKEN_EMBEDDING, embed, finishForward, outputLogits, type ForwardContext, type RoutingObserver, type SequenceRows } from "../model/steps.js";
 import { InvalidArgumentError } from "../errors.js";
 
 export interface SessionOptions {
@@ -56,6 +56,8 @@ export class Session {
       // (mapped, where the backend can) before the first forward
       opts.backend.checkWeights?.(model.weights.used());
       model.weights.loadAll({ map: opts.backend.mapFile, relayout: opts.backend.relayout?.bind(opts.backend) });
+      // re-laid at load, not in the first forward; the embedding table's rows are gathered as stored
+      model.weights.relayoutLoaded([TOKEN_EMBEDDING]);
     }
     this.experts = opts.experts ?? new ResidentExperts(model.config, model.weights);
   }

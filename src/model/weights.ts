@@ -139,6 +139,22 @@ export class ModelWeights {
     for (const [name, t] of tensors) this.loaded.set(name, t.data);
   }
 
+  /**
+   * Re-lays now, with the re-lay loadAll was given, every loaded matrix (2-D) and stacked tensor
+   * (3-D: each expert's rows whole) but those named in `except`, so that the first forward does not
+   * pay for it. Nothing without a re-lay.
+   */
+  relayoutLoaded(except: readonly string[] = []): void {
+    if (!this.relayout) return;
+    for (const name of this.loaded.keys()) {
+      const m = this.source.tensors.get(name);
+      if (!m || except.includes(name)) continue;
+      const [cols, rows, nExpert] = m.dims;
+      if (m.dims.length === 2) this.matrix(name, rows, cols);
+      else if (m.dims.length === 3) this.stackedMatrix(name, { type: m.type, nExpert, rows, cols, expertBytes: rows * rowBytes(m.type, cols), meta: m });
+    }
+  }
+
   /** A tensor's bytes: loaded by loadAll, else read now. */
   private bytes(name: string): Uint8Array {
     return this.loaded.get(name) ?? this.source.load(name).data;
