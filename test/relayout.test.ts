@@ -7,7 +7,8 @@
  *  - the expert FFN (moeFfn) with re-laid experts gives the Q4_K experts' bits;
  *  - a Session's logits (prompt and decode) are bit-identical with weightLayout "relaid" and "gguf",
  *    and the re-laid session really runs on Q4_K_R16 weights;
- *  - what cannot be re-laid or read is refused with an error naming it.
+ *  - what cannot be re-laid or read is refused with an error naming it;
+ *  - the CLI re-lays only when asked, or for decodes long enough to pay for it.
  */
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
@@ -24,6 +25,7 @@ import { makeModel } from "../src/tools/make-model/index.js";
 import { Model } from "../src/model/model.js";
 import { Session } from "../src/engine/session.js";
 import { ResidentExperts } from "../src/model/experts.js";
+import { RELAYOUT_MIN_TOKENS, parseWeightLayout, weightLayoutFor } from "../src/cli/common.js";
 
 const addon = loadNativeAddon();
 const dir = mkdtempSync(join(tmpdir(), "moira-relayout-"));
@@ -139,4 +141,24 @@ test("re-laid Q4_K: bad shapes and gathers are refused, naming the problem", () 
   assert.throws(() => addon.matmul(GGMLType.Q4_K_R16, wr.data, 24, 256, x, 1, out), /multiple of 16 rows/);
   assert.throws(() => addon.getRows(GGMLType.Q4_K_R16, wr.data, 32, 256, Int32Array.of(1), out), /no rows to gather/);
   assert.throws(() => NativeBackend.create({ weightLayout: "packed" as never }), /weight layout must be "relaid" or "gguf"/);
+});
+
+test("the CLI's weight layout: asked, else MOIRA_WEIGHT_LAYOUT, else re-laid only for long decodes", () => {
+  const env = process.env.MOIRA_WEIGHT_LAYOUT;
+  try {
+    delete process.env.MOIRA_WEIGHT_LAYOUT;
+    assert.equal(weightLayoutFor(undefined, 128), "gguf");
+    assert.equal(weightLayoutFor(undefined, RELAYOUT_MIN_TOKENS), "relaid");
+    assert.equal(weightLayoutFor(undefined, Infinity), "relaid");
+    assert.equal(weightLayoutFor("relaid", 1), "relaid");
+    process.env.MOIRA_WEIGHT_LAYOUT = "relaid";
+    assert.equal(weightLayoutFor(undefined, 1), "relaid");
+    assert.equal(weightLayoutFor("gguf", 1), "gguf");
+    process.env.MOIRA_WEIGHT_LAYOUT = "fast";
+    assert.throws(() => weightLayoutFor(undefined, 1), /must be relaid or gguf, got "fast"/);
+    assert.throws(() => parseWeightLayout("packed"), /must be relaid or gguf/);
+  } finally {
+    if (env === undefined) delete process.env.MOIRA_WEIGHT_LAYOUT;
+    else process.env.MOIRA_WEIGHT_LAYOUT = env;
+  }
 });

@@ -8,13 +8,15 @@ export type BackendName = "native" | "ref" | "webgpu";
 export interface BackendOptions {
   /** worker threads for the native backend (default: all cores) */
   threads?: number;
+  /** the native backend's layout of resident weights (NativeBackendOptions.weightLayout) */
+  weightLayout?: "relaid" | "gguf";
 }
 
 export async function createBackend(name: string, opts: BackendOptions = {}): Promise<Backend> {
   if (name === "ref") return new RefBackend();
   if (name === "native") {
     const { NativeBackend } = await import("./native/index.js");
-    return NativeBackend.create({ threads: opts.threads });
+    return NativeBackend.create({ threads: opts.threads, weightLayout: opts.weightLayout });
   }
   if (name === "webgpu") {
     const { WebGpuBackend } = await import("./webgpu/webgpu-backend.js");

@@ -10,7 +10,7 @@ import type { Command } from "commander";
 import { Model } from "../model/model.js";
 import { createBackend } from "../backend/index.js";
 import { Session } from "../engine/session.js";
-import { KV_TYPE_HELP, addSamplingOptions, parseIntOption } from "./common.js";
+import { KV_TYPE_HELP, WEIGHT_LAYOUT_HELP, addSamplingOptions, parseIntOption, parseWeightLayout, weightLayoutFor } from "./common.js";
 import { Rng, sample, validateSamplerOptions, type SamplerOptions } from "../engine/sampler.js";
 import { parseKvType, type KvType } from "../model/kv-cache.js";
 import { addOffloadOptions, createExpertProvider, type OffloadFlags } from "./offload-options.js";
@@ -123,13 +123,15 @@ export async function runBench(o: OffloadFlags & SamplerOptions & {
    * token, whose routing is unrealistically cacheable; text keeps decode routing varied)
    */
   decodeInput?: "greedy" | "text";
+  /** the native backend's layout of resident weights (default: its own) */
+  weightLayout?: "relaid" | "gguf";
 }): Promise<{ result: BenchResult; report: string }> {
   // greedy unless asked: temperature 0 (the sampler's own default is 0.8)
   const sampling: SamplerOptions = { ...o, temperature: o.temperature ?? 0 };
   validateSamplerOptions(sampling);
   const kvType = o.kvType ?? "f16";
   const model = Model.open(o.model);
-  const backend = await createBackend(o.backend, { threads: o.threads });
+  const backend = await createBackend(o.backend, { threads: o.threads, weightLayout: weightLayoutFor(o.weightLayout, o.genTokens) });
   const ctx = o.promptTokens + o.genTokens + 1;
   const handle = createExpertProvider(model, o, backend, { contextLength: ctx, maxBatch: o.promptTokens, kvType });
   try {
@@ -193,6 +195,7 @@ export function registerBenchCommand(program: Command): void {
       .option("--backend <name>", "compute backend: native, ref or webgpu", "native")
       .option("--threads <n>", "compute threads (default: all cores)", parseIntOption("--threads", 1))
       .option("--kv-type <type>", KV_TYPE_HELP, parseKvType, "f16")
+      .option("--weight-layout <layout>", WEIGHT_LAYOUT_HELP, parseWeightLayout)
       .option("--prompt-tokens <n>", "prompt length", parseIntOption("--prompt-tokens", 1), 256)
       .option("--gen-tokens <n>", "tokens to decode", parseIntOption("--gen-tokens", 0), 128)
       .option("--per-layer", "per-layer statistics")

@@ -11,7 +11,7 @@ import { loadTokenizer } from "../engine/tokenizer/index.js";
 import { Scheduler } from "../engine/scheduler.js";
 import { ChatSession } from "../api/chat.js";
 import { ContextFullError } from "../errors.js";
-import { addBackendOptions, addSamplingOptions, parseIntOption, samplerOptions } from "./common.js";
+import { addBackendOptions, addSamplingOptions, parseIntOption, samplerOptions, weightLayoutFor } from "./common.js";
 import { addOffloadOptions, openInteractiveSessions } from "./offload-options.js";
 
 export function registerChatCommand(program: Command): void {
@@ -24,7 +24,7 @@ export function registerChatCommand(program: Command): void {
     { temperature: 0.7, repeatPenalty: 1.1 },
   ))).action(async (o) => {
     const model = Model.open(o.model);
-    const backend = await createBackend(o.backend, { threads: o.threads });
+    const backend = await createBackend(o.backend, { threads: o.threads, weightLayout: weightLayoutFor(o.weightLayout, 0) });
     const tok = loadTokenizer(model.file);
     const { contextLength, offload, sessions: [session] } = openInteractiveSessions(model, o, backend);
     const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });

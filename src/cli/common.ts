@@ -51,7 +51,32 @@ export function addBackendOptions(cmd: Command, defaults: { kvType: KvType } = {
     .option("--backend <name>", "compute backend: native (C++ kernels), ref (TypeScript oracle) or webgpu (WGSL kernels on a WebGPU device; see moira gpu-info)", "native")
     .option("--threads <n>", "worker threads for the native backend (default: all cores)", parseIntOption("--threads", 1))
     .option("--context <n>", "KV cache length in tokens (default: the model's, at most 4096)", parseIntOption("--context", 1))
-    .option("--kv-type <type>", KV_TYPE_HELP, parseKvType, defaults.kvType);
+    .option("--kv-type <type>", KV_TYPE_HELP, parseKvType, defaults.kvType)
+    .option("--weight-layout <layout>", WEIGHT_LAYOUT_HELP, parseWeightLayout);
+}
+
+export const WEIGHT_LAYOUT_HELP = "native backend, all weights resident: relaid re-lays Q4_K matrices at load for faster decoding (as llama.cpp repacks; "
+  + "costs seconds of load), gguf computes on the file's layout (fast start); default: relaid for serve and for runs of "
+  + "4096 or more tokens, else gguf (MOIRA_WEIGHT_LAYOUT sets it)";
+
+/**
+ * Tokens to decode from which re-laying pays for itself. Re-laying OLMoE-1B-7B's 3.83 GB of Q4_K
+ * took 2.8-7.5 s on the dev box (fresh memory is slow to touch on that VM) and saved 3-10 ms per
+ * decoded token (less as the context grows): 600 tokens took 26.6 s in all re-laid against 21.0 s
+ * in the file's layout. It pays back after ~300-2500 tokens there, so only long runs and the
+ * long-lived server re-lay by default.
+ */
+export const RELAYOUT_MIN_TOKENS = 4096;
+
+/** The weight layout a command asked for, else MOIRA_WEIGHT_LAYOUT, else by how many tokens it will decode. */
+export function weightLayoutFor(asked: "relaid" | "gguf" | undefined, decodeTokens: number): "relaid" | "gguf" {
+  const env = process.env.MOIRA_WEIGHT_LAYOUT;
+  return asked ?? (env !== undefined ? parseWeightLayout(env) : decodeTokens >= RELAYOUT_MIN_TOKENS ? "relaid" : "gguf");
+}
+
+export function parseWeightLayout(v: string): "relaid" | "gguf" {
+  if (v !== "relaid" && v !== "gguf") throw new InvalidArgumentError(`--weight-layout must be relaid or gguf, got "${v}"`);
+  return v;
 }
 
 export const KV_TYPE_HELP = "KV cache element type: f16 (llama.cpp's default: half the memory and decode reads of f32) or f32 (exact against transformers)";

@@ -5,7 +5,7 @@ import { createBackend } from "../backend/index.js";
 import { Session } from "../engine/session.js";
 import { generate } from "../engine/generate.js";
 import { loadTokenizer, applyChatTemplate } from "../engine/tokenizer/index.js";
-import { addBackendOptions, addSamplingOptions, parseIntOption, parseTokenList, samplerOptions } from "./common.js";
+import { addBackendOptions, addSamplingOptions, parseIntOption, parseTokenList, samplerOptions, weightLayoutFor } from "./common.js";
 import { InvalidArgumentError } from "../errors.js";
 // offload: expert offloading flags and provider (src/cli/offload-options.ts)
 import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
@@ -23,7 +23,7 @@ export function registerRunCommands(program: Command): void {
     { temperature: 0.8, repeatPenalty: 1 },
   ))).action(async (o) => {
     const model = Model.open(o.model);
-    const backend = await createBackend(o.backend, { threads: o.threads });
+    const backend = await createBackend(o.backend, { threads: o.threads, weightLayout: weightLayoutFor(o.weightLayout, o.maxTokens) });
     try {
       const tok = loadTokenizer(model.file);
       let prompt: number[];
@@ -75,7 +75,7 @@ export function registerRunCommands(program: Command): void {
     { kvType: "f32" },
   ).action(async (o) => {
     const model = Model.open(o.model);
-    const backend = await createBackend(o.backend, { threads: o.threads });
+    const backend = await createBackend(o.backend, { threads: o.threads, weightLayout: weightLayoutFor(o.weightLayout, 0) });
     try {
       const tokens: number[] = o.tokens;
       const session = new Session(model, { backend, contextLength: o.context ?? Math.max(tokens.length, 1), kvType: o.kvType });

@@ -7,7 +7,7 @@ import { createBackend } from "../backend/index.js";
 import { loadTokenizer } from "../engine/tokenizer/index.js";
 import { createApp, DEFAULT_REQUEST_TIMEOUT_S } from "../server/app.js";
 import { Scheduler } from "../engine/scheduler.js";
-import { addBackendOptions, parseFloatOption, parseIntOption } from "./common.js";
+import { addBackendOptions, parseFloatOption, parseIntOption, weightLayoutFor } from "./common.js";
 import { InvalidArgumentError } from "../errors.js";
 import { addOffloadOptions, openInteractiveSessions } from "./offload-options.js";
 import { RoutingCounter } from "../trace/observer.js";
@@ -45,7 +45,7 @@ export function registerServeCommand(program: Command): void {
         positiveSeconds, DEFAULT_REQUEST_TIMEOUT_S),
   )).action(async (o) => {
     const model = Model.open(o.model);
-    const backend = await createBackend(o.backend, { threads: o.threads });
+    const backend = await createBackend(o.backend, { threads: o.threads, weightLayout: weightLayoutFor(o.weightLayout, Infinity) });
     const tokenizer = loadTokenizer(model.file);
     const routing = new RoutingCounter(model.config.nLayer, model.config.nExpert);
     const slots: number = o.parallel ?? (o.memoryBudget === undefined ? DEFAULT_PARALLEL.resident : DEFAULT_PARALLEL.offloaded);
