@@ -88,16 +88,37 @@ void q4kr_pack_panel_impl(const uint8_t* w, int cols, uint8_t* dst) {
   const size_t rb = type_row_bytes(T_Q4_K, cols);
   for (int sb = 0; sb < cols / 256; sb++) {
     uint8_t* P = dst + (size_t)sb * Q4KR_SB_BYTES;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    // per row, the 32 dwords of its chunks in two registers (bytes e and e + 128 of the values in
+    // element order, as low and high nibble), then 16 rows x 32 dwords transposed by gathers
+    alignas(64) uint32_t x[Q4KR_ROWS][32];
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int r = 0; r < Q4KR_ROWS; r++) {
+      const uint8_t* qs = w + (size_t)r * rb + (size_t)sb * 144 + 16;
+      // qs bytes 0..63: elements 0..127 as [0..31 low | 0..31 high | 32..63 low | 32..63 high]
+      const __m512i q0 = _mm512_loadu_si512((const void*)qs), q1 = _mm512_loadu_si512((const void*)(qs + 64));
+      const __m512i l0 = _mm512_and_si512(q0, m4), h0 = _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4);
+      const __m512i l1 = _mm512_and_si512(q1, m4), h1 = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4);
+      const __m512i lo0 = _mm512_shuffle_i64x2(l0, h0, 0x44), lo1 = _mm512_shuffle_i64x2(l0, h0, 0xEE);
+      const __m512i hi0 = _mm512_shuffle_i64x2(l1, h1, 0x44), hi1 = _mm512_shuffle_i64x2(l1, h1, 0xEE);
+      _mm512_store_si512((void*)x[r], _mm512_or_si512(lo0, _mm512_slli_epi16(hi0, 4)));
+      _mm512_store_si512((void*)(x[r] + 16), _mm512_or_si512(lo1, _mm512_slli_epi16(hi1, 4)));
+    }
+    const __m512i rowIdx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(32));
+    for (int i = 0; i < 32; i++) _mm512_storeu_si512((void*)(P + 64 * i), _mm512_i32gather_epi32(rowIdx, (const void*)(&x[0][0] + i), 4));
+#endif
     for (int r = 0; r < Q4KR_ROWS; r++) {
       const uint8_t* b = w + (size_t)r * rb + (size_t)sb * 144;
+#if !(defined(__AVX512F__) && defined(__AVX512BW__))
       // the 256 values in element order (qs byte 32k + l: element 64k + l low, 64k + 32 + l high)
       uint8_t v[256];
       for (int k = 0; k < 4; k++)
         for (int l = 0; l < 32; l++) { v[64 * k + l] = b[16 + 32 * k + l] & 0xF; v[64 * k + 32 + l] = b[16 + 32 * k + l] >> 4; }
       for (int i = 0; i < 32; i++) {
-        const uint32_t lo = load_u32(v + 4 * i), hi = load_u32(v + 128 + 4 * i), x = lo | (hi << 4);
-        memcpy(P + 64 * i + 4 * r, &x, 4);
+        const uint32_t lo = load_u32(v + 4 * i), hi = load_u32(v + 128 + 4 * i), xv = lo | (hi << 4);
+        memcpy(P + 64 * i + 4 * r, &xv, 4);
       }
+#endif
       uint8_t sc[8], mn[8];
       for (int j = 0; j < 8; j++) scale_min_k4(j, b + 4, &sc[j], &mn[j]);
       for (int j = 0; j < 8; j++) P[2048 + 16 * j + r] = sc[j];
