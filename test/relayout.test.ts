@@ -7,12 +7,13 @@
  *  - the expert FFN (moeFfn) with re-laid experts gives the Q4_K experts' bits;
  *  - a Session's logits (prompt and decode) are bit-identical with weightLayout "relaid" and "gguf",
  *    and the re-laid session really runs on Q4_K_R16 weights;
+ *  - with tied embeddings the head is re-laid and the embedding rows still gathered, same logits;
  *  - what cannot be re-laid or read is refused with an error naming it;
  *  - the CLI re-lays only when asked, or for decodes long enough to pay for it.
  */
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { WeightMatrix } from "../src/backend/backend.js";
@@ -25,6 +26,8 @@ import { makeModel } from "../src/tools/make-model/index.js";
 import { Model } from "../src/model/model.js";
 import { Session } from "../src/engine/session.js";
 import { ResidentExperts } from "../src/model/experts.js";
+import { readGGUF } from "../src/formats/gguf/reader.js";
+import { writeGGUF } from "../src/formats/gguf/writer.js";
 import { RELAYOUT_MIN_TOKENS, parseWeightLayout, weightLayoutFor } from "../src/cli/common.js";
 
 const addon = loadNativeAddon();
@@ -128,6 +131,27 @@ test("a Session's logits are bit-identical with re-laid weights, which it really
   else assert.deepEqual(rl.types, g.types, "re-laid only where the AVX-512 kernels run");
   assert.equal(rl.logits.length, g.logits.length);
   rl.logits.forEach((l, i) => assert.deepEqual(l, g.logits[i], `forward ${i}`));
+});
+
+test("tied embeddings: the output head re-laid, the embedding rows still gathered from the file's layout", async () => {
+  const src = join(dir, "tiny-q4k-untied.gguf"), out = join(dir, "tiny-q4k-tied.gguf");
+  await makeModel({ out: src, preset: "tiny-olmoe", type: "Q4_K", layers: 1, experts: 16, topK: 4, seed: 4, vocab: 512 });
+  // the same model without output.weight: the head is the token embeddings (llama.cpp's rule)
+  const g = readGGUF(src), bytes = readFileSync(src);
+  const tensors = [...g.tensors.values()].filter((t) => t.name !== "output.weight")
+    .map((t) => ({ name: t.name, type: t.type, dims: [...t.dims], data: bytes.subarray(t.file!.offset, t.file!.offset + t.nbytes) }));
+  writeGGUF(out, { metadata: new Map(g.metadata), tensors });
+  const run = (layout: "relaid" | "gguf") => {
+    const model = Model.open(out);
+    const s = new Session(model, { backend: NativeBackend.create({ weightLayout: layout }), contextLength: 32 });
+    const logits: Float32Array[] = [s.prefill([9, 8, 7, 300])];
+    for (let i = 0; i < 3; i++) logits.push(s.decodeStep(argmax(logits[logits.length - 1])));
+    return { logits, head: model.weights.matrix("token_embd.weight", model.config.vocabSize, model.config.dModel).type };
+  };
+  const a = run("gguf"), b = run("relaid");
+  assert.equal(a.head, GGMLType.Q4_K);
+  if (addon.isa() === "avx512") assert.equal(b.head, GGMLType.Q4_K_R16);
+  b.logits.forEach((l, i) => assert.deepEqual(l, a.logits[i], `forward ${i}`));
 });
 
 test("re-laid Q4_K: bad shapes and gathers are refused, naming the problem", () => {
