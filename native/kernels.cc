@@ -1651,9 +1651,6 @@ constexpr int PANEL_ROWS = 16;
 constexpr int PANEL_ROWS = 1;
 #endif
 
-// Tokens in tiles of 4 so each weight row is unpacked once per 4 tokens; the caller hands out row
-// ranges small enough that the range stays in L2 across all token tiles. (Tiles of 8 on AVX-512 were
-// measured: no faster, the int8 dot chain per token is the bound, not unpacking.)
 // Rows [r0, r1) (multiples of 16) of a T_Q4_K_R16 matmul: tiles of up to 4 tokens on the packed
 // nibbles (decode), or a panel unpacked once for every token tile (a prompt)
 void q4kr_rows(const MatmulArgs& a, int r0, int r1) {
@@ -1687,6 +1684,9 @@ void q4kr_rows(const MatmulArgs& a, int r0, int r1) {
 #endif
 }
 
+// Tokens in tiles of 4 so each weight row is unpacked once per 4 tokens; the caller hands out row
+// ranges small enough that the range stays in L2 across all token tiles. (Tiles of 8 on AVX-512 were
+// measured: no faster, the int8 dot chain per token is the bound, not unpacking.)
 void matmul_rows_impl(const MatmulArgs& a, int r0, int r1) {
   if (a.type == T_Q4_K_R16) { q4kr_rows(a, r0, r1); return; }
 #if defined(MOIRA_ZMM)
