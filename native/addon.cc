@@ -554,6 +554,17 @@ void finalizeBlock(Napi::Env, void*, AlignedBlock* b) {
   delete b;
 }
 
+// An external ArrayBuffer over `bytes` of posix_memalign memory, registered so that freeAligned
+// (or the collector) frees it
+Napi::ArrayBuffer alignedBuffer(Napi::Env env, void* mem, size_t bytes) {
+  auto* b = new AlignedBlock{mem, false, false};
+  {
+    std::lock_guard<std::mutex> lk(gAllocMu);
+    gBlocks[mem] = b;
+  }
+  return Napi::ArrayBuffer::New(env, mem, bytes, finalizeBlock, b);
+}
+
 Napi::Value AllocAligned(const Napi::CallbackInfo& info) {
   const double bytes = numArg(info, 0, "bytes");
   const double align = info.Length() > 1 && info[1].IsNumber() ? numArg(info, 1, "align") : 64;
@@ -562,12 +573,7 @@ Napi::Value AllocAligned(const Napi::CallbackInfo& info) {
   void* mem = nullptr;
   const size_t n = bytes > 0 ? (size_t)bytes : 1;
   if (posix_memalign(&mem, al, n) != 0) fail(info.Env(), "allocAligned: out of memory for " + std::to_string((size_t)bytes) + " bytes");
-  auto* b = new AlignedBlock{mem, false, false};
-  {
-    std::lock_guard<std::mutex> lk(gAllocMu);
-    gBlocks[mem] = b;
-  }
-  return Napi::ArrayBuffer::New(info.Env(), mem, (size_t)bytes, finalizeBlock, b);
+  return alignedBuffer(info.Env(), mem, (size_t)bytes);
 }
 
 Napi::Value FreeAligned(const Napi::CallbackInfo& info) {
@@ -609,12 +615,7 @@ Napi::Value RelayoutQ4K(const Napi::CallbackInfo& info) {
   const uint8_t* src = w.Data();
   const size_t panelBytes = (size_t)Q4KR_ROWS * type_row_bytes(T_Q4_K_R16, cols);
   pool().run(rows / Q4KR_ROWS, [&](int p, int) { K->q4kr_pack_panel(src + (size_t)p * Q4KR_ROWS * rb, cols, (uint8_t*)mem + (size_t)p * panelBytes); });
-  auto* b = new AlignedBlock{mem, false, false};
-  {
-    std::lock_guard<std::mutex> lk(gAllocMu);
-    gBlocks[mem] = b;
-  }
-  return Napi::ArrayBuffer::New(env, mem, bytes, finalizeBlock, b);
+  return alignedBuffer(env, mem, bytes);
 }
 
 // ---- discarding pages --------------------------------------------------------------------------------
