@@ -151,7 +151,7 @@ export class ModelWeights {
       if (!m || except.includes(name)) continue;
       const [cols, rows, nExpert] = m.dims;
       if (m.dims.length === 2) this.matrix(name, rows, cols);
-      else if (m.dims.length === 3) this.stackedMatrix(name, { type: m.type, nExpert, rows, cols, expertBytes: rows * rowBytes(m.type, cols), meta: m });
+      else if (m.dims.length === 3) this.stackedMatrix(name, this.stacked(name, nExpert, rows, cols));
     }
   }
 
