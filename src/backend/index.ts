@@ -1,5 +1,6 @@
 /** Backend selection: `native` (the C++ addon, default), `ref` (the TypeScript oracle) or `webgpu` (WGSL kernels on a WebGPU device). */
 import type { Backend } from "./backend.js";
+import type { WeightLayout } from "./native/native-backend.js";
 import { RefBackend } from "./ref/ref-backend.js";
 import { InvalidArgumentError } from "../errors.js";
 
@@ -9,7 +10,7 @@ export interface BackendOptions {
   /** worker threads for the native backend (default: all cores) */
   threads?: number;
   /** the native backend's layout of resident weights (NativeBackendOptions.weightLayout) */
-  weightLayout?: "relaid" | "gguf";
+  weightLayout?: WeightLayout;
 }
 
 export async function createBackend(name: string, opts: BackendOptions = {}): Promise<Backend> {

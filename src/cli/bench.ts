@@ -9,6 +9,7 @@
 import type { Command } from "commander";
 import { Model } from "../model/model.js";
 import { createBackend } from "../backend/index.js";
+import type { WeightLayout } from "../backend/native/native-backend.js";
 import { Session } from "../engine/session.js";
 import { KV_TYPE_HELP, WEIGHT_LAYOUT_HELP, addSamplingOptions, parseIntOption, parseWeightLayout, weightLayoutFor } from "./common.js";
 import { Rng, sample, validateSamplerOptions, type SamplerOptions } from "../engine/sampler.js";
@@ -124,7 +125,7 @@ export async function runBench(o: OffloadFlags & SamplerOptions & {
    */
   decodeInput?: "greedy" | "text";
   /** the native backend's layout of resident weights (default: its own) */
-  weightLayout?: "relaid" | "gguf";
+  weightLayout?: WeightLayout;
 }): Promise<{ result: BenchResult; report: string }> {
   // greedy unless asked: temperature 0 (the sampler's own default is 0.8)
   const sampling: SamplerOptions = { ...o, temperature: o.temperature ?? 0 };

@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { InvalidArgumentError } from "../errors.js";
 import type { SamplerOptions } from "../engine/sampler.js";
 import { parseKvType, type KvType } from "../model/kv-cache.js";
+import type { WeightLayout } from "../backend/native/native-backend.js";
 
 export function parseIntOption(name: string, min = 0): (v: string) => number {
   return (v: string) => {
@@ -69,13 +70,19 @@ export const WEIGHT_LAYOUT_HELP = "native backend, all weights resident: relaid 
 export const RELAYOUT_MIN_TOKENS = 4096;
 
 /** The weight layout a command asked for, else MOIRA_WEIGHT_LAYOUT, else by how many tokens it will decode. */
-export function weightLayoutFor(asked: "relaid" | "gguf" | undefined, decodeTokens: number): "relaid" | "gguf" {
+export function weightLayoutFor(asked: WeightLayout | undefined, decodeTokens: number): WeightLayout {
   const env = process.env.MOIRA_WEIGHT_LAYOUT;
-  return asked ?? (env !== undefined ? parseWeightLayout(env) : decodeTokens >= RELAYOUT_MIN_TOKENS ? "relaid" : "gguf");
+  return asked ?? (env !== undefined ? layoutFrom(env, "MOIRA_WEIGHT_LAYOUT") : decodeTokens >= RELAYOUT_MIN_TOKENS ? "relaid" : "gguf");
 }
 
-export function parseWeightLayout(v: string): "relaid" | "gguf" {
-  if (v !== "relaid" && v !== "gguf") throw new InvalidArgumentError(`--weight-layout must be relaid or gguf, got "${v}"`);
+/** --weight-layout's value. */
+export function parseWeightLayout(v: string): WeightLayout {
+  return layoutFrom(v, "--weight-layout");
+}
+
+/** `v` as a weight layout, or an error naming where it came from (the flag or the environment variable). */
+function layoutFrom(v: string, source: string): WeightLayout {
+  if (v !== "relaid" && v !== "gguf") throw new InvalidArgumentError(`${source} must be relaid or gguf, got "${v}"`);
   return v;
 }
 
