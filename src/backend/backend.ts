@@ -220,6 +220,8 @@ export interface ExpertBatch {
 
 export interface Backend {
   readonly name: string;
+  /** Optional: weight types this backend computes besides COMPUTE_TYPES (of BACKEND_TYPES); none where absent. */
+  readonly extraTypes?: readonly GGMLType[];
   /**
    * How the ops read weights: "in-place" (from their bytes where they are, at every op: ref, native)
    * or "cached" (copied once into the backend's memory, recognised afterwards by where the bytes

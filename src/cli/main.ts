@@ -13,6 +13,7 @@ import { registerConvertCommand } from "./convert.js";
 import { registerServeCommand } from "./serve.js";
 import { registerChatCommand } from "./chat.js";
 import { registerQuantizeExpertsCommand } from "./quantize-experts.js";
+import { registerRepackCommand } from "./repack.js";
 import { registerTokenizeCommand } from "./tokenize.js";
 import { registerGpuInfoCommand } from "./gpu-info.js";
 
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   registerServeCommand(program);
   registerChatCommand(program);
   registerQuantizeExpertsCommand(program);
+  registerRepackCommand(program);
   registerTokenizeCommand(program);
   registerGpuInfoCommand(program);
   return program;

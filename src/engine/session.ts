@@ -50,6 +50,7 @@ export class Session {
     if (!(Number.isInteger(this.contextLength) && this.contextLength > 0)) {
       throw new InvalidArgumentError(`context length must be a positive integer, got ${opts.contextLength}`);
     }
+    model.weights.checkBackendTypes(opts.backend);
     this.kv = new KvCache(model.config, this.contextLength, { type: opts.kvType, alloc: opts.backend.allocKv, blockPositions: opts.kvBlockPositions });
     if (opts.experts === undefined) {
       // all weights resident: refused up front where the backend cannot hold them, else loaded

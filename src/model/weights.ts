@@ -7,7 +7,7 @@
 import type { WeightMatrix } from "../backend/backend.js";
 import type { FileMapper, TensorData, TensorMeta, WeightSource } from "../formats/model-file.js";
 import { dequantize } from "../formats/quant/dequantize.js";
-import { COMPUTE_TYPES, GGMLType, rowBytes, typeName } from "../formats/quant/types.js";
+import { BACKEND_TYPES, COMPUTE_TYPES, GGMLType, rowBytes, typeName } from "../formats/quant/types.js";
 import { FileAccessError, MissingTensorError, UnsupportedError, ModelFormatError } from "../errors.js";
 
 /** A stacked `[n_expert, rows, cols]` tensor (GGUF dims [cols, rows, n_expert]). */
@@ -84,7 +84,7 @@ export class ModelWeights {
   /** The tensor's description, checked against the expected GGUF-order dims and a type moira computes with; the model uses it (loadAll loads it). */
   meta(name: string, dims: readonly number[]): TensorMeta {
     const m = this.checkShape(name, dims);
-    if (!COMPUTE_TYPES.includes(m.type)) {
+    if (!COMPUTE_TYPES.includes(m.type) && !BACKEND_TYPES.includes(m.type)) {
       throw new UnsupportedError(
         `tensor ${name} has type ${typeName(m.type)}, which moira cannot compute with; supported: ${COMPUTE_TYPES.map(typeName).join(", ")} (re-quantize the model)`,
       );
@@ -105,6 +105,21 @@ export class ModelWeights {
       throw new ModelFormatError(`tensor ${name}: expected shape ${dimsText(dims)}, found ${dimsText(m.dims)}`);
     }
     return m;
+  }
+
+  /**
+   * Refuses (UnsupportedError) a model whose used tensors include a type only some backends compute
+   * (BACKEND_TYPES) that `backend` does not (its extraTypes).
+   */
+  checkBackendTypes(backend: { readonly name: string; readonly extraTypes?: readonly GGMLType[] }): void {
+    for (const name of this.declared) {
+      const type = this.source.tensors.get(name)!.type;
+      if (COMPUTE_TYPES.includes(type) || backend.extraTypes?.includes(type)) continue;
+      throw new UnsupportedError(
+        `tensor ${name} has type ${typeName(type)}, a layout of moira's own (moira repack writes it), which the ${backend.name} backend cannot compute with: ` +
+        "use the native backend, or the model file it was re-laid from",
+      );
+    }
   }
 
   /** Every tensor the model uses (those checked through meta), with its size in bytes. */

@@ -158,6 +158,13 @@ export function writeLowbitSidecar(model: Model, type: string, out: string, onPr
     throw new UnsupportedError(`quantize-experts: cannot write ${typeName(t)}; use one of ${LOWBIT_TYPES.map(typeName).join(", ")}`);
   }
   const cfg = model.config;
+  const relaid = [...model.file.weights.tensors.values()].find((m) => m.type === GGMLType.Q4_K_R16);
+  if (relaid) {
+    throw new UnsupportedError(
+      `quantize-experts: ${model.file.path} stores ${relaid.name} re-laid (Q4_K_R16, written by moira repack); ` +
+      "low-bit copies are made from, and serve, the model file it was re-laid from",
+    );
+  }
   const layers = describeExperts(cfg, model.weights);
   const tensors: GGUFTensorInput[] = [];
   let expertBytes = 0;

@@ -30,6 +30,8 @@ function layoutOption(v: string | undefined): WeightLayout {
 
 export class NativeBackend extends HostOps implements Backend {
   readonly name = "native";
+  /** Q4_K re-laid in 16-row panels: computed on every ISA (fastest with AVX-512), from a file moira repack wrote or re-laid at load */
+  readonly extraTypes: readonly GGMLType[] = [GGMLType.Q4_K_R16];
   private disposed = false;
 
   /** the mappings mapFile made: their pages can be given back once their tensor is re-laid */

@@ -28,8 +28,9 @@ export enum GGMLType {
   BF16 = 30,
   MXFP4 = 39,
   /**
-   * moira's own in-memory layout, never in a file: Q4_K re-laid in panels of 16 rows, which the
-   * native backend makes at load (Backend.relayout) and computes faster (native/kernels.h)
+   * moira's own layout, unknown to llama.cpp: Q4_K re-laid in panels of 16 rows, which the native
+   * backend computes faster (native/kernels.h). Made at load (Backend.relayout), or once by `moira
+   * repack` into a file of its own.
    */
   Q4_K_R16 = 240,
 }
@@ -69,11 +70,14 @@ export const TYPE_INFO: ReadonlyMap<GGMLType, TypeInfo> = new Map<GGMLType, Type
   [GGMLType.Q4_K_R16, { name: "Q4_K_R16", blockSize: 256, typeSize: 148 }],
 ]);
 
-/** Types moira can compute with (dequantize); Q2_K / Q3_K are dequantize-only (no quantize). */
+/** Types every backend computes with (dequantize); Q2_K / Q3_K are dequantize-only (no quantize). */
 export const COMPUTE_TYPES: readonly GGMLType[] = [
   GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0,
   GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.MXFP4,
 ];
+
+/** Types a model file may hold that only some backends compute (Backend.extraTypes). */
+export const BACKEND_TYPES: readonly GGMLType[] = [GGMLType.Q4_K_R16];
 
 export function typeInfo(type: GGMLType): TypeInfo {
   const info = TYPE_INFO.get(type);

@@ -1,0 +1,92 @@
+/**
+ * `moira repack`: a copy of a GGUF model whose Q4_K matrices are stored re-laid (Q4_K_R16, 16-row
+ * panels: native/kernels.h), the layout the native backend re-lays them into at load with
+ * --weight-layout relaid. Mapping the copy gives that layout's decode speed without paying the
+ * re-lay (and fresh memory) at every start, and lets the ExpertStore read re-laid experts from
+ * disk. The copy holds the same numbers: the native backend computes Q4_K's bits from it
+ * (AVX-512), and within rounding of them on other ISAs. llama.cpp cannot read it.
+ */
+import { closeSync, openSync, readSync, realpathSync } from "node:fs";
+import { dirname, join, basename } from "node:path";
+import { FileAccessError, InvalidArgumentError, UnsupportedError } from "../errors.js";
+import { readGGUF } from "../formats/gguf/reader.js";
+import { writeGGUF, type GGUFTensorInput } from "../formats/gguf/writer.js";
+import type { TensorMeta } from "../formats/model-file.js";
+import { GGMLType } from "../formats/quant/types.js";
+import { loadNativeAddon } from "../backend/native/addon.js";
+import { TOKEN_EMBEDDING } from "../model/steps.js";
+
+export interface RepackResult {
+  readonly path: string;
+  /** tensors stored re-laid, and in all */
+  readonly relaid: number;
+  readonly tensors: number;
+  readonly bytes: number;
+  /** the CPU's best ISA: the copy decodes faster only with AVX-512 */
+  readonly isa: string;
+}
+
+/**
+ * Whether a tensor is stored re-laid: Q4_K, 2-D (a matrix) or 3-D (stacked experts), each matrix's
+ * rows in 16s and columns in 256s; never the token embeddings, whose rows are gathered one by one.
+ */
+export function repackable(t: TensorMeta): boolean {
+  return t.type === GGMLType.Q4_K && t.name !== TOKEN_EMBEDDING && (t.dims.length === 2 || t.dims.length === 3) &&
+    t.dims[0]! % 256 === 0 && t.dims[1]! % 16 === 0;
+}
+
+/** Writes `out`, `src` with every repackable tensor re-laid; `onProgress(done, total)` in bytes. */
+export function repackModel(src: string, out: string, onProgress?: (done: number, total: number) => void): RepackResult {
+  if (sameFile(src, out)) throw new InvalidArgumentError(`repack: --out ${out} is the input model; write the copy to another path`);
+  const file = readGGUF(src);
+  const metas = [...file.tensors.values()];
+  const relaid = metas.filter(repackable).length;
+  if (relaid === 0) {
+    throw new UnsupportedError(
+      `repack: ${src} has no Q4_K matrix with rows in 16s and columns in 256s besides the token embeddings: nothing to re-lay ` +
+      "(repack re-lays Q4_K only; use the file as it is)",
+    );
+  }
+  const addon = loadNativeAddon();
+  const fd = openSync(src, "r");
+  try {
+    const read = (t: TensorMeta): Uint8Array => {
+      const b = new Uint8Array(t.nbytes);
+      for (let have = 0; have < b.length;) {
+        const got = readSync(fd, b, have, Math.min(b.length - have, 1 << 30), t.file!.offset + have);
+        if (got === 0) throw new FileAccessError(`repack: ${src} ended inside tensor ${t.name}`);
+        have += got;
+      }
+      return b;
+    };
+    const tensors: GGUFTensorInput[] = metas.map((t) => {
+      if (!repackable(t)) return { name: t.name, type: t.type, dims: t.dims, data: () => read(t) };
+      const cols = t.dims[0]!, rows = t.dims.slice(1).reduce((a, b) => a * b, 1);
+      return { name: t.name, type: GGMLType.Q4_K_R16, dims: t.dims, data: () => new Uint8Array(addon.relayoutQ4K(read(t), rows, cols)) };
+    });
+    const bytes = writeGGUF(out, { metadata: file.metadata, tensors, alignment: file.alignment, onTensor: onProgress });
+    return { path: out, relaid, tensors: metas.length, bytes, isa: addon.supportedIsas()[0]! };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Whether two paths name one file (`b` need not exist). */
+function sameFile(a: string, b: string): boolean {
+  const real = (p: string): string => {
+    try {
+      return realpathSync(p);
+    } catch {
+      return join(realpathSyncOr(dirname(p)), basename(p));
+    }
+  };
+  return real(a) === real(b);
+}
+
+function realpathSyncOr(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return p;
+  }
+}
