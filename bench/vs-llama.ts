@@ -13,15 +13,22 @@
  *
  * Best and median of --rounds (>= 3) per figure; ratios are moira's speed / llama.cpp's. JSON on stdout.
  *
+ * --moira-files gguf,repacked also runs moira on the copy `moira repack` writes (<preset>-<type>.moira.gguf
+ * beside the file, written first where missing: Q4_K matrices stored re-laid), in the same rounds;
+ * llama.cpp always runs the file. Each moira file gets its own figures and ratios ("moira" is gguf's,
+ * "moiraRepacked" the copy's).
+ *
  *   npx tsc -p tsconfig.json   # moira runs from dist/, as `npx moira` does
  *   node --import tsx bench/vs-llama.ts [--presets olmoe-1b-7b,qwen1.5-moe-a2.7b] [--types Q4_K,Q8_0]
  *     [--prompts 8,512,2048] [--gen-tokens 64] [--threads 2] [--rounds 3] [--dir /tmp/moira-bench]
+ *     [--moira-files gguf|repacked|gguf,repacked]
  */
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { makeModel } from "../src/tools/make-model/index.js";
+import { repackModel } from "../src/tools/repack.js";
 import { Model } from "../src/model/model.js";
 import { KvCache } from "../src/model/kv-cache.js";
 import { loadTokenizer } from "../src/engine/tokenizer/index.js";
@@ -39,8 +46,13 @@ const { values: a } = parseArgs({
     rounds: { type: "string", default: "3" },
     samplers: { type: "string", default: "greedy,default" },
     dir: { type: "string", default: "/tmp/moira-bench" },
+    "moira-files": { type: "string", default: "gguf" },
   },
 });
+const MOIRA_FILES = { gguf: "moira", repacked: "moiraRepacked" } as const;
+type MoiraFile = keyof typeof MOIRA_FILES;
+const moiraFiles = a["moira-files"]!.split(",") as MoiraFile[];
+for (const f of moiraFiles) if (!(f in MOIRA_FILES)) throw new Error(`--moira-files takes gguf and/or repacked, got ${f}`);
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const genTokens = Number(a["gen-tokens"]), threads = Number(a.threads), rounds = Number(a.rounds);
 const samplers = a.samplers!.split(",") as Array<"greedy" | "default">;
@@ -124,6 +136,12 @@ for (const preset of a.presets!.split(",")) {
       process.stderr.write(`writing ${path}...\n`);
       await makeModel({ preset, type, seed: 1, out: path });
     }
+    const repacked = join(a.dir!, `${preset}-${type}.moira.gguf`);
+    if (moiraFiles.includes("repacked") && !existsSync(repacked)) {
+      process.stderr.write(`writing ${repacked}...\n`);
+      repackModel(path, repacked);
+    }
+    const fileOf = (e: string): string => (e === MOIRA_FILES.repacked ? repacked : path);
     for (const n of a.prompts!.split(",").map(Number)) {
       const model = Model.open(path);
       const text = promptText(model, n);
@@ -131,14 +149,15 @@ for (const preset of a.presets!.split(",")) {
       model.close();
       const promptFile = join(a.dir!, `prompt-${n}.txt`);
       writeFileSync(promptFile, text);
-      const runs: Record<string, { moira: E2E[]; llama: E2E[] }> = {};
-      for (const s of samplers) runs[s] = { moira: [], llama: [] };
+      const engines = [...moiraFiles.map((f) => MOIRA_FILES[f]), "llama"];
+      const runs: Record<string, Record<string, E2E[]>> = {};
+      for (const s of samplers) runs[s] = Object.fromEntries(engines.map((e) => [e, []]));
       for (let r = 0; r < rounds; r++) {
         for (const s of samplers) {
-          const order = r % 2 === 0 ? ["moira", "llama"] : ["llama", "moira"];
+          const order = r % 2 === 0 ? engines : [...engines].reverse();
           for (const e of order) {
-            const x = e === "moira" ? await runMoira(path, text, s) : await runLlama(path, promptFile, s);
-            runs[s]![e as "moira" | "llama"].push(x);
+            const x = e === "llama" ? await runLlama(path, promptFile, s) : await runMoira(fileOf(e), text, s);
+            runs[s]![e]!.push(x);
             process.stderr.write(`${preset} ${type} prompt ${n} ${s} round ${r} ${e}: ttft ${x.ttftMs.toFixed(0)} ms, decode ${x.decodeMsPerToken.toFixed(2)} ms/token (${x.generated} tokens; in-process ${x.inProcess.decodeMsPerToken?.toFixed(2)})\n`);
           }
         }
@@ -155,19 +174,22 @@ for (const preset of a.presets!.split(",")) {
       });
       const bySampler: Record<string, unknown> = {};
       for (const s of samplers) {
-        const m = summary(runs[s]!.moira), l = summary(runs[s]!.llama);
-        bySampler[s] = {
-          moira: m, llamaCpp: l,
-          ratio: {
+        const l = summary(runs[s]!.llama!);
+        const entry: Record<string, unknown> = { llamaCpp: l };
+        for (const f of moiraFiles) {
+          const key = MOIRA_FILES[f], m = summary(runs[s]![key]!);
+          entry[key] = m;
+          entry[f === "gguf" ? "ratio" : "ratioRepacked"] = {
             // > 1: moira is faster
             ttft: { best: l.ttftMs.best / m.ttftMs.best, median: l.ttftMs.median / m.ttftMs.median },
             decode: { best: l.decodeMsPerToken.best / m.decodeMsPerToken.best, median: l.decodeMsPerToken.median / m.decodeMsPerToken.median },
             prefill: { best: m.inProcess.prefillTokensPerS.best / l.inProcess.prefillTokensPerS.best },
-          },
-          decodeShareOfBound: { moira: boundMs / m.decodeMsPerToken.best, llamaCpp: boundMs / l.decodeMsPerToken.best },
-        };
+          };
+          entry[f === "gguf" ? "decodeShareOfBound" : "decodeShareOfBoundRepacked"] = { moira: boundMs / m.decodeMsPerToken.best, llamaCpp: boundMs / l.decodeMsPerToken.best };
+        }
+        bySampler[s] = entry;
       }
-      results.push({ preset, type, promptTokens: n, genTokens, threads, rounds, boundMsPerToken: +boundMs.toFixed(2), samplers: bySampler });
+      results.push({ preset, type, moiraFiles, promptTokens: n, genTokens, threads, rounds, boundMsPerToken: +boundMs.toFixed(2), samplers: bySampler });
     }
   }
 }
