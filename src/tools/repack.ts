@@ -6,8 +6,7 @@
  * disk. The copy holds the same numbers: the native backend computes Q4_K's bits from it
  * (AVX-512), and within rounding of them on other ISAs. llama.cpp cannot read it.
  */
-import { closeSync, openSync, readSync, realpathSync } from "node:fs";
-import { dirname, join, basename } from "node:path";
+import { closeSync, existsSync, openSync, readSync, realpathSync } from "node:fs";
 import { FileAccessError, InvalidArgumentError, UnsupportedError } from "../errors.js";
 import { readGGUF } from "../formats/gguf/reader.js";
 import { writeGGUF, type GGUFTensorInput } from "../formats/gguf/writer.js";
@@ -30,15 +29,15 @@ export interface RepackResult {
  * Whether a tensor is stored re-laid: Q4_K, 2-D (a matrix) or 3-D (stacked experts), each matrix's
  * rows in 16s and columns in 256s; never the token embeddings, whose rows are gathered one by one.
  */
-export function repackable(t: TensorMeta): boolean {
+function repackable(t: TensorMeta): boolean {
   return t.type === GGMLType.Q4_K && t.name !== TOKEN_EMBEDDING && (t.dims.length === 2 || t.dims.length === 3) &&
     t.dims[0]! % 256 === 0 && t.dims[1]! % 16 === 0;
 }
 
 /** Writes `out`, `src` with every repackable tensor re-laid; `onProgress(done, total)` in bytes. */
 export function repackModel(src: string, out: string, onProgress?: (done: number, total: number) => void): RepackResult {
-  if (sameFile(src, out)) throw new InvalidArgumentError(`repack: --out ${out} is the input model; write the copy to another path`);
   const file = readGGUF(src);
+  if (sameFile(src, out)) throw new InvalidArgumentError(`repack: --out ${out} is the input model; write the copy to another path`);
   const metas = [...file.tensors.values()];
   const relaid = metas.filter(repackable).length;
   if (relaid === 0) {
@@ -71,22 +70,7 @@ export function repackModel(src: string, out: string, onProgress?: (done: number
   }
 }
 
-/** Whether two paths name one file (`b` need not exist). */
+/** Whether `b` exists and is the file `a` names. */
 function sameFile(a: string, b: string): boolean {
-  const real = (p: string): string => {
-    try {
-      return realpathSync(p);
-    } catch {
-      return join(realpathSyncOr(dirname(p)), basename(p));
-    }
-  };
-  return real(a) === real(b);
-}
-
-function realpathSyncOr(p: string): string {
-  try {
-    return realpathSync(p);
-  } catch {
-    return p;
-  }
+  return existsSync(b) && realpathSync(a) === realpathSync(b);
 }
