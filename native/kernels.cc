@@ -119,12 +119,9 @@ void q4kr_pack_panel_impl(const uint8_t* w, int cols, uint8_t* dst) {
         memcpy(P + 64 * i + 4 * r, &xv, 4);
       }
 #endif
-      uint8_t sc[8], mn[8];
-      for (int j = 0; j < 8; j++) scale_min_k4(j, b + 4, &sc[j], &mn[j]);
-      for (int j = 0; j < 8; j++) P[2048 + 16 * j + r] = sc[j];
-      for (int q = 0; q < 4; q++) { P[2176 + 32 * q + 2 * r] = mn[2 * q]; P[2176 + 32 * q + 2 * r + 1] = mn[2 * q + 1]; }
-      memcpy(P + 2304 + 2 * r, b, 2);
-      memcpy(P + 2336 + 2 * r, b + 2, 2);
+      for (int k = 0; k < 12; k++) P[Q4KR_SCALES + 16 * k + r] = b[4 + k];
+      memcpy(P + Q4KR_D + 2 * r, b, 2);
+      memcpy(P + Q4KR_DMIN + 2 * r, b + 2, 2);
     }
   }
 }
@@ -146,6 +143,8 @@ void q4kr_pack_panel_impl(const uint8_t* w, int cols, uint8_t* dst) {
         float av = 0, mv = 0;
         for (int sb = 0; sb < nsb; sb++) {
           const uint8_t* P = panelBytes + (size_t)sb * Q4KR_SB_BYTES;
+          uint8_t packed[12];
+          for (int k = 0; k < 12; k++) packed[k] = P[Q4KR_SCALES + 16 * k + r];
           int S = 0, M = 0;
           for (int j = 0; j < 8; j++) {
             int sum = 0;
@@ -154,11 +153,13 @@ void q4kr_pack_panel_impl(const uint8_t* w, int cols, uint8_t* dst) {
               const uint8_t byte = P[64 * i + 4 * r + c];
               sum += (e < 128 ? byte & 0xF : byte >> 4) * y[(size_t)sb * 256 + e];
             }
-            S += P[2048 + 16 * j + r] * sum;
-            M += P[2176 + 32 * (j / 2) + 2 * r + (j % 2)] * s32h[(size_t)sb * 8 + j];
+            uint8_t sc, mn;
+            scale_min_k4(j, packed, &sc, &mn);
+            S += sc * sum;
+            M += mn * s32h[(size_t)sb * 8 + j];
           }
-          av = fmaf((float)S, h2f(rd16(P + 2304 + 2 * r)) * dy[sb], av);
-          mv = fmaf((float)M, h2f(rd16(P + 2336 + 2 * r)) * dy[sb], mv);
+          av = fmaf((float)S, h2f(rd16(P + Q4KR_D + 2 * r)) * dy[sb], av);
+          mv = fmaf((float)M, h2f(rd16(P + Q4KR_DMIN + 2 * r)) * dy[sb], mv);
         }
         a.out[(size_t)t * a.rows + p0 + r] = av - mv;
       }
@@ -971,10 +972,31 @@ MOIRA_KERNEL void q4k_panel_tokens(const Q4kPanelSb* P, int nsb, const uint8_t* 
   for (int t = 0; t < TT; t++) _mm512_storeu_ps(out[t], _mm512_sub_ps(a[t], m[t]));
 }
 
+// A re-laid super-block's scales and mins, unpacked from Q4_K's 6-bit packing (scale_min_k4) for
+// its 16 rows at once, byte r of each vector for row r: sc[j] the scales of sub-block j; mn[q] the
+// mins of sub-blocks 2q and 2q + 1 as int16 pairs per row (int32 lane r), vpdpwssd's operand.
+inline void q4kr_scales(const uint8_t* P, __m128i* sc, __m512i* mn) {
+  __m128i k[12];
+  for (int i = 0; i < 12; i++) k[i] = _mm_loadu_si128((const __m128i*)(P + Q4KR_SCALES + 16 * i));
+  const __m128i m63 = _mm_set1_epi8(63), m15 = _mm_set1_epi8(15), top2 = _mm_set1_epi8((char)0xC0);
+  __m128i m[8];
+  for (int j = 0; j < 4; j++) {
+    sc[j] = _mm_and_si128(k[j], m63);
+    m[j] = _mm_and_si128(k[j + 4], m63);
+    // bits 6..7 of bytes j and j + 4 become bits 4..5 (a 16-bit shift of the masked bytes stays in its byte)
+    sc[j + 4] = _mm_or_si128(_mm_and_si128(k[j + 8], m15), _mm_srli_epi16(_mm_and_si128(k[j], top2), 2));
+    m[j + 4] = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(k[j + 8], 4), m15), _mm_srli_epi16(_mm_and_si128(k[j + 4], top2), 2));
+  }
+  for (int q = 0; q < 4; q++) {
+    const __m256i pairs = _mm256_set_m128i(_mm_unpackhi_epi8(m[2 * q], m[2 * q + 1]), _mm_unpacklo_epi8(m[2 * q], m[2 * q + 1]));
+    mn[q] = _mm512_cvtepu8_epi16(pairs);
+  }
+}
+
 // T_Q4_K_R16, a few tokens (decode): NT tokens against a re-laid panel's 16 rows, one vpdpbusd per
 // 64 products (int32 lane r: row r), the nibbles unpacked in registers (3 instructions per 128
 // weights), so the row-at-a-time kernel's vpmaddubsw + vpshufb + vpdpwssd per 64 weights become
-// ~1.6 instructions and the weights stay 4-bit in memory. Each super-block's 37 lines are asked for
+// ~1.6 instructions and the weights stay 4-bit in memory. Each super-block's 36 lines are asked for
 // before its first load (memory-level parallelism: on a Zen 4 VM ~1.3x the read rate of plain
 // loads or of asking 2-5 KiB ahead). Bits: S, M exact as in the Q4_K kernels, then the same fmas.
 template <int NT>
@@ -984,6 +1006,9 @@ MOIRA_KERNEL void q4kr_panel_dot(const uint8_t* P, int nsb, const uint8_t* const
   for (int t = 0; t < NT; t++) { a[t] = _mm512_setzero_ps(); m[t] = _mm512_setzero_ps(); }
   for (int sb = 0; sb < nsb; sb++, P += Q4KR_SB_BYTES) {
     for (size_t o = 0; o < Q4KR_SB_BYTES; o += 64) _mm_prefetch((const char*)(P + o), _MM_HINT_T0);
+    __m128i sc[8];
+    __m512i mn[4];
+    q4kr_scales(P, sc, mn);
     __m512i S[NT];
     for (int t = 0; t < NT; t++) S[t] = _mm512_setzero_si512();
     for (int j = 0; j < 4; j++) {  // sub-blocks j (low nibbles) and j + 4 (high)
@@ -999,19 +1024,17 @@ MOIRA_KERNEL void q4kr_panel_dot(const uint8_t* P, int nsb, const uint8_t* const
           hi[i & 1][t] = _mm512_dpbusd_epi32(hi[i & 1][t], wh, _mm512_set1_epi32((int)load_u32(y + 128 + 4 * c)));
         }
       }
-      const __m512i scl = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(P + 2048 + 16 * j)));
-      const __m512i sch = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(P + 2048 + 16 * (j + 4))));
+      const __m512i scl = _mm512_cvtepu8_epi32(sc[j]), sch = _mm512_cvtepu8_epi32(sc[j + 4]);
       for (int t = 0; t < NT; t++)
         S[t] = _mm512_add_epi32(S[t], _mm512_add_epi32(_mm512_mullo_epi32(_mm512_add_epi32(lo[0][t], lo[1][t]), scl),
                                                        _mm512_mullo_epi32(_mm512_add_epi32(hi[0][t], hi[1][t]), sch)));
     }
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(P + 2304)));
-    const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(P + 2336)));
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(P + Q4KR_D)));
+    const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(P + Q4KR_DMIN)));
     for (int t = 0; t < NT; t++) {
       const uint8_t* sums = act[t] + L.s32hOff + (size_t)sb * 16;
       __m512i M = _mm512_setzero_si512();
-      for (int q = 0; q < 4; q++)
-        M = _mm512_dpwssd_epi32(M, _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(P + 2176 + 32 * q))), _mm512_set1_epi32((int)load_u32(sums + 4 * q)));
+      for (int q = 0; q < 4; q++) M = _mm512_dpwssd_epi32(M, mn[q], _mm512_set1_epi32((int)load_u32(sums + 4 * q)));
       const __m512 dd = _mm512_set1_ps(((const float*)(act[t] + L.dOff))[sb]);
       a[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[t]), _mm512_mul_ps(d, dd), a[t]);
       m[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), _mm512_mul_ps(dmin, dd), m[t]);
@@ -1029,10 +1052,11 @@ inline void q4kr_unpack_sb(const uint8_t* w, size_t, int sb, Q4kPanelSb& P) {
     P.q[i] = _mm512_and_si512(x, m4);
     P.q[32 + i] = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
   }
-  for (int j = 0; j < 8; j++) P.sc[j] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(b + 2048 + 16 * j)));
-  for (int q = 0; q < 4; q++) P.mn[q] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(b + 2176 + 32 * q)));
-  P.d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(b + 2304)));
-  P.dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(b + 2336)));
+  __m128i sc[8];
+  q4kr_scales(b, sc, P.mn);
+  for (int j = 0; j < 8; j++) P.sc[j] = _mm512_cvtepu8_epi32(sc[j]);
+  P.d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(b + Q4KR_D)));
+  P.dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(b + Q4KR_DMIN)));
 }
 
 // Q6_K, Q2_K and Q3_K at 512 bits take 64 elements in order per zmm chunk c, with one scale per 16:

@@ -10,7 +10,8 @@ namespace moira {
 enum GgmlType : int {
   T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q8_0 = 8, T_Q2_K = 10, T_Q3_K = 11,
   T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30, T_MXFP4 = 39,
-  // moira's own layout, never in a file: Q4_K re-laid at load in panels of 16 rows (see Q4KR_* below)
+  // moira's own layout: Q4_K re-laid in panels of 16 rows (see Q4KR_* below), at load or in a file
+  // `moira repack` wrote
   T_Q4_K_R16 = 240,
 };
 
@@ -18,14 +19,14 @@ enum GgmlType : int {
 // at byte p * (cols / 256) * Q4KR_SB_BYTES, its super-blocks in order, each Q4KR_SB_BYTES:
 //   [0, 2048)     32 x 64 bytes: byte 4r + c of chunk i holds row r's element 4i + c (low nibble)
 //                 and 4i + 128 + c (high nibble), the 4-bit values as Q4_K stores them
-//   [2048, 2176)  the 6-bit scales: byte 16j + r = row r's scale of sub-block j
-//   [2176, 2304)  the 6-bit mins in pairs: bytes 32q + 2r, 32q + 2r + 1 = row r's mins of
-//                 sub-blocks 2q, 2q + 1
-//   [2304, 2336)  d of rows 0..15 (f16);  [2336, 2368)  dmin of rows 0..15 (f16)
-// 148 bytes per row and super-block (Q4_K: 144): row ranges starting at multiples of 16 are whole
+//   [2048, 2240)  the 6-bit scales and mins as Q4_K packs them: byte 16k + r = row r's scales byte k
+//                 (k = 0..11)
+//   [2240, 2272)  d of rows 0..15 (f16);  [2272, 2304)  dmin of rows 0..15 (f16)
+// 144 bytes per row and super-block, as Q4_K: row ranges starting at multiples of 16 are whole
 // panels at r0 * rowBytes. Every kernel computes Q4_K's bits (kernels.cc).
 constexpr int Q4KR_ROWS = 16;
-constexpr size_t Q4KR_SB_BYTES = 2368;
+constexpr size_t Q4KR_SB_BYTES = 2304;
+constexpr size_t Q4KR_SCALES = 2048, Q4KR_D = 2240, Q4KR_DMIN = 2272;
 
 // Bytes of one row of `cols` elements (0 for an unknown type). static: each translation unit
 // keeps its own copy, so no ISA-specific build of it can be merged into another by the linker.

@@ -1,7 +1,8 @@
 /**
  * `moira repack`: a copy of a GGUF model with its Q4_K matrices stored as Q4_K_R16 panels.
  *  - exactly the repackable tensors change type (Q4_K with rows in 16s and columns in 256s, never
- *    the token embeddings), and their bytes are the addon's re-lay of the original's;
+ *    the token embeddings), and their bytes are the addon's re-lay of the original's, as many; the
+ *    metadata gains the layout's name, without which (or with another) the copy is refused;
  *  - the native backend's logits from the copy are the original's: bit-identical on AVX-512 (the
  *    re-laid kernels give Q4_K's bits), within rounding elsewhere; all-resident and under a memory
  *    budget (the ExpertStore reading re-laid experts from the copy);
@@ -24,7 +25,10 @@ import { Model } from "../src/model/model.js";
 import { Session } from "../src/engine/session.js";
 import { readGGUF } from "../src/formats/gguf/reader.js";
 import { writeLowbitSidecar } from "../src/offload/lowbit.js";
-import { UnsupportedError, InvalidArgumentError } from "../src/errors.js";
+import { UnsupportedError, InvalidArgumentError, ModelFormatError } from "../src/errors.js";
+import { writeGGUF } from "../src/formats/gguf/writer.js";
+import { GGUFValueType } from "../src/formats/model-file.js";
+import { RELAID_LAYOUT_KEY } from "../src/formats/quant/types.js";
 
 const REPO_ROOT = join(import.meta.dirname, "..");
 const addon = loadNativeAddon();
@@ -41,7 +45,7 @@ test("repack re-lays exactly the Q4_K matrices with whole panels, the embeddings
   const r = await ready;
   const a = readGGUF(src), b = readGGUF(copy), abytes = readFileSync(src), bbytes = readFileSync(copy);
   assert.deepEqual([...b.tensors.keys()], [...a.tensors.keys()]);
-  assert.deepEqual([...b.metadata.keys()], [...a.metadata.keys()]);
+  assert.deepEqual([...b.metadata.keys()], [...a.metadata.keys(), RELAID_LAYOUT_KEY]);
   let relaid = 0;
   for (const [name, t] of a.tensors) {
     const u = b.tensors.get(name)!;
@@ -52,6 +56,7 @@ test("repack re-lays exactly the Q4_K matrices with whole panels, the embeddings
     if (whole) {
       relaid++;
       assert.equal(u.type, GGMLType.Q4_K_R16, name);
+      assert.equal(u.nbytes, t.nbytes, `${name}: as large as the original`);
       const rows = t.dims.slice(1).reduce((x, y) => x * y, 1);
       assert.deepEqual(got, new Uint8Array(addon.relayoutQ4K(data, rows, t.dims[0]!)), `${name}: the addon's re-lay`);
     } else {
@@ -100,6 +105,17 @@ test("what cannot use the copy says so: the ref backend, quantize-experts, bad o
   assert.throws(() => writeLowbitSidecar(Model.open(copy), "Q2_K", join(dir, "side.gguf")),
     (e: Error) => e instanceof UnsupportedError && /re-laid \(Q4_K_R16.*model file it was re-laid from/.test(e.message));
   assert.throws(() => repackModel(src, src), (e: Error) => e instanceof InvalidArgumentError && /is the input model/.test(e.message));
+  // re-laid tensors without this moira's layout name: another layout, refused at open
+  const g = readGGUF(copy), bytes = readFileSync(copy);
+  const tensors = [...g.tensors.values()].map((t) => ({ name: t.name, type: t.type, dims: [...t.dims], data: bytes.subarray(t.file!.offset, t.file!.offset + t.nbytes) }));
+  for (const value of [undefined, "Q4_K_R16/1"]) {
+    const md = new Map(g.metadata);
+    if (value === undefined) md.delete(RELAID_LAYOUT_KEY);
+    else md.set(RELAID_LAYOUT_KEY, { type: GGUFValueType.STRING, value });
+    const other = join(dir, "other-layout.gguf");
+    writeGGUF(other, { metadata: md, tensors });
+    assert.throws(() => Model.open(other), (e: Error) => e instanceof ModelFormatError && /has type Q4_K_R16, but moira\.relaid_layout is .*run moira repack again/.test(e.message));
+  }
   const q8 = join(dir, "tiny-q8.gguf");
   await makeModel({ out: q8, preset: "tiny-olmoe", type: "Q8_0", layers: 1, experts: 16, topK: 4, seed: 6 });
   assert.throws(() => repackModel(q8, join(dir, "q8.moira.gguf")), (e: Error) => e instanceof UnsupportedError && /nothing to re-lay/.test(e.message));

@@ -11,6 +11,7 @@ import type { ModelConfig } from "./config.js";
 import { ModelWeights } from "./weights.js";
 import { architectureFor } from "./registry.js";
 import { MissingTensorError, ModelFormatError } from "../errors.js";
+import { GGMLType, RELAID_LAYOUT, RELAID_LAYOUT_KEY } from "../formats/quant/types.js";
 
 /**
  * Checks a tensor's presence (unless optional, or replaced by its orElse set) and shape; an unused
@@ -30,6 +31,18 @@ function checkTensor(weights: ModelWeights, t: ExpectedTensor): void {
   for (const x of t.orElse) check(x);
 }
 
+/** Refuses Q4_K_R16 tensors unless the file says `moira repack` wrote them in this moira's layout. */
+function checkRelaidLayout(file: ModelFile): void {
+  const relaid = [...file.weights.tensors.values()].find((t) => t.type === GGMLType.Q4_K_R16);
+  if (!relaid) return;
+  const v = file.metadata.get(RELAID_LAYOUT_KEY);
+  if (v?.type === GGUFValueType.STRING && v.value === RELAID_LAYOUT) return;
+  throw new ModelFormatError(
+    `${file.path}: tensor ${relaid.name} has type Q4_K_R16, but ${RELAID_LAYOUT_KEY} is ${v ? JSON.stringify(v.value) : "missing"}, ` +
+    `not "${RELAID_LAYOUT}": a layout another moira wrote; run moira repack again on the original model`,
+  );
+}
+
 export class ModelBase {
   protected constructor(
     readonly file: ModelFile,
@@ -45,6 +58,7 @@ export class ModelBase {
       if (!archValue || archValue.type !== GGUFValueType.STRING) {
         throw new ModelFormatError(`${file.path}: metadata key general.architecture is missing`);
       }
+      checkRelaidLayout(file);
       const arch = architectureFor(archValue.value);
       const config = arch.config(file.metadata, file.weights.tensors);
       const weights = new ModelWeights(file.weights);

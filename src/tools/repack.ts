@@ -4,14 +4,16 @@
  * --weight-layout relaid. Mapping the copy gives that layout's decode speed without paying the
  * re-lay (and fresh memory) at every start, and lets the ExpertStore read re-laid experts from
  * disk. The copy holds the same numbers: the native backend computes Q4_K's bits from it
- * (AVX-512), and within rounding of them on other ISAs. llama.cpp cannot read it.
+ * (AVX-512), and within rounding of them on other ISAs; it is as large as the original (the panels
+ * keep Q4_K's packed scales). Its metadata names the layout (RELAID_LAYOUT_KEY), which a model
+ * must carry to be opened. llama.cpp cannot read it.
  */
 import { closeSync, existsSync, openSync, readSync, realpathSync } from "node:fs";
 import { FileAccessError, InvalidArgumentError, UnsupportedError } from "../errors.js";
 import { readGGUF } from "../formats/gguf/reader.js";
 import { writeGGUF, type GGUFTensorInput } from "../formats/gguf/writer.js";
-import type { TensorMeta } from "../formats/model-file.js";
-import { GGMLType } from "../formats/quant/types.js";
+import { GGUFValueType, type GGUFMetadataValue, type TensorMeta } from "../formats/model-file.js";
+import { GGMLType, RELAID_LAYOUT, RELAID_LAYOUT_KEY } from "../formats/quant/types.js";
 import { loadNativeAddon } from "../backend/native/addon.js";
 import { TOKEN_EMBEDDING } from "../model/steps.js";
 
@@ -63,7 +65,9 @@ export function repackModel(src: string, out: string, onProgress?: (done: number
       const cols = t.dims[0]!, rows = t.dims.slice(1).reduce((a, b) => a * b, 1);
       return { name: t.name, type: GGMLType.Q4_K_R16, dims: t.dims, data: () => new Uint8Array(addon.relayoutQ4K(read(t), rows, cols)) };
     });
-    const bytes = writeGGUF(out, { metadata: file.metadata, tensors, alignment: file.alignment, onTensor: onProgress });
+    const metadata = new Map<string, GGUFMetadataValue>(file.metadata);
+    metadata.set(RELAID_LAYOUT_KEY, { type: GGUFValueType.STRING, value: RELAID_LAYOUT });
+    const bytes = writeGGUF(out, { metadata, tensors, alignment: file.alignment, onTensor: onProgress });
     return { path: out, relaid, tensors: metas.length, bytes, isa: addon.supportedIsas()[0]! };
   } finally {
     closeSync(fd);

@@ -66,8 +66,8 @@ export const TYPE_INFO: ReadonlyMap<GGMLType, TypeInfo> = new Map<GGMLType, Type
   [GGMLType.F64, { name: "F64", blockSize: 1, typeSize: 8 }],
   [GGMLType.BF16, { name: "BF16", blockSize: 1, typeSize: 2 }],
   [GGMLType.MXFP4, { name: "MXFP4", blockSize: 32, typeSize: 17 }],
-  // 16 rows x 256 elements in 2368 bytes: 148 per row (row ranges at multiples of 16 only)
-  [GGMLType.Q4_K_R16, { name: "Q4_K_R16", blockSize: 256, typeSize: 148 }],
+  // 16 rows x 256 elements in 2304 bytes: 144 per row, as Q4_K (row ranges at multiples of 16 only)
+  [GGMLType.Q4_K_R16, { name: "Q4_K_R16", blockSize: 256, typeSize: 144 }],
 ]);
 
 /** Types every backend computes with (dequantize); Q2_K / Q3_K are dequantize-only (no quantize). */
@@ -78,6 +78,13 @@ export const COMPUTE_TYPES: readonly GGMLType[] = [
 
 /** Types a model file may hold that only some backends compute (Backend.extraTypes). */
 export const BACKEND_TYPES: readonly GGMLType[] = [GGMLType.Q4_K_R16];
+
+/**
+ * The metadata key and value `moira repack` writes beside Q4_K_R16 tensors: a file without them, or
+ * with another value, holds type id 240 in a layout this moira does not know (ModelBase refuses it).
+ */
+export const RELAID_LAYOUT_KEY = "moira.relaid_layout";
+export const RELAID_LAYOUT = "Q4_K_R16/2: 16-row panels, Q4_K's packed scales";
 
 export function typeInfo(type: GGMLType): TypeInfo {
   const info = TYPE_INFO.get(type);
