@@ -60,15 +60,29 @@ export function repackModel(src: string, out: string, onProgress?: (done: number
       }
       return b;
     };
+    // the latest re-laid tensor (the addon's memory, which the collector does not see): freed when
+    // the writer asks for the next tensor, having written this one, and at the end
+    let held: ArrayBuffer | undefined;
+    const release = (): void => {
+      if (held) addon.freeAligned(held);
+      held = undefined;
+    };
     const tensors: GGUFTensorInput[] = metas.map((t) => {
-      if (!repackable(t)) return { name: t.name, type: t.type, dims: t.dims, data: () => read(t) };
+      if (!repackable(t)) return { name: t.name, type: t.type, dims: t.dims, data: () => { release(); return read(t); } };
       const cols = t.dims[0]!, rows = t.dims.slice(1).reduce((a, b) => a * b, 1);
-      return { name: t.name, type: GGMLType.Q4_K_R16, dims: t.dims, data: () => new Uint8Array(addon.relayoutQ4K(read(t), rows, cols)) };
+      return {
+        name: t.name, type: GGMLType.Q4_K_R16, dims: t.dims,
+        data: () => { release(); held = addon.relayoutQ4K(read(t), rows, cols); return new Uint8Array(held); },
+      };
     });
     const metadata = new Map<string, GGUFMetadataValue>(file.metadata);
     metadata.set(RELAID_LAYOUT_KEY, { type: GGUFValueType.STRING, value: RELAID_LAYOUT });
-    const bytes = writeGGUF(out, { metadata, tensors, alignment: file.alignment, onTensor: onProgress });
-    return { path: out, relaid, tensors: metas.length, bytes, isa: addon.supportedIsas()[0]! };
+    try {
+      const bytes = writeGGUF(out, { metadata, tensors, alignment: file.alignment, onTensor: onProgress });
+      return { path: out, relaid, tensors: metas.length, bytes, isa: addon.supportedIsas()[0]! };
+    } finally {
+      release();
+    }
   } finally {
     closeSync(fd);
   }
