@@ -220,7 +220,7 @@ export interface ExpertBatch {
 
 export interface Backend {
   readonly name: string;
-  /** Optional: weight types this backend computes besides COMPUTE_TYPES (of BACKEND_TYPES); none where absent. */
+  /** Optional: weight types (of BACKEND_TYPES) this backend computes, here, besides COMPUTE_TYPES; none where absent. */
   readonly extraTypes?: readonly GGMLType[];
   /**
    * How the ops read weights: "in-place" (from their bytes where they are, at every op: ref, native)

@@ -18,7 +18,7 @@ export function registerRepackCommand(program: Command): void {
         `in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`,
       );
       if (r.isa !== "avx512") {
-        process.stderr.write(`note: this CPU's best kernels are ${r.isa}: the copy computes the same here, but only AVX-512 (VNNI) decodes it faster than the original\n`);
+        process.stderr.write(`note: this CPU's best kernels are ${r.isa}: moira runs the copy only on CPUs with AVX-512 (VNNI); use the original here\n`);
       }
     });
 }

@@ -116,8 +116,8 @@ export class ModelWeights {
       const type = this.source.tensors.get(name)!.type;
       if (COMPUTE_TYPES.includes(type) || backend.extraTypes?.includes(type)) continue;
       throw new UnsupportedError(
-        `tensor ${name} has type ${typeName(type)}, a layout of moira's own (moira repack writes it), which the ${backend.name} backend cannot compute with: ` +
-        "use the native backend, or the model file it was re-laid from",
+        `tensor ${name} has type ${typeName(type)}, a layout of moira's own (moira repack writes it), which the ${backend.name} backend does not compute here: ` +
+        "such a copy is for the native backend on a CPU with AVX-512; use the model file it was re-laid from",
       );
     }
   }

@@ -3,8 +3,8 @@
  * panels: native/kernels.h), the layout the native backend re-lays them into at load with
  * --weight-layout relaid. Mapping the copy gives that layout's decode speed without paying the
  * re-lay (and fresh memory) at every start, and lets the ExpertStore read re-laid experts from
- * disk. The copy holds the same numbers: the native backend computes Q4_K's bits from it
- * (AVX-512), and within rounding of them on other ISAs; it is as large as the original (the panels
+ * disk. The copy holds the same numbers: the native backend computes Q4_K's bits from it, on
+ * CPUs with AVX-512 (elsewhere it refuses the copy); it is as large as the original (the panels
  * keep Q4_K's packed scales). Its metadata names the layout (RELAID_LAYOUT_KEY), which a model
  * must carry to be opened. llama.cpp cannot read it.
  */
@@ -23,7 +23,7 @@ export interface RepackResult {
   readonly relaid: number;
   readonly tensors: number;
   readonly bytes: number;
-  /** the CPU's best ISA: the copy decodes faster only with AVX-512 */
+  /** the CPU's best ISA: moira runs the copy only with AVX-512 */
   readonly isa: string;
 }
 

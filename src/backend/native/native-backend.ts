@@ -30,8 +30,12 @@ function layoutOption(v: string | undefined): WeightLayout {
 
 export class NativeBackend extends HostOps implements Backend {
   readonly name = "native";
-  /** Q4_K re-laid in 16-row panels: computed on every ISA (fastest with AVX-512), from a file moira repack wrote or re-laid at load */
-  readonly extraTypes: readonly GGMLType[] = [GGMLType.Q4_K_R16];
+  /**
+   * Q4_K re-laid in 16-row panels (a moira repack copy), with the AVX-512 kernels only: elsewhere
+   * only a plain-C path computes it, ~20x slower than the file's own AVX2 kernels, so a model stored
+   * that way is refused there (the matmul ops still compute it on any ISA).
+   */
+  get extraTypes(): readonly GGMLType[] { return this.isa === "avx512" ? [GGMLType.Q4_K_R16] : []; }
   private disposed = false;
 
   /** the mappings mapFile made: their pages can be given back once their tensor is re-laid */
