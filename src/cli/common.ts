@@ -1,5 +1,6 @@
 /** Option parsing shared by the CLI commands. */
 import type { Command } from "commander";
+import cliProgress from "cli-progress";
 import { InvalidArgumentError } from "../errors.js";
 import type { SamplerOptions } from "../engine/sampler.js";
 import { parseKvType, type KvType } from "../model/kv-cache.js";
@@ -102,4 +103,30 @@ export function addSamplingOptions(cmd: Command, defaults: { temperature: number
 /** The sampler options out of parsed sampling flags. */
 export function samplerOptions(o: { temperature: number; topK: number; topP: number; minP: number; repeatPenalty: number; seed?: number }): SamplerOptions {
   return { temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP, repeatPenalty: o.repeatPenalty, seed: o.seed };
+}
+
+/**
+ * A byte-count progress bar on stderr for long writes (`label [====] 42% | 1.20/3.63 GiB | ETA 9s`),
+ * shown only on a terminal and only once the work has taken half a second, so that small jobs print
+ * nothing but their summary. `update(done, total)` is the writer's onProgress; `stop()` ends the line.
+ */
+export function byteProgress(label: string): { update: (done: number, total: number) => void; stop: () => void } {
+  const started = Date.now();
+  let bar: cliProgress.SingleBar | undefined;
+  const gib = (n: number) => (n / 2 ** 30).toFixed(2);
+  return {
+    update: (done, total) => {
+      if (!process.stderr.isTTY) return;
+      if (!bar && Date.now() - started > 500 && done < total) {
+        bar = new cliProgress.SingleBar({
+          stream: process.stderr,
+          format: `${label} [{bar}] {percentage}% | {doneGiB}/{totalGiB} GiB | ETA {eta}s`,
+          hideCursor: true,
+        }, cliProgress.Presets.shades_classic);
+        bar.start(total, 0, { doneGiB: "0.00", totalGiB: gib(total) });
+      }
+      bar?.update(done, { doneGiB: gib(done), totalGiB: gib(total) });
+    },
+    stop: () => bar?.stop(),
+  };
 }

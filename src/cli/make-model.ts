@@ -5,9 +5,8 @@
  *                    --out FILE.gguf [--vocab-from FILE] [--routing-skew S | --routing-from COUNTS.json]
  */
 import type { Command } from "commander";
-import cliProgress from "cli-progress";
 import { makeModel, MAKE_MODEL_ARCHS, PRESETS, type MakeModelOptions, type ShapeOverrides } from "../tools/make-model/index.js";
-import { parseIntOption } from "./common.js";
+import { byteProgress, parseIntOption } from "./common.js";
 
 interface MakeModelFlags extends ShapeOverrides {
   arch?: string;
@@ -50,24 +49,11 @@ export function registerMakeModelCommand(program: Command): void {
       const opts: MakeModelOptions = { ...rest };
       if (routingSkew !== undefined || routingFrom !== undefined) opts.routing = { skew: routingSkew, from: routingFrom };
       const started = Date.now();
-      let bar: cliProgress.SingleBar | undefined;
-      if (!quiet && process.stderr.isTTY) {
-        // shown only once writing has taken a moment, so tiny models print nothing but the summary
-        opts.onProgress = (done, total) => {
-          if (!bar && Date.now() - started > 500 && done < total) {
-            bar = new cliProgress.SingleBar({
-              stream: process.stderr,
-              format: "make-model [{bar}] {percentage}% | {doneGiB}/{totalGiB} GiB | ETA {eta}s",
-              hideCursor: true,
-            }, cliProgress.Presets.shades_classic);
-            bar.start(total, 0, { doneGiB: "0.00", totalGiB: (total / 2 ** 30).toFixed(2) });
-          }
-          bar?.update(done, { doneGiB: (done / 2 ** 30).toFixed(2), totalGiB: (total / 2 ** 30).toFixed(2) });
-        };
-      }
+      const progress = byteProgress("make-model");
+      if (!quiet) opts.onProgress = progress.update;
       try {
         const r = await makeModel(opts);
-        bar?.stop();
+        progress.stop();
         const s = r.shape;
         process.stdout.write(
           `${r.path}: ${s.arch} ${s.layers} layers${s.nextnLayers ? ` (+${s.nextnLayers} multi-token-prediction)` : ""}, d_model ${s.dModel}, ${s.heads}/${s.kvHeads} heads, ` +
@@ -75,7 +61,7 @@ export function registerMakeModelCommand(program: Command): void {
           `${r.type}, ${(r.params / 1e9).toFixed(3)}B params, ${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${((Date.now() - started) / 1000).toFixed(1)} s\n`,
         );
       } finally {
-        bar?.stop();
+        progress.stop();
       }
     });
 }

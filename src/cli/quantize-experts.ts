@@ -1,7 +1,8 @@
 /** `moira quantize-experts MODEL --type Q2_K --out SIDE.gguf`: low-bit copies of the experts for --lowbit. */
 import type { Command } from "commander";
 import { Model } from "../model/model.js";
-import { writeLowbitSidecar, LOWBIT_TYPES } from "../offload/lowbit.js";
+import { writeLowbitSidecar, LOWBIT_TYPES, type QuantizeExpertsResult } from "../offload/lowbit.js";
+import { byteProgress } from "./common.js";
 import { typeName } from "../formats/quant/types.js";
 
 export function registerQuantizeExpertsCommand(program: Command): void {
@@ -14,10 +15,13 @@ export function registerQuantizeExpertsCommand(program: Command): void {
       const model = Model.open(path);
       try {
         const t0 = performance.now();
-        const r = writeLowbitSidecar(model, o.type, o.out, (done, total) => {
-          if (process.stderr.isTTY) process.stderr.write(`\r${((100 * done) / total).toFixed(0)}%`);
-        });
-        if (process.stderr.isTTY) process.stderr.write("\r");
+        const progress = byteProgress("quantize-experts");
+        let r: QuantizeExpertsResult;
+        try {
+          r = writeLowbitSidecar(model, o.type, o.out, progress.update);
+        } finally {
+          progress.stop();
+        }
         process.stderr.write(`wrote ${r.path}: ${r.type} experts, ${(r.bytes / 2 ** 20).toFixed(1)} MiB, ${(r.expertBytes / 2 ** 10).toFixed(0)} KiB per expert, in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
       } finally {
         model.close();

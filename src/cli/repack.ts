@@ -1,6 +1,7 @@
 /** `moira repack MODEL -o OUT.gguf`: a copy of the model with its Q4_K matrices stored re-laid (tools/repack.ts). */
 import type { Command } from "commander";
-import { repackModel } from "../tools/repack.js";
+import { repackModel, type RepackResult } from "../tools/repack.js";
+import { byteProgress } from "./common.js";
 
 export function registerRepackCommand(program: Command): void {
   program.command("repack")
@@ -9,10 +10,13 @@ export function registerRepackCommand(program: Command): void {
     .requiredOption("-o, --out <file>", "output path (.gguf)")
     .action((path: string, o: { out: string }) => {
       const t0 = performance.now();
-      const r = repackModel(path, o.out, (done, total) => {
-        if (process.stderr.isTTY) process.stderr.write(`\r${((100 * done) / total).toFixed(0)}%`);
-      });
-      if (process.stderr.isTTY) process.stderr.write("\r");
+      const progress = byteProgress("repack");
+      let r: RepackResult;
+      try {
+        r = repackModel(path, o.out, progress.update);
+      } finally {
+        progress.stop();
+      }
       process.stderr.write(
         `wrote ${r.path}: ${r.relaid} of ${r.tensors} tensors re-laid (Q4_K -> Q4_K_R16), ${(r.bytes / 2 ** 30).toFixed(2)} GiB, ` +
         `in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`,
