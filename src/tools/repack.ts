@@ -8,9 +8,9 @@
  * keep Q4_K's packed scales). Its metadata names the layout (RELAID_LAYOUT_KEY), which a model
  * must carry to be opened. llama.cpp cannot read it.
  */
-import { closeSync, existsSync, openSync, readSync, realpathSync } from "node:fs";
-import { FileAccessError, InvalidArgumentError, UnsupportedError } from "../errors.js";
-import { readGGUF } from "../formats/gguf/reader.js";
+import { existsSync, realpathSync } from "node:fs";
+import { InvalidArgumentError, UnsupportedError } from "../errors.js";
+import { GGUFWeightSource, readGGUF } from "../formats/gguf/reader.js";
 import { writeGGUF, type GGUFTensorInput } from "../formats/gguf/writer.js";
 import { GGUFValueType, type GGUFMetadataValue, type TensorMeta } from "../formats/model-file.js";
 import { GGMLType, RELAID_LAYOUT, RELAID_LAYOUT_KEY } from "../formats/quant/types.js";
@@ -49,17 +49,8 @@ export function repackModel(src: string, out: string, onProgress?: (done: number
     );
   }
   const addon = loadNativeAddon();
-  const fd = openSync(src, "r");
+  const source = new GGUFWeightSource(file);
   try {
-    const read = (t: TensorMeta): Uint8Array => {
-      const b = new Uint8Array(t.nbytes);
-      for (let have = 0; have < b.length;) {
-        const got = readSync(fd, b, have, Math.min(b.length - have, 1 << 30), t.file!.offset + have);
-        if (got === 0) throw new FileAccessError(`repack: ${src} ended inside tensor ${t.name}`);
-        have += got;
-      }
-      return b;
-    };
     // the latest re-laid tensor (the addon's memory, which the collector does not see): freed when
     // the writer asks for the next tensor, having written this one, and at the end
     let held: ArrayBuffer | undefined;
@@ -68,11 +59,11 @@ export function repackModel(src: string, out: string, onProgress?: (done: number
       held = undefined;
     };
     const tensors: GGUFTensorInput[] = metas.map((t) => {
-      if (!repackable(t)) return { name: t.name, type: t.type, dims: t.dims, data: () => { release(); return read(t); } };
+      if (!repackable(t)) return { name: t.name, type: t.type, dims: t.dims, data: () => { release(); return source.load(t.name).data; } };
       const cols = t.dims[0]!, rows = t.dims.slice(1).reduce((a, b) => a * b, 1);
       return {
         name: t.name, type: GGMLType.Q4_K_R16, dims: t.dims,
-        data: () => { release(); held = addon.relayoutQ4K(read(t), rows, cols); return new Uint8Array(held); },
+        data: () => { release(); held = addon.relayoutQ4K(source.load(t.name).data, rows, cols); return new Uint8Array(held); },
       };
     });
     const metadata = new Map<string, GGUFMetadataValue>(file.metadata);
@@ -84,7 +75,7 @@ export function repackModel(src: string, out: string, onProgress?: (done: number
       release();
     }
   } finally {
-    closeSync(fd);
+    source.close();
   }
 }
 
