@@ -3,6 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createPolicy, fateAllocation, uniformLayout } from "../src/offload/policy.js";
+import { DenseIdSet, FatePool, FrequencyPool, NextUseModel, NextUseOrder } from "../src/offload/policy-pools.js";
 import type { RoutingTrace } from "../src/trace/format.js";
 import { simulate } from "../src/trace/simulate.js";
 import { rng } from "../src/trace/synthetic.js";
@@ -358,4 +359,144 @@ test("fate is LRU until another rule has shown more hits: on short runs it reads
     }
   }
   assert.ok(differ <= 4, `fate departed from LRU on ${differ} of 40 short unstructured runs`);
+});
+
+test("fate's eviction indexes pick what a scan of every resident picks (next-use order, popularity heap)", () => {
+  // next use: per-layer orders against DenseIdSet.lowest over the model's values, with the exact
+  // ties of an untrained model (every unseen expert has the same chance), pins and an exclusion
+  for (const [nLayer, nExpert, topK] of [[3, 8, 2], [4, 32, 4]] as const) {
+    const r = rng(nLayer * 100 + nExpert);
+    const model = new NextUseModel(nLayer, nExpert, topK, Math.pow(0.5, 1 / 64));
+    const set = new DenseIdSet(nLayer * nExpert, nExpert);
+    const order = new NextUseOrder(model, set, nLayer, nExpert);
+    let checked = 0;
+    for (let step = 0; step < 3000; step++) {
+      const id = Math.floor(r() * nLayer * nExpert);
+      const op = r();
+      if (op < 0.35) model.access(id);
+      else if (op < 0.4) model.prime(id, 1 + Math.floor(r() * 5));
+      else if (op < 0.7) set.add(id);
+      else if (op < 0.85) set.delete(id);
+      else {
+        const pinned = new Set(Array.from({ length: 3 }, () => Math.floor(r() * nLayer * nExpert)));
+        const canEvict = (k: number): boolean => !pinned.has(k);
+        const exclude = r() < 0.5 ? id : -1;
+        model.prepare();
+        assert.equal(order.lowest(canEvict, exclude), set.lowest(model.preparedValue, canEvict, exclude), `step ${step}`);
+        checked++;
+      }
+    }
+    assert.ok(checked > 300);
+  }
+  // popularity: FrequencyPool (a heap of ranks) against a reference that scores every resident
+  class ScanPool {
+    readonly resident = new Set<number>();
+    private readonly score = new Map<number, { s: number; t: number }>();
+    constructor(private cap: number, private readonly rate: number, private readonly window: number, private readonly bonus: number) {}
+    value(id: number, now: number): number {
+      const x = this.score.get(id);
+      if (!x) return 0;
+      const age = Math.max(0, now - x.t);
+      return (this.rate === 0 ? x.s : x.s * Math.exp(-this.rate * age)) + (age < this.window ? this.bonus : 0);
+    }
+    add(id: number, w: number, now: number): void {
+      const x = this.score.get(id);
+      const s = x ? (this.rate === 0 ? x.s : x.s * Math.exp(-this.rate * Math.max(0, now - x.t))) : 0;
+      this.score.set(id, { s: s + w, t: now });
+    }
+    weakest(canEvict: (id: number) => boolean, now: number): number {
+      let victim = -1, vs = Infinity;
+      for (const k of this.resident) {
+        if (!canEvict(k)) continue;
+        const v = this.value(k, now);
+        if (v < vs || (v === vs && k < victim)) { victim = k; vs = v; }
+      }
+      return victim;
+    }
+    reserve(id: number, now: number, canEvict: (id: number) => boolean): boolean {
+      if (this.cap <= 0) return false;
+      const mine = this.value(id, now), out: number[] = [];
+      while (this.resident.size >= this.cap) {
+        const v = this.weakest(canEvict, now);
+        if (v < 0 || mine < this.value(v, now)) { for (const o of out) this.resident.add(o); return false; }
+        this.resident.delete(v);
+        out.push(v);
+      }
+      this.resident.add(id);
+      return true;
+    }
+    resize(cap: number, canEvict: (id: number) => boolean, now: number): void {
+      this.cap = cap;
+      while (this.resident.size > cap) { const v = this.weakest(canEvict, now); if (v < 0) break; this.resident.delete(v); }
+    }
+  }
+  for (const [ids, cap, halfLife, window, bonus] of [[64, 12, 40, 8, 2], [200, 60, Infinity, 10, 2], [48, 10, 25, 0, 0], [40, 8, 30, 400, 2]] as const) {
+    const r = rng(ids + cap);
+    const pool = new FrequencyPool(cap, ids, halfLife, window, bonus, true, 0); // 0: always the heap
+    const ref = new ScanPool(cap, Number.isFinite(halfLife) ? Math.LN2 / halfLife : 0, window, bonus);
+    let now = 0;
+    for (let step = 0; step < 4000; step++) {
+      // skewed ids, so that some stay hot; several ops share a clock value (equal scores tie)
+      const id = Math.floor(Math.pow(r(), 2) * ids);
+      const pinned = new Set(Array.from({ length: 2 }, () => Math.floor(r() * ids)));
+      const canEvict = (k: number): boolean => !pinned.has(k);
+      const op = r();
+      if (op < 0.6) {
+        if (pool.has(id)) { pool.hit(id, now); ref.add(id, 1, now); } else { pool.insert(id, now, canEvict); ref.add(id, 1, now); ref.reserve(id, now, canEvict); }
+      } else if (op < 0.75) {
+        if (!pool.has(id)) { pool.reserve(id, now, canEvict); ref.reserve(id, now, canEvict); }
+      } else if (op < 0.9) {
+        const w = 0.5 * (1 + Math.floor(r() * 6));
+        pool.prime(id, w, now); ref.add(id, w, now);
+      } else if (op < 0.92) {
+        const c = Math.max(0, cap + Math.floor(r() * 9) - 4);
+        pool.resize(c, canEvict, now); ref.resize(c, canEvict, now);
+      }
+      if (r() < 0.7) now++;
+      assert.deepEqual([...pool.ids()].sort((a, b) => a - b), [...ref.resident].sort((a, b) => a - b), `step ${step}`);
+    }
+  }
+  // ranks one ulp apart the other way from the scores: 2 at t = 0 against 1 at t = one half-life
+  // (equal in exact arithmetic) at t = 17; the scores decide, as a scan's would
+  const p = new FrequencyPool(2, 8, 11, 0, 0, true, 0);
+  const all = (): boolean => true;
+  p.prime(0, 2, 0); p.reserve(0, 0, all);
+  p.prime(1, 1, 11); p.reserve(1, 11, all);
+  p.prime(2, 10, 17);
+  assert.ok(2 * Math.exp((-Math.LN2 / 11) * 17) > Math.exp((-Math.LN2 / 11) * 6), "this case needs expert 1 to score lower");
+  assert.deepEqual(p.reserve(2, 17, all), [1]);
+
+  // fate: its popularity and LRU rules from heaps (scanUpTo 0) pick what they pick by scanning
+  // (scanUpTo Infinity), whichever rule leads, through pins, priming, reserves and resizes
+  for (const seed of [1, 2, 3]) {
+    const [nLayer, nExpert, topK] = [4, 16, 2];
+    const make = (scanUpTo: number): FatePool => new FatePool(20, {
+      nLayer, nExpert, topK, windowAccesses: 32 * nLayer * topK, popHalfLife: 16 * nLayer * topK,
+      popRecentWindow: nLayer * topK, popRecentBonus: 2, scanUpTo,
+    });
+    const heap = make(0), scan = make(Infinity);
+    const r = rng(seed * 31);
+    const rules = new Set<string>();
+    let now = 0;
+    for (let t = 0; t < 600; t++) for (let l = 0; l < nLayer; l++) {
+      // phases of skewed, of uniform and of cyclic routing, so that every rule gets to lead
+      const step = new Set<number>(), phase = Math.floor(t / 100) % 3;
+      if (phase === 2) for (let k = 0; k < topK; k++) step.add(l * nExpert + ((t + 5 * k) % nExpert));
+      while (step.size < topK) step.add(l * nExpert + Math.floor((phase === 0 ? Math.pow(r(), 4) : r()) * nExpert));
+      const pinned = new Set(step);
+      const canEvict = (k: number): boolean => !pinned.has(k);
+      for (const id of step) {
+        for (const p of [heap, scan]) { if (p.has(id)) p.hit(id, now); else p.insert(id, now, canEvict); }
+        now++;
+      }
+      const x = r(), other = Math.floor(r() * nLayer * nExpert);
+      const w = 1 + Math.floor(r() * 4);
+      if (x < 0.1) for (const p of [heap, scan]) p.prime(other, w);
+      else if (x < 0.2) { for (const p of [heap, scan]) if (!p.has(other)) p.reserve(other, now, canEvict); }
+      else if (x < 0.22) { const c = 14 + Math.floor(r() * 12); for (const p of [heap, scan]) p.resize(c, canEvict); }
+      rules.add(heap.rule);
+      assert.deepEqual([...heap.ids()].sort((a, b) => a - b), [...scan.ids()].sort((a, b) => a - b), `seed ${seed}, token ${t}, layer ${l}`);
+    }
+    assert.equal(rules.size, 3, `every rule led at some point (${[...rules]})`);
+  }
 });

@@ -99,22 +99,30 @@ interface IdCollection {
 }
 
 /**
- * A set of ids below a bound as dense arrays: O(1) add and delete, scans over a typed array (the
- * eviction scans of `FatePool` run over every resident on every miss), and each id's insertion
- * stamp, so that a scan breaks ties the way iterating a `Set` (insertion order) would.
+ * A set of ids below a bound as dense arrays: O(1) add and delete, scans over a typed array, each
+ * id's insertion stamp (so that a scan breaks ties the way iterating a `Set`, in insertion order,
+ * would), and a version per group of ids (a layer's experts) that changes with the group's
+ * members, so that an index over one layer (`NextUseOrder`) knows when to rebuild.
  */
-class DenseIdSet implements IdCollection {
+export class DenseIdSet implements IdCollection {
   /** the members, in no particular order: the first `size` entries */
   readonly items: Int32Array;
   /** when each id was last added (a counter; larger = later) */
   readonly stamp: Float64Array;
+  /** per group of `groupSize` consecutive ids (a layer's experts): bumped whenever a member joins or leaves */
+  readonly groupVersion: Uint32Array;
   private readonly pos: Int32Array;
   private clock = 0;
   size = 0;
-  constructor(bound: number) {
+  constructor(bound: number, readonly groupSize = bound) {
     this.items = new Int32Array(bound);
     this.stamp = new Float64Array(bound);
     this.pos = new Int32Array(bound).fill(-1);
+    this.groupVersion = new Uint32Array(Math.ceil(bound / Math.max(1, groupSize)));
+  }
+  private bump(id: number): void {
+    const g = (id / this.groupSize) | 0;
+    this.groupVersion[g] = this.groupVersion[g]! + 1;
   }
   has(id: number): boolean { return id >= 0 && id < this.pos.length && this.pos[id]! >= 0; }
   add(id: number): void {
@@ -123,6 +131,7 @@ class DenseIdSet implements IdCollection {
     this.pos[id] = this.size;
     this.items[this.size++] = id;
     this.stamp[id] = ++this.clock;
+    this.bump(id);
   }
   delete(id: number): boolean {
     if (!this.has(id)) return false;
@@ -130,11 +139,13 @@ class DenseIdSet implements IdCollection {
     this.items[p] = last;
     this.pos[last] = p;
     this.pos[id] = -1;
+    this.bump(id);
     return true;
   }
   clear(): void {
     for (let i = 0; i < this.size; i++) this.pos[this.items[i]!] = -1;
     this.size = 0;
+    for (let g = 0; g < this.groupVersion.length; g++) this.groupVersion[g] = this.groupVersion[g]! + 1;
   }
   /** The members in insertion order (as a `Set` iterates). */
   values(): IterableIterator<number> {
@@ -247,6 +258,17 @@ export class FrequencyPool implements ReplacementPool {
   private readonly stamp: Float64Array;
   private readonly scored: Uint8Array;
   private readonly rate: number;
+  /** the residents by `rankOf` (a min-heap, see `lowestRanked`) */
+  private readonly ranked: RankHeap;
+  /** the ids scored within `recentWindow` of the latest scoring, with when (oldest first, from `recentHead`) */
+  private readonly recentIds: number[] = [];
+  private readonly recentAt: number[] = [];
+  private recentHead = 0;
+  private latest = -Infinity;
+  /** a scoring came with an earlier `now` than one before it: `recentIds` may miss ids, so scan */
+  private clockWentBack = false;
+  /** `resident` as the eviction loops change it: whatever they add (back) is ranked */
+  private readonly members: IdCollection;
   constructor(
     private cap: number,
     /** ids are below this (nLayer · nExpert) */
@@ -255,12 +277,29 @@ export class FrequencyPool implements ReplacementPool {
     private readonly recentWindow = 0,
     private readonly recentBonus = 0,
     private readonly bypass = true,
+    /** members up to which an eviction scores every member instead of walking its heap (the same pick) */
+    private readonly scanUpTo = SCAN_UP_TO,
   ) {
     this.rate = Number.isFinite(halfLife) && halfLife > 0 ? Math.LN2 / halfLife : 0;
     this.resident = new DenseIdSet(ids);
     this.score = new Float64Array(ids);
     this.stamp = new Float64Array(ids);
     this.scored = new Uint8Array(ids);
+    this.ranked = new RankHeap(ids, (id) => this.resident.has(id));
+    const resident = this.resident;
+    this.members = {
+      get size() { return resident.size; },
+      add: (id: number) => { resident.add(id); this.ranked.push(id, this.rankOf(id)); },
+      delete: (id: number) => resident.delete(id),
+    };
+  }
+  /**
+   * A key that orders ids as their decayed scores do at any one time: score · e^(-rate·(now - stamp))
+   * is e^(-rate·now) · e^(ln score + rate·stamp). It changes only when the score does.
+   */
+  rankOf(id: number): number {
+    if (this.scored[id] !== 1) return -Infinity;
+    return this.rate === 0 ? this.score[id]! : Math.log(this.score[id]!) + this.rate * this.stamp[id]!;
   }
   get capacity(): number { return this.cap; }
   get size(): number { return this.resident.size; }
@@ -268,8 +307,11 @@ export class FrequencyPool implements ReplacementPool {
   /** The decayed score of `id` at `now`. */
   valueOf(id: number, now: number): number {
     if (this.scored[id] !== 1) return 0;
-    const age = Math.max(0, now - this.stamp[id]!);
-    return this.decayed(this.score[id]!, age) + (age < this.recentWindow ? this.recentBonus : 0);
+    return this.decayed(this.score[id]!, Math.max(0, now - this.stamp[id]!)) + (this.recent(id, now) ? this.recentBonus : 0);
+  }
+  /** Whether a scored id was used within `recentWindow` of `now` (it scores `recentBonus` more). */
+  private recent(id: number, now: number): boolean {
+    return this.scored[id] === 1 && Math.max(0, now - this.stamp[id]!) < this.recentWindow;
   }
   private decayed(s: number, age: number): number {
     return this.rate === 0 ? s : s * Math.exp(-this.rate * age);
@@ -279,6 +321,19 @@ export class FrequencyPool implements ReplacementPool {
     this.score[id] = (this.scored[id] !== 1 ? 0 : this.decayed(this.score[id]!, Math.max(0, now - this.stamp[id]!))) + w;
     this.scored[id] = 1;
     this.stamp[id] = now;
+    if (this.resident.has(id)) this.ranked.push(id, this.rankOf(id));
+    if (this.recentBonus > 0) this.noteRecent(id, now);
+  }
+  /** Appends a scoring to `recentIds` / `recentAt`, first dropping those `recentWindow` or more before `now`. */
+  private noteRecent(id: number, now: number): void {
+    const ids = this.recentIds, at = this.recentAt;
+    if (now < this.latest) this.clockWentBack = true;
+    this.latest = Math.max(this.latest, now);
+    while (this.recentHead < at.length && now - at[this.recentHead]! >= this.recentWindow) this.recentHead++;
+    if (this.recentHead > 1024 && this.recentHead * 2 > at.length) {
+      ids.splice(0, this.recentHead); at.splice(0, this.recentHead); this.recentHead = 0;
+    }
+    ids.push(id); at.push(now);
   }
   hit(id: number, now: number): void { this.add(id, 1, now); }
   prime(id: number, weight: number, now: number): void { if (weight > 0) this.add(id, weight, now); }
@@ -289,10 +344,51 @@ export class FrequencyPool implements ReplacementPool {
   reserve(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
     if (this.capacity <= 0) return null;
     const mine = this.valueOf(id, now);
-    return insertEvicting(this.resident, this.capacity, id, () => this.weakest(canEvict, now), (victim) => this.bypass && mine < this.valueOf(victim, now));
+    return insertEvicting(this.members, this.capacity, id, () => this.weakest(canEvict, now), (victim) => this.bypass && mine < this.valueOf(victim, now));
   }
-  /** The evictable resident with the lowest score at `now`, the lowest id of a tie (-1: none). */
+  /**
+   * The evictable resident with the lowest score at `now`, the lowest id of a tie (-1: none): from
+   * the heap (`lowestRanked`) in a pool of more than `scanUpTo` members, else by scoring them all.
+   */
   private weakest(canEvict: (id: number) => boolean, now: number): number {
+    const victim = this.resident.size > this.scanUpTo ? this.lowestRanked(this.ranked, canEvict, now, (id) => id) : undefined;
+    return victim !== undefined ? victim : this.scanWeakest(canEvict, now);
+  }
+  /**
+   * Of the ids in `heap` (those it holds live, ranked by `rankOf`), the evictable one with the
+   * lowest score at `now`, ties to the lowest `tie` (-1: none), without scoring them all. Ranks
+   * order as the decayed scores do up to rounding, so every id within RANK_EPS of the lowest rank is
+   * scored exactly. Ids scored within `recentWindow` of `now` score `recentBonus` more, which ranks
+   * do not show: they are skipped in the heap and scored from `recentIds` instead. undefined: only a
+   * scan can tell (`now` earlier than a scoring before it).
+   */
+  lowestRanked(heap: RankHeap, canEvict: (id: number) => boolean, now: number, tie: (id: number) => number): number | undefined {
+    const bonus = this.recentBonus;
+    if (bonus > 0 && (this.clockWentBack || now < this.latest)) return undefined;
+    let victim = -1, vs = Infinity, vt = Infinity, front = NaN;
+    const consider = (id: number): void => {
+      const v = this.valueOf(id, now), t = tie(id);
+      if (v < vs || (v === vs && t < vt)) { victim = id; vs = v; vt = t; }
+    };
+    heap.takeWhile((id, rank) => {
+      if (rank > front + RANK_EPS) return false;
+      if (!canEvict(id) || (bonus > 0 && this.recent(id, now))) return true;
+      if (Number.isNaN(front)) front = rank;
+      consider(id);
+      return true;
+    });
+    if (bonus > 0) {
+      const ids = this.recentIds, at = this.recentAt;
+      for (let i = this.recentHead; i < ids.length; i++) {
+        const id = ids[i]!;
+        // an id's latest scoring (earlier entries of it are superseded; a repeat changes nothing)
+        if (at[i] === this.stamp[id] && this.recent(id, now) && heap.holds(id) && canEvict(id)) consider(id);
+      }
+    }
+    return victim;
+  }
+  /** `weakest` by scoring every resident. */
+  private scanWeakest(canEvict: (id: number) => boolean, now: number): number {
     let victim = -1, vs = Infinity;
     const items = this.resident.items;
     for (let i = 0; i < this.resident.size; i++) {
@@ -309,7 +405,103 @@ export class FrequencyPool implements ReplacementPool {
   }
   remove(id: number): boolean { return this.resident.delete(id); }
   ids(): IterableIterator<number> { return this.resident.values(); }
-  reset(): void { this.resident.clear(); this.score.fill(0); this.stamp.fill(0); this.scored.fill(0); }
+  reset(): void {
+    this.resident.clear(); this.score.fill(0); this.stamp.fill(0); this.scored.fill(0); this.ranked.clear();
+    this.recentIds.length = 0; this.recentAt.length = 0; this.recentHead = 0; this.latest = -Infinity; this.clockWentBack = false;
+  }
+}
+
+/** Ranks closer than this may order differently from the scores they stand for (rounding). */
+const RANK_EPS = 1e-9;
+/**
+ * Up to this many members an eviction scores them all rather than walk a heap (both pick the same
+ * id): faster for small pools (in-process, 128-256 members: 0.7-0.8x with the heap, 512: 1.6x).
+ */
+const SCAN_UP_TO = 384;
+
+/**
+ * A min-heap of (rank, id) with lazy deletion: pushing an id again supersedes its earlier entries,
+ * and entries of ids that `live` rejects are dropped when they reach the front (or at compaction).
+ * Ties pop in any order.
+ */
+export class RankHeap {
+  private rank = new Float64Array(64);
+  private id = new Int32Array(64);
+  private seqOf = new Uint32Array(64);
+  private n = 0;
+  /** per id, the sequence number of its current entry */
+  private readonly seq: Uint32Array;
+  private readonly aside: number[] = [];
+  constructor(ids: number, private readonly live: (id: number) => boolean) { this.seq = new Uint32Array(ids); }
+  push(id: number, rank: number): void {
+    this.seq[id] = this.seq[id]! + 1;
+    this.insert(id, rank, this.seq[id]!);
+  }
+  clear(): void { this.n = 0; }
+  private current(i: number): boolean { return this.seqOf[i] === this.seq[this.id[i]!] && this.live(this.id[i]!); }
+  /** Whether `id` is one of the ids this heap ranks (its `live` predicate). */
+  holds(id: number): boolean { return this.live(id); }
+  /**
+   * Pops current entries in rank order while `visit(id, rank)` says go on, then puts back those it
+   * visited (the one that stopped it stays); stale entries are dropped on the way.
+   */
+  takeWhile(visit: (id: number, rank: number) => boolean): void {
+    const aside = this.aside;
+    aside.length = 0;
+    while (this.n > 0) {
+      if (!this.current(0)) { this.pop(); continue; }
+      const id = this.id[0]!, rank = this.rank[0]!;
+      if (!visit(id, rank)) break;
+      this.pop();
+      aside.push(id, rank);
+    }
+    for (let i = 0; i < aside.length; i += 2) this.insert(aside[i]!, aside[i + 1]!, this.seq[aside[i]!]!);
+  }
+  private insert(id: number, rank: number, seq: number): void {
+    if (this.n === this.rank.length) this.compact();
+    let i = this.n++;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (this.rank[p]! <= rank) break;
+      this.move(p, i);
+      i = p;
+    }
+    this.rank[i] = rank; this.id[i] = id; this.seqOf[i] = seq;
+  }
+  /** Drops every stale entry (a full heap is mostly superseded entries); grows if over half stays. */
+  private compact(): void {
+    let m = 0;
+    for (let i = 0; i < this.n; i++) if (this.current(i)) this.move(i, m++);
+    this.n = m;
+    if (m * 2 > this.rank.length) {
+      const grow = <T extends Float64Array | Int32Array | Uint32Array>(a: T, b: T): T => { b.set(a.subarray(0, m)); return b; };
+      this.rank = grow(this.rank, new Float64Array(this.rank.length * 2));
+      this.id = grow(this.id, new Int32Array(this.id.length * 2));
+      this.seqOf = grow(this.seqOf, new Uint32Array(this.seqOf.length * 2));
+    }
+    for (let i = (m >> 1) - 1; i >= 0; i--) this.siftDown(i, m);
+  }
+  private pop(): void {
+    const n = --this.n;
+    if (n === 0) return;
+    this.move(n, 0);
+    this.siftDown(0, n);
+  }
+  private siftDown(i: number, n: number): void {
+    const rank = this.rank[i]!, id = this.id[i]!, seq = this.seqOf[i]!;
+    for (;;) {
+      let c = 2 * i + 1;
+      if (c >= n) break;
+      if (c + 1 < n && this.rank[c + 1]! < this.rank[c]!) c++;
+      if (this.rank[c]! >= rank) break;
+      this.move(c, i);
+      i = c;
+    }
+    this.rank[i] = rank; this.id[i] = id; this.seqOf[i] = seq;
+  }
+  private move(from: number, to: number): void {
+    this.rank[to] = this.rank[from]!; this.id[to] = this.id[from]!; this.seqOf[to] = this.seqOf[from]!;
+  }
 }
 
 /**
@@ -554,7 +746,7 @@ export class BeladyPool implements ReplacementPool {
  * e's decayed share of the layer's steps (its popularity). A step is a run of consecutive accesses
  * to one layer (one token's layer, or a prompt's batched layer).
  */
-class NextUseModel {
+export class NextUseModel {
   private readonly trans: Float32Array; // [nLayer, nExpert, nExpert]: uses of e at the step after x
   private readonly from: Float32Array; // [nLayer, nExpert]: steps with x that had a successor
   private readonly pop: Float32Array; // [nLayer, nExpert]: decayed uses
@@ -567,11 +759,12 @@ class NextUseModel {
    * `cachedAt[layer] === changes[layer]`: a layer's chances change only when its counts or the step
    * they are conditioned on change, and eviction asks for them hundreds of times in between.
    */
-  private readonly chance: Float64Array;
-  private readonly changes: Uint32Array;
+  readonly chance: Float64Array;
+  /** per layer, bumped whenever the layer's chances may have changed */
+  readonly changes: Uint32Array;
   private readonly cachedAt: Uint32Array;
   /** √(steps until each layer's next step), as of the last `prepare()` */
-  private readonly distRoot: Float64Array;
+  readonly distRoot: Float64Array;
   constructor(private readonly nLayer: number, private readonly nExpert: number, private readonly topK: number, private readonly popDecay: number) {
     this.trans = new Float32Array(nLayer * nExpert * nExpert);
     this.from = new Float32Array(nLayer * nExpert);
@@ -673,6 +866,54 @@ class NextUseModel {
 }
 
 /**
+ * One set's members ranked by a `NextUseModel`'s value (chance of use at the layer's next step over
+ * √distance) without scanning them all on every eviction: per layer, the members sorted by chance
+ * (then insertion stamp), rebuilt only when that layer's chances or members changed. Within a layer
+ * √distance is one number, so a layer's order is the value's order; `lowest` takes each layer's
+ * first evictable member and compares those. It picks what `set.lowest(model.preparedValue, ...)`
+ * picks (the lowest value, the earliest added of a tie; only two chances that differ yet round to
+ * one value after the division could be ordered otherwise) in O(layers) instead of O(members).
+ */
+export class NextUseOrder {
+  private readonly order: Int32Array[];
+  private readonly len: Int32Array;
+  /** the model's `changes[l]` and the set's `groupVersion[l]` each layer's order was built at */
+  private readonly atChance: Uint32Array;
+  private readonly atMembers: Uint32Array;
+  constructor(private readonly model: NextUseModel, readonly set: DenseIdSet, private readonly nLayer: number, private readonly nExpert: number) {
+    this.order = Array.from({ length: nLayer }, () => new Int32Array(nExpert));
+    this.len = new Int32Array(nLayer);
+    this.atChance = new Uint32Array(nLayer);
+    this.atMembers = new Uint32Array(nLayer);
+    for (let l = 0; l < nLayer; l++) this.atMembers[l] = set.groupVersion[l]! - 1;
+  }
+  private rebuild(l: number): void {
+    const chance = this.model.chance, set = this.set, stamp = set.stamp, o = this.order[l]!, nE = this.nExpert;
+    let n = 0;
+    for (let id = l * nE; id < (l + 1) * nE; id++) if (set.has(id)) o[n++] = id;
+    o.subarray(0, n).sort((a, b) => chance[a]! - chance[b]! || stamp[a]! - stamp[b]!);
+    this.len[l] = n;
+    this.atChance[l] = this.model.changes[l]!;
+    this.atMembers[l] = set.groupVersion[l]!;
+  }
+  /** After `model.prepare()`: the member other than `exclude` that `canEvict` allows with the lowest value (-1: none). */
+  lowest(canEvict: (id: number) => boolean, exclude = -1): number {
+    const { chance, distRoot, changes } = this.model, stamp = this.set.stamp, members = this.set.groupVersion;
+    let victim = -1, vs = Infinity, vt = Infinity;
+    for (let l = 0; l < this.nLayer; l++) {
+      if (this.atChance[l] !== changes[l] || this.atMembers[l] !== members[l]) this.rebuild(l);
+      const o = this.order[l]!, n = this.len[l]!, d = distRoot[l]!;
+      let i = 0;
+      while (i < n && (o[i] === exclude || !canEvict(o[i]!))) i++;
+      if (i === n) continue;
+      const k = o[i]!, v = chance[k]! / d;
+      if (victim < 0 || v < vs || (v === vs && stamp[k]! < vt)) { victim = k; vs = v; vt = stamp[k]!; }
+    }
+    return victim;
+  }
+}
+
+/**
  * Fate's cache: one pool over all layers that follows whichever of three rules has lately been
  * hitting most on this run's own accesses. Each rule runs in a shadow cache (ids only, no memory)
  * fed the same accesses, and its hits are counted with a decay (a window of `windowAccesses`):
@@ -697,6 +938,15 @@ export class FatePool implements ReplacementPool {
   private readonly lastUse: Float64Array;
   private readonly model: NextUseModel;
   private readonly shadowModel: DenseIdSet;
+  /** the real pool's and the next-use shadow's members by next-use value */
+  private readonly residentOrder: NextUseOrder;
+  private readonly shadowOrder: NextUseOrder;
+  /** the real pool's members by the popularity rule's rank and by latest use (`RankHeap`s, as FrequencyPool's) */
+  private readonly byPopularity: RankHeap;
+  private readonly byUse: RankHeap;
+  /** `resident` as the eviction loops change it: whatever they add (back) is ranked */
+  private readonly members: IdCollection;
+  private readonly scanUpTo: number;
   private readonly shadowPop: FrequencyPool;
   private readonly shadowLru = new Map<number, true>();
   /** decayed shadow hits: next use, popularity, LRU */
@@ -708,13 +958,26 @@ export class FatePool implements ReplacementPool {
     nLayer: number; nExpert: number; topK: number; windowAccesses: number;
     /** the popularity rule: half-life and recent window (in accesses), recency bonus */
     popHalfLife: number; popRecentWindow: number; popRecentBonus: number;
+    /** members up to which the popularity and LRU rules score every member to evict (default SCAN_UP_TO; the same pick) */
+    scanUpTo?: number;
   }) {
     const ids = o.nLayer * o.nExpert;
-    this.resident = new DenseIdSet(ids);
-    this.shadowModel = new DenseIdSet(ids);
+    this.resident = new DenseIdSet(ids, o.nExpert);
+    this.shadowModel = new DenseIdSet(ids, o.nExpert);
     this.lastUse = new Float64Array(ids).fill(-Infinity);
     this.model = new NextUseModel(o.nLayer, o.nExpert, o.topK, Math.pow(0.5, 1 / 64));
-    this.shadowPop = new FrequencyPool(cap, o.nLayer * o.nExpert, o.popHalfLife, o.popRecentWindow, o.popRecentBonus);
+    this.residentOrder = new NextUseOrder(this.model, this.resident, o.nLayer, o.nExpert);
+    this.shadowOrder = new NextUseOrder(this.model, this.shadowModel, o.nLayer, o.nExpert);
+    this.scanUpTo = o.scanUpTo ?? SCAN_UP_TO;
+    this.shadowPop = new FrequencyPool(cap, o.nLayer * o.nExpert, o.popHalfLife, o.popRecentWindow, o.popRecentBonus, true, this.scanUpTo);
+    const resident = this.resident, live = (id: number): boolean => resident.has(id);
+    this.byPopularity = new RankHeap(ids, live);
+    this.byUse = new RankHeap(ids, live);
+    this.members = {
+      get size() { return resident.size; },
+      add: (id: number) => { resident.add(id); this.rerank(id); },
+      delete: (id: number) => resident.delete(id),
+    };
     this.keep = 1 - 1 / Math.max(1, o.windowAccesses);
   }
   get capacity(): number { return this.cap; }
@@ -728,7 +991,7 @@ export class FatePool implements ReplacementPool {
     const s = this.score, k = this.keep;
     for (let i = 0; i < 3; i++) s[i] = s[i]! * k;
     if (this.shadowModel.has(id)) s[0]!++;
-    else if (this.capacity > 0) this.insertByValue(this.shadowModel, id, (x) => !this.model.inStep(x));
+    else if (this.capacity > 0) this.insertByValue(this.shadowOrder, this.shadowModel, id, (x) => !this.model.inStep(x));
     if (this.shadowPop.has(id)) { s[1]!++; this.shadowPop.hit(id, this.tick); }
     else this.shadowPop.insert(id, this.tick, (x) => !this.model.inStep(x));
     if (this.shadowLru.delete(id)) s[2]!++;
@@ -736,17 +999,23 @@ export class FatePool implements ReplacementPool {
     if (this.capacity > 0) this.shadowLru.set(id, true);
     for (let i = 0 as 0 | 1 | 2; i < 3; i++) if (s[i]! > s[this.leader]! * 1.01 + LEAD_MARGIN) this.leader = i;
   }
-  private insertByValue(set: DenseIdSet, id: number, canEvict: (id: number) => boolean): number[] | null {
+  private insertByValue(order: NextUseOrder, members: IdCollection, id: number, canEvict: (id: number) => boolean): number[] | null {
     const mine = this.model.value(id);
     this.model.prepare();
     const value = this.model.preparedValue;
-    return insertEvicting(set, this.capacity, id, () => set.lowest(value, canEvict, id), (victim) => mine < value(victim));
+    return insertEvicting(members, this.capacity, id, () => order.lowest(canEvict, id), (victim) => mine < value(victim));
   }
-  hit(id: number): void { this.observe(id); this.lastUse[id] = this.tick; }
+  /** Ranks a member of the real pool anew (it joined, or its popularity or latest use changed). */
+  private rerank(id: number): void {
+    this.byPopularity.push(id, this.shadowPop.rankOf(id));
+    this.byUse.push(id, this.lastUse[id]!);
+  }
+  hit(id: number): void { this.observe(id); this.lastUse[id] = this.tick; this.rerank(id); }
   prime(id: number, weight: number): void {
     if (weight <= 0) return;
     this.model.prime(id, weight);
     this.shadowPop.prime(id, weight, this.tick);
+    if (this.resident.has(id)) this.byPopularity.push(id, this.shadowPop.rankOf(id));
   }
   insert(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
     this.observe(id);
@@ -759,14 +1028,33 @@ export class FatePool implements ReplacementPool {
   reserve(id: number, _now: number, canEvict: (id: number) => boolean): number[] | null {
     this.lastUse[id] = this.tick;
     if (this.capacity <= 0) return null;
-    if (this.leader === 0) return this.insertByValue(this.resident, id, canEvict);
+    if (this.leader === 0) return this.insertByValue(this.residentOrder, this.members, id, canEvict);
+    // the popularity and LRU rules pick what a scan of the members would (the lowest score, or the
+    // earliest latest use; ties to the earliest admitted) from their heaps
+    const stamp = (k: number): number => this.resident.stamp[k]!;
     if (this.leader === 1) {
       const now = this.tick, mine = this.shadowPop.valueOf(id, now);
       const popularity = (k: number): number => this.shadowPop.valueOf(k, now);
-      return insertEvicting(this.resident, this.capacity, id, () => this.resident.lowest(popularity, canEvict, id), (victim) => mine < popularity(victim));
+      const pick = (): number => {
+        const v = this.resident.size > this.scanUpTo ? this.shadowPop.lowestRanked(this.byPopularity, canEvict, now, stamp) : undefined;
+        return v !== undefined ? v : this.resident.lowest(popularity, canEvict, id);
+      };
+      return insertEvicting(this.members, this.capacity, id, pick, (victim) => mine < popularity(victim));
     }
     const recency = (k: number): number => this.lastUse[k]!;
-    return insertEvicting(this.resident, this.capacity, id, () => this.resident.lowest(recency, canEvict, id));
+    const pick = (): number => {
+      if (this.resident.size <= this.scanUpTo) return this.resident.lowest(recency, canEvict, id);
+      let victim = -1, vt = Infinity, front = NaN;
+      this.byUse.takeWhile((k, used) => {
+        if (used > front) return false;
+        if (!canEvict(k)) return true;
+        front = used;
+        if (stamp(k) < vt) { victim = k; vt = stamp(k); }
+        return true;
+      });
+      return victim;
+    };
+    return insertEvicting(this.members, this.capacity, id, pick);
   }
   /**
    * A smaller cache evicts by the leading rule (the lowest next-use value, the lowest popularity,
@@ -789,6 +1077,7 @@ export class FatePool implements ReplacementPool {
   ids(): IterableIterator<number> { return this.resident.values(); }
   reset(): void {
     this.resident.clear(); this.lastUse.fill(-Infinity); this.model.reset(); this.shadowModel.clear(); this.shadowPop.reset();
+    this.byPopularity.clear(); this.byUse.clear();
     this.shadowLru.clear(); this.score.fill(0); this.leader = 2; this.tick = 0;
   }
 }
