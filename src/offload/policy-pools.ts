@@ -260,6 +260,8 @@ export class FrequencyPool implements ReplacementPool {
   private readonly rate: number;
   /** the residents by `rankOf` (a min-heap, see `lowestRanked`) */
   private readonly ranked: RankHeap;
+  /** per id, `rankOf` as of its latest scoring */
+  private readonly rankNow: Float64Array;
   /** the ids scored within `recentWindow` of the latest scoring, with when (oldest first, from `recentHead`) */
   private readonly recentIds: number[] = [];
   private readonly recentAt: number[] = [];
@@ -285,6 +287,7 @@ export class FrequencyPool implements ReplacementPool {
     this.score = new Float64Array(ids);
     this.stamp = new Float64Array(ids);
     this.scored = new Uint8Array(ids);
+    this.rankNow = new Float64Array(ids);
     this.ranked = new RankHeap(ids, (id) => this.resident.has(id));
     const resident = this.resident;
     this.members = {
@@ -297,10 +300,7 @@ export class FrequencyPool implements ReplacementPool {
    * A key that orders ids as their decayed scores do at any one time: score · e^(-rate·(now - stamp))
    * is e^(-rate·now) · e^(ln score + rate·stamp). It changes only when the score does.
    */
-  rankOf(id: number): number {
-    if (this.scored[id] !== 1) return -Infinity;
-    return this.rate === 0 ? this.score[id]! : Math.log(this.score[id]!) + this.rate * this.stamp[id]!;
-  }
+  rankOf(id: number): number { return this.scored[id] === 1 ? this.rankNow[id]! : -Infinity; }
   get capacity(): number { return this.cap; }
   get size(): number { return this.resident.size; }
   has(id: number): boolean { return this.resident.has(id); }
@@ -321,7 +321,8 @@ export class FrequencyPool implements ReplacementPool {
     this.score[id] = (this.scored[id] !== 1 ? 0 : this.decayed(this.score[id]!, Math.max(0, now - this.stamp[id]!))) + w;
     this.scored[id] = 1;
     this.stamp[id] = now;
-    if (this.resident.has(id)) this.ranked.push(id, this.rankOf(id));
+    this.rankNow[id] = this.rate === 0 ? this.score[id]! : Math.log(this.score[id]!) + this.rate * now;
+    if (this.resident.has(id)) this.ranked.push(id, this.rankNow[id]!);
     if (this.recentBonus > 0) this.noteRecent(id, now);
   }
   /** Appends a scoring to `recentIds` / `recentAt`, first dropping those `recentWindow` or more before `now`. */
@@ -378,12 +379,13 @@ export class FrequencyPool implements ReplacementPool {
       return true;
     });
     if (bonus > 0) {
-      const ids = this.recentIds, at = this.recentAt;
-      for (let i = this.recentHead; i < ids.length; i++) {
-        const id = ids[i]!;
-        // an id's latest scoring (earlier entries of it are superseded; a repeat changes nothing)
-        if (at[i] === this.stamp[id] && this.recent(id, now) && heap.holds(id) && canEvict(id)) consider(id);
-      }
+      // recent ids all carry the bonus, so among them too the lowest rank (within RANK_EPS) is the
+      // lowest score (an id scored more than once in the window is listed more than once: harmless)
+      const ids = this.recentIds, rank = this.rankNow;
+      let low = Infinity;
+      const eligible = (id: number): boolean => this.recent(id, now) && heap.holds(id) && canEvict(id);
+      for (let i = this.recentHead; i < ids.length; i++) if (rank[ids[i]!]! < low && eligible(ids[i]!)) low = rank[ids[i]!]!;
+      for (let i = this.recentHead; i < ids.length; i++) if (rank[ids[i]!]! <= low + RANK_EPS && eligible(ids[i]!)) consider(ids[i]!);
     }
     return victim;
   }
@@ -407,7 +409,8 @@ export class FrequencyPool implements ReplacementPool {
   ids(): IterableIterator<number> { return this.resident.values(); }
   reset(): void {
     this.resident.clear(); this.score.fill(0); this.stamp.fill(0); this.scored.fill(0); this.ranked.clear();
-    this.recentIds.length = 0; this.recentAt.length = 0; this.recentHead = 0; this.latest = -Infinity; this.clockWentBack = false;
+    this.recentIds.length = 0; this.recentAt.length = 0; this.recentHead = 0;
+    this.latest = -Infinity; this.clockWentBack = false;
   }
 }
 
