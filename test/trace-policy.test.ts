@@ -432,7 +432,7 @@ test("fate's eviction indexes pick what a scan of every resident picks (next-use
   }
   for (const [ids, cap, halfLife, window, bonus] of [[64, 12, 40, 8, 2], [200, 60, Infinity, 10, 2], [48, 10, 25, 0, 0], [40, 8, 30, 400, 2]] as const) {
     const r = rng(ids + cap);
-    const pool = new FrequencyPool(cap, ids, halfLife, window, bonus, true, 0); // 0: always the heap
+    const pool = new FrequencyPool(cap, ids, halfLife, window, bonus, 0); // 0: always the heap
     const ref = new ScanPool(cap, Number.isFinite(halfLife) ? Math.LN2 / halfLife : 0, window, bonus);
     let now = 0;
     for (let step = 0; step < 4000; step++) {
@@ -458,7 +458,7 @@ test("fate's eviction indexes pick what a scan of every resident picks (next-use
   }
   // ranks one ulp apart the other way from the scores: 2 at t = 0 against 1 at t = one half-life
   // (equal in exact arithmetic) at t = 17; the scores decide, as a scan's would
-  const p = new FrequencyPool(2, 8, 11, 0, 0, true, 0);
+  const p = new FrequencyPool(2, 8, 11, 0, 0, 0);
   const all = (): boolean => true;
   p.prime(0, 2, 0); p.reserve(0, 0, all);
   p.prime(1, 1, 11); p.reserve(1, 11, all);

@@ -278,7 +278,6 @@ export class FrequencyPool implements ReplacementPool {
     halfLife = Infinity,
     private readonly recentWindow = 0,
     private readonly recentBonus = 0,
-    private readonly bypass = true,
     /** members up to which an eviction scores every member instead of walking its heap (the same pick) */
     private readonly scanUpTo = SCAN_UP_TO,
   ) {
@@ -345,7 +344,7 @@ export class FrequencyPool implements ReplacementPool {
   reserve(id: number, now: number, canEvict: (id: number) => boolean): number[] | null {
     if (this.capacity <= 0) return null;
     const mine = this.valueOf(id, now);
-    return insertEvicting(this.members, this.capacity, id, () => this.weakest(canEvict, now), (victim) => this.bypass && mine < this.valueOf(victim, now));
+    return insertEvicting(this.members, this.capacity, id, () => this.weakest(canEvict, now), (victim) => mine < this.valueOf(victim, now));
   }
   /**
    * The evictable resident with the lowest score at `now`, the lowest id of a tie (-1: none): from
@@ -972,7 +971,7 @@ export class FatePool implements ReplacementPool {
     this.residentOrder = new NextUseOrder(this.model, this.resident, o.nLayer, o.nExpert);
     this.shadowOrder = new NextUseOrder(this.model, this.shadowModel, o.nLayer, o.nExpert);
     this.scanUpTo = o.scanUpTo ?? SCAN_UP_TO;
-    this.shadowPop = new FrequencyPool(cap, o.nLayer * o.nExpert, o.popHalfLife, o.popRecentWindow, o.popRecentBonus, true, this.scanUpTo);
+    this.shadowPop = new FrequencyPool(cap, o.nLayer * o.nExpert, o.popHalfLife, o.popRecentWindow, o.popRecentBonus, this.scanUpTo);
     const resident = this.resident, live = (id: number): boolean => resident.has(id);
     this.byPopularity = new RankHeap(ids, live);
     this.byUse = new RankHeap(ids, live);
