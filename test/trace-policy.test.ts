@@ -492,11 +492,28 @@ test("fate's eviction indexes pick what a scan of every resident picks (next-use
       const x = r(), other = Math.floor(r() * nLayer * nExpert);
       const w = 1 + Math.floor(r() * 4);
       if (x < 0.1) for (const p of [heap, scan]) p.prime(other, w);
-      else if (x < 0.2) { for (const p of [heap, scan]) if (!p.has(other)) p.reserve(other, now, canEvict); }
+      else if (x < 0.2) {
+        // a few reserves in a row share one latest use: LRU ties, broken by the earliest admitted
+        for (let j = 0; j < 3; j++) {
+          const o = (other + j * nExpert) % (nLayer * nExpert);
+          for (const p of [heap, scan]) if (!p.has(o)) p.reserve(o, now, canEvict);
+        }
+      }
       else if (x < 0.22) { const c = 14 + Math.floor(r() * 12); for (const p of [heap, scan]) p.resize(c, canEvict); }
       rules.add(heap.rule);
       assert.deepEqual([...heap.ids()].sort((a, b) => a - b), [...scan.ids()].sort((a, b) => a - b), `seed ${seed}, token ${t}, layer ${l}`);
     }
     assert.equal(rules.size, 3, `every rule led at some point (${[...rules]})`);
+  }
+  // LRU ties (reserves share the latest use of the access before them): the earliest admitted goes
+  for (const scanUpTo of [0, Infinity]) {
+    const p = new FatePool(3, { nLayer: 1, nExpert: 8, topK: 1, windowAccesses: 32, popHalfLife: 16, popRecentWindow: 1, popRecentBonus: 2, scanUpTo });
+    const all = (): boolean => true;
+    p.insert(0, 0, all);
+    p.reserve(1, 0, all);
+    p.reserve(2, 0, all);
+    assert.equal(p.rule, "lru");
+    assert.deepEqual(p.insert(3, 1, all), [0], `scanUpTo ${scanUpTo}`);
+    assert.deepEqual(p.insert(4, 2, all), [1], `scanUpTo ${scanUpTo}`);
   }
 });
