@@ -110,7 +110,7 @@ export function samplerOptions(o: { temperature: number; topK: number; topP: num
  * shown only on a terminal and only once the work has taken half a second, so that small jobs print
  * nothing but their summary. `update(done, total)` is the writer's onProgress; `stop()` ends the line.
  */
-export function byteProgress(label: string): { update: (done: number, total: number) => void; stop: () => void } {
+function byteProgress(label: string): { update: (done: number, total: number) => void; stop: () => void } {
   const started = Date.now();
   let bar: cliProgress.SingleBar | undefined;
   const gib = (n: number) => (n / 2 ** 30).toFixed(2);
@@ -129,4 +129,22 @@ export function byteProgress(label: string): { update: (done: number, total: num
     },
     stop: () => bar?.stop(),
   };
+}
+
+/**
+ * Runs `work` with a `byteProgress` bar, passing it the bar's update, and ends the bar however the
+ * work ends (returned, threw, or its promise settled).
+ */
+export function withByteProgress<T>(label: string, work: (update: (done: number, total: number) => void) => T): T {
+  const progress = byteProgress(label);
+  let r: T;
+  try {
+    r = work(progress.update);
+  } catch (e) {
+    progress.stop();
+    throw e;
+  }
+  if (r instanceof Promise) return r.finally(progress.stop) as T;
+  progress.stop();
+  return r;
 }

@@ -6,7 +6,7 @@
  */
 import type { Command } from "commander";
 import { makeModel, MAKE_MODEL_ARCHS, PRESETS, type MakeModelOptions, type ShapeOverrides } from "../tools/make-model/index.js";
-import { byteProgress, parseIntOption } from "./common.js";
+import { withByteProgress, parseIntOption } from "./common.js";
 
 interface MakeModelFlags extends ShapeOverrides {
   arch?: string;
@@ -49,19 +49,12 @@ export function registerMakeModelCommand(program: Command): void {
       const opts: MakeModelOptions = { ...rest };
       if (routingSkew !== undefined || routingFrom !== undefined) opts.routing = { skew: routingSkew, from: routingFrom };
       const started = Date.now();
-      const progress = byteProgress("make-model");
-      if (!quiet) opts.onProgress = progress.update;
-      try {
-        const r = await makeModel(opts);
-        progress.stop();
-        const s = r.shape;
-        process.stdout.write(
-          `${r.path}: ${s.arch} ${s.layers} layers${s.nextnLayers ? ` (+${s.nextnLayers} multi-token-prediction)` : ""}, d_model ${s.dModel}, ${s.heads}/${s.kvHeads} heads, ` +
-          `${s.experts} experts top-${s.topK}, d_ff ${s.dFf}${s.sharedDFf ? `, shared d_ff ${s.sharedDFf}` : ""}, vocab ${s.vocab}; ` +
-          `${r.type}, ${(r.params / 1e9).toFixed(3)}B params, ${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${((Date.now() - started) / 1000).toFixed(1)} s\n`,
-        );
-      } finally {
-        progress.stop();
-      }
+      const r = await withByteProgress("make-model", (update) => makeModel({ ...opts, onProgress: quiet ? undefined : update }));
+      const s = r.shape;
+      process.stdout.write(
+        `${r.path}: ${s.arch} ${s.layers} layers${s.nextnLayers ? ` (+${s.nextnLayers} multi-token-prediction)` : ""}, d_model ${s.dModel}, ${s.heads}/${s.kvHeads} heads, ` +
+        `${s.experts} experts top-${s.topK}, d_ff ${s.dFf}${s.sharedDFf ? `, shared d_ff ${s.sharedDFf}` : ""}, vocab ${s.vocab}; ` +
+        `${r.type}, ${(r.params / 1e9).toFixed(3)}B params, ${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${((Date.now() - started) / 1000).toFixed(1)} s\n`,
+      );
     });
 }

@@ -1,8 +1,8 @@
 /** `moira quantize-experts MODEL --type Q2_K --out SIDE.gguf`: low-bit copies of the experts for --lowbit. */
 import type { Command } from "commander";
 import { Model } from "../model/model.js";
-import { writeLowbitSidecar, LOWBIT_TYPES, type QuantizeExpertsResult } from "../offload/lowbit.js";
-import { byteProgress } from "./common.js";
+import { writeLowbitSidecar, LOWBIT_TYPES } from "../offload/lowbit.js";
+import { withByteProgress } from "./common.js";
 import { typeName } from "../formats/quant/types.js";
 
 export function registerQuantizeExpertsCommand(program: Command): void {
@@ -15,13 +15,7 @@ export function registerQuantizeExpertsCommand(program: Command): void {
       const model = Model.open(path);
       try {
         const t0 = performance.now();
-        const progress = byteProgress("quantize-experts");
-        let r: QuantizeExpertsResult;
-        try {
-          r = writeLowbitSidecar(model, o.type, o.out, progress.update);
-        } finally {
-          progress.stop();
-        }
+        const r = withByteProgress("quantize-experts", (update) => writeLowbitSidecar(model, o.type, o.out, update));
         process.stderr.write(`wrote ${r.path}: ${r.type} experts, ${(r.bytes / 2 ** 20).toFixed(1)} MiB, ${(r.expertBytes / 2 ** 10).toFixed(0)} KiB per expert, in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
       } finally {
         model.close();

@@ -1,7 +1,7 @@
 /** `moira repack MODEL -o OUT.gguf`: a copy of the model with its Q4_K matrices stored re-laid (tools/repack.ts). */
 import type { Command } from "commander";
-import { repackModel, type RepackResult } from "../tools/repack.js";
-import { byteProgress } from "./common.js";
+import { repackModel } from "../tools/repack.js";
+import { withByteProgress } from "./common.js";
 
 export function registerRepackCommand(program: Command): void {
   program.command("repack")
@@ -10,13 +10,7 @@ export function registerRepackCommand(program: Command): void {
     .requiredOption("-o, --out <file>", "output path (.gguf)")
     .action((path: string, o: { out: string }) => {
       const t0 = performance.now();
-      const progress = byteProgress("repack");
-      let r: RepackResult;
-      try {
-        r = repackModel(path, o.out, progress.update);
-      } finally {
-        progress.stop();
-      }
+      const r = withByteProgress("repack", (update) => repackModel(path, o.out, update));
       process.stderr.write(
         `wrote ${r.path}: ${r.relaid} of ${r.tensors} tensors re-laid (Q4_K -> Q4_K_R16), ${(r.bytes / 2 ** 30).toFixed(2)} GiB, ` +
         `in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`,
