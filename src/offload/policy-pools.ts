@@ -98,6 +98,15 @@ interface IdCollection {
   delete(id: number): boolean;
 }
 
+/** `set` as the eviction loops see it, calling `added(id)` after each id they add (back) to it. */
+function addingTo(set: DenseIdSet, added: (id: number) => void): IdCollection {
+  return {
+    get size() { return set.size; },
+    add: (id: number) => { set.add(id); added(id); },
+    delete: (id: number) => set.delete(id),
+  };
+}
+
 /**
  * A set of ids below a bound as dense arrays: O(1) add and delete, scans over a typed array, each
  * id's insertion stamp (so that a scan breaks ties the way iterating a `Set`, in insertion order,
@@ -288,12 +297,7 @@ export class FrequencyPool implements ReplacementPool {
     this.scored = new Uint8Array(ids);
     this.rankNow = new Float64Array(ids);
     this.ranked = new RankHeap(ids, (id) => this.resident.has(id));
-    const resident = this.resident;
-    this.members = {
-      get size() { return resident.size; },
-      add: (id: number) => { resident.add(id); this.ranked.push(id, this.rankOf(id)); },
-      delete: (id: number) => resident.delete(id),
-    };
+    this.members = addingTo(this.resident, (id) => this.ranked.push(id, this.rankOf(id)));
   }
   /**
    * A key that orders ids as their decayed scores do at any one time: score · e^(-rate·(now - stamp))
@@ -975,11 +979,7 @@ export class FatePool implements ReplacementPool {
     const resident = this.resident, live = (id: number): boolean => resident.has(id);
     this.byPopularity = new RankHeap(ids, live);
     this.byUse = new RankHeap(ids, live);
-    this.members = {
-      get size() { return resident.size; },
-      add: (id: number) => { resident.add(id); this.rerank(id); },
-      delete: (id: number) => resident.delete(id),
-    };
+    this.members = addingTo(resident, (id) => this.rerank(id));
     this.keep = 1 - 1 / Math.max(1, o.windowAccesses);
   }
   get capacity(): number { return this.cap; }
