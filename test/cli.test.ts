@@ -42,6 +42,17 @@ test("quick start: make-model --preset tiny, then run, logits, inspect", () => {
   assert.match(r.stderr, /decode: \d+ tokens .* tok\/s/);
   // same seed, same text; greedy is deterministic too
   assert.equal(moira("run", "--model", tiny, "--prompt", "Once upon a time", "--max-tokens", "12", "--seed", "3").stdout, r.stdout);
+  // -f FILE and -f - (standard input) give the prompt as -p does
+  const promptFile = join(dir, "prompt.txt");
+  writeFileSync(promptFile, "Once upon a time");
+  assert.equal(moira("run", "--model", tiny, "-f", promptFile, "--max-tokens", "12", "--seed", "3").stdout, r.stdout);
+  const piped = spawnSync(process.execPath, [join(REPO_ROOT, "bin", "moira.js"), "run", "--model", tiny, "--file", "-", "--max-tokens", "12", "--seed", "3"],
+    { encoding: "utf8", input: "Once upon a time" });
+  assert.equal(piped.status, 0, piped.stderr);
+  assert.equal(piped.stdout, r.stdout);
+  assertUserError(moira("run", "--model", tiny, "--max-tokens", "2"), /no prompt: give -p\/--prompt TEXT or -f\/--file FILE/);
+  assertUserError(moira("run", "--model", tiny, "-p", "x", "-f", promptFile), /not both/);
+  assertUserError(moira("run", "--model", tiny, "-f", join(dir, "missing.txt")), /cannot read prompt file .*missing\.txt: no such file/);
 
   r = moira("logits", "--model", tiny, "--tokens", "1,2,3", "--json");
   assert.equal(r.code, 0, r.stderr);

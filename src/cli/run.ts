@@ -1,4 +1,5 @@
 /** `moira run` (generate text) and `moira logits` (raw logits per position). */
+import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { Model } from "../model/model.js";
 import { createBackend } from "../backend/index.js";
@@ -6,9 +7,24 @@ import { Session } from "../engine/session.js";
 import { generate } from "../engine/generate.js";
 import { loadTokenizer, applyChatTemplate } from "../engine/tokenizer/index.js";
 import { addBackendOptions, addSamplingOptions, parseIntOption, parseTokenList, samplerOptions, weightLayoutFor } from "./common.js";
-import { InvalidArgumentError } from "../errors.js";
+import { FileAccessError, InvalidArgumentError } from "../errors.js";
 // offload: expert offloading flags and provider (src/cli/offload-options.ts)
 import { addOffloadOptions, createExpertProvider } from "./offload-options.js";
+
+/** The prompt of `run`: -p's text or the contents of -f's file (standard input for "-"), exactly one of them. */
+function promptText(o: { prompt?: string; file?: string }): string {
+  if (o.prompt !== undefined && o.file !== undefined) throw new InvalidArgumentError("give the prompt with -p/--prompt or -f/--file, not both");
+  if (o.file === undefined) {
+    if (o.prompt === undefined) throw new InvalidArgumentError("no prompt: give -p/--prompt TEXT or -f/--file FILE (- for standard input)");
+    return o.prompt;
+  }
+  try {
+    return readFileSync(o.file === "-" ? 0 : o.file, "utf8");
+  } catch (e) {
+    const what = o.file === "-" ? "standard input" : `prompt file ${o.file}`;
+    throw new FileAccessError(`cannot read ${what}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
+  }
+}
 
 export function registerRunCommands(program: Command): void {
   // offload: --memory-budget, --policy, --predictor, --lowbit*, --trace, --stats
@@ -16,23 +32,25 @@ export function registerRunCommands(program: Command): void {
     program.command("run")
       .description("generate text from a prompt (text to stdout, timings to stderr)")
       .requiredOption("-m, --model <path>", "GGUF file or Hugging Face model directory")
-      .requiredOption("-p, --prompt <text>", "the prompt")
+      .option("-p, --prompt <text>", "the prompt")
+      .option("-f, --file <path>", "read the prompt from a file (- reads standard input)")
       .option("-n, --max-tokens <n>", "tokens to generate", parseIntOption("--max-tokens", 0), 128)
       .option("--chat", "wrap the prompt in the model's chat template as a user message")
       .option("--no-bos", "do not add the beginning-of-sequence token"),
     { temperature: 0.8, repeatPenalty: 1 },
   ))).action(async (o) => {
+    const text = promptText(o);
     const model = Model.open(o.model);
     const backend = await createBackend(o.backend, { threads: o.threads, weightLayout: weightLayoutFor(o.weightLayout, o.maxTokens) });
     try {
       const tok = loadTokenizer(model.file);
       let prompt: number[];
       if (o.chat) {
-        const text = applyChatTemplate(tok, [{ role: "user", content: o.prompt }], { addGenerationPrompt: true });
-        prompt = tok.encode(text, { addBos: false, parseSpecial: true });
+        const chat = applyChatTemplate(tok, [{ role: "user", content: text }], { addGenerationPrompt: true });
+        prompt = tok.encode(chat, { addBos: false, parseSpecial: true });
         if (o.bos && tok.bosId !== null && tok.addBosDefault && prompt[0] !== tok.bosId) prompt.unshift(tok.bosId);
       } else {
-        prompt = tok.encode(o.prompt, { addBos: o.bos && tok.addBosDefault });
+        prompt = tok.encode(text, { addBos: o.bos && tok.addBosDefault });
       }
       if (prompt.length === 0) throw new InvalidArgumentError("the prompt encodes to no tokens");
       // a run knows what it needs: the prompt and --max-tokens (--context, when given, is kept); a
