@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync, copyFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { REPO_ROOT, skipUnlessShared } from "./shared.js";
+import { REPO_ROOT, shared, skipUnlessShared } from "./shared.js";
 import { hfFixtures, maxAbsDiff } from "./hf-fixtures.js";
 import { readGGUF } from "../src/formats/gguf/reader.js";
 import { writeGGUF } from "../src/formats/gguf/writer.js";
@@ -94,6 +94,38 @@ test("run --chat uses the model's chat template; --backend ref gives the same gr
   assert.equal(n.code, 0, n.stderr);
   assert.equal(n.stdout, r.stdout);
   assert.match(r.stderr, /backend: ref/);
+});
+
+test("run --stop cuts the text where a stop string starts; the context caps --max-tokens with a note, never an error mid-run", () => {
+  const args = ["run", "--model", tiny, "--prompt", "Once upon a time", "--temperature", "0"];
+  const full = moira(...args, "--max-tokens", "16");
+  assert.equal(full.code, 0, full.stderr);
+  const text = full.stdout.replace(/\n$/, "");
+  const at = Math.floor(text.length / 2);
+  const stop = text.slice(at, at + 2);
+  const cut = moira(...args, "--max-tokens", "16", "--stop", "never-there", "--stop", stop);
+  assert.equal(cut.code, 0, cut.stderr);
+  assert.equal(cut.stdout, text.slice(0, text.indexOf(stop)) + "\n");
+  assert.match(cut.stderr, /stop: stop-string/);
+  assertUserError(moira(...args, "--stop", ""), /a stop string must not be empty/);
+
+  // 5 prompt tokens (BOS included) in 8 positions: 4 tokens, the last one sampled and never stored
+  const capped = moira(...args, "--max-tokens", "20", "--context", "8");
+  assert.equal(capped.code, 0, capped.stderr);
+  assert.match(capped.stderr, /note: the context holds 8 positions: after a 5-token prompt at most 4 tokens \(--max-tokens 20\)/);
+  assert.match(capped.stderr, /decode: 4 tokens .* stop: context-full/);
+  assertUserError(moira(...args, "--context", "4"), /the prompt is 5 tokens, more than the context's 4 positions: shorten the prompt or raise --context/);
+});
+
+test("run --ignore-eos generates past the end-of-generation token", { skip: skipUnlessShared() }, () => {
+  const args = ["run", "--model", shared("models", "tinymoe-trained.gguf"), "--prompt", "Hi!", "--temperature", "0", "--max-tokens", "60"];
+  const ends = moira(...args);
+  assert.equal(ends.code, 0, ends.stderr);
+  const m = /decode: (\d+) tokens .* stop: stop-token/.exec(ends.stderr);
+  assert.ok(m && Number(m[1]) < 60, `greedy "Hi!" ends at an end-of-generation token: ${ends.stderr}`);
+  const past = moira(...args, "--ignore-eos");
+  assert.match(past.stderr, /decode: 60 tokens .* stop: max-tokens/);
+  assert.ok(past.stdout.startsWith(ends.stdout.replace(/\n$/, "")), "the same text up to the end-of-generation token");
 });
 
 test("convert: a GGUF written from each HF fixture gives the same logits as the HF directory", { skip: skipUnlessShared() }, () => {

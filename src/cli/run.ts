@@ -4,7 +4,8 @@ import type { Command } from "commander";
 import { Model } from "../model/model.js";
 import { createBackend } from "../backend/index.js";
 import { Session } from "../engine/session.js";
-import { generate } from "../engine/generate.js";
+import { generate, type GenerationStats } from "../engine/generate.js";
+import { StopStrings } from "../engine/stop-strings.js";
 import { loadTokenizer, applyChatTemplate } from "../engine/tokenizer/index.js";
 import { addBackendOptions, addSamplingOptions, parseIntOption, parseTokenList, samplerOptions, weightLayoutFor } from "./common.js";
 import { FileAccessError, InvalidArgumentError } from "../errors.js";
@@ -36,6 +37,9 @@ export function registerRunCommands(program: Command): void {
       .option("-f, --file <path>", "read the prompt from a file (- reads standard input)")
       .option("-n, --max-tokens <n>", "tokens to generate", parseIntOption("--max-tokens", 0), 128)
       .option("--chat", "wrap the prompt in the model's chat template as a user message")
+      .option("--stop <text>", "end the text where this string appears, which is not printed (repeat for several)",
+        (v: string, all: string[]) => [...all, v], [] as string[])
+      .option("--ignore-eos", "generate past end-of-generation tokens, up to --max-tokens")
       .option("--no-bos", "do not add the beginning-of-sequence token"),
     { temperature: 0.8, repeatPenalty: 1 },
   ))).action(async (o) => {
@@ -56,21 +60,42 @@ export function registerRunCommands(program: Command): void {
       // a run knows what it needs: the prompt and --max-tokens (--context, when given, is kept); a
       // budget too small for it is refused by the planner, naming the minimum
       const contextLength = o.context ?? Math.min(model.config.contextLength, prompt.length + o.maxTokens);
+      // the last token is sampled and never stored: prompt + n - 1 positions hold n generated tokens
+      const fit = contextLength - prompt.length + 1;
+      if (fit < 1) {
+        throw new InvalidArgumentError(`the prompt is ${prompt.length} tokens, more than the context's ${contextLength} positions` +
+          (o.context === undefined ? " (the model's)" : "") + ": shorten the prompt" + (o.context === undefined ? "" : " or raise --context"));
+      }
+      const maxTokens = Math.min(o.maxTokens, fit);
+      if (maxTokens < o.maxTokens) {
+        process.stderr.write(`note: the context holds ${contextLength} positions: after a ${prompt.length}-token prompt at most ${maxTokens} tokens (--max-tokens ${o.maxTokens})\n`);
+      }
       // offload: an ExpertStore when --memory-budget is given (else all experts resident)
       const offload = createExpertProvider(model, o, backend, { contextLength, maxBatch: prompt.length, kvType: o.kvType });
       try {
       const session = new Session(model, { backend, contextLength, kvType: o.kvType, experts: offload.provider, observer: offload.observer });
-      const it = generate(session, tok, prompt, { maxTokens: o.maxTokens, ...samplerOptions(o) });
-      let r = await it.next();
-      while (!r.done) {
-        process.stdout.write(r.value.text);
-        r = await it.next();
+      let stats: GenerationStats | undefined;
+      const it = generate(session, tok, prompt, {
+        maxTokens, ...samplerOptions(o), stopTokens: o.ignoreEos ? [] : undefined, onStats: (x) => { stats = x; },
+      });
+      // text is printed once no stop string can still be forming in it
+      const out = new StopStrings(o.stop);
+      let printed = 0, stopped = false;
+      for (let r = await it.next(); !r.done; r = await it.next()) {
+        const step = out.add(r.value.text);
+        process.stdout.write(out.text.slice(printed, step.final));
+        printed = step.final;
+        if (step.stopped) {
+          stopped = true;
+          await it.return(undefined as never);
+          break;
+        }
       }
-      process.stdout.write("\n");
-      const s = r.value;
+      process.stdout.write(out.text.slice(printed) + "\n");
+      const s = stats!;
       process.stderr.write(
         `prefill: ${s.promptTokens} tokens in ${s.prefillMs.toFixed(1)} ms (${s.prefillTokensPerSecond.toFixed(2)} tok/s)\n` +
-        `decode: ${s.generatedTokens} tokens in ${s.decodeMs.toFixed(1)} ms (${s.decodeTokensPerSecond.toFixed(2)} tok/s), stop: ${s.stopReason}\n` +
+        `decode: ${s.generatedTokens} tokens in ${s.decodeMs.toFixed(1)} ms (${s.decodeTokensPerSecond.toFixed(2)} tok/s), stop: ${stopped ? "stop-string" : s.stopReason === "max-tokens" && maxTokens < o.maxTokens ? "context-full" : s.stopReason}\n` +
         `backend: ${backend.name}\n`,
       );
       // offload: statistics

@@ -9,6 +9,7 @@ import type { SamplerOptions } from "../engine/sampler.js";
 import type { Lease } from "../engine/scheduler.js";
 import type { Batcher } from "../engine/batcher.js";
 import type { Tokenizer } from "../engine/tokenizer/index.js";
+import { StopStrings } from "../engine/stop-strings.js";
 
 export interface CompletionPlan {
   readonly prompt: readonly number[];
@@ -74,14 +75,14 @@ export async function runCompletion(
       maxTokens: plan.maxTokens, ...plan.sampler, signal: lease.signal, logprobs: plan.logprobs, stopTokens: plan.stopTokens, cachedTokens,
       onStats: (s) => { stats = s; },
     });
-    const holdBack = Math.max(0, ...plan.stops.map((s) => s.length - 1));
+    const out = new StopStrings(plan.stops);
     const tokens: TokenLogprobs[] = [];
-    let text = "", sent = 0, handedOut = 0, stopped = false;
+    let sent = 0, handedOut = 0, stopped = false;
     /** Hands out text[sent, end) with the tokens starting before `end` (all of them with `all`). */
     const emit = async (end: number, which: "starting-before-end" | "all") => {
       const first = handedOut;
       while (handedOut < tokens.length && (which === "all" || tokens[handedOut].offset < end)) handedOut++;
-      const piece = { text: text.slice(sent, end), tokens: tokens.slice(first, handedOut) };
+      const piece = { text: out.text.slice(sent, end), tokens: tokens.slice(first, handedOut) };
       sent = end;
       if (piece.text.length > 0 || piece.tokens.length > 0) await onPiece(piece);
     };
@@ -89,24 +90,20 @@ export async function runCompletion(
       slot.enter("decode");
       const { token, logprobs } = r.value;
       if (logprobs) {
-        tokens.push({ ...tokenText(token, logprobs.logprob), offset: text.length, top: logprobs.top.map((t) => tokenText(t.token, t.logprob)) });
+        tokens.push({ ...tokenText(token, logprobs.logprob), offset: out.text.length, top: logprobs.top.map((t) => tokenText(t.token, t.logprob)) });
       }
-      text += r.value.text;
-      const hits = plan.stops.map((s) => text.indexOf(s, Math.max(0, sent - s.length))).filter((i) => i >= 0);
-      if (hits.length > 0) {
-        text = text.slice(0, Math.min(...hits));
-        stopped = true;
-        await emit(text.length, "starting-before-end");
+      const step = out.add(r.value.text);
+      stopped = step.stopped;
+      if (step.final > sent || stopped) await emit(step.final, "starting-before-end");
+      if (stopped) {
         await it.return(undefined as never);
         break;
       }
-      const safe = Math.max(sent, text.length - holdBack);
-      if (safe > sent) await emit(safe, "starting-before-end");
     }
-    if (!stopped) await emit(text.length, "all");
+    if (!stopped) await emit(out.text.length, "all");
     const s = stats!;
     const finishReason = stopped || s.stopReason === "stop-token" ? "stop" : s.stopReason === "aborted" ? null : "length";
-    return { text, finishReason, tokens: tokens.slice(0, handedOut), stats: s };
+    return { text: out.text, finishReason, tokens: tokens.slice(0, handedOut), stats: s };
   } finally {
     stream.leave();
   }

@@ -54,7 +54,7 @@ const common = {
   min_p: opt(z.number().min(0).max(1)),
   repeat_penalty: opt(z.number().gt(0)),
   seed: opt(z.number().int()),
-  stop: opt(z.union([z.string(), z.array(z.string()).max(8)])),
+  stop: opt(z.union([z.string().min(1, "a stop string must not be empty"), z.array(z.string().min(1, "a stop string must not be empty")).max(8)])),
   stream: opt(z.boolean()),
   stream_options: opt(z.object({ include_usage: opt(z.boolean()) }).strict()),
   // vLLM's and llama.cpp's extension: generate past end-of-generation tokens (benchmarks, tests)
