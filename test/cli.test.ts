@@ -110,7 +110,7 @@ test("run --stop cuts the text where a stop string starts; the context caps --ma
   assertUserError(moira(...args, "--stop", ""), /a stop string must not be empty/);
 
   // 5 prompt tokens (BOS included) in 8 positions: 4 tokens, the last one sampled and never stored
-  const capped = moira(...args, "--max-tokens", "20", "--context", "8");
+  const capped = moira(...args, "--max-tokens", "20", "-c", "8", "-t", "1"); // llama.cpp's short forms of --context, --threads
   assert.equal(capped.code, 0, capped.stderr);
   assert.match(capped.stderr, /note: the context holds 8 positions: after a 5-token prompt at most 4 tokens \(--max-tokens 20\)/);
   assert.match(capped.stderr, /decode: 4 tokens .* stop: context-full/);

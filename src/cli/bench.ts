@@ -194,7 +194,7 @@ export function registerBenchCommand(program: Command): void {
       .description("measure prefill and decode speed (synthetic prompt, greedy unless --temperature > 0; times include sampling), optionally offloading experts")
       .requiredOption("-m, --model <path>", "GGUF model file")
       .option("--backend <name>", "compute backend: native, ref or webgpu", "native")
-      .option("--threads <n>", "compute threads (default: all cores)", parseIntOption("--threads", 1))
+      .option("-t, --threads <n>", "compute threads (default: all cores)", parseIntOption("--threads", 1))
       .option("--kv-type <type>", KV_TYPE_HELP, parseKvType, "f16")
       .option("--weight-layout <layout>", WEIGHT_LAYOUT_HELP, parseWeightLayout)
       .option("--prompt-tokens <n>", "prompt length", parseIntOption("--prompt-tokens", 1), 256)

@@ -51,8 +51,9 @@ export function parseBytes(v: string): number {
 export function addBackendOptions(cmd: Command, defaults: { kvType: KvType } = { kvType: "f16" }): Command {
   return cmd
     .option("--backend <name>", "compute backend: native (C++ kernels), ref (TypeScript oracle) or webgpu (WGSL kernels on a WebGPU device; see moira gpu-info)", "native")
-    .option("--threads <n>", "worker threads for the native backend (default: all cores)", parseIntOption("--threads", 1))
-    .option("--context <n>", "KV cache length in tokens (default: the model's, at most 4096)", parseIntOption("--context", 1))
+    .option("-t, --threads <n>", "worker threads for the native backend (default: all cores)", parseIntOption("--threads", 1))
+    .option("-c, --context <n>", "KV cache length in tokens (default: what the command needs: run, the prompt and --max-tokens; " +
+      "logits, its tokens; chat and serve, the model's context, at most 4096, shortened to fit a --memory-budget)", parseIntOption("--context", 1))
     .option("--kv-type <type>", KV_TYPE_HELP, parseKvType, defaults.kvType)
     .option("--weight-layout <layout>", WEIGHT_LAYOUT_HELP, parseWeightLayout);
 }
