@@ -60,7 +60,7 @@ test("POST /v1/chat/completions: JSON and SSE streaming give the same text", asy
 });
 
 test("malformed requests get 400 with an OpenAI-style error; unknown routes 404", async () => {
-  for (const [body, param] of [["{not json", null], [{ prompt: "x", max_tokens: -1 }, "max_tokens"], [{ max_tokens: 3 }, "prompt"], [{ prompt: "x", temperature: "hot" }, "temperature"]] as const) {
+  for (const [body, param] of [["{not json", null], [{ prompt: "x", max_tokens: -1 }, "max_tokens"], [{ max_tokens: 3 }, "prompt"], [{ prompt: "x", temperature: "hot" }, "temperature"], [{ prompt: "x", stop: "" }, "stop"]] as const) {
     const r = await post("/v1/completions", body);
     assert.equal(r.status, 400);
     const e = await r.json() as { error: { message: string; type: string; param: string | null } };
