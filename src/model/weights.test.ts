@@ -118,3 +118,28 @@ test("loadAll with the native backend's mapper (populated private mappings)", as
     backend.dispose();
   }
 });
+
+test("loadAllBut reads every declared tensor but the skipped and those read by rows, in one call, and the model then reads nothing", () => {
+  const w = declared();
+  w.meta("unused.weight", [1024, 512]); // declared here, skipped below
+  assert.ok(w.readRowsOnDemand("c.weight"));
+  const asked: Array<ReadonlyArray<{ fileOffset: number; length: number }>> = [];
+  const fd = openSync(path, "r");
+  w.loadAllBut((name) => name === "unused.weight", (ranges) => {
+    asked.push(ranges);
+    return ranges.map((r) => { const b = new Uint8Array(r.length); readSync(fd, b, 0, r.length, r.fileOffset); return b; });
+  });
+  closeSync(fd);
+  const at = (n: string) => ({ fileOffset: w.source.tensors.get(n)!.file!.offset, length: w.source.tensors.get(n)!.nbytes });
+  assert.equal(asked.length, 1);
+  assert.deepEqual([...asked[0]!].sort((x, y) => x.fileOffset - y.fileOffset), [at("a.weight"), at("b.weight")]);
+  // a and b come from what `read` returned: the source is not asked again
+  const source = w.source as { load: typeof w.source.load };
+  const load = source.load.bind(w.source);
+  const loads: string[] = [];
+  source.load = (name, o) => { loads.push(name); return load(name, o); };
+  assert.deepEqual(w.matrix("a.weight", 4, 8).data, TENSORS[0].data);
+  assert.deepEqual(new Uint8Array(w.vector("b.weight", 8).buffer), TENSORS[1].data);
+  assert.deepEqual(loads, []);
+  w.source.close();
+});

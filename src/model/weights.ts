@@ -139,7 +139,7 @@ export class ModelWeights {
    */
   loadAll(options: { map?: FileMapper; relayout?: Relayout } = {}): void {
     this.relayout = options.relayout;
-    const names = [...this.declared].filter((n) => !(this.loaded.has(n) || this.matrices.has(n) || this.vectors.has(n) || this.perRow.has(n)));
+    const names = this.unloaded();
     const load = (map: FileMapper | undefined) => {
       if (this.source.loadMany) return this.source.loadMany(names, { map });
       return new Map(names.map((n) => [n, this.source.load(n, { map })]));
@@ -152,6 +152,24 @@ export class ModelWeights {
       tensors = load(undefined);
     }
     for (const [name, t] of tensors) this.loaded.set(name, t.data);
+  }
+
+  /**
+   * Loads now every tensor the model uses but those `skip` names and those read by rows, the ones
+   * stored verbatim in the file through `read` (many file ranges in one call: the ExpertStore's
+   * reader under a memory budget, whose I/O threads read them in parallel with O_DIRECT), so that
+   * the first forward does not read them one at a time through the page cache.
+   */
+  loadAllBut(skip: (name: string) => boolean, read: (ranges: ReadonlyArray<{ fileOffset: number; length: number }>) => Uint8Array[]): void {
+    const metas = this.unloaded().filter((n) => !skip(n)).map((n) => this.source.tensors.get(n)!);
+    const stored = metas.filter((m) => m.file !== undefined);
+    read(stored.map((m) => ({ fileOffset: m.file!.offset, length: m.nbytes }))).forEach((bytes, i) => this.loaded.set(stored[i]!.name, bytes));
+    for (const m of metas) if (m.file === undefined) this.loaded.set(m.name, this.source.load(m.name).data);
+  }
+
+  /** Tensors the model uses that are neither loaded, built, nor read by rows. */
+  private unloaded(): string[] {
+    return [...this.declared].filter((n) => !(this.loaded.has(n) || this.matrices.has(n) || this.vectors.has(n) || this.perRow.has(n)));
   }
 
   /**

@@ -61,6 +61,9 @@ export interface ReaderOptions {
 
 interface TicketInfo { readonly fileOffset: number; readonly length: number }
 
+/** readWhole's pieces: a tensor of hundreds of MB (an output head) is read by every I/O thread */
+const READ_PIECE = 8 * 2 ** 20;
+
 /**
  * Reads file ranges into arena chunks on native threads. One owner (the ExpertStore) submits,
  * polls and waits.
@@ -121,6 +124,22 @@ export class FileReader {
     const t = this.reader.read(fileOffset, length, chunk.bytes, destOffset, o.urgent ?? false);
     this.info.set(t, { fileOffset, length });
     return t;
+  }
+
+  /**
+   * Reads whole file ranges into memory of their own (JavaScript's, so that it outlives the
+   * reader), each in pieces of at most READ_PIECE bytes so that the I/O threads share a large one;
+   * blocks until all are in. Throws as `wait` does.
+   */
+  readWhole(ranges: ReadonlyArray<{ fileOffset: number; length: number }>): Uint8Array[] {
+    const out = ranges.map((r) => new Uint8Array(r.length));
+    const tickets: number[] = [];
+    ranges.forEach((r, i) => {
+      const dest: ArenaChunk = { id: -1, bytes: out[i]! };
+      for (let at = 0; at < r.length; at += READ_PIECE) tickets.push(this.submit(r.fileOffset + at, Math.min(READ_PIECE, r.length - at), dest, at));
+    });
+    for (const t of tickets) this.wait(t);
+    return out;
   }
 
   /** Whether the read has finished (successfully or not); never blocks. */

@@ -46,7 +46,7 @@ import { FileReader, IO_ALIGN, discardArena, fileIdentity, sameIdentity, type Ar
 import { LoadJob, Prefetcher, type LoadPriority, type ReadRange } from "./prefetcher.js";
 import { OffloadStats, type ExpertTally, type Phase } from "./stats.js";
 import { NextLayerRouter, calibrateDistance, calibrateWidth, MAX_PREFETCH_DISTANCE } from "./fate-predictor.js";
-import { cacheSlotsWith, slotLayoutOf, type MemoryPlan, type SlotLayout } from "./planner.js";
+import { cacheSlotsWith, isExpertTensor, slotLayoutOf, type MemoryPlan, type SlotLayout } from "./planner.js";
 import type { KvRoom } from "../model/kv-cache.js";
 import { TOKEN_EMBEDDING } from "../model/steps.js";
 
@@ -293,6 +293,10 @@ export class ExpertStore implements ExpertProvider, KvRoom {
     this.history = opts.predictor === "eap" ? createPredictor("eap", { nLayer: nMoe, nExpert: cfg.nExpert }) : null;
 
     this.reader = FileReader.open(path, { threads: opts.ioThreads ?? 4, direct: opts.direct });
+    // the weights every token uses (attention, norms, routers, the output head; the plan counts
+    // them) read now, on the I/O threads with O_DIRECT: not one tensor at a time in the first
+    // forward through the page cache, whose copies the memory cap would count as well
+    weights.loadAllBut(isExpertTensor, (ranges) => this.reader.readWhole(ranges));
     this.prefetcher = new Prefetcher(this.reader);
     const totalSlots = plan.cacheSlots + plan.transientSlots;
     const chunkBytes = Math.max(plan.slotBytes, opts.chunkBytes ?? 256 * 2 ** 20);
