@@ -2,7 +2,8 @@
  * ModelWeights: typed, shape-checked access to a model's tensors by canonical GGUF name.
  * Matrices stay in their GGUF type (the backend computes on the blocks); vectors (norms, biases)
  * are dequantized to f32. Every tensor is loaded once and cached; `loadAll` loads them all up front
- * (the all-resident path), mapped from the file where the backend can map.
+ * (the all-resident path), mapped from the file where the backend can map; `loadAllBut` all but the
+ * experts (under a memory budget, through the ExpertStore's reader).
  */
 import type { WeightMatrix } from "../backend/backend.js";
 import type { FileMapper, TensorData, TensorMeta, WeightSource } from "../formats/model-file.js";
