@@ -21,7 +21,8 @@
  *   npx tsc -p tsconfig.json   # moira runs from dist/, as `npx moira` does
  *   node --import tsx bench/vs-llama.ts [--presets olmoe-1b-7b,qwen1.5-moe-a2.7b] [--types Q4_K,Q8_0]
  *     [--prompts 8,512,2048] [--gen-tokens 64] [--threads 2] [--rounds 3] [--dir /tmp/moira-bench]
- *     [--moira-files gguf|repacked|gguf,repacked]
+ *     [--moira-files gguf|repacked|gguf,repacked] [--out FILE]
+ * JSON to stdout (and to --out).
  */
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -47,6 +48,7 @@ const { values: a } = parseArgs({
     samplers: { type: "string", default: "greedy,default" },
     dir: { type: "string", default: "/tmp/moira-bench" },
     "moira-files": { type: "string", default: "gguf" },
+    out: { type: "string" },
   },
 });
 const MOIRA_FILES = { gguf: "moira", repacked: "moiraRepacked" } as const;
@@ -193,7 +195,9 @@ for (const preset of a.presets!.split(",")) {
     }
   }
 }
-process.stdout.write(JSON.stringify({
+const json = JSON.stringify({
   bench: "vs-llama", peer: "node-llama-cpp prebuilt CPU binary (bench/llama-peer.mjs)",
   machine: { cpus: (await import("node:os")).cpus().length, ramReadGBs: +(bandwidth / 1e9).toFixed(2) }, results,
-}, null, 2) + "\n");
+}, null, 2) + "\n";
+process.stdout.write(json);
+if (a.out) writeFileSync(a.out, json);
