@@ -374,12 +374,15 @@ export class FrequencyPool implements ReplacementPool {
       const v = this.valueOf(id, now), t = tie(id);
       if (v < vs || (v === vs && t < vt)) { victim = id; vs = v; vt = t; }
     };
+    // recent ids are found from the list below: the walk parks them until they are no longer recent
+    if (bonus > 0) heap.unpark((id) => !this.recent(id, now));
     heap.takeWhile((id, rank) => {
-      if (rank > front + RANK_EPS) return false;
-      if (!canEvict(id) || (bonus > 0 && this.recent(id, now))) return true;
+      if (rank > front + RANK_EPS) return "stop";
+      if (bonus > 0 && this.recent(id, now)) return "park";
+      if (!canEvict(id)) return "next";
       if (Number.isNaN(front)) front = rank;
       consider(id);
-      return true;
+      return "next";
     });
     if (bonus > 0) {
       // recent ids all carry the bonus, so among them too the lowest rank (within RANK_EPS) is the
@@ -428,7 +431,8 @@ const SCAN_UP_TO = 384;
 /**
  * A min-heap of (rank, id) with lazy deletion: pushing an id again supersedes its earlier entries,
  * and entries of ids that `live` rejects are dropped when they reach the front (or at compaction).
- * Ties pop in any order.
+ * Ties pop in any order. A walk may park entries outside the heap (ids it must skip for a while:
+ * FrequencyPool's recent ones), which `unpark` puts back.
  */
 export class RankHeap {
   private rank = new Float64Array(64);
@@ -438,30 +442,48 @@ export class RankHeap {
   /** per id, the sequence number of its current entry */
   private readonly seq: Uint32Array;
   private readonly aside: number[] = [];
+  /** parked entries: id, rank, sequence number, three numbers each */
+  private parked: number[] = [];
   constructor(ids: number, private readonly live: (id: number) => boolean) { this.seq = new Uint32Array(ids); }
   push(id: number, rank: number): void {
     this.seq[id] = this.seq[id]! + 1;
     this.insert(id, rank, this.seq[id]!);
   }
-  clear(): void { this.n = 0; }
+  clear(): void { this.n = 0; this.parked.length = 0; }
   private current(i: number): boolean { return this.seqOf[i] === this.seq[this.id[i]!] && this.live(this.id[i]!); }
   /** Whether `id` is one of the ids this heap ranks (its `live` predicate). */
   holds(id: number): boolean { return this.live(id); }
   /**
-   * Pops current entries in rank order while `visit(id, rank)` says go on, then puts back those it
-   * visited (the one that stopped it stays); stale entries are dropped on the way.
+   * Pops current entries in rank order while `visit(id, rank)` says go on ("next": put back after
+   * the walk; "park": keep outside the heap until `unpark` lets it go), then puts back the "next"
+   * ones (the one that said "stop" stays); stale entries are dropped on the way.
    */
-  takeWhile(visit: (id: number, rank: number) => boolean): void {
+  takeWhile(visit: (id: number, rank: number) => "next" | "park" | "stop"): void {
     const aside = this.aside;
     aside.length = 0;
     while (this.n > 0) {
       if (!this.current(0)) { this.pop(); continue; }
       const id = this.id[0]!, rank = this.rank[0]!;
-      if (!visit(id, rank)) break;
+      const v = visit(id, rank);
+      if (v === "stop") break;
       this.pop();
-      aside.push(id, rank);
+      if (v === "park") this.parked.push(id, rank, this.seq[id]!);
+      else aside.push(id, rank);
     }
     for (let i = 0; i < aside.length; i += 2) this.insert(aside[i]!, aside[i + 1]!, this.seq[aside[i]!]!);
+  }
+  /** Puts back the parked entries that `release` lets go of; drops those superseded or no longer live meanwhile. */
+  unpark(release: (id: number) => boolean): void {
+    const p = this.parked;
+    if (p.length === 0) return;
+    const kept: number[] = [];
+    for (let i = 0; i < p.length; i += 3) {
+      const id = p[i]!, seq = p[i + 2]!;
+      if (seq !== this.seq[id] || !this.live(id)) continue;
+      if (release(id)) this.insert(id, p[i + 1]!, seq);
+      else kept.push(id, p[i + 1]!, seq);
+    }
+    this.parked = kept;
   }
   private insert(id: number, rank: number, seq: number): void {
     if (this.n === this.rank.length) this.compact();
@@ -1048,11 +1070,11 @@ export class FatePool implements ReplacementPool {
       if (this.resident.size <= this.scanUpTo) return this.resident.lowest(recency, canEvict, id);
       let victim = -1, vt = Infinity, front = NaN;
       this.byUse.takeWhile((k, used) => {
-        if (used > front) return false;
-        if (!canEvict(k)) return true;
+        if (used > front) return "stop";
+        if (!canEvict(k)) return "next";
         front = used;
         if (stamp(k) < vt) { victim = k; vt = stamp(k); }
-        return true;
+        return "next";
       });
       return victim;
     };
