@@ -918,8 +918,19 @@ export class NextUseOrder {
   private rebuild(l: number): void {
     const chance = this.model.chance, set = this.set, stamp = set.stamp, o = this.order[l]!, nE = this.nExpert;
     let n = 0;
-    for (let id = l * nE; id < (l + 1) * nE; id++) if (set.has(id)) o[n++] = id;
-    o.subarray(0, n).sort((a, b) => chance[a]! - chance[b]! || stamp[a]! - stamp[b]!);
+    // insertion sort by (chance, stamp): a layer holds a few dozen members, mostly in order from
+    // the last build (a comparator sort cost 2x more at 48 x 128)
+    for (let id = l * nE; id < (l + 1) * nE; id++) {
+      if (!set.has(id)) continue;
+      const c = chance[id]!, t = stamp[id]!;
+      let i = n++;
+      for (; i > 0; i--) {
+        const p = o[i - 1]!;
+        if (chance[p]! < c || (chance[p] === c && stamp[p]! <= t)) break;
+        o[i] = p;
+      }
+      o[i] = id;
+    }
     this.len[l] = n;
     this.atChance[l] = this.model.changes[l]!;
     this.atMembers[l] = set.groupVersion[l]!;
