@@ -443,7 +443,7 @@ export class RankHeap {
   private readonly seq: Uint32Array;
   private readonly aside: number[] = [];
   /** parked entries: id, rank, sequence number, three numbers each */
-  private parked: number[] = [];
+  private readonly parked: number[] = [];
   constructor(ids: number, private readonly live: (id: number) => boolean) { this.seq = new Uint32Array(ids); }
   push(id: number, rank: number): void {
     this.seq[id] = this.seq[id]! + 1;
@@ -475,15 +475,14 @@ export class RankHeap {
   /** Puts back the parked entries that `release` lets go of; drops those superseded or no longer live meanwhile. */
   unpark(release: (id: number) => boolean): void {
     const p = this.parked;
-    if (p.length === 0) return;
-    const kept: number[] = [];
+    let kept = 0;
     for (let i = 0; i < p.length; i += 3) {
-      const id = p[i]!, seq = p[i + 2]!;
+      const id = p[i]!, rank = p[i + 1]!, seq = p[i + 2]!;
       if (seq !== this.seq[id] || !this.live(id)) continue;
-      if (release(id)) this.insert(id, p[i + 1]!, seq);
-      else kept.push(id, p[i + 1]!, seq);
+      if (release(id)) this.insert(id, rank, seq);
+      else { p[kept++] = id; p[kept++] = rank; p[kept++] = seq; }
     }
-    this.parked = kept;
+    p.length = kept;
   }
   private insert(id: number, rank: number, seq: number): void {
     if (this.n === this.rank.length) this.compact();
