@@ -363,7 +363,8 @@ export class FrequencyPool implements ReplacementPool {
    * lowest score at `now`, ties to the lowest `tie` (-1: none), without scoring them all. Ranks
    * order as the decayed scores do up to rounding, so every id within RANK_EPS of the lowest rank is
    * scored exactly. Ids scored within `recentWindow` of `now` score `recentBonus` more, which ranks
-   * do not show: they are skipped in the heap and scored from `recentIds` instead. undefined: only a
+   * do not show: the walk parks them in the heap until they are no longer recent, and they are
+   * scored from `recentIds` instead. undefined: only a
    * scan can tell (`now` earlier than a scoring before it).
    */
   lowestRanked(heap: RankHeap, canEvict: (id: number) => boolean, now: number, tie: (id: number) => number): number | undefined {
